@@ -1,0 +1,87 @@
+"""Keypoint metadata helpers: flip pairs inferred from names, parsing of name lists and pairs."""
+from __future__ import annotations
+
+import re
+from typing import List, Optional, Sequence, Tuple
+
+# (left pattern, right replacement) pairs tried in order; matching is case-insensitive and the
+# partner name must exist with the same case as the replacement produces (checked by lookup).
+_SIDE_RULES = [
+    (re.compile(r"(?i)left"), ("left", "right")),
+    (re.compile(r"(?i)(?:^|(?<=[_\-\s.]))l(?=[_\-\s.])"), ("l", "r")),   # l_eye, eye.l
+    (re.compile(r"(?i)(?<=[_\-\s.])l$"), ("l", "r")),                     # eye_L
+    (re.compile(r"^L(?=[A-Z])"), ("L", "R")),                              # LEye (OpenPose style)
+]
+
+
+def _swap_case_like(src: str, word: str) -> str:
+    if src.isupper():
+        return word.upper()
+    if src[:1].isupper():
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def infer_flip_pairs(names: Sequence[str]) -> List[Tuple[int, int]]:
+    """Pairs (left index, right index) found from names such as ``left_eye``/``right_eye``,
+    ``l_knee``/``r_knee``, ``LeftHand``/``RightHand``, ``ear_L``/``ear_R`` (case-insensitive)."""
+    lower = {n.lower(): i for i, n in enumerate(names)}
+    pairs = []
+    used = set()
+    for i, name in enumerate(names):
+        if i in used:
+            continue
+        for pattern, (left, right) in _SIDE_RULES:
+            for m in pattern.finditer(name):
+                src = m.group(0)
+                partner = name[:m.start()] + _swap_case_like(src, right) + name[m.end():]
+                j = lower.get(partner.lower())
+                if j is not None and j != i and j not in used:
+                    pairs.append((i, j))
+                    used.update((i, j))
+                    break
+            if i in used:
+                break
+    return sorted(pairs)
+
+
+def parse_names(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise ValueError("expected comma-separated keypoint names, e.g. 'nose,left_eye,right_eye'")
+    if len(set(names)) != len(names):
+        raise ValueError("keypoint names must be unique")
+    return names
+
+
+def parse_pairs(text: str) -> List[Tuple[str, str]]:
+    """``a:b,c:d`` -> [("a", "b"), ("c", "d")]"""
+    pairs = []
+    for item in text.split(","):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"expected pairs like 'left_eye:right_eye,left_ear:right_ear', got {item!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def pairs_to_indices(pairs: Sequence[Tuple[str, str]], names: Sequence[str]) -> List[Tuple[int, int]]:
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for a, b in pairs:
+        missing = [n for n in (a, b) if n not in index]
+        if missing:
+            raise ValueError(f"unknown keypoint name(s) {', '.join(missing)}; known: {', '.join(names)}")
+        out.append((index[a], index[b]))
+    return out
+
+
+def remap_pairs(pairs: Sequence[Tuple[int, int]], old: Sequence[str], new: Sequence[str]) -> List[Tuple[int, int]]:
+    """Index pairs over ``old`` names re-expressed over ``new`` names; pairs with a dropped name go."""
+    index = {n: i for i, n in enumerate(new)}
+    out = []
+    for a, b in pairs:
+        ia, ib = index.get(old[a]), index.get(old[b])
+        if ia is not None and ib is not None:
+            out.append((ia, ib))
+    return out

@@ -1,0 +1,244 @@
+"""The canonical manifest: JSON Lines, one header line, then one line per instance.
+
+Schema: ``schemas/manifest.schema.json`` (shipped as ``kpconv/schemas/manifest.schema.json``).
+
+Coordinates are normalized to 0..1 with the *continuous pixel* convention used by COCO: x = 0 is the
+left edge of the image and x = 1 the right edge, so the centre of pixel column ``i`` of a ``W`` pixels
+wide image is ``(i + 0.5) / W``. Visibility ``v`` has the COCO meaning: 0 not labelled (x = y = 0),
+1 labelled but occluded, 2 visible. ``bbox`` is ``[x, y, w, h]`` in the same normalized units.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import Location, ManifestError
+
+MANIFEST_VERSION = 1
+DECIMALS = 6  # normalized coordinates are rounded to 1e-6 of the image size
+
+
+@dataclass
+class Header:
+    keypoints: List[str]
+    skeleton: List[Tuple[int, int]] = field(default_factory=list)  # 0-based index pairs
+    flip_pairs: List[Tuple[int, int]] = field(default_factory=list)  # 0-based (left, right) pairs
+    images_root: str = "."
+    source: dict = field(default_factory=dict)  # {"format": ..., "files": [...], ...}
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> dict:
+        return {
+            "kpconv_manifest": self.version,
+            "keypoints": list(self.keypoints),
+            "skeleton": [list(p) for p in self.skeleton],
+            "flip_pairs": [list(p) for p in self.flip_pairs],
+            "images_root": self.images_root,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, loc: Location = Location()) -> "Header":
+        if not isinstance(d, dict) or "kpconv_manifest" not in d:
+            raise ManifestError("expected a manifest header line with 'kpconv_manifest' "
+                                "(is this the output of 'kpconv ingest'?)", loc)
+        if d["kpconv_manifest"] != MANIFEST_VERSION:
+            raise ManifestError(f"manifest version {d['kpconv_manifest']!r} is not supported "
+                                f"(this kpconv reads version {MANIFEST_VERSION})", loc.with_field("kpconv_manifest"))
+        names = d.get("keypoints")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ManifestError("expected a non-empty list of keypoint names", loc.with_field("keypoints"))
+        k = len(names)
+        pairs = {}
+        for key in ("skeleton", "flip_pairs"):
+            value = d.get(key, [])
+            if not isinstance(value, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and 0 <= i < k for i in p)
+                    for p in value):
+                raise ManifestError(f"expected a list of [i, j] keypoint index pairs (0..{k - 1})",
+                                    loc.with_field(key))
+            pairs[key] = [tuple(p) for p in value]
+        root = d.get("images_root", ".")
+        if not isinstance(root, str):
+            raise ManifestError("expected a path string", loc.with_field("images_root"))
+        return cls(list(names), pairs["skeleton"], pairs["flip_pairs"], root, d.get("source") or {},
+                   d["kpconv_manifest"])
+
+
+@dataclass
+class Record:
+    image: str                      # path relative to images_root (posix separators)
+    width: int                      # pixels, after EXIF orientation
+    height: int
+    keypoints: List[List[float]]    # K x [x, y, v], x and y normalized, v in {0, 1, 2}
+    bbox: List[float]               # [x, y, w, h] normalized
+    instance: str                   # instance id, unique within the image
+    group: Optional[str] = None     # frames of one video, etc.: split together
+    split: Optional[str] = None     # split given by the source (e.g. COCO train/val file)
+    source: dict = field(default_factory=dict)  # {"file": ..., "line": n} or {"file": ..., "id": ...}
+
+    @property
+    def key(self) -> str:
+        return f"{self.image}#{self.instance}"
+
+    def to_json(self) -> dict:
+        return {
+            "image": self.image,
+            "width": self.width,
+            "height": self.height,
+            "keypoints": self.keypoints,
+            "bbox": self.bbox,
+            "instance": self.instance,
+            "group": self.group,
+            "split": self.split,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, num_keypoints: int, loc: Location = Location()) -> "Record":
+        if not isinstance(d, dict):
+            raise ManifestError("expected a JSON object", loc)
+        for key, kind in (("image", str), ("width", int), ("height", int), ("keypoints", list),
+                          ("bbox", list), ("instance", str)):
+            if key not in d:
+                raise ManifestError("missing required field", loc.with_field(key))
+            if not isinstance(d[key], kind) or isinstance(d[key], bool):
+                raise ManifestError(f"expected {kind.__name__}, got {type(d[key]).__name__}",
+                                    loc.with_field(key))
+        if d["width"] <= 0 or d["height"] <= 0:
+            raise ManifestError("expected a positive image size", loc.with_field("width"))
+        kps = d["keypoints"]
+        if len(kps) != num_keypoints:
+            raise ManifestError(f"expected {num_keypoints} keypoints (as in the header), got {len(kps)}",
+                                loc.with_field("keypoints"))
+        for i, p in enumerate(kps):
+            if (not isinstance(p, list) or len(p) != 3 or p[2] not in (0, 1, 2)
+                    or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in p[:2])):
+                raise ManifestError(f"keypoint {i}: expected [x, y, v] with finite x, y and v in 0, 1, 2, got {p!r}",
+                                    loc.with_field("keypoints"))
+        box = d["bbox"]
+        if len(box) != 4 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in box):
+            raise ManifestError(f"expected [x, y, w, h], got {box!r}", loc.with_field("bbox"))
+        for key in ("group", "split"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise ManifestError("expected a string or null", loc.with_field(key))
+        return cls(d["image"], d["width"], d["height"], kps, box, d["instance"], d.get("group"),
+                   d.get("split"), d.get("source") or {})
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+@contextmanager
+def atomic_output(path: str, mode: str = "w"):
+    """Write to a temporary file beside ``path`` and rename it into place only on success.
+
+    ``path == "-"`` writes to stdout, but only after the whole output exists (it is spooled to a
+    temporary file first), so a failure never leaves half an output in a pipe either.
+    """
+    if path == "-":
+        with tempfile.TemporaryFile(mode="w+b") as spool:
+            text = io.TextIOWrapper(spool, encoding="utf-8", newline="\n") if "b" not in mode else spool
+            yield text
+            text.flush()
+            spool.seek(0)
+            out = sys.stdout.buffer
+            while True:
+                chunk = spool.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+            out.flush()
+            if text is not spool:
+                text.detach()
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class ManifestWriter:
+    """Writes the header then records, as JSON Lines, to an open text stream."""
+
+    def __init__(self, stream: IO[str], header: Header):
+        self._f = stream
+        self.count = 0
+        self._f.write(_dumps(header.to_json()) + "\n")
+
+    def write(self, record: Record) -> None:
+        self._f.write(_dumps(record.to_json()) + "\n")
+        self.count += 1
+
+
+def write_manifest(path: str, header: Header, records: Sequence[Record]) -> int:
+    with atomic_output(path) as f:
+        w = ManifestWriter(f, header)
+        for r in records:
+            w.write(r)
+    return w.count
+
+
+def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
+    """Read a manifest from a file path or ``-`` (stdin). Returns the header and a lazy record iterator.
+
+    Raises :class:`ManifestError` with the file and line number on any malformed line.
+    """
+    name = "<stdin>" if path == "-" else str(path)
+    if path == "-":
+        stream = sys.stdin
+    else:
+        try:
+            stream = open(path, "r", encoding="utf-8")
+        except OSError as e:
+            raise ManifestError(f"cannot open manifest: {e.strerror}", Location(name)) from None
+    first = stream.readline()
+    if not first.strip():
+        raise ManifestError("empty manifest: expected a header line", Location(name, 1))
+    header = Header.from_json(_loads(first, Location(name, 1)), Location(name, 1))
+    k = len(header.keypoints)
+
+    def records() -> Iterator[Record]:
+        try:
+            for lineno, line in enumerate(stream, start=2):
+                if not line.strip():
+                    continue
+                loc = Location(name, lineno)
+                yield Record.from_json(_loads(line, loc), k, loc)
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+
+    return header, records()
+
+
+def read_manifest(path: str) -> Tuple[Header, List[Record]]:
+    header, it = open_manifest(path)
+    return header, list(it)
+
+
+def _loads(line: str, loc: Location):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"invalid JSON: {e.msg} (column {e.colno})", loc) from None

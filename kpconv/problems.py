@@ -1,0 +1,120 @@
+"""Per-record problems found while ingesting, and the report that counts them.
+
+A problem has a ``reason`` (a short code, counted in the summary table), a located message and a
+severity:
+
+- ``error``: the record is skipped; ``--strict`` fails.
+- ``warning``: the record is kept (e.g. the annotation states an image size that disagrees with the
+  image file, which wins); ``--strict`` fails.
+- ``note``: counted only (a crowd annotation skipped as COCO intends, a coordinate clamped by less
+  than the tolerance); ``--strict`` does not fail.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import IO, Iterable, List, Optional
+
+from .errors import Location
+
+ERROR, WARNING, NOTE = "error", "warning", "note"
+
+# reason -> (severity, one-line description used in the summary table and the README)
+REASONS = {
+    "malformed_record": (ERROR, "record cannot be parsed"),
+    "missing_field": (ERROR, "a required field is missing"),
+    "wrong_type": (ERROR, "a field has the wrong type or value"),
+    "unknown_keypoint": (ERROR, "keypoint name not in the keypoint list"),
+    "bad_coordinate": (ERROR, "coordinate is NaN or infinite"),
+    "bad_visibility": (ERROR, "visibility is not 0, 1 or 2"),
+    "out_of_image": (ERROR, "coordinate outside the image beyond the tolerance"),
+    "missing_image": (ERROR, "image file does not exist"),
+    "unreadable_image": (ERROR, "image file cannot be read as an image"),
+    "path_outside_root": (ERROR, "image path escapes the images root"),
+    "duplicate_instance": (ERROR, "same image and instance id seen before"),
+    "no_keypoints": (NOTE, "instance has no labelled keypoint (skipped)"),
+    "crowd": (NOTE, "COCO iscrowd=1 annotation (skipped)"),
+    "other_category": (NOTE, "annotation of another category (skipped)"),
+    "size_mismatch": (WARNING, "stated image size differs from the image file"),
+    "clamped": (NOTE, "coordinate just outside the image, clamped"),
+    "bad_bbox": (WARNING, "given bbox unusable, derived from keypoints"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+    location: Location = Location()
+
+    @property
+    def severity(self) -> str:
+        return REASONS[self.reason][0]
+
+    @property
+    def skips_record(self) -> bool:
+        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category")
+
+    def __str__(self) -> str:
+        where = str(self.location)
+        return f"{where}: {self.message}" if where else self.message
+
+    def to_json(self) -> dict:
+        d = {"reason": self.reason, "severity": self.severity}
+        d.update(self.location.to_json())
+        d["message"] = self.message
+        return d
+
+
+class Report:
+    """Collects problems: counts by reason, and the full list (streamed to ``--report`` if given)."""
+
+    def __init__(self, stream: Optional[IO[str]] = None, keep: int = 1000):
+        self.counts: Counter = Counter()
+        self.first: List[Problem] = []  # the first `keep` problems, for messages and tests
+        self._keep = keep
+        self._stream = stream
+
+    def add(self, reason: str, message: str, location: Location = Location()) -> Problem:
+        if reason not in REASONS:
+            raise ValueError(f"unknown problem reason {reason!r}")
+        p = Problem(reason, message, location)
+        self.counts[reason] += 1
+        if len(self.first) < self._keep:
+            self.first.append(p)
+        if self._stream is not None:
+            self._stream.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+        return p
+
+    def extend(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            self.add(p.reason, p.message, p.location)
+
+    def count(self, severity: Optional[str] = None) -> int:
+        if severity is None:
+            return sum(self.counts.values())
+        return sum(n for r, n in self.counts.items() if REASONS[r][0] == severity)
+
+    @property
+    def fails_strict(self) -> bool:
+        return self.count(ERROR) + self.count(WARNING) > 0
+
+    def first_failing(self) -> Optional[Problem]:
+        for p in self.first:
+            if p.severity in (ERROR, WARNING):
+                return p
+        return None
+
+    def summary_table(self) -> str:
+        """Counts by reason, most serious first, as an aligned text table."""
+        if not self.counts:
+            return "no problems"
+        order = {ERROR: 0, WARNING: 1, NOTE: 2}
+        rows = sorted(self.counts.items(), key=lambda kv: (order[REASONS[kv[0]][0]], kv[0]))
+        w = max(len(r) for r, _ in rows)
+        lines = [f"{'reason':<{w}}  {'severity':<8}  {'count':>7}  meaning"]
+        for r, n in rows:
+            sev, desc = REASONS[r]
+            lines.append(f"{r:<{w}}  {sev:<8}  {n:>7}  {desc}")
+        return "\n".join(lines)
