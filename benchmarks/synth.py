@@ -1,0 +1,122 @@
+"""Synthetic keypoint datasets for the benchmarks: stick figures with 17 COCO keypoints.
+
+``make_coco(out_dir, n_images, ...)`` writes ``out_dir/images/*.jpg`` (or .png) and
+``out_dir/annotations.json`` (COCO keypoints), deterministically from ``seed``. Each figure is drawn
+with its limbs and joints, left side and right side in different colours, on a noisy background with
+distractor shapes, so the keypoints are learnable from the pixels. Used by every benchmark.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+         "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+         "left_knee", "right_knee", "left_ankle", "right_ankle"]
+SKELETON_1B = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
+               [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
+_LEFT = (230, 60, 40)
+_RIGHT = (40, 90, 230)
+_MID = (240, 220, 40)
+
+
+def _pose(rng, cx, cy, s):
+    """17 (x, y) points of a standing figure of height ~s, with random limb angles."""
+    def at(p, ang, length):
+        return (p[0] + length * math.sin(ang), p[1] + length * math.cos(ang))
+
+    tilt = rng.uniform(-0.3, 0.3)
+    neck = (cx, cy - 0.25 * s)
+    pelvis = at(neck, tilt, 0.3 * s)
+    sw, hw = 0.11 * s, 0.07 * s
+    ls, rs = (neck[0] + sw, neck[1]), (neck[0] - sw, neck[1])     # figure faces the viewer
+    lh, rh = (pelvis[0] + hw, pelvis[1]), (pelvis[0] - hw, pelvis[1])
+    head = at(neck, math.pi + tilt * 0.5, 0.1 * s)
+    pts = {"nose": head,
+           "left_eye": (head[0] + 0.025 * s, head[1] - 0.02 * s), "right_eye": (head[0] - 0.025 * s, head[1] - 0.02 * s),
+           "left_ear": (head[0] + 0.05 * s, head[1] - 0.005 * s), "right_ear": (head[0] - 0.05 * s, head[1] - 0.005 * s),
+           "left_shoulder": ls, "right_shoulder": rs, "left_hip": lh, "right_hip": rh}
+    for side, sh, hip, sign in (("left", ls, lh, 1), ("right", rs, rh, -1)):
+        elbow = at(sh, sign * rng.uniform(0.1, 1.4), 0.15 * s)
+        pts[f"{side}_elbow"] = elbow
+        pts[f"{side}_wrist"] = at(elbow, sign * rng.uniform(-0.4, 2.0), 0.14 * s)
+        knee = at(hip, sign * rng.uniform(-0.1, 0.5), 0.2 * s)
+        pts[f"{side}_knee"] = knee
+        pts[f"{side}_ankle"] = at(knee, sign * rng.uniform(-0.4, 0.2), 0.2 * s)
+    return [pts[n] for n in NAMES]
+
+
+def _colour(name):
+    return _LEFT if name.startswith("left") else _RIGHT if name.startswith("right") else _MID
+
+
+def make_coco(out_dir, n_images, size=(640, 480), instances_per_image=1, seed=0, ext="jpg",
+              quality=90, draw=True, split_name="annotations"):
+    """Write a synthetic COCO keypoints dataset; returns the annotation file path."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    images, anns = [], []
+    for i in range(n_images):
+        fname = f"img_{i:06d}.{ext}"
+        if draw:
+            base = rng.integers(0, 120, size=3)
+            noise = rng.integers(0, 60, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+            bg = np.kron(noise, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w] + base.astype(np.uint8)
+            im = Image.fromarray(bg.astype(np.uint8), "RGB")
+            d = ImageDraw.Draw(im)
+            for _ in range(3):  # distractors
+                x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+                r = rng.uniform(5, 0.08 * w)
+                d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], outline=tuple(int(c) for c in rng.integers(60, 200, 3)), width=2)
+        for j in range(instances_per_image):
+            s = rng.uniform(0.55, 0.85) * h / max(1.0, instances_per_image ** 0.5)
+            cx = rng.uniform(0.2 * w, 0.8 * w) if instances_per_image == 1 else (j + 0.5) * w / instances_per_image
+            cy = rng.uniform(0.45 * h, 0.55 * h)
+            pts = _pose(rng, cx, cy, s)
+            kps, xs, ys = [], [], []
+            for (x, y) in pts:
+                inside = 0 <= x < w and 0 <= y < h
+                kps += [round(x, 2), round(y, 2), 2] if inside else [0, 0, 0]
+                if inside:
+                    xs.append(x)
+                    ys.append(y)
+            if draw:
+                lw = max(1, int(s / 60))
+                for a, b in SKELETON_1B:
+                    pa, pb = pts[a - 1], pts[b - 1]
+                    d.line([pa, pb], fill=_colour(NAMES[b - 1]), width=lw)
+                for n, (x, y) in zip(NAMES, pts):
+                    r = max(1.5, s / 70)
+                    d.ellipse([x - r, y - r, x + r, y + r], fill=_colour(n))
+            x0, y0 = max(0.0, min(xs) - 5), max(0.0, min(ys) - 5)
+            x1, y1 = min(float(w), max(xs) + 5), min(float(h), max(ys) + 5)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                         "keypoints": kps, "num_keypoints": len(xs),
+                         "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                         "area": round((x1 - x0) * (y1 - y0), 2)})
+        if draw:
+            if ext == "jpg":
+                im.save(out / "images" / fname, quality=quality)
+            else:
+                im.save(out / "images" / fname)
+        else:
+            Image.new("RGB", (w, h), (int(i % 255), 0, 0)).save(out / "images" / fname)
+        images.append({"id": i + 1, "file_name": fname, "width": w, "height": h})
+    coco = {"info": {"description": "kpconv synthetic benchmark"}, "images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "person", "supercategory": "person",
+                            "keypoints": NAMES, "skeleton": SKELETON_1B}]}
+    path = out / f"{split_name}.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+if __name__ == "__main__":  # quick look: python benchmarks/synth.py /tmp/synth 8
+    import sys
+
+    print(make_coco(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8))
