@@ -1,0 +1,231 @@
+"""kpconv JSON / JSON Lines: kpconv's own documented annotation format, version 1.
+
+Schema: ``schemas/kpconv-annotations.schema.json`` (shipped in the package). As one JSON document::
+
+    {"kpconv_annotations": 1, "keypoints": ["nose", "left_eye", "right_eye"],
+     "skeleton": [["nose", "left_eye"]], "flip_pairs": [["left_eye", "right_eye"]],
+     "images": [{"file": "images/a.png", "width": 64, "height": 48, "group": null, "split": null,
+                 "instances": [{"id": "0", "bbox": [4, 5, 30, 20],
+                                "keypoints": {"nose": [10.5, 12, 2], "left_eye": [8, 9], "right_eye": null}}]}]}
+
+or as JSON Lines: the first line is the header (the same object without ``images``), then one image
+object per line. Coordinates are pixels, continuous convention (x = 0 is the left edge). A point is
+``[x, y]`` (visible), ``[x, y, v]`` or ``null`` (not labelled); keypoints left out are not labelled.
+
+A malformed header (or a whole file that is not valid JSON) stops the ingest; an image entry that
+does not follow the schema is reported with its JSON path and skipped.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from ..errors import AnnotationError, Location
+from . import register
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+
+VERSION = 1
+SCHEMA = "kpconv-annotations.schema.json"
+_MARK = b'"kpconv_annotations"'
+
+
+@lru_cache(maxsize=None)
+def schema() -> dict:
+    """The annotation schema, loaded from the package data."""
+    from importlib.resources import files
+
+    return json.loads(files("kpconv").joinpath("schemas", SCHEMA).read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=None)
+def _validators():
+    import jsonschema
+
+    s = schema()
+    header = dict(s)
+    header["properties"] = {k: v for k, v in s["properties"].items() if k != "images"}
+    image = dict(s["$defs"]["image"])
+    image["$defs"] = s["$defs"]
+    cls = jsonschema.Draft202012Validator
+    return cls(header), cls(image)
+
+
+def _path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def schema_errors(validator, instance, prefix=()) -> List[Tuple[str, str, str]]:
+    """(reason, JSON path, message) for each schema violation, in document order."""
+    out = []
+    for e in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
+        parts = list(prefix) + list(e.absolute_path)
+        if e.validator == "required":
+            missing = e.message.split("'")[1] if "'" in e.message else e.message
+            parts.append(missing)
+            out.append(("missing_field", _path(parts), "missing required field"))
+            continue
+        if e.validator == "additionalProperties":
+            out.append(("wrong_type", _path(parts), f"unexpected field(s): {e.message.split('(')[-1].rstrip(')')}"
+                        " (extension fields must start with 'x-')"))
+            continue
+        expected = e.schema.get("x-expected") if isinstance(e.schema, dict) else None
+        if expected is None and e.validator == "type":
+            t = e.validator_value
+            expected = " or ".join(t) if isinstance(t, list) else t
+        if expected is not None:
+            out.append(("wrong_type", _path(parts), f"expected {expected}, got {_short(e.instance)}"))
+        else:
+            out.append(("wrong_type", _path(parts), e.message))
+    return out
+
+
+def _is_kpconv(path: Path) -> bool:
+    if path.is_dir():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and _MARK in head
+
+
+@register
+class KpconvJsonReader(Reader):
+    name = "kpconv-json"
+    description = "kpconv JSON / JSON Lines (schemas/kpconv-annotations.schema.json)"
+
+    @classmethod
+    def detect(cls, sources: Sequence[Path]) -> bool:
+        return bool(sources) and all(_is_kpconv(s) for s in sources)
+
+    def read(self, sources: Sequence[Path], ctx: ReadContext) -> ReadResult:
+        docs = [_open(s) for s in sources]
+        first_header, first_name = docs[0][0], docs[0][2]
+        for header, _, name in docs[1:]:
+            for key in ("keypoints", "skeleton", "flip_pairs"):
+                if header.get(key, []) != first_header.get(key, []):
+                    raise AnnotationError(f"differs from {first_name}: every file must state the same keypoints, "
+                                          "skeleton and flip_pairs", Location(name, field=key))
+        names = list(first_header["keypoints"])
+        index = {n: i for i, n in enumerate(names)}
+        pairs = {}
+        for key in ("skeleton", "flip_pairs"):
+            out = []
+            for i, (a, b) in enumerate(first_header.get(key, [])):
+                missing = [n for n in (a, b) if n not in index]
+                if missing:
+                    raise AnnotationError(f"{key}[{i}]: {', '.join(repr(n) for n in missing)} not in 'keypoints'",
+                                          Location(first_name, field=key))
+                out.append((index[a], index[b]))
+            pairs[key] = out
+        meta = DatasetMeta(keypoints=names, skeleton=pairs["skeleton"], flip_pairs=pairs["flip_pairs"],
+                           flip_pairs_given="flip_pairs" in first_header)
+        dropped = set(names) - set(ctx.options.keypoints) if ctx.options.keypoints else set()
+        extra = {"version": first_header["kpconv_annotations"]}
+        return ReadResult(meta, _instances(docs, ctx, dropped), [name for _, _, name in docs], extra)
+
+
+def _open(path: Path):
+    """(header dict, iterator of (image object, line or None, path prefix), file name)."""
+    name = str(path)
+    header_v, image_v = _validators()
+    try:
+        f = open(path, "r", encoding="utf-8-sig")
+    except OSError as e:
+        raise AnnotationError(f"cannot open: {e.strerror}", Location(name)) from None
+    with f:
+        try:
+            first = f.readline()
+            lines_mode = False
+            try:
+                obj = json.loads(first)
+                lines_mode = isinstance(obj, dict) and "images" not in obj
+            except json.JSONDecodeError:
+                pass
+            if lines_mode:
+                header = obj
+                rest = None
+            else:
+                text = first + f.read()
+                try:
+                    header = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise AnnotationError(f"invalid JSON: {e.msg} (column {e.colno})",
+                                          Location(name, e.lineno)) from None
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
+    if not isinstance(header, dict):
+        raise AnnotationError("expected a JSON object with 'kpconv_annotations'", Location(name, 1))
+    images = header.pop("images", None) if not lines_mode else None
+    errors = schema_errors(header_v, header)
+    if errors:
+        _, where, msg = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise AnnotationError(f"{where}: {msg}{more}", Location(name, 1 if lines_mode else None))
+    if lines_mode:
+        return header, _lines(path, name), name
+    if images is None:
+        images = []
+    if not isinstance(images, list):
+        raise AnnotationError(f"images: expected a list of image objects, got {_short(images)}", Location(name))
+    return header, ((img, None, ("images", i)) for i, img in enumerate(images)), name
+
+
+class _BadLine:
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _lines(path: Path, name: str):
+    with open(path, "r", encoding="utf-8-sig") as f:
+        f.readline()
+        for lineno, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield _BadLine(f"invalid JSON: {e.msg} (column {e.colno})"), lineno, ()
+                continue
+            yield obj, lineno, ()
+
+
+def _instances(docs, ctx: ReadContext, dropped) -> Iterator[RawInstance]:
+    report = ctx.report
+    _, image_v = _validators()
+    for _, entries, name in docs:
+        for img, line, prefix in entries:
+            if isinstance(img, _BadLine):  # a JSON Lines line that is not JSON
+                report.add("malformed_record", img.message, Location(name, line))
+                continue
+            errors = schema_errors(image_v, img, prefix)
+            if errors:
+                for reason, where, msg in errors:
+                    report.add(reason, f"{where}: {msg}" if where else msg, Location(name, line))
+                continue
+            size = (img["width"], img["height"]) if "width" in img and "height" in img else None
+            for j, inst in enumerate(img["instances"]):
+                record = _path(list(prefix) + ["instances", j])
+                loc = Location(name, line, record=record)
+                kps = {}
+                for kname, p in inst["keypoints"].items():
+                    if p is None or kname in dropped:
+                        continue
+                    v = int(p[2]) if len(p) == 3 else 2
+                    kps[kname] = (p[0], p[1], v)
+                iid = inst.get("id")
+                yield RawInstance(image=img["file"], keypoints=kps, location=loc,
+                                  instance=None if iid is None else str(iid),
+                                  bbox=tuple(inst["bbox"]) if "bbox" in inst else None, size=size,
+                                  group=img.get("group"), split=img.get("split"))

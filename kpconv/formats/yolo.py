@@ -1,0 +1,307 @@
+"""YOLO pose (Ultralytics): a ``data.yaml`` plus one ``.txt`` label file per image.
+
+``data.yaml`` gives ``kpt_shape: [K, 2 or 3]``, optionally ``flip_idx`` (the keypoint permutation of
+a horizontal flip), ``kpt_names`` (``{0: [names]}`` or a list), ``names`` (classes), ``path`` (the
+dataset root, relative to the YAML's folder; default: that folder) and ``train``/``val``/``test``:
+each an image folder (searched recursively), a ``.txt`` list of image paths, or a list of those,
+relative to ``path``. In a ``.txt`` list, ``./x.jpg`` is relative to the list's folder and other
+relative paths to ``path`` (as Ultralytics does).
+
+The label file of an image is found with the Ultralytics rule: the last ``/images/`` of the image
+path becomes ``/labels/`` and the extension ``.txt``. Each row is one instance,
+``cls cx cy w h x1 y1 [v1] ... xK yK [vK]``, normalized to 0..1; the bbox becomes
+``(cx - w/2, cy - h/2, w, h)``. With ``kpt_shape [K, 3]`` a point with v = 0 is not labelled; with
+``kpt_shape [K, 2]`` a point at x = y = 0 is not labelled and every other point is visible
+(v = 2). An image without a label file has no instance (not an error). ``--category`` (class name or id) keeps one class when there are several.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from ..errors import AnnotationError, Location
+from . import register
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+
+IMAGE_EXTENSIONS = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
+                    ".heic"}
+SPLITS = ("train", "val", "test")
+
+
+def _yaml_of(sources: Sequence[Path]) -> Optional[Path]:
+    if len(sources) != 1:
+        return None
+    s = sources[0]
+    if s.is_dir():
+        for name in ("data.yaml", "data.yml", "dataset.yaml"):
+            if (s / name).is_file():
+                return s / name
+        candidates = sorted(list(s.glob("*.yaml")) + list(s.glob("*.yml")))
+        hits = [c for c in candidates if _has_kpt_shape(c)]
+        return hits[0] if len(hits) == 1 else None
+    if s.suffix.lower() in (".yaml", ".yml"):
+        return s
+    return None
+
+
+def _has_kpt_shape(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return b"kpt_shape" in head
+
+
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    name = str(path)
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise AnnotationError(f"invalid YAML: {getattr(e, 'problem', None) or e}",
+                              Location(name, mark.line + 1 if mark else None)) from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
+    if not isinstance(data, dict):
+        raise AnnotationError("expected a YAML mapping with 'kpt_shape' and 'train'/'val'/'test'", Location(name))
+    return data
+
+
+def _root(yaml_path: Path, data: dict) -> Path:
+    base = yaml_path.parent
+    p = data.get("path")
+    if p is None or p == "":
+        return base
+    if not isinstance(p, str):
+        raise AnnotationError(f"expected a folder path, got {p!r}", Location(str(yaml_path), field="path"))
+    return (base / p) if not os.path.isabs(p) else Path(p)
+
+
+@register
+class YoloReader(Reader):
+    name = "yolo"
+    description = "YOLO pose dataset (Ultralytics data.yaml with kpt_shape, labels/*.txt)"
+
+    @classmethod
+    def detect(cls, sources: Sequence[Path]) -> bool:
+        y = _yaml_of(sources)
+        return y is not None and _has_kpt_shape(y)
+
+    @classmethod
+    def default_images_root(cls, sources: Sequence[Path]) -> Path:
+        y = _yaml_of(sources)
+        if y is None:
+            return super().default_images_root(sources)
+        return _root(y, _load_yaml(y))
+
+    def read(self, sources: Sequence[Path], ctx: ReadContext) -> ReadResult:
+        y = _yaml_of(sources)
+        if y is None:
+            shown = ", ".join(str(s) for s in sources)
+            raise AnnotationError("expected one YOLO dataset folder (with data.yaml) or its data.yaml",
+                                  Location(shown))
+        data = _load_yaml(y)
+        name = str(y)
+        root = _root(y, data)
+        if not root.is_dir():
+            raise AnnotationError(f"dataset folder {root} does not exist", Location(name, field="path"))
+        k, ndim = _kpt_shape(data, name)
+        names = _kpt_names(data, k, name, ctx.options.keypoints)
+        flips = _flip_pairs(data, k, name)
+        classes = _classes(data, name)
+        keep_class = _category(ctx.options.category, classes, name)
+        splits = []
+        for split in SPLITS:
+            entry = data.get(split)
+            if entry is None or entry == "":
+                continue
+            entries = entry if isinstance(entry, list) else [entry]
+            for e in entries:
+                if not isinstance(e, str):
+                    raise AnnotationError(f"expected a folder or .txt list path, got {e!r}", Location(name, field=split))
+                p = Path(e) if os.path.isabs(e) else root / e
+                if not p.exists():
+                    raise AnnotationError(f"{split}: {p} does not exist", Location(name, field=split))
+                splits.append((split, p))
+        if not splits:
+            raise AnnotationError("no 'train', 'val' or 'test' entry", Location(name))
+        meta = DatasetMeta(keypoints=names, flip_pairs=flips, flip_pairs_given="flip_idx" in data)
+        wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
+        extra = {"kpt_shape": [k, ndim], "splits": list(dict.fromkeys(s for s, _ in splits))}
+        if classes:
+            extra["classes"] = classes
+        gen = _instances(splits, root, k, ndim, names, wanted, keep_class, ctx)
+        return ReadResult(meta, gen, [name], extra)
+
+
+def _kpt_shape(data: dict, name: str) -> Tuple[int, int]:
+    ks = data.get("kpt_shape")
+    if (not isinstance(ks, list) or len(ks) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in ks)
+            or ks[0] < 1 or ks[1] not in (2, 3)):
+        raise AnnotationError(f"expected [K, 2] or [K, 3] with K >= 1, got {ks!r}", Location(name, field="kpt_shape"))
+    return ks[0], ks[1]
+
+
+def _kpt_names(data: dict, k: int, name: str, given: Optional[List[str]]) -> List[str]:
+    raw = data.get("kpt_names")
+    if raw is None:
+        if given is not None:
+            if len(given) != k:
+                raise AnnotationError(f"--keypoints names {len(given)} keypoint(s) but kpt_shape has {k} "
+                                      "and there is no kpt_names to choose from", Location(name, field="kpt_shape"))
+            return list(given)
+        return [f"kp{i}" for i in range(k)]
+    if isinstance(raw, dict):
+        if not raw:
+            raise AnnotationError("expected {class: [names]} or a list of names", Location(name, field="kpt_names"))
+        raw = raw[sorted(raw, key=str)[0]]
+    if (not isinstance(raw, list) or len(raw) != k or not all(isinstance(n, str) and n for n in raw)
+            or len(set(raw)) != k):
+        raise AnnotationError(f"expected {k} unique keypoint names (kpt_shape), got {raw!r}",
+                              Location(name, field="kpt_names"))
+    return list(raw)
+
+
+def _flip_pairs(data: dict, k: int, name: str) -> List[Tuple[int, int]]:
+    fi = data.get("flip_idx")
+    if fi is None:
+        return []
+    if (not isinstance(fi, list) or sorted(fi) != list(range(k))
+            or any(isinstance(j, bool) for j in fi) or any(fi[fi[i]] != i for i in range(k))):
+        raise AnnotationError(f"expected a permutation of 0..{k - 1} that is its own inverse "
+                              f"(keypoint i swaps with flip_idx[i]), got {fi!r}", Location(name, field="flip_idx"))
+    return [(i, j) for i, j in enumerate(fi) if i < j]
+
+
+def _classes(data: dict, name: str) -> List[str]:
+    raw = data.get("names")
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        try:
+            return [str(raw[i]) for i in sorted(raw)]
+        except TypeError:
+            raise AnnotationError("expected class ids 0, 1, ... as keys", Location(name, field="names")) from None
+    if isinstance(raw, list):
+        return [str(n) for n in raw]
+    raise AnnotationError(f"expected a list or mapping of class names, got {raw!r}", Location(name, field="names"))
+
+
+def _category(category: Optional[str], classes: List[str], name: str) -> Optional[int]:
+    if category is None:
+        return None
+    if category in classes:
+        return classes.index(category)
+    if category.isdigit():
+        return int(category)
+    raise AnnotationError(f"--category {category!r} is not a class name or id; classes: {', '.join(classes)}",
+                          Location(name, field="names"))
+
+
+def _list_images(split_path: Path, root: Path) -> Iterator[Path]:
+    if split_path.is_dir():
+        found = []
+        for dirpath, dirnames, filenames in os.walk(split_path):
+            dirnames.sort()
+            for f in filenames:
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append(Path(dirpath) / f)
+        yield from sorted(found)
+        return
+    with open(split_path, "r", encoding="utf-8-sig") as f:
+        for line in f:
+            t = line.strip()
+            if not t:
+                continue
+            if t.startswith("./"):
+                yield split_path.parent / t[2:]
+            elif os.path.isabs(t):
+                yield Path(t)
+            else:
+                yield root / t
+
+
+def label_path(image: Path) -> Path:
+    """The Ultralytics rule: last ``/images/`` -> ``/labels/``, extension -> ``.txt``."""
+    s = os.path.abspath(str(image))
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if sa in s:
+        head, tail = s.rsplit(sa, 1)
+        s = head + sb + tail
+    return Path(os.path.splitext(s)[0] + ".txt")
+
+
+def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, keep_class,
+               ctx: ReadContext) -> Iterator[RawInstance]:
+    report = ctx.report
+    base = os.path.abspath(str(root))
+    seen = {}
+    n_values = 5 + k * ndim
+    for split, sp in splits:
+        for img in _list_images(sp, root):
+            full = os.path.abspath(str(img))
+            rel = os.path.relpath(full, base)
+            if full in seen:
+                if seen[full] != split:
+                    report.add("duplicate_instance", f"image {rel} is listed in split {seen[full]!r} and "
+                               f"again in {split!r}; keeping the first", Location(str(sp), field=split))
+                continue
+            seen[full] = split
+            lp = label_path(img)
+            try:
+                f = open(lp, "r", encoding="utf-8-sig")
+            except FileNotFoundError:
+                continue  # an image without labels: no instances
+            lname = str(lp)
+            with f:
+                for lineno, line in enumerate(f, start=1):
+                    cells = line.split()
+                    if not cells:
+                        continue
+                    loc = Location(lname, lineno)
+                    if len(cells) != n_values:
+                        report.add("malformed_record", f"expected {n_values} values (class, cx, cy, w, h and "
+                                   f"{k} x {ndim} keypoint values), got {len(cells)}", loc)
+                        continue
+                    try:
+                        vals = [float(c) for c in cells]
+                    except ValueError:
+                        bad = next(c for c in cells if not _is_float(c))
+                        report.add("wrong_type", f"expected numbers, got {bad!r}", loc)
+                        continue
+                    cls = vals[0]
+                    if cls != int(cls) or cls < 0:
+                        report.add("wrong_type", f"expected a class id (integer >= 0), got {cells[0]!r}",
+                                   loc.with_field("class"))
+                        continue
+                    if keep_class is not None and int(cls) != keep_class:
+                        report.add("other_category", f"class {int(cls)} is not the chosen --category", loc)
+                        continue
+                    cx, cy, w, h = vals[1:5]
+                    kps = {}
+                    for i in range(k):
+                        x, y = vals[5 + i * ndim], vals[6 + i * ndim]
+                        v = vals[7 + i * ndim] if ndim == 3 else (0 if x == 0 and y == 0 else 2)
+                        if math.isfinite(v) and v == int(v):
+                            v = int(v)  # 2.0 -> 2; anything else is reported by ingest (bad_visibility)
+                        if v == 0:
+                            continue
+                        if wanted is not None and names[i] not in wanted:
+                            continue
+                        kps[names[i]] = (x, y, v)
+                    yield RawInstance(image=rel, keypoints=kps, location=loc, bbox=(cx - w / 2, cy - h / 2, w, h),
+                                      split=split, normalized=True, image_base=base)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
