@@ -1,0 +1,194 @@
+"""DeepLabCut reader: single- and multi-animal CSVs, index layouts, project folders, errors."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kpconv import formats
+from kpconv.errors import AnnotationError
+from kpconv.formats.base import IngestOptions
+from kpconv.ingest import ingest
+from kpconv.manifest import read_manifest
+
+W, H = 64, 48
+
+SINGLE = """scorer,alice,alice,alice,alice,alice,alice
+bodyparts,snout,snout,left_ear,left_ear,right_ear,right_ear
+coords,x,y,x,y,x,y
+labeled-data/video1/img001.png,32,24,10.5,8,50,8
+labeled-data/video1/img002.png,16,12,,,40,NaN
+"""
+
+# three index columns, as newer DeepLabCut versions write
+SINGLE_3INDEX = """scorer,,,alice,alice,alice,alice,alice,alice
+bodyparts,,,snout,snout,left_ear,left_ear,right_ear,right_ear
+coords,,,x,y,x,y,x,y
+labeled-data,video1,img001.png,32,24,10.5,8,50,8
+labeled-data,video1,img002.png,16,12,,,40,NaN
+"""
+
+MULTI = """scorer,bob,bob,bob,bob,bob,bob,bob,bob
+individuals,mouse1,mouse1,mouse1,mouse1,mouse2,mouse2,mouse2,mouse2
+bodyparts,snout,snout,tail,tail,snout,snout,tail,tail
+coords,x,y,x,y,x,y,x,y
+labeled-data/video2/f0.png,1,2,3,4,,,,
+labeled-data/video2/f1.png,5,6,7,8,9,10,11,12
+"""
+
+
+def project(tmp_path: Path, csvs: dict, config: str = None) -> Path:
+    root = tmp_path / "proj"
+    for rel, text in csvs.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+        for video, frame in re.findall(r"labeled-data[/,]([^,/]+)[/,]([^,]+\.png)", text):
+            full = root / "labeled-data" / video / frame
+            if not full.exists():
+                full.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (W, H)).save(full)
+    if config is not None:
+        (root / "config.yaml").write_text(config, encoding="utf-8")
+    return root
+
+
+def run(tmp_path, sources, **kw):
+    out = tmp_path / "out.jsonl"
+    result = ingest([str(s) for s in sources], output=str(out), fmt=kw.pop("fmt", "dlc"), **kw)
+    header, records = read_manifest(str(out))
+    return result, header, records
+
+
+def approx(kps):
+    return [[round(x, 4), round(y, 4), v] for x, y, v in kps]
+
+
+@pytest.mark.parametrize("text", [SINGLE, SINGLE_3INDEX], ids=["one-index-column", "three-index-columns"])
+def test_single_animal(tmp_path, text):
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": text})
+    csv = root / "labeled-data/video1/CollectedData_alice.csv"
+    result, header, records = run(tmp_path, [csv])
+    assert header.keypoints == ["snout", "left_ear", "right_ear"]
+    assert header.images_root == root.as_posix()  # default: the project folder
+    assert header.source["scorer"] == "alice" and header.source["multi_animal"] is False
+    assert header.flip_pairs == [(1, 2)]
+    assert [r.image for r in records] == ["labeled-data/video1/img001.png"]
+    r = records[0]
+    assert approx(r.keypoints) == [[0.5, 0.5, 2], [round(10.5 / W, 4), round(8 / H, 4), 2], [round(50 / W, 4), round(8 / H, 4), 2]]
+    assert r.group == "video1" and r.instance == "0"
+    assert r.source == {"file": "labeled-data/video1/CollectedData_alice.csv", "line": 4}
+    # img002: right_ear has x but its y is NaN -> a labelled point with a bad coordinate, record skipped
+    assert result.report.counts == {"bad_coordinate": 1}
+    p = result.report.first[0]
+    assert p.location.line == 5 and p.location.field == "right_ear"
+
+
+def test_empty_cells_are_unlabelled(tmp_path):
+    text = SINGLE.replace("40,NaN", ",")
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": text})
+    _, _, records = run(tmp_path, [root])
+    assert len(records) == 2
+    assert records[1].keypoints[1] == [0.0, 0.0, 0] and records[1].keypoints[2] == [0.0, 0.0, 0]
+    assert records[1].keypoints[0][2] == 2
+
+
+def test_multi_animal_instances_are_individuals(tmp_path):
+    root = project(tmp_path, {"labeled-data/video2/CollectedData_bob.csv": MULTI})
+    result, header, records = run(tmp_path, [root])
+    assert header.keypoints == ["snout", "tail"]
+    assert header.source["multi_animal"] is True
+    assert [(r.image.rsplit("/", 1)[1], r.instance) for r in records] == [
+        ("f0.png", "mouse1"), ("f1.png", "mouse1"), ("f1.png", "mouse2")]
+    # mouse2 in f0 has no labelled point: counted as a note, not written
+    assert result.report.counts == {"no_keypoints": 1}
+    assert approx(records[2].keypoints) == [[round(9 / W, 4), round(10 / H, 4), 2], [round(11 / W, 4), round(12 / H, 4), 2]]
+
+
+def test_project_folder_several_videos_and_skeleton(tmp_path):
+    other = SINGLE.replace("video1", "video3").replace("alice", "carol")
+    root = project(tmp_path, {"labeled-data/video3/CollectedData_carol.csv": other,
+                              "labeled-data/video1/CollectedData_alice.csv": SINGLE.replace("40,NaN", "40,9")},
+                   config="Task: t\nskeleton:\n- - snout\n  - left_ear\n- [snout, right_ear]\n- [snout, nope]\n")
+    result, header, records = run(tmp_path, [root], fmt="auto")
+    assert result.format == "dlc"
+    assert header.skeleton == [(0, 1), (0, 2)]
+    assert header.source["files"] == ["labeled-data/video1/CollectedData_alice.csv",
+                                      "labeled-data/video3/CollectedData_carol.csv", "config.yaml"]
+    assert header.source["scorer"] == ["alice", "carol"]
+    assert [(r.group, r.image.rsplit("/", 1)[1]) for r in records] == [
+        ("video1", "img001.png"), ("video1", "img002.png"), ("video3", "img001.png")]
+
+
+def test_several_csvs_as_a_glob(tmp_path):
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE,
+                              "labeled-data/video3/CollectedData_alice.csv": SINGLE.replace("video1", "video3")})
+    csvs = sorted(root.glob("labeled-data/*/CollectedData_*.csv"))
+    _, header, records = run(tmp_path, csvs, fmt="auto")
+    assert header.images_root == root.as_posix()
+    assert {r.group for r in records} == {"video1", "video3"}
+
+
+def test_inconsistent_headers_between_csvs(tmp_path):
+    other = SINGLE.replace("right_ear", "tail").replace("video1", "video3")
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE,
+                              "labeled-data/video3/CollectedData_alice.csv": other})
+    with pytest.raises(AnnotationError) as e:
+        run(tmp_path, [root])
+    assert "video3/CollectedData_alice.csv:3" in str(e.value)
+    assert "header differs" in str(e.value)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_not_a_number_is_located(tmp_path):
+    text = SINGLE.replace("10.5,8", "abc,8").replace("40,NaN", "40,9")
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": text})
+    result, _, records = run(tmp_path, [root])
+    assert [str(p) for p in result.report.first] == [
+        f"{root / 'labeled-data/video1/CollectedData_alice.csv'}:4: column 'left_ear x': expected a number, got 'abc'"]
+    assert [r.source["line"] for r in records] == [5]
+
+
+@pytest.mark.parametrize("bad, where", [
+    ("scorer,a,a\ncoords,x,y\nimg.png,1,2\n", ":1"),
+    ("scorer,a,a\nbodyparts,p,p\ncoords,x,z\nimg.png,1,2\n", ":3"),
+    ("scorer,a,a,a\nbodyparts,p,p,q\ncoords,x,y,x\nimg.png,1,2,3\n", ":3"),
+])
+def test_bad_headers(tmp_path, bad, where):
+    p = tmp_path / "proj/labeled-data/v/CollectedData_a.csv"
+    p.parent.mkdir(parents=True)
+    p.write_text(bad)
+    with pytest.raises(AnnotationError) as e:
+        run(tmp_path, [p])
+    assert f"CollectedData_a.csv{where}:" in str(e.value)
+
+
+def test_keypoints_option_selects_a_subset(tmp_path):
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
+    # right_ear (NaN y in img002) is not selected, so img002 is no longer reported
+    result, header, records = run(tmp_path, [root], options=IngestOptions(keypoints=["left_ear", "snout"]))
+    assert header.keypoints == ["left_ear", "snout"]
+    assert result.report.counts == {}
+    assert [r.keypoints[0][2] for r in records] == [2, 0]
+    assert approx(records[1].keypoints)[1] == [0.25, 0.25, 2]
+
+
+def test_detect_is_by_content(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("image,nose_x,nose_y\na.png,1,2\n")
+    assert not formats.get("dlc").detect([p])
+    q = tmp_path / "whatever.csv"
+    q.write_text(SINGLE)
+    assert formats.get("dlc").detect([q])
+    assert formats.detect([q]).name == "dlc"
+    assert not formats.get("dlc").detect([tmp_path])  # a folder without labeled-data
+
+
+def test_nan_pairs_are_unlabelled_and_a_row_without_points_is_a_note(tmp_path):
+    text = SINGLE.replace("16,12", "nan,NaN").replace("40,NaN", "NaN,")
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": text})
+    result, _, records = run(tmp_path, [root])
+    assert [r.source["line"] for r in records] == [4]
+    assert result.report.counts == {"no_keypoints": 1}
