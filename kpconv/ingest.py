@@ -67,19 +67,26 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
         result = reader_cls().read(paths, ctx)
         header, index = _header(reader_cls.name, result, options, root)
         finalizer = _Finalizer(header, index, root, options, report)
-        with atomic_output(output) as out:
-            writer = ManifestWriter(out, header)
-            for record in finalizer.run(result.instances):
-                writer.write(record)
-            if strict and report.fails_strict:
-                first = report.first_failing()
-                raise ProblemsFound(report.first, f"--strict: {report.count('error') + report.count('warning')} "
-                                                  f"problem(s), nothing written; first: {first}")
-            if writer.count == 0:
-                raise NothingToWrite("no record could be written: every record was skipped "
-                                     f"({report.count()} problem(s))")
-        return IngestResult(reader_cls.name, writer.count, header, report, output,
-                            images=len(finalizer.sizes), skipped=finalizer.skipped)
+        failure = None
+        try:
+            with atomic_output(output) as out:
+                writer = ManifestWriter(out, header)
+                for record in finalizer.run(result.instances):
+                    writer.write(record)
+                if strict and report.fails_strict:
+                    first = report.first_failing()
+                    raise ProblemsFound(report.first, f"--strict: {report.count('error') + report.count('warning')} "
+                                                      f"problem(s), nothing written; first: {first}")
+                if writer.count == 0:
+                    first = report.first_failing() or (report.first[0] if report.first else None)
+                    raise NothingToWrite("no record could be written: every record was skipped "
+                                         f"({report.count()} problem(s))" + (f"; first: {first}" if first else ""))
+        except (ProblemsFound, NothingToWrite) as e:
+            failure = e  # no manifest, but the --report file is still written: it tells why
+        if failure is None:
+            return IngestResult(reader_cls.name, writer.count, header, report, output,
+                                images=len(finalizer.sizes), skipped=finalizer.skipped)
+    raise failure
 
 
 def _display(path: str, root: Path) -> str:

@@ -1,0 +1,296 @@
+"""COCO keypoints JSON (``person_keypoints_*.json``), one file or several (train + val).
+
+What is read: ``categories[].keypoints`` (names) and ``skeleton`` (1-based, made 0-based), ``images[]``
+(``id``, ``file_name``, ``width``/``height`` = the stated size, checked against the file), and
+``annotations[]`` (``keypoints`` flat ``[x, y, v] * K`` in pixels, ``bbox`` ``[x, y, w, h]``,
+``iscrowd``, ``category_id``). Crowd annotations are skipped (a note, as COCO intends) and so are
+annotations of other categories. Each file is parsed once with :mod:`json`; nothing is indexed twice.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ..errors import AnnotationError, Location
+from . import register
+from .base import DatasetMeta, RawInstance, ReadContext, ReadResult, Reader
+
+# Files up to this size are parsed completely by detect(); larger ones are scanned for the keys.
+_DETECT_PARSE_LIMIT = 4 << 20
+_SPLIT_TOKENS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "minival": "val",
+                 "test": "test"}
+
+
+def split_from_name(path: Path) -> Optional[str]:
+    """``person_keypoints_train2017.json`` -> ``train``; ``val.json`` -> ``val``; no token -> None."""
+    for token in re.split(r"[^a-z]+", path.stem.lower()):
+        if token in _SPLIT_TOKENS:
+            return _SPLIT_TOKENS[token]
+    return None
+
+
+def _is_coco_doc(doc) -> bool:
+    return (isinstance(doc, dict) and isinstance(doc.get("annotations"), list)
+            and isinstance(doc.get("categories"), list)
+            and any(isinstance(c, dict) and isinstance(c.get("keypoints"), list) for c in doc["categories"]))
+
+
+def _scan_for_keys(path: Path) -> bool:
+    """Cheap check of a big file: a JSON object whose text holds the three COCO keys."""
+    wanted = {b'"annotations"', b'"categories"', b'"keypoints"'}
+    tail = b""
+    with open(path, "rb") as f:
+        first = f.read(1 << 16)
+        if not first.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+            return False
+        chunk = first
+        while chunk and wanted:
+            buf = tail + chunk
+            wanted = {k for k in wanted if k not in buf}
+            tail = buf[-32:]
+            chunk = f.read(1 << 22)
+    return not wanted
+
+
+def _looks_like_coco(path: Path) -> bool:
+    if not path.is_file() or path.suffix.lower() != ".json":
+        return False
+    try:
+        if path.stat().st_size > _DETECT_PARSE_LIMIT:
+            return _scan_for_keys(path)
+        return _is_coco_doc(json.loads(path.read_bytes()))
+    except (OSError, ValueError):  # unreadable or not JSON (ValueError covers JSONDecodeError/Unicode)
+        return False
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+                              Location(str(path), e.lineno)) from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"not UTF-8 text: {e.reason} at byte {e.start}", Location(str(path))) from None
+    if not isinstance(doc, dict):
+        raise AnnotationError(f"expected a JSON object with 'images', 'annotations' and 'categories', "
+                              f"got {type(doc).__name__}", Location(str(path)))
+    for key in ("images", "annotations", "categories"):
+        if key not in doc:
+            raise AnnotationError("missing top-level field of a COCO file", Location(str(path), field=key))
+        if not isinstance(doc[key], list):
+            raise AnnotationError(f"expected a list, got {type(doc[key]).__name__}",
+                                  Location(str(path), field=key))
+    return doc
+
+
+def _describe(cat: dict) -> str:
+    return f"{cat.get('id')!r} ({cat.get('name')!r})"
+
+
+def _choose_category(path: Path, doc: dict, wanted: Optional[str]) -> dict:
+    cats = [c for c in doc["categories"] if isinstance(c, dict) and isinstance(c.get("keypoints"), list)
+            and c["keypoints"]]
+    if wanted is not None:
+        hits = [c for c in doc["categories"] if isinstance(c, dict)
+                and (str(c.get("name")) == wanted or str(c.get("id")) == wanted)]
+        if not hits:
+            raise AnnotationError(f"--category {wanted!r}: no category with that name or id; categories with "
+                                  f"keypoints: {', '.join(map(_describe, cats)) or 'none'}",
+                                  Location(str(path), field="categories"))
+        cat = hits[0]
+        if not (isinstance(cat.get("keypoints"), list) and cat["keypoints"]):
+            raise AnnotationError(f"--category {wanted!r}: category {_describe(cat)} has no keypoints",
+                                  Location(str(path), field="categories"))
+        return cat
+    if not cats:
+        raise AnnotationError("no category has keypoints (expected categories[].keypoints, a list of names)",
+                              Location(str(path), field="categories"))
+    if len(cats) > 1:
+        raise AnnotationError(f"several categories have keypoints: {', '.join(map(_describe, cats))}; "
+                              "choose one with --category NAME|ID", Location(str(path), field="categories"))
+    return cats[0]
+
+
+def _category_meta(path: Path, cat: dict) -> Tuple[List[str], List[Tuple[int, int]]]:
+    loc = Location(str(path), record=f"category {cat.get('id')}")
+    names = cat["keypoints"]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise AnnotationError(f"expected a list of unique keypoint names, got {names!r}", loc.with_field("keypoints"))
+    k = len(names)
+    skeleton = cat.get("skeleton") or []
+    pairs = []
+    if not isinstance(skeleton, list):
+        raise AnnotationError(f"expected a list of [i, j] pairs, got {skeleton!r}", loc.with_field("skeleton"))
+    for p in skeleton:
+        if (not isinstance(p, list) or len(p) != 2
+                or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= k for i in p)):
+            raise AnnotationError(f"expected 1-based keypoint index pairs [i, j] with 1 <= i, j <= {k}, got {p!r}",
+                                  loc.with_field("skeleton"))
+        pairs.append((p[0] - 1, p[1] - 1))
+    return list(names), pairs
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@register
+class CocoReader(Reader):
+    name = "coco"
+    description = "COCO keypoints JSON (one or several files, e.g. train + val)"
+
+    @classmethod
+    def detect(cls, sources: Sequence[Path]) -> bool:
+        return bool(sources) and all(_looks_like_coco(Path(s)) for s in sources)
+
+    def read(self, sources: Sequence[Path], ctx: ReadContext) -> ReadResult:
+        files = []
+        for s in sources:
+            s = Path(s)
+            if s.is_dir():
+                found = sorted(p for p in s.glob("*.json") if _looks_like_coco(p))
+                if not found:
+                    raise AnnotationError("no COCO keypoints JSON file in this folder", Location(str(s)))
+                files.extend(found)
+            else:
+                files.append(s)
+        loaded = []
+        names: Optional[List[str]] = None
+        skeleton: List[Tuple[int, int]] = []
+        first_file = None
+        for path in files:
+            doc = _load(path)
+            cat = _choose_category(path, doc, ctx.options.category)
+            cat_names, cat_skeleton = _category_meta(path, cat)
+            if names is None:
+                names, skeleton, first_file = cat_names, cat_skeleton, path
+            elif cat_names != names:
+                raise AnnotationError(f"keypoint names differ between {first_file} ({', '.join(names)}) and "
+                                      f"{path} ({', '.join(cat_names)}); files read together must share them",
+                                      Location(str(path), field="categories"))
+            loaded.append((path, doc, cat.get("id")))
+        assert names is not None
+        wanted = ctx.options.keypoints
+        if wanted:
+            missing = [n for n in wanted if n not in names]
+            if missing:
+                raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the COCO keypoint "
+                                      f"names ({', '.join(names)})", Location(str(files[0]), field="keypoints"))
+            keep = [(i, n) for i, n in enumerate(names) if n in set(wanted)]
+        else:
+            keep = list(enumerate(names))
+        meta = DatasetMeta(keypoints=names, skeleton=skeleton)
+        return ReadResult(meta, self._instances(loaded, len(names), keep, ctx),
+                          source_files=[str(p) for p in files],
+                          extra={"category": _category_name(loaded)})
+
+    def _instances(self, loaded, k: int, keep, ctx: ReadContext) -> Iterator[RawInstance]:
+        report = ctx.report
+        n3 = 3 * k
+        for path, doc, cat_id in loaded:
+            file = str(path)
+            split = split_from_name(path)
+            images = self._images(file, doc["images"], report)
+            for i, ann in enumerate(doc["annotations"]):
+                if not isinstance(ann, dict):
+                    report.add("malformed_record", f"expected an annotation object, got {type(ann).__name__}",
+                               Location(file, record=f"annotations[{i}]"))
+                    continue
+                aid = ann.get("id")
+                loc = Location(file, record=str(aid) if aid is not None else f"annotations[{i}]")
+                if ann.get("category_id") != cat_id:
+                    report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
+                               f"category {cat_id!r}", loc.with_field("category_id"))
+                    continue
+                if ann.get("iscrowd"):
+                    report.add("crowd", "iscrowd=1 annotation skipped", loc.with_field("iscrowd"))
+                    continue
+                if "image_id" not in ann:
+                    report.add("missing_field", "annotation has no image_id", loc.with_field("image_id"))
+                    continue
+                image_id = ann["image_id"]
+                try:
+                    image = images.get(image_id, False)
+                except TypeError:  # unhashable (a list, an object)
+                    image = False
+                if not image:
+                    why = "is not in images[]" if image is False else "refers to an invalid images[] entry"
+                    report.add("malformed_record", f"image_id {image_id!r} {why}", loc.with_field("image_id"))
+                    continue
+                kp = ann.get("keypoints")
+                if kp is None:
+                    report.add("missing_field", "annotation has no keypoints", loc.with_field("keypoints"))
+                    continue
+                if not isinstance(kp, list) or len(kp) != n3 or not all(map(_is_number, kp)):
+                    got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
+                    if isinstance(kp, list) and len(kp) == n3:
+                        bad = next(x for x in kp if not _is_number(x))
+                        got = f"a non-number {bad!r}"
+                    report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
+                               loc.with_field("keypoints"))
+                    continue
+                points = {}
+                for j, name in keep:
+                    v = kp[3 * j + 2]
+                    if v != 0:
+                        points[name] = (kp[3 * j], kp[3 * j + 1], int(v) if v in (1, 2) else v)
+                yield RawInstance(image[0], points, loc, instance=None, bbox=ann.get("bbox"),
+                                  size=image[1], split=split)
+
+    @staticmethod
+    def _images(file: str, entries: list, report) -> Dict[object, Optional[Tuple[str, Optional[Tuple[int, int]]]]]:
+        """image id -> (file_name, stated (width, height) or None), or None for an entry that is
+        reported as bad (its annotations are then skipped too)."""
+        images = {}
+        for i, im in enumerate(entries):
+            rec = f"image {im.get('id')}" if isinstance(im, dict) and "id" in im else f"images[{i}]"
+            loc = Location(file, record=rec)
+            if not isinstance(im, dict):
+                report.add("malformed_record", f"expected an image object, got {type(im).__name__}", loc)
+                continue
+            for key in ("id", "file_name"):
+                if key not in im:
+                    report.add("missing_field", "image entry lacks a required field", loc.with_field(key))
+                    break
+            else:
+                name = im["file_name"]
+                if not isinstance(name, str) or not name:
+                    report.add("wrong_type", f"expected a file name, got {name!r}", loc.with_field("file_name"))
+                    _mark_bad(images, im["id"])
+                    continue
+                w, h = im.get("width"), im.get("height")
+                size = None
+                if w is not None or h is not None:
+                    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in (w, h)):
+                        report.add("wrong_type", f"expected positive integer width and height, got {w!r} x {h!r}",
+                                   loc.with_field("width"))
+                        _mark_bad(images, im["id"])
+                        continue
+                    size = (w, h)
+                try:
+                    images[im["id"]] = (name, size)
+                except TypeError:
+                    report.add("wrong_type", f"expected a number or string id, got {im['id']!r}",
+                               loc.with_field("id"))
+        return images
+
+
+def _mark_bad(images: dict, image_id) -> None:
+    try:
+        images[image_id] = None
+    except TypeError:  # an unhashable id cannot be referred to anyway
+        pass
+
+
+def _category_name(loaded) -> Optional[str]:
+    path, doc, cat_id = loaded[0]
+    for c in doc["categories"]:
+        if isinstance(c, dict) and c.get("id") == cat_id:
+            return c.get("name")
+    return None
