@@ -127,7 +127,7 @@ class YoloReader(Reader):
                     raise AnnotationError(f"expected a folder or .txt list path, got {e!r}", Location(name, field=split))
                 p = Path(e) if os.path.isabs(e) else root / e
                 if not p.exists():
-                    raise AnnotationError(f"{split}: {p} does not exist", Location(name, field=split))
+                    raise AnnotationError(f"{p} does not exist", Location(name, field=split))
                 splits.append((split, p))
         if not splits:
             raise AnnotationError("no 'train', 'val' or 'test' entry", Location(name))
