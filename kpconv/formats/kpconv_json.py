@@ -75,8 +75,10 @@ def schema_errors(validator, instance, prefix=()) -> List[Tuple[str, str, str]]:
             out.append(("missing_field", _path(parts), "missing required field"))
             continue
         if e.validator == "additionalProperties":
-            out.append(("wrong_type", _path(parts), f"unexpected field(s): {e.message.split('(')[-1].rstrip(')')}"
-                        " (extension fields must start with 'x-')"))
+            known = e.schema.get("properties", {})
+            extras = ", ".join(repr(k) for k in e.instance if k not in known and not k.startswith("x-"))
+            out.append(("wrong_type", _path(parts), f"unexpected field(s) {extras} "
+                        "(extension fields must start with 'x-')"))
             continue
         expected = e.schema.get("x-expected") if isinstance(e.schema, dict) else None
         if expected is None and e.validator == "type":
