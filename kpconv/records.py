@@ -64,3 +64,62 @@ def parse_example(serialized, num_keypoints: int):
     import tensorflow as tf
 
     return tf.io.parse_single_example(serialized, feature_description(num_keypoints))
+
+
+def record_features(*, image: bytes, image_format: str, height: int, width: int, source_path: str,
+                    original_height: int, original_width: int, instance_id: str, bbox, keypoints,
+                    transform) -> dict:
+    """The features of one record, for :func:`kpconv.tfrecord.encode_example` (no TensorFlow needed).
+
+    ``keypoints`` is K x (x, y, v) normalized to the stored image; ``bbox`` and ``transform`` as in
+    the table above."""
+    kinds = {name: dtype for name, (dtype, _) in FEATURES.items()}
+    values = {
+        "image/encoded": [image],
+        "image/format": [image_format],
+        "image/height": [height],
+        "image/width": [width],
+        "image/source_path": [source_path],
+        "image/original_height": [original_height],
+        "image/original_width": [original_width],
+        "instance/id": [instance_id],
+        "instance/bbox": list(bbox),
+        "keypoints/x": [p[0] for p in keypoints],
+        "keypoints/y": [p[1] for p in keypoints],
+        "keypoints/visibility": [int(p[2]) for p in keypoints],
+        "transform/stored_to_original": list(transform),
+    }
+    return {name: (kinds[name], values[name]) for name in FEATURES}
+
+
+def to_example(**fields) -> bytes:
+    """One serialized record (``tf.train.Example`` bytes, deterministic); arguments as :func:`record_features`."""
+    from .tfrecord import encode_example
+
+    return encode_example(record_features(**fields))
+
+
+def decode_record(data: bytes, num_keypoints: int) -> dict:
+    """A serialized record -> ``{name: value}`` (scalars unwrapped, bytes kept, strings decoded), without
+    TensorFlow. Raises ValueError naming the feature when the record does not follow the spec."""
+    from .tfrecord import decode_example
+
+    raw = decode_example(data)
+    out = {}
+    for name, (dtype, shape) in FEATURES.items():
+        if name not in raw:
+            raise ValueError(f"feature {name!r} is missing")
+        kind, values = raw[name]
+        if kind != dtype:
+            raise ValueError(f"feature {name!r}: expected {dtype}, got {kind}")
+        n = 1 if shape == () else (num_keypoints if shape[0] == "K" else shape[0])
+        if len(values) != n:
+            raise ValueError(f"feature {name!r}: expected {n} value(s), got {len(values)}")
+        if shape == ():
+            value = values[0]
+            if dtype == "bytes" and name != "image/encoded":
+                value = value.decode("utf-8")
+            out[name] = value
+        else:
+            out[name] = list(values)
+    return out

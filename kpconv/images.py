@@ -1,0 +1,299 @@
+"""Images for ``kpconv shard``: load, convert to 8-bit RGB, crop, resize, encode, and move the keypoints
+exactly with the pixels.
+
+Geometry, in the continuous pixel convention (x = 0 is the left edge of the image, pixel ``i`` covers
+``[i, i + 1)``):
+
+1. EXIF orientation is applied first; "original" coordinates below are those of the displayed image,
+   the same as the manifest's.
+2. ``crop="bbox"``: the instance's box grows by ``crop_pad`` times its width and height (half on each
+   side), is rounded outwards to whole pixels and clipped to the image border: ``[x0, x1) x [y0, y1)``.
+   ``crop="none"``: the whole image.
+3. ``size=None`` keeps the crop's size. ``resize="stretch"`` scales the crop to exactly ``size``;
+   ``resize="pad"`` scales it with its aspect ratio kept to ``(rw, rh)`` (rounded to whole pixels) and
+   places it at ``(ox, oy)`` in the middle of a ``size`` canvas filled with ``BACKGROUND``.
+
+A stored pixel coordinate ``(xs, ys)`` maps back to the original image as
+``x = a*xs + b*ys + c, y = d*xs + e*ys + f`` with ``a = cw/rw, b = 0, c = x0 - ox*a, d = 0,
+e = ch/rh, f = y0 - oy*e`` (``cw, ch`` the crop size): :attr:`Stored.transform`.
+Keypoints that land outside the placed image content (outside the stored image, or in the padding)
+become not visible: ``v = 0, x = y = 0``.
+
+Mode conversion: grayscale, 1-bit and palette images are expanded to RGB; images with alpha (RGBA,
+LA, palette with transparency) are composited on ``BACKGROUND``; CMYK is converted to RGB; 16-bit
+images (``I;16*`` and ``I``) are scaled from 0..65535 to 0..255; ``F`` is clipped to 0..255.
+
+JPEG sources are decoded at a reduced scale (``Image.draft``, 1/2, 1/4 or 1/8) when the output needs
+no more pixels than that, which makes decoding several times cheaper.
+"""
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import ImageError, Location
+
+BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
+EXIF_ORIENTATION = 0x0112
+
+# reason -> meaning (skipped.jsonl and the README)
+SKIP_REASONS = {
+    "missing_image": "image file does not exist",
+    "unreadable_image": "not an image, or a format/mode that cannot be decoded",
+    "truncated_image": "image data ends early",
+    "decompression_bomb": "image has more pixels than the limit (Pillow's MAX_IMAGE_PIXELS)",
+    "size_mismatch": "image size differs from the manifest (the image changed since ingest)",
+}
+
+
+class BadImage(ImageError):
+    """An image that cannot be converted; ``reason`` is a key of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, message: str, location: Optional[Location] = None):
+        self.reason = reason
+        super().__init__(message, location)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    size: Optional[Tuple[int, int]] = None   # (width, height) of the stored image; None: keep
+    resize: str = "stretch"                   # "stretch" or "pad"
+    crop: str = "none"                        # "none" or "bbox"
+    crop_pad: float = 0.2
+    quality: int = 95                         # JPEG quality of re-encoded images
+    max_pixels: Optional[int] = None          # None: Pillow's Image.MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the crop ``[x0, x1) x [y0, y1)`` of the original lands in the stored image."""
+
+    crop: Tuple[int, int, int, int]      # x0, y0, x1, y1 in original pixels
+    out: Tuple[int, int]                 # stored (width, height)
+    placed: Tuple[int, int, int, int]    # ox, oy, rw, rh: the content's position and size in the stored image
+
+    @property
+    def transform(self) -> List[float]:
+        x0, y0, x1, y1 = self.crop
+        ox, oy, rw, rh = self.placed
+        a, e = (x1 - x0) / rw, (y1 - y0) / rh
+        return [a, 0.0, x0 - ox * a, 0.0, e, y0 - oy * e]
+
+    @property
+    def identity_pixels(self) -> bool:
+        x0, y0, x1, y1 = self.crop
+        return self.placed == (0, 0, x1 - x0, y1 - y0) and self.out == (x1 - x0, y1 - y0)
+
+
+def layout(width: int, height: int, bbox_px: Sequence[float], opts: ImageOptions) -> Layout:
+    """The crop and placement for an image of ``width`` x ``height`` (pure arithmetic)."""
+    if opts.crop == "bbox":
+        bx, by, bw, bh = bbox_px
+        dx, dy = opts.crop_pad * bw / 2, opts.crop_pad * bh / 2
+        x0, x1 = _span(bx - dx, bx + bw + dx, width)
+        y0, y1 = _span(by - dy, by + bh + dy, height)
+    else:
+        x0, y0, x1, y1 = 0, 0, width, height
+    cw, ch = x1 - x0, y1 - y0
+    if opts.size is None:
+        return Layout((x0, y0, x1, y1), (cw, ch), (0, 0, cw, ch))
+    tw, th = opts.size
+    if opts.resize == "stretch":
+        return Layout((x0, y0, x1, y1), (tw, th), (0, 0, tw, th))
+    s = min(tw / cw, th / ch)
+    rw, rh = min(tw, max(1, round(cw * s))), min(th, max(1, round(ch * s)))
+    return Layout((x0, y0, x1, y1), (tw, th), ((tw - rw) // 2, (th - rh) // 2, rw, rh))
+
+
+def _span(lo: float, hi: float, limit: int) -> Tuple[int, int]:
+    a = min(max(0, math.floor(lo + 1e-9)), limit - 1)
+    b = max(min(limit, math.ceil(hi - 1e-9)), a + 1)
+    return a, b
+
+
+def map_keypoints(keypoints: Sequence[Sequence[float]], width: int, height: int,
+                  lay: Layout) -> List[Tuple[float, float, int]]:
+    """Manifest keypoints (normalized to the original image) -> normalized to the stored image.
+
+    Keypoints outside the placed content become ``(0, 0, 0)``."""
+    a, _, c, _, e, f = lay.transform
+    ow, oh = lay.out
+    ox, oy, rw, rh = lay.placed
+    out = []
+    for x, y, v in keypoints:
+        if v == 0:
+            out.append((0.0, 0.0, 0))
+            continue
+        xs, ys = (x * width - c) / a, (y * height - f) / e
+        if ox <= xs <= ox + rw and oy <= ys <= oy + rh:
+            out.append((xs / ow, ys / oh, int(v)))
+        else:
+            out.append((0.0, 0.0, 0))
+    return out
+
+
+def map_bbox(bbox: Sequence[float], width: int, height: int, lay: Layout) -> List[float]:
+    """Manifest bbox (normalized to the original) -> normalized to the stored image, clipped to the content."""
+    a, _, c, _, e, f = lay.transform
+    ow, oh = lay.out
+    ox, oy, rw, rh = lay.placed
+    bx, by, bw, bh = bbox
+    x0 = min(max((bx * width - c) / a, ox), ox + rw)
+    x1 = min(max(((bx + bw) * width - c) / a, ox), ox + rw)
+    y0 = min(max((by * height - f) / e, oy), oy + rh)
+    y1 = min(max(((by + bh) * height - f) / e, oy), oy + rh)
+    return [x0 / ow, y0 / oh, (x1 - x0) / ow, (y1 - y0) / oh]
+
+
+# ------------------------------------------------------------------------------------------ pixels
+@dataclass
+class Stored:
+    data: bytes                 # encoded image
+    format: str                 # "jpeg" or "png"
+    layout: Layout
+    original: Tuple[int, int]   # (width, height) after EXIF orientation
+
+
+class SourceImage:
+    """An opened image file: its bytes, its displayed size and how to decode it. Raises BadImage."""
+
+    def __init__(self, path: str, max_pixels: Optional[int] = None):
+        from PIL import Image
+
+        self.path = path
+        loc = Location(path)
+        try:
+            with open(path, "rb") as f:
+                self.data = f.read()
+        except FileNotFoundError:
+            raise BadImage("missing_image", "image file does not exist", loc) from None
+        except IsADirectoryError:
+            raise BadImage("unreadable_image", "expected an image file, found a directory", loc) from None
+        except OSError as e:
+            raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", loc) from None
+        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                self.im = Image.open(io.BytesIO(self.data))
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise BadImage("decompression_bomb", str(e), loc) from None
+            except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+                raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
+        w, h = self.im.size
+        if limit and w * h > limit:
+            raise BadImage("decompression_bomb", f"image has {w * h} pixels, more than the limit of {limit}", loc)
+        self.orientation = 1
+        if self.im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
+            try:
+                self.orientation = int(self.im.getexif().get(EXIF_ORIENTATION, 1))
+            except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+                self.orientation = 1  # a broken EXIF block does not make the image unreadable
+        self.size = (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
+        self.loc = loc
+
+    def load(self, draft_size: Optional[Tuple[int, int]] = None):
+        """Decode (at a reduced JPEG scale when ``draft_size`` allows); returns (image, scale)."""
+        from PIL import Image, ImageOps
+
+        im = self.im
+        scale = 1
+        if draft_size and im.format == "JPEG" and self.orientation == 1:
+            im.draft("RGB", draft_size)
+            w, h = self.size
+            dw, dh = im.size
+            for s in (8, 4, 2, 1):
+                if (w + s - 1) // s == dw and (h + s - 1) // s == dh:
+                    scale = s
+                    break
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                im.load()
+            except OSError as e:
+                reason = "truncated_image" if "truncated" in str(e) or "broken data stream" in str(e) else "unreadable_image"
+                raise BadImage(reason, f"cannot decode image: {e}", self.loc) from None
+            except (SyntaxError, ValueError, EOFError) as e:
+                raise BadImage("unreadable_image", f"cannot decode image: {e}", self.loc) from None
+        if self.orientation != 1:
+            im = ImageOps.exif_transpose(im)
+        return im, scale
+
+
+def to_rgb(im, background=BACKGROUND):
+    """Any Pillow image -> 8-bit RGB (see the module docstring for the rules)."""
+    from PIL import Image
+    import numpy as np
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P" or mode == "L" and "transparency" in im.info:
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        arr = (np.clip(arr, 0, 65535) * 255 + 32767) // 65535
+        im = Image.fromarray(arr.astype(np.uint8), "L")
+        mode = "L"
+    elif mode == "F":
+        arr = np.clip(np.asarray(im), 0, 255)
+        im = Image.fromarray(np.rint(arr).astype(np.uint8), "L")
+        mode = "L"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return im.convert("RGB")
+
+
+def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Stored:
+    """The stored image for one instance: passthrough of the original bytes when nothing changes,
+    else decode, convert, crop, resize and encode as JPEG. ``bbox`` is normalized to the original."""
+    from PIL import Image
+
+    w, h = src.size
+    lay = layout(w, h, [bbox[0] * w, bbox[1] * h, bbox[2] * w, bbox[3] * h], opts)
+    fmt = src.im.format
+    if (lay.identity_pixels and lay.crop == (0, 0, w, h) and fmt in ("JPEG", "PNG") and src.orientation == 1
+            and src.im.mode in ("RGB", "L") and "transparency" not in src.im.info):
+        # passthrough: only check that it decodes (at 1/8 scale for JPEG, which still reads all the data)
+        src.load(draft_size=((w + 7) // 8, (h + 7) // 8) if fmt == "JPEG" else None)
+        return Stored(src.data, "jpeg" if fmt == "JPEG" else "png", lay, (w, h))
+    x0, y0, x1, y1 = lay.crop
+    ox, oy, rw, rh = lay.placed
+    draft = None
+    if rw < x1 - x0 and rh < y1 - y0:
+        draft = (max(1, math.ceil(w * rw / (x1 - x0))), max(1, math.ceil(h * rh / (y1 - y0))))
+    im, s = src.load(draft_size=draft)
+    im = to_rgb(im)
+    if im.size != (math.ceil(w / s), math.ceil(h / s)):
+        raise BadImage("unreadable_image", f"decoded size {im.size} is not the expected {(w, h)}", src.loc)
+    if (rw, rh) == (x1 - x0, y1 - y0) and s == 1:
+        content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0, w, h) else im
+    else:
+        content = im.resize((rw, rh), Image.Resampling.BILINEAR, box=(x0 / s, y0 / s, x1 / s, y1 / s))
+    if lay.placed != (0, 0) + lay.out:
+        canvas = Image.new("RGB", lay.out, BACKGROUND)
+        canvas.paste(content, (ox, oy))
+        content = canvas
+    buf = io.BytesIO()
+    content.save(buf, "JPEG", quality=opts.quality)
+    return Stored(buf.getvalue(), "jpeg", lay, (w, h))
+
+
+def decode(data: bytes):
+    """Decode stored image bytes fully (RGB). Raises BadImage."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage("unreadable_image", f"cannot decode image: {e}") from None
+    return im

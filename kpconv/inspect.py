@@ -1,0 +1,206 @@
+"""``kpconv inspect``: what a ``kpconv shard`` directory holds, a full verification, a contact sheet.
+
+No TensorFlow: records are read with :mod:`kpconv.tfrecord` and decoded with
+:func:`kpconv.records.decode_record`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+from .errors import Location, VerifyError
+from .manifest import atomic_output
+from .records import SPEC_VERSION, decode_record
+from .shard import read_info
+from .tfrecord import read_records
+
+LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
+
+
+@dataclass
+class InspectResult:
+    info: dict
+    lines: List[str] = field(default_factory=list)   # the printable summary
+    verified: int = 0                                # records verified (--verify)
+    grid: Optional[str] = None                       # contact sheet written
+
+
+def _shards(info: dict) -> Iterator[Tuple[str, dict]]:
+    for split, s in info.get("splits", {}).items():
+        for entry in s.get("shards", []):
+            yield split, entry
+
+
+def summary(out_dir, info: dict) -> List[str]:
+    img = info.get("image", {})
+    size = "x".join(str(v) for v in img["size"]) + f" ({img.get('resize')})" if img.get("size") else "original size"
+    crop = img.get("crop", "none") + (f" (pad {img.get('crop_pad')})" if img.get("crop") == "bbox" else "")
+    lines = [f"{out_dir}: kpconv {info.get('kpconv_version')}, record spec {info.get('spec_version')}, "
+             f"{info.get('records')} record(s), image {size}, crop {crop}, compression {info.get('compression')}"]
+    rows = [("split", "records", "shards", "bytes")]
+    for split, s in info.get("splits", {}).items():
+        rows.append((split, str(s["records"]), str(len(s["shards"])), f"{s['bytes']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    sk = info.get("skipped", {})
+    reasons = ", ".join(f"{k} {v}" for k, v in sk.get("reasons", {}).items())
+    lines.append(f"skipped: {sk.get('records', 0)}" + (f" ({reasons}; see {sk.get('file')})" if reasons else ""))
+    names = info.get("keypoints", [])
+    flips = {}
+    for a, b in info.get("flip_pairs", []):
+        flips[a], flips[b] = names[b], names[a]
+    totals = [[0, 0, 0] for _ in names]
+    for s in info.get("splits", {}).values():
+        for i, counts in enumerate(s.get("visibility", [])):
+            for v in range(3):
+                totals[i][v] += counts[v]
+    w = max((len(n) for n in names), default=4)
+    lines.append(f"keypoints ({len(names)}): share of records with v=2 visible / v=1 occluded / v=0 not labelled or outside")
+    for i, name in enumerate(names):
+        n = sum(totals[i]) or 1
+        pair = f"  flip <-> {flips[i]}" if i in flips else ""
+        lines.append(f"  {name:<{w}}  {totals[i][2] / n:6.1%}  {totals[i][1] / n:6.1%}  {totals[i][0] / n:6.1%}{pair}")
+    return lines
+
+
+def verify(out_dir, info: dict) -> int:
+    """Read every record of every shard: CRCs, spec, image decoding, counts, sha256, visibility counts.
+
+    Raises VerifyError naming the first bad shard (and record); returns the number of records."""
+    from .images import BadImage, decode
+
+    out = Path(out_dir)
+    if info.get("spec_version") != SPEC_VERSION:
+        raise VerifyError(f"record spec version {info.get('spec_version')} is not {SPEC_VERSION}",
+                          Location("dataset_info.json"))
+    k = len(info["keypoints"])
+    compression = info.get("compression", "none")
+    total = 0
+    for split, s in info["splits"].items():
+        vis = [[0, 0, 0] for _ in range(k)]
+        for entry in s["shards"]:
+            name = entry["file"]
+            path = out / name
+            if not path.is_file():
+                raise VerifyError("shard file is missing", Location(name))
+            count = 0
+            for index, data in enumerate(_records(path, name, compression)):
+                loc = Location(name, record=str(index))
+                try:
+                    rec = decode_record(data, k)
+                except ValueError as e:
+                    raise VerifyError(f"record does not follow the spec: {e}", loc) from None
+                try:
+                    im = decode(rec["image/encoded"])
+                except BadImage as e:
+                    raise VerifyError(f"image does not decode: {e.message}", loc) from None
+                if im.size != (rec["image/width"], rec["image/height"]):
+                    raise VerifyError(f"image is {im.size[0]}x{im.size[1]}, the record says "
+                                      f"{rec['image/width']}x{rec['image/height']}", loc)
+                for i, v in enumerate(rec["keypoints/visibility"]):
+                    if v not in (0, 1, 2):
+                        raise VerifyError(f"keypoint {i}: visibility {v} is not 0, 1 or 2", loc)
+                    vis[i][v] += 1
+                count += 1
+            if count != entry["records"]:
+                raise VerifyError(f"holds {count} record(s), dataset_info.json says {entry['records']}", Location(name))
+            digest, size = _sha256(path)
+            if size != entry["bytes"] or digest != entry["sha256"]:
+                raise VerifyError("sha256 or size differs from dataset_info.json (the file changed after writing)",
+                                  Location(name))
+            total += count
+        if "visibility" in s and vis != s["visibility"]:
+            raise VerifyError(f"split {split}: keypoint visibility counts differ from dataset_info.json",
+                              Location("dataset_info.json"))
+    return total
+
+
+def _records(path: Path, name: str, compression: str) -> Iterator[bytes]:
+    try:
+        yield from read_records(str(path), compression)
+    except VerifyError as e:  # re-locate with the shard's name as given in dataset_info.json
+        raise VerifyError(e.message, Location(name, record=e.location.record)) from None
+
+
+def _sha256(path: Path) -> Tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def contact_sheet(out_dir, info: dict, path: str, n: int = 16, cell: int = 256) -> int:
+    """Draw up to ``n`` records (in shard order, train first) with keypoints, names and skeleton;
+    left keypoints/limbs in red, right in blue, others yellow. Returns the number drawn."""
+    from PIL import Image, ImageDraw
+
+    from .images import decode, to_rgb
+
+    names = info["keypoints"]
+    k = len(names)
+    side = {}
+    for a, b in info.get("flip_pairs", []):
+        side[a], side[b] = LEFT, RIGHT
+    cells = []
+    for split, entry in _shards(info):
+        if len(cells) >= n:
+            break
+        for data in read_records(str(Path(out_dir) / entry["file"]), info.get("compression", "none")):
+            if len(cells) >= n:
+                break
+            rec = decode_record(data, k)
+            im = to_rgb(decode(rec["image/encoded"]))
+            w, h = im.size
+            scale = cell / max(w, h)
+            im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+            sw, sh = im.size
+            tile = Image.new("RGB", (cell, cell + 14), (0, 0, 0))
+            tile.paste(im, (0, 0))
+            d = ImageDraw.Draw(tile)
+            pts = [(x * sw, y * sh, v) for x, y, v in zip(rec["keypoints/x"], rec["keypoints/y"],
+                                                       rec["keypoints/visibility"])]
+            for a, b in info.get("skeleton", []):
+                if pts[a][2] and pts[b][2]:
+                    colour = side.get(a) if side.get(a) == side.get(b) else MIDDLE
+                    d.line([pts[a][:2], pts[b][:2]], fill=colour or MIDDLE, width=2)
+            for i, (x, y, v) in enumerate(pts):
+                if not v:
+                    continue
+                colour = side.get(i, MIDDLE)
+                r = 3
+                d.ellipse([x - r, y - r, x + r, y + r], fill=colour if v == 2 else None, outline=colour)
+                d.text((x + 4, y - 5), names[i], fill=colour)
+            label = f"{split}: {rec['image/source_path']}#{rec['instance/id']}"
+            d.text((2, cell + 1), label[:40], fill=(255, 255, 255))
+            cells.append(tile)
+    if not cells:
+        return 0
+    cols = min(len(cells), 4)
+    rows = (len(cells) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + 14)), (40, 40, 40))
+    for i, tile in enumerate(cells):
+        sheet.paste(tile, ((i % cols) * cell, (i // cols) * (cell + 14)))
+    buf = io.BytesIO()
+    sheet.save(buf, "PNG")
+    with atomic_output(str(path), "wb") as f:
+        f.write(buf.getvalue())
+    return len(cells)
+
+
+def inspect(out_dir, verify_records: bool = False, grid: Optional[str] = None, n: int = 16) -> InspectResult:
+    """Summarize a shard directory; optionally verify every record and draw a contact sheet."""
+    info = read_info(out_dir)
+    result = InspectResult(info, summary(out_dir, info))
+    if verify_records:
+        result.verified = verify(out_dir, info)
+    if grid:
+        contact_sheet(out_dir, info, grid, n)
+        result.grid = grid
+    return result

@@ -1,0 +1,587 @@
+"""``kpconv shard``: manifest -> deterministic TFRecord shards, planned first, then written in parallel.
+
+1. **Scan** the manifest once (a file, or stdin spooled to ``OUT_DIR/.kpconv-shard/``): for each record
+   keep only its byte offset, a digest of its line, its split and its order key, never its image.
+2. **Plan** (frozen before any shard is touched): the split of a record is the source's split, or,
+   with ``--split`` (or when the source gives none), decided by a salted hash of its group (the
+   manifest's ``group``, else its image) so that all instances of an image / frames of a video share
+   one split. Within a split, records are ordered by a salted hash of their key (``image#instance``);
+   the split is cut into ``S`` shards of ``round(i * n / S)`` boundaries.
+3. **Write**: each shard is one task, written whole by one worker process (``forkserver``: workers
+   never inherit a parent that might have imported TensorFlow) under a hidden temporary name, fsynced
+   and renamed; then a small state file ``.kpconv-shard/<shard>.json`` records its fingerprint
+   (options + the manifest lines of its records), sha256, counts and skipped records.
+4. **Finish**: ``skipped.jsonl`` then ``dataset_info.json`` (last, atomically).
+
+The bytes of every shard depend only on the manifest and the options (not on ``--workers``, timing or
+the run), so ``--resume`` keeps a shard whose state file matches its fingerprint and sha256 and
+rewrites the others.
+
+Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process kill itself (SIGKILL) after
+writing N records, to test interrupted runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .errors import Location, ManifestError, NothingToWrite, ShardError
+from .images import BadImage, ImageOptions, SourceImage, map_bbox, map_keypoints, render
+from .manifest import Header, Record, atomic_output
+from .progress import progress
+from .records import SPEC_VERSION, to_example
+
+DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
+DEFAULT_SHARD_SIZE = 64_000_000  # "64MB"
+STATE_DIR = ".kpconv-shard"
+INFO_FILE = "dataset_info.json"
+SKIPPED_FILE = "skipped.jsonl"
+SPLIT_ORDER = ("train", "val", "test")
+JPEG_BYTES_PER_PIXEL = 0.5  # shard-size estimate for re-encoded images (JPEG ~4 bits per pixel)
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    image: ImageOptions = field(default_factory=ImageOptions)
+    split: Optional[Dict[str, float]] = None   # None: the source's split, else DEFAULT_SPLIT
+    shard_size: int = DEFAULT_SHARD_SIZE       # bytes aimed at per shard (ignored with num_shards)
+    num_shards: Optional[int] = None           # shards per split
+    workers: int = 0                           # 0: number of CPUs
+    seed: int = 0
+    compression: str = "none"                  # "none" or "gzip"
+    overwrite: bool = False
+    resume: bool = False
+
+
+@dataclass
+class ShardResult:
+    out_dir: Path
+    info: dict
+    written: int = 0            # records in the dataset
+    skipped: int = 0
+    kept_shards: int = 0        # shards kept by --resume
+    written_shards: int = 0
+
+
+def split_of(group: str, fractions: Dict[str, float], seed: int) -> str:
+    """The split of a group: a salted hash mapped onto the cumulative fractions (in the given order)."""
+    u = int.from_bytes(hashlib.sha256(f"kpconv-split\0{seed}\0{group}".encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+    total = sum(fractions.values())
+    acc = 0.0
+    last = None
+    for name, frac in fractions.items():
+        if frac <= 0:
+            continue
+        acc += frac / total
+        last = name
+        if u < acc:
+            return name
+    return last
+
+
+def order_key(key: str, seed: int) -> bytes:
+    return hashlib.sha256(f"kpconv-order\0{seed}\0{key}".encode("utf-8")).digest()[:8]
+
+
+def shard_name(split: str, index: int, count: int, compression: str) -> str:
+    return f"{split}.tfrecord-{index:05d}-of-{count:05d}" + (".gz" if compression == "gzip" else "")
+
+
+# ---------------------------------------------------------------------------------- option parsing
+def parse_image_size(text: str) -> Optional[Tuple[int, int]]:
+    """``224`` -> (224, 224), ``320x240`` -> (320, 240) (width x height), ``none`` -> None."""
+    t = text.strip().lower()
+    if t == "none":
+        return None
+    parts = t.split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(0 < v <= 65535 for v in values):
+        raise ValueError(f"expected a size like 224 or 320x240 (width x height) or 'none', got {text!r}")
+    return (values[0], values[-1])
+
+
+def parse_split(text: str) -> Dict[str, float]:
+    """``train=0.8,val=0.1,test=0.1`` -> {"train": 0.8, ...} (fractions >= 0 that sum to 1)."""
+    out: Dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            frac = float(value)
+        except ValueError:
+            frac = -1.0
+        if not sep or not _safe_name(name) or not 0 <= frac <= 1 or name in out:
+            raise ValueError(f"expected name=fraction pairs like 'train=0.8,val=0.1,test=0.1' "
+                             f"(names of letters, digits, '_' or '-', each once), got {item!r}")
+        out[name] = frac
+    total = sum(out.values())
+    if abs(total - 1) > 1e-6:
+        raise ValueError(f"the split fractions must sum to 1, got {total:g}")
+    return out
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
+
+
+def parse_bytes(text: str) -> int:
+    """``64MB`` -> 64000000, ``1GiB`` -> 1073741824, ``500000`` -> 500000."""
+    t = text.strip().lower()
+    i = len(t)
+    while i and t[i - 1].isalpha():
+        i -= 1
+    try:
+        value = float(t[:i]) * _UNITS[t[i:]]
+    except (ValueError, KeyError):
+        value = 0
+    if not value >= 1:
+        raise ValueError(f"expected a size like 64MB, 500KB or 1GiB, got {text!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------- plan
+@dataclass
+class ShardTask:
+    split: str
+    name: str
+    offsets: List[int]
+    fingerprint: str
+
+
+@dataclass
+class Plan:
+    header: Header
+    manifest: str                  # path the workers read (the spooled copy for stdin)
+    images_root: str
+    tasks: List[ShardTask]
+    split_source: str              # "source", "hash" or "source+hash"
+    records: int
+
+
+def _spool_stdin(state: Path) -> str:
+    path = state / "manifest.jsonl"
+    with atomic_output(str(path), "wb") as f:
+        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+    return str(path)
+
+
+def _options_digest(options: ShardOptions) -> str:
+    d = {"spec": SPEC_VERSION, "kpconv": __version__, "image": asdict(options.image), "seed": options.seed,
+         "compression": options.compression}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
+    """Scan the manifest and freeze the shard plan. Raises ManifestError on a malformed line."""
+    with open(manifest, "rb") as f:
+        first = f.readline()
+        if not first.strip():
+            raise ManifestError("empty manifest: expected a header line", Location(display_name, 1))
+        header = Header.from_json(_loads(first, Location(display_name, 1)), Location(display_name, 1))
+        k = len(header.keypoints)
+        root = Path(header.images_root)
+        if not root.is_absolute():
+            base = Path.cwd() if display_name == "<stdin>" else Path(manifest).resolve().parent
+            root = base / root
+        fractions = options.split or DEFAULT_SPLIT
+        per_split: Dict[str, list] = {}
+        est: Dict[str, float] = Counter()
+        sizes: Dict[str, int] = {}
+        used_source = used_hash = False
+        offset = len(first)
+        lineno = 1
+        for line in f:
+            lineno += 1
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            loc = Location(display_name, lineno)
+            rec = Record.from_json(_loads(line, loc), k, loc)
+            if options.split is None and rec.split is not None:
+                split = rec.split
+                used_source = True
+                if not _safe_name(split):
+                    raise ManifestError(f"split name {split!r} cannot be used in a file name "
+                                        "(letters, digits, '_', '-'); override it with --split", loc.with_field("split"))
+            else:
+                split = split_of(rec.group if rec.group is not None else rec.image, fractions, options.seed)
+                used_hash = True
+            digest = hashlib.blake2b(line.rstrip(b"\r\n"), digest_size=16).digest()
+            per_split.setdefault(split, []).append((order_key(rec.key, options.seed), start, digest))
+            est[split] += _estimate(rec, options, root, sizes)
+    tasks = []
+    opt_digest = _options_digest(options).encode()
+    for split in sorted(per_split, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)):
+        entries = sorted(per_split[split])
+        n = len(entries)
+        if options.num_shards:
+            count = min(options.num_shards, n)
+        else:
+            count = min(n, max(1, math.ceil(est[split] / options.shard_size)))
+        bounds = [round(i * n / count) for i in range(count + 1)]
+        for i in range(count):
+            chunk = entries[bounds[i]:bounds[i + 1]]
+            h = hashlib.sha256(opt_digest)
+            for _, _, digest in chunk:
+                h.update(digest)
+            name = shard_name(split, i, count, options.compression)
+            tasks.append(ShardTask(split, name, [off for _, off, _ in chunk], h.hexdigest()))
+    source = "source+hash" if used_source and used_hash else "source" if used_source else "hash"
+    return Plan(header, manifest, str(root), tasks, source, sum(len(v) for v in per_split.values()))
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "_-" for c in name) and name.isascii()
+
+
+def _loads(line: bytes, loc: Location):
+    try:
+        return json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"invalid JSON: {e}", loc) from None
+
+
+def _estimate(rec: Record, options: ShardOptions, root: Path, sizes: Dict[str, int]) -> float:
+    img = options.image
+    if img.size is not None:
+        return img.size[0] * img.size[1] * JPEG_BYTES_PER_PIXEL
+    if img.crop == "bbox":
+        f = (1 + img.crop_pad) ** 2
+        return rec.bbox[2] * rec.width * rec.bbox[3] * rec.height * f * JPEG_BYTES_PER_PIXEL
+    if rec.image not in sizes:
+        try:
+            sizes[rec.image] = os.stat(root / rec.image).st_size
+        except OSError:
+            sizes[rec.image] = 0
+    return sizes[rec.image]
+
+
+# ------------------------------------------------------------------------------------------ write
+class _HashingFile:
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+_killed_after = [0]
+
+
+def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints: int, out_dir: str,
+                options: ShardOptions) -> dict:
+    """Write one shard (temporary name, fsync, rename) and its state file; returns the state."""
+    from .tfrecord import TFRecordWriter
+
+    out = Path(out_dir)
+    final = out / task.name
+    tmp = out / f".{task.name}.tmp-{os.getpid()}"
+    kill_after = int(os.environ.get("KPCONV_TEST_KILL_AFTER_RECORDS", "0") or 0)
+    skipped, vis = [], [[0, 0, 0] for _ in range(num_keypoints)]
+    root = Path(images_root)
+    try:
+        with open(manifest, "rb") as mf, open(tmp, "wb") as raw:
+            hf = _HashingFile(raw)
+            writer = TFRecordWriter(hf, options.compression)
+            for offset in task.offsets:
+                mf.seek(offset)
+                line = mf.readline()
+                loc = Location(manifest, record=str(offset))
+                rec = Record.from_json(_loads(line, loc), num_keypoints, loc)
+                try:
+                    data, kps = _convert(rec, root, options.image)
+                except BadImage as e:
+                    skipped.append({"image": rec.image, "instance": rec.instance, "split": task.split,
+                                    "shard": task.name, "reason": e.reason, "message": e.message})
+                    continue
+                writer.write(data)
+                for i, (_, _, v) in enumerate(kps):
+                    vis[i][v] += 1
+                if kill_after:
+                    _killed_after[0] += 1
+                    if _killed_after[0] >= kill_after:
+                        raw.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+            writer.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(out)
+    state = {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
+             "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped}
+    with atomic_output(str(out / STATE_DIR / f"{task.name}.json")) as f:
+        json.dump(state, f, sort_keys=True)
+    return state
+
+
+def _convert(rec: Record, root: Path, opts: ImageOptions):
+    path = root / rec.image
+    src = SourceImage(str(path), opts.max_pixels)
+    if src.size != (rec.width, rec.height):
+        raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
+                                        f"{rec.width}x{rec.height}", Location(str(path)))
+    stored = render(src, rec.bbox, opts)
+    lay = stored.layout
+    kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
+    bbox = map_bbox(rec.bbox, rec.width, rec.height, lay)
+    data = to_example(image=stored.data, image_format=stored.format, height=lay.out[1], width=lay.out[0],
+                      source_path=rec.image, original_height=rec.height, original_width=rec.width,
+                      instance_id=rec.instance, bbox=bbox, keypoints=kps, transform=lay.transform)
+    return data, kps
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _prepare_out_dir(out: Path, options: ShardOptions) -> None:
+    if out.exists() and not out.is_dir():
+        raise ShardError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (options.overwrite or options.resume):
+            raise ShardError(f"{out}: output directory exists and is not empty "
+                             "(use --overwrite to replace it, or --resume to finish an interrupted run)")
+    out.mkdir(parents=True, exist_ok=True)
+    info = out / INFO_FILE
+    if info.exists():
+        info.unlink()  # from now on nothing looks finished
+    if options.overwrite:
+        for p in out.iterdir():
+            if ".tfrecord-" in p.name or p.name == SKIPPED_FILE:
+                p.unlink()
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    for p in out.iterdir():  # temporary files of an interrupted run
+        if p.name.startswith(".") and ".tmp" in p.name and p.is_file():
+            p.unlink()
+    (out / STATE_DIR).mkdir(exist_ok=True)
+
+
+def _kept_state(out: Path, task: ShardTask) -> Optional[dict]:
+    """The state of a complete, correct shard from an earlier run, else None."""
+    state_path = out / STATE_DIR / f"{task.name}.json"
+    shard = out / task.name
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if state.get("fingerprint") != task.fingerprint or not shard.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(shard, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return state if h.hexdigest() == state.get("sha256") else None
+
+
+def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions()) -> ShardResult:
+    """Convert the manifest at ``manifest`` (a path, or ``-`` for stdin) into shards under ``out_dir``.
+
+    Raises ShardError (existing output, failed worker), ManifestError (malformed manifest) or
+    NothingToWrite (every record skipped); in each case ``dataset_info.json`` is not written.
+    """
+    out = Path(out_dir)
+    if manifest != "-" and not Path(manifest).is_file():
+        raise ManifestError("manifest file does not exist", Location(str(manifest)))
+    _prepare_out_dir(out, options)
+    state_dir = out / STATE_DIR
+    if manifest == "-":
+        path, display = _spool_stdin(state_dir), "<stdin>"
+    else:
+        path, display = str(manifest), str(manifest)
+    plan = make_plan(path, display, options)
+    if not plan.tasks:
+        raise NothingToWrite(f"{display}: the manifest holds no record")
+    wanted = {t.name for t in plan.tasks}
+    for p in out.iterdir():  # shards of another plan (other options or manifest)
+        if ".tfrecord-" in p.name and p.name not in wanted:
+            p.unlink()
+    for p in state_dir.glob("*.json"):
+        if p.name[:-5] not in wanted:
+            p.unlink()
+
+    states: Dict[str, dict] = {}
+    todo = []
+    for task in plan.tasks:
+        kept = _kept_state(out, task) if options.resume else None
+        if kept is not None:
+            states[task.name] = kept
+        else:
+            todo.append(task)
+    kept_count = len(states)
+    k = len(plan.header.keypoints)
+    args = (plan.manifest, plan.images_root, k, str(out), options)
+    workers = options.workers or os.cpu_count() or 1
+    workers = min(workers, len(todo))
+    if workers <= 1:
+        for task in progress(todo, desc="shards", unit="shard"):
+            states[task.name] = write_shard(task, *args)
+    elif todo:
+        states.update(_write_parallel(todo, args, workers))
+
+    result = _finish(out, plan, states, options)
+    result.kept_shards = kept_count
+    result.written_shards = len(todo)
+    if manifest == "-":
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return result
+
+
+def _write_parallel(todo: Sequence[ShardTask], args, workers: int) -> Dict[str, dict]:
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["kpconv.shard"])
+    states = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        futures = {pool.submit(write_shard, task, *args): task for task in todo}
+        bar = progress(total=len(futures), desc="shards", unit="shard")
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                task = futures[fut]
+                try:
+                    states[task.name] = fut.result()
+                except BrokenProcessPool:
+                    raise ShardError(f"a worker process died while writing {task.name} (killed, or out of "
+                                     "memory?); complete shards are kept: rerun with --resume") from None
+                except ShardError:
+                    raise
+                except (ManifestError, OSError) as e:
+                    raise ShardError(f"writing {task.name} failed: {e}") from None
+                if bar is not None and hasattr(bar, "update"):
+                    bar.update(1)
+        return states
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish(out: Path, plan: Plan, states: Dict[str, dict], options: ShardOptions) -> ShardResult:
+    header = plan.header
+    k = len(header.keypoints)
+    splits: Dict[str, dict] = {}
+    skipped: List[dict] = []
+    reasons: Counter = Counter()
+    for task in plan.tasks:
+        st = states[task.name]
+        s = splits.setdefault(task.split, {"records": 0, "bytes": 0, "shards": [],
+                                           "visibility": [[0, 0, 0] for _ in range(k)]})
+        s["records"] += st["records"]
+        s["bytes"] += st["bytes"]
+        s["shards"].append({"file": st["file"], "records": st["records"], "bytes": st["bytes"],
+                            "sha256": st["sha256"]})
+        for i in range(k):
+            for v in range(3):
+                s["visibility"][i][v] += st["visibility"][i][v]
+        for item in st["skipped"]:
+            skipped.append(item)
+            reasons[item["reason"]] += 1
+    written = sum(s["records"] for s in splits.values())
+    if written == 0:
+        first = skipped[0] if skipped else None
+        raise NothingToWrite(f"no record could be written: all {len(skipped)} record(s) were skipped"
+                             + (f"; first: {first['image']}: {first['message']}" if first else ""))
+    img = options.image
+    info = {
+        "kpconv_version": __version__,
+        "spec_version": SPEC_VERSION,
+        "keypoints": list(header.keypoints),
+        "skeleton": [list(p) for p in header.skeleton],
+        "flip_pairs": [list(p) for p in header.flip_pairs],
+        "image": {"size": list(img.size) if img.size else None, "resize": img.resize if img.size else None,
+                  "crop": img.crop, "crop_pad": img.crop_pad if img.crop == "bbox" else None,
+                  "encoding": "jpeg (re-encoded) or the original bytes (passthrough)", "quality": img.quality,
+                  "background": [128, 128, 128]},
+        "compression": options.compression,
+        "splits": splits,
+        "records": written,
+        "skipped": {"records": len(skipped), "reasons": dict(sorted(reasons.items())), "file": SKIPPED_FILE},
+        "options": {"image_size": list(img.size) if img.size else None, "resize": img.resize, "crop": img.crop,
+                    "crop_pad": img.crop_pad, "split": options.split, "split_from": plan.split_source,
+                    "shard_size": None if options.num_shards else options.shard_size,
+                    "num_shards": options.num_shards, "seed": options.seed, "quality": img.quality,
+                    "compression": options.compression},
+        "source": header.source,
+    }
+    with atomic_output(str(out / SKIPPED_FILE)) as f:
+        for item in skipped:
+            f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
+    _readable(out / SKIPPED_FILE)
+    with atomic_output(str(out / INFO_FILE)) as f:
+        f.write(dump_json(info) + "\n")
+    _readable(out / INFO_FILE)
+    _fsync_dir(out)
+    return ShardResult(out, info, written=written, skipped=len(skipped))
+
+
+def dump_json(obj, indent: int = 0) -> str:
+    """JSON with one key per line but lists of numbers/strings (and lists of those) on one line."""
+    pad = "  " * (indent + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {dump_json(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
+        items = [pad + dump_json(v, indent + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _readable(path: Path) -> None:
+    """atomic_output creates files 0600 (mkstemp); give them the usual permissions (umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def read_info(out_dir) -> dict:
+    """``dataset_info.json`` of a finished shard directory. Raises ShardError when it is missing."""
+    path = Path(out_dir) / INFO_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardError(f"{path}: not found (is this the output of a finished 'kpconv shard'?)") from None
+    except ValueError as e:
+        raise ShardError(f"{path}: invalid JSON: {e}") from None
