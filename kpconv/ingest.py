@@ -83,6 +83,7 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
                                          f"({report.count()} problem(s))" + (f"; first: {first}" if first else ""))
         except (ProblemsFound, NothingToWrite) as e:
             failure = e  # no manifest, but the --report file is still written: it tells why
+            failure.report = report
         if failure is None:
             return IngestResult(reader_cls.name, writer.count, header, report, output,
                                 images=len(finalizer.sizes), skipped=finalizer.skipped)
