@@ -1,0 +1,247 @@
+"""The COCO keypoints reader: detection, categories, splits, located problems (each required field
+removed in turn), and the file-level errors."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import FIXTURES
+from kpconv import formats
+from kpconv.errors import AnnotationError, FormatDetectionError, NothingToWrite
+from kpconv.formats import coco
+from kpconv.formats.base import IngestOptions, ReadContext
+from kpconv.ingest import ingest
+from kpconv.manifest import read_manifest
+from kpconv.problems import Report
+
+NAMES = ["nose", "left_eye", "right_eye"]
+
+
+def doc(**over):
+    d = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+                    {"id": 2, "file_name": "b.png", "width": 40, "height": 30}],
+         "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                          "keypoints": [4, 5, 2, 8, 3, 2, 0, 0, 0], "bbox": [4, 3, 4, 2]},
+                         {"id": 11, "image_id": 2, "category_id": 1, "iscrowd": 0,
+                          "keypoints": [20, 10, 2, 24, 8, 1, 16, 8, 2], "num_keypoints": 3}],
+         "categories": [{"id": 1, "name": "person", "keypoints": NAMES, "skeleton": [[1, 2], [1, 3]]}]}
+    d.update(over)
+    return d
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 30)).save(tmp_path / name)
+
+    def write(d, name="annotations.json"):
+        p = tmp_path / name
+        p.write_text(json.dumps(d))
+        return p
+    return write
+
+
+def read(paths, **opts):
+    report = Report()
+    ctx = ReadContext(IngestOptions(**opts), report, Path(paths[0]).parent)
+    result = coco.CocoReader().read([Path(p) for p in paths], ctx)
+    return result, list(result.instances), report
+
+
+# ---------------------------------------------------------------------------------------- detect
+def test_detect_by_content(dataset, tmp_path):
+    assert coco.CocoReader.detect([dataset(doc())])
+    assert formats.detect([dataset(doc())]) is coco.CocoReader
+    assert not coco.CocoReader.detect([dataset({"images": [], "annotations": []}, "other.json")])
+    assert not coco.CocoReader.detect([dataset(doc(categories=[{"id": 1, "name": "cat"}]), "nokp.json")])
+    (tmp_path / "broken.json").write_text('{"annotations": [')
+    assert not coco.CocoReader.detect([tmp_path / "broken.json"])
+    (tmp_path / "a.csv").write_text(json.dumps(doc()))
+    assert not coco.CocoReader.detect([tmp_path / "a.csv"])  # a .json file only
+    assert not coco.CocoReader.detect([FIXTURES / "kpconv-json" / "annotations.json"])
+    assert not coco.CocoReader.detect([FIXTURES / "labelme" / "img001.json"])
+
+
+def test_detect_big_file_by_scanning(dataset, monkeypatch):
+    monkeypatch.setattr(coco, "_DETECT_PARSE_LIMIT", 10)  # force the scan path
+    # categories last, after a long annotations list: the scan reads past the first chunk
+    d = doc()
+    d["annotations"] = d["annotations"] * 20000
+    big = {"images": d["images"], "annotations": d["annotations"], "categories": d["categories"]}
+    p = dataset(big)
+    assert p.stat().st_size > (1 << 16)
+    assert coco.CocoReader.detect([p])
+    assert not coco.CocoReader.detect([dataset({"images": [], "annotations": d["annotations"]}, "x.json")])
+    assert not coco.CocoReader.detect([FIXTURES / "kpconv-json" / "annotations.json"])
+
+
+@pytest.mark.parametrize("name, split", [("person_keypoints_train2017.json", "train"), ("val.json", "val"),
+                                         ("x_valid.json", "val"), ("minival.json", "val"),
+                                         ("coco-test-dev.json", "test"), ("annotations.json", None),
+                                         ("trainval.json", None)])
+def test_split_from_file_name(name, split):
+    assert coco.split_from_name(Path(name)) == split
+
+
+# ------------------------------------------------------------------------------------------ read
+def test_reads_pixels_skeleton_and_sizes(dataset):
+    result, insts, report = read([dataset(doc())])
+    assert result.meta.keypoints == NAMES
+    assert result.meta.skeleton == [(0, 1), (0, 2)]  # 1-based in COCO, 0-based here
+    assert [i.image for i in insts] == ["a.png", "b.png"]
+    assert insts[0].keypoints == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}  # v = 0: not labelled
+    assert insts[1].keypoints["left_eye"] == (24, 8, 1)
+    assert insts[0].bbox == [4, 3, 4, 2] and insts[1].bbox is None
+    assert insts[0].size == (40, 30) and insts[0].instance is None and insts[0].split is None
+    assert insts[0].location.record == "10"
+    assert report.count() == 0
+
+
+def test_crowd_other_category_and_no_keypoints(dataset, tmp_path):
+    d = doc()
+    d["categories"].append({"id": 2, "name": "ball"})
+    d["annotations"] += [{**d["annotations"][0], "id": 12, "iscrowd": 1},
+                         {**d["annotations"][0], "id": 13, "category_id": 2},
+                         {**d["annotations"][0], "id": 14, "keypoints": [0] * 9}]
+    out = tmp_path / "m.jsonl"
+    result = ingest([dataset(d)], output=str(out))
+    assert result.written == 2
+    assert dict(result.report.counts) == {"crowd": 1, "other_category": 1, "no_keypoints": 1}
+    assert not result.report.fails_strict
+
+
+def test_category_choice(dataset):
+    d = doc()
+    d["categories"].append({"id": 7, "name": "paw", "keypoints": ["toe"], "skeleton": []})
+    d["annotations"].append({"id": 20, "image_id": 1, "category_id": 7, "keypoints": [3, 3, 2]})
+    p = dataset(d)
+    with pytest.raises(AnnotationError, match=r"several categories have keypoints: 1 \('person'\), 7 \('paw'\)"):
+        read([p])
+    for chosen in ("paw", "7"):
+        result, insts, report = read([p], category=chosen)
+        assert result.meta.keypoints == ["toe"] and len(insts) == 1 and report.counts["other_category"] == 2
+    with pytest.raises(AnnotationError, match="--category 'dog': no category"):
+        read([p], category="dog")
+    d["categories"].append({"id": 8, "name": "ball"})
+    with pytest.raises(AnnotationError, match="category 8 \\('ball'\\) has no keypoints"):
+        read([dataset(d)], category="ball")
+
+
+def test_several_files_train_val(dataset):
+    d = doc()
+    train = dataset({**d, "annotations": d["annotations"][:1]}, "person_keypoints_train2017.json")
+    val = dataset({**d, "annotations": d["annotations"][1:]}, "person_keypoints_val2017.json")
+    result, insts, _ = read([train, val])
+    assert [i.split for i in insts] == ["train", "val"]
+    assert result.source_files == [str(train), str(val)]
+    other = copy.deepcopy(d)
+    other["categories"][0]["keypoints"] = ["nose", "right_eye", "left_eye"]
+    with pytest.raises(AnnotationError) as e:
+        read([train, dataset(other, "val.json")])
+    assert "person_keypoints_train2017.json" in str(e.value) and "val.json" in str(e.value)
+
+
+def test_keypoints_option_selects_a_subset(dataset, tmp_path):
+    out = tmp_path / "m.jsonl"
+    ingest([dataset(doc())], output=str(out), options=IngestOptions(keypoints=["left_eye", "nose"]))
+    header, recs = read_manifest(str(out))
+    assert header.keypoints == ["left_eye", "nose"] and header.skeleton == [(1, 0)]  # nose-left_eye, renumbered
+    assert recs[0].keypoints == [[0.2, 0.1, 2], [0.1, 0.166667, 2]]
+    with pytest.raises(AnnotationError, match="'tail' not among the COCO keypoint names"):
+        read([dataset(doc())], keypoints=["tail"])
+
+
+# ------------------------------------------------------------------------------ located problems
+@pytest.mark.parametrize("field, value, reason, message", [
+    ("keypoints", None, "missing_field", "annotation has no keypoints"),
+    ("image_id", None, "missing_field", "annotation has no image_id"),
+    ("keypoints", [1, 2, 2], "wrong_type", "expected a flat list of 9 numbers [x, y, v] * 3, got a list of 3"),
+    ("keypoints", "1,2,2", "wrong_type", "got str"),
+    ("keypoints", [1, 2, 2, 3, "4", 2, 0, 0, 0], "wrong_type", "got a non-number '4'"),
+    ("keypoints", [1, 2, True, 3, 4, 2, 0, 0, 0], "wrong_type", "got a non-number True"),
+    ("image_id", 99, "malformed_record", "image_id 99 is not in images[]"),
+    ("image_id", [1], "malformed_record", "image_id [1] is not in images[]"),
+])
+def test_located_record_problems(dataset, field, value, reason, message):
+    d = doc()
+    if value is None:
+        del d["annotations"][0][field]
+    else:
+        d["annotations"][0][field] = value
+    _, insts, report = read([dataset(d)])
+    assert len(insts) == 1  # the other annotation is still read
+    (p,) = report.first
+    assert p.reason == reason and message in p.message
+    assert p.location.record == "10" and p.location.field == field
+    assert str(p).startswith(f"{dataset(d)}: record 10: field '{field}': ")
+
+
+@pytest.mark.parametrize("change, reason, field", [
+    (lambda im: im.pop("file_name"), "missing_field", "file_name"),
+    (lambda im: im.update(file_name=5), "wrong_type", "file_name"),
+    (lambda im: im.update(width="40"), "wrong_type", "width"),
+])
+def test_bad_image_entry(dataset, change, reason, field):
+    d = doc()
+    change(d["images"][0])
+    _, insts, report = read([dataset(d)])
+    assert [i.image for i in insts] == ["b.png"]
+    assert report.first[0].reason == reason and report.first[0].location.field == field
+    assert report.first[0].location.record == "image 1"
+    assert report.first[1].reason == "malformed_record"  # its annotation is skipped, and says why
+
+
+def test_image_without_stated_size(dataset):
+    d = doc()
+    del d["images"][0]["width"], d["images"][0]["height"]
+    _, insts, _ = read([dataset(d)])
+    assert insts[0].size is None
+
+
+# ----------------------------------------------------------------------------------- file errors
+def test_malformed_json_has_line_and_column(tmp_path):
+    p = tmp_path / "a.json"
+    p.write_text('{"images": [],\n "annotations": [}\n')
+    with pytest.raises(AnnotationError) as e:
+        read([p])
+    assert e.value.location.line == 2
+    assert str(e.value).startswith(f"{p}:2: invalid JSON: ") and "column 18" in str(e.value)
+
+
+@pytest.mark.parametrize("drop", ["images", "annotations", "categories"])
+def test_missing_top_level_field(dataset, drop):
+    d = doc()
+    del d[drop]
+    with pytest.raises(AnnotationError, match=f"field '{drop}': missing top-level field"):
+        read([dataset(d)])
+
+
+def test_wrong_top_level_types(dataset, tmp_path):
+    with pytest.raises(AnnotationError, match="field 'annotations': expected a list, got dict"):
+        read([dataset(doc(annotations={}))])
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(AnnotationError, match="expected a JSON object"):
+        read([tmp_path / "list.json"])
+    with pytest.raises(AnnotationError, match="field 'skeleton': expected 1-based"):
+        read([dataset(doc(categories=[{"id": 1, "name": "p", "keypoints": NAMES, "skeleton": [[0, 1]]}]))])
+
+
+def test_folder_source_and_explicit_format(dataset, tmp_path):
+    dataset(doc())
+    result, insts, _ = read([tmp_path])
+    assert len(insts) == 2
+    with pytest.raises(FormatDetectionError):
+        formats.get("cocoa")
+
+
+def test_every_record_skipped(dataset, tmp_path):
+    d = doc()
+    for a in d["annotations"]:
+        a["iscrowd"] = 1
+    with pytest.raises(NothingToWrite):
+        ingest([dataset(d)], output=str(tmp_path / "m.jsonl"))
+    assert not (tmp_path / "m.jsonl").exists()
