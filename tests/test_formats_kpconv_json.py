@@ -109,7 +109,7 @@ def test_bad_image_entry_is_skipped_with_its_path(tmp_path, mutate, reason, mess
     p.write_text(json.dumps(doc))
     result, _, records = run(tmp_path, [p])
     assert [r.image for r in records] == ["images/a.png", "images/a.png"]
-    assert [(x.reason, str(x)) for x in result.report.first] == [(reason, f"{p}: {message}")]
+    assert [(x.reason, str(x)) for x in result.report.first] == [(reason, f"{p}: record {message}")]
 
 
 def test_bad_line_in_json_lines(tmp_path):
@@ -122,7 +122,7 @@ def test_bad_line_in_json_lines(tmp_path):
     result, _, records = run(tmp_path, [p])
     assert [r.image for r in records] == ["images/a.png", "images/a.png"]
     msgs = [str(x) for x in result.report.first]
-    assert msgs[0] == (f"{p}:3: instances[0].keypoints.nose: expected [x, y] or [x, y, v] (v in 0, 1, 2) "
+    assert msgs[0] == (f"{p}:3: record instances[0].keypoints.nose: expected [x, y] or [x, y, v] (v in 0, 1, 2) "
                        'or null, got [1, "y"]')
     assert msgs[1].startswith(f"{p}:4: invalid JSON")
 

@@ -214,7 +214,7 @@ def _instances(docs, ctx: ReadContext, dropped) -> Iterator[RawInstance]:
             errors = schema_errors(image_v, img, prefix)
             if errors:
                 for reason, where, msg in errors:
-                    report.add(reason, f"{where}: {msg}" if where else msg, Location(name, line))
+                    report.add(reason, msg, Location(name, line, record=where or None))
                 continue
             size = (img["width"], img["height"]) if "width" in img and "height" in img else None
             for j, inst in enumerate(img["instances"]):

@@ -258,7 +258,7 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                 f = open(lp, "r", encoding="utf-8-sig")
             except FileNotFoundError:
                 continue  # an image without labels: no instances
-            lname = str(lp)
+            lname = _shown(lp, base, root)
             with f:
                 for lineno, line in enumerate(f, start=1):
                     cells = line.split()
@@ -297,6 +297,14 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                         kps[names[i]] = (x, y, v)
                     yield RawInstance(image=rel, keypoints=kps, location=loc, bbox=(cx - w / 2, cy - h / 2, w, h),
                                       split=split, normalized=True, image_base=base)
+
+
+def _shown(path: Path, base: str, root: Path) -> str:
+    """``path`` as the user gave the dataset folder: relative stays relative (for messages)."""
+    rel = os.path.relpath(str(path), base)
+    if rel.startswith(".."):
+        return str(path)
+    return os.path.normpath(os.path.join(str(root), rel))
 
 
 def _is_float(text: str) -> bool:
