@@ -135,7 +135,10 @@ def _feature(kind: str, values: Sequence[Value]) -> bytes:
 def encode_example(features: Features) -> bytes:
     """Serialize a ``tf.train.Example``, byte-identical to TF's deterministic serialization."""
     entries = []
-    for name in sorted(features, key=lambda n: n.encode("utf-8")):
+    # upb's deterministic map order: bytewise, and a name sorts *before* its own prefixes ("ab" < "a").
+    # (C++ protobuf puts prefixes first; the two agree for names where none is a prefix of another,
+    # as in kpconv.records.FEATURES.)
+    for name in sorted(features, key=lambda n: (*n.encode("utf-8"), 256)):
         kind, values = features[name]
         entry = _len_field(0x0A, name.encode("utf-8")) + _len_field(0x12, _feature(kind, values))
         entries.append(_len_field(0x0A, entry))
