@@ -192,3 +192,12 @@ def test_nan_pairs_are_unlabelled_and_a_row_without_points_is_a_note(tmp_path):
     result, _, records = run(tmp_path, [root])
     assert [r.source["line"] for r in records] == [4]
     assert result.report.counts == {"no_keypoints": 1}
+
+
+def test_repeated_frame_row_is_a_duplicate(tmp_path):
+    text = SINGLE.replace("40,NaN", "40,9") + "labeled-data/video1/img001.png,1,1,2,2,3,3\n"
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": text})
+    result, _, records = run(tmp_path, [root])
+    assert [r.source["line"] for r in records] == [4, 5]
+    assert result.report.counts == {"duplicate_instance": 1}
+    assert result.report.first[0].location.line == 6

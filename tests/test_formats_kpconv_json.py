@@ -180,3 +180,18 @@ def test_detect(tmp_path):
     coco = tmp_path / "coco.json"
     coco.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     assert not cls.detect([coco]) and not cls.detect([tmp_path])
+
+
+def test_several_files_must_agree(tmp_path):
+    images(tmp_path, "images/a.png", "images/b.png")
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(dict(DOC, images=DOC["images"][:1])))
+    q = tmp_path / "b.jsonl"
+    q.write_text(as_lines(dict(DOC, images=DOC["images"][1:])))
+    _, header, records = run(tmp_path, [p, q])
+    assert header.source["files"] == ["a.json", "b.jsonl"]
+    assert [r.source["file"] for r in records] == ["a.json", "a.json", "b.jsonl"]
+    q.write_text(as_lines(dict(DOC, keypoints=["nose", "tail"], skeleton=[], images=[])))
+    with pytest.raises(AnnotationError) as e:
+        run(tmp_path, [p, q])
+    assert str(e.value).startswith(f"{q}: field 'keypoints': differs from {p}")

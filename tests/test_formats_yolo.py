@@ -163,3 +163,12 @@ def test_detect(tmp_path):
     other.write_text("train: images\nnames: [a]\n")
     assert not cls.detect([other])
     assert not cls.detect([tmp_path])
+
+
+def test_stated_path_missing_here_falls_back_to_the_yaml_folder(tmp_path):
+    root = dataset(tmp_path, {"train/a": "0 0.5 0.5 0.5 0.5 0.5 0.5 2 0 0 0 0 0 0\n"},
+                   yaml=YAML.replace("path: .", "path: ../datasets/animals-pose"))
+    _, header, records = run(tmp_path, [root])
+    assert header.images_root == root.as_posix()
+    assert header.source["path_not_found"] == "../datasets/animals-pose"
+    assert [r.image for r in records] == ["images/train/a.png"]

@@ -121,7 +121,7 @@ class _Table:
                 reader = csv.reader(f)
                 for row in reader:
                     rows.append(row)
-                    if row and row[0].strip() == "coords" or len(rows) >= 4:
+                    if (row and row[0].strip() == "coords") or len(rows) >= 4:
                         break
         except UnicodeDecodeError as e:
             raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
@@ -243,8 +243,10 @@ def _instances(tables: List[_Table], ctx: ReadContext, wanted) -> Iterator[RawIn
                         report.add("wrong_type", bad[0], loc)
                         continue
                     for ind in individuals:
+                        # single-animal: one instance per frame, id "0", so a repeated frame row is
+                        # caught as a duplicate by ingest
                         yield RawInstance(image=image, keypoints=values.get(ind, {}), location=loc,
-                                          instance=ind, group=group)
+                                          instance="0" if ind is None else ind, group=group)
             except csv.Error as e:
                 raise AnnotationError(f"malformed CSV: {e}", Location(name, reader.line_num)) from None
 

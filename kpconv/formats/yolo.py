@@ -2,9 +2,9 @@
 
 ``data.yaml`` gives ``kpt_shape: [K, 2 or 3]``, optionally ``flip_idx`` (the keypoint permutation of
 a horizontal flip), ``kpt_names`` (``{0: [names]}`` or a list), ``names`` (classes), ``path`` (the
-dataset root, relative to the YAML's folder; default: that folder) and ``train``/``val``/``test``:
-each an image folder (searched recursively), a ``.txt`` list of image paths, or a list of those,
-relative to ``path``. In a ``.txt`` list, ``./x.jpg`` is relative to the list's folder and other
+dataset root, relative to the YAML's folder; that folder when ``path`` is absent or names a folder
+that does not exist here) and ``train``/``val``/``test``: each an image folder (searched
+recursively), a ``.txt`` list of image paths, or a list of those, relative to ``path``. In a ``.txt`` list, ``./x.jpg`` is relative to the list's folder and other
 relative paths to ``path`` (as Ultralytics does).
 
 The label file of an image is found with the Ultralytics rule: the last ``/images/`` of the image
@@ -80,7 +80,10 @@ def _root(yaml_path: Path, data: dict) -> Path:
         return base
     if not isinstance(p, str):
         raise AnnotationError(f"expected a folder path, got {p!r}", Location(str(yaml_path), field="path"))
-    return (base / p) if not os.path.isabs(p) else Path(p)
+    stated = (base / p) if not os.path.isabs(p) else Path(p)
+    # A downloaded dataset keeps the path of the machine it was made on (or Ultralytics' datasets
+    # folder): when the stated folder does not exist here, the YAML's own folder is the root.
+    return stated if stated.is_dir() else base
 
 
 @register
@@ -109,8 +112,6 @@ class YoloReader(Reader):
         data = _load_yaml(y)
         name = str(y)
         root = _root(y, data)
-        if not root.is_dir():
-            raise AnnotationError(f"dataset folder {root} does not exist", Location(name, field="path"))
         k, ndim = _kpt_shape(data, name)
         names = _kpt_names(data, k, name, ctx.options.keypoints)
         flips = _flip_pairs(data, k, name)
@@ -134,6 +135,8 @@ class YoloReader(Reader):
         meta = DatasetMeta(keypoints=names, flip_pairs=flips, flip_pairs_given="flip_idx" in data)
         wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
         extra = {"kpt_shape": [k, ndim], "splits": list(dict.fromkeys(s for s, _ in splits))}
+        if data.get("path") and root == y.parent and not (y.parent / str(data["path"])).is_dir():
+            extra["path_not_found"] = str(data["path"])  # stated root missing here: the YAML's folder was used
         if classes:
             extra["classes"] = classes
         gen = _instances(splits, root, k, ndim, names, wanted, keep_class, ctx)
