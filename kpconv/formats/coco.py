@@ -136,8 +136,15 @@ def _category_meta(path: Path, cat: dict) -> Tuple[List[str], List[Tuple[int, in
     return list(names), pairs
 
 
+_NUMBER_TYPES = frozenset((int, float))  # exact types: bool is not a number here
+
+
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return type(v) in _NUMBER_TYPES
+
+
+def _all_numbers(values: list) -> bool:
+    return set(map(type, values)) <= _NUMBER_TYPES
 
 
 @register
@@ -227,7 +234,7 @@ class CocoReader(Reader):
                 if kp is None:
                     report.add("missing_field", "annotation has no keypoints", loc.with_field("keypoints"))
                     continue
-                if not isinstance(kp, list) or len(kp) != n3 or not all(map(_is_number, kp)):
+                if type(kp) is not list or len(kp) != n3 or not _all_numbers(kp):
                     got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
                     if isinstance(kp, list) and len(kp) == n3:
                         bad = next(x for x in kp if not _is_number(x))
