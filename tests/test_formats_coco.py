@@ -159,6 +159,7 @@ def test_keypoints_option_selects_a_subset(dataset, tmp_path):
 @pytest.mark.parametrize("field, value, reason, message", [
     ("keypoints", None, "missing_field", "annotation has no keypoints"),
     ("image_id", None, "missing_field", "annotation has no image_id"),
+    ("category_id", None, "missing_field", "annotation has no category_id"),
     ("keypoints", [1, 2, 2], "wrong_type", "expected a flat list of 9 numbers [x, y, v] * 3, got a list of 3"),
     ("keypoints", "1,2,2", "wrong_type", "got str"),
     ("keypoints", [1, 2, 2, 3, "4", 2, 0, 0, 0], "wrong_type", "got a non-number '4'"),

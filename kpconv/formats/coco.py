@@ -211,7 +211,10 @@ class CocoReader(Reader):
                     continue
                 aid = ann.get("id")
                 loc = Location(file, record=str(aid) if aid is not None else f"annotations[{i}]")
-                if ann.get("category_id") != cat_id:
+                if "category_id" not in ann:
+                    report.add("missing_field", "annotation has no category_id", loc.with_field("category_id"))
+                    continue
+                if ann["category_id"] != cat_id:
                     report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
                                f"category {cat_id!r}", loc.with_field("category_id"))
                     continue
