@@ -195,3 +195,65 @@ def test_several_files_must_agree(tmp_path):
     with pytest.raises(AnnotationError) as e:
         run(tmp_path, [p, q])
     assert str(e.value).startswith(f"{q}: field 'keypoints': differs from {p}")
+
+
+WEIRD = [None, True, False, 0, -1, 1, 2, 3, 2.0, 0.5, float("nan"), "", "x", "2", [], [1], [1, 2], [1, 2, 2],
+         [1, 2, 2.0], [1, 2, True], [1, 2, 3], [1, "2"], [1, 2, 0, 4], [0, 0, 1, 1], [1, 2, 3, 4, 5], {}, {"a": 1}]
+
+
+def _mutations(obj, path=()):
+    """Every (path, replacement) that puts a WEIRD value at a node of ``obj``, plus key removals/additions."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield path + (k,), "drop"
+            yield from _mutations(v, path + (k,))
+        yield path + ("typo",), "add"
+        yield path + ("x-ext",), "add"
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _mutations(v, path + (i,))
+    for w in WEIRD:
+        yield path, w
+
+
+def _apply(obj, path, change):
+    import copy
+
+    obj = copy.deepcopy(obj)
+    if not path:
+        return change
+    node = obj
+    for p in path[:-1]:
+        node = node[p]
+    if change == "drop":
+        del node[path[-1]]
+    elif change == "add":
+        node[path[-1]] = 1
+    else:
+        node[path[-1]] = change
+    return obj
+
+
+def test_quick_check_is_never_more_lenient_than_the_schema():
+    import jsonschema
+
+    from kpconv.formats.kpconv_json import _validators, quick_valid
+
+    _, image_v = _validators()
+    base = {"file": "a.png", "width": 4, "height": 3, "group": None, "split": "val",
+            "instances": [{"id": "a", "bbox": [0, 0, 2, 2], "keypoints": {"nose": [1, 2], "tail": [1, 2, 1], "paw": None}},
+                          {"id": 3, "keypoints": {}}]}
+    assert quick_valid(base) and image_v.is_valid(base)
+    checked, stricter = 0, []
+    for path, change in _mutations(base):
+        variant = _apply(base, path, change)
+        valid = image_v.is_valid(variant)
+        quick = quick_valid(variant)
+        assert not (quick and not valid), (path, change, variant)
+        checked += 1
+        if quick != valid:
+            stricter.append((path, change))
+    assert checked > 500
+    # the quick check is exact but for NaN box sizes, which the schema lets through (ingest then
+    # reports the box and derives one from the keypoints)
+    assert stricter == [(("instances", 0, "bbox", 2), WEIRD[10]), (("instances", 0, "bbox", 3), WEIRD[10])]
