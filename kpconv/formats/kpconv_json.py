@@ -205,17 +205,19 @@ def _open(path: Path):
     with f:
         try:
             first = f.readline()
-            lines_mode = False
             try:
                 obj = json.loads(first)
-                lines_mode = isinstance(obj, dict) and "images" not in obj
+                parsed = True
             except json.JSONDecodeError:
-                pass
+                obj, parsed = None, False
+            lines_mode = parsed and isinstance(obj, dict) and "images" not in obj
             if lines_mode:
                 header = obj
-                rest = None
+            elif parsed and not f.read(1 << 16).strip():  # a one-line document, already parsed
+                header = obj
             else:
-                text = first + f.read()
+                f.seek(0)
+                text = f.read()
                 try:
                     header = json.loads(text)
                 except json.JSONDecodeError as e:
