@@ -201,3 +201,23 @@ def test_repeated_frame_row_is_a_duplicate(tmp_path):
     assert [r.source["line"] for r in records] == [4, 5]
     assert result.report.counts == {"duplicate_instance": 1}
     assert result.report.first[0].location.line == 6
+
+
+def test_likelihood_columns_and_backslash_paths(tmp_path):
+    text = ("scorer,alice,alice,alice,alice,alice,alice\n"
+            "bodyparts,snout,snout,snout,tail,tail,tail\n"
+            "coords,x,y,likelihood,x,y,likelihood\n"
+            "labeled-data\\video1\\img001.png,32,24,0.9,8,12,0.1\n")
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": text})
+    Image.new("L", (W, H)).save(root / "labeled-data/video1/img001.png")
+    _, header, records = run(tmp_path, [root])
+    assert header.keypoints == ["snout", "tail"]
+    assert [(r.image, r.group) for r in records] == [("labeled-data/video1/img001.png", "video1")]
+    assert records[0].keypoints == [[0.5, 0.5, 2], [0.125, 0.25, 2]]
+
+
+def test_project_without_csv(tmp_path):
+    (tmp_path / "proj/labeled-data/v").mkdir(parents=True)
+    (tmp_path / "proj/labeled-data/v/CollectedData_a.h5").write_bytes(b"\x89HDF")
+    with pytest.raises(AnnotationError, match="only .h5 files"):
+        run(tmp_path, [tmp_path / "proj"])

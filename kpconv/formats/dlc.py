@@ -50,8 +50,12 @@ def _expand(sources: Sequence[Path]) -> List[Path]:
         if s.is_dir():
             found = _project_csvs(s)
             if not found:
-                raise AnnotationError("no labeled-data/*/CollectedData_*.csv found in this folder "
-                                      "(expected a DeepLabCut project folder)", Location(str(s)))
+                h5 = any(s.glob("labeled-data/*/CollectedData_*.h5")) or any(s.glob("CollectedData_*.h5"))
+                hint = ("; only .h5 files are there: kpconv reads the CSV twin DeepLabCut writes beside each "
+                        "one (pandas.read_hdf(f).to_csv(...) makes it)") if h5 else \
+                    " (expected a DeepLabCut project folder)"
+                raise AnnotationError(f"no labeled-data/*/CollectedData_*.csv found in this folder{hint}",
+                                      Location(str(s)))
             files.extend(found)
         else:
             files.append(s)
