@@ -9,8 +9,8 @@
    the split is cut into ``S`` shards of ``round(i * n / S)`` boundaries.
 3. **Write**: each shard is one task, written whole by one worker process (``forkserver``: workers
    never inherit a parent that might have imported TensorFlow) under a hidden temporary name, fsynced
-   and renamed; then a small state file ``.kpconv-shard/<shard>.json`` records its fingerprint
-   (options + the manifest lines of its records), sha256, counts and skipped records.
+   and renamed; just before the rename, a small state file ``.kpconv-shard/<shard>.json`` records its
+   fingerprint (options + the manifest lines of its records), sha256, counts and skipped records.
 4. **Finish**: ``skipped.jsonl`` then ``dataset_info.json`` (last, atomically).
 
 The bytes of every shard depend only on the manifest and the options (not on ``--workers``, timing or
@@ -326,6 +326,11 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
             writer.close()
             raw.flush()
             os.fsync(raw.fileno())
+        # the state first, then the rename: a shard under its final name always has its state
+        state = {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
+                 "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped}
+        with atomic_output(str(out / STATE_DIR / f"{task.name}.json")) as f:
+            json.dump(state, f, sort_keys=True)
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -334,10 +339,6 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
             pass
         raise
     _fsync_dir(out)
-    state = {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
-             "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped}
-    with atomic_output(str(out / STATE_DIR / f"{task.name}.json")) as f:
-        json.dump(state, f, sort_keys=True)
     return state
 
 

@@ -61,7 +61,9 @@ def dump(out_dir) -> str:
         for e in s["shards"]:
             e.pop("bytes")
             e.pop("sha256")
-    lines = ["dataset_info.json (bytes and sha256 left out):", json.dumps(info, indent=1, sort_keys=True), ""]
+    from kpconv.shard import dump_json
+
+    lines = ["dataset_info.json (bytes and sha256 left out):", dump_json(info), ""]
     for split, shard, r in records(out_dir):
         im = decode(r["image/encoded"])
         kps = " ".join(f"{x:.4f},{y:.4f},{v}" for x, y, v in

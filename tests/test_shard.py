@@ -1,0 +1,337 @@
+"""``kpconv shard``: determinism, splits, bad images, output safety, resume, pipes, TensorFlow reading."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import FIXTURES, REPO
+from kpconv.cli import cli
+from kpconv.errors import NothingToWrite, ShardError
+from kpconv.images import ImageOptions
+from kpconv.manifest import Header, Record, read_manifest, write_manifest
+from kpconv.shard import ShardOptions, parse_bytes, parse_image_size, parse_split, shard, split_of
+from test_shard_helpers import dump, records, shard_bytes, synth_manifest
+
+KPCONV = str(Path(sys.executable).parent / "kpconv")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """12 images of 160x120, two figures each (24 records)."""
+    return synth_manifest(tmp_path_factory.mktemp("synth"), n_images=12, size=(160, 120), instances=2)
+
+
+# ------------------------------------------------------------------------------------ options
+def test_option_parsers():
+    assert parse_image_size("224") == (224, 224)
+    assert parse_image_size("320x240") == (320, 240)
+    assert parse_image_size("None") is None
+    assert parse_split("a=0.5,b=0.25,c-1=0.25") == {"a": 0.5, "b": 0.25, "c-1": 0.25}
+    assert parse_bytes("64MB") == 64_000_000 and parse_bytes("1KiB") == 1024 and parse_bytes("500") == 500
+    for bad, fn in (("0", parse_image_size), ("22x", parse_image_size), ("a=0.5,b=0.4", parse_split),
+                    ("a/b=1", parse_split), ("a=1,a=0", parse_split), ("12XB", parse_bytes), ("0MB", parse_bytes)):
+        with pytest.raises(ValueError):
+            fn(bad)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image-size", "abc"], "Invalid value for '--image-size'"),
+    (["--split", "train=0.9,val=0.2"], "must sum to 1"),
+    (["--crop-pad", "-1"], "--crop-pad"),
+    (["--shard-size", "1MB", "--num-shards", "2"], "not both"),
+    (["--overwrite", "--resume"], "not both"),
+    (["--workers", "-1"], "--workers"),
+])
+def test_bad_options_exit_2(synth, tmp_path, args, message):
+    r = run("shard", synth, "-o", tmp_path / "out", *args)
+    assert r.exit_code == 2 and message in r.output
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- determinism
+def test_workers_give_identical_bytes(synth, tmp_path):
+    base = ["shard", synth, "--image-size", "96x64", "--resize", "pad", "--num-shards", "3"]
+    assert run(*base, "-o", tmp_path / "w1", "--workers", "1").exit_code == 0
+    assert run(*base, "-o", tmp_path / "w3", "--workers", "3").exit_code == 0
+    one, three = shard_bytes(tmp_path / "w1"), shard_bytes(tmp_path / "w3")
+    assert one == three
+    info = json.loads((tmp_path / "w1" / "dataset_info.json").read_text())
+    assert info["records"] == 24
+    assert sum(".tfrecord-" in n for n in one) == sum(min(3, s["records"]) for s in info["splits"].values()) >= 7
+    counts = [e["records"] for e in info["splits"]["train"]["shards"]]
+    assert max(counts) - min(counts) <= 1                  # balanced
+    # the seed changes the split and order, so the bytes
+    assert run(*base, "-o", tmp_path / "s1", "--seed", "1").exit_code == 0
+    assert shard_bytes(tmp_path / "s1") != one
+
+
+def test_records_follow_the_manifest(synth, tmp_path):
+    """Every manifest record is in exactly one shard, with its keypoints moved to the stored image."""
+    assert run("shard", synth, "-o", tmp_path / "out", "--image-size", "80x60", "--workers", "2").exit_code == 0
+    header, recs = read_manifest(str(synth))
+    by_key = {r.key: r for r in recs}
+    seen = set()
+    for split, _, r in records(tmp_path / "out"):
+        key = f"{r['image/source_path']}#{r['instance/id']}"
+        assert key not in seen
+        seen.add(key)
+        m = by_key[key]
+        assert (r["image/width"], r["image/height"]) == (80, 60)
+        assert (r["image/original_width"], r["image/original_height"]) == (m.width, m.height)
+        a, b, c, d, e, f = r["transform/stored_to_original"]
+        for (x, y, v), (mx, my, mv) in zip(zip(r["keypoints/x"], r["keypoints/y"], r["keypoints/visibility"]),
+                                           m.keypoints):
+            assert v == mv
+            if v:   # stored -> original pixels through the transform gives the manifest's point
+                assert a * x * 80 + c == pytest.approx(mx * m.width, abs=1e-3)
+                assert e * y * 60 + f == pytest.approx(my * m.height, abs=1e-3)
+    assert seen == set(by_key)
+
+
+def test_splits_keep_images_and_groups_together(tmp_path):
+    """All instances of one image, and all images of one group, land in the same split."""
+    img = tmp_path / "imgs"
+    img.mkdir()
+    recs = []
+    for i in range(60):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(img / f"{i}.png")
+        for inst in range(3):
+            recs.append(Record(f"{i}.png", 8, 8, [[0.5, 0.5, 2]], [0.1, 0.1, 0.8, 0.8], str(inst),
+                               group=f"video{i // 6}" if i < 30 else None))
+    write_manifest(str(tmp_path / "m.jsonl"), Header(["pt"], images_root=str(img)), recs)
+    result = shard(str(tmp_path / "m.jsonl"), tmp_path / "out",
+                   ShardOptions(image=ImageOptions(size=None), split={"train": 0.5, "val": 0.3, "test": 0.2}, workers=1))
+    where = {}
+    for split, _, r in records(tmp_path / "out"):
+        where.setdefault(r["image/source_path"], set()).add(split)
+    assert all(len(s) == 1 for s in where.values()) and len(where) == 60
+    for v in range(5):
+        assert len({next(iter(where[f"{i}.png"])) for i in range(6 * v, 6 * v + 6)}) == 1
+    assert set(result.info["splits"]) == {"train", "val", "test"}
+    assert split_of("video1", {"train": 0.5, "val": 0.3, "test": 0.2}, 0) == next(iter(where["6.png"]))
+
+
+def test_source_split_is_kept_unless_overridden(tmp_path):
+    img = tmp_path / "imgs"
+    img.mkdir()
+    recs = []
+    for i in range(20):
+        Image.new("RGB", (8, 8)).save(img / f"{i}.png")
+        recs.append(Record(f"{i}.png", 8, 8, [[0.5, 0.5, 2]], [0, 0, 1, 1], "0", split="train2017" if i < 15 else "val2017"))
+    write_manifest(str(tmp_path / "m.jsonl"), Header(["pt"], images_root=str(img)), recs)
+    info = shard(str(tmp_path / "m.jsonl"), tmp_path / "a", ShardOptions(workers=1)).info
+    assert {k: v["records"] for k, v in info["splits"].items()} == {"train2017": 15, "val2017": 5}
+    assert info["options"]["split_from"] == "source"
+    info = shard(str(tmp_path / "m.jsonl"), tmp_path / "b", ShardOptions(workers=1, split={"x": 0.5, "y": 0.5})).info
+    assert set(info["splits"]) == {"x", "y"} and info["options"]["split_from"] == "hash"
+
+
+def test_shard_count_from_size(synth, tmp_path):
+    # 24 records of 64x64 estimated at 0.5 byte per pixel (2 KB each): 4KB aims at 2 records a shard
+    info = shard(str(synth), tmp_path / "out", ShardOptions(image=ImageOptions(size=(64, 64)), shard_size=4096,
+                                                            workers=1)).info
+    for s in info["splits"].values():
+        n = len(s["shards"])
+        assert n == -(-s["records"] // 2)
+        assert [e["file"] for e in s["shards"]][-1].endswith(f"-{n - 1:05d}-of-{n:05d}")
+
+
+def test_passthrough_and_gzip(synth, tmp_path):
+    header, recs = read_manifest(str(synth))
+    assert run("shard", synth, "-o", tmp_path / "out", "--image-size", "none", "--compression", "gzip").exit_code == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir() if ".tfrecord-" in p.name)
+    assert names and all(n.endswith(".gz") for n in names)
+    for _, _, r in records(tmp_path / "out"):
+        assert r["image/encoded"] == (Path(header.images_root) / r["image/source_path"]).read_bytes()
+        assert r["transform/stored_to_original"] == [1, 0, 0, 0, 1, 0]
+
+
+# -------------------------------------------------------------------------------- bad images
+def _bad_images_manifest(tmp_path):
+    img = tmp_path / "imgs"
+    img.mkdir()
+    good = Image.effect_noise((64, 48), 40).convert("RGB")
+    good.save(img / "good.jpg")
+    good.save(img / "good2.png")
+    data = (img / "good.jpg").read_bytes()
+    (img / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (img / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 4)
+    Image.new("RGB", (300, 300)).save(img / "bomb.png")
+    good.save(img / "resized.jpg")
+    kp = [[0.5, 0.5, 2]]
+    recs = [Record(n, 64, 48, kp, [0.1, 0.1, 0.5, 0.5], "0", split="train")
+            for n in ("good.jpg", "good2.png", "missing.jpg", "truncated.jpg", "corrupt.jpg")]
+    recs.append(Record("bomb.png", 300, 300, kp, [0, 0, 1, 1], "0", split="train"))
+    recs.append(Record("resized.jpg", 640, 480, kp, [0, 0, 1, 1], "0", split="train"))
+    write_manifest(str(tmp_path / "m.jsonl"), Header(["pt"], images_root=str(img)), recs)
+    return tmp_path / "m.jsonl"
+
+
+def test_bad_images_are_skipped_and_listed(tmp_path):
+    manifest = _bad_images_manifest(tmp_path)
+    opts = ShardOptions(image=ImageOptions(size=(32, 32), max_pixels=50_000), workers=1)
+    result = shard(str(manifest), tmp_path / "out", opts)
+    assert result.written == 2 and result.skipped == 5
+    skipped = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    reasons = {s["image"]: s["reason"] for s in skipped}
+    assert reasons == {"missing.jpg": "missing_image", "truncated.jpg": "truncated_image",
+                       "corrupt.jpg": "unreadable_image", "bomb.png": "decompression_bomb",
+                       "resized.jpg": "size_mismatch"}
+    assert all(s["message"] and s["shard"].startswith("train.tfrecord-") for s in skipped)
+    assert result.info["skipped"] == {"records": 5, "file": "skipped.jsonl", "reasons": {
+        "decompression_bomb": 1, "missing_image": 1, "size_mismatch": 1, "truncated_image": 1, "unreadable_image": 1}}
+
+
+def test_bad_images_through_the_cli(tmp_path):
+    manifest = _bad_images_manifest(tmp_path)
+    r = CliRunner().invoke(cli, ["shard", str(manifest), "-o", str(tmp_path / "out"), "--image-size", "32"])
+    assert r.exit_code == 0
+    assert "wrote 3 record(s)" in r.output and "skipped 4" in r.output and "skipped.jsonl" in r.output
+
+
+def test_nothing_written_is_a_failure(tmp_path):
+    img = tmp_path / "imgs"
+    img.mkdir()
+    write_manifest(str(tmp_path / "m.jsonl"), Header(["pt"], images_root=str(img)),
+                   [Record("gone.png", 8, 8, [[0.5, 0.5, 2]], [0, 0, 1, 1], "0")])
+    with pytest.raises(NothingToWrite, match="gone.png: image file does not exist"):
+        shard(str(tmp_path / "m.jsonl"), tmp_path / "out", ShardOptions(workers=1))
+    assert not (tmp_path / "out" / "dataset_info.json").exists()
+    r = run("shard", tmp_path / "m.jsonl", "-o", tmp_path / "out2")
+    assert r.exit_code == 1 and "no record could be written" in r.output
+
+
+# ----------------------------------------------------------------------------- output safety
+def test_existing_output_needs_overwrite(synth, tmp_path):
+    out = tmp_path / "out"
+    assert run("shard", synth, "-o", out, "--image-size", "32", "--num-shards", "2").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    r = run("shard", synth, "-o", out, "--image-size", "32")
+    assert r.exit_code == 1 and "exists and is not empty" in r.output and "--overwrite" in r.output
+    r = run("shard", synth, "-o", out, "--image-size", "32", "--num-shards", "1", "--overwrite")
+    assert r.exit_code == 0
+    names = sorted(p.name for p in out.iterdir() if ".tfrecord-" in p.name)
+    assert all(n.endswith("-00000-of-00001") for n in names)     # the old 2-shard files are gone
+    assert (out / "notes.txt").read_text() == "mine"              # other files are left alone
+
+
+def _kill_run(manifest, out, after, workers):
+    env = dict(os.environ, KPCONV_TEST_KILL_AFTER_RECORDS=str(after))
+    return subprocess.run([KPCONV, "-q", "shard", str(manifest), "-o", str(out), "--image-size", "48",
+                           "--num-shards", "4", "--workers", str(workers)], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_run_then_resume_gives_clean_bytes(synth, tmp_path, workers):
+    clean = tmp_path / "clean"
+    assert run("shard", synth, "-o", clean, "--image-size", "48", "--num-shards", "4").exit_code == 0
+    out = tmp_path / "out"
+    # train has ~19 records in 4 shards of ~5: the writer dies inside its second shard
+    p = _kill_run(synth, out, 7, workers)
+    assert p.returncode != 0
+    if workers > 1:
+        assert "worker process died" in p.stderr and "--resume" in p.stderr
+    assert not (out / "dataset_info.json").exists()             # nothing looks finished
+    left = [q.name for q in out.iterdir()]
+    complete = [n for n in left if ".tfrecord-" in n and not n.startswith(".")]
+    assert complete                                             # at least one shard was complete
+    r = run("shard", synth, "-o", out, "--image-size", "48", "--num-shards", "4")
+    assert r.exit_code == 1                                     # needs --resume or --overwrite
+    r = CliRunner().invoke(cli, ["shard", str(synth), "-o", str(out), "--image-size", "48", "--num-shards", "4",
+                                 "--resume"])
+    assert r.exit_code == 0, r.output
+    assert f"kept {len(complete)} complete shard(s)" in r.output
+    assert shard_bytes(out) == shard_bytes(clean)
+    assert not [q.name for q in out.iterdir() if ".tmp" in q.name]
+
+
+def test_resume_rewrites_a_damaged_shard(synth, tmp_path):
+    out = tmp_path / "out"
+    assert run("shard", synth, "-o", out, "--image-size", "32", "--num-shards", "2").exit_code == 0
+    before = shard_bytes(out)
+    victim = sorted(p for p in out.iterdir() if ".tfrecord-" in p.name)[0]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    r = CliRunner().invoke(cli, ["shard", str(synth), "-o", str(out), "--image-size", "32", "--num-shards", "2",
+                                 "--resume"])
+    assert r.exit_code == 0 and "wrote 1" in r.output.splitlines()[-1]
+    assert shard_bytes(out) == before
+    # other options: nothing can be kept
+    r = CliRunner().invoke(cli, ["shard", str(synth), "-o", str(out), "--image-size", "40", "--num-shards", "2",
+                                 "--resume"])
+    assert r.exit_code == 0 and "kept 0 complete shard(s)" in r.output
+
+
+def test_ingest_piped_into_shard(tmp_path):
+    """``kpconv ingest ... | kpconv shard - -o out`` through a real shell pipe."""
+    ann = FIXTURES / "coco" / "annotations.json"
+    q = shlex.quote
+    cmd = (f"{q(KPCONV)} -q ingest {q(str(ann))} | "
+           f"{q(KPCONV)} -q shard - -o {q(str(tmp_path / 'piped'))} --image-size 32 --workers 2")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    subprocess.run([KPCONV, "-q", "ingest", str(ann), "-o", str(tmp_path / "m.jsonl")], check=True)
+    assert run("shard", tmp_path / "m.jsonl", "-o", tmp_path / "file", "--image-size", "32").exit_code == 0
+    assert shard_bytes(tmp_path / "piped") == shard_bytes(tmp_path / "file")
+    assert not (tmp_path / "piped" / ".kpconv-shard" / "manifest.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------ golden
+def _fixture_manifest(tmp_path, name, sources):
+    from kpconv.ingest import ingest
+
+    out = tmp_path / f"{name}.jsonl"
+    ingest([FIXTURES / name / s for s in sources], output=str(out))
+    return out
+
+
+@pytest.mark.parametrize("name,sources,args", [
+    ("coco", ["annotations.json"], ["--image-size", "32x24", "--resize", "pad"]),
+    ("coco-splits", ["person_keypoints_train2017.json", "person_keypoints_val2017.json"],
+     ["--image-size", "none", "--crop", "bbox", "--crop-pad", "0.5"]),
+])
+def test_golden_dump(tmp_path, golden, name, sources, args):
+    manifest = _fixture_manifest(tmp_path, name, sources)
+    r = run("shard", manifest, "-o", tmp_path / "out", *args)
+    assert r.exit_code == 0, r.output
+    golden.check(f"shard/{name}.txt", dump(tmp_path / "out"))
+
+
+# -------------------------------------------------------------------------------- TensorFlow
+@pytest.mark.slow
+def test_tensorflow_reads_the_shards(synth, tmp_path):
+    """Plain tf.data.TFRecordDataset + tf.io.parse_single_example with the documented spec."""
+    import numpy as np
+    import tensorflow as tf
+
+    from kpconv.records import feature_description
+
+    for compression in ("none", "gzip"):
+        out = tmp_path / compression
+        assert run("shard", synth, "-o", out, "--image-size", "48x40", "--crop", "bbox",
+                   "--compression", compression).exit_code == 0
+        info = json.loads((out / "dataset_info.json").read_text())
+        desc = feature_description(len(info["keypoints"]))
+        ours = records(out, "train")
+        files = [str(out / e["file"]) for e in info["splits"]["train"]["shards"]]
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if compression == "gzip" else "")
+        parsed = [tf.io.parse_single_example(s, desc) for s in ds]
+        assert len(parsed) == len(ours) == info["splits"]["train"]["records"]
+        for p, (_, _, r) in zip(parsed, ours):
+            img = tf.io.decode_jpeg(p["image/encoded"], channels=3).numpy()
+            assert img.shape == (int(p["image/height"]), int(p["image/width"]), 3) == (40, 48, 3)
+            assert p["instance/id"].numpy().decode() == r["instance/id"]
+            np.testing.assert_allclose(p["keypoints/x"].numpy(), r["keypoints/x"], rtol=0, atol=0)
+            np.testing.assert_array_equal(p["keypoints/visibility"].numpy(), r["keypoints/visibility"])
+            assert p["transform/stored_to_original"].shape == (6,)
