@@ -221,3 +221,9 @@ def test_project_without_csv(tmp_path):
     (tmp_path / "proj/labeled-data/v/CollectedData_a.h5").write_bytes(b"\x89HDF")
     with pytest.raises(AnnotationError, match="only .h5 files"):
         run(tmp_path, [tmp_path / "proj"])
+
+
+def test_keypoints_option_with_an_unknown_name(tmp_path):
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
+    with pytest.raises(AnnotationError, match=r"CollectedData_alice.csv:2: --keypoints: 'nose' not among the bodyparts"):
+        run(tmp_path, [root], options=IngestOptions(keypoints=["snout", "nose"]))

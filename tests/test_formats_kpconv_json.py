@@ -257,3 +257,10 @@ def test_quick_check_is_never_more_lenient_than_the_schema():
     # the quick check is exact but for NaN box sizes, which the schema lets through (ingest then
     # reports the box and derives one from the keypoints)
     assert stricter == [(("instances", 0, "bbox", 2), WEIRD[10]), (("instances", 0, "bbox", 3), WEIRD[10])]
+
+
+def test_keypoints_option_with_an_unknown_name(tmp_path):
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps(DOC))
+    with pytest.raises(AnnotationError, match=r"ann.json: field 'keypoints': --keypoints: 'paw' not among"):
+        run(tmp_path, [p], options=IngestOptions(keypoints=["nose", "paw"]))

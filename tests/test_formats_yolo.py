@@ -172,3 +172,12 @@ def test_stated_path_missing_here_falls_back_to_the_yaml_folder(tmp_path):
     assert header.images_root == root.as_posix()
     assert header.source["path_not_found"] == "../datasets/animals-pose"
     assert [r.image for r in records] == ["images/train/a.png"]
+
+
+def test_keypoints_option_subset_and_unknown_name(tmp_path):
+    root = dataset(tmp_path, {"train/a": "0 0.5 0.5 0.5 0.5 0.5 0.5 2 0.25 0.25 2 0.75 0.25 1\n"})
+    _, header, records = run(tmp_path, [root], options=IngestOptions(keypoints=["right_eye", "nose"]))
+    assert header.keypoints == ["right_eye", "nose"] and header.flip_pairs == []
+    assert records[0].keypoints == [[0.75, 0.25, 1], [0.5, 0.5, 2]]
+    with pytest.raises(AnnotationError, match=r"data.yaml: field 'kpt_names': --keypoints: 'tail' not among"):
+        run(tmp_path, [root], options=IngestOptions(keypoints=["nose", "tail"]))

@@ -106,6 +106,10 @@ class DlcReader(Reader):
         skeleton, config = _skeleton(_project_dir(sources), bodyparts)
         meta = DatasetMeta(keypoints=bodyparts, skeleton=skeleton)
         wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
+        missing = [n for n in ctx.options.keypoints or [] if n not in bodyparts]
+        if missing:
+            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the bodyparts "
+                                  f"({', '.join(bodyparts)})", Location(str(first.path), first.header_rows - 1))
         scorers = sorted({t.scorer for t in tables})
         extra = {"scorer": scorers[0] if len(scorers) == 1 else scorers,
                  "multi_animal": first.multi_animal}

@@ -190,6 +190,10 @@ class KpconvJsonReader(Reader):
         meta = DatasetMeta(keypoints=names, skeleton=pairs["skeleton"], flip_pairs=pairs["flip_pairs"],
                            flip_pairs_given="flip_pairs" in first_header)
         dropped = set(names) - set(ctx.options.keypoints) if ctx.options.keypoints else set()
+        missing = [n for n in ctx.options.keypoints or [] if n not in index]
+        if missing:
+            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the keypoints "
+                                  f"({', '.join(names)})", Location(first_name, field="keypoints"))
         extra = {"version": first_header["kpconv_annotations"]}
         return ReadResult(meta, _instances(docs, ctx, dropped), [name for _, _, name in docs], extra)
 

@@ -134,6 +134,10 @@ class YoloReader(Reader):
             raise AnnotationError("no 'train', 'val' or 'test' entry", Location(name))
         meta = DatasetMeta(keypoints=names, flip_pairs=flips, flip_pairs_given="flip_idx" in data)
         wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
+        missing = [n for n in ctx.options.keypoints or [] if n not in names]
+        if missing:
+            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the keypoint names "
+                                  f"({', '.join(names)})", Location(name, field="kpt_names"))
         extra = {"kpt_shape": [k, ndim], "splits": list(dict.fromkeys(s for s, _ in splits))}
         if data.get("path") and root == y.parent and not (y.parent / str(data["path"])).is_dir():
             extra["path_not_found"] = str(data["path"])  # stated root missing here: the YAML's folder was used
