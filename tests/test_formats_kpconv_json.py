@@ -235,8 +235,6 @@ def _apply(obj, path, change):
 
 
 def test_quick_check_is_never_more_lenient_than_the_schema():
-    import jsonschema
-
     from kpconv.formats.kpconv_json import _validators, quick_valid
 
     _, image_v = _validators()

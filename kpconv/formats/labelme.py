@@ -19,7 +19,6 @@ not a Labelme file, or malformed JSON anywhere, stops the ingest.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
