@@ -1,0 +1,81 @@
+"""``kpconv eval``: the metrics of a trained run on one split, in pixels of the original images.
+
+Predictions (normalized to the stored image) and targets are mapped back through each record's
+``transform/stored_to_original``; PCK and NME are normalized by the instance's box (its longer side,
+mapped to original pixels) or the original image's longer side when the record has no box. See
+``kpconv.metrics`` for the definitions.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .errors import TrainError
+
+
+def _no_nan(obj):
+    """NaN (a metric with no labelled keypoint) -> null, so the JSON stays valid."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+def evaluate_dataset(predict: Callable, dataset, names=None) -> Dict:
+    """Run ``predict(images) -> (B, K, 2)`` over a ``pipeline.load(..., include_meta=True)`` dataset."""
+    from . import metrics
+
+    preds, trues, masks, trans, stored, bboxes, orig = [], [], [], [], [], [], []
+    for images, target, meta in dataset:
+        p = np.asarray(predict(images), np.float64)
+        t = target.numpy()
+        preds.append(p)
+        trues.append(t[..., :2])
+        masks.append(t[..., 2])
+        trans.append(meta["transform"].numpy())
+        stored.append(meta["stored_size"].numpy())
+        bboxes.append(meta["bbox"].numpy())
+        orig.append(meta["original_size"].numpy())
+    if not preds:
+        raise TrainError("the split holds no records: nothing to evaluate")
+    pred, true, mask = np.concatenate(preds), np.concatenate(trues), np.concatenate(masks)
+    tr, st, bb, og = np.concatenate(trans), np.concatenate(stored), np.concatenate(bboxes), np.concatenate(orig)
+    pred_px = metrics.to_original(pred, st, tr)
+    true_px = metrics.to_original(true, st, tr)
+    norm = metrics.instance_size(metrics.bbox_to_original(bb, st, tr), og)
+    return metrics.summary(pred_px, true_px, mask, norm, pred_norm=pred, true_norm=true, names=names)
+
+
+def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json_path: Optional[str] = None) -> Dict:
+    """Evaluate ``run_dir/model.keras`` on ``split`` of ``shard_dir``; optionally write the JSON."""
+    from . import model as kmodel, pipeline
+    from .train import CONFIG_FILE, MODEL_FILE
+
+    run = Path(run_dir)
+    cfg_path = run / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise TrainError(f"{run}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    info = pipeline.read_dataset_info(shard_dir)
+    names = config["dataset"]["keypoints"]
+    if info.keypoint_names != names:
+        raise TrainError(f"{info.path}: keypoints {info.keypoint_names} differ from the run's {names}")
+    if [info.image_width, info.image_height] != list(config["dataset"]["image_size"]):
+        raise TrainError(f"{info.path}: image size {info.image_width}x{info.image_height} differs from the "
+                         f"run's {config['dataset']['image_size'][0]}x{config['dataset']['image_size'][1]}")
+    model = kmodel.load_model(run / MODEL_FILE)
+    ds = pipeline.load(shard_dir, split, batch_size, include_meta=True)
+    result = evaluate_dataset(lambda x: model(x, training=False).numpy(), ds, names)
+    result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split, **result}
+    if json_path:
+        from .manifest import atomic_output
+
+        with atomic_output(json_path) as f:
+            f.write(json.dumps(_no_nan(result), indent=2) + "\n")
+    return result

@@ -1,0 +1,386 @@
+"""The tf.data input pipeline over the shards written by ``kpconv shard`` (public API).
+
+``load(shard_dir, split, batch_size, augment=..., seed=...)`` returns a ``tf.data.Dataset`` of
+``(images, targets)``:
+
+* ``images``: ``float32 (B, H, W, 3)``, pixel values in ``[0, 255]`` (the model rescales them);
+* ``targets``: ``float32 (B, K, 3)``: ``x, y`` normalized to the image (continuous pixel convention,
+  pixel ``i``'s centre is ``(i + 0.5) / size``) and a visibility mask (1 labelled and inside the
+  frame, 0 otherwise: such keypoints contribute nothing to the losses and metrics).
+
+With ``include_meta=True`` each element is ``(images, targets, meta)`` where ``meta`` holds what the
+evaluation needs to go back to the original image: ``transform`` (B, 6) stored->original,
+``stored_size`` (B, 2) ``[w, h]``, ``bbox`` (B, 4) normalized ``[x, y, w, h]``, ``original_size``
+(B, 2) ``[w, h]``, ``source_path`` and ``instance_id``.
+
+The stages: interleaved parallel reads over the shard files (file order shuffled), parallel parse
+and decode, an in-memory cache of the decoded records when the split is small, shuffling, batching,
+keypoint-aware augmentation on whole batches inside the graph (``augment_batch``), prefetch.
+Everything random is derived from ``seed``: the same seed gives the same batches.
+
+Nothing here imports TensorFlow at module import time.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import TrainError
+from .records import SPEC_VERSION
+
+INFO_FILE = "dataset_info.json"
+CACHE_LIMIT_BYTES = 1 << 30  # cache decoded records in memory when the split needs less than this
+
+
+# ------------------------------------------------------------------------------------- dataset info
+@dataclass
+class SplitInfo:
+    name: str
+    files: List[str]
+    num_records: int
+
+
+@dataclass
+class DatasetInfo:
+    """What ``dataset_info.json`` says, in the shape this module needs."""
+
+    path: Path
+    keypoint_names: List[str]
+    skeleton: List[Tuple[int, int]]
+    flip_pairs: List[Tuple[int, int]]
+    image_height: int
+    image_width: int
+    compression: Optional[str]   # None or "GZIP"
+    splits: Dict[str, SplitInfo]
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_names)
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise TrainError(f"{self.path}: no split '{name}' (splits: {', '.join(sorted(self.splits)) or 'none'})")
+        return self.splits[name]
+
+    def files(self, name: str) -> List[str]:
+        return [str(self.path.parent / f) for f in self.split(name).files]
+
+    def flip_permutation(self) -> List[int]:
+        perm = list(range(self.num_keypoints))
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    def preprocessing(self) -> dict:
+        """The options shard used to make the stored images (``predict`` reapplies them)."""
+        image = self.raw.get("image") or {}
+        return {"size": [self.image_width, self.image_height], "resize": image.get("resize") or "stretch",
+                "crop": image.get("crop") or "none", "crop_pad": image.get("crop_pad"),
+                "background": image.get("background")}
+
+
+def _get(d: dict, *names, default=None):
+    for n in names:
+        if n in d:
+            return d[n]
+    return default
+
+
+def read_dataset_info(shard_dir: Union[str, Path]) -> DatasetInfo:
+    """Read ``SHARD_DIR/dataset_info.json``; raises :class:`TrainError` with the file and field."""
+    path = Path(shard_dir) / INFO_FILE
+    if not path.is_file():
+        raise TrainError(f"{path}: not found (is {shard_dir} a folder written by 'kpconv shard'?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{path}: cannot read: {e}") from None
+    if not isinstance(raw, dict):
+        raise TrainError(f"{path}: expected a JSON object")
+
+    def need(value, name):
+        if value is None:
+            raise TrainError(f"{path}: field '{name}' is missing")
+        return value
+
+    version = _get(raw, "spec_version", "record_spec_version")
+    if version is not None and int(version) != SPEC_VERSION:
+        raise TrainError(f"{path}: record spec version {version}, this kpconv reads version {SPEC_VERSION}")
+    kp = need(_get(raw, "keypoint_names", "keypoints"), "keypoints")
+    names = [k["name"] if isinstance(k, dict) else str(k) for k in kp]
+    image = raw.get("image") if isinstance(raw.get("image"), dict) else {}
+    size = image.get("size") if image else _get(raw, "image_size")
+    if size is None:
+        raise TrainError(f"{path}: the shards keep each image's own size (field 'image.size' is null); training "
+                         f"needs one image size: shard again with one (kpconv shard --image-size WxH)")
+    if isinstance(size, dict):
+        h, w = int(size["height"]), int(size["width"])
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        w, h = int(size[0]), int(size[1])  # [width, height]
+    else:
+        h = w = int(size)
+    comp = _get(raw, "compression")
+    comp = None if comp in (None, "", "none", "NONE") else ("GZIP" if str(comp).lower() in ("gzip", "gz") else str(comp))
+    splits = {}
+    for name, s in need(_get(raw, "splits"), "splits").items():
+        files = _get(s, "shards", "files", default=[])
+        files = [f["file"] if isinstance(f, dict) else f for f in files]
+        n = _get(s, "records", "num_records", default=0)
+        splits[name] = SplitInfo(name, list(files), int(n))
+    pairs = [tuple(int(i) for i in p) for p in (_get(raw, "flip_pairs") or [])]
+    skel = [tuple(int(i) for i in p) for p in (_get(raw, "skeleton") or [])]
+    return DatasetInfo(path, names, skel, pairs, h, w, comp, splits, raw)
+
+
+def dataset_sha256(shard_dir: Union[str, Path], info: Optional[DatasetInfo] = None) -> Dict[str, str]:
+    """sha256 of ``dataset_info.json`` and of every shard file (relative name -> hex digest)."""
+    import hashlib
+
+    info = info or read_dataset_info(shard_dir)
+    root = Path(shard_dir)
+    names = [INFO_FILE] + [f for s in sorted(info.splits) for f in info.splits[s].files]
+    out = {}
+    for n in names:
+        h = hashlib.sha256()
+        with open(root / n, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[n] = h.hexdigest()
+    return out
+
+
+# ------------------------------------------------------------------------------------- augmentation
+@dataclass
+class Augment:
+    """Augmentation ranges. Geometry: flip (probability), rotation (degrees, +-), scale (factor
+    range), translation (fraction of the size, +-); colour: brightness (fraction of 255, +-),
+    contrast and saturation (factor ranges)."""
+
+    flip: float = 0.5
+    rotation: float = 20.0
+    scale: Tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.08
+    brightness: float = 0.15
+    contrast: Tuple[float, float] = (0.75, 1.25)
+    saturation: Tuple[float, float] = (0.75, 1.25)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_value(cls, value) -> Optional["Augment"]:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        raise TypeError(f"augment: expected a bool, a dict or an Augment, got {value!r}")
+
+
+def _affine_matrices(batch, height, width, cfg: Augment, seed):
+    """Random forward matrices (B, 3, 3) in continuous pixel coordinates, and the flip flags."""
+    import tensorflow as tf
+
+    def uni(i, lo, hi, shape=(batch,)):
+        s = tf.random.experimental.stateless_fold_in(seed, i)
+        return tf.random.stateless_uniform(shape, s, lo, hi)
+
+    w = tf.cast(width, tf.float32)
+    h = tf.cast(height, tf.float32)
+    flip = uni(0, 0.0, 1.0) < cfg.flip
+    theta = uni(1, -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
+    scale = uni(2, cfg.scale[0], cfg.scale[1])
+    tx = uni(3, -1.0, 1.0) * cfg.translate * w
+    ty = uni(4, -1.0, 1.0) * cfg.translate * h
+    cos, sin = tf.cos(theta) * scale, tf.sin(theta) * scale
+    cx, cy = w / 2.0, h / 2.0
+    # flip first (x -> w - x), then rotate and scale about the centre, then translate.
+    fx = tf.where(flip, -1.0, 1.0)
+    fc = tf.where(flip, w, 0.0)
+    # A = T(c + t) R S T(-c) F
+    a = cos * fx
+    b = -sin
+    c = cos * fc - cos * cx + sin * cy + cx + tx
+    d = sin * fx
+    e = cos
+    f = sin * fc - sin * cx - cos * cy + cy + ty
+    zeros, ones = tf.zeros_like(a), tf.ones_like(a)
+    m = tf.stack([tf.stack([a, b, c], -1), tf.stack([d, e, f], -1), tf.stack([zeros, zeros, ones], -1)], 1)
+    return m, flip
+
+
+def augment_batch(images, keypoints, visibility, seed, cfg: Optional[Augment] = None,
+                  flip_permutation: Optional[Sequence[int]] = None):
+    """Augment a batch in the graph.
+
+    ``images`` float (B, H, W, C) in [0, 255]; ``keypoints`` (B, K, 2) normalized; ``visibility``
+    (B, K) (any dtype, > 0 is labelled); ``seed`` an int tensor of shape (2,). The same random
+    matrix moves the pixels and the keypoints; keypoints that leave the frame get visibility 0; a
+    flipped example has its left/right keypoints swapped by ``flip_permutation``. Returns
+    ``(images, keypoints, visibility)`` with visibility as float32 0/1.
+    """
+    import tensorflow as tf
+
+    cfg = cfg or Augment()
+    seed = tf.cast(seed, tf.int64)
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    m, flip = _affine_matrices(b, h, w, cfg, seed)
+
+    # keypoints: normalized -> pixels -> A -> normalized
+    px = keypoints[..., 0] * wf
+    py = keypoints[..., 1] * hf
+    nx = m[:, 0:1, 0] * px + m[:, 0:1, 1] * py + m[:, 0:1, 2]
+    ny = m[:, 1:2, 0] * px + m[:, 1:2, 1] * py + m[:, 1:2, 2]
+    kp = tf.stack([nx / wf, ny / hf], -1)
+    vis = tf.cast(visibility > 0, tf.float32)
+    inside = (nx >= 0.0) & (nx < wf) & (ny >= 0.0) & (ny < hf)
+    vis = vis * tf.cast(inside, tf.float32)
+    if flip_permutation is not None and list(flip_permutation) != list(range(len(flip_permutation))):
+        perm = tf.constant(list(flip_permutation), tf.int32)
+        kp = tf.where(flip[:, None, None], tf.gather(kp, perm, axis=1), kp)
+        vis = tf.where(flip[:, None], tf.gather(vis, perm, axis=1), vis)
+
+    # image: the op maps output pixel indices to input indices: T(-0.5) A^-1 T(0.5)
+    inv = tf.linalg.inv(m)
+    half = tf.constant([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    mhalf = tf.constant([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+    t = tf.matmul(tf.matmul(mhalf[None], inv), half[None])
+    t = t / t[:, 2:3, 2:3]
+    flat = tf.reshape(t, (-1, 9))[:, :8]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=flat, output_shape=tf.stack([h, w]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+    # colour: brightness, contrast, saturation (per example factors)
+    def uni(i, lo, hi):
+        s = tf.random.experimental.stateless_fold_in(seed, 100 + i)
+        return tf.random.stateless_uniform((b, 1, 1, 1), s, lo, hi)
+
+    if cfg.brightness:
+        out = out + uni(0, -cfg.brightness, cfg.brightness) * 255.0
+    if cfg.contrast and tuple(cfg.contrast) != (1.0, 1.0):
+        mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
+        out = (out - mean) * uni(1, cfg.contrast[0], cfg.contrast[1]) + mean
+    if cfg.saturation and tuple(cfg.saturation) != (1.0, 1.0) and images.shape[-1] == 3:
+        grey = tf.reduce_mean(out, axis=-1, keepdims=True)
+        out = (out - grey) * uni(2, cfg.saturation[0], cfg.saturation[1]) + grey
+    out = tf.clip_by_value(out, 0.0, 255.0)
+    return out, kp, vis
+
+
+# ------------------------------------------------------------------------------------------- load
+def _parse_fn(num_keypoints: int, height: int, width: int):
+    import tensorflow as tf
+
+    from .records import feature_description
+
+    desc = feature_description(num_keypoints)
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, desc)
+        img = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
+        sh = tf.shape(img)
+        img = tf.cond(tf.logical_and(tf.equal(sh[0], height), tf.equal(sh[1], width)),
+                      lambda: img,
+                      lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(img, (height, width))), 0, 255),
+                                      tf.uint8))
+        img = tf.ensure_shape(img, (height, width, 3))
+        return {
+            "image": img,
+            "keypoints": tf.stack([ex["keypoints/x"], ex["keypoints/y"]], -1),
+            "visibility": ex["keypoints/visibility"],
+            "transform": ex["transform/stored_to_original"],
+            "stored_size": tf.cast(tf.stack([ex["image/width"], ex["image/height"]]), tf.float32),
+            "original_size": tf.cast(tf.stack([ex["image/original_width"], ex["image/original_height"]]), tf.float32),
+            "bbox": ex["instance/bbox"],
+            "source_path": ex["image/source_path"],
+            "instance_id": ex["instance/id"],
+        }
+
+    return parse
+
+
+def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False, seed: Optional[int] = None,
+         shuffle: Optional[bool] = None, cache: Union[str, bool] = "auto", drop_remainder: bool = False,
+         include_meta: bool = False, repeat: bool = False, shuffle_buffer: int = 2048):
+    """A ``tf.data.Dataset`` over one split of ``shard_dir`` (see the module docstring).
+
+    ``augment``: ``False``, ``True`` (default ranges) or an :class:`Augment` / dict of ranges.
+    ``shuffle`` defaults to ``bool(augment)``. ``cache``: ``"auto"`` caches decoded records in memory
+    when the split needs less than 1 GiB, ``True``/``False`` force it. ``seed`` makes shuffling and
+    augmentation deterministic.
+    """
+    import tensorflow as tf
+
+    info = read_dataset_info(shard_dir)
+    files = info.files(split)
+    if not files:
+        raise TrainError(f"{info.path}: split '{split}' has no shard files")
+    for f in files:
+        if not Path(f).is_file():
+            raise TrainError(f"{f}: shard file listed in {info.path} is missing")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    aug = Augment.from_value(augment)
+    shuffle = bool(aug) if shuffle is None else shuffle
+    h, w, k = info.image_height, info.image_width, info.num_keypoints
+    autotune = tf.data.AUTOTUNE
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or "",
+                                                         buffer_size=1 << 20),
+                       cycle_length=min(len(files), 8), block_length=1, num_parallel_calls=autotune,
+                       deterministic=True)
+    ds = ds.map(_parse_fn(k, h, w), num_parallel_calls=autotune)
+    if not include_meta:
+        ds = ds.map(lambda e: {n: e[n] for n in ("image", "keypoints", "visibility")})
+    n_records = info.split(split).num_records
+    if cache == "auto":
+        cache = 0 < n_records * h * w * 3 < CACHE_LIMIT_BYTES
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(max(1, min(shuffle_buffer, n_records or shuffle_buffer)), seed=seed,
+                        reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if not repeat and n_records > 0:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n_records))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune)
+    perm = info.flip_permutation()
+
+    if aug:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def apply(e, s):
+            img, kp, vis = augment_batch(tf.cast(e["image"], tf.float32), e["keypoints"], e["visibility"], s,
+                                         aug, perm)
+            out = dict(e)
+            out.update(image=img, keypoints=kp, visibility=vis)
+            return out
+
+        ds = ds.map(apply, num_parallel_calls=autotune)
+
+    def finish(e):
+        img = tf.cast(e["image"], tf.float32)
+        target = tf.concat([e["keypoints"], tf.cast(e["visibility"] > 0, tf.float32)[..., None]], -1)
+        if include_meta:
+            meta = {n: e[n] for n in ("transform", "stored_size", "original_size", "bbox", "source_path",
+                                      "instance_id")}
+            return img, target, meta
+        return img, target
+
+    ds = ds.map(finish, num_parallel_calls=autotune)
+    return ds.prefetch(autotune)

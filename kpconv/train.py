@@ -1,0 +1,425 @@
+"""``kpconv train``: fit a keypoint regressor on the shards, streaming them through tf.data.
+
+RUN_DIR layout::
+
+    config.json          every option, the model config, the dataset (sha256 of every file, keypoint
+                         names, skeleton, the shard preprocessing), versions
+    model.keras          the best model so far (lowest validation loss, or training loss without a
+                         validation split)
+    saved_model/         the best model exported as a TensorFlow SavedModel (at the end)
+    model.tflite         with export=["tflite"]
+    history.csv          one row per epoch (loss, metrics, validation metrics, learning rate)
+    logs/                TensorBoard logs
+    checkpoints/         last.keras (model and optimizer after the last finished epoch) and
+                         state.json (phase, epoch, best value): what ``resume`` continues from
+
+Training runs in two phases when the backbone starts from pretrained weights: the backbone frozen
+(``epochs``), then fine-tuned (``fine_tune_epochs``, from ``fine_tune_from`` on, at
+``fine_tune_learning_rate``). From random weights (``weights="none"``) the whole model trains from
+the start and there is no second phase. Each phase follows a cosine learning-rate schedule and stops
+early after ``patience`` epochs without improvement. A NaN loss stops training with TrainError.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from . import __version__
+from .errors import TrainError
+from .manifest import atomic_output
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILE = "model.tflite"
+HISTORY_FILE = "history.csv"
+LOG_DIR = "logs"
+CKPT_DIR = "checkpoints"
+EXPORTS = ("tflite",)
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    head: str = "spatial"
+    weights: str = "imagenet"
+    loss: str = "mse"
+    keypoint_weights: Optional[List[float]] = None
+    huber_delta: float = 0.05
+    augment: bool = True
+    seed: int = 0
+    fine_tune_epochs: int = 0
+    fine_tune_from: Optional[str] = None
+    fine_tune_learning_rate: Optional[float] = None   # default: learning_rate / 10
+    patience: int = 10
+    min_learning_rate_factor: float = 0.01
+    mixed_precision: bool = False
+    strategy: str = "default"                          # default | mirrored
+    export: List[str] = field(default_factory=list)
+    train_split: str = "train"
+    val_split: Optional[str] = "auto"                  # auto: "val" or "validation" when present
+    steps_per_epoch: Optional[int] = None
+    verbose: int = 2                                   # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_run: int
+    best: Optional[float]
+    monitor: str
+    resumed_from: int = 0
+    outputs: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _versions() -> dict:
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return {"kpconv": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def _write_json(path: Path, obj) -> None:
+    with atomic_output(str(path)) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _save_model(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(str(tmp))
+    os.replace(tmp, path)
+
+
+def tensorboard_available() -> bool:
+    """TensorBoard logs need the ``tensorboard`` package (tf.summary writes nothing without it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _cosine(lr0: float, floor: float, start: int, n: int) -> Callable[[int, float], float]:
+    def schedule(epoch, lr=None):
+        t = min(max(epoch - start, 0), max(n - 1, 1)) / max(n - 1, 1)
+        return float(floor + 0.5 * (lr0 - floor) * (1 + math.cos(math.pi * t)))
+    return schedule
+
+
+def _val_split(info, wanted: Optional[str]) -> Optional[str]:
+    if wanted in (None, "", "none"):
+        return None
+    if wanted == "auto":
+        for name in ("val", "validation"):
+            if name in info.splits and info.splits[name].num_records > 0:
+                return name
+        return None
+    info.split(wanted)
+    return wanted
+
+
+def _callbacks_module():
+    import keras
+
+    class Checkpoint(keras.callbacks.Callback):
+        """After every epoch: the best model (model.keras), the last one and the state to resume."""
+
+        def __init__(self, run_dir: Path, phase: int, monitor: str, best: Optional[float]):
+            super().__init__()
+            self.run_dir, self.phase, self.monitor, self.best = run_dir, phase, monitor, best
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            value = logs.get(self.monitor)
+            if value is None:
+                return
+            value = float(value)
+            if math.isnan(value):
+                return
+            if self.best is None or value < self.best:
+                self.best = value
+                _save_model(self.model, self.run_dir / MODEL_FILE)
+            _save_model(self.model, self.run_dir / CKPT_DIR / "last.keras")
+            _write_json(self.run_dir / CKPT_DIR / "state.json",
+                        {"phase": self.phase, "epoch": epoch + 1, "best": self.best, "monitor": self.monitor,
+                         "finished": False})
+
+    class NanGuard(keras.callbacks.Callback):
+        """Stops at the first NaN or infinite loss and remembers where."""
+
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.where = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.where = (self.epoch, batch)
+                self.model.stop_training = True
+
+    class LearningRateLog(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    return Checkpoint, NanGuard, LearningRateLog
+
+
+def parse_keypoint_weights(text: str, names: Sequence[str]) -> List[float]:
+    """``"2,1,1"`` (one per keypoint) or ``"nose=2,left_eye=0.5"`` (others 1)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts and all("=" in p for p in parts):
+        weights = [1.0] * len(names)
+        for p in parts:
+            n, v = p.split("=", 1)
+            if n.strip() not in names:
+                raise TrainError(f"--keypoint-weights: unknown keypoint '{n.strip()}' (known: {', '.join(names)})")
+            weights[list(names).index(n.strip())] = _float(v, p)
+        return weights
+    if len(parts) != len(names):
+        raise TrainError(f"--keypoint-weights: expected {len(names)} numbers (one per keypoint: "
+                         f"{', '.join(names)}) or NAME=W pairs, got {len(parts)}")
+    return [_float(p, p) for p in parts]
+
+
+def _float(v, whole):
+    try:
+        f = float(v)
+    except ValueError:
+        raise TrainError(f"--keypoint-weights: '{whole}': expected a number") from None
+    if not math.isfinite(f) or f < 0:
+        raise TrainError(f"--keypoint-weights: '{whole}': expected a finite number >= 0")
+    return f
+
+
+# -------------------------------------------------------------------------------------------- train
+def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bool = False,
+          callbacks: Sequence = ()) -> TrainResult:
+    """Train on ``shard_dir`` into ``run_dir`` (see the module docstring). With ``resume``, the
+    options come from ``run_dir/config.json`` and training continues after the last finished epoch."""
+    import keras
+    import tensorflow as tf
+
+    from . import losses, metrics, model as kmodel, pipeline
+
+    run = Path(run_dir)
+    shard_dir = Path(shard_dir)
+    info = pipeline.read_dataset_info(shard_dir)
+    state = None
+    if resume:
+        if not (run / CONFIG_FILE).is_file():
+            raise TrainError(f"{run}: --resume: no {CONFIG_FILE} here (not a kpconv run directory)")
+        config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+        options = TrainOptions(**config["options"])
+        state_path = run / CKPT_DIR / "state.json"
+        if state_path.is_file():
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            if state.get("finished"):
+                raise TrainError(f"{run}: --resume: this run already finished ({state['epoch']} epochs); "
+                                 f"start a new run with another -o")
+        sha = pipeline.dataset_sha256(shard_dir, info)
+        if sha != config["dataset"]["sha256"]:
+            changed = sorted(set(sha.items()) ^ set(config["dataset"]["sha256"].items()))
+            raise TrainError(f"{shard_dir}: --resume: the shards differ from the ones this run started with "
+                             f"(first difference: {changed[0][0]})")
+    else:
+        options = options or TrainOptions()
+        if (run / CONFIG_FILE).exists() or (run / MODEL_FILE).exists():
+            raise TrainError(f"{run}: already holds a run; continue it with --resume or choose another -o")
+        config = None
+
+    if options.head not in kmodel.HEADS:
+        raise TrainError(f"unknown head '{options.head}' (known: {', '.join(kmodel.HEADS)})")
+    if options.backbone not in kmodel.BACKBONES:
+        raise TrainError(f"unknown backbone '{options.backbone}' (known: {', '.join(kmodel.BACKBONES)})")
+    for e in options.export:
+        if e not in EXPORTS:
+            raise TrainError(f"unknown export '{e}' (known: {', '.join(EXPORTS)})")
+    if options.keypoint_weights is not None and len(options.keypoint_weights) != info.num_keypoints:
+        raise TrainError(f"keypoint weights: {len(options.keypoint_weights)} given, the dataset has "
+                         f"{info.num_keypoints} keypoints")
+    if options.loss == "weighted-mse" and options.keypoint_weights is None:
+        raise TrainError("--loss weighted-mse needs --keypoint-weights")
+    if options.loss not in losses.NAMES:
+        raise TrainError(f"unknown loss '{options.loss}' (known: {', '.join(losses.NAMES)})")
+    n_train = info.split(options.train_split).num_records
+    if n_train == 0:
+        raise TrainError(f"{info.path}: split '{options.train_split}' has no records")
+    val_split = _val_split(info, options.val_split)
+
+    mcfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(info.image_height, info.image_width),
+                              backbone=options.backbone, alpha=options.alpha, head=options.head,
+                              weights=options.weights,
+                              bn_momentum=None if options.weights not in (None, "", "none") else 0.9)
+    weights = kmodel.resolve_weights(mcfg) if state is None else None
+    pretrained = options.weights not in (None, "", "none")
+
+    run.mkdir(parents=True, exist_ok=True)
+    (run / CKPT_DIR).mkdir(exist_ok=True)
+    if config is None:
+        config = {
+            "options": options.to_dict(),
+            "model": mcfg.to_dict(),
+            "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": pipeline.dataset_sha256(shard_dir, info),
+                        "keypoints": info.keypoint_names, "skeleton": [list(p) for p in info.skeleton],
+                        "flip_pairs": [list(p) for p in info.flip_pairs],
+                        "image_size": [info.image_width, info.image_height],
+                        "preprocessing": info.preprocessing(),
+                        "splits": {n: s.num_records for n, s in info.splits.items()},
+                        "train_split": options.train_split, "val_split": val_split},
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_json(run / CONFIG_FILE, config)
+
+    keras.utils.set_random_seed(options.seed)
+    policy = keras.mixed_precision.global_policy().name
+    if options.mixed_precision:
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    if options.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    elif options.strategy == "default":
+        strategy = tf.distribute.get_strategy()
+    else:
+        raise TrainError(f"unknown strategy '{options.strategy}' (known: default, mirrored)")
+
+    try:
+        return _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_split, strategy,
+                    list(callbacks))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_split, strategy, extra):
+    import keras
+
+    from . import losses, metrics, model as kmodel, pipeline
+
+    Checkpoint, NanGuard, LearningRateLog = _callbacks_module()
+    img_wh = (info.image_width, info.image_height)
+    bs = options.batch_size * strategy.num_replicas_in_sync
+    repeat = options.steps_per_epoch is not None
+    train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=options.augment, seed=options.seed,
+                             shuffle=True, repeat=repeat)
+    val_ds = pipeline.load(shard_dir, val_split, bs) if val_split else None
+    monitor = "val_loss" if val_ds is not None else "loss"
+
+    def compile_(m, lr):
+        m.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=losses.get(options.loss, options.keypoint_weights, options.huber_delta),
+                  metrics=metrics.training_metrics(img_wh))
+
+    phase1 = options.epochs
+    phase2 = options.fine_tune_epochs if pretrained else 0
+    ft_lr = options.fine_tune_learning_rate or options.learning_rate / 10
+    start_epoch = state["epoch"] if state else 0
+    start_phase = state["phase"] if state else 1
+    best = state.get("best") if state else None
+    if start_phase == 1 and start_epoch >= phase1:
+        start_phase, loaded_phase = 2, 1
+    else:
+        loaded_phase = start_phase
+
+    with strategy.scope():
+        if state:
+            model = kmodel.load_model(run / CKPT_DIR / "last.keras", compile=True)
+        else:
+            model = kmodel.build_model(mcfg, weights)
+            if pretrained:
+                kmodel.set_backbone_trainable(model, False)
+            compile_(model, options.learning_rate)
+
+    history_rows = 0
+    epoch = start_epoch
+    for phase in (1, 2):
+        if phase < start_phase:
+            continue
+        if phase == 1:
+            begin, end, lr0 = 0, phase1, options.learning_rate
+        else:
+            begin, end, lr0 = phase1, phase1 + phase2, ft_lr
+            if end <= begin:
+                break
+            if loaded_phase != 2:
+                with strategy.scope():
+                    kmodel.set_backbone_trainable(model, True, options.fine_tune_from)
+                    compile_(model, ft_lr)
+                loaded_phase = 2
+        if epoch >= end:
+            continue
+        nan = NanGuard()
+        ckpt = Checkpoint(run, phase, monitor, best)
+        cbs = [nan,
+               keras.callbacks.LearningRateScheduler(_cosine(lr0, lr0 * options.min_learning_rate_factor, begin,
+                                                             end - begin)),
+               LearningRateLog(),
+               keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min"),
+               keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
+               ckpt, *extra]
+        if tensorboard_available():
+            cbs.insert(-1 - len(extra), keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0))
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
+                         steps_per_epoch=options.steps_per_epoch, callbacks=cbs, verbose=options.verbose,
+                         shuffle=False)
+        if nan.where is not None:
+            raise TrainError(f"loss became NaN at epoch {nan.where[0] + 1}, batch {nan.where[1] + 1}: training "
+                             f"stopped (best model so far kept in {run / MODEL_FILE} if any; try a lower "
+                             f"--learning-rate or check the shards with 'kpconv inspect')")
+        ran = len(hist.history.get("loss", []))
+        history_rows += ran
+        epoch += ran
+        best = ckpt.best
+        if phase == 1 and epoch < end:  # stopped early: the fine-tuning phase starts at its own epoch
+            epoch = phase1
+    state_path = run / CKPT_DIR / "state.json"
+    _write_json(state_path, {"phase": 2 if phase2 else 1, "epoch": epoch, "best": best, "monitor": monitor,
+                             "finished": True})
+    outputs = export(run, options.export)
+    return TrainResult(run, history_rows, best, monitor, resumed_from=start_epoch, outputs=outputs)
+
+
+def export(run_dir, formats: Sequence[str] = ()) -> dict:
+    """Export ``run_dir/model.keras`` as a SavedModel (and TFLite when asked); returns the paths."""
+    import tensorflow as tf
+
+    from . import model as kmodel
+
+    run = Path(run_dir)
+    m = kmodel.load_model(run / MODEL_FILE)
+    out = {"model": str(run / MODEL_FILE)}
+    target = run / SAVED_MODEL_DIR
+    tmp = run / f".{SAVED_MODEL_DIR}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    m.export(str(tmp), format="tf_saved_model", verbose=False)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    out["saved_model"] = str(target)
+    if "tflite" in formats:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(target))
+        data = converter.convert()
+        with atomic_output(str(run / TFLITE_FILE), "wb") as f:
+            f.write(data)
+        out["tflite"] = str(run / TFLITE_FILE)
+    return out

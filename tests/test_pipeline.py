@@ -1,0 +1,131 @@
+"""kpconv.pipeline: reading shards, targets, determinism, keypoint-aware augmentation."""
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from kpconv import pipeline  # noqa: E402
+from kpconv.errors import TrainError  # noqa: E402
+
+from _shards import FLIP_PAIRS, NAMES, write_shards  # noqa: E402
+
+GEOMETRY_ONLY = dict(brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    recs = write_shards(out, {"train": 10, "val": 3}, size=(32, 24), invisible=(2,))
+    return out, recs
+
+
+def test_load_yields_images_and_masked_targets_in_order(shards):
+    out, recs = shards
+    batches = list(pipeline.load(out, "train", 4))
+    assert [b[0].shape for b in batches] == [(4, 24, 32, 3), (4, 24, 32, 3), (2, 24, 32, 3)]
+    images = np.concatenate([b[0].numpy() for b in batches])
+    targets = np.concatenate([b[1].numpy() for b in batches])
+    assert targets.shape == (10, len(NAMES), 3)
+    for i, r in enumerate(recs["train"]):   # no shuffling without augmentation: records in order
+        assert np.array_equal(images[i], r["_array"].astype(np.float32))
+        assert np.allclose(targets[i, :, 0], r["keypoints/x"]) and np.allclose(targets[i, :, 1], r["keypoints/y"])
+        assert targets[i, :, 2].tolist() == [1, 1, 0, 1, 1]
+
+
+def test_meta_for_evaluation(shards):
+    out, recs = shards
+    _, _, meta = next(iter(pipeline.load(out, "val", 3, include_meta=True)))
+    assert meta["stored_size"].numpy().tolist() == [[32, 24]] * 3
+    assert np.allclose(meta["transform"].numpy()[0], recs["val"][0]["transform/stored_to_original"])
+
+
+def test_same_seed_same_batches_other_seed_differs(shards):
+    out, _ = shards
+
+    def run(seed):
+        return [t.numpy() for _, t in pipeline.load(out, "train", 4, augment=True, seed=seed)]
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_unknown_split_and_missing_info(shards, tmp_path):
+    out, _ = shards
+    with pytest.raises(TrainError, match="no split 'test'.*train, val"):
+        pipeline.load(out, "test", 2)
+    with pytest.raises(TrainError, match="dataset_info.json: not found"):
+        pipeline.load(tmp_path, "train", 2)
+
+
+def test_reads_dataset_info_of_kpconv_shard(shards):
+    out, _ = shards
+    info = pipeline.read_dataset_info(out)
+    assert info.keypoint_names == NAMES and info.flip_pairs == FLIP_PAIRS
+    assert (info.image_width, info.image_height) == (32, 24)
+    assert info.flip_permutation() == [0, 2, 1, 4, 3]
+    raw = json.loads((out / "dataset_info.json").read_text())
+    raw["image"]["size"] = None
+    bad = out.parent / "nosize"
+    bad.mkdir()
+    (bad / "dataset_info.json").write_text(json.dumps(raw))
+    with pytest.raises(TrainError, match="needs one image size"):
+        pipeline.read_dataset_info(bad)
+
+
+def _aug(images, kp, vis, seed, **cfg):
+    a = pipeline.Augment(**{**GEOMETRY_ONLY, **cfg})
+    out = pipeline.augment_batch(tf.constant(images, tf.float32), tf.constant(kp, tf.float32),
+                                 tf.constant(vis), tf.constant(seed, tf.int64), a,
+                                 [0, 2, 1, 4, 3] if np.shape(kp)[1] == 5 else None)
+    return [t.numpy() for t in out]
+
+
+def test_flip_twice_is_identity_and_flip_swaps_pairs():
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0, 255, (2, 16, 20, 3)).astype(np.float32)
+    kp = rng.uniform(0.1, 0.9, (2, 5, 2)).astype(np.float32)
+    vis = np.array([[2, 2, 1, 2, 0], [2, 2, 2, 2, 2]])
+    flip = dict(flip=1.0, rotation=0.0, scale=(1.0, 1.0), translate=0.0)
+    img1, kp1, vis1 = _aug(img, kp, vis, [1, 2], **flip)
+    assert np.allclose(img1, img[:, :, ::-1], atol=1e-3)
+    perm = [0, 2, 1, 4, 3]
+    assert np.allclose(kp1[..., 0], 1 - kp[:, perm, 0], atol=1e-6)     # x mirrored, left <-> right
+    assert np.allclose(kp1[..., 1], kp[:, perm, 1], atol=1e-6)
+    assert vis1.tolist() == [[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]]
+    img2, kp2, vis2 = _aug(img1, kp1, vis1, [3, 4], **flip)
+    assert np.allclose(img2, img, atol=1e-3) and np.allclose(kp2, kp, atol=1e-6)
+    assert vis2.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+
+
+def test_dot_stays_under_its_keypoint_after_random_affine():
+    h = w = 64
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5   # pixel centres, continuous convention
+    kp = np.array([[[0.4, 0.55]], [[0.6, 0.35]], [[0.5, 0.5]], [[0.3, 0.7]]], np.float32)
+    img = np.zeros((len(kp), h, w, 3), np.float32)
+    for i, (x, y) in enumerate(kp[:, 0]):
+        img[i, ..., 0] = 255 * np.exp(-((xx - x * w) ** 2 + (yy - y * h) ** 2) / (2 * 1.5 ** 2))
+    for seed in ([5, 6], [7, 8]):
+        out, kp2, vis2 = _aug(img, kp, np.full((len(kp), 1), 2), seed, flip=0.5, rotation=30.0,
+                              scale=(0.8, 1.2), translate=0.1)
+        assert vis2.min() == 1
+        for i in range(len(kp)):
+            m = out[i, ..., 0]
+            cx, cy = (m * xx).sum() / m.sum(), (m * yy).sum() / m.sum()
+            assert abs(cx - kp2[i, 0, 0] * w) < 0.5 and abs(cy - kp2[i, 0, 1] * h) < 0.5
+
+
+def test_keypoints_leaving_the_frame_become_invisible():
+    img = np.zeros((1, 20, 20, 3), np.float32)
+    kp = np.array([[[0.05, 0.5], [0.5, 0.5]]], np.float32)
+    # translate by up to +-45%: for some seed the left point leaves the frame, the centre never does
+    hidden = 0
+    for s in range(12):
+        _, kp2, vis2 = _aug(img, kp, np.array([[2, 2]]), [s, 0], flip=0.0, rotation=0.0,
+                            scale=(1.0, 1.0), translate=0.45)
+        inside = 0 <= kp2[0, 0, 0] < 1
+        assert vis2[0, 0] == float(inside) and vis2[0, 1] == 1
+        hidden += not inside
+    assert hidden > 0
