@@ -242,6 +242,155 @@ def inspect(ctx, out_dir, verify, grid, n):
         info(ctx, f"inspect: wrote contact sheet {grid}")
 
 
+# ---------------------------------------------------------------------------- train / eval / predict
+def _quiet_tf():
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@cli.command()
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
+              help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
+@click.option("--head", type=click.Choice(["spatial", "dense"]), default="spatial", show_default=True,
+              help="spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
+@click.option("--backbone", type=click.Choice(["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                                               "efficientnet_b0", "efficientnet_v2_b0"]),
+              default="mobilenet_v2", show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0.1, max=1.4), default=1.0, show_default=True,
+              help="Width multiplier of MobileNet backbones.")
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
+              help="Backbone start: Keras's ImageNet weights, random (none), or a weights file.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Epochs (with pretrained weights: with the backbone frozen).")
+@click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Epochs after unfreezing the backbone (pretrained weights only).")
+@click.option("--fine-tune-from", metavar="LAYER", help="Unfreeze the backbone from this layer on (default: all).")
+@click.option("--fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--loss", type=click.Choice(["mse", "weighted-mse", "mae", "huber"]), default="mse",
+              show_default=True, help="Masked by visibility: unlabelled keypoints count for nothing.")
+@click.option("--keypoint-weights", metavar="W,W,...|NAME=W,...", help="Per-keypoint weights for weighted-mse.")
+@click.option("--huber-delta", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="Huber threshold, in normalized image units.")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Flip (swapping left/right pairs), rotation, scale, translation, colour.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Early stopping: epochs without improvement of the validation loss.")
+@click.option("--val-split", default="auto", show_default=True,
+              help="Split used for validation ('auto': val if present; 'none': no validation).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Batches per epoch (default: the whole split).")
+@click.option("--mixed-precision", is_flag=True, help="float16 (GPU) / bfloat16 (CPU) compute.")
+@click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
+              help="mirrored: every visible GPU (tf.distribute.MirroredStrategy).")
+@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite"]),
+              help="Also write RUN_DIR/model.tflite.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
+@click.pass_context
+def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, epochs, fine_tune_epochs, fine_tune_from,
+          fine_tune_learning_rate, batch_size, learning_rate, loss, keypoint_weights, huber_delta, augment, seed,
+          patience, val_split, steps_per_epoch, mixed_precision, strategy, exports, resume):
+    """Train a keypoint regressor on the shards of SHARD_DIR (written by 'kpconv shard').
+
+    \b
+    kpconv train shards/ -o run/ --weights none --alpha 0.35 --epochs 20
+    kpconv train shards/ -o run/ --resume
+    """
+    _quiet_tf()
+    from .pipeline import read_dataset_info
+    from .train import TrainOptions, parse_keypoint_weights, train as run_train
+
+    kw = None
+    if keypoint_weights:
+        kw = parse_keypoint_weights(keypoint_weights, read_dataset_info(shard_dir).keypoint_names)
+    root = ctx.find_root().obj
+    verbose = 0 if root.get("quiet") else (1 if sys.stdout.isatty() else 2)
+    options = TrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, backbone=backbone,
+                           alpha=alpha, head=head, weights=weights, loss=loss, keypoint_weights=kw,
+                           huber_delta=huber_delta, augment=augment, seed=seed, fine_tune_epochs=fine_tune_epochs,
+                           fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_learning_rate,
+                           patience=patience, mixed_precision=mixed_precision, strategy=strategy,
+                           export=list(exports), val_split=val_split, steps_per_epoch=steps_per_epoch,
+                           verbose=verbose)
+    result = run_train(shard_dir, run_dir, None if resume else options, resume=resume)
+    best = "-" if result.best is None else f"{result.best:.5g}"
+    info(ctx, f"train: {result.epochs_run} epoch(s)"
+              + (f" (resumed after epoch {result.resumed_from})" if result.resumed_from else "")
+              + f"; best {result.monitor} {best}")
+    for name, path in result.outputs.items():
+        info(ctx, f"  {name}: {path}")
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
+@click.option("--split", default="test", show_default=True, help="Split of SHARD_DIR to evaluate.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write every figure as JSON ('-': stdout).")
+@click.pass_context
+def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path):
+    """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
+    PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
+    _quiet_tf()
+    from .evaluate import evaluate
+    from .metrics import format_table
+
+    result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path)
+    if json_path != "-":
+        click.echo(f"{split}: {result['instances']} instance(s), {result['keypoints']} labelled keypoint(s); "
+                   f"masked MSE {result['overall']['masked_mse']:.6f} (normalized units)")
+        click.echo(format_table(result))
+    if json_path and json_path != "-":
+        info(ctx, f"eval: wrote {json_path}")
+
+
+def _bbox(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+        raise click.BadParameter(f"expected x,y,w,h in pixels with w, h > 0, got '{value}'")
+    return parts
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True), metavar="IMAGE...")
+@click.option("--bbox", callback=_bbox, metavar="x,y,w,h",
+              help="The instance's box in original pixels (runs trained with --crop bbox; default: whole image).")
+@click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "coco"]), default="jsonl", show_default=True)
+@click.option("--draw", "draw_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Save each image with its keypoints and skeleton drawn (PNG).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.pass_context
+def predict(ctx, run_dir, images, bbox, output, fmt, draw_dir, batch_size):
+    """Predict keypoints (original image pixels) for IMAGE... (files or folders of images), with
+    the crop and resize the run's shards used."""
+    _quiet_tf()
+    from .manifest import atomic_output
+    from .predict import Predictor, draw, expand_inputs, write
+
+    paths = expand_inputs(images)
+    if not paths:
+        raise click.UsageError("no image found in the given folder(s)")
+    predictor = Predictor(run_dir)
+    preds = list(predictor.predict(paths, bbox=bbox, batch_size=batch_size))
+    with atomic_output(output) as out:
+        write(preds, out, fmt, predictor.names)
+    drawn = [draw(p, predictor.skeleton, draw_dir) for p in preds] if draw_dir else []
+    info(ctx, f"predict: {len(preds)} image(s)" + (f" -> {output}" if output != "-" else "")
+              + (f"; drawn in {draw_dir}" if drawn else ""))
+
+
 def main(argv=None):
     cli.main(args=argv, prog_name="kpconv")
 
