@@ -189,15 +189,15 @@ class CocoReader(Reader):
             if missing:
                 raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the COCO keypoint "
                                       f"names ({', '.join(names)})", Location(str(files[0]), field="keypoints"))
-            keep = [(i, n) for i, n in enumerate(names) if n in set(wanted)]
+            slots = [n if n in set(wanted) else None for n in names]  # None: not read
         else:
-            keep = list(enumerate(names))
+            slots = list(names)
         meta = DatasetMeta(keypoints=names, skeleton=skeleton)
-        return ReadResult(meta, self._instances(loaded, len(names), keep, ctx),
+        return ReadResult(meta, self._instances(loaded, len(names), slots, ctx),
                           source_files=[str(p) for p in files],
                           extra={"category": _category_name(loaded)})
 
-    def _instances(self, loaded, k: int, keep, ctx: ReadContext) -> Iterator[RawInstance]:
+    def _instances(self, loaded, k: int, slots, ctx: ReadContext) -> Iterator[RawInstance]:
         report = ctx.report
         n3 = 3 * k
         for path, doc, cat_id in loaded:
@@ -245,11 +245,9 @@ class CocoReader(Reader):
                     report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
                                loc.with_field("keypoints"))
                     continue
-                points = {}
-                for j, name in keep:
-                    v = kp[3 * j + 2]
-                    if v != 0:
-                        points[name] = (kp[3 * j], kp[3 * j + 1], int(v) if v in (1, 2) else v)
+                # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it
+                points = {n: (x, y, v) for n, x, y, v in zip(slots, kp[0::3], kp[1::3], kp[2::3])
+                          if v and n is not None}
                 yield RawInstance(image[0], points, loc, instance=None, bbox=ann.get("bbox"),
                                   size=image[1], split=split)
 
