@@ -205,3 +205,23 @@ def test_format_choices_match_registry():
 
     assert set(formats.names()) <= set(KNOWN)
     assert {"coco", "csv"} <= set(formats.names())
+
+
+def test_pipe_closed_early_is_quiet(tmp_path):
+    """``kpconv ingest big.json | head -1``: the reader of the pipe stops early; kpconv stops without
+    a traceback (Click's broken-pipe handling, exit 1)."""
+    kpconv = Path(sys.executable).parent / "kpconv"
+    if not kpconv.exists():
+        pytest.skip("the kpconv console script is not installed in this environment")
+    doc = json.loads((FIXTURES / "coco" / "annotations.json").read_text())
+    ann = doc["annotations"][0]
+    doc["annotations"] = [{**ann, "id": i + 1} for i in range(3000)]  # ~1 MB of manifest, > a pipe buffer
+    (tmp_path / "big.json").write_text(json.dumps(doc))
+    shutil.copytree(FIXTURES / "coco" / "images", tmp_path / "images")
+    cmd = f"'{kpconv}' -q ingest '{tmp_path / 'big.json'}' 2>'{tmp_path / 'err'}' | head -1"
+    p = subprocess.run(["bash", "-c", cmd + "; echo \"status=${PIPESTATUS[0]}\""], capture_output=True,
+                       text=True, timeout=120, env=_env())
+    first, status = p.stdout.splitlines()
+    assert json.loads(first)["source"]["format"] == "coco"
+    assert status in ("status=0", "status=1")
+    assert "Traceback" not in (tmp_path / "err").read_text()
