@@ -120,16 +120,16 @@ def test_wide_located_problems(table, row, reason, field, message):
     _, insts, report = read(p)
     assert len(insts) == 1
     (prob,) = report.first
-    assert (prob.reason, prob.location.line, prob.location.field) == (reason, 3, field)
-    assert str(prob) == f"{p}:3: " + (f"field '{field}': " if field else "") + message
+    assert (prob.reason, prob.location.line, prob.location.field) == (reason, 3, None)
+    assert str(prob) == f"{p}:3: " + (f"column '{field}': " if field else "") + message
 
 
 def test_wide_visibility_problems(table):
     p = table("image,nose_x,nose_y,nose_v\na.png,1,1,3\na.png,,,2\n")
     _, insts, report = read(p)
     assert insts == []
-    assert [(x.reason, x.location.line, x.location.field) for x in report.first] == [
-        ("bad_visibility", 2, "nose_v"), ("missing_field", 3, "nose_x")]
+    assert [(x.reason, x.location.line, x.message.split(":")[0]) for x in report.first] == [
+        ("bad_visibility", 2, "column 'nose_v'"), ("missing_field", 3, "column 'nose_x'")]
 
 
 def test_malformed_csv_quote(table):
@@ -165,7 +165,8 @@ def test_long_keypoints_option_and_unknown_name(table):
     assert result.meta.keypoints == ["nose", "tail"]
     assert [i.instance for i in insts] == ["0"]  # instance 1 had a bad row: skipped whole
     (prob,) = report.first
-    assert (prob.reason, prob.location.line, prob.location.field) == ("unknown_keypoint", 5, "keypoint")
+    assert (prob.reason, prob.location.line) == ("unknown_keypoint", 5)
+    assert str(prob) == f"{p}:5: column 'keypoint': keypoint 'whisker' is not one of --keypoints (nose, tail)"
 
 
 def test_long_duplicate_keypoint(table):

@@ -68,12 +68,11 @@ class _Cells:
         self.row, self.line, self.file, self.report = row, line, file, report
         self.ok = True
 
-    def loc(self, col: str) -> Location:
-        return Location(self.file, self.line, field=col)
-
     def fail(self, reason: str, col: str, message: str) -> None:
+        """Report ``labels.csv:7: column 'elbow_x': expected a number, got 'abc'`` (the column is
+        named in the message, as a spreadsheet user reads it, not as a JSON field)."""
         if self.ok:  # one problem per record: the first one found
-            self.report.add(reason, message, self.loc(col))
+            self.report.add(reason, f"column '{col}': {message}", Location(self.file, self.line))
         self.ok = False
 
     def text(self, i: Optional[int]) -> Optional[str]:
