@@ -93,5 +93,20 @@ def test_fixtures_match_their_generator(tmp_path):
         fresh = sorted(p.relative_to(tmp_path / d) for p in (tmp_path / d).rglob("*") if p.is_file())
         kept = sorted(p.relative_to(FIXTURES / d) for p in (FIXTURES / d).rglob("*") if p.is_file())
         assert fresh == kept, f"fixtures/{d}: files differ from the generator's; rerun fixtures/make_fixtures.py"
-        _, mismatch, errors = filecmp.cmpfiles(tmp_path / d, FIXTURES / d, [str(p) for p in fresh], shallow=False)
-        assert not mismatch and not errors, f"fixtures/{d}: stale {mismatch + errors}; rerun make_fixtures.py"
+        for rel in fresh:
+            a, b = tmp_path / d / rel, FIXTURES / d / rel
+            if filecmp.cmp(a, b, shallow=False):
+                continue
+            # image bytes may differ with the zlib/libjpeg of another machine; the pictures must not
+            assert rel.suffix in (".png", ".jpg"), f"fixtures/{d}/{rel} is stale; rerun fixtures/make_fixtures.py"
+            assert _same_picture(a, b), f"fixtures/{d}/{rel}: image differs; rerun fixtures/make_fixtures.py"
+
+
+def _same_picture(a, b) -> bool:
+    from PIL import Image, ImageChops, ImageStat
+
+    with Image.open(a) as ia, Image.open(b) as ib:
+        if (ia.size, ia.mode, ia.getexif().get(0x0112)) != (ib.size, ib.mode, ib.getexif().get(0x0112)):
+            return False
+        diff = ImageStat.Stat(ImageChops.difference(ia.convert("RGB"), ib.convert("RGB"))).mean
+        return max(diff) < (0.01 if ia.format == "PNG" else 3.0)
