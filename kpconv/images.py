@@ -23,6 +23,10 @@ Mode conversion: grayscale, 1-bit and palette images are expanded to RGB; images
 LA, palette with transparency) are composited on ``BACKGROUND``; CMYK is converted to RGB; 16-bit
 images (``I;16*`` and ``I``) are scaled from 0..65535 to 0..255; ``F`` is clipped to 0..255.
 
+Passthrough (nothing to change, a JPEG or PNG in RGB or grayscale without EXIF rotation): the original
+bytes are stored; the header is parsed and a file must end with its end marker (JPEG EOI, PNG IEND),
+else it is decoded to find out whether it is truncated (``kpconv inspect --verify`` decodes everything).
+
 JPEG sources are decoded at a reduced scale (``Image.draft``, 1/2, 1/4 or 1/8) when the output needs
 no more pixels than that, which makes decoding several times cheaper.
 """
@@ -262,8 +266,10 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
     fmt = src.im.format
     if (lay.identity_pixels and lay.crop == (0, 0, w, h) and fmt in ("JPEG", "PNG") and src.orientation == 1
             and src.im.mode in ("RGB", "L") and "transparency" not in src.im.info):
-        # passthrough: only check that it decodes (at 1/8 scale for JPEG, which still reads all the data)
-        src.load(draft_size=((w + 7) // 8, (h + 7) // 8) if fmt == "JPEG" else None)
+        # passthrough: the header has been parsed; a file that ends with its end marker is taken as
+        # complete, any other is decoded (JPEG at 1/8 scale, which still reads all the data) to find out
+        if not _ends_complete(src.data, fmt):
+            src.load(draft_size=((w + 7) // 8, (h + 7) // 8) if fmt == "JPEG" else None)
         return Stored(src.data, "jpeg" if fmt == "JPEG" else "png", lay, (w, h))
     x0, y0, x1, y1 = lay.crop
     ox, oy, rw, rh = lay.placed
@@ -285,6 +291,16 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
     buf = io.BytesIO()
     content.save(buf, "JPEG", quality=opts.quality)
     return Stored(buf.getvalue(), "jpeg", lay, (w, h))
+
+
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _ends_complete(data: bytes, fmt: str) -> bool:
+    """A JPEG that ends with its EOI marker, a PNG that ends with its IEND chunk."""
+    if fmt == "JPEG":
+        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    return fmt == "PNG" and data.endswith(_PNG_IEND)
 
 
 def decode(data: bytes):

@@ -7,8 +7,9 @@
    manifest's ``group``, else its image) so that all instances of an image / frames of a video share
    one split. Within a split, records are ordered by a salted hash of their key (``image#instance``);
    the split is cut into ``S`` shards of ``round(i * n / S)`` boundaries.
-3. **Write**: each shard is one task, written whole by one worker process (``forkserver``: workers
-   never inherit a parent that might have imported TensorFlow) under a hidden temporary name, fsynced
+3. **Write**: each shard is one task, written whole by one worker process (``fork`` while TensorFlow
+   is not loaded in the parent, which the CLI never does; ``forkserver`` otherwise, as TF is not
+   fork-safe) under a hidden temporary name, fsynced
    and renamed; just before the rename, a small state file ``.kpconv-shard/<shard>.json`` records its
    fingerprint (options + the manifest lines of its records), sha256, counts and skipped records.
 4. **Finish**: ``skipped.jsonl`` then ``dataset_info.json`` (last, atomically).
@@ -304,11 +305,12 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
         with open(manifest, "rb") as mf, open(tmp, "wb") as raw:
             hf = _HashingFile(raw)
             writer = TFRecordWriter(hf, options.compression)
+            check = hashlib.sha256(_options_digest(options).encode())
             for offset in task.offsets:
                 mf.seek(offset)
                 line = mf.readline()
-                loc = Location(manifest, record=str(offset))
-                rec = Record.from_json(_loads(line, loc), num_keypoints, loc)
+                check.update(hashlib.blake2b(line.rstrip(b"\r\n"), digest_size=16).digest())
+                rec = _record(_loads(line, Location(manifest, record=str(offset))))
                 try:
                     data, kps = _convert(rec, root, options.image)
                 except BadImage as e:
@@ -326,6 +328,8 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
             writer.close()
             raw.flush()
             os.fsync(raw.fileno())
+        if check.hexdigest() != task.fingerprint:
+            raise ShardError(f"{manifest}: the manifest changed while {task.name} was being written")
         # the state first, then the rename: a shard under its final name always has its state
         state = {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
                  "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped}
@@ -340,6 +344,12 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
         raise
     _fsync_dir(out)
     return state
+
+
+def _record(d: dict) -> Record:
+    """A manifest line already validated by make_plan (its digest is checked against the plan)."""
+    return Record(d["image"], d["width"], d["height"], d["keypoints"], d["bbox"], d["instance"], d.get("group"),
+                  d.get("split"), d.get("source") or {})
 
 
 def _convert(rec: Record, root: Path, opts: ImageOptions):
@@ -467,13 +477,24 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions()) -> Sha
     return result
 
 
+def _start_method() -> str:
+    """``fork`` (cheap) while TensorFlow is not loaded in this process (the CLI never loads it);
+    ``forkserver`` otherwise (e.g. inside a program that uses TensorFlow), as TF is not fork-safe."""
+    import multiprocessing
+
+    if "tensorflow" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "fork"
+
+
 def _write_parallel(todo: Sequence[ShardTask], args, workers: int) -> Dict[str, dict]:
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["kpconv.shard"])
+    ctx = multiprocessing.get_context(_start_method())
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["kpconv.shard"])
     states = {}
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:

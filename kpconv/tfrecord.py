@@ -116,7 +116,10 @@ def _varint(n: int) -> bytes:
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    n = len(payload)
+    if n < 0x80:
+        return bytes((tag, n)) + payload
+    return bytes((tag,)) + _varint(n) + payload
 
 
 def _feature(kind: str, values: Sequence[Value]) -> bytes:
@@ -127,9 +130,23 @@ def _feature(kind: str, values: Sequence[Value]) -> bytes:
         packed = struct.pack(f"<{len(values)}f", *values)
         return _len_field(0x12, _len_field(0x0A, packed) if values else b"")
     if kind == "int64":
-        packed = b"".join(_varint(int(v)) for v in values)
+        ints = [int(v) for v in values]
+        if all(0 <= v < 0x80 for v in ints):
+            packed = bytes(ints)   # one byte each
+        else:
+            packed = b"".join(_varint(v) for v in ints)
         return _len_field(0x1A, _len_field(0x0A, packed) if values else b"")
     raise ValueError(f"unknown feature kind {kind!r}")
+
+
+_NAME_FIELDS: Dict[str, bytes] = {}
+
+
+def _name_field(name: str) -> bytes:
+    field = _NAME_FIELDS.get(name)
+    if field is None:
+        field = _NAME_FIELDS[name] = _len_field(0x0A, name.encode("utf-8"))
+    return field
 
 
 def encode_example(features: Features) -> bytes:
@@ -140,7 +157,7 @@ def encode_example(features: Features) -> bytes:
     # as in kpconv.records.FEATURES.)
     for name in sorted(features, key=lambda n: (*n.encode("utf-8"), 256)):
         kind, values = features[name]
-        entry = _len_field(0x0A, name.encode("utf-8")) + _len_field(0x12, _feature(kind, values))
+        entry = _name_field(name) + _len_field(0x12, _feature(kind, values))
         entries.append(_len_field(0x0A, entry))
     return _len_field(0x0A, b"".join(entries))
 

@@ -1,0 +1,201 @@
+"""Benchmark ``kpconv shard`` against the tutorial baseline, on a synthetic COCO dataset.
+
+    python benchmarks/bench_shard.py [--images 2000] [--workers 2] [--memory-check] [--cache DIR]
+
+1. Generates (once, cached) ``--images`` JPEGs of 640x480 with drawn stick figures and 17 keypoints
+   (``benchmarks/synth.py``) and ingests them into a manifest.
+2. Times, each in its own process:
+   - ``kpconv shard --image-size 224`` (whole command: start-up, plan, workers, dataset_info.json);
+   - the tutorial baseline: one process that decodes each image with PIL, resizes it to 224x224,
+     re-encodes it as JPEG (quality 95) and writes one ``tf.io.TFRecordWriter`` (only its loop is
+     timed, not the TensorFlow import);
+   - ``kpconv shard --image-size none`` (passthrough) against copying the same image bytes into one
+     file in one process (read + write + fsync).
+3. Prints records per second of each, the ratios, and peak memory of each process tree (the sum of
+   the RSS of the command and all its descendants, sampled every 20 ms from /proc).
+4. ``--memory-check`` also shards a dataset ten times larger and compares the peak memory
+   (target: within 10%).
+
+Targets (2 cores): shard >= 3x the baseline, passthrough >= 0.5x the copy, flat memory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from synth import make_coco  # noqa: E402
+
+KPCONV = str(Path(sys.executable).parent / "kpconv")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+BASELINE = r'''
+import io, json, sys, time
+from pathlib import Path
+import tensorflow as tf
+from PIL import Image
+
+manifest, out = sys.argv[1], sys.argv[2]
+lines = open(manifest).read().splitlines()
+header = json.loads(lines[0])
+root = Path(header["images_root"])
+
+def floats(v): return tf.train.Feature(float_list=tf.train.FloatList(value=v))
+def ints(v): return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+def byts(v): return tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
+
+t0 = time.perf_counter()
+n = 0
+with tf.io.TFRecordWriter(out) as w:
+    for line in lines[1:]:
+        r = json.loads(line)
+        im = Image.open(root / r["image"]).convert("RGB")
+        im = im.resize((224, 224))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=95)
+        kps = r["keypoints"]
+        ex = tf.train.Example(features=tf.train.Features(feature={
+            "image/encoded": byts([buf.getvalue()]), "image/format": byts([b"jpeg"]),
+            "image/height": ints([224]), "image/width": ints([224]),
+            "keypoints/x": floats([p[0] for p in kps]), "keypoints/y": floats([p[1] for p in kps]),
+            "keypoints/visibility": ints([p[2] for p in kps]), "instance/bbox": floats(r["bbox"])}))
+        w.write(ex.SerializeToString())
+        n += 1
+print(json.dumps({"records": n, "seconds": time.perf_counter() - t0}))
+'''
+
+COPY = r'''
+import json, os, sys, time
+from pathlib import Path
+manifest, out = sys.argv[1], sys.argv[2]
+lines = open(manifest).read().splitlines()
+root = Path(json.loads(lines[0])["images_root"])
+t0 = time.perf_counter()
+with open(out, "wb") as f:
+    for line in lines[1:]:
+        f.write((root / json.loads(line)["image"]).read_bytes())
+    f.flush()
+    os.fsync(f.fileno())
+print(json.dumps({"records": len(lines) - 1, "seconds": time.perf_counter() - t0}))
+'''
+
+
+def _children(pid: int):
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return out
+
+
+def _tree_rss(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        stack.extend(_children(p))
+    return total
+
+
+def measure(cmd, cwd=None):
+    """Run ``cmd``; returns (wall seconds, peak tree RSS bytes, stdout)."""
+    peak = [0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            done.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    th.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
+    return wall, peak[0], out
+
+
+def dataset(cache: Path, n: int) -> Path:
+    """Synthetic dataset of n 640x480 JPEGs and its manifest (cached)."""
+    d = cache / f"synth-{n}"
+    manifest = d / "manifest.jsonl"
+    if not manifest.exists():
+        t0 = time.perf_counter()
+        ann = make_coco(d, n, size=(640, 480), seed=0)
+        subprocess.run([KPCONV, "-q", "ingest", str(ann), "--images", str(d / "images"), "-o", str(manifest)],
+                       check=True)
+        print(f"generated {n} images in {time.perf_counter() - t0:.0f} s: {d}", flush=True)
+    return manifest
+
+
+def run_shard(manifest: Path, work: Path, name: str, *args):
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    return measure([KPCONV, "-q", "shard", str(manifest), "-o", str(out), *args])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--memory-check", action="store_true", help="also shard 10x the images and compare peak memory")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "kpconv-bench"),
+                    help="where the synthetic datasets are kept between runs")
+    args = ap.parse_args(argv)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest = dataset(cache, args.images)
+    n = args.images
+    work = Path(tempfile.mkdtemp(prefix="bench-shard-", dir=cache))
+    try:
+        print(f"{n} images of 640x480, 1 instance each, {os.cpu_count()} CPUs, --workers {args.workers}")
+        w = ["--workers", str(args.workers)]
+        shard_s, shard_mem, _ = run_shard(manifest, work, "s224", "--image-size", "224", *w)
+        import json
+
+        _, base_mem, out = measure([sys.executable, "-c", BASELINE, str(manifest), str(work / "baseline.tfrecord")])
+        base = json.loads(out.strip().splitlines()[-1])
+        pass_s, pass_mem, _ = run_shard(manifest, work, "pass", "--image-size", "none", *w)
+        _, _, out = measure([sys.executable, "-c", COPY, str(manifest), str(work / "copy.bin")])
+        copy = json.loads(out.strip().splitlines()[-1])
+
+        mb = 1024 * 1024
+        print(f"kpconv shard --image-size 224: {n / shard_s:8.1f} records/s  ({shard_s:.2f} s, peak tree RSS {shard_mem / mb:.0f} MiB)")
+        print(f"tutorial baseline (1 process): {n / base['seconds']:8.1f} records/s  ({base['seconds']:.2f} s loop only, "
+              f"peak RSS {base_mem / mb:.0f} MiB)")
+        print(f"ratio shard/baseline: {base['seconds'] / shard_s:.2f}x (target >= 3x)")
+        print(f"kpconv shard --image-size none: {n / pass_s:8.1f} records/s  ({pass_s:.2f} s, peak tree RSS {pass_mem / mb:.0f} MiB)")
+        print(f"copy the same bytes (1 process): {n / copy['seconds']:8.1f} records/s  ({copy['seconds']:.2f} s)")
+        print(f"ratio passthrough/copy: {copy['seconds'] / pass_s:.2f}x (target >= 0.5x)")
+        if args.memory_check:
+            big = dataset(cache, 10 * n)
+            big_s, big_mem, _ = run_shard(big, work, "big", "--image-size", "224", *w)
+            print(f"memory check: {n} images peak {shard_mem / mb:.0f} MiB, {10 * n} images peak {big_mem / mb:.0f} MiB "
+                  f"({big_mem / shard_mem - 1:+.1%}; target within 10%), {10 * n / big_s:.1f} records/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
