@@ -111,3 +111,30 @@ def test_bytes_identical_to_tensorflow(tmp_path):
     gz = _write(tmp_path, "ours.tfrecord.gz", "gzip", [encode_example(FEATURES), b"x"])
     got = list(tf.data.TFRecordDataset(str(gz), compression_type="GZIP").as_numpy_iterator())
     assert got == [ref, b"x"]
+
+
+def test_record_spec_json_matches_records_module():
+    import json
+
+    from conftest import REPO
+    from kpconv.records import FEATURES, SPEC_VERSION
+
+    spec = json.loads((REPO / "schemas" / "record-spec.json").read_text())
+    assert spec["spec_version"] == SPEC_VERSION
+    assert {f["name"]: (f["dtype"], tuple(f["shape"])) for f in spec["features"]} == FEATURES
+    # no name is a prefix of another, so every protobuf library's deterministic map order agrees
+    names = list(FEATURES)
+    assert not [(a, b) for a in names for b in names if a != b and b.startswith(a)]
+
+
+def test_to_example_and_decode_record():
+    from kpconv.records import decode_record, to_example
+
+    data = to_example(image=b"\xff\xd8jpeg", image_format="jpeg", height=2, width=3, source_path="a/b.jpg",
+                      original_height=20, original_width=30, instance_id="7", bbox=[0.1, 0.2, 0.3, 0.4],
+                      keypoints=[(0.5, 0.25, 2), (0.0, 0.0, 0)], transform=[10, 0, 0, 0, 10, 0])
+    r = decode_record(data, 2)
+    assert r["image/encoded"] == b"\xff\xd8jpeg" and r["image/source_path"] == "a/b.jpg"
+    assert r["keypoints/visibility"] == [2, 0] and r["keypoints/x"] == [0.5, 0.0]
+    with pytest.raises(ValueError, match="expected 3 value"):
+        decode_record(data, 3)
