@@ -28,12 +28,7 @@ def register(cls: Type[Reader]) -> Type[Reader]:
 
 def _load_all() -> None:
     for mod in _MODULES:
-        full = f"{__name__}.{mod}"
-        try:
-            importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:  # a reader that exists but fails to import is a bug: keep it loud
-                raise
+        importlib.import_module(f"{__name__}.{mod}")
 
 
 def names() -> List[str]:
