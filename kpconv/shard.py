@@ -497,6 +497,7 @@ def _write_parallel(todo: Sequence[ShardTask], args, workers: int) -> Dict[str, 
         ctx.set_forkserver_preload(["kpconv.shard"])
     states = {}
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    bar = None
     try:
         futures = {pool.submit(write_shard, task, *args): task for task in todo}
         bar = progress(total=len(futures), desc="shards", unit="shard")
@@ -514,10 +515,12 @@ def _write_parallel(todo: Sequence[ShardTask], args, workers: int) -> Dict[str, 
                     raise
                 except (ManifestError, OSError) as e:
                     raise ShardError(f"writing {task.name} failed: {e}") from None
-                if bar is not None and hasattr(bar, "update"):
+                if bar is not None:
                     bar.update(1)
         return states
     finally:
+        if bar is not None:
+            bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -339,3 +339,15 @@ def test_tensorflow_reads_the_shards(synth, tmp_path):
             np.testing.assert_allclose(p["keypoints/x"].numpy(), r["keypoints/x"], rtol=0, atol=0)
             np.testing.assert_array_equal(p["keypoints/visibility"].numpy(), r["keypoints/visibility"])
             assert p["transform/stored_to_original"].shape == (6,)
+
+
+def test_malformed_manifest_fails_before_writing(tmp_path, synth):
+    lines = synth.read_text().splitlines()
+    lines[3] = lines[3].replace('"width":', '"widthx":')
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    r = run("shard", tmp_path / "m.jsonl", "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    assert f"m.jsonl:4: field 'width': missing required field" in r.output
+    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+    r = run("shard", tmp_path / "nope.jsonl", "-o", tmp_path / "out2")
+    assert r.exit_code == 1 and "nope.jsonl: manifest file does not exist" in r.output
