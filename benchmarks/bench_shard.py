@@ -11,8 +11,9 @@
      timed, not the TensorFlow import);
    - ``kpconv shard --image-size none`` (passthrough) against copying the same image bytes into one
      file in one process (read + write + fsync).
-3. Prints records per second of each, the ratios, and peak memory of each process tree (the sum of
-   the RSS of the command and all its descendants, sampled every 20 ms from /proc).
+3. Prints records per second of each, the ratios, and peak memory of each process tree (the command
+   and all its descendants, sampled every 20 ms from /proc: the sum of PSS, which divides pages shared
+   by forked workers among them, and the sum of RSS, which counts them once per process).
 4. ``--memory-check`` also shards a dataset ten times larger and compares the peak memory
    (target: within 10%).
 
@@ -100,29 +101,43 @@ def _children(pid: int):
     return out
 
 
-def _tree_rss(pid: int) -> int:
-    total, stack = 0, [pid]
+def _pss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _tree_memory(pid: int):
+    """(sum of RSS, sum of PSS) of ``pid`` and all its descendants, in bytes. PSS divides shared pages
+    among the processes that share them (forked workers share the parent's pages), so its sum is the
+    memory the tree really holds; the RSS sum counts shared pages once per process."""
+    rss = pss = 0
+    stack = [pid]
     while stack:
         p = stack.pop()
         try:
             with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except (FileNotFoundError, ProcessLookupError):
+                rss += int(f.read().split()[1]) * PAGE
+            pss += _pss(p)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         stack.extend(_children(p))
-    return total
+    return rss, pss
 
 
 def measure(cmd, cwd=None):
-    """Run ``cmd``; returns (wall seconds, peak tree RSS bytes, stdout)."""
-    peak = [0]
+    """Run ``cmd``; returns (wall seconds, (peak tree RSS sum, peak tree PSS sum) in bytes, stdout)."""
+    peak = [0, 0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             done.wait(0.02)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -133,7 +148,7 @@ def measure(cmd, cwd=None):
     th.join()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
-    return wall, peak[0], out
+    return wall, tuple(peak), out
 
 
 def dataset(cache: Path, n: int) -> Path:
@@ -180,19 +195,23 @@ def main(argv=None):
         _, _, out = measure([sys.executable, "-c", COPY, str(manifest), str(work / "copy.bin")])
         copy = json.loads(out.strip().splitlines()[-1])
 
-        mb = 1024 * 1024
-        print(f"kpconv shard --image-size 224: {n / shard_s:8.1f} records/s  ({shard_s:.2f} s, peak tree RSS {shard_mem / mb:.0f} MiB)")
+        def mem(m):
+            return f"peak tree PSS {m[1] / 2 ** 20:.0f} MiB, RSS sum {m[0] / 2 ** 20:.0f} MiB"
+
+        print(f"kpconv shard --image-size 224: {n / shard_s:8.1f} records/s  ({shard_s:.2f} s, {mem(shard_mem)})")
         print(f"tutorial baseline (1 process): {n / base['seconds']:8.1f} records/s  ({base['seconds']:.2f} s loop only, "
-              f"peak RSS {base_mem / mb:.0f} MiB)")
+              f"{mem(base_mem)})")
         print(f"ratio shard/baseline: {base['seconds'] / shard_s:.2f}x (target >= 3x)")
-        print(f"kpconv shard --image-size none: {n / pass_s:8.1f} records/s  ({pass_s:.2f} s, peak tree RSS {pass_mem / mb:.0f} MiB)")
+        print(f"kpconv shard --image-size none: {n / pass_s:8.1f} records/s  ({pass_s:.2f} s, {mem(pass_mem)})")
         print(f"copy the same bytes (1 process): {n / copy['seconds']:8.1f} records/s  ({copy['seconds']:.2f} s)")
         print(f"ratio passthrough/copy: {copy['seconds'] / pass_s:.2f}x (target >= 0.5x)")
         if args.memory_check:
             big = dataset(cache, 10 * n)
             big_s, big_mem, _ = run_shard(big, work, "big", "--image-size", "224", *w)
-            print(f"memory check: {n} images peak {shard_mem / mb:.0f} MiB, {10 * n} images peak {big_mem / mb:.0f} MiB "
-                  f"({big_mem / shard_mem - 1:+.1%}; target within 10%), {10 * n / big_s:.1f} records/s")
+            for label, i in (("PSS", 1), ("RSS sum", 0)):
+                print(f"memory check ({label}): {n} images peak {shard_mem[i] / 2 ** 20:.1f} MiB, {10 * n} images peak "
+                      f"{big_mem[i] / 2 ** 20:.1f} MiB ({big_mem[i] / shard_mem[i] - 1:+.1%}; target within 10%)")
+            print(f"{10 * n} images: {10 * n / big_s:.1f} records/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -351,3 +351,15 @@ def test_malformed_manifest_fails_before_writing(tmp_path, synth):
     assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
     r = run("shard", tmp_path / "nope.jsonl", "-o", tmp_path / "out2")
     assert r.exit_code == 1 and "nope.jsonl: manifest file does not exist" in r.output
+
+
+def test_shard_and_inspect_never_import_tensorflow(synth, tmp_path):
+    code = ("import sys\n"
+            "from kpconv.cli import cli\n"
+            f"cli.main(['-q', 'shard', {str(synth)!r}, '-o', {str(tmp_path / 'out')!r}, '--image-size', '32', "
+            "'--workers', '2'], standalone_mode=False)\n"
+            f"cli.main(['inspect', {str(tmp_path / 'out')!r}, '--verify'], standalone_mode=False)\n"
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "verify: 24 record(s) OK" in p.stdout
