@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import compress
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -200,6 +201,7 @@ class CocoReader(Reader):
     def _instances(self, loaded, k: int, slots, ctx: ReadContext) -> Iterator[RawInstance]:
         report = ctx.report
         n3 = 3 * k
+        every = None not in slots  # all keypoints read (no --keypoints subset)
         for path, doc, cat_id in loaded:
             file = str(path)
             split = split_from_name(path)
@@ -245,9 +247,11 @@ class CocoReader(Reader):
                     report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
                                loc.with_field("keypoints"))
                     continue
-                # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it
-                points = {n: (x, y, v) for n, x, y, v in zip(slots, kp[0::3], kp[1::3], kp[2::3])
-                          if v and n is not None}
+                # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
+                # (dict/compress/zip run in C: this is the per-annotation hot spot)
+                vs = kp[2::3]
+                points = dict(compress(zip(slots, zip(kp[0::3], kp[1::3], vs)),
+                                       vs if every else [v and n is not None for n, v in zip(slots, vs)]))
                 yield RawInstance(image[0], points, loc, instance=None, bbox=ann.get("bbox"),
                                   size=image[1], split=split)
 
