@@ -8,9 +8,10 @@ derivation, instance numbering, duplicate detection, the problem report, and an 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _jstr  # what json.dumps(ensure_ascii=False) uses
+from math import isfinite
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -20,7 +21,7 @@ from .errors import AnnotationError, ImageError, Location, NothingToWrite, Probl
 from .formats.base import IngestOptions, RawInstance, ReadContext
 from .imageinfo import read_sizes
 from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
-from .manifest import DECIMALS, Header, ManifestWriter, Record, atomic_output
+from .manifest import DECIMALS, Header, ManifestWriter, Record, _dumps, atomic_output
 from .problems import Report
 from .progress import progress
 
@@ -70,14 +71,14 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
         failure = None
         try:
             with atomic_output(output) as out:
-                writer = ManifestWriter(out, header)
-                for record in finalizer.run(result.instances):
-                    writer.write(record)
+                ManifestWriter(out, header)
+                for text in finalizer.run(result.instances):
+                    out.write(text)
                 if strict and report.fails_strict:
                     first = report.first_failing()
                     raise ProblemsFound(report.first, f"--strict: {report.count('error') + report.count('warning')} "
                                                       f"problem(s), nothing written; first: {first}")
-                if writer.count == 0:
+                if finalizer.written == 0:
                     first = report.first_failing() or (report.first[0] if report.first else None)
                     raise NothingToWrite("no record could be written: every record was skipped "
                                          f"({report.count()} problem(s))" + (f"; first: {first}" if first else ""))
@@ -85,7 +86,7 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
             failure = e  # no manifest, but the --report file is still written: it tells why
             failure.report = report
         if failure is None:
-            return IngestResult(reader_cls.name, writer.count, header, report, output,
+            return IngestResult(reader_cls.name, finalizer.written, header, report, output,
                                 images=len(finalizer.sizes), skipped=finalizer.skipped)
     raise failure
 
@@ -120,6 +121,15 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
 
 
 class _Finalizer:
+    """Turns raw instances into manifest lines (JSON text), reporting and skipping bad ones.
+
+    Hot path (profiled on 100,000 COCO instances, see ``benchmarks/bench_ingest.py``): everything
+    that depends only on the image (path checks, size, scale, tolerances, the JSON of the line's first
+    fields) is computed once per image and cached, and each line is formatted directly, byte for byte
+    what ``json.dumps(Record.to_json())`` gives (``_slow_line`` falls back to exactly that for a value
+    of an unexpected type; ``tests/test_ingest_lines.py`` checks both against each other).
+    """
+
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
                  report: Report):
         self.k = len(header.keypoints)
@@ -132,60 +142,94 @@ class _Finalizer:
         self.seen: set = set()
         self.next_instance: Dict[str, int] = {}
         self.skipped = 0
+        self.written = 0
         self.source_display: Dict[str, str] = {}
+        self._paths: Dict[Tuple[Optional[str], str], Union[Tuple[str, str], bool]] = {}
+        self._images: Dict[Tuple[str, bool], tuple] = {}     # (full path, normalized) -> per-image constants
+        self._sources: Dict[Optional[str], str] = {}          # source file -> '{"file":"..."'
+        self._blank = [0.0, 0.0, 0] * self.k
+        self._kp_format = ",".join(["[%r,%r,%d]"] * self.k)
 
-    def run(self, instances) -> Iterator[Record]:
+    def run(self, instances) -> Iterator[str]:
+        """Manifest lines (with their newline), one text per chunk of instances."""
         it = iter(progress(instances, desc="ingest", unit="inst"))
+        resolve, finalize, sizes = self._resolve, self._finalize, self.sizes
         while True:
             chunk = list(islice(it, CHUNK))
             if not chunk:
                 return
-            resolved = [self._resolve(raw) for raw in chunk]
-            todo = [p for p in resolved if p is not None and p[1] not in self.sizes]
-            self.sizes.update(read_sizes([full for _, full in todo], self.options.workers))
+            resolved = [resolve(raw) for raw in chunk]
+            todo = {p[1] for p in resolved if p is not None and p[1] not in sizes}
+            if todo:
+                sizes.update(read_sizes(sorted(todo), self.options.workers))
+            lines = []
             for raw, res in zip(chunk, resolved):
-                rec = self._finalize(raw, res) if res is not None else None
-                if rec is None:
+                line = finalize(raw, res) if res is not None else None
+                if line is None:
                     self.skipped += 1
                 else:
-                    yield rec
+                    lines.append(line)
+            self.written += len(lines)
+            yield "".join(lines)
 
     def _resolve(self, raw: RawInstance) -> Optional[Tuple[str, str]]:
         """(path relative to root, absolute path) or None after reporting a path problem."""
-        base = raw.image_base or self.root_str
-        given = raw.image.replace("\\", "/")
-        full = os.path.normpath(os.path.join(base, given))
-        rel = os.path.relpath(full, self.root_str)
-        outside = os.path.isabs(given) or rel == ".." or rel.startswith("../") or os.path.isabs(rel)
-        if outside and not self.options.allow_outside_root:
+        key = (raw.image_base, raw.image)
+        res = self._paths.get(key)
+        if res is None:
+            base = raw.image_base or self.root_str
+            given = raw.image.replace("\\", "/")
+            full = os.path.normpath(os.path.join(base, given))
+            rel = os.path.relpath(full, self.root_str)
+            outside = os.path.isabs(given) or rel == ".." or rel.startswith("../") or os.path.isabs(rel)
+            res = self._paths[key] = False if outside and not self.options.allow_outside_root \
+                else (Path(rel).as_posix(), full)
+        if res is False:
             self.report.add("path_outside_root",
                             f"image path {raw.image!r} is outside the images root {self.root_str} "
                             "(use --allow-outside-root to accept it)", raw.location.with_field("image"))
             return None
-        return Path(rel).as_posix(), full
+        return res
 
-    def _finalize(self, raw: RawInstance, res: Tuple[str, str]) -> Optional[Record]:
-        rel, full = res
+    def _image(self, rel: str, full: str, normalized: bool):
+        """Per-image constants: (w, h, sx, sy, tol_x, tol_y, line prefix), or the ImageError."""
         size = self.sizes[full]
-        loc = raw.location
         if isinstance(size, ImageError):
-            reason = "missing_image" if "does not exist" in size.message else "unreadable_image"
-            self.report.add(reason, f"image {raw.image!r}: {size.message}", loc.with_field("image"))
-            return None
+            return size
         w, h = size
+        sx, sy = (1.0, 1.0) if normalized else (1.0 / w, 1.0 / h)
+        tol_x = max(self.options.tolerance_px / w, self.options.tolerance_frac)
+        tol_y = max(self.options.tolerance_px / h, self.options.tolerance_frac)
+        prefix = None
+        if type(w) is int and type(h) is int and type(rel) is str:
+            prefix = f'{{"image":{_jstr(rel)},"width":{w},"height":{h},"keypoints":['
+        consts = self._images[(full, normalized)] = (w, h, sx, sy, tol_x, tol_y, prefix)
+        return consts
+
+    def _finalize(self, raw: RawInstance, res: Tuple[str, str]) -> Optional[str]:
+        """One instance, keypoint by keypoint: reports the first problem and skips, else the line."""
+        rel, full = res
+        consts = self._images.get((full, raw.normalized))
+        if consts is None:
+            consts = self._image(rel, full, raw.normalized)
+        loc = raw.location
+        if isinstance(consts, ImageError):
+            reason = "missing_image" if "does not exist" in consts.message else "unreadable_image"
+            self.report.add(reason, f"image {raw.image!r}: {consts.message}", loc.with_field("image"))
+            return None
+        w, h, sx, sy, tol_x, tol_y, prefix = consts
         if raw.size is not None and tuple(raw.size) != (w, h):
             self.report.add("size_mismatch", f"annotation states {raw.size[0]}x{raw.size[1]} but image "
                             f"{rel} is {w}x{h} (EXIF orientation applied); using the image's size", loc)
-        sx, sy = (1.0, 1.0) if raw.normalized else (1.0 / w, 1.0 / h)
-        tol_x = max(self.options.tolerance_px / w, self.options.tolerance_frac)
-        tol_y = max(self.options.tolerance_px / h, self.options.tolerance_frac)
-        kps = [[0.0, 0.0, 0] for _ in range(self.k)]
-        labelled = []
+        kps = self._blank[:]    # flat [x0, y0, v0, x1, ...]
+        xs: List[float] = []
+        ys: List[float] = []
+        index = self.index
         for name, point in raw.keypoints.items():
-            i = self.index.get(name)
+            i = index.get(name)
             if i is None:
                 self.report.add("unknown_keypoint", f"keypoint {name!r} is not one of the keypoint names "
-                                f"({', '.join(self.index)})", loc.with_field(name))
+                                f"({', '.join(index)})", loc.with_field(name))
                 return None
             x, y, v = point
             if v not in (0, 1, 2) or isinstance(v, bool):
@@ -194,61 +238,82 @@ class _Finalizer:
                 return None
             if v == 0:
                 continue
-            if not (isinstance(x, (int, float)) and isinstance(y, (int, float))
-                    and math.isfinite(x) and math.isfinite(y)):
+            if not (isinstance(x, _NUMBER) and isinstance(y, _NUMBER) and isfinite(x) and isfinite(y)):
                 self.report.add("bad_coordinate", f"keypoint {name!r}: expected finite x and y, got ({x!r}, {y!r})",
                                 loc.with_field(name))
                 return None
-            xn, yn = x * sx, y * sy
-            cx, cy = min(max(xn, 0.0), 1.0), min(max(yn, 0.0), 1.0)
-            if abs(cx - xn) > tol_x or abs(cy - yn) > tol_y:
-                shown = f"({x:g}, {y:g})" + ("" if raw.normalized else " px")
-                self.report.add("out_of_image", f"keypoint {name!r} at {shown} is outside the "
-                                f"{w}x{h} image", loc.with_field(name))
-                return None
-            if (cx, cy) != (xn, yn):
-                self.report.add("clamped", f"keypoint {name!r} at ({x:g}, {y:g}) clamped into the image",
-                                loc.with_field(name))
-            kps[i] = [round(cx, DECIMALS), round(cy, DECIMALS), int(v)]
-            labelled.append((cx, cy))
-        if not labelled:
+            cx = x * sx
+            cy = y * sy
+            if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0):
+                cx, cy = self._clamp(name, x, y, cx, cy, w, h, tol_x, tol_y, raw.normalized, loc)
+                if cx is None:
+                    return None
+            j = 3 * i
+            kps[j] = round(cx, DECIMALS)
+            kps[j + 1] = round(cy, DECIMALS)
+            kps[j + 2] = int(v)
+            xs.append(cx)
+            ys.append(cy)
+        if not xs:
             self.report.add("no_keypoints", "instance has no labelled keypoint", loc)
             return None
-        bbox = self._bbox(raw, sx, sy, labelled, loc)
+        bbox = [round(c, DECIMALS) for c in self._bbox_values(raw, sx, sy, xs, ys, loc)]
         if raw.instance is None:
             n = self.next_instance.get(rel, 0)
-            instance = str(n)
+            instance = _SMALL[n] if n < len(_SMALL) else str(n)
             self.next_instance[rel] = n + 1
         else:
             instance = str(raw.instance)
-        key = f"{rel}#{instance}"
+        key = (rel, instance)
         if key in self.seen:
             self.report.add("duplicate_instance", f"image {rel} instance {instance!r} appears twice; "
                             "keeping the first", loc)
             return None
         self.seen.add(key)
-        return Record(rel, w, h, kps, bbox, instance, raw.group, raw.split, self._source(loc))
+        group, split = raw.group, raw.split
+        if prefix is None or not (group is None or type(group) is str) or not (split is None or type(split) is str):
+            return self._slow_line(rel, w, h, kps, bbox, instance, raw, loc)
+        return "%s%s],\"bbox\":[%r,%r,%r,%r],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
+            prefix, self._kp_format % tuple(kps), bbox[0], bbox[1], bbox[2], bbox[3], _jstr(instance),
+            "null" if group is None else _jstr(group), "null" if split is None else _jstr(split),
+            self._source_json(loc))
 
-    def _bbox(self, raw, sx, sy, labelled, loc) -> List[float]:
+    def _slow_line(self, rel, w, h, kps, bbox, instance, raw, loc) -> str:
+        points = [kps[j:j + 3] for j in range(0, len(kps), 3)]
+        rec = Record(rel, w, h, points, bbox, instance, raw.group, raw.split, self._source(loc))
+        return _dumps(rec.to_json()) + "\n"
+
+    def _clamp(self, name, x, y, xn, yn, w, h, tol_x, tol_y, normalized, loc):
+        """A point outside 0..1: clamped into the image within the tolerance, else (None, None)."""
+        cx, cy = min(max(xn, 0.0), 1.0), min(max(yn, 0.0), 1.0)
+        if abs(cx - xn) > tol_x or abs(cy - yn) > tol_y:
+            shown = f"({x:g}, {y:g})" + ("" if normalized else " px")
+            self.report.add("out_of_image", f"keypoint {name!r} at {shown} is outside the "
+                            f"{w}x{h} image", loc.with_field(name))
+            return None, None
+        if (cx, cy) != (xn, yn):
+            self.report.add("clamped", f"keypoint {name!r} at ({x:g}, {y:g}) clamped into the image",
+                            loc.with_field(name))
+        return cx, cy
+
+    def _bbox_values(self, raw, sx, sy, xs, ys, loc) -> List[float]:
+        """[x, y, w, h], normalized, not yet rounded: the given bbox clipped to the image, else
+        (reported when one was given) the box around the labelled keypoints ``xs``, ``ys``."""
         if raw.bbox is not None:
             try:
-                x, y, bw, bh = (float(c) for c in raw.bbox)
-                ok = all(math.isfinite(c) for c in (x, y, bw, bh)) and bw > 0 and bh > 0
+                x, y, bw, bh = map(float, raw.bbox)
+                ok = bw > 0 and bh > 0 and isfinite(x) and isfinite(y) and isfinite(bw) and isfinite(bh)
             except (TypeError, ValueError):
                 ok = False
             if ok:
                 x0, y0 = min(max(x * sx, 0.0), 1.0), min(max(y * sy, 0.0), 1.0)
                 x1, y1 = min(max((x + bw) * sx, 0.0), 1.0), min(max((y + bh) * sy, 0.0), 1.0)
                 if x1 > x0 and y1 > y0:
-                    return [round(x0, DECIMALS), round(y0, DECIMALS),
-                            round(x1 - x0, DECIMALS), round(y1 - y0, DECIMALS)]
+                    return [x0, y0, x1 - x0, y1 - y0]
             self.report.add("bad_bbox", f"bbox {list(raw.bbox)!r} is not a box inside the image; "
                             "deriving it from the keypoints", loc.with_field("bbox"))
-        xs = [p[0] for p in labelled]
-        ys = [p[1] for p in labelled]
         x0, y0 = min(xs), min(ys)
-        return [round(x0, DECIMALS), round(y0, DECIMALS),
-                round(max(xs) - x0, DECIMALS), round(max(ys) - y0, DECIMALS)]
+        return [x0, y0, max(xs) - x0, max(ys) - y0]
 
     def _source(self, loc: Location) -> dict:
         d = {}
@@ -262,3 +327,24 @@ class _Finalizer:
         if loc.record is not None:
             d["id"] = loc.record
         return d
+
+    def _source_json(self, loc: Location) -> str:
+        """JSON of ``_source(loc)``, from a per-file cached prefix."""
+        line, rec = loc.line, loc.record
+        if not (line is None or type(line) is int) or not (rec is None or type(rec) is str):
+            return _dumps(self._source(loc))
+        head = self._sources.get(loc.file)
+        if head is None:
+            head = self._sources[loc.file] = _dumps(self._source(Location(loc.file)))[:-1]
+        parts = [head]
+        if line is not None:
+            parts.append(f'"line":{line}')
+        if rec is not None:
+            parts.append('"id":' + _jstr(rec))
+        if head == "{":
+            return "{" + ",".join(parts[1:]) + "}"
+        return ",".join(parts) + "}"
+
+
+_NUMBER = (int, float)
+_SMALL = [str(i) for i in range(256)]
