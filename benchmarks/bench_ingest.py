@@ -1,0 +1,250 @@
+"""Benchmark ``kpconv ingest`` on a large COCO keypoints file against the usual tutorial code.
+
+Baseline (what a tutorial does): ``pycocotools.coco.COCO(path)`` and then ``Image.open(p).size`` on
+every image. Measured, each in its own fresh subprocess, best of ``--repeat`` runs, alternating:
+
+- the baseline, wall time including interpreter start;
+- ``kpconv ingest annotations.json --images DIR -o out.jsonl`` as a user runs it (the console script),
+  wall time including interpreter start, and its peak RSS (``os.wait4``);
+- ``kpconv.ingest.ingest()`` called from Python: time of the call only, and the baseline's own
+  in-process time for comparison;
+- the CLI again on a dataset a fifth of the size, to show how peak memory grows with the manifest;
+- reading the 20,000 image headers serially, with threads and with a process pool.
+
+The synthetic dataset (``benchmarks/synth.py``, plain images, 5 figures each) is generated once and
+cached under ``--cache`` (default ``$KPCONV_BENCH_CACHE`` or ``<tmp>/kpconv-bench/ingest``); a warm-up
+pass reads every file first, so timings are of a warm page cache. The machine is shared: compare
+the ratio, not the absolute times.
+
+    python benchmarks/bench_ingest.py                 # 20,000 images, 100,000 instances
+    python benchmarks/bench_ingest.py --images 2000   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+BASELINE = r"""
+import os, sys, time, resource, json
+t0 = time.perf_counter()
+from pycocotools.coco import COCO
+from PIL import Image
+path, root = sys.argv[1], sys.argv[2]
+import contextlib, io
+with contextlib.redirect_stdout(io.StringIO()):   # COCO() prints progress
+    coco = COCO(path)
+n = 0
+for im in coco.dataset["images"]:
+    w, h = Image.open(os.path.join(root, im["file_name"])).size
+    n += 1
+print(json.dumps({"seconds": time.perf_counter() - t0, "images": n,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+LIBRARY = r"""
+import sys, time, resource, json
+from kpconv.ingest import ingest
+t0 = time.perf_counter()
+r = ingest([sys.argv[1]], output=sys.argv[3], images=sys.argv[2])
+print(json.dumps({"seconds": time.perf_counter() - t0, "written": r.written,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+HEADERS = r"""
+import sys, os, time, json
+from concurrent.futures import ThreadPoolExecutor
+from kpconv import imageinfo
+root = sys.argv[1]
+paths = sorted(os.path.join(root, n) for n in os.listdir(root))
+out = {"images": len(paths)}
+
+def best(fn, k=3):
+    times = []
+    for _ in range(k):
+        t = time.perf_counter(); r = fn(); times.append(time.perf_counter() - t)
+    return min(times), r
+
+out["serial"], ref = best(lambda: imageinfo.read_sizes(paths, workers=1))
+def threads():
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(paths, pool.map(imageinfo._one, paths, chunksize=64)))
+out["threads4"], r = best(threads)
+assert r == ref
+imageinfo._pool(2)   # start the pool outside the timing, as a long run would
+out["processes2"], r = best(lambda: imageinfo.read_sizes(paths, workers=2))
+assert r == ref
+def pil():
+    from PIL import Image
+    return {p: Image.open(p).size for p in paths}
+out["pil"], r = best(pil)
+assert r == ref, "fast header reader disagrees with Pillow"
+print(json.dumps(out))
+"""
+
+
+def dataset(cache: Path, n_images: int, per_image: int, size, ext: str) -> Path:
+    """The cached synthetic dataset folder (generated on first use)."""
+    from synth import make_coco
+
+    d = cache / f"coco-{n_images}x{per_image}-{size[0]}x{size[1]}-{ext}"
+    marker = d / ".complete"
+    if not marker.exists():
+        if d.exists():
+            shutil.rmtree(d)
+        t = time.perf_counter()
+        print(f"generating {d} ...", file=sys.stderr, flush=True)
+        make_coco(d, n_images, size=size, instances_per_image=per_image, draw=False, ext=ext)
+        marker.write_text("ok\n")
+        print(f"  done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    return d
+
+
+def run(cmd):
+    """Run ``cmd``; its stdout parsed as JSON lines (a list of dicts). Exits on failure."""
+    p = subprocess.run([str(c) for c in cmd], capture_output=True)
+    if p.returncode != 0:
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(map(str, cmd))}\n{p.stderr.decode()[-2000:]}")
+    return [json.loads(line) for line in p.stdout.decode().splitlines() if line.startswith("{")]
+
+
+# Wall time and peak RSS of exactly one child: a tiny wrapper spawns it and waits with os.wait4.
+# The child's own JSON line (if any) comes first on stdout, the wrapper's last.
+WRAP = r"""
+import os, sys, json, time
+t = time.perf_counter()
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t
+code = os.waitstatus_to_exitcode(status)
+sys.stdout.flush()
+print(json.dumps({"wall": wall, "rss_mb": ru.ru_maxrss / 1024}))
+sys.exit(code)
+"""
+
+
+def run_measured(cmd):
+    """(wall seconds of the command itself, its peak RSS MiB, its own JSON output or None)."""
+    lines = run([sys.executable, "-c", WRAP, *cmd])
+    return lines[-1]["wall"], lines[-1]["rss_mb"], (lines[-2] if len(lines) > 1 else None)
+
+
+def kpconv_command() -> list:
+    exe = Path(sys.executable).parent / "kpconv"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("kpconv")
+    return [found] if found else [sys.executable, "-m", "kpconv.cli"]
+
+
+def warm(d: Path) -> None:
+    for p in (d / "images").iterdir():
+        p.read_bytes()
+    (d / "annotations.json").read_bytes()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=20000, help="images in the full dataset (default 20000)")
+    ap.add_argument("--per-image", type=int, default=5, help="figures (instances) per image (default 5)")
+    ap.add_argument("--size", default="64x48", help="image size WxH (default 64x48)")
+    ap.add_argument("--ext", default="png", choices=["png", "jpg"])
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
+    ap.add_argument("--cache", default=os.environ.get("KPCONV_BENCH_CACHE",
+                                                      os.path.join(tempfile.gettempdir(), "kpconv-bench", "ingest")))
+    ap.add_argument("--no-headers", action="store_true", help="skip the serial/threads/processes comparison")
+    args = ap.parse_args(argv)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    full = dataset(cache, args.images, args.per_image, size, args.ext)
+    small = dataset(cache, max(1, args.images // 5), args.per_image, size, args.ext)
+    kp = kpconv_command()
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=cache))
+    try:
+        for d in (full, small):
+            warm(d)
+
+        def cli(d, out):
+            return run_measured([*kp, "-q", "ingest", d / "annotations.json", "--images", d / "images", "-o", out])
+
+        res = {k: [] for k in ("base_wall", "base_rss", "base_in", "cli_wall", "cli_rss", "lib", "lib_rss",
+                               "small_wall", "small_rss")}
+        out_full, out_small, out_lib = work / "full.jsonl", work / "small.jsonl", work / "lib.jsonl"
+        for i in range(args.repeat):
+            print(f"run {i + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
+            steps = ["base", "cli", "lib", "small"]
+            if i % 2:
+                steps.reverse()   # alternate the order: a noisy neighbour hurts both sides alike
+            for step in steps:
+                if step == "base":
+                    w, r, inner = run_measured([sys.executable, "-c", BASELINE, full / "annotations.json",
+                                                full / "images"])
+                    res["base_wall"].append(w)
+                    res["base_rss"].append(r)
+                    res["base_in"].append(inner["seconds"])
+                elif step == "cli":
+                    w, r, _ = cli(full, out_full)
+                    res["cli_wall"].append(w)
+                    res["cli_rss"].append(r)
+                elif step == "lib":
+                    _, r, inner = run_measured([sys.executable, "-c", LIBRARY, full / "annotations.json",
+                                                full / "images", out_lib])
+                    res["lib"].append(inner["seconds"])
+                    res["lib_rss"].append(r)
+                else:
+                    w, r, _ = cli(small, out_small)
+                    res["small_wall"].append(w)
+                    res["small_rss"].append(r)
+        if out_full.read_bytes() != out_lib.read_bytes():
+            raise SystemExit("CLI and library wrote different manifests")
+        n_full = sum(1 for _ in open(out_full)) - 1
+        n_small = sum(1 for _ in open(out_small)) - 1
+        m_full, m_small = out_full.stat().st_size / 2**20, out_small.stat().st_size / 2**20
+        best = {k: min(v) for k, v in res.items()}
+        ann_mb = (full / "annotations.json").stat().st_size / 2**20
+
+        print(f"kpconv ingest benchmark: {args.images} images ({size[0]}x{size[1]} {args.ext}), {n_full} instances; "
+              f"best of {args.repeat}, warm page cache, {len(os.sched_getaffinity(0))} CPUs")
+        print(f"dataset: {full} (annotations.json {ann_mb:.1f} MiB)")
+        print()
+        print(f"{'':48s}{'seconds':>9s}{'peak RSS MiB':>14s}")
+        print(f"{'baseline: COCO() + PIL .size, CLI-style run':48s}{best['base_wall']:9.2f}{best['base_rss']:14.0f}")
+        print(f"{'kpconv ingest (CLI, incl. interpreter start)':48s}{best['cli_wall']:9.2f}{best['cli_rss']:14.0f}")
+        print(f"{'baseline, in-process time':48s}{best['base_in']:9.2f}")
+        print(f"{'kpconv.ingest.ingest() call':48s}{best['lib']:9.2f}{best['lib_rss']:14.0f}")
+        print()
+        print(f"ratio kpconv/baseline: CLI {best['cli_wall'] / best['base_wall']:.2f}x, "
+              f"library {best['lib'] / best['base_in']:.2f}x  (below 1: kpconv faster)")
+        print()
+        print("memory vs manifest size (CLI):")
+        print(f"  {n_small:7d} instances: manifest {m_small:7.1f} MiB, peak RSS {best['small_rss']:6.0f} MiB, "
+              f"{best['small_wall']:.2f} s")
+        print(f"  {n_full:7d} instances: manifest {m_full:7.1f} MiB, peak RSS {best['cli_rss']:6.0f} MiB, "
+              f"{best['cli_wall']:.2f} s")
+        grow_m, grow_r = m_full / m_small, best["cli_rss"] / best["small_rss"]
+        per = (best["cli_rss"] - best["small_rss"]) / (m_full - m_small)
+        print(f"  growth: manifest x{grow_m:.2f}, peak RSS x{grow_r:.2f} "
+              f"({'no faster' if grow_r <= grow_m else 'FASTER'} than the manifest); "
+              f"{per:.2f} MiB of RSS per MiB of manifest")
+        if not args.no_headers:
+            h = run([sys.executable, "-c", HEADERS, full / "images"])[-1]
+            print()
+            print(f"image headers, {h['images']} files (best of 3, in-process): serial {h['serial']:.2f} s, "
+                  f"4 threads {h['threads4']:.2f} s, 2 processes {h['processes2']:.2f} s; "
+                  f"PIL Image.open().size {h['pil']:.2f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
