@@ -183,7 +183,8 @@ def _parsed(parser_name):
               help="Assign splits by a hash of each record's group (default: the source's split if any, "
                    "else train=0.8,val=0.1,test=0.1).")
 @click.option("--shard-size", callback=_parsed("parse_bytes"), metavar="SIZE",
-              help="Aimed bytes per shard, e.g. 64MB (default), 500KB, 1GiB.")
+              help="Aimed bytes per shard, e.g. 500KB, 1GiB. Default: 64MB, and at least 8 shards for "
+                   "splits of 800 records or more.")
 @click.option("--num-shards", type=click.IntRange(min=1), help="Shards per split (instead of --shard-size).")
 @click.option("--workers", type=click.IntRange(min=0), default=0,
               help="Writer processes (0: number of CPUs). Does not change the output.")
@@ -203,7 +204,7 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, sha
     --workers and any run. Exit code 0 when at least one record was written.
     """
     from .images import ImageOptions
-    from .shard import DEFAULT_SHARD_SIZE, ShardOptions, shard as run_shard
+    from .shard import ShardOptions, shard as run_shard
 
     if shard_size is not None and num_shards is not None:
         raise click.BadParameter("give --shard-size or --num-shards, not both", param_hint="--num-shards")
@@ -211,7 +212,7 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, sha
         raise click.BadParameter("give --overwrite or --resume, not both", param_hint="--resume")
     options = ShardOptions(image=ImageOptions(size=image_size, resize=resize, crop=crop, crop_pad=crop_pad,
                                               quality=quality),
-                           split=split, shard_size=shard_size or DEFAULT_SHARD_SIZE, num_shards=num_shards,
+                           split=split, shard_size=shard_size, num_shards=num_shards,
                            workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume)
     result = run_shard(manifest, out_dir, options)
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())

@@ -49,13 +49,19 @@ INFO_FILE = "dataset_info.json"
 SKIPPED_FILE = "skipped.jsonl"
 SPLIT_ORDER = ("train", "val", "test")
 JPEG_BYTES_PER_PIXEL = 0.5  # shard-size estimate for re-encoded images (JPEG ~4 bits per pixel)
+# Without --shard-size/--num-shards, a split of n records gets at least min(MIN_SHARDS, n // MIN_RECORDS_PER_SHARD)
+# shards, so that writers work in parallel and readers can interleave files even when the split is
+# smaller than one 64 MB shard. (Never a function of --workers: the output must not depend on it.)
+MIN_SHARDS = 8
+MIN_RECORDS_PER_SHARD = 100
 
 
 @dataclass(frozen=True)
 class ShardOptions:
     image: ImageOptions = field(default_factory=ImageOptions)
     split: Optional[Dict[str, float]] = None   # None: the source's split, else DEFAULT_SPLIT
-    shard_size: int = DEFAULT_SHARD_SIZE       # bytes aimed at per shard (ignored with num_shards)
+    shard_size: Optional[int] = None           # bytes aimed at per shard; None: DEFAULT_SHARD_SIZE and
+                                               # at least MIN_SHARDS shards for big splits (see plan)
     num_shards: Optional[int] = None           # shards per split
     workers: int = 0                           # 0: number of CPUs
     seed: int = 0
@@ -228,10 +234,7 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
     for split in sorted(per_split, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)):
         entries = sorted(per_split[split])
         n = len(entries)
-        if options.num_shards:
-            count = min(options.num_shards, n)
-        else:
-            count = min(n, max(1, math.ceil(est[split] / options.shard_size)))
+        count = shard_count(n, est[split], options)
         bounds = [round(i * n / count) for i in range(count + 1)]
         for i in range(count):
             chunk = entries[bounds[i]:bounds[i + 1]]
@@ -242,6 +245,16 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
             tasks.append(ShardTask(split, name, [off for _, off, _ in chunk], h.hexdigest()))
     source = "source+hash" if used_source and used_hash else "source" if used_source else "hash"
     return Plan(header, manifest, str(root), tasks, source, sum(len(v) for v in per_split.values()))
+
+
+def shard_count(n: int, estimated_bytes: float, options: ShardOptions) -> int:
+    """Shards for a split of ``n`` records (at most one per record)."""
+    if options.num_shards:
+        return min(options.num_shards, n)
+    if options.shard_size:
+        return min(n, max(1, math.ceil(estimated_bytes / options.shard_size)))
+    by_size = math.ceil(estimated_bytes / DEFAULT_SHARD_SIZE)
+    return min(n, max(1, by_size, min(MIN_SHARDS, n // MIN_RECORDS_PER_SHARD)))
 
 
 def _safe_name(name: str) -> bool:
@@ -566,7 +579,7 @@ def _finish(out: Path, plan: Plan, states: Dict[str, dict], options: ShardOption
         "skipped": {"records": len(skipped), "reasons": dict(sorted(reasons.items())), "file": SKIPPED_FILE},
         "options": {"image_size": list(img.size) if img.size else None, "resize": img.resize, "crop": img.crop,
                     "crop_pad": img.crop_pad, "split": options.split, "split_from": plan.split_source,
-                    "shard_size": None if options.num_shards else options.shard_size,
+                    "shard_size": None if options.num_shards else options.shard_size or DEFAULT_SHARD_SIZE,
                     "num_shards": options.num_shards, "seed": options.seed, "quality": img.quality,
                     "compression": options.compression},
         "source": header.source,

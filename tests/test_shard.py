@@ -142,6 +142,18 @@ def test_source_split_is_kept_unless_overridden(tmp_path):
     assert set(info["splits"]) == {"x", "y"} and info["options"]["split_from"] == "hash"
 
 
+def test_default_shard_count():
+    from kpconv.shard import shard_count
+
+    default = ShardOptions()
+    assert shard_count(50, 1e6, default) == 1
+    assert shard_count(450, 1e6, default) == 4            # one per 100 records ...
+    assert shard_count(5000, 1e6, default) == 8           # ... up to 8
+    assert shard_count(5000, 1e9, default) == 16          # then by size: 64 MB each
+    assert shard_count(5000, 1e6, ShardOptions(shard_size=10 ** 6)) == 1   # an explicit size is followed
+    assert shard_count(3, 1e9, ShardOptions(num_shards=8)) == 3
+
+
 def test_shard_count_from_size(synth, tmp_path):
     # 24 records of 64x64 estimated at 0.5 byte per pixel (2 KB each): 4KB aims at 2 records a shard
     info = shard(str(synth), tmp_path / "out", ShardOptions(image=ImageOptions(size=(64, 64)), shard_size=4096,
