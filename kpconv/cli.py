@@ -110,7 +110,7 @@ def _format_choices():
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
 @click.option("--workers", type=click.IntRange(min=0), default=0,
-              help="Threads reading image headers (0: automatic).")
+              help="Processes reading image headers (0 or 1: read them in this process).")
 @click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
            allow_outside_root, workers):

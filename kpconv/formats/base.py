@@ -60,7 +60,7 @@ class IngestOptions:
     allow_outside_root: bool = False
     tolerance_px: float = 1.0               # coordinates this far outside the image are clamped
     tolerance_frac: float = 0.01            # ... or this fraction of the image size, whichever is larger
-    workers: int = 0                        # threads for image headers; 0: automatic
+    workers: int = 0                        # processes reading image headers; 0 or 1: none (serial)
 
 
 @dataclass
