@@ -167,6 +167,8 @@ class _Finalizer:
         self._sources: Dict[Optional[str], str] = {}          # source file -> '{"file":"..."'
         self._blank = [0.0, 0.0, 0] * self.k
         self._kp_format = ",".join(["[%r,%r,%d]"] * self.k)
+        self._num_format = ",".join(["[%.6f,%.6f,%d]"] * self.k) + '],"bbox":[%.6f,%.6f,%.6f,%.6f'
+        assert DECIMALS == 6, "_num_format writes 6 decimals"
 
     def run(self, instances) -> Iterator[str]:
         """Manifest lines (with their newline), one text per chunk of instances."""
@@ -267,15 +269,15 @@ class _Finalizer:
                 if cx is None:
                     return None
             j = 3 * i
-            kps[j] = round(cx, DECIMALS)
-            kps[j + 1] = round(cy, DECIMALS)
+            kps[j] = cx            # rounded to DECIMALS when formatted (_numbers)
+            kps[j + 1] = cy
             kps[j + 2] = int(v)
             xs.append(cx)
             ys.append(cy)
         if not xs:
             self.report.add("no_keypoints", "instance has no labelled keypoint", loc)
             return None
-        bbox = [round(c, DECIMALS) for c in self._bbox_values(raw, sx, sy, xs, ys, loc)]
+        bbox = self._bbox_values(raw, sx, sy, xs, ys, loc)
         if raw.instance is None:
             n = self.next_instance.get(rel, 0)
             instance = _SMALL[n] if n < len(_SMALL) else str(n)
@@ -291,12 +293,33 @@ class _Finalizer:
         group, split = raw.group, raw.split
         if prefix is None or not (group is None or type(group) is str) or not (split is None or type(split) is str):
             return self._slow_line(rel, w, h, kps, bbox, instance, raw, loc)
-        return "%s%s],\"bbox\":[%r,%r,%r,%r],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
-            prefix, self._kp_format % tuple(kps), bbox[0], bbox[1], bbox[2], bbox[3], _jstr(instance),
+        return "%s%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
+            prefix, self._numbers(kps, bbox), _jstr(instance),
             "null" if group is None else _jstr(group), "null" if split is None else _jstr(split),
             self._source_json(loc))
 
+    def _numbers(self, kps: list, bbox: List[float]) -> str:
+        """``[x,y,v],...],"bbox":[x,y,w,h`` with every coordinate as ``repr(round(c, DECIMALS))``.
+
+        All coordinates are in 0..1 here. ``"%.6f" % c`` has the very digits ``round(c, 6)`` rounds
+        to (both are CPython's correctly rounded dtoa, mode 3), and the repr of that rounded float is
+        those digits without trailing zeros, except below 1e-4 where repr switches to exponent
+        notation: those few lines are formatted from ``round`` instead. Three times faster than
+        ``repr(round(c, 6))`` per value, which dominated ingest time.
+        """
+        text = ",".join([t.rstrip("0") for t in (self._num_format % (*kps, *bbox)).split(",")])
+        text = text.replace(".,", ".0,")
+        if text[-1] == ".":
+            text += "0"
+        if "0.0000" in text:        # a value in (0, 1e-4): repr writes it as 5e-05
+            r = [round(c, DECIMALS) if c.__class__ is float else c for c in kps]
+            b = [round(c, DECIMALS) for c in bbox]
+            text = self._kp_format % tuple(r) + '],"bbox":[%r,%r,%r,%r' % (b[0], b[1], b[2], b[3])
+        return text
+
     def _slow_line(self, rel, w, h, kps, bbox, instance, raw, loc) -> str:
+        kps = [round(c, DECIMALS) if c.__class__ is float else c for c in kps]
+        bbox = [round(c, DECIMALS) for c in bbox]
         points = [kps[j:j + 3] for j in range(0, len(kps), 3)]
         rec = Record(rel, w, h, points, bbox, instance, raw.group, raw.split, self._source(loc))
         return _dumps(rec.to_json()) + "\n"

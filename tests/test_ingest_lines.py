@@ -20,7 +20,7 @@ NAMES = ["nose", "left_eye", "right_eye", "tail"]
 def _instances(rng: random.Random, images):
     out = []
     awkward = [0.0, -0.0, 0.5, 64.0, 0.0078125 * 64, 1e-7, 3.0000005, 63.99999999, 12.345678901, 7, 0, 64,
-               -0.4, 64.4, float("nan"), 1e400, True, "3"]
+               -0.4, 64.4, float("nan"), 1e400, True, "3", 0.003, 0.0064, 63.99999]
     for n in range(400):
         img, (w, h) = rng.choice(images)
         kps = {}
@@ -81,6 +81,7 @@ def test_lines_are_canonical_json(tmp_path):
         assert all(isinstance(c, float) for p in d["keypoints"] for c in p[:2])
         assert all(type(p[2]) is int for p in d["keypoints"])
     assert any("-0.0" in line for line in lines)
+    assert any("e-05" in line for line in lines)         # below 1e-4, repr uses an exponent
     assert any('\\"' in line for line in lines) and any("é" in line for line in lines)
 
 
