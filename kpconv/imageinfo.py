@@ -67,10 +67,10 @@ def read_sizes(paths: Iterable[str], workers: int = 0) -> Dict[str, Union[Size, 
     """Sizes of many images; failures are returned (as :class:`ImageError`), not raised.
 
     ``workers`` 0 (automatic) or 1 reads serially; N > 1 uses a pool of N processes. Header parsing is
-    pure Python, so threads only contend for the GIL. Measured on 20,000 cached 64x48 PNGs on 2 CPUs
-    (``benchmarks/bench_ingest.py``): serial 0.33 s, 4 threads 0.86 s, 2 processes 0.18 s, PIL
-    ``Image.open().size`` 0.66 s. The pool's gain is about 1% of a whole ingest, less than what
-    starting it costs on small runs, so it is not the default.
+    pure Python, so threads only contend for the GIL. Measured on 20,000 cached 64x48 PNGs on a busy
+    2-CPU machine (``benchmarks/bench_ingest.py``, four runs): serial 0.29-0.45 s, 4 threads 0.63-1.33 s,
+    2 processes 0.18-0.73 s, PIL ``Image.open().size`` 0.62-0.98 s. The pool wins only sometimes, and
+    by a few percent of a whole ingest at best, so it is not the default.
     """
     paths = list(dict.fromkeys(paths))
     if workers <= 1 or len(paths) < 2 * workers:

@@ -307,10 +307,10 @@ class _Finalizer:
         notation: those few lines are formatted from ``round`` instead. Three times faster than
         ``repr(round(c, 6))`` per value, which dominated ingest time.
         """
-        text = ",".join([t.rstrip("0") for t in (self._num_format % (*kps, *bbox)).split(",")])
-        text = text.replace(".,", ".0,")
-        if text[-1] == ".":
-            text += "0"
+        # Every coordinate is followed by a comma (one added at the end), visibilities by "]": strip
+        # up to six trailing zeros of every coordinate with four C-speed passes, then "0." -> "0.0".
+        text = (self._num_format % (*kps, *bbox) + ",").replace("000,", ",").replace("000,", ",") \
+            .replace("00,", ",").replace("0,", ",").replace(".,", ".0,")[:-1]
         if "0.0000" in text:        # a value in (0, 1e-4): repr writes it as 5e-05
             r = [round(c, DECIMALS) if c.__class__ is float else c for c in kps]
             b = [round(c, DECIMALS) for c in bbox]
