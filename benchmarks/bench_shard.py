@@ -1,6 +1,6 @@
 """Benchmark ``kpconv shard`` against the tutorial baseline, on a synthetic COCO dataset.
 
-    python benchmarks/bench_shard.py [--images 2000] [--workers 2] [--memory-check] [--cache DIR]
+    python benchmarks/bench_shard.py [--images 2000] [--workers 2] [--memory-check] [--repeat N] [--cache DIR]
 
 1. Generates (once, cached) ``--images`` JPEGs of 640x480 with drawn stick figures and 17 keypoints
    (``benchmarks/synth.py``) and ingests them into a manifest.
@@ -182,6 +182,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--memory-check", action="store_true", help="also shard 10x the images and compare peak memory")
+    ap.add_argument("--repeat", type=int, default=1, help="time shard and baseline N times each, keep the best")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "kpconv-bench"),
                     help="where the synthetic datasets are kept between runs")
     args = ap.parse_args(argv)
@@ -191,13 +192,19 @@ def main(argv=None):
     n = args.images
     work = Path(tempfile.mkdtemp(prefix="bench-shard-", dir=cache))
     try:
-        print(f"{n} images of 640x480, 1 instance each, {os.cpu_count()} CPUs, --workers {args.workers}")
+        print(f"{n} images of 640x480, 1 instance each, {os.cpu_count()} CPUs, --workers {args.workers}, "
+              f"load average {os.getloadavg()[0]:.1f}" + (f", best of {args.repeat}" if args.repeat > 1 else ""))
         w = ["--workers", str(args.workers)]
-        shard_s, shard_mem, _ = run_shard(manifest, work, "s224", "--image-size", "224", *w)
         import json
 
-        _, base_mem, out = measure([sys.executable, "-c", BASELINE, str(manifest), str(work / "baseline.tfrecord")])
-        base = json.loads(out.strip().splitlines()[-1])
+        shard_s, base = float("inf"), {"seconds": float("inf")}
+        shard_mem = base_mem = (0, 0)
+        for _ in range(args.repeat):   # best of N, alternating, against the noise of a shared machine
+            s, m, _ = run_shard(manifest, work, "s224", "--image-size", "224", *w)
+            shard_s, shard_mem = min(shard_s, s), max(shard_mem, m)
+            _, m, out = measure([sys.executable, "-c", BASELINE, str(manifest), str(work / "baseline.tfrecord")])
+            b = json.loads(out.strip().splitlines()[-1])
+            base, base_mem = min(base, b, key=lambda d: d["seconds"]), max(base_mem, m)
         pass_s, pass_mem, _ = run_shard(manifest, work, "pass", "--image-size", "none", *w)
         _, _, out = measure([sys.executable, "-c", COPY, str(manifest), str(work / "copy.bin"), "one-file"])
         copy = json.loads(out.strip().splitlines()[-1])

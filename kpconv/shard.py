@@ -227,7 +227,11 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
                 split = split_of(rec.group if rec.group is not None else rec.image, fractions, options.seed)
                 used_hash = True
             digest = hashlib.blake2b(line.rstrip(b"\r\n"), digest_size=16).digest()
-            per_split.setdefault(split, []).append((order_key(rec.key, options.seed), start, digest))
+            # one int per record (order key | offset | line digest): sorts by order key then offset,
+            # and takes ~70 bytes instead of ~180 for a tuple, so the plan of 20,000 records stays small
+            packed = (int.from_bytes(order_key(rec.key, options.seed), "big") << 192 | start << 128
+                      | int.from_bytes(digest, "big"))
+            per_split.setdefault(split, []).append(packed)
             est[split] += _estimate(rec, options, root, sizes)
     tasks = []
     opt_digest = _options_digest(options).encode()
@@ -236,15 +240,17 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
         n = len(entries)
         count = shard_count(n, est[split], options)
         bounds = [round(i * n / count) for i in range(count + 1)]
+        mask64, mask128 = (1 << 64) - 1, (1 << 128) - 1
         for i in range(count):
             chunk = entries[bounds[i]:bounds[i + 1]]
             h = hashlib.sha256(opt_digest)
-            for _, _, digest in chunk:
-                h.update(digest)
+            for packed in chunk:
+                h.update((packed & mask128).to_bytes(16, "big"))
             name = shard_name(split, i, count, options.compression)
-            tasks.append(ShardTask(split, name, [off for _, off, _ in chunk], h.hexdigest()))
+            tasks.append(ShardTask(split, name, [(packed >> 128) & mask64 for packed in chunk], h.hexdigest()))
+        per_split[split] = entries = None  # free as we go
     source = "source+hash" if used_source and used_hash else "source" if used_source else "hash"
-    return Plan(header, manifest, str(root), tasks, source, sum(len(v) for v in per_split.values()))
+    return Plan(header, manifest, str(root), tasks, source, sum(len(t.offsets) for t in tasks))
 
 
 def shard_count(n: int, estimated_bytes: float, options: ShardOptions) -> int:
