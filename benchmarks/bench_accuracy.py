@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -62,6 +63,8 @@ def run_head(shards: Path, work: Path, head: str, epochs: int, minutes: float, a
                 self.model.stop_training = True
 
     run = work / f"run_{head}"
+    if run.exists():
+        shutil.rmtree(run)
     t = time.time()
     res = train(shards, run, TrainOptions(epochs=epochs, batch_size=batch, learning_rate=2e-3, alpha=alpha,
                                           head=head, weights="none", patience=epochs, verbose=2, seed=0),
@@ -78,9 +81,9 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=2400)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--alpha", type=float, default=0.35)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--minutes", type=float, default=6.0, help="training time budget per head")
+    ap.add_argument("--minutes", type=float, default=6.5, help="training time budget per head")
     ap.add_argument("--heads", default="spatial,dense")
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     args = ap.parse_args(argv)

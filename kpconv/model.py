@@ -7,8 +7,9 @@ Heads:
 
 * ``dense``: global average pooling, a hidden dense layer, dropout, ``2K`` linear outputs (the
   usual tutorial regressor);
-* ``spatial``: a 1x1 convolution on the backbone's last feature map, bilinear upsampling and
-  separable convolutions (stride 32 -> 8 by default), one heatmap per keypoint and a soft-argmax
+* ``spatial``: a 1x1 convolution on the backbone's last feature map, then ``upsample`` steps of
+  bilinear upsampling added to a skip connection from the backbone at that stride and a separable
+  convolution (stride 32 -> 16 -> 8 by default), one heatmap per keypoint and a soft-argmax
   (:class:`SoftArgmax`, integral regression) that turns each heatmap into its expected position.
 
 Weights: ``imagenet`` (Keras's file, downloaded or in ``~/.keras/models/``), ``none`` (random
@@ -143,7 +144,7 @@ def _network_reachable(host="storage.googleapis.com", port=443, timeout=3.0) -> 
         return False
 
 
-def resolve_weights(cfg: ModelConfig, check_network: Callable[[], bool] = _network_reachable):
+def resolve_weights(cfg: ModelConfig, check_network: Optional[Callable[[], bool]] = None):
     """What to pass to ``keras.applications``: ``None``, ``"imagenet"`` or a local file path.
     Fails fast with :class:`TrainError` when imagenet weights are neither cached nor downloadable."""
     w = cfg.weights
@@ -155,7 +156,7 @@ def resolve_weights(cfg: ModelConfig, check_network: Callable[[], bool] = _netwo
         cached = keras_cache_dir() / fname
         if cached.is_file():
             return "imagenet"
-        if not check_network():
+        if not (check_network or _network_reachable)():
             raise TrainError(
                 f"--weights imagenet: the ImageNet weights for {cfg.backbone} (alpha {cfg.alpha:g}) are not in "
                 f"{keras_cache_dir()} and the download server cannot be reached. Copy the file {fname} into "
@@ -185,17 +186,37 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     x = inputs
     if bb.rescale:
         x = layers.Rescaling(bb.rescale[0], offset=bb.rescale[1], name="rescale")(x)
-    try:
-        base = bb.build((h, w, 3), cfg.alpha, weights)
-    except (OSError, ValueError) as e:
-        if weights not in (None, "imagenet"):
+    if weights == "imagenet":
+        # the download has no timeout of its own: never hang on a network that drops packets
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            base = bb.build((h, w, 3), cfg.alpha, weights)
+        except Exception as e:  # Keras raises a bare Exception for a failed download; re-raised, chained
+            raise TrainError(f"--weights imagenet: cannot get the ImageNet weights for {cfg.backbone}: {e}. Put "
+                             f"the file Keras downloads into {keras_cache_dir()}/, pass a weights file with "
+                             f"--weights PATH, or use --weights none") from e
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+    else:
+        try:
+            base = bb.build((h, w, 3), cfg.alpha, weights)
+        except (OSError, ValueError) as e:
+            if weights is None:
+                raise
             raise TrainError(f"--weights {weights}: cannot load into {cfg.backbone}: {e}") from None
-        raise
-    base = keras.Model(base.input, base.output, name="backbone")
-    if cfg.bn_momentum is not None:  # from scratch, 0.999 needs thousands of steps to track the statistics
+    skips = _skip_layers(base, (h, w), cfg.upsample) if cfg.head == "spatial" else []
+    base = keras.Model(base.input, [l.output for l in skips] + [base.output] if skips else base.output,
+                       name="backbone")
+    momentum = cfg.bn_momentum
+    if momentum is not None:  # from scratch, 0.999 needs thousands of steps to track the statistics
         for l in base.layers:
             if isinstance(l, layers.BatchNormalization):
-                l.momentum = cfg.bn_momentum
+                l.momentum = momentum
+
+    def bn(name):
+        return layers.BatchNormalization(momentum=momentum if momentum is not None else 0.99, name=name)
+
     feats = base(x)
     if cfg.head == "dense":
         y = layers.GlobalAveragePooling2D(name="pool")(feats)
@@ -204,17 +225,40 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
         y = layers.Dense(2 * k, name="coords", dtype="float32")(y)
         out = layers.Reshape((k, 2), name="keypoints", dtype="float32")(y)
     else:
-        y = layers.Conv2D(cfg.head_channels, 1, use_bias=False, name="head_reduce")(feats)
-        y = layers.BatchNormalization(name="head_reduce_bn")(y)
+        *skip_feats, last = feats if skips else [feats]
+        y = layers.Conv2D(cfg.head_channels, 1, use_bias=False, name="head_reduce")(last)
+        y = bn("head_reduce_bn")(y)
         y = layers.ReLU(name="head_reduce_relu")(y)
-        for i in range(cfg.upsample):
-            y = layers.UpSampling2D(2, interpolation="bilinear", name=f"head_up{i}_resize")(y)
+        for i, skip in enumerate(reversed(skip_feats)):
+            y = layers.Resizing(skip.shape[1], skip.shape[2], interpolation="bilinear", name=f"head_up{i}_resize")(y)
+            sk = layers.Conv2D(cfg.head_channels, 1, use_bias=False, name=f"head_skip{i}")(skip)
+            y = layers.Add(name=f"head_up{i}_add")([y, bn(f"head_skip{i}_bn")(sk)])
             y = layers.SeparableConv2D(cfg.head_channels, 3, padding="same", use_bias=False, name=f"head_up{i}")(y)
-            y = layers.BatchNormalization(name=f"head_up{i}_bn")(y)
+            y = bn(f"head_up{i}_bn")(y)
             y = layers.ReLU(name=f"head_up{i}_relu")(y)
         y = layers.Conv2D(k, 1, name="heatmaps", dtype="float32")(y)
         out = SoftArgmax(name="keypoints")(y)
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_{cfg.head}")
+
+
+def _skip_layers(base, size, steps: int):
+    """The last layer at each of the ``steps`` strides below the output's (stride 16 and 8 for
+    two steps): the spatial head's skip connections, found from the layers' output shapes so any
+    registered backbone works."""
+    out_h = base.output.shape[1]
+    sizes = []
+    h, w = size
+    while h > out_h:
+        sizes.append((h, w))
+        h, w = -(-h // 2), -(-w // 2)
+    wanted = sizes[::-1][:steps]   # e.g. stride 16, then 8
+    found = []
+    for target in wanted:
+        cands = [l for l in base.layers if len(getattr(l.output, "shape", ())) == 4
+                 and tuple(l.output.shape[1:3]) == target and not isinstance(l, layers.InputLayer)]
+        if cands:
+            found.append(cands[-1])
+    return found[::-1]   # fine to coarse
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -129,3 +129,32 @@ def test_keypoints_leaving_the_frame_become_invisible():
         assert vis2[0, 0] == float(inside) and vis2[0, 1] == 1
         hidden += not inside
     assert hidden > 0
+
+
+def test_reads_the_shards_of_kpconv_shard(tmp_path):
+    """End to end with the real writer: synthetic COCO -> ingest -> shard -> load."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import synth
+    from kpconv.images import ImageOptions
+    from kpconv.ingest import ingest
+    from kpconv.shard import ShardOptions, shard
+
+    ann = synth.make_coco(tmp_path / "synth", 12, size=(80, 60), seed=2)
+    ingest([str(ann)], output=str(tmp_path / "m.jsonl"), images=str(tmp_path / "synth" / "images"))
+    res = shard(str(tmp_path / "m.jsonl"), tmp_path / "shards",
+                ShardOptions(image=ImageOptions(size=(40, 32), resize="pad", crop="bbox"),
+                             split={"train": 0.5, "test": 0.5}, num_shards=2))
+    info = pipeline.read_dataset_info(tmp_path / "shards")
+    assert (info.image_width, info.image_height, info.num_keypoints) == (40, 32, 17)
+    assert info.flip_permutation()[1:3] == [2, 1]       # left_eye <-> right_eye
+    for split in ("train", "test"):
+        n = res.info["splits"][split]["records"]
+        targets = np.concatenate([t.numpy() for _, t in pipeline.load(tmp_path / "shards", split, 4)])
+        assert targets.shape == (n, 17, 3)
+        visible = sum(v[1] + v[2] for v in res.info["splits"][split]["visibility"])
+        assert targets[..., 2].sum() == visible
+        xy = targets[..., :2][targets[..., 2] > 0]
+        assert (xy >= 0).all() and (xy <= 1).all()

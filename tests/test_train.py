@@ -1,0 +1,113 @@
+"""kpconv.train: a tiny model trains, the run directory, resume, NaN stop, bad options."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from kpconv.errors import TrainError  # noqa: E402
+from kpconv.train import TrainOptions, parse_keypoint_weights, train  # noqa: E402
+
+from _shards import NAMES, make_example, to_example, write_shards  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(batch_size=8, alpha=0.35, weights="none", verbose=0, augment=False, patience=50)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_shards")
+    write_shards(out, {"train": 32, "val": 8}, size=(32, 32))
+    return out
+
+
+def _history(run):
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_model_trains_loss_decreases_and_run_dir(shards, tmp_path):
+    run = tmp_path / "run"
+    res = train(shards, run, TrainOptions(epochs=4, head="dense", learning_rate=3e-3, **TINY))
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and res.epochs_run == 4
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert {"val_loss", "val_px_error", "val_pck@0.1", "learning_rate"} <= set(rows[0])
+    assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])   # cosine schedule
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["options"]["epochs"] == 4 and cfg["model"]["head"] == "dense"
+    assert cfg["dataset"]["keypoints"] == NAMES and cfg["dataset"]["image_size"] == [32, 32]
+    assert set(cfg["dataset"]["sha256"]) >= {"dataset_info.json", "train.tfrecord-00000-of-00002"}
+    assert cfg["dataset"]["preprocessing"]["resize"] == "stretch" and "tensorflow" in cfg["versions"]
+    assert (run / "checkpoints" / "last.keras").is_file()
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["finished"] is True
+
+    # save, load and predict give the same numbers: model.keras and the exported SavedModel
+    from kpconv.model import load_model
+
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    a = load_model(run / "model.keras")(x, training=False).numpy()
+    b = load_model(run / "model.keras")(x, training=False).numpy()
+    sm = tf.saved_model.load(str(run / "saved_model"))
+    c = sm.serve(tf.constant(x)).numpy()
+    assert a.shape == (3, len(NAMES), 2) and np.array_equal(a, b) and np.allclose(a, c, atol=1e-5)
+
+    with pytest.raises(TrainError, match="already holds a run; continue it with --resume"):
+        train(shards, run, TrainOptions(epochs=1, **TINY))
+    with pytest.raises(TrainError, match="already finished"):
+        train(shards, run, resume=True)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_an_interrupted_run(shards, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(shards, run, TrainOptions(epochs=3, head="spatial", steps_per_epoch=2, **TINY),
+              callbacks=[_Interrupt()])
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 2
+    assert not (run / "saved_model").exists()
+    res = train(shards, run, resume=True)
+    assert res.resumed_from == 2 and res.epochs_run == 1
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2]
+    assert (run / "saved_model").is_dir()
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    out = tmp_path / "shards"
+    write_shards(out, {"train": 8}, size=(32, 32), num_shards=1)
+    rec = make_example(np.random.default_rng(0), (32, 32))
+    rec["keypoints/x"][0] = math.nan
+    with tf.io.TFRecordWriter(str(out / "train.tfrecord-00000-of-00001")) as w:
+        for _ in range(8):
+            w.write(to_example(rec))
+    with pytest.raises(TrainError, match=r"loss became NaN at epoch 1, batch 1: training stopped"):
+        train(out, tmp_path / "run", TrainOptions(epochs=2, head="dense", **TINY))
+
+
+def test_bad_options_fail_before_training(shards, tmp_path):
+    with pytest.raises(TrainError, match="weighted-mse needs --keypoint-weights"):
+        train(shards, tmp_path / "a", TrainOptions(loss="weighted-mse", **TINY))
+    with pytest.raises(TrainError, match="no split 'nope'"):
+        train(shards, tmp_path / "b", TrainOptions(val_split="nope", **TINY))
+    with pytest.raises(TrainError, match="--resume: no config.json"):
+        train(shards, tmp_path / "c", resume=True)
+    assert not (tmp_path / "a").exists()
+
+
+def test_parse_keypoint_weights():
+    assert parse_keypoint_weights("1,2,3,4,5", NAMES) == [1, 2, 3, 4, 5]
+    assert parse_keypoint_weights("nose=3,left_eye=0.5", NAMES) == [3, 0.5, 1, 1, 1]
+    with pytest.raises(TrainError, match="expected 5 numbers"):
+        parse_keypoint_weights("1,2", NAMES)
+    with pytest.raises(TrainError, match="unknown keypoint 'tail'"):
+        parse_keypoint_weights("tail=2", NAMES)
