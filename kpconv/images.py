@@ -163,15 +163,18 @@ class Stored:
 
 
 class SourceImage:
-    """An opened image file: its bytes, its displayed size and how to decode it. Raises BadImage."""
+    """An opened image file: its bytes, its displayed size and how to decode it. Raises BadImage.
 
-    def __init__(self, path: str, max_pixels: Optional[int] = None):
+    ``opener(path)`` opens the file for reading (default: ``open(path, "rb")``; the Beam runner passes one
+    that reads ``gs://``, ``s3://``... and raises FileNotFoundError for a missing file)."""
+
+    def __init__(self, path: str, max_pixels: Optional[int] = None, opener=None):
         from PIL import Image
 
         self.path = path
         loc = Location(path)
         try:
-            with open(path, "rb") as f:
+            with (opener(path) if opener is not None else open(path, "rb")) as f:
                 self.data = f.read()
         except FileNotFoundError:
             raise BadImage("missing_image", "image file does not exist", loc) from None

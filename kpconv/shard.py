@@ -18,6 +18,12 @@ The bytes of every shard depend only on the manifest and the options (not on ``-
 the run), so ``--resume`` keeps a shard whose state file matches its fingerprint and sha256 and
 rewrites the others.
 
+Runners: the plan, the record conversion (:func:`write_shard`), the resume check and :func:`_finish` are
+shared; only the execution of the shard tasks differs: in this process or a process pool (``shard()``),
+or an Apache Beam pipeline (:mod:`kpconv.beam_runner`, which passes its own ``execute`` and a
+:class:`LocalFiles` subclass that reads and writes ``gs://``, ``s3://``... through Beam's FileSystems).
+All file access goes through a ``files`` object (:class:`LocalFiles` here) for that reason.
+
 Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process kill itself (SIGKILL) after
 writing N records, to test interrupted runs.
 """
@@ -27,13 +33,15 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import Location, ManifestError, NothingToWrite, ShardError
@@ -159,6 +167,92 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+# ------------------------------------------------------------------------------------------ files
+_URL = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
+
+
+def is_url(path) -> bool:
+    """``gs://b/x``, ``s3://b/x``, ``hdfs://x``...: a path for a filesystem other than the local one."""
+    return bool(_URL.match(str(path)))
+
+
+class LocalFiles:
+    """Every file operation of ``kpconv shard``, on the local filesystem (fsync, atomic renames).
+
+    :class:`kpconv.beam_runner.BeamFiles` overrides these for paths with a scheme (``gs://``...)."""
+
+    def join(self, base: str, *parts: str) -> str:
+        if is_url(base):
+            return "/".join([base.rstrip("/"), *parts])
+        return str(Path(base, *parts))
+
+    def dirname(self, path: str) -> str:
+        """The absolute directory of a file."""
+        if is_url(path):
+            return path.rsplit("/", 1)[0]
+        return str(Path(path).resolve().parent)
+
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def open_read(self, path: str) -> IO[bytes]:
+        return open(path, "rb")
+
+    open_image = open_read  # SourceImage's opener: FileNotFoundError / IsADirectoryError / OSError
+
+    def create(self, path: str) -> IO[bytes]:
+        return open(path, "wb")
+
+    def sync(self, f) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def delete(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def delete_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def size(self, path: str) -> int:
+        """Raises OSError."""
+        return os.stat(path).st_size
+
+    def list_dir(self, path: str) -> List[str]:
+        """Names of the entries of a directory ([] when it does not exist); ShardError when it is a file."""
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ShardError(f"{path}: exists and is not a directory")
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """The whole file under its name, or nothing (temporary file + rename), with the usual permissions."""
+        with atomic_output(path, "wb") as f:
+            f.write(data)
+        _readable(Path(path))
+
+    def read_text(self, path: str) -> str:
+        """Raises OSError, UnicodeDecodeError."""
+        with self.open_read(path) as f:
+            return f.read().decode("utf-8")
+
+    def sync_dir(self, path: str) -> None:
+        _fsync_dir(Path(path))
+
+
+LOCAL = LocalFiles()
+
+
 # ------------------------------------------------------------------------------------------- plan
 @dataclass
 class ShardTask:
@@ -178,11 +272,18 @@ class Plan:
     records: int
 
 
-def _spool_stdin(state: Path) -> str:
-    path = state / "manifest.jsonl"
-    with atomic_output(str(path), "wb") as f:
-        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-    return str(path)
+def _spool_stdin(state: str, files: LocalFiles) -> str:
+    path = files.join(state, "manifest.jsonl")
+    tmp = files.join(state, f".manifest.jsonl.tmp-{uuid.uuid4().hex}")
+    try:
+        with files.create(tmp) as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+            files.sync(f)
+        files.rename(tmp, path)
+    except BaseException:
+        files.delete(tmp)
+        raise
+    return path
 
 
 def _options_digest(options: ShardOptions) -> str:
@@ -191,18 +292,23 @@ def _options_digest(options: ShardOptions) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
+def make_plan(manifest: str, display_name: str, options: ShardOptions, files: LocalFiles = LOCAL) -> Plan:
     """Scan the manifest and freeze the shard plan. Raises ManifestError on a malformed line."""
-    with open(manifest, "rb") as f:
+    with files.open_read(manifest) as f:
         first = f.readline()
         if not first.strip():
             raise ManifestError("empty manifest: expected a header line", Location(display_name, 1))
         header = Header.from_json(_loads(first, Location(display_name, 1)), Location(display_name, 1))
         k = len(header.keypoints)
-        root = Path(header.images_root)
-        if not root.is_absolute():
-            base = Path.cwd() if display_name == "<stdin>" else Path(manifest).resolve().parent
-            root = base / root
+        root = header.images_root
+        if is_url(root):
+            if not isinstance(files, _remote_capable()):
+                raise ManifestError(f"images_root {root!r} is not a local path: use --runner beam, which reads "
+                                    "gs://, s3://, hdfs://... through Apache Beam", Location(display_name, 1, field="images_root"))
+        elif not os.path.isabs(root):
+            root = files.join(os.getcwd() if display_name == "<stdin>" else files.dirname(manifest), root)
+        else:
+            root = str(Path(root))
         fractions = options.split or DEFAULT_SPLIT
         per_split: Dict[str, list] = {}
         est: Dict[str, float] = Counter()
@@ -232,7 +338,8 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
             packed = (int.from_bytes(order_key(rec.key, options.seed), "big") << 192 | start << 128
                       | int.from_bytes(digest, "big"))
             per_split.setdefault(split, []).append(packed)
-            est[split] += _estimate(rec, options, root, sizes)
+            if not options.num_shards:  # (sizes only matter for the shard count)
+                est[split] += _estimate(rec, options, root, sizes, files)
     tasks = []
     opt_digest = _options_digest(options).encode()
     for split in sorted(per_split, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)):
@@ -250,7 +357,7 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions) -> Plan:
             tasks.append(ShardTask(split, name, [(packed >> 128) & mask64 for packed in chunk], h.hexdigest()))
         per_split[split] = entries = None  # free as we go
     source = "source+hash" if used_source and used_hash else "source" if used_source else "hash"
-    return Plan(header, manifest, str(root), tasks, source, sum(len(t.offsets) for t in tasks))
+    return Plan(header, manifest, root, tasks, source, sum(len(t.offsets) for t in tasks))
 
 
 def shard_count(n: int, estimated_bytes: float, options: ShardOptions) -> int:
@@ -274,7 +381,7 @@ def _loads(line: bytes, loc: Location):
         raise ManifestError(f"invalid JSON: {e}", loc) from None
 
 
-def _estimate(rec: Record, options: ShardOptions, root: Path, sizes: Dict[str, int]) -> float:
+def _estimate(rec: Record, options: ShardOptions, root: str, sizes: Dict[str, int], files: LocalFiles) -> float:
     img = options.image
     if img.size is not None:
         return img.size[0] * img.size[1] * JPEG_BYTES_PER_PIXEL
@@ -283,7 +390,7 @@ def _estimate(rec: Record, options: ShardOptions, root: Path, sizes: Dict[str, i
         return rec.bbox[2] * rec.width * rec.bbox[3] * rec.height * f * JPEG_BYTES_PER_PIXEL
     if rec.image not in sizes:
         try:
-            sizes[rec.image] = os.stat(root / rec.image).st_size
+            sizes[rec.image] = files.size(files.join(root, rec.image))
         except OSError:
             sizes[rec.image] = 0
     return sizes[rec.image]
@@ -310,18 +417,17 @@ _killed_after = [0]
 
 
 def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints: int, out_dir: str,
-                options: ShardOptions) -> dict:
-    """Write one shard (temporary name, fsync, rename) and its state file; returns the state."""
+                options: ShardOptions, files: LocalFiles = LOCAL, commit: bool = True) -> dict:
+    """Write one shard under a temporary name (synced); with ``commit``, then its state file and the rename
+    (:func:`commit_shard`). Returns the state; without ``commit`` its ``"tmp"`` names the temporary file."""
     from .tfrecord import TFRecordWriter
 
-    out = Path(out_dir)
-    final = out / task.name
-    tmp = out / f".{task.name}.tmp-{os.getpid()}"
+    tmp_name = f".{task.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = files.join(out_dir, tmp_name)
     kill_after = int(os.environ.get("KPCONV_TEST_KILL_AFTER_RECORDS", "0") or 0)
     skipped, vis = [], [[0, 0, 0] for _ in range(num_keypoints)]
-    root = Path(images_root)
     try:
-        with open(manifest, "rb") as mf, open(tmp, "wb") as raw:
+        with files.open_read(manifest) as mf, files.create(tmp) as raw:
             hf = _HashingFile(raw)
             writer = TFRecordWriter(hf, options.compression)
             check = hashlib.sha256(_options_digest(options).encode())
@@ -331,7 +437,7 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
                 check.update(hashlib.blake2b(line.rstrip(b"\r\n"), digest_size=16).digest())
                 rec = _record(_loads(line, Location(manifest, record=str(offset))))
                 try:
-                    data, kps = _convert(rec, root, options.image)
+                    data, kps = _convert(rec, images_root, options.image, files)
                 except BadImage as e:
                     skipped.append({"image": rec.image, "instance": rec.instance, "split": task.split,
                                     "shard": task.name, "reason": e.reason, "message": e.message})
@@ -345,24 +451,28 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
                         raw.flush()
                         os.kill(os.getpid(), signal.SIGKILL)
             writer.close()
-            raw.flush()
-            os.fsync(raw.fileno())
+            files.sync(raw)
         if check.hexdigest() != task.fingerprint:
             raise ShardError(f"{manifest}: the manifest changed while {task.name} was being written")
-        # the state first, then the rename: a shard under its final name always has its state
         state = {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
-                 "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped}
-        with atomic_output(str(out / STATE_DIR / f"{task.name}.json")) as f:
-            json.dump(state, f, sort_keys=True)
-        os.replace(tmp, final)
+                 "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped,
+                 "tmp": tmp_name}
+        if commit:
+            commit_shard(out_dir, state, files)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        files.delete(tmp)
         raise
-    _fsync_dir(out)
     return state
+
+
+def commit_shard(out_dir: str, state: dict, files: LocalFiles = LOCAL) -> None:
+    """Write the state file of a shard written under ``state["tmp"]``, then rename the shard into place:
+    a shard under its final name always has its state. Removes ``"tmp"`` from ``state``."""
+    tmp = files.join(out_dir, state.pop("tmp"))
+    files.write_atomic(files.join(out_dir, STATE_DIR, f"{state['file']}.json"),
+                       json.dumps(state, sort_keys=True).encode())
+    files.rename(tmp, files.join(out_dir, state["file"]))
+    files.sync_dir(out_dir)
 
 
 def _record(d: dict) -> Record:
@@ -371,12 +481,12 @@ def _record(d: dict) -> Record:
                   d.get("split"), d.get("source") or {})
 
 
-def _convert(rec: Record, root: Path, opts: ImageOptions):
-    path = root / rec.image
-    src = SourceImage(str(path), opts.max_pixels)
+def _convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL):
+    path = files.join(root, rec.image)
+    src = SourceImage(path, opts.max_pixels, opener=files.open_image)
     if src.size != (rec.width, rec.height):
         raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
-                                        f"{rec.width}x{rec.height}", Location(str(path)))
+                                        f"{rec.width}x{rec.height}", Location(path))
     stored = render(src, rec.bbox, opts)
     lay = stored.layout
     kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
@@ -401,99 +511,116 @@ def _fsync_dir(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ driver
-def _prepare_out_dir(out: Path, options: ShardOptions) -> None:
-    if out.exists() and not out.is_dir():
-        raise ShardError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not (options.overwrite or options.resume):
-            raise ShardError(f"{out}: output directory exists and is not empty "
-                             "(use --overwrite to replace it, or --resume to finish an interrupted run)")
-    out.mkdir(parents=True, exist_ok=True)
-    info = out / INFO_FILE
-    if info.exists():
-        info.unlink()  # from now on nothing looks finished
+def _prepare_out_dir(out: str, options: ShardOptions, files: LocalFiles) -> None:
+    names = files.list_dir(out)
+    if names and not (options.overwrite or options.resume):
+        raise ShardError(f"{out}: output directory exists and is not empty "
+                         "(use --overwrite to replace it, or --resume to finish an interrupted run)")
+    files.makedirs(out)
+    files.delete(files.join(out, INFO_FILE))  # from now on nothing looks finished
     if options.overwrite:
-        for p in out.iterdir():
-            if ".tfrecord-" in p.name or p.name == SKIPPED_FILE:
-                p.unlink()
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    for p in out.iterdir():  # temporary files of an interrupted run
-        if p.name.startswith(".") and ".tmp" in p.name and p.is_file():
-            p.unlink()
-    (out / STATE_DIR).mkdir(exist_ok=True)
+        for name in names:
+            if ".tfrecord-" in name or name == SKIPPED_FILE:
+                files.delete(files.join(out, name))
+        files.delete_tree(files.join(out, STATE_DIR))
+    for name in names:  # temporary files of an interrupted run
+        if name.startswith(".") and ".tmp" in name and name != STATE_DIR:
+            files.delete(files.join(out, name))
+    files.makedirs(files.join(out, STATE_DIR))
 
 
-def _kept_state(out: Path, task: ShardTask) -> Optional[dict]:
+def _kept_state(out: str, task: ShardTask, files: LocalFiles) -> Optional[dict]:
     """The state of a complete, correct shard from an earlier run, else None."""
-    state_path = out / STATE_DIR / f"{task.name}.json"
-    shard = out / task.name
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = json.loads(files.read_text(files.join(out, STATE_DIR, f"{task.name}.json")))
     except (OSError, ValueError):
         return None
-    if state.get("fingerprint") != task.fingerprint or not shard.is_file():
+    if state.get("fingerprint") != task.fingerprint:
         return None
     h = hashlib.sha256()
-    with open(shard, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with files.open_read(files.join(out, task.name)) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:  # missing, or a directory
+        return None
     return state if h.hexdigest() == state.get("sha256") else None
 
 
-def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions()) -> ShardResult:
+# execute(todo, args, files) -> {shard name: state}; args = (manifest, images_root, k, out_dir, options)
+Execute = Callable[[Sequence[ShardTask], tuple, LocalFiles], Dict[str, dict]]
+
+
+def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *, files: Optional[LocalFiles] = None,
+          execute: Optional[Execute] = None) -> ShardResult:
     """Convert the manifest at ``manifest`` (a path, or ``-`` for stdin) into shards under ``out_dir``.
+
+    ``files`` and ``execute`` are the runner's (default: local files, shards written in this process or a
+    process pool of ``options.workers``); :func:`kpconv.beam_runner.shard_beam` passes Beam's.
 
     Raises ShardError (existing output, failed worker), ManifestError (malformed manifest) or
     NothingToWrite (every record skipped); in each case ``dataset_info.json`` is not written.
     """
-    out = Path(out_dir)
-    if manifest != "-" and not Path(manifest).is_file():
+    files = files or LOCAL
+    out = str(out_dir)
+    if not isinstance(files, _remote_capable()):
+        for p in (manifest, out):
+            if is_url(p):
+                raise ShardError(f"{p}: not a local path: use --runner beam, which reads and writes gs://, "
+                                 "s3://, hdfs://... through Apache Beam")
+    if manifest != "-" and not files.is_file(manifest):
         raise ManifestError("manifest file does not exist", Location(str(manifest)))
-    _prepare_out_dir(out, options)
-    state_dir = out / STATE_DIR
+    _prepare_out_dir(out, options, files)
+    state_dir = files.join(out, STATE_DIR)
     if manifest == "-":
-        path, display = _spool_stdin(state_dir), "<stdin>"
+        path, display = _spool_stdin(state_dir, files), "<stdin>"
     else:
         path, display = str(manifest), str(manifest)
-    plan = make_plan(path, display, options)
+    plan = make_plan(path, display, options, files)
     if not plan.tasks:
         raise NothingToWrite(f"{display}: the manifest holds no record")
     wanted = {t.name for t in plan.tasks}
-    for p in out.iterdir():  # shards of another plan (other options or manifest)
-        if ".tfrecord-" in p.name and p.name not in wanted:
-            p.unlink()
-    for p in state_dir.glob("*.json"):
-        if p.name[:-5] not in wanted:
-            p.unlink()
+    for name in files.list_dir(out):  # shards of another plan (other options or manifest)
+        if ".tfrecord-" in name and name not in wanted:
+            files.delete(files.join(out, name))
+    for name in files.list_dir(state_dir):
+        if name.endswith(".json") and name[:-5] not in wanted:
+            files.delete(files.join(state_dir, name))
 
     states: Dict[str, dict] = {}
     todo = []
     for task in plan.tasks:
-        kept = _kept_state(out, task) if options.resume else None
+        kept = _kept_state(out, task, files) if options.resume else None
         if kept is not None:
             states[task.name] = kept
         else:
             todo.append(task)
     kept_count = len(states)
-    k = len(plan.header.keypoints)
-    args = (plan.manifest, plan.images_root, k, str(out), options)
-    workers = options.workers or os.cpu_count() or 1
-    workers = min(workers, len(todo))
-    if workers <= 1:
-        for task in progress(todo, desc="shards", unit="shard"):
-            states[task.name] = write_shard(task, *args)
-    elif todo:
-        states.update(_write_parallel(todo, args, workers))
+    args = (plan.manifest, plan.images_root, len(plan.header.keypoints), out, options)
+    if todo:
+        states.update((execute or _execute_local)(todo, args, files))
 
-    result = _finish(out, plan, states, options)
+    result = _finish(out, plan, states, options, files)
     result.kept_shards = kept_count
     result.written_shards = len(todo)
     if manifest == "-":
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        files.delete(path)
     return result
+
+
+def _remote_capable():
+    """The files classes that read and write URLs (Beam's, when kpconv.beam_runner is loaded)."""
+    mod = sys.modules.get("kpconv.beam_runner")
+    return getattr(mod, "BeamFiles", ()) if mod is not None else ()
+
+
+def _execute_local(todo: Sequence[ShardTask], args: tuple, files: LocalFiles) -> Dict[str, dict]:
+    """The local runner: one shard after another in this process, or a process pool of ``--workers``."""
+    workers = min(args[4].workers or os.cpu_count() or 1, len(todo))
+    args = (*args, files)
+    if workers <= 1:
+        return {task.name: write_shard(task, *args) for task in progress(todo, desc="shards", unit="shard")}
+    return _write_parallel(todo, args, workers)
 
 
 def _start_method() -> str:
@@ -543,7 +670,8 @@ def _write_parallel(todo: Sequence[ShardTask], args, workers: int) -> Dict[str, 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _finish(out: Path, plan: Plan, states: Dict[str, dict], options: ShardOptions) -> ShardResult:
+def _finish(out: str, plan: Plan, states: Dict[str, dict], options: ShardOptions,
+            files: LocalFiles = LOCAL) -> ShardResult:
     header = plan.header
     k = len(header.keypoints)
     splits: Dict[str, dict] = {}
@@ -590,15 +718,11 @@ def _finish(out: Path, plan: Plan, states: Dict[str, dict], options: ShardOption
                     "compression": options.compression},
         "source": header.source,
     }
-    with atomic_output(str(out / SKIPPED_FILE)) as f:
-        for item in skipped:
-            f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
-    _readable(out / SKIPPED_FILE)
-    with atomic_output(str(out / INFO_FILE)) as f:
-        f.write(dump_json(info) + "\n")
-    _readable(out / INFO_FILE)
-    _fsync_dir(out)
-    return ShardResult(out, info, written=written, skipped=len(skipped))
+    files.write_atomic(files.join(out, SKIPPED_FILE),
+                       "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in skipped).encode())
+    files.write_atomic(files.join(out, INFO_FILE), (dump_json(info) + "\n").encode())
+    files.sync_dir(out)
+    return ShardResult(out if is_url(out) else Path(out), info, written=written, skipped=len(skipped))
 
 
 def dump_json(obj, indent: int = 0) -> str:
