@@ -1,0 +1,61 @@
+"""The manifest reader/writer and atomic output."""
+import os
+import stat
+
+import pytest
+
+from kpconv.errors import ManifestError
+from kpconv.manifest import Header, Record, atomic_output, read_manifest, write_manifest
+
+
+def _record(**kw):
+    d = dict(image="a.png", width=4, height=2, keypoints=[[0.5, 0.25, 2], [0.0, 0.0, 0]],
+             bbox=[0.5, 0.25, 0.0, 0.0], instance="0")
+    d.update(kw)
+    return Record(**d)
+
+
+def test_round_trip(tmp_path):
+    header = Header(["left_eye", "right_eye"], [(0, 1)], [(0, 1)], "/data", {"format": "csv"})
+    path = tmp_path / "m.jsonl"
+    assert write_manifest(str(path), header, [_record(), _record(instance="1", group="v1", split="val")]) == 2
+    h, recs = read_manifest(str(path))
+    assert h == header
+    assert [r.key for r in recs] == ["a.png#0", "a.png#1"]
+    assert recs[1].group == "v1" and recs[1].split == "val"
+
+
+def test_atomic_output_mode_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_output(str(tmp_path / "out.jsonl")) as f:
+            f.write("x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o644
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_output(str(tmp_path / "out.jsonl")) as f:
+            f.write("half\n")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"image":"a.png","width":4,"height":2,"keypoints":[[0.5,0.2,3],[0,0,0]],"bbox":[0,0,1,1],"instance":"0"}',
+     "keypoints"),
+    ('{"image":"a.png","width":0,"height":2,"keypoints":[[0.5,0.2,2],[0,0,0]],"bbox":[0,0,1,1],"instance":"0"}',
+     "width"),
+    ('{"image":"a.png","width":4,"height":2,"keypoints":[[0.5,0.2,2]],"bbox":[0,0,1,1],"instance":"0"}',
+     "keypoints"),
+    ('{"width":4,"height":2,"keypoints":[[0.5,0.2,2],[0,0,0]],"bbox":[0,0,1,1],"instance":"0"}', "image"),
+])
+def test_bad_record_line_is_located(tmp_path, line, field):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"kpconv_manifest":1,"keypoints":["a","b"],"skeleton":[],"flip_pairs":[],'
+                    '"images_root":"/x","source":{}}\n' + line + "\n")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(str(path))
+    assert str(e.value).startswith(f"{path}:2: field '{field}'")
