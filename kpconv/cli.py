@@ -167,6 +167,17 @@ def _parsed(parser_name):
     return callback
 
 
+def _parsed_beam_options(ctx, param, values):
+    from .beam_runner import parse_beam_option
+
+    for value in values:
+        try:
+            parse_beam_option(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return tuple(values)
+
+
 @cli.command()
 @click.argument("manifest", metavar="MANIFEST|-")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), metavar="OUT_DIR",
@@ -194,9 +205,16 @@ def _parsed(parser_name):
 @click.option("--compression", type=click.Choice(["none", "gzip"]), default="none", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the shards of an existing OUT_DIR.")
 @click.option("--resume", is_flag=True, help="Keep complete, correct shards of an interrupted run; write the rest.")
+@click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True,
+              help="local: this machine's processes; beam: an Apache Beam pipeline (same shards; paths may be "
+                   "gs://, s3://, hdfs://...; needs pip install 'kpconv[beam]').")
+@click.option("--beam-option", "beam_options", multiple=True, callback=_parsed_beam_options, metavar="KEY=VALUE",
+              help="A Beam pipeline option for --runner beam, repeatable: runner=FlinkRunner, "
+                   "temp_location=gs://..., direct_running_mode=in_memory. Default: DirectRunner, "
+                   "multi_processing, --workers processes.")
 @click.pass_context
 def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, shard_size, num_shards, workers,
-          seed, quality, compression, overwrite, resume):
+          seed, quality, compression, overwrite, resume, runner, beam_options):
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
     Writes OUT_DIR/<split>.tfrecord-NNNNN-of-NNNNN, skipped.jsonl (records whose image could not be
@@ -214,7 +232,14 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, sha
                                               quality=quality),
                            split=split, shard_size=shard_size, num_shards=num_shards,
                            workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume)
-    result = run_shard(manifest, out_dir, options)
+    if beam_options and runner != "beam":
+        raise click.BadParameter("needs --runner beam", param_hint="--beam-option")
+    if runner == "beam":
+        from .beam_runner import shard_beam
+
+        result = shard_beam(manifest, out_dir, options, beam_options)
+    else:
+        result = run_shard(manifest, out_dir, options)
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())
     info(ctx, f"shard: wrote {result.written} record(s) to {out_dir} ({parts}); skipped {result.skipped}"
               + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else ""))
