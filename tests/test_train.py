@@ -72,7 +72,7 @@ class _Interrupt(keras.callbacks.Callback):
 def test_resume_continues_an_interrupted_run(shards, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(shards, run, TrainOptions(epochs=3, head="spatial", steps_per_epoch=2, **TINY),
+        train(shards, run, TrainOptions(epochs=3, head="spatial", steps_per_epoch=2, val_split="none", **TINY),
               callbacks=[_Interrupt()])
     assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 2
     assert not (run / "saved_model").exists()
@@ -91,7 +91,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         for _ in range(8):
             w.write(to_example(rec))
     with pytest.raises(TrainError, match=r"loss became NaN at epoch 1, batch 1: training stopped"):
-        train(out, tmp_path / "run", TrainOptions(epochs=2, head="dense", **TINY))
+        train(out, tmp_path / "run", TrainOptions(epochs=2, head="dense", val_split="none", **TINY))
 
 
 def test_bad_options_fail_before_training(shards, tmp_path):
