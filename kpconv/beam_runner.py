@@ -28,7 +28,7 @@ import json
 import os
 import re
 import uuid
-from typing import IO, Dict, List, Optional, Sequence
+from typing import IO, Dict, List, Sequence
 
 from .errors import KpconvError, ShardError
 from .shard import (STATE_DIR, LocalFiles, ShardOptions, ShardResult, ShardTask, commit_shard, is_url, shard,
