@@ -13,9 +13,11 @@ import os
 from json.encoder import encode_basestring as _jstr  # what json.dumps(ensure_ascii=False) uses
 from math import isfinite
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from . import formats
 from .errors import AnnotationError, ImageError, Location, NothingToWrite, ProblemsFound
@@ -69,7 +71,7 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
         ctx = ReadContext(options=options, report=report, images_root=root)
         result = reader_cls().read(paths, ctx)
         header, index = _header(reader_cls.name, result, options, root)
-        finalizer = _Finalizer(header, index, root, options, report)
+        finalizer = _Finalizer(header, index, root, options, report, dense_names=result.meta.keypoints)
         failure = None
         try:
             with atomic_output(output) as out:
@@ -149,8 +151,13 @@ class _Finalizer:
     """
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
-                 report: Report):
+                 report: Report, dense_names: Optional[Sequence[str]] = None):
         self.k = len(header.keypoints)
+        self.dense_names = list(dense_names) if dense_names is not None else None
+        # RawInstance.dense rows are validated and formatted a chunk at a time when their order is
+        # the manifest's; any other row (or a dense row with any problem) goes through _finalize.
+        self._chunked = self.dense_names == list(header.keypoints)
+        self._fmt = _ChunkFormat(self.k) if self._chunked else None
         self.index = index
         self.root = root
         self.root_str = str(root)
@@ -182,9 +189,15 @@ class _Finalizer:
             todo = {p[1] for p in resolved if p is not None and p[1] not in sizes}
             if todo:
                 sizes.update(read_sizes(sorted(todo), self.options.workers))
+            fast = self._dense_chunk(chunk, resolved) if self._chunked else None
             lines = []
-            for raw, res in zip(chunk, resolved):
-                line = finalize(raw, res) if res is not None else None
+            for i, (raw, res) in enumerate(zip(chunk, resolved)):
+                if res is None:
+                    line = None
+                elif fast is not None and i in fast:
+                    line = self._fast_line(raw, res, fast[i])
+                else:
+                    line = finalize(raw, res)
                 if line is None:
                     self.skipped += 1
                 else:
@@ -245,7 +258,8 @@ class _Finalizer:
         xs: List[float] = []
         ys: List[float] = []
         index = self.index
-        for name, point in raw.keypoints.items():
+        points = raw.keypoints if raw.dense is None else raw.points(self.dense_names)
+        for name, point in points.items():
             i = index.get(name)
             if i is None:
                 self.report.add("unknown_keypoint", f"keypoint {name!r} is not one of the keypoint names "
@@ -258,7 +272,7 @@ class _Finalizer:
                 return None
             if v == 0:
                 continue
-            if not (isinstance(x, _NUMBER) and isinstance(y, _NUMBER) and isfinite(x) and isfinite(y)):
+            if not (isinstance(x, _NUMBER) and isinstance(y, _NUMBER) and _finite(x) and _finite(y)):
                 self.report.add("bad_coordinate", f"keypoint {name!r}: expected finite x and y, got ({x!r}, {y!r})",
                                 loc.with_field(name))
                 return None
@@ -278,6 +292,20 @@ class _Finalizer:
             self.report.add("no_keypoints", "instance has no labelled keypoint", loc)
             return None
         bbox = self._bbox_values(raw, sx, sy, xs, ys, loc)
+        instance = self._instance(rel, raw, loc)
+        if instance is None:
+            return None
+        group, split = raw.group, raw.split
+        if prefix is None or not (group is None or type(group) is str) or not (split is None or type(split) is str):
+            return self._slow_line(rel, w, h, kps, bbox, instance, raw, loc)
+        return "%s%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
+            prefix, self._numbers(kps, bbox), _jstr(instance),
+            "null" if group is None else _jstr(group), "null" if split is None else _jstr(split),
+            self._source_json(loc))
+
+    def _instance(self, rel: str, raw: RawInstance, loc: Location) -> Optional[str]:
+        """The instance id (numbered in order of appearance when not given), or None after
+        reporting a duplicate."""
         if raw.instance is None:
             n = self.next_instance.get(rel, 0)
             instance = _SMALL[n] if n < len(_SMALL) else str(n)
@@ -290,11 +318,75 @@ class _Finalizer:
                             "keeping the first", loc)
             return None
         self.seen.add(key)
+        return instance
+
+    def _dense_chunk(self, chunk: List[RawInstance], resolved: list) -> Optional[Dict[int, str]]:
+        """Row number -> formatted numbers (``_numbers``' text) of the rows of ``chunk`` in dense form
+        that are valid as they are: nothing to report, clamp or fall back for. Computed with numpy
+        for the whole chunk, with the very float operations ``_finalize`` does (IEEE-exact)."""
+        rows, consts_of, boxes, derived = [], [], [], []
+        n3, images = 3 * self.k, self._images
+        for i, (raw, res) in enumerate(zip(chunk, resolved)):
+            d = raw.dense
+            if d is None or res is None or raw.normalized or d.__class__ is not list or len(d) != n3:
+                continue
+            consts = images.get((res[1], False))
+            if consts is None:
+                consts = self._image(res[0], res[1], False)
+            if consts.__class__ is not tuple or consts[6] is None:
+                continue
+            if raw.size is not None and tuple(raw.size) != (consts[0], consts[1]):
+                continue
+            g, s = raw.group, raw.split
+            if not (g is None or g.__class__ is str) or not (s is None or s.__class__ is str):
+                continue
+            b = raw.bbox
+            if b is None:
+                derived.append(True)
+                boxes.append(_UNIT_BOX)
+            elif (b.__class__ is list or b.__class__ is tuple) and len(b) == 4:
+                derived.append(False)
+                boxes.append(b)
+            else:
+                continue
+            rows.append(i)
+            consts_of.append(consts)
+        if not rows:
+            return None
+        dense = [chunk[i].dense for i in rows]
+        if not (set(map(type, chain.from_iterable(dense))) <= _NUMBER_TYPES
+                and set(map(type, chain.from_iterable(boxes))) <= _NUMBER_TYPES):
+            keep = [j for j, (d, b) in enumerate(zip(dense, boxes))
+                    if set(map(type, d)) <= _NUMBER_TYPES and set(map(type, b)) <= _NUMBER_TYPES]
+            rows, consts_of, boxes, derived, dense = ([a[j] for j in keep]
+                                                      for a in (rows, consts_of, boxes, derived, dense))
+            if not rows:
+                return None
+        try:
+            a = np.array(dense, dtype=np.float64)
+            bb = np.array(boxes, dtype=np.float64)
+        except OverflowError:   # an int beyond float range: those rows the exact way
+            return None
+        texts = self._fmt.rows(a, bb, np.array(derived, dtype=bool),
+                               np.array([c[2] for c in consts_of]), np.array([c[3] for c in consts_of]))
+        out = {}
+        for j, text in zip(rows, texts):
+            if text.__class__ is tuple:     # valid, but a value the exact formatter must write
+                out[j] = self._numbers(*text)
+            elif text is not None:
+                out[j] = text
+        return out
+
+    def _fast_line(self, raw: RawInstance, res: Tuple[str, str], numbers: str) -> Optional[str]:
+        """The line of a row ``_dense_chunk`` validated (and formatted the numbers of)."""
+        rel = res[0]
+        loc = raw.location
+        instance = self._instance(rel, raw, loc)
+        if instance is None:
+            return None
         group, split = raw.group, raw.split
-        if prefix is None or not (group is None or type(group) is str) or not (split is None or type(split) is str):
-            return self._slow_line(rel, w, h, kps, bbox, instance, raw, loc)
         return "%s%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
-            prefix, self._numbers(kps, bbox), _jstr(instance),
+            self._images[(res[1], False)][6], numbers, _jstr(instance),
             "null" if group is None else _jstr(group), "null" if split is None else _jstr(split),
             self._source_json(loc))
 
@@ -351,7 +443,11 @@ class _Finalizer:
                 x1, y1 = min(max((x + bw) * sx, 0.0), 1.0), min(max((y + bh) * sy, 0.0), 1.0)
                 if x1 > x0 and y1 > y0:
                     return [x0, y0, x1 - x0, y1 - y0]
-            self.report.add("bad_bbox", f"bbox {list(raw.bbox)!r} is not a box inside the image; "
+            try:
+                shown = list(raw.bbox)
+            except TypeError:       # a number, not a list: it used to crash here
+                shown = raw.bbox
+            self.report.add("bad_bbox", f"bbox {shown!r} is not a box inside the image; "
                             "deriving it from the keypoints", loc.with_field("bbox"))
         x0, y0 = min(xs), min(ys)
         return [x0, y0, max(xs) - x0, max(ys) - y0]
@@ -388,4 +484,140 @@ class _Finalizer:
 
 
 _NUMBER = (int, float)
+_NUMBER_TYPES = frozenset((int, float))   # exact types: bool is not a number here
 _SMALL = [str(i) for i in range(256)]
+_UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
+
+
+def _round6(c):
+    """``c * 10**6`` rounded to an integer exactly as ``"%.6f" % c`` rounds (the exact binary value
+    of ``c``, ties to even), for ``c`` in 0..1, elementwise.
+
+    ``p = c * 1e6`` is the product rounded to the nearest float; when ``p`` is not a half-integer,
+    ``rint(p)`` is right (the exact product lies on the same side of every half-integer, which is a
+    float here). When it is one, the exact product may be just above or below it: its rounding error
+    (exactly, with Dekker's product: ``1e6`` has 14 significant bits, the halves of ``c`` 26) decides,
+    and only an exact tie goes to even, like ``rint``."""
+    p = c * 1e6
+    f = np.floor(p)
+    t = c * 134217729.0                 # Veltkamp split of c into hi + lo, 26 bits each
+    hi = t - (t - c)
+    lo = c - hi
+    err = (hi * 1e6 - p) + lo * 1e6     # c * 1e6 - p, exactly
+    tie = (p - f) == 0.5
+    return np.where(tie & (err > 0), f + 1.0, np.where(tie & (err < 0), f, np.rint(p)))
+
+
+def _finite(c) -> bool:
+    """``math.isfinite``, and False for an int beyond the float range (isfinite raises there)."""
+    try:
+        return isfinite(c)
+    except OverflowError:
+        return False
+
+
+def _clip(a):
+    """``min(max(a, 0.0), 1.0)`` elementwise with Python's semantics (signed zeros kept as they are)."""
+    a = np.where(0.0 > a, 0.0, a)
+    return np.where(1.0 < a, 1.0, a)
+
+
+class _ChunkFormat:
+    """Validation, normalization and formatting of a chunk of dense rows with numpy.
+
+    ``rows`` gives per row: None when the row has anything to report, clamp or fix (``_finalize``
+    then handles it the exact, one-by-one way), a tuple ``(kps, bbox)`` of Python values for
+    ``_Finalizer._numbers`` when a value needs its exact formatter (exponent notation below 1e-4, a
+    product too close to a rounding tie to trust), else the text of ``_numbers(kps, bbox)``.
+
+    The text is built as bytes in a fixed-width template per row (``0.dddddd`` per coordinate, the
+    digits of ``_round6``) and the trailing zeros are dropped with a mask.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        tmpl, num_cols, v_cols = bytearray(), [], []
+        for i in range(k):
+            tmpl += b",[" if i else b"["
+            num_cols.append(len(tmpl))
+            tmpl += b"0.000000,"
+            num_cols.append(len(tmpl))
+            tmpl += b"0.000000,"
+            v_cols.append(len(tmpl))
+            tmpl += b"0]"
+        tmpl += b'],"bbox":['
+        for j in range(4):
+            if j:
+                tmpl += b","
+            num_cols.append(len(tmpl))
+            tmpl += b"0.000000"
+        self.template = np.frombuffer(bytes(tmpl), dtype=np.uint8)
+        self.nf = len(num_cols)
+        self.num_idx = (np.array(num_cols)[:, None] + np.arange(8)).ravel()
+        self.v_idx = np.array(v_cols)
+        self.pow10 = [10 ** q for q in range(7)]
+
+    def rows(self, a, bb, derived, sx, sy) -> list:
+        m, k = len(a), self.k
+        x, y, v = a[:, 0::3], a[:, 1::3], a[:, 2::3]
+        with np.errstate(invalid="ignore", over="ignore"):
+            lab = v != 0
+            cx = x * sx[:, None]
+            cy = y * sy[:, None]
+            inside = ((cx >= 0.0) & (cx <= 1.0) & (cy >= 0.0) & (cy <= 1.0)
+                      & ~np.signbit(cx) & ~np.signbit(cy))
+            ok = ((v == 0) | (v == 1) | (v == 2)).all(1) & (inside | ~lab).all(1) & lab.any(1)
+            cx = np.where(lab, cx, 0.0)
+            cy = np.where(lab, cy, 0.0)
+            # the given bbox, clipped to the image
+            bx, by, bw, bh = bb[:, 0], bb[:, 1], bb[:, 2], bb[:, 3]
+            x0, y0 = _clip(bx * sx), _clip(by * sy)
+            x1, y1 = _clip((bx + bw) * sx), _clip((by + bh) * sy)
+            given = np.stack([x0, y0, x1 - x0, y1 - y0], 1)
+            given_ok = (bw > 0) & (bh > 0) & np.isfinite(bb).all(1) & (x1 > x0) & (y1 > y0)
+            # else the box around the labelled keypoints
+            dx0 = np.where(lab, cx, np.inf).min(1)
+            dy0 = np.where(lab, cy, np.inf).min(1)
+            dx1 = np.where(lab, cx, -np.inf).max(1)
+            dy1 = np.where(lab, cy, -np.inf).max(1)
+            around = np.stack([dx0, dy0, dx1 - dx0, dy1 - dy0], 1)
+            box = np.where(derived[:, None], around, given)
+            ok &= (derived | given_ok) & ~np.signbit(box).any(1)
+            values = np.concatenate([np.stack([cx, cy], 2).reshape(m, 2 * k), box], 1)
+            values = np.where(ok[:, None], values, 0.0)
+            n = _round6(values)
+            exact = ~((n >= 1) & (n <= 99)).any(1)
+        n = n.astype(np.int64)
+        lead = n // 1000000
+        frac = n - lead * 1000000
+        digits = np.empty((m, self.nf, 8), dtype=np.uint8)
+        digits[..., 0] = 48 + lead
+        digits[..., 1] = 46
+        p10 = self.pow10
+        for p in range(6):
+            digits[..., 2 + p] = 48 + (frac // p10[5 - p]) % 10
+        zeros = sum((frac % p10[q] == 0).astype(np.int8) for q in range(1, 7))
+        kept = np.maximum(6 - zeros, 1)                     # digits after the point that stay
+        keep = np.ones((m, self.nf, 8), dtype=bool)
+        keep[..., 2:] = np.arange(6) < kept[..., None]
+        text = np.empty((m, len(self.template)), dtype=np.uint8)
+        text[:] = self.template
+        text[:, self.num_idx] = digits.reshape(m, -1)
+        text[:, self.v_idx] = 48 + np.where(ok[:, None], v, 0.0).astype(np.uint8)
+        mask = np.ones(text.shape, dtype=bool)
+        mask[:, self.num_idx] = keep.reshape(m, -1)
+        blob = text[mask].tobytes().decode("ascii")
+        ends = np.cumsum(mask.sum(1)).tolist()
+        out = []
+        start = 0
+        for r, (good, fine, end) in enumerate(zip(ok.tolist(), exact.tolist(), ends)):
+            if not good:
+                out.append(None)
+            elif fine:
+                out.append(blob[start:end])
+            else:
+                kps = [c for cxy, vv in zip(zip(cx[r].tolist(), cy[r].tolist()), v[r].tolist())
+                       for c in (*cxy, int(vv))]
+                out.append((kps, box[r].tolist()))
+            start = end
+        return out

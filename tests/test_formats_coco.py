@@ -93,8 +93,9 @@ def test_reads_pixels_skeleton_and_sizes(dataset):
     assert result.meta.keypoints == NAMES
     assert result.meta.skeleton == [(0, 1), (0, 2)]  # 1-based in COCO, 0-based here
     assert [i.image for i in insts] == ["a.png", "b.png"]
-    assert insts[0].keypoints == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}  # v = 0: not labelled
-    assert insts[1].keypoints["left_eye"] == (24, 8, 1)
+    assert insts[0].keypoints is None and insts[0].dense == [4, 5, 2, 8, 3, 2, 0, 0, 0]  # dense form
+    assert insts[0].points(NAMES) == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}  # v = 0: not labelled
+    assert insts[1].points(NAMES)["left_eye"] == (24, 8, 1)
     assert insts[0].bbox == [4, 3, 4, 2] and insts[1].bbox is None
     assert insts[0].size == (40, 30) and insts[0].instance is None and insts[0].split is None
     assert insts[0].location.record == "10"

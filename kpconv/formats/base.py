@@ -12,6 +12,7 @@ all. They never print.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -25,7 +26,8 @@ Point = Tuple[float, float, int]
 @dataclass
 class RawInstance:
     image: str                          # as written in the annotation: relative to images_root, or absolute
-    keypoints: Dict[str, Point]         # name -> point; names missing here are "not labelled"
+    keypoints: Optional[Dict[str, Point]]  # name -> point; names missing here are "not labelled"
+                                        # (None when ``dense`` is given instead)
     location: Location                  # where this instance was read (file and line, or annotation id)
     instance: Optional[str] = None      # instance id within the image; None: numbered in order of appearance
     bbox: Optional[Tuple[float, float, float, float]] = None  # x, y, w, h in the same units as keypoints
@@ -34,6 +36,17 @@ class RawInstance:
     split: Optional[str] = None
     normalized: bool = False            # True: coordinates are already 0..1 (YOLO)
     image_base: Optional[str] = None    # directory `image` is relative to, when not the images root (Labelme)
+    # Dense form, instead of ``keypoints`` (COCO): the flat list ``[x, y, v] * K`` of exact int/float
+    # values aligned with the reader's ``DatasetMeta.keypoints``; a point with v == 0 is not labelled.
+    # Ingest validates a whole chunk of these at once; ``points()`` gives the same as the dict form.
+    dense: Optional[list] = None
+
+    def points(self, names: Sequence[str]) -> Dict[str, Point]:
+        """The keypoints as a dict (``names``: the reader's ``DatasetMeta.keypoints``)."""
+        if self.dense is None:
+            return self.keypoints
+        d = self.dense
+        return dict(compress(zip(names, zip(d[0::3], d[1::3], d[2::3])), d[2::3]))
 
 
 @dataclass

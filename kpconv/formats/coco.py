@@ -202,6 +202,7 @@ class CocoReader(Reader):
         report = ctx.report
         n3 = 3 * k
         every = None not in slots  # all keypoints read (no --keypoints subset)
+        dense = not ctx.options.keypoints  # names and order are the file's: dense form
         for path, doc, cat_id in loaded:
             file = str(path)
             split = split_from_name(path)
@@ -248,6 +249,10 @@ class CocoReader(Reader):
                                loc.with_field("keypoints"))
                     continue
                 # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
+                if dense:   # all keypoints in the reader's order: the flat list as it is
+                    yield RawInstance(image[0], None, loc, bbox=ann.get("bbox"), size=image[1], split=split,
+                                      dense=kp)
+                    continue
                 # (dict/compress/zip run in C: this is the per-annotation hot spot)
                 vs = kp[2::3]
                 points = dict(compress(zip(slots, zip(kp[0::3], kp[1::3], vs)),
