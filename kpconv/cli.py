@@ -168,6 +168,8 @@ def _parsed(parser_name):
 
 
 def _parsed_beam_options(ctx, param, values):
+    if not values:
+        return ()
     from .beam_runner import parse_beam_option
 
     for value in values:
