@@ -8,7 +8,9 @@ same plan as the local runner (``make_plan``), keeps complete shards on ``--resu
    then holds only task numbers, so it stays small for a plan of millions of records);
 2. the pipeline ``Create(task numbers) | Reshuffle | Map(write)``: each element writes one whole shard
    with :func:`kpconv.shard.write_shard` (the same record conversion and bytes as the local runner)
-   under a temporary name, and a ``<shard>.pending.json`` state beside it;
+   under a temporary name, and a ``<shard>.pending.json`` state beside it. A manifest read through
+   FileSystems is first copied to a local temporary file, once per worker process (a shard's records
+   are spread over the whole manifest: one ranged read per record would be slow on an object store);
 3. when the pipeline has succeeded, the driver commits each shard (state file, then rename into place:
    :func:`kpconv.shard.commit_shard`). A failed pipeline leaves no shard under a final name.
 
@@ -24,9 +26,12 @@ which is how the tests exercise that code without a bucket.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from typing import IO, Dict, List, Sequence
 
@@ -196,6 +201,7 @@ class BeamFiles(LocalFiles):
 
 # --------------------------------------------------------------------------------------- pipeline
 _PLANS: Dict[str, List[ShardTask]] = {}   # per worker process: the plan file's tasks
+_MANIFESTS: Dict[str, str] = {}           # per worker process: remote manifest -> local copy
 
 
 def _load_plan(path: str, files: LocalFiles) -> List[ShardTask]:
@@ -210,9 +216,35 @@ def _pending(out: str, name: str, files: LocalFiles) -> str:
     return files.join(out, STATE_DIR, f"{name}.pending.json")
 
 
+def _local_manifest(manifest: str, files: LocalFiles) -> str:
+    """A local copy of a manifest that FileSystems reads (once per worker process): a shard's records are
+    spread over the whole manifest, and one ranged read per record from an object store would be slow."""
+    path = _MANIFESTS.get(manifest)
+    if path is None or not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(prefix="kpconv-manifest-", suffix=".jsonl")
+        try:
+            with files.open_read(manifest) as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        path = _MANIFESTS[manifest] = tmp
+        atexit.register(_unlink_quietly, tmp)
+    return path
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _write_task(index: int, plan_path: str, args: tuple, files: LocalFiles) -> str:
     """One pipeline element: write shard ``index`` of the plan file under a temporary name."""
     task = _load_plan(plan_path, files)[index]
+    if files._remote(args[0]):   # (write_shard still checks every line against the plan's fingerprint)
+        args = (_local_manifest(args[0], files), *args[1:])
     state = write_shard(task, *args, files=files, commit=False)
     files.write_atomic(_pending(args[3], task.name, files), json.dumps(state, sort_keys=True).encode())
     return task.name

@@ -72,8 +72,8 @@ def test_cli_beam_direct_runner_multiprocessing_matches_local(synth, tmp_path):
 @needs_beam
 def test_filesystems_code_path_on_local_paths(broken, tmp_path):
     """force_filesystems sends every read and write through apache_beam FileSystems (the gs:// / s3://
-    code), here on local paths: passthrough (image sizes through FileSystems.metadata), gzip, a missing
-    image skipped with the local runner's reason and message."""
+    code), here on local paths: passthrough (image sizes through FileSystems metadata), gzip, a missing
+    image skipped with the local runner's reason and message, the workers' local copy of the manifest."""
     opts = ShardOptions(image=ImageOptions(size=None), num_shards=None, compression="gzip", workers=1)
     local = shard(str(broken), tmp_path / "local", opts)
     beam = shard_beam(str(broken), tmp_path / "beam", opts, IN_MEMORY, force_filesystems=True)
@@ -82,6 +82,7 @@ def test_filesystems_code_path_on_local_paths(broken, tmp_path):
     skipped = json.loads((tmp_path / "beam" / "skipped.jsonl").read_text())
     assert skipped["reason"] == "missing_image"
     assert local.info == beam.info
+    assert str(broken) in beam_runner._MANIFESTS   # the workers read a local copy of the manifest
 
 
 @needs_beam
