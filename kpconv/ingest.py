@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 from json.encoder import encode_basestring as _jstr  # what json.dumps(ensure_ascii=False) uses
 from math import isfinite
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -161,6 +162,10 @@ class _Finalizer:
         self.index = index
         self.root = root
         self.root_str = str(root)
+        # root + "/" when it is a normalized absolute path: joined with a plain relative path (see
+        # _PLAIN_PATH) that is the normalized full path, and the path is its own relative path
+        self._plain_root = self.root_str + "/" if (os.path.isabs(self.root_str) and self.root_str != "/"
+                                                   and os.path.normpath(self.root_str) == self.root_str) else None
         self.options = options
         self.report = report
         self.sizes: Dict[str, Union[Tuple[int, int], ImageError]] = {}
@@ -191,11 +196,11 @@ class _Finalizer:
                 sizes.update(read_sizes(sorted(todo), self.options.workers))
             fast = self._dense_chunk(chunk, resolved) if self._chunked else None
             lines = []
-            for i, (raw, res) in enumerate(zip(chunk, resolved)):
-                if res is None:
+            for raw, res, head in zip(chunk, resolved, fast or _nones(len(chunk))):
+                if head is not None:
+                    line = self._fast_line(raw, res[0], head)
+                elif res is None:
                     line = None
-                elif fast is not None and i in fast:
-                    line = self._fast_line(raw, res, fast[i])
                 else:
                     line = finalize(raw, res)
                 if line is None:
@@ -209,6 +214,9 @@ class _Finalizer:
         """(path relative to root, absolute path) or None after reporting a path problem."""
         key = (raw.image_base, raw.image)
         res = self._paths.get(key)
+        if res is None and raw.image_base is None and self._plain_root and raw.image.__class__ is str \
+                and _PLAIN_PATH(raw.image):
+            res = self._paths[key] = (raw.image, self._plain_root + raw.image)  # what the below gives
         if res is None:
             base = raw.image_base or self.root_str
             given = raw.image.replace("\\", "/")
@@ -320,23 +328,27 @@ class _Finalizer:
         self.seen.add(key)
         return instance
 
-    def _dense_chunk(self, chunk: List[RawInstance], resolved: list) -> Optional[Dict[int, str]]:
-        """Row number -> formatted numbers (``_numbers``' text) of the rows of ``chunk`` in dense form
-        that are valid as they are: nothing to report, clamp or fall back for. Computed with numpy
-        for the whole chunk, with the very float operations ``_finalize`` does (IEEE-exact)."""
-        rows, consts_of, boxes, derived = [], [], [], []
-        n3, images = 3 * self.k, self._images
+    def _dense_chunk(self, chunk: List[RawInstance], resolved: list) -> Optional[list]:
+        """Per row of ``chunk``: the start of its line up to the bbox's last number (image, size,
+        keypoints and bbox, exactly what ``_finalize`` writes) for a row in dense form that is valid as
+        it is, with nothing to report, clamp or fix; None for any other row (``_finalize`` does it).
+        Validated, normalized and formatted for the whole chunk at once with numpy, with the very
+        float operations ``_finalize`` does (IEEE-exact), so the bytes are the same."""
+        rows, heads, boxes, derived, dense = [], [], [], [], []
+        n3, images, sizes = 3 * self.k, self._images, self.sizes
+        sx, sy = [], []
         for i, (raw, res) in enumerate(zip(chunk, resolved)):
             d = raw.dense
             if d is None or res is None or raw.normalized or d.__class__ is not list or len(d) != n3:
                 continue
-            consts = images.get((res[1], False))
+            full = res[1]
+            consts = images.get((full, False))
             if consts is None:
-                consts = self._image(res[0], res[1], False)
+                consts = self._image(res[0], full, False)
             if consts.__class__ is not tuple or consts[6] is None:
                 continue
-            if raw.size is not None and tuple(raw.size) != (consts[0], consts[1]):
-                continue
+            if raw.size is not None and raw.size != sizes[full]:
+                continue    # a tuple equal to the image's size passes; anything else: the exact way
             g, s = raw.group, raw.split
             if not (g is None or g.__class__ is str) or not (s is None or s.__class__ is str):
                 continue
@@ -350,45 +362,63 @@ class _Finalizer:
             else:
                 continue
             rows.append(i)
-            consts_of.append(consts)
+            dense.append(d)
+            sx.append(consts[2])
+            sy.append(consts[3])
+            heads.append(consts[6])
         if not rows:
             return None
-        dense = [chunk[i].dense for i in rows]
         if not (set(map(type, chain.from_iterable(dense))) <= _NUMBER_TYPES
                 and set(map(type, chain.from_iterable(boxes))) <= _NUMBER_TYPES):
             keep = [j for j, (d, b) in enumerate(zip(dense, boxes))
                     if set(map(type, d)) <= _NUMBER_TYPES and set(map(type, b)) <= _NUMBER_TYPES]
-            rows, consts_of, boxes, derived, dense = ([a[j] for j in keep]
-                                                      for a in (rows, consts_of, boxes, derived, dense))
+            rows, heads, boxes, derived, dense, sx, sy = ([a[j] for j in keep]
+                                                          for a in (rows, heads, boxes, derived, dense, sx, sy))
             if not rows:
                 return None
+        m = len(rows)
         try:
-            a = np.array(dense, dtype=np.float64)
-            bb = np.array(boxes, dtype=np.float64)
-        except OverflowError:   # an int beyond float range: those rows the exact way
+            a = np.fromiter(chain.from_iterable(dense), np.float64, m * n3).reshape(m, n3)
+            bb = np.fromiter(chain.from_iterable(boxes), np.float64, m * 4).reshape(m, 4)
+        except OverflowError:   # an int beyond the float range: those rows the exact way
             return None
-        texts = self._fmt.rows(a, bb, np.array(derived, dtype=bool),
-                               np.array([c[2] for c in consts_of]), np.array([c[3] for c in consts_of]))
-        out = {}
-        for j, text in zip(rows, texts):
+        texts = self._fmt.rows(a, bb, np.array(derived, dtype=bool), np.array(sx), np.array(sy))
+        out = [None] * len(chunk)
+        for j, head, text in zip(rows, heads, texts):
             if text.__class__ is tuple:     # valid, but a value the exact formatter must write
-                out[j] = self._numbers(*text)
+                out[j] = head + self._numbers(*text)
             elif text is not None:
-                out[j] = text
+                out[j] = head + text
         return out
 
-    def _fast_line(self, raw: RawInstance, res: Tuple[str, str], numbers: str) -> Optional[str]:
-        """The line of a row ``_dense_chunk`` validated (and formatted the numbers of)."""
-        rel = res[0]
-        loc = raw.location
-        instance = self._instance(rel, raw, loc)
-        if instance is None:
-            return None
-        group, split = raw.group, raw.split
-        return "%s%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
-            self._images[(res[1], False)][6], numbers, _jstr(instance),
-            "null" if group is None else _jstr(group), "null" if split is None else _jstr(split),
-            self._source_json(loc))
+    def _fast_line(self, raw: RawInstance, rel: str, head: str) -> Optional[str]:
+        """The line of a row ``_dense_chunk`` validated and wrote ``head`` of; None after reporting
+        a duplicate."""
+        if raw.instance is None:
+            n = self.next_instance.get(rel, 0)
+            instance = _SMALL[n] if n < 256 else str(n)
+            self.next_instance[rel] = n + 1
+            key = (rel, instance)
+            if key in self.seen:
+                self.report.add("duplicate_instance", f"image {rel} instance {instance!r} appears twice; "
+                                "keeping the first", raw.location)
+                return None
+            self.seen.add(key)
+        else:
+            instance = self._instance(rel, raw, raw.location)
+            if instance is None:
+                return None
+        group, split, loc = raw.group, raw.split, raw.location
+        if loc.line is None and loc.record.__class__ is str:    # file and record id (COCO)
+            src = self._sources.get(loc.file)
+            if src is None:
+                src = self._sources[loc.file] = _dumps(self._source(Location(loc.file)))[:-1]
+            src = (src + ',"id":' if src != "{" else '{"id":') + _jstr(loc.record) + "}"
+        else:
+            src = self._source_json(loc)
+        return "%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
+            head, _jstr(instance), "null" if group is None else _jstr(group),
+            "null" if split is None else _jstr(split), src)
 
     def _numbers(self, kps: list, bbox: List[float]) -> str:
         """``[x,y,v],...],"bbox":[x,y,w,h`` with every coordinate as ``repr(round(c, DECIMALS))``.
@@ -487,6 +517,12 @@ _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset((int, float))   # exact types: bool is not a number here
 _SMALL = [str(i) for i in range(256)]
 _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
+# a relative path of plain names: no empty, "." or ".." part, no backslash
+_PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
+
+
+def _nones(n: int):
+    return repeat(None, n)
 
 
 def _round6(c):

@@ -102,3 +102,16 @@ def test_round6_is_what_percent_f_writes():
     vals += [float(np.nextafter(v, 2.0)) for v in vals[:5000]] + [float(np.nextafter(v, -1.0)) for v in vals[1:5000]]
     got = _round6(np.array(vals)).astype(np.int64).tolist()
     assert got == [int(("%.6f" % v).replace(".", "")) for v in vals]
+
+
+@pytest.mark.parametrize("name", ["a.png", "d/a.png", "d/e/a.png", ".a", "..a", "a..", "...", "a/.b/c", "./a",
+                                  "../a", "a/./b", "a/../b", "a//b", "/abs/a", "a/", "a\\b", ".", "..", "a/.",
+                                  "a/..", "d/../../x", "é ü/\"q\".png"])
+def test_plain_path_shortcut_resolves_like_the_general_way(tmp_path, name):
+    def resolve(plain: bool):
+        report = Report()
+        fin = _Finalizer(Header(NAMES, [], [], tmp_path.as_posix(), {}), {}, tmp_path, IngestOptions(), report)
+        if not plain:
+            fin._plain_root = None
+        return fin._resolve(RawInstance(name, {}, Location("x"))), [str(p) for p in report.first]
+    assert resolve(True) == resolve(False)
