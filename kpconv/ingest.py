@@ -535,13 +535,16 @@ def _round6(c):
     (exactly, with Dekker's product: ``1e6`` has 14 significant bits, the halves of ``c`` 26) decides,
     and only an exact tie goes to even, like ``rint``."""
     p = c * 1e6
-    f = np.floor(p)
-    t = c * 134217729.0                 # Veltkamp split of c into hi + lo, 26 bits each
-    hi = t - (t - c)
-    lo = c - hi
-    err = (hi * 1e6 - p) + lo * 1e6     # c * 1e6 - p, exactly
-    tie = (p - f) == 0.5
-    return np.where(tie & (err > 0), f + 1.0, np.where(tie & (err < 0), f, np.rint(p)))
+    n = np.rint(p)
+    tie = (p - np.floor(p)) == 0.5
+    if tie.any():
+        c, p = c[tie], p[tie]
+        t = c * 134217729.0                 # Veltkamp split of c into hi + lo, 26 bits each
+        hi = t - (t - c)
+        lo = c - hi
+        err = (hi * 1e6 - p) + lo * 1e6     # c * 1e6 - p, exactly
+        n[tie] = np.where(err > 0, np.ceil(p), np.where(err < 0, np.floor(p), n[tie]))
+    return n
 
 
 def _finite(c) -> bool:
@@ -563,35 +566,34 @@ class _ChunkFormat:
 
     ``rows`` gives per row: None when the row has anything to report, clamp or fix (``_finalize``
     then handles it the exact, one-by-one way), a tuple ``(kps, bbox)`` of Python values for
-    ``_Finalizer._numbers`` when a value needs its exact formatter (exponent notation below 1e-4, a
-    product too close to a rounding tie to trust), else the text of ``_numbers(kps, bbox)``.
+    ``_Finalizer._numbers`` when a value needs its exact formatter (exponent notation below 1e-4),
+    else the text of ``_numbers(kps, bbox)``.
 
-    The text is built as bytes in a fixed-width template per row (``0.dddddd`` per coordinate, the
-    digits of ``_round6``) and the trailing zeros are dropped with a mask.
+    The text is built as bytes, fixed width (``d.dddddd`` per coordinate, from a table of the 1,000,001
+    values ``_round6`` gives), and the trailing zeros are dropped with a mask (the table holds the
+    length of each value's text).
     """
+
+    _table = None   # (digits as uint64 of 8 bytes, text length) per value 0 ... 1000000 (shared, lazily)
 
     def __init__(self, k: int):
         self.k = k
-        tmpl, num_cols, v_cols = bytearray(), [], []
-        for i in range(k):
-            tmpl += b",[" if i else b"["
-            num_cols.append(len(tmpl))
-            tmpl += b"0.000000,"
-            num_cols.append(len(tmpl))
-            tmpl += b"0.000000,"
-            v_cols.append(len(tmpl))
-            tmpl += b"0]"
-        tmpl += b'],"bbox":['
-        for j in range(4):
-            if j:
-                tmpl += b","
-            num_cols.append(len(tmpl))
-            tmpl += b"0.000000"
-        self.template = np.frombuffer(bytes(tmpl), dtype=np.uint8)
-        self.nf = len(num_cols)
-        self.num_idx = (np.array(num_cols)[:, None] + np.arange(8)).ravel()
-        self.v_idx = np.array(v_cols)
-        self.pow10 = [10 ** q for q in range(7)]
+
+    @classmethod
+    def table(cls):
+        if cls._table is None:
+            n = np.arange(1000001, dtype=np.int64)
+            frac = n % 1000000
+            digits = np.empty((len(n), 8), dtype=np.uint8)
+            digits[:, 0] = 48 + n // 1000000
+            digits[:, 1] = 46
+            zeros = np.zeros(len(n), dtype=np.int64)
+            for p in range(6):
+                digits[:, 2 + p] = 48 + (frac // 10 ** (5 - p)) % 10
+                zeros += frac % 10 ** (p + 1) == 0
+            length = (2 + np.maximum(6 - zeros, 1)).astype(np.uint8)   # "0.5", "0.0", "0.123456"
+            cls._table = (digits.view(np.uint64).ravel(), length)
+        return cls._table
 
     def rows(self, a, bb, derived, sx, sy) -> list:
         m, k = len(a), self.k
@@ -619,31 +621,45 @@ class _ChunkFormat:
             around = np.stack([dx0, dy0, dx1 - dx0, dy1 - dy0], 1)
             box = np.where(derived[:, None], around, given)
             ok &= (derived | given_ok) & ~np.signbit(box).any(1)
-            values = np.concatenate([np.stack([cx, cy], 2).reshape(m, 2 * k), box], 1)
-            values = np.where(ok[:, None], values, 0.0)
-            n = _round6(values)
-            exact = ~((n >= 1) & (n <= 99)).any(1)
-        n = n.astype(np.int64)
-        lead = n // 1000000
-        frac = n - lead * 1000000
-        digits = np.empty((m, self.nf, 8), dtype=np.uint8)
-        digits[..., 0] = 48 + lead
-        digits[..., 1] = 46
-        p10 = self.pow10
-        for p in range(6):
-            digits[..., 2 + p] = 48 + (frac // p10[5 - p]) % 10
-        zeros = sum((frac % p10[q] == 0).astype(np.int8) for q in range(1, 7))
-        kept = np.maximum(6 - zeros, 1)                     # digits after the point that stay
-        keep = np.ones((m, self.nf, 8), dtype=bool)
-        keep[..., 2:] = np.arange(6) < kept[..., None]
-        text = np.empty((m, len(self.template)), dtype=np.uint8)
-        text[:] = self.template
-        text[:, self.num_idx] = digits.reshape(m, -1)
-        text[:, self.v_idx] = 48 + np.where(ok[:, None], v, 0.0).astype(np.uint8)
-        mask = np.ones(text.shape, dtype=bool)
-        mask[:, self.num_idx] = keep.reshape(m, -1)
-        blob = text[mask].tobytes().decode("ascii")
-        ends = np.cumsum(mask.sum(1)).tolist()
+            okc = ok[:, None]
+            xy = np.where(okc[:, :, None], np.stack([cx, cy], 2), 0.0)       # (m, k, 2)
+            box = np.where(okc, box, 0.0)
+            n_xy = _round6(xy).astype(np.int64)
+            n_box = _round6(box).astype(np.int64)
+        exact = ~(((n_xy >= 1) & (n_xy <= 99)).any((1, 2)) | ((n_box >= 1) & (n_box <= 99)).any(1))
+        digits, length = self.table()
+        d_xy = digits[n_xy].view(np.uint8).reshape(m, k, 16)      # x's 8 bytes, then y's
+        d_box = digits[n_box].view(np.uint8).reshape(m, 4, 8)
+        l_xy = length[n_xy]
+        l_box = length[n_box]
+        col = np.arange(8, dtype=np.uint8)
+        # per keypoint: "[" x "," y "," v "]" ","  (22 bytes; the last one's comma dropped)
+        kp = np.empty((m, k, 22), dtype=np.uint8)
+        kp[:, :, 0] = 91
+        kp[:, :, 1:9] = d_xy[:, :, :8]
+        kp[:, :, 9] = 44
+        kp[:, :, 10:18] = d_xy[:, :, 8:]
+        kp[:, :, 18] = 44
+        kp[:, :, 19] = 48 + np.where(okc, v, 0.0).astype(np.uint8)
+        kp[:, :, 20] = 93
+        kp[:, :, 21] = 44
+        kp_keep = np.ones((m, k, 22), dtype=bool)
+        kp_keep[:, :, 1:9] = col < l_xy[:, :, 0, None]
+        kp_keep[:, :, 10:18] = col < l_xy[:, :, 1, None]
+        kp_keep[:, k - 1, 21] = False
+        # '],"bbox":[' b0 "," b1 "," b2 "," b3
+        bx_ = np.empty((m, 4, 9), dtype=np.uint8)
+        bx_[:, :, :8] = d_box
+        bx_[:, :, 8] = 44
+        bx_keep = np.ones((m, 4, 9), dtype=bool)
+        bx_keep[:, :, :8] = col < l_box[:, :, None]
+        bx_keep[:, 3, 8] = False
+        text = np.concatenate([kp.reshape(m, -1), np.broadcast_to(_BBOX_KEY, (m, len(_BBOX_KEY))),
+                               bx_.reshape(m, -1)], 1)
+        keep = np.concatenate([kp_keep.reshape(m, -1), np.ones((m, len(_BBOX_KEY)), dtype=bool),
+                               bx_keep.reshape(m, -1)], 1)
+        blob = text[keep].tobytes().decode("ascii")
+        ends = np.cumsum(keep.sum(1)).tolist()
         out = []
         start = 0
         for r, (good, fine, end) in enumerate(zip(ok.tolist(), exact.tolist(), ends)):
@@ -657,3 +673,6 @@ class _ChunkFormat:
                 out.append((kps, box[r].tolist()))
             start = end
         return out
+
+
+_BBOX_KEY = np.frombuffer(b'],"bbox":[', dtype=np.uint8)
