@@ -582,16 +582,20 @@ class _ChunkFormat:
     @classmethod
     def table(cls):
         if cls._table is None:
-            n = np.arange(1000001, dtype=np.int64)
-            frac = n % 1000000
-            digits = np.empty((len(n), 8), dtype=np.uint8)
-            digits[:, 0] = 48 + n // 1000000
-            digits[:, 1] = 46
-            zeros = np.zeros(len(n), dtype=np.int64)
-            for p in range(6):
-                digits[:, 2 + p] = 48 + (frac // 10 ** (5 - p)) % 10
-                zeros += frac % 10 ** (p + 1) == 0
-            length = (2 + np.maximum(6 - zeros, 1)).astype(np.uint8)   # "0.5", "0.0", "0.123456"
+            three = np.arange(1000)
+            d3 = np.stack([48 + three // 100, 48 + three // 10 % 10, 48 + three % 10], 1).astype(np.uint8)
+            len3 = 3 - (three % 10 == 0) - (three % 100 == 0) - (three == 0)   # digits left of trailing 0s
+            digits = np.empty((1000001, 8), dtype=np.uint8)
+            body = digits[:1000000].reshape(1000, 1000, 8)          # value = 1000 * hi + lo
+            body[:, :, 0] = 48
+            body[:, :, 1] = 46
+            body[:, :, 2:5] = d3[:, None, :]
+            body[:, :, 5:8] = d3[None, :, :]
+            digits[1000000] = np.frombuffer(b"1.000000", dtype=np.uint8)
+            kept = np.where(len3[None, :] > 0, 3 + len3[None, :], np.maximum(len3[:, None], 1))
+            length = np.empty(1000001, dtype=np.uint8)
+            length[:1000000] = 2 + kept.ravel()
+            length[1000000] = 3                                      # "1.0"
             cls._table = (digits.view(np.uint64).ravel(), length)
         return cls._table
 

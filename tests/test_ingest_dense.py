@@ -115,3 +115,12 @@ def test_plain_path_shortcut_resolves_like_the_general_way(tmp_path, name):
             fin._plain_root = None
         return fin._resolve(RawInstance(name, {}, Location("x"))), [str(p) for p in report.first]
     assert resolve(True) == resolve(False)
+
+
+def test_text_table_is_percent_f_without_trailing_zeros():
+    from kpconv.ingest import _ChunkFormat
+    digits, length = _ChunkFormat.table()
+    rows = digits.view(np.uint8).reshape(-1, 8)
+    for n in [*range(0, 1000001, 7), *range(0, 2000), *range(999000, 1000001), 10000, 100000, 120000]:
+        want = ("%.6f" % (n / 1e6)).rstrip("0")
+        assert bytes(rows[n][:length[n]]).decode() == (want + "0" if want.endswith(".") else want)
