@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import compress
+from itertools import chain, compress
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -181,6 +181,21 @@ def _all_numbers(values: list) -> bool:
     return set(map(type, values)) <= _NUMBER_TYPES
 
 
+_BLOCK_BITS = 10
+
+
+def _numeric_blocks(anns: list) -> List[bool]:
+    """Per block of 1024 annotations: True when every ``keypoints`` list in it holds numbers only
+    (exact int/float), so that the per-annotation check can be skipped; one C-speed pass per block
+    instead of a set per annotation."""
+    out = []
+    size = 1 << _BLOCK_BITS
+    for start in range(0, len(anns), size):
+        kps = [a.get("keypoints") for a in anns[start:start + size] if a.__class__ is dict]
+        out.append(set(map(type, chain.from_iterable(k for k in kps if k.__class__ is list))) <= _NUMBER_TYPES)
+    return out
+
+
 @register
 class CocoReader(Reader):
     name = "coco"
@@ -240,7 +255,9 @@ class CocoReader(Reader):
             file = str(path)
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
-            for i, ann in enumerate(doc["annotations"]):
+            anns = doc["annotations"]
+            numeric = _numeric_blocks(anns)
+            for i, ann in enumerate(anns):
                 if not isinstance(ann, dict):
                     report.add("malformed_record", f"expected an annotation object, got {type(ann).__name__}",
                                Location(file, record=f"annotations[{i}]"))
@@ -273,7 +290,7 @@ class CocoReader(Reader):
                 if kp is None:
                     report.add("missing_field", "annotation has no keypoints", loc.with_field("keypoints"))
                     continue
-                if type(kp) is not list or len(kp) != n3 or not _all_numbers(kp):
+                if type(kp) is not list or len(kp) != n3 or not (numeric[i >> _BLOCK_BITS] or _all_numbers(kp)):
                     got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
                     if isinstance(kp, list) and len(kp) == n3:
                         bad = next(x for x in kp if not _is_number(x))
