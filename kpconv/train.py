@@ -411,13 +411,24 @@ def export(run_dir, formats: Sequence[str] = ()) -> dict:
     tmp = run / f".{SAVED_MODEL_DIR}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    m.export(str(tmp), format="tf_saved_model", verbose=False)
+    # tf.saved_model.save of a traced call, not model.export: Keras 3.15's export computes wrong values
+    # for the spatial head (a nested backbone with several outputs), checked in tests/test_train.py
+    h, w = m.input_shape[1:3]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="image")])
+    def serve(images):
+        return m(images, training=False)
+
+    module = tf.Module()
+    module.model = m
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve})
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
     out["saved_model"] = str(target)
     if "tflite" in formats:
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(target))
+        converter = tf.lite.TFLiteConverter.from_keras_model(m)  # from the SavedModel, variables stay unset
         data = converter.convert()
         with atomic_output(str(run / TFLITE_FILE), "wb") as f:
             f.write(data)

@@ -72,7 +72,8 @@ class _Interrupt(keras.callbacks.Callback):
 def test_resume_continues_an_interrupted_run(shards, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(shards, run, TrainOptions(epochs=3, head="spatial", steps_per_epoch=2, val_split="none", **TINY),
+        train(shards, run, TrainOptions(epochs=3, head="spatial", steps_per_epoch=2, val_split="none",
+                                        export=["tflite"], **TINY),
               callbacks=[_Interrupt()])
     assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 2
     assert not (run / "saved_model").exists()
@@ -80,6 +81,20 @@ def test_resume_continues_an_interrupted_run(shards, tmp_path):
     assert res.resumed_from == 2 and res.epochs_run == 1
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2]
     assert (run / "saved_model").is_dir()
+    # --export tflite (an option of the run, kept by resume) and the SavedModel of the spatial head:
+    # the same numbers as model.keras
+    from kpconv.model import load_model
+
+    x = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    sm = tf.saved_model.load(str(run / "saved_model"))
+    assert np.allclose(sm.serve(tf.constant(x)).numpy(), load_model(run / "model.keras")(x, training=False).numpy(),
+                       atol=1e-5)
+    interp = tf.lite.Interpreter(model_path=str(run / "model.tflite"))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    lite = interp.get_tensor(interp.get_output_details()[0]["index"])
+    assert np.allclose(lite, load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-4)
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
