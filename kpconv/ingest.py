@@ -72,7 +72,8 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
         ctx = ReadContext(options=options, report=report, images_root=root)
         result = reader_cls().read(paths, ctx)
         header, index = _header(reader_cls.name, result, options, root)
-        finalizer = _Finalizer(header, index, root, options, report, dense_names=result.meta.keypoints)
+        finalizer = _Finalizer(header, index, root, options, report, dense_names=result.meta.keypoints,
+                               dense_checked=reader_cls.dense_checked)
         failure = None
         try:
             with atomic_output(output) as out:
@@ -152,9 +153,10 @@ class _Finalizer:
     """
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
-                 report: Report, dense_names: Optional[Sequence[str]] = None):
+                 report: Report, dense_names: Optional[Sequence[str]] = None, dense_checked: bool = False):
         self.k = len(header.keypoints)
         self.dense_names = list(dense_names) if dense_names is not None else None
+        self.dense_checked = dense_checked      # the reader checked the types of the dense values
         # RawInstance.dense rows are validated and formatted a chunk at a time when their order is
         # the manifest's; any other row (or a dense row with any problem) goes through _finalize.
         self._chunked = self.dense_names == list(header.keypoints)
@@ -368,7 +370,7 @@ class _Finalizer:
             heads.append(consts[6])
         if not rows:
             return None
-        if not (set(map(type, chain.from_iterable(dense))) <= _NUMBER_TYPES
+        if not ((self.dense_checked or set(map(type, chain.from_iterable(dense))) <= _NUMBER_TYPES)
                 and set(map(type, chain.from_iterable(boxes))) <= _NUMBER_TYPES):
             keep = [j for j, (d, b) in enumerate(zip(dense, boxes))
                     if set(map(type, d)) <= _NUMBER_TYPES and set(map(type, b)) <= _NUMBER_TYPES]

@@ -88,6 +88,9 @@ class Reader:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # True: every RawInstance.dense list this reader yields holds exact int/float values only (not
+    # bool), checked by the reader, so ingest need not check their types again
+    dense_checked: ClassVar[bool] = False
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:

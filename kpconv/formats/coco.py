@@ -200,6 +200,7 @@ def _numeric_blocks(anns: list) -> List[bool]:
 class CocoReader(Reader):
     name = "coco"
     description = "COCO keypoints JSON (one or several files, e.g. train + val)"
+    dense_checked = True    # _instances yields dense lists of exact int/float values only
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
