@@ -107,13 +107,6 @@ def _save_model(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def tensorboard_available() -> bool:
-    """TensorBoard logs need the ``tensorboard`` package (tf.summary writes nothing without it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
-
-
 def _cosine(lr0: float, floor: float, start: int, n: int) -> Callable[[int, float], float]:
     def schedule(epoch, lr=None):
         t = min(max(epoch - start, 0), max(n - 1, 1)) / max(n - 1, 1)
@@ -375,9 +368,8 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
                LearningRateLog(),
                keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min"),
                keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
+               keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0),
                ckpt, *extra]
-        if tensorboard_available():
-            cbs.insert(-1 - len(extra), keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0))
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
                          steps_per_epoch=options.steps_per_epoch, callbacks=cbs, verbose=options.verbose,
                          shuffle=False)

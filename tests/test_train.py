@@ -46,6 +46,7 @@ def test_tiny_model_trains_loss_decreases_and_run_dir(shards, tmp_path):
     assert cfg["dataset"]["preprocessing"]["resize"] == "stretch" and "tensorflow" in cfg["versions"]
     assert (run / "checkpoints" / "last.keras").is_file()
     assert json.loads((run / "checkpoints" / "state.json").read_text())["finished"] is True
+    assert list((run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event files"
 
     # save, load and predict give the same numbers: model.keras and the exported SavedModel
     from kpconv.model import load_model
