@@ -93,7 +93,7 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
             failure.report = report
         if failure is None:
             return IngestResult(reader_cls.name, finalizer.written, header, report, output,
-                                images=len(finalizer.sizes), skipped=finalizer.skipped)
+                                images=len(finalizer.sizes), skipped=report.skipped)
     raise failure
 
 

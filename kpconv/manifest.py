@@ -9,10 +9,12 @@ wide image is ``(i + 0.5) / W``. Visibility ``v`` has the COCO meaning: 0 not la
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -143,21 +145,22 @@ def atomic_output(path: str, mode: str = "w"):
     """Write to a temporary file beside ``path`` and rename it into place only on success.
 
     ``path == "-"`` writes to stdout, but only after the whole output exists (it is spooled to a
-    temporary file first), so a failure never leaves half an output in a pipe either.
+    temporary file first), so a failure never leaves half an output in a pipe either. A path that
+    is a device or a pipe (``/dev/null``, a FIFO) is written the same way, never replaced.
     """
-    if path == "-":
+    target = None if path == "-" else Path(path)
+    if target is None or (target.exists() and not target.is_file() and not target.is_dir()):
+        # stdout, or a device or pipe (/dev/null, a FIFO, /dev/stdout) that a rename would replace:
+        # spool, then copy once complete.
         with tempfile.TemporaryFile(mode="w+b") as spool:
             text = io.TextIOWrapper(spool, encoding="utf-8", newline="\n") if "b" not in mode else spool
             yield text
             text.flush()
             spool.seek(0)
-            out = sys.stdout.buffer
-            while True:
-                chunk = spool.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-            out.flush()
+            with contextlib.ExitStack() as stack:
+                out = sys.stdout.buffer if target is None else stack.enter_context(open(target, "wb"))
+                shutil.copyfileobj(spool, out, 1 << 20)
+                out.flush()
             if text is not spool:
                 text.detach()
         return

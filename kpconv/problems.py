@@ -72,6 +72,7 @@ class Report:
 
     def __init__(self, stream: Optional[IO[str]] = None, keep: int = 1000):
         self.counts: Counter = Counter()
+        self.skipped = 0  # records dropped: one skipping problem is reported per dropped record
         self.first: List[Problem] = []  # the first `keep` problems, for messages and tests
         self._keep = keep
         self._stream = stream
@@ -81,6 +82,8 @@ class Report:
             raise ValueError(f"unknown problem reason {reason!r}")
         p = Problem(reason, message, location)
         self.counts[reason] += 1
+        if p.skips_record:
+            self.skipped += 1
         if len(self.first) < self._keep:
             self.first.append(p)
         if self._stream is not None:

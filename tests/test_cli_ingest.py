@@ -72,7 +72,7 @@ def test_problems_summary_and_report(tmp_path):
     r = run(*src, "-o", tmp_path / "m.jsonl")
     assert r.exit_code == 0
     lines = r.stderr.splitlines()
-    assert lines[0] == "ingest: coco: wrote 7 record(s) from 5 image(s) to " + str(tmp_path / "m.jsonl") + "; skipped 1"
+    assert lines[0] == "ingest: coco: wrote 7 record(s) from 5 image(s) to " + str(tmp_path / "m.jsonl") + "; skipped 3"
     assert lines[1].split() == ["reason", "severity", "count", "meaning"]
     assert [ln.split()[:3] for ln in lines[2:5]] == [["crowd", "note", "1"], ["no_keypoints", "note", "1"],
                                                     ["other_category", "note", "1"]]

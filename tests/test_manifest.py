@@ -59,3 +59,18 @@ def test_bad_record_line_is_located(tmp_path, line, field):
     with pytest.raises(ManifestError) as e:
         read_manifest(str(path))
     assert str(e.value).startswith(f"{path}:2: field '{field}'")
+
+
+def test_atomic_output_to_a_fifo_writes_through_and_keeps_the_fifo(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    with atomic_output(str(fifo)) as f:
+        f.write("line\n")
+    reader.join(10)
+    assert got == [b"line\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
