@@ -149,6 +149,12 @@ def _keras_metric_classes():
     import keras
     from keras import ops
 
+    def _pixel_errors(y_true, y_pred, image_size):
+        """(per-keypoint Euclidean error in stored pixels, visibility mask) as tensors."""
+        y_true = ops.cast(y_true, "float32")
+        d = (ops.cast(y_pred, "float32")[..., :2] - y_true[..., :2]) * ops.convert_to_tensor(image_size)
+        return ops.sqrt(ops.sum(ops.square(d), -1)), y_true[..., 2]
+
     @keras.saving.register_keras_serializable(package="kpconv")
     class MeanPixelError(keras.metrics.Metric):
         """Mean Euclidean error of labelled keypoints, in pixels of the stored image."""
@@ -160,10 +166,7 @@ def _keras_metric_classes():
             self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
         def update_state(self, y_true, y_pred, sample_weight=None):
-            y_true = ops.cast(y_true, "float32")
-            d = (ops.cast(y_pred, "float32")[..., :2] - y_true[..., :2]) * ops.convert_to_tensor(self.image_size)
-            e = ops.sqrt(ops.sum(ops.square(d), -1))
-            m = y_true[..., 2]
+            e, m = _pixel_errors(y_true, y_pred, self.image_size)
             self.total.assign_add(ops.sum(e * m))
             self.count.assign_add(ops.sum(m))
 
@@ -185,10 +188,7 @@ def _keras_metric_classes():
             self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
         def update_state(self, y_true, y_pred, sample_weight=None):
-            y_true = ops.cast(y_true, "float32")
-            d = (ops.cast(y_pred, "float32")[..., :2] - y_true[..., :2]) * ops.convert_to_tensor(self.image_size)
-            e = ops.sqrt(ops.sum(ops.square(d), -1))
-            m = y_true[..., 2]
+            e, m = _pixel_errors(y_true, y_pred, self.image_size)
             ok = ops.cast(e <= self.threshold * max(self.image_size), "float32")
             self.hits.assign_add(ops.sum(ok * m))
             self.count.assign_add(ops.sum(m))

@@ -154,6 +154,18 @@ class _Columns:
     optional: Dict[str, Optional[int]] = field(default_factory=dict)
 
 
+def _complete_rows(rows, ncols: int, file: str, report):
+    """(line, row) of the non-blank rows with as many cells as the header; others are reported."""
+    for line, row in rows:
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != ncols:
+            report.add("malformed_record", f"expected {ncols} cells (as in the header), got {len(row)}",
+                       Location(file, line))
+            continue
+        yield line, row
+
+
 def _find(cols: List[str], name: str) -> Optional[int]:
     return cols.index(name) if name in cols else None
 
@@ -261,13 +273,7 @@ class CsvReader(Reader):
         report = ctx.report
         for path, ncols, i_image, opt, kp_cols, box, rows in plans:
             file = str(path)
-            for line, row in rows:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != ncols:
-                    report.add("malformed_record", f"expected {ncols} cells (as in the header), got {len(row)}",
-                               Location(file, line))
-                    continue
+            for line, row in _complete_rows(rows, ncols, file, report):
                 c = _Cells(row, line, file, report)
                 image = c.text(i_image)
                 if image is None:
@@ -319,13 +325,7 @@ class CsvReader(Reader):
             i_v = next((cols.index(c) for c in _LONG_VISIBLE if c in cols), None)
             c_v = cols[i_v] if i_v is not None else "visible"
             opt = {c: _find(cols, c) for c in _OPTIONAL}
-            for line, row in rows:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != ncols:
-                    report.add("malformed_record", f"expected {ncols} cells (as in the header), got {len(row)}",
-                               Location(file, line))
-                    continue
+            for line, row in _complete_rows(rows, ncols, file, report):
                 c = _Cells(row, line, file, report)
                 image = c.text(i_image)
                 instance = c.text(opt["instance"])
