@@ -216,6 +216,66 @@ def _affine_matrices(batch, height, width, cfg: Augment, seed):
     return m, flip
 
 
+_WARP_FNS: Dict[bool, object] = {}
+
+
+def _warp_colour_fn(saturation: bool):
+    """The pixel work of :func:`augment_batch` as one XLA-compiled function (built once, lazily).
+
+    ``images`` (B, H, W, C) uint8 or float in [0, 255]; ``t`` (B, 6) the affine map from output pixel
+    indices to input pixel indices (row ``[a, b, c, d, e, f]``: ``x_in = a*j + b*i + c``,
+    ``y_in = d*j + e*i + f``); ``colour`` (B, 3) ``[brightness offset, contrast, saturation]``.
+    Bilinear interpolation, pixels from outside the input read as 0, then the colour map about the
+    warped image's mean, clipped to [0, 255]; returns float32. Written as gathers and elementwise
+    maths that XLA fuses into a few loops over the batch: about 5x faster on CPU than
+    ``ImageProjectiveTransformV3`` (which recomputes the coordinates for every channel) followed by
+    separate colour ops, which made augmentation the bottleneck of the input pipeline.
+    """
+    fn = _WARP_FNS.get(saturation)
+    if fn is not None:
+        return fn
+    import tensorflow as tf
+
+    def warp(images, t, colour):
+        shape = tf.shape(images)
+        b, h, w = shape[0], shape[1], shape[2]
+        nc = images.shape[-1]
+        xs = tf.range(w, dtype=tf.float32)[None, None, :]
+        ys = tf.range(h, dtype=tf.float32)[None, :, None]
+        p = t[:, :, None, None]
+        sx = p[:, 0] * xs + p[:, 1] * ys + p[:, 2]
+        sy = p[:, 3] * xs + p[:, 4] * ys + p[:, 5]
+        x0, y0 = tf.floor(sx), tf.floor(sy)
+        wx, wy = sx - x0, sy - y0
+        x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+        flat = tf.reshape(images, (-1, nc))
+        base = tf.range(b, dtype=tf.int32)[:, None, None] * (h * w)
+        out = 0.0
+        for dy, wgt_y in ((0, 1.0 - wy), (1, wy)):
+            yi = y0 + dy
+            inside_y = (yi >= 0) & (yi < h)
+            row = base + tf.clip_by_value(yi, 0, h - 1) * w
+            for dx, wgt_x in ((0, 1.0 - wx), (1, wx)):
+                xi = x0 + dx
+                inside = inside_y & (xi >= 0) & (xi < w)
+                wgt = tf.where(inside, wgt_y * wgt_x, 0.0)
+                px = tf.gather(flat, row + tf.clip_by_value(xi, 0, w - 1))
+                out = out + tf.cast(px, tf.float32) * wgt[..., None]
+        col = colour[:, None, None, None, :]
+        d, c, s = col[..., 0], col[..., 1], col[..., 2]
+        mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
+        if saturation:
+            grey = tf.reduce_mean(out, axis=-1, keepdims=True)
+            out = (s * c) * out + ((1.0 - s) * c) * grey + ((1.0 - c) * mean + d)
+        else:
+            out = c * out + ((1.0 - c) * mean + d)
+        return tf.clip_by_value(out, 0.0, 255.0)
+
+    fn = tf.function(warp, jit_compile=True, autograph=False, reduce_retracing=True)
+    _WARP_FNS[saturation] = fn
+    return fn
+
+
 def augment_batch(images, keypoints, visibility, seed, cfg: Optional[Augment] = None,
                   flip_permutation: Optional[Sequence[int]] = None):
     """Augment a batch in the graph.
@@ -249,35 +309,31 @@ def augment_batch(images, keypoints, visibility, seed, cfg: Optional[Augment] = 
         kp = tf.where(flip[:, None, None], tf.gather(kp, perm, axis=1), kp)
         vis = tf.where(flip[:, None], tf.gather(vis, perm, axis=1), vis)
 
-    # image: the op maps output pixel indices to input indices: T(-0.5) A^-1 T(0.5)
-    inv = tf.linalg.inv(m)
-    half = tf.constant([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-    mhalf = tf.constant([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
-    t = tf.matmul(tf.matmul(mhalf[None], inv), half[None])
-    t = t / t[:, 2:3, 2:3]
-    flat = tf.reshape(t, (-1, 9))[:, :8]
-    src = images if images.dtype == tf.uint8 else tf.cast(images, tf.float32)  # uint8 moves 4x less memory
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=src, transforms=flat, output_shape=tf.stack([h, w]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
-    out = tf.cast(out, tf.float32)
+    # image: output pixel index -> input pixel index is T(-0.5) A^-1 T(0.5) (A is affine: its inverse
+    # in closed form, no matrix inversion op)
+    a, bb, c0 = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d0, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    det = a * e - bb * d0
+    ia, ib, id_, ie = e / det, -bb / det, -d0 / det, a / det
+    ic = -(ia * c0 + ib * f)
+    if_ = -(id_ * c0 + ie * f)
+    # shift by half a pixel on both sides: x_in = ia*(j+0.5) + ib*(i+0.5) + ic - 0.5
+    tx = ic + 0.5 * (ia + ib) - 0.5
+    ty = if_ + 0.5 * (id_ + ie) - 0.5
+    t = tf.stack([ia, ib, tx, id_, ie, ty], -1)
 
     # colour: brightness (+d), contrast (c about the image mean), saturation (s about the pixel's
     # grey), fused into one affine map per example: out = s*c*x + (1-s)*c*grey + (1-c)*mean + d
     def uni(i, lo, hi):
         s = tf.random.experimental.stateless_fold_in(seed, 100 + i)
-        return tf.random.stateless_uniform((b, 1, 1, 1), s, lo, hi)
+        return tf.random.stateless_uniform((b,), s, lo, hi)
 
-    d = uni(0, -cfg.brightness, cfg.brightness) * 255.0 if cfg.brightness else 0.0
-    c = uni(1, cfg.contrast[0], cfg.contrast[1]) if cfg.contrast else 1.0
-    sat = uni(2, cfg.saturation[0], cfg.saturation[1]) if cfg.saturation and out.shape[-1] == 3 else 1.0
-    mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
-    if isinstance(sat, float):
-        out = c * out + ((1.0 - c) * mean + d)
-    else:
-        grey = tf.reduce_mean(out, axis=-1, keepdims=True)
-        out = (sat * c) * out + ((1.0 - sat) * c) * grey + ((1.0 - c) * mean + d)
-    out = tf.clip_by_value(out, 0.0, 255.0)
+    ones = tf.ones((b,), tf.float32)
+    d = uni(0, -cfg.brightness, cfg.brightness) * 255.0 if cfg.brightness else 0.0 * ones
+    c = uni(1, cfg.contrast[0], cfg.contrast[1]) if cfg.contrast else ones
+    use_sat = bool(cfg.saturation) and images.shape[-1] == 3
+    sat = uni(2, cfg.saturation[0], cfg.saturation[1]) if use_sat else ones
+    out = _warp_colour_fn(use_sat)(images, t, tf.stack([d, c, sat], -1))
     return out, kp, vis
 
 
