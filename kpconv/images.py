@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -162,26 +163,68 @@ class Stored:
     original: Tuple[int, int]   # (width, height) after EXIF orientation
 
 
+def read_image_bytes(path: str, opener=None) -> bytes:
+    """The bytes of an image file. Raises BadImage (missing_image, unreadable_image)."""
+    loc = Location(path)
+    try:
+        with (opener(path) if opener is not None else open(path, "rb")) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadImage("missing_image", "image file does not exist", loc) from None
+    except IsADirectoryError:
+        raise BadImage("unreadable_image", "expected an image file, found a directory", loc) from None
+    except OSError as e:
+        raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", loc) from None
+
+
+def passthrough_size(data: bytes, max_pixels: Optional[int] = None) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` of a JPEG that :func:`render` would store as is without changing its size
+    (baseline RGB or grayscale, EXIF orientation 1, complete: ends with its EOI marker, within the pixel
+    limits), read from its header alone by :mod:`kpconv.imageinfo` (no Pillow); None when anything is
+    unusual or unsure; the caller then opens it with :class:`SourceImage`, which decides."""
+    if not (data.startswith(b"\xff\xd8\xff") and _ends_complete(data, "JPEG")):
+        return None
+    from . import imageinfo
+
+    try:
+        r = imageinfo._jpeg(imageinfo._Src(io.BytesIO(data), data))
+        if r is None:
+            return None
+        w, h, orientation = r
+        if orientation != 1 or _jpeg_layers(data, imageinfo._SOF) not in (1, 3):  # 4: CMYK
+            return None
+    except (struct.error, IndexError):
+        return None
+    pil = sys.modules.get("PIL.Image")
+    pil_limit = getattr(pil, "MAX_IMAGE_PIXELS", imageinfo._DEFAULT_MAX_PIXELS) if pil is not None \
+        else imageinfo._DEFAULT_MAX_PIXELS
+    if w <= 0 or h <= 0 or (pil_limit and w * h > pil_limit) or (max_pixels and w * h > max_pixels):
+        return None   # SourceImage reports it (decompression_bomb)
+    return w, h
+
+
+def _jpeg_layers(data: bytes, sof) -> Optional[int]:
+    """Components of the (last) frame header of a JPEG whose segments up to SOS imageinfo has checked."""
+    pos, layers = 2, None
+    while data[pos + 1] != 0xDA:
+        if data[pos + 1] in sof:
+            layers = data[pos + 9]
+        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return layers
+
+
 class SourceImage:
     """An opened image file: its bytes, its displayed size and how to decode it. Raises BadImage.
 
     ``opener(path)`` opens the file for reading (default: ``open(path, "rb")``; the Beam runner passes one
     that reads ``gs://``, ``s3://``... and raises FileNotFoundError for a missing file)."""
 
-    def __init__(self, path: str, max_pixels: Optional[int] = None, opener=None):
+    def __init__(self, path: str, max_pixels: Optional[int] = None, opener=None, data: Optional[bytes] = None):
         from PIL import Image
 
         self.path = path
         loc = Location(path)
-        try:
-            with (opener(path) if opener is not None else open(path, "rb")) as f:
-                self.data = f.read()
-        except FileNotFoundError:
-            raise BadImage("missing_image", "image file does not exist", loc) from None
-        except IsADirectoryError:
-            raise BadImage("unreadable_image", "expected an image file, found a directory", loc) from None
-        except OSError as e:
-            raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", loc) from None
+        self.data = read_image_bytes(path, opener) if data is None else data
         limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

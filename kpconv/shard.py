@@ -45,7 +45,8 @@ from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import Location, ManifestError, NothingToWrite, ShardError
-from .images import BadImage, ImageOptions, SourceImage, map_bbox, map_keypoints, render
+from .images import (BadImage, ImageOptions, SourceImage, layout, map_bbox, map_keypoints, passthrough_size,
+                     read_image_bytes, render)
 from .manifest import Header, Record, atomic_output
 from .progress import progress
 from .records import SPEC_VERSION, to_example
@@ -171,6 +172,12 @@ def parse_bytes(text: str) -> int:
 _URL = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
 
 
+def _plain(path: str) -> bool:
+    """A POSIX path that pathlib keeps as it is: no empty or '.' component, no trailing '/'."""
+    return (os.sep == "/" and bool(path) and not path.endswith(("/", "/.")) and "//" not in path[1:]
+            and "/./" not in path and not path.startswith(("./", "//")) and path != ".")
+
+
 def is_url(path) -> bool:
     """``gs://b/x``, ``s3://b/x``, ``hdfs://x``...: a path for a filesystem other than the local one."""
     return bool(_URL.match(str(path)))
@@ -184,6 +191,8 @@ class LocalFiles:
     def join(self, base: str, *parts: str) -> str:
         if is_url(base):
             return "/".join([base.rstrip("/"), *parts])
+        if len(parts) == 1 and _plain(base) and _plain(parts[0]) and not parts[0].startswith("/"):
+            return base + "/" + parts[0] if base != "/" else "/" + parts[0]   # what Path gives, cheaper
         return str(Path(base, *parts))
 
     def dirname(self, path: str) -> str:
@@ -483,18 +492,31 @@ def _record(d: dict) -> Record:
 
 def _convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL):
     path = files.join(root, rec.image)
-    src = SourceImage(path, opts.max_pixels, opener=files.open_image)
+    data = None
+    if opts.size is None and opts.crop == "none":
+        # passthrough candidate: a plain, complete JPEG of the manifest's size is stored as is, known from
+        # its header alone (no Pillow); anything else goes through SourceImage/render, which decide
+        data = read_image_bytes(path, files.open_image)
+        size = passthrough_size(data, opts.max_pixels)
+        if size is not None and size == (rec.width, rec.height):
+            lay = layout(size[0], size[1], (0, 0, size[0], size[1]), opts)
+            kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
+            return _example(rec, data, "jpeg", lay, kps), kps
+    src = SourceImage(path, opts.max_pixels, opener=files.open_image, data=data)
     if src.size != (rec.width, rec.height):
         raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
                                         f"{rec.width}x{rec.height}", Location(path))
     stored = render(src, rec.bbox, opts)
     lay = stored.layout
     kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
-    bbox = map_bbox(rec.bbox, rec.width, rec.height, lay)
-    data = to_example(image=stored.data, image_format=stored.format, height=lay.out[1], width=lay.out[0],
+    return _example(rec, stored.data, stored.format, lay, kps), kps
+
+
+def _example(rec: Record, image: bytes, image_format: str, lay, kps) -> bytes:
+    return to_example(image=image, image_format=image_format, height=lay.out[1], width=lay.out[0],
                       source_path=rec.image, original_height=rec.height, original_width=rec.width,
-                      instance_id=rec.instance, bbox=bbox, keypoints=kps, transform=lay.transform)
-    return data, kps
+                      instance_id=rec.instance, bbox=map_bbox(rec.bbox, rec.width, rec.height, lay),
+                      keypoints=kps, transform=lay.transform)
 
 
 def _fsync_dir(path: Path) -> None:
