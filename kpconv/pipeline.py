@@ -265,7 +265,7 @@ def _warp_colour_fn(saturation: bool):
         d, c, s = col[..., 0], col[..., 1], col[..., 2]
         mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
         if saturation:
-            grey = tf.reduce_mean(out, axis=-1, keepdims=True)
+            grey = (out[..., 0:1] + out[..., 1:2] + out[..., 2:3]) * (1.0 / 3.0)   # fuses; a reduce does not
             out = (s * c) * out + ((1.0 - s) * c) * grey + ((1.0 - c) * mean + d)
         else:
             out = c * out + ((1.0 - c) * mean + d)
