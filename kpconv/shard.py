@@ -207,7 +207,10 @@ class LocalFiles:
     def open_read(self, path: str) -> IO[bytes]:
         return open(path, "rb")
 
-    open_image = open_read  # SourceImage's opener: FileNotFoundError / IsADirectoryError / OSError
+    def open_image(self, path: str) -> IO[bytes]:
+        """SourceImage's opener (FileNotFoundError / IsADirectoryError / OSError); unbuffered, as an image
+        is read whole (one read of its size instead of chunks through a buffer)."""
+        return open(path, "rb", buffering=0)
 
     def create(self, path: str) -> IO[bytes]:
         return open(path, "wb")
