@@ -122,8 +122,9 @@ class Record:
             raise ManifestError(f"expected {num_keypoints} keypoints (as in the header), got {len(kps)}",
                                 loc.with_field("keypoints"))
         for i, p in enumerate(kps):
-            if (not isinstance(p, list) or len(p) != 3 or p[2] not in (0, 1, 2)
-                    or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in p[:2])):
+            if (not isinstance(p, list) or len(p) != 3 or p[2] not in (0, 1, 2)  # (x, y checked inline: hot)
+                    or not (isinstance(p[0], (int, float)) and math.isfinite(p[0]))
+                    or not (isinstance(p[1], (int, float)) and math.isfinite(p[1]))):
                 raise ManifestError(f"keypoint {i}: expected [x, y, v] with finite x, y and v in 0, 1, 2, got {p!r}",
                                     loc.with_field("keypoints"))
         box = d["bbox"]
