@@ -199,19 +199,33 @@ def _order(names: Tuple[str, ...]) -> List[Tuple[str, bytes]]:
 
 def encode_example(features: Features) -> bytes:
     """Serialize a ``tf.train.Example``, byte-identical to TF's deterministic serialization."""
-    parts = []
+    parts = [b""]
     append = parts.append
     total = 0
+    v1 = _VARINT1
     for name, name_field in _order(tuple(features)):
         kind, values = features[name]
-        feature = _feature(kind, values)
-        fl = _len_prefix(len(feature))
-        entry_len = len(name_field) + 1 + len(fl) + len(feature)
-        el = _len_prefix(entry_len)
-        append(b"\x0a" + el + name_field + b"\x12" + fl)
-        append(feature)
-        total += 1 + len(el) + entry_len
-    parts.insert(0, b"\x0a" + _len_prefix(total))
+        # the common short features inline (the same bytes as _feature gives)
+        n = len(values)
+        if kind == "float" and 0 < n < 31:
+            pack = _FLOAT_PACK.get(n) or _FLOAT_PACK.setdefault(n, struct.Struct(f"<{n}f"))
+            feature = b"\x12" + v1[4 * n + 2] + b"\x0a" + v1[4 * n] + pack.pack(*values)
+        elif kind == "int64" and n == 1:
+            packed = _varint(int(values[0]))
+            feature = b"\x1a" + v1[len(packed) + 2] + b"\x0a" + v1[len(packed)] + packed
+        else:
+            feature = _feature(kind, values)
+        fl = len(feature)
+        entry_len = len(name_field) + fl + (2 if fl < 0x80 else 1 + len(_varint(fl)))
+        if entry_len < 0x80 and fl < 0x80:
+            append(b"\x0a" + v1[entry_len] + name_field + b"\x12" + v1[fl] + feature)
+            total += 2 + entry_len
+        else:
+            el = _len_prefix(entry_len)
+            append(b"\x0a" + el + name_field + b"\x12" + _len_prefix(fl))
+            append(feature)
+            total += 1 + len(el) + entry_len
+    parts[0] = b"\x0a" + _len_prefix(total)
     return b"".join(parts)
 
 
