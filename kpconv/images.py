@@ -165,16 +165,15 @@ class Stored:
 
 def read_image_bytes(path: str, opener=None) -> bytes:
     """The bytes of an image file. Raises BadImage (missing_image, unreadable_image)."""
-    loc = Location(path)
     try:
         with (opener(path) if opener is not None else open(path, "rb")) as f:
             return f.read()
     except FileNotFoundError:
-        raise BadImage("missing_image", "image file does not exist", loc) from None
+        raise BadImage("missing_image", "image file does not exist", Location(path)) from None
     except IsADirectoryError:
-        raise BadImage("unreadable_image", "expected an image file, found a directory", loc) from None
+        raise BadImage("unreadable_image", "expected an image file, found a directory", Location(path)) from None
     except OSError as e:
-        raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", loc) from None
+        raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", Location(path)) from None
 
 
 def passthrough_size(data: bytes, max_pixels: Optional[int] = None) -> Optional[Tuple[int, int]]:
@@ -184,7 +183,9 @@ def passthrough_size(data: bytes, max_pixels: Optional[int] = None) -> Optional[
     unusual or unsure; the caller then opens it with :class:`SourceImage`, which decides."""
     if not (data.startswith(b"\xff\xd8\xff") and _ends_complete(data, "JPEG")):
         return None
-    from . import imageinfo
+    imageinfo = sys.modules.get("kpconv.imageinfo")
+    if imageinfo is None:
+        from . import imageinfo
 
     try:
         r = imageinfo._jpeg(imageinfo._Src(io.BytesIO(data), data))
@@ -345,6 +346,8 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 def _ends_complete(data: bytes, fmt: str) -> bool:
     """A JPEG that ends with its EOI marker, a PNG that ends with its IEND chunk."""
     if fmt == "JPEG":
+        if data[-1:] != b"\x00":                 # (rstrip copies the whole image: only when needed)
+            return data[-2:] == b"\xff\xd9"
         return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
     return fmt == "PNG" and data.endswith(_PNG_IEND)
 

@@ -442,6 +442,7 @@ class _HashingFile:
 
 
 _killed_after = [0]
+_NOWHERE = Location()
 
 
 def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints: int, out_dir: str,
@@ -459,11 +460,25 @@ def write_shard(task: ShardTask, manifest: str, images_root: str, num_keypoints:
             hf = _HashingFile(raw)
             writer = TFRecordWriter(hf, options.compression)
             check = hashlib.sha256(_options_digest(options).encode())
+            try:
+                fd = mf.fileno()
+            except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+                fd = None
             for offset in task.offsets:
-                mf.seek(offset)
-                line = mf.readline()
+                # one pread of the line instead of a seek and an 8 KB buffered read
+                chunk = os.pread(fd, 4096, offset) if fd is not None else b""
+                end = chunk.find(b"\n") + 1
+                if end:
+                    line = chunk[:end]
+                else:
+                    mf.seek(offset)
+                    line = mf.readline()
                 check.update(hashlib.blake2b(line.rstrip(b"\r\n"), digest_size=16).digest())
-                rec = _record(_loads(line, Location(manifest, record=str(offset))))
+                try:
+                    d = _loads(line, _NOWHERE)
+                except ManifestError as e:
+                    raise ManifestError(e.message, Location(manifest, record=str(offset))) from None
+                rec = _record(d)
                 try:
                     data, kps = _convert(rec, images_root, options.image, files)
                 except BadImage as e:
