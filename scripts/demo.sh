@@ -9,12 +9,12 @@ mkdir -p "$out"
 echo "== kpconv ingest $src"
 kpconv ingest "$src" -o "$out/manifest.jsonl" --report "$out/ingest_report.jsonl"
 echo "== kpconv shard"
-kpconv shard "$out/manifest.jsonl" -o "$out/shards" --image-size 64 --split train=0.6,val=0.2,test=0.2 --seed 0
+kpconv shard "$out/manifest.jsonl" -o "$out/shards" --image-size 64 --split train=0.7,val=0.3 --seed 0
 kpconv inspect "$out/shards" --grid "$out/shards_grid.png" --n 8
 echo "== kpconv train (tiny model, a few epochs on the CPU)"
 kpconv train "$out/shards" -o "$out/run" --weights none --alpha 0.35 --epochs 3 --batch-size 8
 echo "== kpconv eval"
-kpconv eval "$out/run" "$out/shards" --split test --json "$out/eval.json"
+kpconv eval "$out/run" "$out/shards" --split val --json "$out/eval.json"
 echo "== kpconv predict"
 first_image=$(ls fixtures/coco/images/* | head -n 1)
 kpconv predict "$out/run" "$first_image" -o "$out/predictions.jsonl" --draw "$out/drawn"
