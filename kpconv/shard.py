@@ -546,11 +546,35 @@ def _convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOC
     return _example(rec, stored.data, stored.format, lay, kps), kps
 
 
+# The features of kpconv.records.record_features, in this order, for one ExampleEncoder per process (the
+# same bytes as to_example without building a dict per record); to_example whenever the spec differs.
+_RECORD_NAMES = ("image/encoded", "image/format", "image/height", "image/width", "image/source_path",
+                 "image/original_height", "image/original_width", "instance/id", "instance/bbox",
+                 "keypoints/x", "keypoints/y", "keypoints/visibility", "transform/stored_to_original")
+_encoder: list = []
+
+
+def _record_encoder():
+    if not _encoder:
+        from .records import FEATURES
+        from .tfrecord import ExampleEncoder
+
+        same = tuple(FEATURES) == _RECORD_NAMES
+        _encoder.append(ExampleEncoder({n: FEATURES[n][0] for n in _RECORD_NAMES}) if same else None)
+    return _encoder[0]
+
+
 def _example(rec: Record, image: bytes, image_format: str, lay, kps) -> bytes:
-    return to_example(image=image, image_format=image_format, height=lay.out[1], width=lay.out[0],
-                      source_path=rec.image, original_height=rec.height, original_width=rec.width,
-                      instance_id=rec.instance, bbox=map_bbox(rec.bbox, rec.width, rec.height, lay),
-                      keypoints=kps, transform=lay.transform)
+    bbox = map_bbox(rec.bbox, rec.width, rec.height, lay)
+    transform = lay.transform
+    enc = _record_encoder()
+    if enc is None:
+        return to_example(image=image, image_format=image_format, height=lay.out[1], width=lay.out[0],
+                          source_path=rec.image, original_height=rec.height, original_width=rec.width,
+                          instance_id=rec.instance, bbox=bbox, keypoints=kps, transform=transform)
+    return enc.encode([[image], [image_format], [lay.out[1]], [lay.out[0]], [rec.image], [rec.height],
+                       [rec.width], [rec.instance], list(bbox), [p[0] for p in kps], [p[1] for p in kps],
+                       [int(p[2]) for p in kps], list(transform)])
 
 
 def _fsync_dir(path: Path) -> None:

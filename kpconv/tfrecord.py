@@ -159,13 +159,12 @@ def _feature(kind: str, values: Sequence[Value]) -> bytes:
     if kind == "int64":
         if not values:
             return b"\x1a\x00"
-        ints = [int(v) for v in values]
         try:
-            packed = bytes(ints)   # one byte each when all are in 0..255 ...
-        except ValueError:
+            packed = bytes(values)   # one byte each when all are ints in 0..255 ...
+        except (TypeError, ValueError):
             packed = None
-        if packed is None or max(ints) >= 0x80:   # ... but a varint byte holds 0..127
-            packed = b"".join(_varint(v) for v in ints)
+        if packed is None or not packed.isascii():   # ... but a varint byte holds 0..127
+            packed = b"".join(_varint(int(v)) for v in values)
         return _len_field(0x1A, _len_field(0x0A, packed))
     raise ValueError(f"unknown feature kind {kind!r}")
 
@@ -197,36 +196,72 @@ def _order(names: Tuple[str, ...]) -> List[Tuple[str, bytes]]:
     return order
 
 
+_ENCODERS: Dict[Tuple[Tuple[str, str], ...], "ExampleEncoder"] = {}
+
+
 def encode_example(features: Features) -> bytes:
     """Serialize a ``tf.train.Example``, byte-identical to TF's deterministic serialization."""
-    parts = [b""]
-    append = parts.append
-    total = 0
-    v1 = _VARINT1
-    for name, name_field in _order(tuple(features)):
-        kind, values = features[name]
-        # the common short features inline (the same bytes as _feature gives)
-        n = len(values)
-        if kind == "float" and 0 < n < 31:
-            pack = _FLOAT_PACK.get(n) or _FLOAT_PACK.setdefault(n, struct.Struct(f"<{n}f"))
-            feature = b"\x12" + v1[4 * n + 2] + b"\x0a" + v1[4 * n] + pack.pack(*values)
-        elif kind == "int64" and n == 1:
-            packed = _varint(int(values[0]))
-            feature = b"\x1a" + v1[len(packed) + 2] + b"\x0a" + v1[len(packed)] + packed
-        else:
-            feature = _feature(kind, values)
-        fl = len(feature)
-        entry_len = len(name_field) + fl + (2 if fl < 0x80 else 1 + len(_varint(fl)))
-        if entry_len < 0x80 and fl < 0x80:
-            append(b"\x0a" + v1[entry_len] + name_field + b"\x12" + v1[fl] + feature)
-            total += 2 + entry_len
-        else:
-            el = _len_prefix(entry_len)
-            append(b"\x0a" + el + name_field + b"\x12" + _len_prefix(fl))
-            append(feature)
-            total += 1 + len(el) + entry_len
-    parts[0] = b"\x0a" + _len_prefix(total)
-    return b"".join(parts)
+    key = tuple((name, kind) for name, (kind, _) in features.items())
+    enc = _ENCODERS.get(key)
+    if enc is None:
+        enc = ExampleEncoder(dict(key))
+        if len(_ENCODERS) < 64:
+            _ENCODERS[key] = enc
+    return enc.encode([values for _, values in features.values()])
+
+
+class ExampleEncoder:
+    """:func:`encode_example` for records that all have the same feature names and kinds (a shard's):
+    the serialization order and each name's field are worked out once. ``encode(values)`` takes one
+    list of values per name, in the order of ``kinds``; the bytes are those of ``encode_example``."""
+
+    def __init__(self, kinds: Dict[str, str]):
+        names = list(kinds)
+        for kind in kinds.values():
+            if kind not in ("bytes", "float", "int64"):
+                raise ValueError(f"unknown feature kind {kind!r}")
+        self.names = tuple(names)
+        self._plan = [(names.index(n), kinds[n], name_field) for n, name_field in _order(self.names)]
+
+    def encode(self, values: Sequence[Sequence[Value]]) -> bytes:
+        parts = [b""]
+        append = parts.append
+        total = 0
+        v1 = _VARINT1
+        for index, kind, name_field in self._plan:
+            vals = values[index]
+            n = len(vals)
+            if kind == "float" and 0 < n < 31:
+                pack = _FLOAT_PACK.get(n) or _FLOAT_PACK.setdefault(n, struct.Struct(f"<{n}f"))
+                feature = b"\x12" + v1[4 * n + 2] + b"\x0a" + v1[4 * n] + pack.pack(*vals)
+            elif kind == "int64" and n == 1:
+                packed = _varint(int(vals[0]))
+                feature = b"\x1a" + v1[len(packed) + 2] + b"\x0a" + v1[len(packed)] + packed
+            elif kind == "bytes" and n == 1 and type(vals[0]) is bytes and len(vals[0]) >= 0x80:
+                # a big value (the image): its header here, the value itself joined once, at the end
+                v = vals[0]
+                item = _varint(len(v))
+                body = b"\x0a" + _len_prefix(1 + len(item) + len(v)) + b"\x0a" + item
+                fl = len(body) + len(v)
+                el = _len_prefix(len(name_field) + 1 + len(_len_prefix(fl)) + fl)
+                append(b"\x0a" + el + name_field + b"\x12" + _len_prefix(fl) + body)
+                append(v)
+                total += 1 + len(el) + len(name_field) + 1 + len(_len_prefix(fl)) + fl
+                continue
+            else:
+                feature = _feature(kind, vals)
+            fl = len(feature)
+            entry_len = len(name_field) + fl + (2 if fl < 0x80 else 1 + len(_varint(fl)))
+            if entry_len < 0x80 and fl < 0x80:
+                append(b"\x0a" + v1[entry_len] + name_field + b"\x12" + v1[fl] + feature)
+                total += 2 + entry_len
+            else:
+                el = _len_prefix(entry_len)
+                append(b"\x0a" + el + name_field + b"\x12" + _len_prefix(fl))
+                append(feature)
+                total += 1 + len(el) + entry_len
+        parts[0] = b"\x0a" + _len_prefix(total)
+        return b"".join(parts)
 
 
 # --------------------------------------------------------------------------------- protobuf decoding

@@ -375,3 +375,59 @@ def test_shard_and_inspect_never_import_tensorflow(synth, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "verify: 24 record(s) OK" in p.stdout
+
+
+def _jpeg_bytes(im, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_passthrough_size_agrees_with_pillow_path(tmp_path):
+    """The header-only passthrough decision (no Pillow) answers only where the Pillow path would pass the
+    file through unchanged, with the same size; every other file goes to SourceImage/render."""
+    from kpconv.images import SourceImage, passthrough_size, render
+
+    rgb = Image.new("RGB", (64, 48), (10, 200, 30))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    full = _jpeg_bytes(rgb)
+    cases = {
+        "rgb": full, "gray": _jpeg_bytes(rgb.convert("L")), "cmyk": _jpeg_bytes(rgb.convert("CMYK")),
+        "exif6": _jpeg_bytes(rgb, exif=rotated.tobytes()), "exif1": _jpeg_bytes(rgb, exif=upright.tobytes()),
+        "progressive": _jpeg_bytes(rgb, progressive=True), "truncated": full[: len(full) // 2],
+        "garbage_after": full + b"xyz", "zero_padded": full + b"\0\0", "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+    }
+    expected_fast = {"rgb", "gray", "exif1", "progressive", "zero_padded"}
+    for name, data in cases.items():
+        size = passthrough_size(data)
+        assert (size is not None) == (name in expected_fast), name
+        if size is not None:
+            path = tmp_path / f"{name}.jpg"
+            path.write_bytes(data)
+            src = SourceImage(str(path))
+            stored = render(src, [0, 0, 1, 1], ImageOptions(size=None))
+            assert stored.data == data and stored.format == "jpeg" and size == src.size, name
+    assert passthrough_size(full, max_pixels=64 * 48 - 1) is None   # over the limit: SourceImage reports it
+
+
+def test_record_encoder_matches_to_example():
+    """shard's per-process ExampleEncoder gives the bytes of records.to_example."""
+    from kpconv.images import layout, map_bbox, map_keypoints
+    from kpconv.records import to_example
+    from kpconv.shard import _example
+
+    rec = Record("a/b.jpg", 640, 480, [[0.25, 0.5, 2], [0.0, 0.0, 0], [0.9, 0.1, 1]], [0.1, 0.2, 0.5, 0.6], "3")
+    for opts in (ImageOptions(), ImageOptions(size=(224, 224)), ImageOptions(size=(200, 100), resize="pad", crop="bbox")):
+        lay = layout(640, 480, [64, 96, 320, 288], opts)
+        kps = map_keypoints(rec.keypoints, 640, 480, lay)
+        for image in (b"\xff\xd8" * 3, b"\xff\xd8" * 20000):
+            want = to_example(image=image, image_format="jpeg", height=lay.out[1], width=lay.out[0],
+                              source_path=rec.image, original_height=480, original_width=640, instance_id="3",
+                              bbox=map_bbox(rec.bbox, 640, 480, lay),
+                              keypoints=kps, transform=lay.transform)
+            assert _example(rec, image, "jpeg", lay, kps) == want
