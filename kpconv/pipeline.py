@@ -445,8 +445,17 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
         ds = tf.data.Dataset.zip((ds, seeds))
 
         def apply(e, s):
-            img, kp, vis = augment_batch(e["image"], e["keypoints"], e["visibility"], s,
-                                         aug, perm)
+            # a last, smaller batch is padded to batch_size (and cut back after): the XLA-compiled
+            # augmentation is compiled once per shape (~2 s), not once more at the end of epoch 1
+            n = tf.shape(e["image"])[0]
+            pad = batch_size - n
+
+            def padded(x):
+                return tf.pad(x, [[0, pad]] + [[0, 0]] * (len(x.shape) - 1))
+
+            img, kp, vis = augment_batch(padded(e["image"]), padded(e["keypoints"]), padded(e["visibility"]),
+                                         s, aug, perm)
+            img, kp, vis = img[:n], kp[:n], vis[:n]
             out = dict(e)
             out.update(image=img, keypoints=kp, visibility=vis)
             return finish(out)
