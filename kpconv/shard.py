@@ -310,7 +310,12 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions, files: Lo
         first = f.readline()
         if not first.strip():
             raise ManifestError("empty manifest: expected a header line", Location(display_name, 1))
-        header = Header.from_json(_loads(first, Location(display_name, 1)), Location(display_name, 1))
+        try:
+            head = _loads(first, Location(display_name, 1))
+        except ManifestError as e:
+            raise ManifestError(f"{e.message}; expected the manifest's header line (a manifest is what "
+                                "'kpconv ingest' writes: run it on annotation files first)", e.location) from None
+        header = Header.from_json(head, Location(display_name, 1))
         k = len(header.keypoints)
         root = header.images_root
         if is_url(root):

@@ -431,3 +431,15 @@ def test_record_encoder_matches_to_example():
                               bbox=map_bbox(rec.bbox, 640, 480, lay),
                               keypoints=kps, transform=lay.transform)
             assert _example(rec, image, "jpeg", lay, kps) == want
+
+
+def test_annotation_file_given_instead_of_a_manifest_says_so(tmp_path):
+    from click.testing import CliRunner
+
+    from kpconv.cli import cli
+
+    coco = Path(__file__).resolve().parent.parent / "fixtures" / "coco" / "annotations.json"
+    r = CliRunner().invoke(cli, ["shard", str(coco), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 1
+    assert f"{coco}:1: invalid JSON" in r.output and "run it on annotation files first" in r.output
+    assert not (tmp_path / "out" / "dataset_info.json").exists()
