@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, jsonparse
 from .errors import Location, ManifestError, NothingToWrite, ShardError
 from .images import (BadImage, ImageOptions, SourceImage, layout, map_bbox, map_keypoints, passthrough_size,
                      read_image_bytes, render)
@@ -391,25 +391,10 @@ def _safe_name(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "_-" for c in name) and name.isascii()
 
 
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - orjson is a dependency; json gives the same objects
-    _orjson = None
-_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))   # digit -> "0", anything else -> " "
-_LONG = b"0" * 19
-
-
 def _loads(line: bytes, loc: Location):
-    """``json.loads(line)``, through orjson (faster) where it gives the same objects, as in
-    kpconv.formats.coco: any orjson error, or 19 digits in a row (an integer orjson would make a
-    float), and json parses it, so results and error messages are json's."""
-    if _orjson is not None and _LONG not in line.translate(_DIGITS):
-        try:
-            return _orjson.loads(line)
-        except _orjson.JSONDecodeError:
-            pass
+    """One manifest line parsed (kpconv.jsonparse: orjson where it equals json); ManifestError if bad."""
     try:
-        return json.loads(line)
+        return jsonparse.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ManifestError(f"invalid JSON: {e}", loc) from None
 

@@ -1,4 +1,4 @@
-"""The COCO reader parses with orjson when it is installed, falling back to json wherever the two
+"""The COCO reader (and shard, for manifest lines) parses with orjson when it is installed, falling back to json wherever the two
 could differ: results and error messages must be exactly json's."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from kpconv import jsonparse
 from kpconv.errors import AnnotationError
 from kpconv.formats import coco
 from kpconv.ingest import ingest
@@ -32,13 +33,13 @@ def _same(a, b) -> bool:
     b'\xef\xbb\xbf{"a": 1}', b'["\\ud800"]', '{"a": "é"}'.encode("utf-16"), b'{"a": 1, "a": 2}',
 ])
 def test_parse_gives_what_json_gives(text):
-    assert _same(coco._parse(text), json.loads(text))
+    assert _same(jsonparse.loads(text), json.loads(text))
 
 
 @pytest.mark.parametrize("text", [b'{"a": [1,]}', b'[1] x', b'{"a" 1}', b'', b'\xff[1]'])
 def test_parse_errors_are_json_errors(text):
     with pytest.raises(ValueError) as got:
-        coco._parse(text)
+        jsonparse.loads(text)
     with pytest.raises(ValueError) as want:
         json.loads(text)
     assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
@@ -46,10 +47,10 @@ def test_parse_errors_are_json_errors(text):
 
 def test_long_digit_runs_are_found_across_slices():
     pad = b" " * 100
-    assert coco._has_long_digit_run(pad + b"1" * 19, step=16)
-    assert coco._has_long_digit_run(b"x" * 10 + b"1234567890123456789" + pad, step=16)
-    assert not coco._has_long_digit_run(b"x" * 10 + b"123456789012345678 1" + pad, step=16)
-    assert not coco._has_long_digit_run(b"")
+    assert jsonparse.has_long_digit_run(pad + b"1" * 19, step=16)
+    assert jsonparse.has_long_digit_run(b"x" * 10 + b"1234567890123456789" + pad, step=16)
+    assert not jsonparse.has_long_digit_run(b"x" * 10 + b"123456789012345678 1" + pad, step=16)
+    assert not jsonparse.has_long_digit_run(b"")
 
 
 def _coco(tmp_path: Path, keypoints, ann_id=10) -> Path:
@@ -85,9 +86,9 @@ def test_invalid_json_message_is_jsons(tmp_path):
     assert str(e.value) == f"{p}:2: invalid JSON: Expecting value (line 2, column 20)"
 
 
-@pytest.mark.skipif(coco._orjson is None, reason="orjson not installed")
+@pytest.mark.skipif(jsonparse._orjson is None, reason="orjson not installed")
 def test_plain_files_are_parsed_by_orjson(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("json.loads used")
-    monkeypatch.setattr(coco.json, "loads", refuse)
-    assert coco._parse(b'{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}
+    monkeypatch.setattr(jsonparse.json, "loads", refuse)
+    assert jsonparse.loads(b'{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}

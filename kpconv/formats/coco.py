@@ -14,11 +14,7 @@ from itertools import chain, compress
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-try:
-    import orjson as _orjson
-except ImportError:  # optional: json alone gives the same results, slower
-    _orjson = None
-
+from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
 from .base import DatasetMeta, RawInstance, ReadContext, ReadResult, Reader
@@ -71,41 +67,13 @@ def _looks_like_coco(path: Path) -> bool:
         return False
 
 
-_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))   # digit -> "0", anything else -> " "
-_LONG = b"0" * 19
-
-
-def _has_long_digit_run(data: bytes, step: int = 1 << 22) -> bool:
-    """True when ``data`` holds 19 digits in a row (an integer orjson would turn into a float), looked
-    for a slice at a time (no copy of the whole file)."""
-    for start in range(0, len(data), step):
-        if _LONG in data[max(0, start - 18):start + step].translate(_DIGITS):
-            return True
-    return False
-
-
-def _parse(data: bytes):
-    """``json.loads(data)``, with orjson (three times faster) where it gives the very same objects.
-
-    orjson refuses what Python's json accepts (NaN and Infinity literals, which become bad_coordinate
-    problems, a byte order mark, lone surrogates, UTF-16) and writes integers beyond 64 bits as floats:
-    on any orjson error, and for a file with 19 or more digits in a row, json parses it, so results
-    and error messages are json's."""
-    if _orjson is not None and not _has_long_digit_run(data):
-        try:
-            return _orjson.loads(data)
-        except _orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
-
-
 def _load(path: Path) -> dict:
     try:
         data = path.read_bytes()
     except OSError as e:
         raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
     try:
-        doc = _parse(data)
+        doc = jsonparse.loads(data)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
                               Location(str(path), e.lineno)) from None
