@@ -271,6 +271,19 @@ def inspect(ctx, out_dir, verify, grid, n):
 
 
 # ---------------------------------------------------------------------------- train / eval / predict
+def _range(value, name, lo, hi):
+    """``"LO,HI"`` -> ``(lo, hi)`` floats with ``lo <= hi`` inside ``[lo, hi]`` bounds (exit 2 otherwise)."""
+    if value is None:
+        return None
+    try:
+        a, b = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI (two numbers), got '{value}'", param_hint=name) from None
+    if not (lo <= a <= b <= hi):
+        raise click.BadParameter(f"expected {lo:g} <= LO <= HI <= {hi:g}, got '{value}'", param_hint=name)
+    return (a, b)
+
+
 def _quiet_tf():
     import os
 
@@ -281,24 +294,38 @@ def _quiet_tf():
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
               help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
-@click.option("--head", type=click.Choice(["spatial", "dense"]), default="spatial", show_default=True,
-              help="spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
-@click.option("--backbone", type=click.Choice(["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+@click.option("--head", type=click.Choice(["heatmap", "spatial", "dense"]), default="heatmap", show_default=True,
+              help="heatmap: Gaussian heatmaps at --heatmap-stride, sub-pixel peak and a calibrated confidence; "
+                   "spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
+@click.option("--backbone", type=click.Choice(["unet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
                                                "efficientnet_b0", "efficientnet_v2_b0"]),
-              default="mobilenet_v2", show_default=True)
+              help="Default: unet (small, from scratch) with --weights none, mobilenet_v2 otherwise.")
 @click.option("--alpha", type=click.FloatRange(min=0.1, max=1.4), default=1.0, show_default=True,
-              help="Width multiplier of MobileNet backbones.")
-@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH",
-              help="Backbone start: Keras's ImageNet weights, random (none), or a weights file.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Epochs (with pretrained weights: with the backbone frozen).")
+              help="Width multiplier of the backbone (MobileNet, unet).")
+@click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH|RUN_DIR",
+              help="Start from Keras's ImageNet weights, random weights (none), a backbone weights file, or "
+                   "another kpconv run (its directory or model.keras: every matching layer is copied, the output "
+                   "layer is new when the keypoints differ).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Train as many epochs as fit in MINUTES, the learning-rate schedule laid out over the budget; "
+                   "the best model is kept.")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs (with pretrained weights: with the backbone frozen). Default: 30, or as many as "
+                   "fit with --time-limit.")
 @click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Epochs after unfreezing the backbone (pretrained weights only).")
+              help="Epochs after unfreezing the backbone (ImageNet or file weights only).")
 @click.option("--fine-tune-from", metavar="LAYER", help="Unfreeze the backbone from this layer on (default: all).")
 @click.option("--fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True),
               help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8 (heatmap), 32 (spatial, dense).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]), default="4", show_default=True,
+              help="Heatmap head: input pixels per heatmap cell.")
+@click.option("--sigma", type=click.FloatRange(min=0.25, max=20), default=2.0, show_default=True,
+              help="Heatmap head: standard deviation of the Gaussian targets, in heatmap cells.")
+@click.option("--crop-size", type=click.IntRange(min=0),
+              help="Heatmap head: train on random square crops of this size around the keypoints "
+                   "(default 128; 0: whole frames). Prediction always sees whole frames.")
 @click.option("--loss", type=click.Choice(["mse", "weighted-mse", "mae", "huber"]), default="mse",
               show_default=True, help="Masked by visibility: unlabelled keypoints count for nothing.")
 @click.option("--keypoint-weights", metavar="W,W,...|NAME=W,...", help="Per-keypoint weights for weighted-mse.")
@@ -306,6 +333,19 @@ def _quiet_tf():
               help="Huber threshold, in normalized image units.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip (swapping left/right pairs), rotation, scale, translation, colour.")
+@click.option("--augment-rotate", type=click.FloatRange(min=0, max=180), metavar="DEGREES",
+              help="Random rotation up to +-DEGREES (default: 180 heatmap, 20 others).")
+@click.option("--augment-scale", callback=lambda c, p, v: _range(v, "--augment-scale", 0.1, 10), metavar="LO,HI",
+              help="Random scale factor range (default: 0.8,1.2 heatmap; 0.85,1.15 others).")
+@click.option("--augment-flip", type=click.FloatRange(min=0, max=1), metavar="P",
+              help="Horizontal flip probability, left/right pairs swapped (default: 0.5 when the keypoints have "
+                   "flip pairs, else 0).")
+@click.option("--augment-translate", type=click.FloatRange(min=0, max=1), metavar="FRACTION",
+              help="Random shift up to +-FRACTION of the size (default: 0 with crops, 0.08 otherwise).")
+@click.option("--augment-brightness", type=click.FloatRange(min=0, max=1), default=0.15, show_default=True,
+              metavar="FRACTION", help="Random brightness offset up to +-FRACTION of 255.")
+@click.option("--augment-contrast", callback=lambda c, p, v: _range(v, "--augment-contrast", 0, 10),
+              default="0.75,1.25", show_default=True, metavar="LO,HI", help="Random contrast factor range.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
               help="Early stopping: epochs without improvement of the validation loss.")
@@ -319,13 +359,22 @@ def _quiet_tf():
               help="Also write RUN_DIR/model.tflite.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
 @click.pass_context
-def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, epochs, fine_tune_epochs, fine_tune_from,
-          fine_tune_learning_rate, batch_size, learning_rate, loss, keypoint_weights, huber_delta, augment, seed,
-          patience, val_split, steps_per_epoch, mixed_precision, strategy, exports, resume):
-    """Train a keypoint regressor on the shards of SHARD_DIR (written by 'kpconv shard').
+def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, epochs, fine_tune_epochs,
+          fine_tune_from, fine_tune_learning_rate, batch_size, learning_rate, heatmap_stride, sigma, crop_size, loss,
+          keypoint_weights, huber_delta, augment, augment_rotate, augment_scale, augment_flip, augment_translate,
+          augment_brightness, augment_contrast, seed, patience, val_split, steps_per_epoch, mixed_precision, strategy,
+          exports, resume):
+    """Train a keypoint model on the shards of SHARD_DIR (written by 'kpconv shard').
+
+    About 100 labelled frames, no pretrained weights, a CPU (the small-data recipe: a small
+    from-scratch network, heatmaps, random crops, strong augmentation):
 
     \b
-    kpconv train shards/ -o run/ --weights none --alpha 0.35 --epochs 20
+    kpconv train shards/ -o run/ --weights none --time-limit 15
+
+    \b
+    kpconv train shards/ -o run/ --weights imagenet --epochs 30      # MobileNetV2, with internet
+    kpconv train shards/ -o run2/ --weights run/ --time-limit 10     # fine-tune from a previous run
     kpconv train shards/ -o run/ --resume
     """
     _quiet_tf()
@@ -343,7 +392,10 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, epochs, fine_
                            fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_learning_rate,
                            patience=patience, mixed_precision=mixed_precision, strategy=strategy,
                            export=list(exports), val_split=val_split, steps_per_epoch=steps_per_epoch,
-                           verbose=verbose)
+                           verbose=verbose, time_limit=time_limit, heatmap_stride=int(heatmap_stride), sigma=sigma,
+                           crop_size=crop_size, augment_rotate=augment_rotate, augment_scale=augment_scale,
+                           augment_flip=augment_flip, augment_translate=augment_translate,
+                           augment_brightness=augment_brightness, augment_contrast=augment_contrast)
     result = run_train(shard_dir, run_dir, None if resume else options, resume=resume)
     best = "-" if result.best is None else f"{result.best:.5g}"
     info(ctx, f"train: {result.epochs_run} epoch(s)"
@@ -360,19 +412,32 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, epochs, fine_
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write every figure as JSON ('-': stdout).")
+@click.option("--min-confidence", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
+              help="Also report the error of keypoints predicted with at least / less than this confidence "
+                   "(models with a confidence: the heatmap head).")
 @click.pass_context
-def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path):
+def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
     _quiet_tf()
     from .evaluate import evaluate
     from .metrics import format_table
 
-    result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path)
+    result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path,
+                      min_confidence=min_confidence)
     if json_path != "-":
         click.echo(f"{split}: {result['instances']} instance(s), {result['keypoints']} labelled keypoint(s); "
                    f"masked MSE {result['overall']['masked_mse']:.6f} (normalized units)")
         click.echo(format_table(result))
+        c = result.get("confidence")
+        if c:
+            for side, label in (("above", ">="), ("below", "<")):
+                b = c[side]
+                err = "-" if b["count"] == 0 else f"{b['mean_error_px']:.2f} px mean, PCK@0.1 {b['pck@0.1']:.3f}"
+                click.echo(f"confidence {label} {c['threshold']:g}: {b['count']} labelled keypoint(s), {err}")
+            if c["unlabelled"]:
+                click.echo(f"unlabelled keypoints predicted with confidence >= {c['threshold']:g}: "
+                           f"{c['unlabelled_above']:.1%} of {c['unlabelled']}")
     if json_path and json_path != "-":
         info(ctx, f"eval: wrote {json_path}")
 

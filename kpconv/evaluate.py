@@ -27,8 +27,11 @@ def _no_nan(obj):
     return obj
 
 
-def evaluate_dataset(predict: Callable, dataset, names=None) -> Dict:
-    """Run ``predict(images) -> (B, K, 2)`` over a ``pipeline.load(..., include_meta=True)`` dataset."""
+def collect(predict: Callable, dataset) -> Dict[str, np.ndarray]:
+    """Run ``predict(images)`` (``(B, K, 2)`` normalized points, or ``(B, K, 3)`` with a confidence)
+    over a ``pipeline.load(..., include_meta=True)`` dataset; returns the arrays the metrics need, in
+    original pixels: ``pred_px``, ``true_px``, ``mask``, ``norm`` (instance size), ``confidence``
+    (None without one), ``pred_norm``, ``true_norm``."""
     from . import metrics
 
     preds, trues, masks, trans, stored, bboxes, orig = [], [], [], [], [], [], []
@@ -44,24 +47,36 @@ def evaluate_dataset(predict: Callable, dataset, names=None) -> Dict:
         orig.append(meta["original_size"].numpy())
     if not preds:
         raise TrainError("the split holds no records: nothing to evaluate")
-    pred, true, mask = np.concatenate(preds), np.concatenate(trues), np.concatenate(masks)
+    out, true, mask = np.concatenate(preds), np.concatenate(trues), np.concatenate(masks)
     tr, st, bb, og = np.concatenate(trans), np.concatenate(stored), np.concatenate(bboxes), np.concatenate(orig)
-    pred_px = metrics.to_original(pred, st, tr)
-    true_px = metrics.to_original(true, st, tr)
-    norm = metrics.instance_size(metrics.bbox_to_original(bb, st, tr), og)
-    return metrics.summary(pred_px, true_px, mask, norm, pred_norm=pred, true_norm=true, names=names)
+    pred = out[..., :2]
+    return {"pred_px": metrics.to_original(pred, st, tr), "true_px": metrics.to_original(true, st, tr),
+            "mask": mask, "norm": metrics.instance_size(metrics.bbox_to_original(bb, st, tr), og),
+            "confidence": out[..., 2] if out.shape[-1] > 2 else None, "pred_norm": pred, "true_norm": true}
 
 
-def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json_path: Optional[str] = None) -> Dict:
-    """Evaluate ``run_dir/model.keras`` on ``split`` of ``shard_dir``; optionally write the JSON."""
-    from . import model as kmodel, pipeline
-    from .train import CONFIG_FILE, MODEL_FILE
+def evaluate_dataset(predict: Callable, dataset, names=None, min_confidence: Optional[float] = None) -> Dict:
+    """Every metric of ``predict`` over the dataset (see :func:`collect`); with ``min_confidence``
+    and a model that gives a confidence, also the errors above and below it."""
+    from . import metrics
+
+    a = collect(predict, dataset)
+    result = metrics.summary(a["pred_px"], a["true_px"], a["mask"], a["norm"], pred_norm=a["pred_norm"],
+                             true_norm=a["true_norm"], names=names)
+    if min_confidence is not None and a["confidence"] is not None:
+        result["confidence"] = metrics.confidence_summary(metrics.errors(a["pred_px"], a["true_px"]), a["mask"],
+                                                          a["norm"], a["confidence"], min_confidence)
+    return result
+
+
+def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json_path: Optional[str] = None,
+             min_confidence: float = 0.5) -> Dict:
+    """Evaluate ``run_dir``'s model on ``split`` of ``shard_dir``; optionally write the JSON."""
+    from . import pipeline
+    from .train import open_run
 
     run = Path(run_dir)
-    cfg_path = run / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise TrainError(f"{run}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    config, _, infer = open_run(run)
     info = pipeline.read_dataset_info(shard_dir)
     names = config["dataset"]["keypoints"]
     if info.keypoint_names != names:
@@ -69,9 +84,10 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     if [info.image_width, info.image_height] != list(config["dataset"]["image_size"]):
         raise TrainError(f"{info.path}: image size {info.image_width}x{info.image_height} differs from the "
                          f"run's {config['dataset']['image_size'][0]}x{config['dataset']['image_size'][1]}")
-    model = kmodel.load_model(run / MODEL_FILE)
     ds = pipeline.load(shard_dir, split, batch_size, include_meta=True)
-    result = evaluate_dataset(lambda x: model(x, training=False).numpy(), ds, names)
+    has_conf = bool(config.get("calibration")) or config["model"].get("head") == "heatmap"
+    result = evaluate_dataset(lambda x: infer(x, training=False).numpy(), ds, names,
+                              min_confidence=min_confidence if has_conf else None)
     result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split, **result}
     if json_path:
         from .manifest import atomic_output

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import keras
 
 NAMES = ("mse", "weighted-mse", "mae", "huber")
+HEATMAP_LOSSES = ("weighted-mse",)
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
@@ -61,3 +62,56 @@ class MaskedKeypointLoss(keras.losses.Loss):
 
 def get(kind: str, keypoint_weights: Optional[Sequence[float]] = None, delta: float = 0.05) -> MaskedKeypointLoss:
     return MaskedKeypointLoss(kind, keypoint_weights=keypoint_weights, delta=delta)
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class HeatmapLoss(keras.losses.Loss):
+    """The heatmap head's loss: ``y_pred`` heatmaps ``(B, h, w, K)``, ``y_true`` ``(B, K, 3)`` as
+    above, for an input of ``h * stride`` x ``w * stride`` pixels.
+
+    Each labelled keypoint's target is a Gaussian of ``sigma`` heatmap cells (peak 1) centred on it
+    (cell ``(i, j)`` at input pixel ``((j + 0.5) * stride, (i + 0.5) * stride)``); a keypoint that is
+    not labelled, or has left the crop, has an all-zero target, which is what teaches the peak (the
+    confidence) to fall when a keypoint is absent. The squared error is weighted by
+    ``1 + pos_weight * target`` so that the few cells near a keypoint are not outweighed by the
+    background (with plain MSE, heatmaps trained from scratch stay at the all-zero plateau), then
+    averaged over cells and keypoints, and ``keypoint_weights`` scale each keypoint.
+    """
+
+    def __init__(self, stride: int = 4, sigma: float = 2.0, pos_weight: float = 9.0,
+                 keypoint_weights: Optional[Sequence[float]] = None, name: Optional[str] = "heatmap_loss",
+                 reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.stride = int(stride)
+        self.sigma = float(sigma)
+        self.pos_weight = float(pos_weight)
+        self.keypoint_weights = [float(w) for w in keypoint_weights] if keypoint_weights else None
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        y_pred = ops.cast(y_pred, "float32")
+        y_true = ops.cast(y_true, "float32")
+        shape = ops.shape(y_pred)
+        h, w = shape[1], shape[2]
+        s = float(self.stride)
+        xs = (ops.cast(ops.arange(w), "float32") + 0.5) * s
+        ys = (ops.cast(ops.arange(h), "float32") + 0.5) * s
+        kx = y_true[..., 0] * ops.cast(w, "float32") * s                     # (B, K) input pixels
+        ky = y_true[..., 1] * ops.cast(h, "float32") * s
+        denom = 2.0 * (self.sigma * s) ** 2
+        gx = ops.exp(-ops.square(xs[None, None, :] - kx[..., None]) / denom)   # (B, K, w)
+        gy = ops.exp(-ops.square(ys[None, None, :] - ky[..., None]) / denom)   # (B, K, h)
+        target = gy[..., :, None] * gx[..., None, :] * y_true[..., 2][..., None, None]   # (B, K, h, w)
+        pred = ops.transpose(y_pred, (0, 3, 1, 2))
+        el = (1.0 + self.pos_weight * target) * ops.square(pred - target)
+        per_kp = ops.mean(el, axis=(2, 3))                                   # (B, K)
+        if self.keypoint_weights:
+            per_kp = per_kp * ops.convert_to_tensor(self.keypoint_weights, "float32")
+        return ops.mean(per_kp, axis=-1)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(stride=self.stride, sigma=self.sigma, pos_weight=self.pos_weight,
+                   keypoint_weights=self.keypoint_weights)
+        return cfg

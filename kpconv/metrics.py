@@ -1,4 +1,5 @@
-"""Keypoint metrics: plain numpy functions, and thin Keras wrappers for the training progress.
+"""Keypoint metrics: plain numpy functions (``kpconv eval`` and the per-epoch ``val_px_error`` /
+``val_pck@T`` of ``kpconv train`` both use them, so a name means one thing everywhere).
 
 Conventions: ``pred`` and ``true`` are ``(N, K, 2)`` arrays of points, ``mask`` ``(N, K)`` (1 for a
 labelled keypoint, 0 otherwise; unlabelled keypoints never count). Errors are Euclidean distances.
@@ -121,6 +122,50 @@ def summary(pred_px, true_px, mask, norm, pred_norm=None, true_norm=None,
     return {"instances": int(err.shape[0]), "keypoints": int(mask.sum()), "overall": overall, "per_keypoint": per}
 
 
+def confidence_summary(err, mask, norm, confidence, threshold: float) -> Dict:
+    """Errors of the labelled keypoints at or above the confidence ``threshold`` and below it, and
+    the fraction of unlabelled keypoints at or above it (confident predictions of absent points)."""
+    conf = np.asarray(confidence, np.float64)
+    mask = np.asarray(mask) > 0
+    above = conf >= threshold
+
+    def block(m):
+        out = {"count": int(m.sum()), "mean_error_px": mean_error(err, m), "median_error_px": median_error(err, m)}
+        for t in PCK_THRESHOLDS:
+            out[f"pck@{t:g}"] = pck(err, m, norm, t)
+        return out
+
+    unl = ~mask
+    return {"threshold": float(threshold), "above": block(mask & above), "below": block(mask & ~above),
+            "unlabelled": int(unl.sum()),
+            "unlabelled_above": float((unl & above).sum() / unl.sum()) if unl.any() else float("nan")}
+
+
+def fit_calibration(confidence, correct, l2: float = 1e-3, iterations: int = 50) -> Optional[List[float]]:
+    """Platt scaling: ``[a, b]`` such that ``sigmoid(a * confidence + b)`` estimates P(correct),
+    fitted by Newton's method on the log-likelihood (with a small L2 penalty on ``a``). None when
+    every keypoint is correct or every one is wrong (nothing to calibrate against)."""
+    x = np.asarray(confidence, np.float64).ravel()
+    y = np.asarray(correct, np.float64).ravel()
+    if x.size == 0 or y.min() == y.max():
+        return None
+    # Platt's smoothed targets keep the fit finite when the classes separate perfectly
+    n1, n0 = y.sum(), y.size - y.sum()
+    t = np.where(y > 0, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
+    a, b = 1.0, 0.0
+    for _ in range(iterations):
+        z = np.clip(a * x + b, -30, 30)
+        p = 1 / (1 + np.exp(-z))
+        g = np.array([((p - t) * x).sum() + l2 * a, (p - t).sum()])
+        w = p * (1 - p)
+        h = np.array([[(w * x * x).sum() + l2, (w * x).sum()], [(w * x).sum(), w.sum() + 1e-9]])
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-8:
+            break
+    return [float(a), float(b)]
+
+
 def format_table(result: Dict, thresholds=PCK_THRESHOLDS) -> str:
     """The per-keypoint table (and the overall line) as aligned text."""
     cols = ["count", "mean_error_px", "median_error_px", *[f"pck@{t:g}" for t in thresholds], "nme"]
@@ -142,78 +187,3 @@ def format_table(result: Dict, thresholds=PCK_THRESHOLDS) -> str:
             lines.append("-" * len(lines[0]))
         lines.append(f"{r[0]:<{width}}" + "".join(fmt(v, c) for v, c in zip(r[1:], cols)))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------- Keras wrappers
-def _keras_metric_classes():
-    import keras
-    from keras import ops
-
-    def _pixel_errors(y_true, y_pred, image_size):
-        """(per-keypoint Euclidean error in stored pixels, visibility mask) as tensors."""
-        y_true = ops.cast(y_true, "float32")
-        d = (ops.cast(y_pred, "float32")[..., :2] - y_true[..., :2]) * ops.convert_to_tensor(image_size)
-        return ops.sqrt(ops.sum(ops.square(d), -1)), y_true[..., 2]
-
-    @keras.saving.register_keras_serializable(package="kpconv")
-    class MeanPixelError(keras.metrics.Metric):
-        """Mean Euclidean error of labelled keypoints, in pixels of the stored image."""
-
-        def __init__(self, image_size=(1, 1), name="px_error", **kw):
-            super().__init__(name=name, **kw)
-            self.image_size = [float(s) for s in image_size]  # [w, h]
-            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            e, m = _pixel_errors(y_true, y_pred, self.image_size)
-            self.total.assign_add(ops.sum(e * m))
-            self.count.assign_add(ops.sum(m))
-
-        def result(self):
-            return self.total / ops.maximum(self.count, 1.0)
-
-        def get_config(self):
-            return {**super().get_config(), "image_size": self.image_size}
-
-    @keras.saving.register_keras_serializable(package="kpconv")
-    class PCK(keras.metrics.Metric):
-        """Fraction of labelled keypoints within ``threshold`` x the image's longer side."""
-
-        def __init__(self, threshold=0.1, image_size=(1, 1), name=None, **kw):
-            super().__init__(name=name or f"pck@{threshold:g}", **kw)
-            self.threshold = float(threshold)
-            self.image_size = [float(s) for s in image_size]
-            self.hits = self.add_variable(shape=(), initializer="zeros", name="hits")
-            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            e, m = _pixel_errors(y_true, y_pred, self.image_size)
-            ok = ops.cast(e <= self.threshold * max(self.image_size), "float32")
-            self.hits.assign_add(ops.sum(ok * m))
-            self.count.assign_add(ops.sum(m))
-
-        def result(self):
-            return self.hits / ops.maximum(self.count, 1.0)
-
-        def get_config(self):
-            return {**super().get_config(), "threshold": self.threshold, "image_size": self.image_size}
-
-    return MeanPixelError, PCK
-
-
-_CLASSES = None
-
-
-def keras_metric_classes():
-    """``(MeanPixelError, PCK)`` Keras metric classes (registered for ``model.keras`` loading)."""
-    global _CLASSES
-    if _CLASSES is None:
-        _CLASSES = _keras_metric_classes()
-    return _CLASSES
-
-
-def training_metrics(image_size, thresholds=(0.05, 0.1)) -> List:
-    """Metrics shown in the Keras progress: ``px_error`` and ``pck@T`` for each threshold."""
-    mpe, pck_cls = keras_metric_classes()
-    return [mpe(image_size=image_size), *[pck_cls(t, image_size=image_size) for t in thresholds]]

@@ -10,7 +10,18 @@ Heads:
 * ``spatial``: a 1x1 convolution on the backbone's last feature map, then ``upsample`` steps of
   bilinear upsampling added to a skip connection from the backbone at that stride and a separable
   convolution (stride 32 -> 16 -> 8 by default), one heatmap per keypoint and a soft-argmax
-  (:class:`SoftArgmax`, integral regression) that turns each heatmap into its expected position.
+  (:class:`SoftArgmax`, integral regression) that turns each heatmap into its expected position;
+* ``heatmap``: fully convolutional (any input size): the same kind of decoder, down to
+  ``heatmap_stride`` (4), returns one heatmap per keypoint ``(B, H/s, W/s, K)``, trained on Gaussian
+  targets (``kpconv.losses.HeatmapLoss``). :func:`inference_model` appends :class:`HeatmapDecode`
+  (sub-pixel peak and a calibrated confidence per keypoint).
+
+Every head's inference output is ``(B, K, 3)``: ``x, y`` normalized and a confidence (see
+:func:`inference_model`).
+
+Backbones: Keras applications (``mobilenet_v2`` ...), and ``unet``: a small from-scratch encoder
+(16-32-64-128 channels times ``alpha``, about 0.5 M parameters with the heatmap head), the default
+with random initialization.
 
 Weights: ``imagenet`` (Keras's file, downloaded or in ``~/.keras/models/``), ``none`` (random
 initialization) or a path to a weights file for the backbone.
@@ -21,14 +32,14 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 from keras import layers, ops
 
 from .errors import TrainError
 
-HEADS = ("dense", "spatial")
+HEADS = ("heatmap", "spatial", "dense")
 
 
 # --------------------------------------------------------------------------------- backbone registry
@@ -65,7 +76,25 @@ def _effnet(v2):
     return build
 
 
+def _unet(shape, alpha, weights):
+    """A small plain encoder for training from scratch: per level two 3x3 conv + BN + ReLU, the
+    first with stride 2 (strides 2, 4, 8, 16; 16, 32, 64, 128 channels times ``alpha``)."""
+    if weights is not None:
+        raise TrainError("the unet backbone has no pretrained weights: use --weights none (or a kpconv run "
+                         "directory to fine-tune from)")
+    inputs = keras.Input(shape, name="unet_input")
+    x = inputs
+    for level, ch in enumerate((16, 32, 64, 128), start=1):
+        ch = max(8, int(round(ch * alpha)))
+        for j, stride in enumerate((2, 1)):
+            x = layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False, name=f"unet_l{level}_conv{j}")(x)
+            x = layers.BatchNormalization(name=f"unet_l{level}_bn{j}")(x)
+            x = layers.ReLU(name=f"unet_l{level}_relu{j}")(x)
+    return keras.Model(inputs, x, name="unet")
+
+
 BACKBONES: Dict[str, Backbone] = {
+    "unet": Backbone("unet", _unet, (1 / 127.5, -1.0), lambda a, s: "", min_size=16),
     "mobilenet_v2": Backbone("mobilenet_v2", _mnv2, (1 / 127.5, -1.0), _mnv2_file),
     "mobilenet_v3_small": Backbone("mobilenet_v3_small", _mnv3(False), None,
                                    lambda a, s: f"weights_mobilenet_v3_small_224_{float(a)}_float_no_top_v2.h5"),
@@ -91,6 +120,7 @@ class ModelConfig:
     head_channels: int = 64
     upsample: int = 2                    # spatial head: number of x2 upsampling steps
     bn_momentum: Optional[float] = None  # backbone BatchNormalization momentum (None: Keras's 0.999)
+    heatmap_stride: int = 4              # heatmap head: input pixels per heatmap cell (2, 4 or 8)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,7 +131,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["image_size"] = tuple(d["image_size"])
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 # ------------------------------------------------------------------------------------------- layers
@@ -129,6 +159,147 @@ class SoftArgmax(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[3], 2)
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class PadToMultiple(layers.Layer):
+    """Pads ``(B, H, W, C)`` with zeros at the bottom and the right to multiples of ``multiple``, so a
+    fully convolutional model takes any input size (coordinates are unchanged)."""
+
+    def __init__(self, multiple: int = 32, **kw):
+        super().__init__(**kw)
+        self.multiple = int(multiple)
+
+    def call(self, x):
+        import tensorflow as tf
+
+        sh = tf.shape(x)
+        m = self.multiple
+        return tf.pad(x, [[0, 0], [0, (-sh[1]) % m], [0, (-sh[2]) % m], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class Upsample2x(layers.Layer):
+    """Bilinear x2 upsampling that also works on fully dynamic shapes (Keras's ``UpSampling2D``
+    does not trace with an unknown height and width)."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        sh = tf.shape(x)
+        return tf.cast(tf.image.resize(x, (2 * sh[1], 2 * sh[2]), method="bilinear"), x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[1], input_shape[2]
+        return (input_shape[0], None if h is None else 2 * h, None if w is None else 2 * w, input_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class CropToInput(layers.Layer):
+    """``[heatmaps, image]`` -> the heatmaps cut to ``ceil(H / stride) x ceil(W / stride)`` cells
+    (what :class:`PadToMultiple` added is dropped). Heatmap cell ``(i, j)`` is centred on input pixel
+    position ``((j + 0.5) * stride, (i + 0.5) * stride)`` (continuous pixel convention)."""
+
+    def __init__(self, stride: int = 4, **kw):
+        kw.setdefault("dtype", "float32")
+        super().__init__(**kw)
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        hm, image = inputs
+        sh = tf.shape(image)
+        s = self.stride
+        return tf.cast(hm[:, :(sh[1] + s - 1) // s, :(sh[2] + s - 1) // s, :], "float32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], None, None, input_shape[0][3])
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class HeatmapDecode(layers.Layer):
+    """``[heatmaps (B, h, w, K), image (B, H, W, C)]`` -> ``(B, K, 3)``: ``x, y`` normalized to the
+    image and a confidence.
+
+    Position: the peak cell refined to sub-pixel by a quadratic fit of the log heatmap through the
+    peak and its two neighbours along each axis (the offset clipped to half a cell), mapped to input
+    pixels with :class:`CropToInput`'s convention. Confidence: ``sigmoid(a * peak + b)`` with the
+    calibration ``(a, b)`` fitted after training (:func:`kpconv.metrics.fit_calibration`), or the
+    peak clipped to ``[0, 1]`` when uncalibrated. Computed in float32.
+    """
+
+    def __init__(self, stride: int = 4, calibration: Optional[List[float]] = None, **kw):
+        kw.setdefault("dtype", "float32")
+        super().__init__(**kw)
+        self.stride = int(stride)
+        self.calibration = [float(v) for v in calibration] if calibration else None
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        hm, image = inputs
+        hm = tf.cast(hm, tf.float32)
+        sh = tf.shape(hm)
+        b, h, w, k = sh[0], sh[1], sh[2], sh[3]
+        flat = tf.reshape(tf.transpose(hm, (0, 3, 1, 2)), (b, k, h * w))
+        idx = tf.argmax(flat, axis=-1, output_type=tf.int32)
+        peak = tf.reduce_max(flat, axis=-1)
+        iy, ix = idx // w, idx % w
+
+        def log_at(dy, dx):
+            yy = tf.clip_by_value(iy + dy, 0, h - 1)
+            xx = tf.clip_by_value(ix + dx, 0, w - 1)
+            return tf.math.log(tf.maximum(tf.gather(flat, yy * w + xx, batch_dims=2), 1e-6))
+
+        def offset(lo, c, hi, inside):
+            den = lo - 2.0 * c + hi
+            off = tf.where(den < -1e-6, 0.5 * (lo - hi) / tf.where(den < -1e-6, den, -1.0), 0.0)
+            return tf.where(inside, tf.clip_by_value(off, -0.5, 0.5), 0.0)
+
+        c = log_at(0, 0)
+        dx = offset(log_at(0, -1), c, log_at(0, 1), (ix > 0) & (ix < w - 1))
+        dy = offset(log_at(-1, 0), c, log_at(1, 0), (iy > 0) & (iy < h - 1))
+        ish = tf.shape(image)
+        s = float(self.stride)
+        x = (tf.cast(ix, tf.float32) + 0.5 + dx) * s / tf.cast(ish[2], tf.float32)
+        y = (tf.cast(iy, tf.float32) + 0.5 + dy) * s / tf.cast(ish[1], tf.float32)
+        if self.calibration:
+            conf = tf.sigmoid(self.calibration[0] * peak + self.calibration[1])
+        else:
+            conf = tf.clip_by_value(peak, 0.0, 1.0)
+        return tf.stack([x, y, conf], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], input_shape[0][3], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "calibration": self.calibration}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class UnitConfidence(layers.Layer):
+    """``(B, K, 2)`` coordinates -> ``(B, K, 3)`` with a confidence of 1 (heads without one)."""
+
+    def __init__(self, **kw):
+        kw.setdefault("dtype", "float32")
+        super().__init__(**kw)
+
+    def call(self, xy):
+        xy = ops.cast(xy, "float32")
+        return ops.concatenate([xy, ops.ones_like(xy[..., :1])], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], 3)
 
 
 # -------------------------------------------------------------------------------------------- weights
@@ -178,6 +349,8 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     if cfg.head not in HEADS:
         raise TrainError(f"unknown head '{cfg.head}' (known: {', '.join(HEADS)})")
     bb = BACKBONES[cfg.backbone]
+    if cfg.head == "heatmap":
+        return _build_heatmap_model(cfg, bb, weights)
     h, w = cfg.image_size
     if min(h, w) < bb.min_size:
         raise TrainError(f"image size {w}x{h} is too small for {cfg.backbone} (at least {bb.min_size} px)")
@@ -186,25 +359,7 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     x = inputs
     if bb.rescale:
         x = layers.Rescaling(bb.rescale[0], offset=bb.rescale[1], name="rescale")(x)
-    if weights == "imagenet":
-        # the download has no timeout of its own: never hang on a network that drops packets
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(30)
-        try:
-            base = bb.build((h, w, 3), cfg.alpha, weights)
-        except Exception as e:  # Keras raises a bare Exception for a failed download; re-raised, chained
-            raise TrainError(f"--weights imagenet: cannot get the ImageNet weights for {cfg.backbone}: {e}. Put "
-                             f"the file Keras downloads into {keras_cache_dir()}/, pass a weights file with "
-                             f"--weights PATH, or use --weights none") from e
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-    else:
-        try:
-            base = bb.build((h, w, 3), cfg.alpha, weights)
-        except (OSError, ValueError) as e:
-            if weights is None:
-                raise
-            raise TrainError(f"--weights {weights}: cannot load into {cfg.backbone}: {e}") from None
+    base = _build_backbone(bb, (h, w, 3), cfg, weights)
     skips = _skip_layers(base, (h, w), cfg.upsample) if cfg.head == "spatial" else []
     base = keras.Model(base.input, [l.output for l in skips] + [base.output] if skips else base.output,
                        name="backbone")
@@ -239,6 +394,102 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
         y = layers.Conv2D(k, 1, name="heatmaps", dtype="float32")(y)
         out = SoftArgmax(name="keypoints")(y)
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_{cfg.head}")
+
+
+def _build_backbone(bb: Backbone, shape, cfg: ModelConfig, weights):
+    if weights == "imagenet":
+        # the download has no timeout of its own: never hang on a network that drops packets
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            return bb.build(shape, cfg.alpha, weights)
+        except Exception as e:  # Keras raises a bare Exception for a failed download; re-raised, chained
+            raise TrainError(f"--weights imagenet: cannot get the ImageNet weights for {cfg.backbone}: {e}. Put "
+                             f"the file Keras downloads into {keras_cache_dir()}/, pass a weights file with "
+                             f"--weights PATH, or use --weights none") from e
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+    try:
+        return bb.build(shape, cfg.alpha, weights)
+    except (OSError, ValueError) as e:
+        if weights is None:
+            raise
+        raise TrainError(f"--weights {weights}: cannot load into {cfg.backbone}: {e}") from None
+
+
+def _stride_layers(bb: Backbone, cfg: ModelConfig):
+    """``(names, total stride)``: for each stride from ``heatmap_stride`` up to (not including) the
+    backbone's output stride, the name of the backbone's last layer at that stride (fine to coarse).
+    Found from the output shapes of a probe built at a fixed size, so any registered backbone works."""
+    probe_size = 256
+    probe = bb.build((probe_size, probe_size, 3), cfg.alpha, None)
+    total = probe_size // probe.output.shape[1]
+    names = []
+    stride = cfg.heatmap_stride
+    while stride < total:
+        target = probe_size // stride
+        cands = [l for l in probe.layers if len(getattr(l.output, "shape", ())) == 4
+                 and tuple(l.output.shape[1:3]) == (target, target) and not isinstance(l, layers.InputLayer)]
+        if not cands:
+            raise TrainError(f"{cfg.backbone}: no layer at stride {stride} for the heatmap decoder")
+        names.append(cands[-1].name)
+        stride *= 2
+    return names, total
+
+
+def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model:
+    """The fully convolutional heatmap model (see the module docstring)."""
+    if cfg.heatmap_stride not in (1, 2, 4, 8):
+        raise TrainError(f"heatmap stride {cfg.heatmap_stride}: expected 1, 2, 4 or 8")
+    names, total = _stride_layers(bb, cfg)
+    base = _build_backbone(bb, (None, None, 3), cfg, weights)
+    base = keras.Model(base.input, [base.get_layer(n).output for n in names] + [base.output], name="backbone")
+    momentum = cfg.bn_momentum
+    if momentum is not None:  # from scratch, 0.999 needs thousands of steps to track the statistics
+        for l in base.layers:
+            if isinstance(l, layers.BatchNormalization):
+                l.momentum = momentum
+
+    def conv_bn_relu(y, ch, name, kernel=3):
+        y = layers.Conv2D(ch, kernel, padding="same", use_bias=False, name=name)(y)
+        y = layers.BatchNormalization(momentum=momentum if momentum is not None else 0.99, name=f"{name}_bn")(y)
+        return layers.ReLU(name=f"{name}_relu")(y)
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = inputs
+    if bb.rescale:
+        x = layers.Rescaling(bb.rescale[0], offset=bb.rescale[1], name="rescale")(x)
+    x = PadToMultiple(total, name="pad")(x)
+    feats = base(x)
+    feats = feats if isinstance(feats, (list, tuple)) else [feats]
+    *skips, y = feats
+    for i, skip in enumerate(reversed(skips)):
+        ch = max(32, min(cfg.head_channels, int(skip.shape[-1])))
+        y = Upsample2x(name=f"head_up{i}_resize")(y)
+        y = conv_bn_relu(y, ch, f"head_up{i}_reduce", kernel=1)
+        sk = conv_bn_relu(skip, ch, f"head_skip{i}", kernel=1)
+        y = layers.Add(name=f"head_up{i}_add")([y, sk])
+        y = conv_bn_relu(y, ch, f"head_up{i}_conv0")
+        y = conv_bn_relu(y, ch, f"head_up{i}_conv1")
+    y = layers.Conv2D(cfg.num_keypoints, 1, name="heatmaps", dtype="float32")(y)
+    out = CropToInput(cfg.heatmap_stride, name="heatmaps_crop")([y, inputs])
+    return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_heatmap")
+
+
+def is_heatmap_model(model: keras.Model) -> bool:
+    return len(model.outputs[0].shape) == 4
+
+
+def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] = None) -> keras.Model:
+    """``model`` with ``(B, K, 3)`` outputs: normalized ``x, y`` and a confidence. Heatmap models get
+    :class:`HeatmapDecode` (with ``calibration``); the regression heads (``spatial``, ``dense``)
+    have no confidence of their own and report 1.0."""
+    if is_heatmap_model(model):
+        stride = model.get_layer("heatmaps_crop").stride
+        out = HeatmapDecode(stride, calibration, name="decode")([model.outputs[0], model.inputs[0]])
+    else:
+        out = UnitConfidence(name="with_confidence")(model.outputs[0])
+    return keras.Model(model.inputs[0], out, name=f"{model.name}_inference")
 
 
 def _skip_layers(base, size, steps: int):
@@ -285,11 +536,12 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, from_layer: Opti
 
 
 def custom_objects() -> dict:
-    from . import losses, metrics
+    from . import losses
 
-    mpe, pck = metrics.keras_metric_classes()
-    return {"SoftArgmax": SoftArgmax, "MaskedKeypointLoss": losses.MaskedKeypointLoss,
-            "MeanPixelError": mpe, "PCK": pck}
+    return {"SoftArgmax": SoftArgmax, "PadToMultiple": PadToMultiple, "Upsample2x": Upsample2x,
+            "CropToInput": CropToInput,
+            "HeatmapDecode": HeatmapDecode, "UnitConfidence": UnitConfidence, "MaskedKeypointLoss": losses.MaskedKeypointLoss,
+            "HeatmapLoss": losses.HeatmapLoss}
 
 
 def load_model(path, compile: bool = False) -> keras.Model:

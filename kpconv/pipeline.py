@@ -157,8 +157,15 @@ def dataset_sha256(shard_dir: Union[str, Path], info: Optional[DatasetInfo] = No
 @dataclass
 class Augment:
     """Augmentation ranges. Geometry: flip (probability), rotation (degrees, +-), scale (factor
-    range), translation (fraction of the size, +-); colour: brightness (fraction of 255, +-),
-    contrast and saturation (factor ranges)."""
+    range), translation (fraction of the output size, +-); colour: brightness (fraction of 255,
+    +-), contrast and saturation (factor ranges).
+
+    ``crop`` ``(width, height)``: the output is a crop of that size (the same random rotation, scale
+    and flip, in the same single warp) centred on a random point of the box around the example's
+    labelled keypoints, then translated; keypoints outside the crop become unlabelled. Training
+    on small crops of the frames makes each optimiser step several times cheaper; a fully
+    convolutional model then predicts on whole frames. Without ``crop`` the output has the input's
+    size and the centre is the image's."""
 
     flip: float = 0.5
     rotation: float = 20.0
@@ -167,6 +174,7 @@ class Augment:
     brightness: float = 0.15
     contrast: Tuple[float, float] = (0.75, 1.25)
     saturation: Tuple[float, float] = (0.75, 1.25)
+    crop: Optional[Tuple[int, int]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,44 +192,45 @@ class Augment:
         raise TypeError(f"augment: expected a bool, a dict or an Augment, got {value!r}")
 
 
-def _affine_matrices(batch, height, width, cfg: Augment, seed):
-    """Random forward matrices (B, 3, 3) in continuous pixel coordinates, and the flip flags."""
+def _affine_matrices(batch, centre, out_w, out_h, cfg: Augment, seed):
+    """Random forward matrices (B, 3, 3) in continuous pixel coordinates, and the flip flags:
+    ``centre`` (B, 2) input pixels goes to the output's centre, then the random translation."""
     import tensorflow as tf
 
     def uni(i, lo, hi, shape=(batch,)):
         s = tf.random.experimental.stateless_fold_in(seed, i)
         return tf.random.stateless_uniform(shape, s, lo, hi)
 
-    w = tf.cast(width, tf.float32)
-    h = tf.cast(height, tf.float32)
+    w = tf.cast(out_w, tf.float32)
+    h = tf.cast(out_h, tf.float32)
     flip = uni(0, 0.0, 1.0) < cfg.flip
     theta = uni(1, -1.0, 1.0) * (cfg.rotation * math.pi / 180.0)
     scale = uni(2, cfg.scale[0], cfg.scale[1])
     tx = uni(3, -1.0, 1.0) * cfg.translate * w
     ty = uni(4, -1.0, 1.0) * cfg.translate * h
     cos, sin = tf.cos(theta) * scale, tf.sin(theta) * scale
-    cx, cy = w / 2.0, h / 2.0
-    # flip first (x -> w - x), then rotate and scale about the centre, then translate.
+    px, py = centre[:, 0], centre[:, 1]
+    ox, oy = w / 2.0 + tx, h / 2.0 + ty
+    # flip about the centre (x -> 2 px - x), rotate and scale about it, move it to the output's
+    # centre plus the translation: A = T(o) R S T(-p) F_p
     fx = tf.where(flip, -1.0, 1.0)
-    fc = tf.where(flip, w, 0.0)
-    # A = T(c + t) R S T(-c) F
     a = cos * fx
     b = -sin
-    c = cos * fc - cos * cx + sin * cy + cx + tx
+    c = -cos * fx * px + sin * py + ox
     d = sin * fx
     e = cos
-    f = sin * fc - sin * cx - cos * cy + cy + ty
+    f = -sin * fx * px - cos * py + oy
     zeros, ones = tf.zeros_like(a), tf.ones_like(a)
     m = tf.stack([tf.stack([a, b, c], -1), tf.stack([d, e, f], -1), tf.stack([zeros, zeros, ones], -1)], 1)
     return m, flip
 
 
-def _warp_colour(images, t, colour, saturation: bool):
+def _warp_colour(images, t, colour, saturation: bool, out_size=None):
     """The pixel work of :func:`augment_batch`: warp and colour jitter of a batch, in TF ops that XLA
     fuses into a few loops.
 
-    ``images`` (B, H, W, C) uint8 or float in [0, 255]; ``t`` (B, 6) the affine map from output pixel
-    indices to input pixel indices (row ``[a, b, c, d, e, f]``: ``x_in = a*j + b*i + c``,
+    ``images`` (B, H, W, C) uint8 or float in [0, 255]; ``out_size`` ``(width, height)`` of the output
+    (default: the input's); ``t`` (B, 6) the affine map from output pixel indices to input pixel indices (row ``[a, b, c, d, e, f]``: ``x_in = a*j + b*i + c``,
     ``y_in = d*j + e*i + f``); ``colour`` (B, 3) ``[brightness offset, contrast, saturation]``.
     Bilinear interpolation, pixels from outside the input read as 0, then the colour map about the
     warped image's mean, clipped to [0, 255]; returns float32. Compiled with the rest of
@@ -234,8 +243,9 @@ def _warp_colour(images, t, colour, saturation: bool):
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     nc = images.shape[-1]
-    xs = tf.range(w, dtype=tf.float32)[None, None, :]
-    ys = tf.range(h, dtype=tf.float32)[None, :, None]
+    ow, oh = out_size if out_size else (w, h)
+    xs = tf.range(ow, dtype=tf.float32)[None, None, :]
+    ys = tf.range(oh, dtype=tf.float32)[None, :, None]
     p = t[:, :, None, None]
     sx = p[:, 0] * xs + p[:, 1] * ys + p[:, 2]
     sy = p[:, 3] * xs + p[:, 4] * ys + p[:, 5]
@@ -273,16 +283,34 @@ def _augment(images, keypoints, visibility, seed, cfg: Augment, flip_permutation
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-    m, flip = _affine_matrices(b, h, w, cfg, seed)
-
-    # keypoints: normalized -> pixels -> A -> normalized
     px = keypoints[..., 0] * wf
     py = keypoints[..., 1] * hf
+    vis = tf.cast(visibility > 0, tf.float32)
+    if cfg.crop:
+        # a random point of the box around the labelled keypoints (the image centre without any)
+        ow, oh = int(cfg.crop[0]), int(cfg.crop[1])
+        labelled = vis > 0
+        big = tf.constant(1e9, tf.float32)
+        lo_x = tf.reduce_min(tf.where(labelled, px, big), 1)
+        hi_x = tf.reduce_max(tf.where(labelled, px, -big), 1)
+        lo_y = tf.reduce_min(tf.where(labelled, py, big), 1)
+        hi_y = tf.reduce_max(tf.where(labelled, py, -big), 1)
+        any_kp = tf.reduce_any(labelled, 1)
+        u = tf.random.stateless_uniform((b, 2), tf.random.experimental.stateless_fold_in(seed, 200))
+        cx = tf.where(any_kp, lo_x + u[:, 0] * (hi_x - lo_x), wf / 2.0)
+        cy = tf.where(any_kp, lo_y + u[:, 1] * (hi_y - lo_y), hf / 2.0)
+        centre = tf.stack([cx, cy], -1)
+    else:
+        ow, oh = w, h
+        centre = tf.tile(tf.stack([wf / 2.0, hf / 2.0])[None], (b, 1))
+    owf, ohf = tf.cast(ow, tf.float32), tf.cast(oh, tf.float32)
+    m, flip = _affine_matrices(b, centre, ow, oh, cfg, seed)
+
+    # keypoints: normalized -> pixels -> A -> normalized
     nx = m[:, 0:1, 0] * px + m[:, 0:1, 1] * py + m[:, 0:1, 2]
     ny = m[:, 1:2, 0] * px + m[:, 1:2, 1] * py + m[:, 1:2, 2]
-    kp = tf.stack([nx / wf, ny / hf], -1)
-    vis = tf.cast(visibility > 0, tf.float32)
-    inside = (nx >= 0.0) & (nx < wf) & (ny >= 0.0) & (ny < hf)
+    kp = tf.stack([nx / owf, ny / ohf], -1)
+    inside = (nx >= 0.0) & (nx < owf) & (ny >= 0.0) & (ny < ohf)
     vis = vis * tf.cast(inside, tf.float32)
     if flip_permutation is not None and list(flip_permutation) != list(range(len(flip_permutation))):
         perm = tf.constant(list(flip_permutation), tf.int32)
@@ -313,7 +341,7 @@ def _augment(images, keypoints, visibility, seed, cfg: Augment, flip_permutation
     c = uni(1, cfg.contrast[0], cfg.contrast[1]) if cfg.contrast else ones
     use_sat = bool(cfg.saturation) and images.shape[-1] == 3
     sat = uni(2, cfg.saturation[0], cfg.saturation[1]) if use_sat else ones
-    out = _warp_colour(images, t, tf.stack([d, c, sat], -1), use_sat)
+    out = _warp_colour(images, t, tf.stack([d, c, sat], -1), use_sat, (ow, oh))
     return out, kp, vis
 
 

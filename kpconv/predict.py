@@ -79,17 +79,12 @@ class Predictor:
     """A trained run, ready to predict (``Predictor(run_dir).predict(paths)``)."""
 
     def __init__(self, run_dir):
-        from . import model as kmodel
-        from .train import CONFIG_FILE, MODEL_FILE
+        from .train import open_run
 
-        run = Path(run_dir)
-        if not (run / CONFIG_FILE).is_file():
-            raise TrainError(f"{run}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
-        self.config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.config, self.model, self.inference = open_run(run_dir)
         self.names = self.config["dataset"]["keypoints"]
         self.skeleton = self.config["dataset"].get("skeleton") or []
         self.options = _image_options(self.config)
-        self.model = kmodel.load_model(run / MODEL_FILE)
 
     def predict(self, paths: Iterable[str], bbox: Optional[Sequence[float]] = None, batch_size: int = 16):
         """Yield one :class:`Prediction` per image, in order."""
@@ -99,7 +94,7 @@ class Predictor:
 
         def flush():
             x = np.stack([b[1] for b in batch]).astype(np.float32)
-            y = np.asarray(self.model(x, training=False))
+            y = np.asarray(self.inference(x, training=False))[..., :2]
             st = np.tile([[self.options.size[0], self.options.size[1]]], (len(batch), 1))
             px = to_original(y, st, np.asarray([b[2] for b in batch]))
             for b, p in zip(batch, px):

@@ -15,9 +15,22 @@ RUN_DIR layout::
 
 Training runs in two phases when the backbone starts from pretrained weights: the backbone frozen
 (``epochs``), then fine-tuned (``fine_tune_epochs``, from ``fine_tune_from`` on, at
-``fine_tune_learning_rate``). From random weights (``weights="none"``) the whole model trains from
-the start and there is no second phase. Each phase follows a cosine learning-rate schedule and stops
-early after ``patience`` epochs without improvement. A NaN loss stops training with TrainError.
+``fine_tune_learning_rate``). From random weights (``weights="none"``) or from another kpconv run
+(``weights=RUN_DIR``: every layer whose name and shape match is copied, the output layer is new when
+the keypoints differ) the whole model trains from the start and there is no second phase. Each
+phase follows a cosine learning-rate schedule and stops early after ``patience`` epochs without
+improvement. A NaN loss stops training with TrainError.
+
+``time_limit`` (minutes): as many epochs as fit in the budget, the cosine schedule laid out over the
+budget's time (updated every batch), the best model kept; ``epochs`` is then only an upper bound.
+
+The small-data recipe (the defaults of the ``heatmap`` head, see :func:`resolve_recipe`): the
+``unet`` backbone from random weights (``mobilenet_v2`` with pretrained weights), heatmap stride 4,
+Gaussian sigma 2 cells, random 128x128 training crops around the keypoints, rotation up to 180
+degrees, scale 0.8-1.2, flip when the keypoints have left/right pairs, batch 8, Adam 1e-3,
+batch-norm momentum 0.9 from scratch, an XLA-compiled training step. After training, the heatmap
+head's confidence is calibrated (:func:`kpconv.metrics.fit_calibration`) and stored in
+``config.json``.
 """
 from __future__ import annotations
 
@@ -29,7 +42,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import TrainError
@@ -43,18 +56,21 @@ HISTORY_FILE = "history.csv"
 LOG_DIR = "logs"
 CKPT_DIR = "checkpoints"
 EXPORTS = ("tflite",)
+CALIBRATION_PCK = 0.05   # the confidence is calibrated to P(error <= 0.05 x instance size)
 
 
 @dataclass
 class TrainOptions:
-    epochs: int = 30
-    batch_size: int = 32
+    """Every training option; ``None`` means "the recipe's default" (see :func:`resolve_recipe`)."""
+
+    epochs: Optional[int] = None                      # 30; with time_limit: as many as fit
+    batch_size: Optional[int] = None                  # heatmap: 8; spatial, dense: 32
     learning_rate: float = 1e-3
-    backbone: str = "mobilenet_v2"
+    backbone: Optional[str] = None                    # unet from scratch, mobilenet_v2 with pretrained weights
     alpha: float = 1.0
-    head: str = "spatial"
-    weights: str = "imagenet"
-    loss: str = "mse"
+    head: str = "heatmap"
+    weights: str = "imagenet"                         # imagenet | none | weights file | kpconv run directory
+    loss: str = "mse"                                 # spatial, dense (the heatmap head has its own loss)
     keypoint_weights: Optional[List[float]] = None
     huber_delta: float = 0.05
     augment: bool = True
@@ -71,6 +87,16 @@ class TrainOptions:
     val_split: Optional[str] = "auto"                  # auto: "val" or "validation" when present
     steps_per_epoch: Optional[int] = None
     verbose: int = 2                                   # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+    time_limit: Optional[float] = None                 # minutes
+    heatmap_stride: int = 4
+    sigma: float = 2.0                                 # Gaussian target, in heatmap cells
+    crop_size: Optional[int] = None                    # heatmap: 128 (0: whole frames)
+    augment_rotate: Optional[float] = None             # degrees, +-; heatmap: 180, others: 20
+    augment_scale: Optional[Tuple[float, float]] = None  # heatmap: (0.8, 1.2), others: (0.85, 1.15)
+    augment_flip: Optional[float] = None               # probability; 0.5 when the keypoints have flip pairs
+    augment_translate: Optional[float] = None          # fraction of the size; heatmap with crops: 0, others: 0.08
+    augment_brightness: float = 0.15
+    augment_contrast: Tuple[float, float] = (0.75, 1.25)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,7 +200,152 @@ def _callbacks_module():
             if logs is not None:
                 logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
-    return Checkpoint, NanGuard, LearningRateLog
+    class TimeBudget(keras.callbacks.Callback):
+        """``time_limit``: the cosine learning rate follows the fraction of the budget spent (set
+        before every batch), training stops when it is spent, and each epoch's line shows the
+        minutes left."""
+
+        def __init__(self, seconds: float, started: float, lr0: float, floor: float):
+            super().__init__()
+            self.seconds, self.started, self.lr0, self.floor = seconds, started, lr0, floor
+            self.spent = False
+
+        def fraction(self) -> float:
+            return min(1.0, (time.monotonic() - self.started) / self.seconds)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            t = self.fraction()
+            self.model.optimizer.learning_rate = self.floor + 0.5 * (self.lr0 - self.floor) * (1 + math.cos(math.pi * t))
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.fraction() >= 1.0:
+                self.spent = True
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["time_left_min"] = round((1.0 - self.fraction()) * self.seconds / 60.0, 2)
+
+    class ValMetrics(keras.callbacks.Callback):
+        """After every epoch, the validation split's ``val_px_error`` (mean error in original
+        pixels) and ``val_pck@0.05`` / ``val_pck@0.1`` (box-normalized), computed exactly as
+        ``kpconv eval`` computes ``mean_error_px`` and ``pck@T``."""
+
+        def __init__(self, dataset):
+            super().__init__()
+            self.dataset = dataset
+            self.infer = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            from . import model as kmodel
+            from .evaluate import evaluate_dataset
+
+            if logs is None:
+                return
+            if self.infer is None:
+                self.infer = kmodel.inference_model(self.model)
+            o = evaluate_dataset(lambda x: self.infer(x, training=False).numpy(), self.dataset)["overall"]
+            logs["val_px_error"] = o["mean_error_px"]
+            logs["val_pck@0.05"] = o["pck@0.05"]
+            logs["val_pck@0.1"] = o["pck@0.1"]
+
+    return Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics
+
+
+def _is_run(weights: Optional[str]) -> bool:
+    """``weights`` names a kpconv run (its directory or its ``model.keras``)."""
+    if not weights or weights in ("none", "imagenet"):
+        return False
+    p = Path(weights)
+    return (p.is_dir() and (p / CONFIG_FILE).is_file()) or (p.suffix == ".keras" and p.is_file())
+
+
+def _run_dir_of(weights: str) -> Path:
+    p = Path(weights)
+    return p if p.is_dir() else p.parent
+
+
+def resolve_recipe(options: TrainOptions, info) -> TrainOptions:
+    """``options`` with every ``None`` replaced by the recipe's value for its head and weights (the
+    result is what ``config.json`` records)."""
+    o = TrainOptions(**options.to_dict())
+    heat = o.head == "heatmap"
+    if o.backbone is None:
+        if _is_run(o.weights):
+            src = json.loads((_run_dir_of(o.weights) / CONFIG_FILE).read_text(encoding="utf-8"))
+            o.backbone = src["model"]["backbone"]
+        else:
+            o.backbone = "unet" if o.weights in (None, "", "none") else "mobilenet_v2"
+    if o.batch_size is None:
+        o.batch_size = 8 if heat else 32
+    if o.epochs is None and o.time_limit is None:
+        o.epochs = 30
+    if o.crop_size is None:
+        o.crop_size = 128 if heat else 0
+    if o.crop_size and not heat:
+        raise TrainError(f"--crop-size: the {o.head} head has a fixed input size; crops are for the heatmap head")
+    if o.crop_size and o.crop_size % o.heatmap_stride:
+        raise TrainError(f"--crop-size {o.crop_size}: expected a multiple of --heatmap-stride {o.heatmap_stride}")
+    if o.augment_rotate is None:
+        o.augment_rotate = 180.0 if heat else 20.0
+    if o.augment_scale is None:
+        o.augment_scale = (0.8, 1.2) if heat else (0.85, 1.15)
+    if o.augment_flip is None:
+        o.augment_flip = 0.5 if info.flip_pairs else 0.0
+    if o.augment_translate is None:
+        o.augment_translate = 0.0 if (heat and o.crop_size) else 0.08
+    o.augment_scale = tuple(o.augment_scale)
+    o.augment_contrast = tuple(o.augment_contrast)
+    return o
+
+
+def _augment_config(options: TrainOptions, info):
+    """The pipeline's :class:`~kpconv.pipeline.Augment` for the resolved ``options`` (None without
+    augmentation). The heatmap head's training input is always a multiple of its stride: a crop of
+    ``crop_size``, or the whole frame padded up to the next multiple."""
+    from .pipeline import Augment
+
+    if not options.augment:
+        return None
+    crop = None
+    if options.head == "heatmap":
+        s = options.heatmap_stride
+        if options.crop_size:
+            crop = (options.crop_size, options.crop_size)
+        elif info.image_width % s or info.image_height % s:
+            crop = (-(-info.image_width // s) * s, -(-info.image_height // s) * s)
+    return Augment(flip=options.augment_flip, rotation=options.augment_rotate, scale=tuple(options.augment_scale),
+                   translate=options.augment_translate, brightness=options.augment_brightness,
+                   contrast=tuple(options.augment_contrast), crop=crop)
+
+
+def transfer_weights(source, target) -> Tuple[int, List[str]]:
+    """Copy into ``target`` the weights of every layer of ``source`` with the same name and weight
+    shapes (nested models included); returns (layers copied, target layers with weights left as
+    they were)."""
+    def flat(model):
+        out = {}
+        for layer in model.layers:
+            if hasattr(layer, "layers") and layer.layers:
+                out.update(flat(layer))
+            else:
+                out[layer.name] = layer
+        return out
+
+    src = flat(source)
+    copied, kept = 0, []
+    for name, layer in flat(target).items():
+        w = layer.get_weights()
+        if not w:
+            continue
+        other = src.get(name)
+        ow = other.get_weights() if other is not None else None
+        if ow is not None and len(ow) == len(w) and all(a.shape == b.shape for a, b in zip(ow, w)):
+            layer.set_weights(ow)
+            copied += 1
+        else:
+            kept.append(name)
+    return copied, kept
 
 
 def parse_keypoint_weights(text: str, names: Sequence[str]) -> List[float]:
@@ -214,6 +385,7 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
 
     from . import losses, metrics, model as kmodel, pipeline
 
+    started = time.monotonic()
     run = Path(run_dir)
     shard_dir = Path(shard_dir)
     info = pipeline.read_dataset_info(shard_dir)
@@ -242,6 +414,8 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
 
     if options.head not in kmodel.HEADS:
         raise TrainError(f"unknown head '{options.head}' (known: {', '.join(kmodel.HEADS)})")
+    if state is None:
+        options = resolve_recipe(options, info)
     if options.backbone not in kmodel.BACKBONES:
         raise TrainError(f"unknown backbone '{options.backbone}' (known: {', '.join(kmodel.BACKBONES)})")
     for e in options.export:
@@ -250,21 +424,39 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
     if options.keypoint_weights is not None and len(options.keypoint_weights) != info.num_keypoints:
         raise TrainError(f"keypoint weights: {len(options.keypoint_weights)} given, the dataset has "
                          f"{info.num_keypoints} keypoints")
+    if options.head == "heatmap" and options.loss != "mse":
+        raise TrainError(f"--loss {options.loss}: --loss is for the spatial and dense heads (the heatmap head "
+                         f"has its own loss; --keypoint-weights still apply)")
     if options.loss == "weighted-mse" and options.keypoint_weights is None:
         raise TrainError("--loss weighted-mse needs --keypoint-weights")
     if options.loss not in losses.NAMES:
         raise TrainError(f"unknown loss '{options.loss}' (known: {', '.join(losses.NAMES)})")
+    if options.time_limit is not None and not (options.time_limit > 0 and math.isfinite(options.time_limit)):
+        raise TrainError(f"time limit {options.time_limit}: expected a positive number of minutes")
     n_train = info.split(options.train_split).num_records
     if n_train == 0:
         raise TrainError(f"{info.path}: split '{options.train_split}' has no records")
     val_split = _val_split(info, options.val_split)
 
+    from_run = _is_run(options.weights)
     mcfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(info.image_height, info.image_width),
                               backbone=options.backbone, alpha=options.alpha, head=options.head,
-                              weights=options.weights,
-                              bn_momentum=None if options.weights not in (None, "", "none") else 0.9)
-    weights = kmodel.resolve_weights(mcfg) if state is None else None
-    pretrained = options.weights not in (None, "", "none")
+                              weights=options.weights, heatmap_stride=options.heatmap_stride,
+                              bn_momentum=None if options.weights not in (None, "", "none") and not from_run
+                              else 0.9)
+    source = None
+    if from_run and state is None:
+        src_dir = _run_dir_of(options.weights)
+        src_cfg = json.loads((src_dir / CONFIG_FILE).read_text(encoding="utf-8"))["model"]
+        for key in ("backbone", "head", "alpha", "heatmap_stride"):
+            if src_cfg.get(key, getattr(mcfg, key)) != getattr(mcfg, key):
+                raise TrainError(f"--weights {options.weights}: that run has {key} {src_cfg.get(key)}, this one "
+                                 f"{getattr(mcfg, key)} (the architecture must match to fine-tune from it)")
+        source = kmodel.load_model(src_dir / MODEL_FILE if Path(options.weights).is_dir() else options.weights)
+        weights = None
+    else:
+        weights = kmodel.resolve_weights(mcfg) if state is None and not from_run else None
+    pretrained = options.weights not in (None, "", "none") and not from_run
 
     run.mkdir(parents=True, exist_ok=True)
     (run / CKPT_DIR).mkdir(exist_ok=True)
@@ -298,31 +490,44 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
 
     try:
         return _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_split, strategy,
-                    list(callbacks))
+                    list(callbacks), source, started)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_split, strategy, extra):
+def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_split, strategy, extra, source=None,
+         started=None):
     import keras
 
     from . import losses, metrics, model as kmodel, pipeline
 
-    Checkpoint, NanGuard, LearningRateLog = _callbacks_module()
-    img_wh = (info.image_width, info.image_height)
+    Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics = _callbacks_module()
+    heat = options.head == "heatmap"
     bs = options.batch_size * strategy.num_replicas_in_sync
-    repeat = options.steps_per_epoch is not None
-    train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=options.augment, seed=options.seed,
-                             shuffle=True, repeat=repeat)
+    timed = options.time_limit is not None
+    steps = options.steps_per_epoch
+    if timed and steps is None:  # epochs of at least 50 steps: the per-epoch work stays small
+        steps = max(50, -(-info.split(options.train_split).num_records // bs))
+    aug = _augment_config(options, info)
+    if heat and aug is None and (info.image_width % options.heatmap_stride or info.image_height % options.heatmap_stride):
+        raise TrainError(f"--no-augment with the heatmap head needs an image size that is a multiple of "
+                         f"--heatmap-stride {options.heatmap_stride} (the shards are {info.image_width}x"
+                         f"{info.image_height})")
+    train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=aug if aug else False, seed=options.seed,
+                             shuffle=True, repeat=steps is not None)
     val_ds = pipeline.load(shard_dir, val_split, bs) if val_split else None
+    val_meta = pipeline.load(shard_dir, val_split, bs, include_meta=True) if val_split else None
     monitor = "val_loss" if val_ds is not None else "loss"
 
     def compile_(m, lr):
-        m.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=losses.get(options.loss, options.keypoint_weights, options.huber_delta),
-                  metrics=metrics.training_metrics(img_wh))
+        if heat:
+            loss = losses.HeatmapLoss(options.heatmap_stride, options.sigma, keypoint_weights=options.keypoint_weights)
+        else:
+            loss = losses.get(options.loss, options.keypoint_weights, options.huber_delta)
+        m.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=True if heat else "auto")
 
-    phase1 = options.epochs
+    unbounded = 10 ** 6
+    phase1 = options.epochs if options.epochs is not None else unbounded
     phase2 = options.fine_tune_epochs if pretrained else 0
     ft_lr = options.fine_tune_learning_rate or options.learning_rate / 10
     start_epoch = state["epoch"] if state else 0
@@ -338,9 +543,15 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             model = kmodel.load_model(run / CKPT_DIR / "last.keras", compile=True)
         else:
             model = kmodel.build_model(mcfg, weights)
+            if source is not None:
+                copied, kept = transfer_weights(source, model)
+                if not copied:
+                    raise TrainError(f"--weights {options.weights}: no layer of that run fits this model")
             if pretrained:
                 kmodel.set_backbone_trainable(model, False)
             compile_(model, options.learning_rate)
+    budget = TimeBudget(options.time_limit * 60.0, started, options.learning_rate,
+                        options.learning_rate * options.min_learning_rate_factor) if timed else None
 
     history_rows = 0
     epoch = start_epoch
@@ -362,17 +573,19 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             continue
         nan = NanGuard()
         ckpt = Checkpoint(run, phase, monitor, best)
-        cbs = [nan,
-               keras.callbacks.LearningRateScheduler(_cosine(lr0, lr0 * options.min_learning_rate_factor, begin,
-                                                             end - begin)),
-               LearningRateLog(),
-               keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min"),
+        if budget is not None:   # the schedule follows the clock; no early stop before the budget ends
+            sched = [budget]
+        else:
+            sched = [keras.callbacks.LearningRateScheduler(_cosine(lr0, lr0 * options.min_learning_rate_factor,
+                                                                   begin, end - begin)),
+                     keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
+        cbs = [nan, *sched, LearningRateLog(),
+               *([ValMetrics(val_meta)] if val_meta is not None else []),
                keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
                keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0),
                ckpt, *extra]
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
-                         steps_per_epoch=options.steps_per_epoch, callbacks=cbs, verbose=options.verbose,
-                         shuffle=False)
+                         steps_per_epoch=steps, callbacks=cbs, verbose=options.verbose, shuffle=False)
         if nan.where is not None:
             raise TrainError(f"loss became NaN at epoch {nan.where[0] + 1}, batch {nan.where[1] + 1}: training "
                              f"stopped (best model so far kept in {run / MODEL_FILE} if any; try a lower "
@@ -381,13 +594,53 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         history_rows += ran
         epoch += ran
         best = ckpt.best
+        if budget is not None and budget.spent:
+            break
         if phase == 1 and epoch < end:  # stopped early: the fine-tuning phase starts at its own epoch
             epoch = phase1
+    if heat:
+        calibrate(run, shard_dir, val_split or options.train_split)
     state_path = run / CKPT_DIR / "state.json"
     _write_json(state_path, {"phase": 2 if phase2 else 1, "epoch": epoch, "best": best, "monitor": monitor,
                              "finished": True})
     outputs = export(run, options.export)
     return TrainResult(run, history_rows, best, monitor, resumed_from=start_epoch, outputs=outputs)
+
+
+def open_run(run_dir):
+    """``(config, model, inference model)`` of a run directory: the model as trained (``model.keras``)
+    and its ``(B, K, 3)`` inference form (normalized ``x, y``, confidence) with the run's confidence
+    calibration (:func:`kpconv.model.inference_model`)."""
+    from . import model as kmodel
+
+    run = Path(run_dir)
+    if not (run / CONFIG_FILE).is_file():
+        raise TrainError(f"{run}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
+    config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+    model = kmodel.load_model(run / MODEL_FILE)
+    params = (config.get("calibration") or {}).get("params")
+    return config, model, kmodel.inference_model(model, params)
+
+
+def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK) -> dict:
+    """Fit the heatmap head's confidence on ``split`` (without augmentation): the probability that a
+    keypoint is labelled and predicted within ``threshold`` x the instance size (PCK's criterion),
+    as a logistic function of the heatmap peak; an unlabelled keypoint counts as a miss, so a low
+    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``)."""
+    from . import metrics, pipeline
+    from .evaluate import collect
+
+    run = Path(run_dir)
+    config, _, infer = open_run(run)
+    config.pop("calibration", None)
+    arrays = collect(lambda x: infer(x, training=False).numpy(), pipeline.load(shard_dir, split, 16, include_meta=True))
+    err = metrics.errors(arrays["pred_px"], arrays["true_px"])
+    correct = (arrays["mask"] > 0) & (err <= threshold * arrays["norm"][:, None])
+    params = metrics.fit_calibration(arrays["confidence"], correct)
+    config["calibration"] = {"params": params, "split": split, "criterion": f"within {threshold:g} x instance size",
+                             "keypoints": int(correct.size), "hits": int(correct.sum())}
+    _write_json(run / CONFIG_FILE, config)
+    return config["calibration"]
 
 
 def export(run_dir, formats: Sequence[str] = ()) -> dict:
@@ -397,7 +650,7 @@ def export(run_dir, formats: Sequence[str] = ()) -> dict:
     from . import model as kmodel
 
     run = Path(run_dir)
-    m = kmodel.load_model(run / MODEL_FILE)
+    config, _, m = open_run(run)   # (B, K, 3): x, y normalized, confidence
     out = {"model": str(run / MODEL_FILE)}
     target = run / SAVED_MODEL_DIR
     tmp = run / f".{SAVED_MODEL_DIR}.tmp"
@@ -405,7 +658,7 @@ def export(run_dir, formats: Sequence[str] = ()) -> dict:
         shutil.rmtree(tmp)
     # tf.saved_model.save of a traced call, not model.export: Keras 3.15's export computes wrong values
     # for the spatial head (a nested backbone with several outputs), checked in tests/test_train.py
-    h, w = m.input_shape[1:3]
+    w, h = config["dataset"]["image_size"]
 
     @tf.function(input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="image")])
     def serve(images):

@@ -18,10 +18,11 @@ SKELETON = [(0, 1), (0, 2), (0, 3), (0, 4)]
 COLOURS = [(255, 255, 0), (255, 0, 0), (0, 0, 255), (255, 0, 255), (0, 255, 255)]
 
 
-def make_example(rng, size, transform=None, bbox=None, fmt="png", original=None, invisible=()):
-    """One record as a dict of python values (and the image array)."""
+def make_example(rng, size, transform=None, bbox=None, fmt="png", original=None, invisible=(), num_keypoints=None):
+    """One record as a dict of python values (and the image array); the first ``num_keypoints`` of
+    NAMES (default: all)."""
     w, h = size
-    k = len(NAMES)
+    k = num_keypoints or len(NAMES)
     xs = rng.uniform(0.2, 0.8, k)
     ys = rng.uniform(0.2, 0.8, k)
     vis = np.full(k, 2, np.int64)
@@ -87,8 +88,9 @@ def write_shards(out_dir, splits, size=(32, 32), num_shards=2, seed=0, **kw):
         info_splits[split] = {"shards": [{"file": f, "records": len(recs[i::num_shards])}
                                          for i, f in enumerate(files)], "records": n}
         written[split] = recs
-    info = {"spec_version": 1, "keypoints": NAMES, "skeleton": [list(p) for p in SKELETON],
-            "flip_pairs": [list(p) for p in FLIP_PAIRS],
+    k = kw.get("num_keypoints") or len(NAMES)
+    info = {"spec_version": 1, "keypoints": NAMES[:k], "skeleton": [list(p) for p in SKELETON if max(p) < k],
+            "flip_pairs": [list(p) for p in FLIP_PAIRS if max(p) < k],
             "image": {"size": [size[0], size[1]], "resize": "stretch", "crop": "none", "crop_pad": None},
             "compression": "none", "splits": info_splits}
     (out / "dataset_info.json").write_text(json.dumps(info, indent=1))

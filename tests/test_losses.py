@@ -44,3 +44,27 @@ def test_bad_names_and_config_round_trip():
     l = losses.get("huber", delta=0.2)
     again = losses.MaskedKeypointLoss.from_config(l.get_config())
     assert (again.kind, again.delta) == ("huber", 0.2)
+
+
+def test_heatmap_loss_targets_gaussians_and_zero_for_absent_keypoints():
+    # 16x16 input, stride 4: 4x4 cells. Keypoint 0 at the centre of cell (1, 2); keypoint 1 unlabelled.
+    loss = losses.HeatmapLoss(stride=4, sigma=1.0, pos_weight=9.0)
+    y_true = np.array([[[10 / 16, 6 / 16, 1.0], [0.5, 0.5, 0.0]]], np.float32)
+    yy, xx = np.mgrid[0:4, 0:4]
+    target0 = np.exp(-((xx - 2) ** 2 + (yy - 1) ** 2) / 2.0)
+    perfect = np.zeros((1, 4, 4, 2), np.float32)
+    perfect[0, ..., 0] = target0
+    assert float(loss(y_true, perfect)) == pytest.approx(0.0, abs=1e-6)
+    # the unlabelled keypoint's target is all zero: a peak there costs
+    wrong = perfect.copy()
+    wrong[0, 1, 1, 1] = 1.0
+    assert float(loss(y_true, wrong)) == pytest.approx(1.0 / 16 / 2, rel=1e-4)
+    # an error near the peak costs (1 + 9 x target) times more than one in the background
+    near = perfect.copy()
+    near[0, 1, 2, 0] += 0.1
+    far = perfect.copy()
+    far[0, 3, 0, 0] += 0.1
+    ratio = float(loss(y_true, near)) / float(loss(y_true, far))
+    assert ratio == pytest.approx((1 + 9 * 1.0) / (1 + 9 * target0[3, 0]), rel=1e-3)
+    again = losses.HeatmapLoss.from_config(loss.get_config())
+    assert again.sigma == 1.0 and again.stride == 4

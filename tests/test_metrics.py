@@ -61,3 +61,26 @@ def test_summary_perfect_predictor_and_table():
     assert table[0].split() == ["keypoint", "n", "mean", "px", "median", "px", "PCK@0.05", "PCK@0.1",
                                 "PCK@0.2", "NME"]
     assert table[-1].split() == ["all", "11", "0.00", "0.00", "1.000", "1.000", "1.000", "0.000"]
+
+
+def test_fit_calibration_estimates_the_hit_rate():
+    rng = np.random.default_rng(0)
+    peak = rng.uniform(0, 1, 4000)
+    correct = rng.uniform(0, 1, 4000) < peak ** 2        # P(correct | peak) = peak^2
+    a, b = metrics.fit_calibration(peak, correct)
+    p = 1 / (1 + np.exp(-(a * peak + b)))
+    for lo in (0.1, 0.5, 0.8):
+        sel = (peak > lo) & (peak < lo + 0.1)
+        assert abs(p[sel].mean() - correct[sel].mean()) < 0.06
+    assert metrics.fit_calibration(peak, np.ones_like(peak, bool)) is None      # nothing to calibrate
+    a, b = metrics.fit_calibration(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+    assert np.isfinite([a, b]).all() and a > 0      # separable: finite thanks to Platt's targets
+
+
+def test_confidence_summary_splits_at_the_threshold():
+    err = np.array([[1.0, 10.0, 3.0]])
+    mask = np.array([[1, 1, 0]])
+    out = metrics.confidence_summary(err, mask, np.array([100.0]), np.array([[0.9, 0.2, 0.7]]), 0.5)
+    assert out["above"]["count"] == 1 and out["above"]["mean_error_px"] == 1.0
+    assert out["below"]["count"] == 1 and out["below"]["mean_error_px"] == 10.0
+    assert out["unlabelled"] == 1 and out["unlabelled_above"] == 1.0

@@ -86,3 +86,59 @@ def test_weights_path(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     with pytest.raises(TrainError, match="no such file"):
         kmodel.resolve_weights(kmodel.ModelConfig(3, (32, 32), weights=str(tmp_path / "missing.h5")))
+
+
+@pytest.mark.parametrize("backbone", ["unet", "mobilenet_v2"])
+def test_heatmap_model_is_fully_convolutional(backbone, tmp_path):
+    cfg = kmodel.ModelConfig(num_keypoints=3, image_size=(32, 48), backbone=backbone, alpha=0.35, head="heatmap",
+                             bn_momentum=0.9)
+    m = kmodel.build_model(cfg)
+    rng = np.random.default_rng(0)
+    for h, w in ((32, 48), (36, 50), (64, 64)):     # any size: padded inside, cut back to ceil(size / 4)
+        y = m(rng.uniform(0, 255, (2, h, w, 3)).astype("float32"), training=False).numpy()
+        assert y.shape == (2, -(-h // 4), -(-w // 4), 3) and np.isfinite(y).all()
+    inf = kmodel.inference_model(m)
+    out = inf(rng.uniform(0, 255, (1, 36, 50, 3)).astype("float32"), training=False).numpy()
+    assert out.shape == (1, 3, 3) and ((out[..., 2] >= 0) & (out[..., 2] <= 1)).all()
+    m.save(tmp_path / "m.keras")
+    x = rng.uniform(0, 255, (1, 40, 40, 3)).astype("float32")
+    assert np.allclose(kmodel.load_model(tmp_path / "m.keras")(x, training=False).numpy(),
+                       m(x, training=False).numpy(), atol=1e-5)
+    if backbone == "unet":
+        assert m.count_params() < 600_000
+        with pytest.raises(TrainError, match="unet backbone has no pretrained weights"):
+            kmodel.build_model(cfg, "imagenet")
+
+
+def _gaussian_heatmap(h, w, points, sigma=2.0):
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    hm = np.zeros((1, h, w, len(points)), np.float32)
+    for k, (cx, cy, peak) in enumerate(points):     # centre in cell units (cell (i, j) centred at j, i)
+        hm[0, ..., k] = peak * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2))
+    return hm
+
+
+def test_heatmap_decode_is_sub_pixel_and_reports_the_peak():
+    # cell (i, j) is centred on input pixel ((j + 0.5) * 4, (i + 0.5) * 4): a Gaussian centred at
+    # cell (7.3, 5.8) is the point (7.8 * 4, 6.3 * 4) of a 64x48 input
+    hm = _gaussian_heatmap(12, 16, [(7.3, 5.8, 0.9), (0.0, 0.0, 0.2), (15.0, 11.0, 1.0)])
+    image = np.zeros((1, 48, 64, 3), np.float32)
+    out = kmodel.HeatmapDecode(4)([hm, image]).numpy()[0]
+    assert np.allclose(out[0, :2] * [64, 48], [7.8 * 4, 6.3 * 4], atol=0.05)   # exact for a Gaussian
+    peaks = hm[0].reshape(-1, 3).max(0)
+    assert np.allclose(out[:, 2], peaks, atol=1e-6) and peaks[0] > 0.85       # uncalibrated: the peak cell
+    assert np.allclose(out[1, :2] * [64, 48], [2, 2]) and np.allclose(out[2, :2] * [64, 48], [62, 46])
+    cal = kmodel.HeatmapDecode(4, calibration=[10.0, -5.0])([hm, image]).numpy()[0]
+    assert np.allclose(cal[:, 2], 1 / (1 + np.exp(-(10 * peaks - 5))), atol=1e-5)
+
+
+def test_fine_tune_transfers_matching_layers_to_another_keypoint_set():
+    from kpconv.train import transfer_weights
+
+    a = kmodel.build_model(kmodel.ModelConfig(num_keypoints=3, image_size=(32, 32), backbone="unet", head="heatmap"))
+    b = kmodel.build_model(kmodel.ModelConfig(num_keypoints=5, image_size=(32, 32), backbone="unet", head="heatmap"))
+    copied, kept = transfer_weights(a, b)
+    assert kept == ["heatmaps"] and copied > 10
+    conv = "unet_l3_conv0"
+    assert np.array_equal(kmodel.backbone_of(a).get_layer(conv).get_weights()[0],
+                          kmodel.backbone_of(b).get_layer(conv).get_weights()[0])

@@ -159,3 +159,28 @@ def test_reads_the_shards_of_kpconv_shard(tmp_path):
         assert targets[..., 2].sum() == visible
         xy = targets[..., :2][targets[..., 2] > 0]
         assert (xy >= 0).all() and (xy <= 1).all()
+
+
+def test_crop_follows_the_keypoints_and_has_the_crop_size():
+    # a 96x64 frame, a dot per keypoint; 32x32 crops: the dots stay under their keypoints, the crop
+    # is centred inside the keypoints' box, and keypoints outside the crop become unlabelled
+    h, w = 64, 96
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    kp = np.array([[[0.30, 0.40], [0.45, 0.55], [0.95, 0.05]]] * 3, np.float32)
+    img = np.zeros((3, h, w, 3), np.float32)
+    for c, (x, y) in enumerate(kp[0]):
+        img[..., c] = 255 * np.exp(-((xx - x * w) ** 2 + (yy - y * h) ** 2) / (2 * 1.5 ** 2))
+    vis = np.array([[2, 2, 0]] * 3)    # the third keypoint is unlabelled: the crop ignores it
+    out, kp2, vis2 = _aug(img, kp, vis, [3, 4], flip=0.0, rotation=90.0, scale=(0.9, 1.1), translate=0.0,
+                          crop=(32, 32))
+    assert out.shape == (3, 32, 32, 3)
+    oy, ox = np.mgrid[0:32, 0:32] + 0.5
+    for i in range(3):
+        assert vis2[i, 2] == 0
+        for c in range(2):
+            if vis2[i, c]:
+                m = out[i, ..., c]
+                assert m.sum() > 0
+                cx, cy = (m * ox).sum() / m.sum(), (m * oy).sum() / m.sum()
+                assert abs(cx - kp2[i, c, 0] * 32) < 0.6 and abs(cy - kp2[i, c, 1] * 32) < 0.6
+        assert vis2[i, :2].sum() >= 1     # the crop's centre lies between the two labelled points

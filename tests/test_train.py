@@ -56,7 +56,8 @@ def test_tiny_model_trains_loss_decreases_and_run_dir(shards, tmp_path):
     b = load_model(run / "model.keras")(x, training=False).numpy()
     sm = tf.saved_model.load(str(run / "saved_model"))
     c = sm.serve(tf.constant(x)).numpy()
-    assert a.shape == (3, len(NAMES), 2) and np.array_equal(a, b) and np.allclose(a, c, atol=1e-5)
+    assert a.shape == (3, len(NAMES), 2) and np.array_equal(a, b) and np.allclose(a, c[..., :2], atol=1e-5)
+    assert np.all(c[..., 2] == 1.0)    # the dense head has no confidence of its own
 
     with pytest.raises(TrainError, match="already holds a run; continue it with --resume"):
         train(shards, run, TrainOptions(epochs=1, **TINY))
@@ -88,13 +89,13 @@ def test_resume_continues_an_interrupted_run(shards, tmp_path):
 
     x = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
     sm = tf.saved_model.load(str(run / "saved_model"))
-    assert np.allclose(sm.serve(tf.constant(x)).numpy(), load_model(run / "model.keras")(x, training=False).numpy(),
-                       atol=1e-5)
+    assert np.allclose(sm.serve(tf.constant(x)).numpy()[..., :2],
+                       load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-5)
     interp = tf.lite.Interpreter(model_path=str(run / "model.tflite"))
     interp.allocate_tensors()
     interp.set_tensor(interp.get_input_details()[0]["index"], x)
     interp.invoke()
-    lite = interp.get_tensor(interp.get_output_details()[0]["index"])
+    lite = interp.get_tensor(interp.get_output_details()[0]["index"])[..., :2]
     assert np.allclose(lite, load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-4)
 
 
@@ -112,7 +113,9 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 
 def test_bad_options_fail_before_training(shards, tmp_path):
     with pytest.raises(TrainError, match="weighted-mse needs --keypoint-weights"):
-        train(shards, tmp_path / "a", TrainOptions(loss="weighted-mse", **TINY))
+        train(shards, tmp_path / "a", TrainOptions(loss="weighted-mse", head="spatial", **TINY))
+    with pytest.raises(TrainError, match="--loss is for the spatial and dense heads"):
+        train(shards, tmp_path / "a", TrainOptions(loss="mae", head="heatmap", **TINY))
     with pytest.raises(TrainError, match="no split 'nope'"):
         train(shards, tmp_path / "b", TrainOptions(val_split="nope", **TINY))
     with pytest.raises(TrainError, match="--resume: no config.json"):
@@ -127,3 +130,61 @@ def test_parse_keypoint_weights():
         parse_keypoint_weights("1,2", NAMES)
     with pytest.raises(TrainError, match="unknown keypoint 'tail'"):
         parse_keypoint_weights("tail=2", NAMES)
+
+
+def test_heatmap_recipe_learns_the_dots_within_a_time_limit(tmp_path):
+    """The heatmap head from random weights, trained for a time budget through the CLI, finds the
+    dots; the run records the resolved recipe and a calibration; eval reports the confidence;
+    a second run fine-tunes from the first with another keypoint set."""
+    from click.testing import CliRunner
+
+    from kpconv.cli import cli
+    from kpconv.evaluate import evaluate
+
+    shards = tmp_path / "shards"
+    write_shards(shards, {"train": 48, "val": 8}, size=(48, 48))
+    run = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["-q", "train", str(shards), "-o", str(run), "--weights", "none", "--time-limit",
+                                 "0.75", "--crop-size", "32", "--alpha", "0.5", "--augment-rotate", "30",
+                                 "--augment-scale", "0.9,1.1", "--learning-rate", "3e-3"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    o = cfg["options"]
+    assert (o["head"], o["backbone"], o["batch_size"], o["crop_size"], o["augment_rotate"]) == \
+        ("heatmap", "unet", 8, 32, 30.0)
+    assert o["augment_flip"] == 0.5 and o["augment_scale"] == [0.9, 1.1]     # the dots have flip pairs
+    assert cfg["calibration"]["split"] == "val" and len(cfg["calibration"]["params"]) == 2
+    rows = _history(run)
+    assert {"time_left_min", "val_px_error", "val_pck@0.1", "learning_rate"} <= set(rows[0])
+    assert float(rows[-1]["time_left_min"]) < float(rows[0]["time_left_min"])
+    assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])   # cosine over the budget
+    res = evaluate(run, shards, split="val")
+    # val_px_error of the last epoch and eval's mean error: one definition
+    assert res["overall"]["mean_error_px"] < 4.0, res["overall"]   # dots on a 48 px image: found
+    assert res["confidence"]["above"]["count"] + res["confidence"]["below"]["count"] == res["keypoints"]
+
+    # fine-tune from the run onto a 3-keypoint set: the backbone and decoder come along
+    small = tmp_path / "small"
+    write_shards(small, {"train": 16}, size=(48, 48), num_keypoints=3)
+    r = CliRunner().invoke(cli, ["-q", "train", str(small), "-o", str(tmp_path / "ft"), "--weights", str(run),
+                                 "--epochs", "1", "--steps-per-epoch", "2", "--crop-size", "32"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["options"]["backbone"] == "unet"
+    r = CliRunner().invoke(cli, ["train", str(small), "-o", str(tmp_path / "ft2"), "--weights", str(run),
+                                 "--head", "spatial"])
+    assert r.exit_code == 1 and "the architecture must match" in r.output
+
+
+def test_train_cli_rejects_bad_option_values(shards, tmp_path):
+    from click.testing import CliRunner
+
+    from kpconv.cli import cli
+
+    for args, what in ((["--augment-scale", "1.2,0.8"], "--augment-scale"), (["--time-limit", "0"], "--time-limit"),
+                       (["--augment-contrast", "x"], "--augment-contrast"), (["--heatmap-stride", "3"], "stride")):
+        r = CliRunner().invoke(cli, ["train", str(shards), "-o", str(tmp_path / "r"), "--weights", "none", *args])
+        assert r.exit_code == 2 and what in r.output, r.output
+    r = CliRunner().invoke(cli, ["train", str(shards), "-o", str(tmp_path / "r"), "--weights", "none",
+                                 "--crop-size", "30"])
+    assert r.exit_code == 1 and "multiple of --heatmap-stride 4" in r.output
+    assert not (tmp_path / "r").exists()
