@@ -84,6 +84,17 @@ def _pairs(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _edges(ctx, param, value):
+    if value is None:
+        return None
+    from .keypoints import parse_edges
+
+    try:
+        return parse_edges(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _format_choices():
     from .formats import KNOWN
 
@@ -107,13 +118,16 @@ def _format_choices():
               help="Keypoint names and their order (default: from the annotations).")
 @click.option("--flip-pairs", callback=_pairs, metavar="L:R,...",
               help="Left/right keypoint pairs for horizontal flips (default: from the source or the names).")
+@click.option("--skeleton", callback=_edges, metavar="A-B,...",
+              help="Skeleton edges by keypoint name ('a:b' where a name holds '-'); replaces the source's "
+                   "(for CSV, Labelme, YOLO, ... that state none).")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
 @click.option("--workers", type=click.IntRange(min=0), default=0,
               help="Processes reading image headers (0 or 1: read them in this process).")
 @click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
-           allow_outside_root, workers):
+           skeleton, allow_outside_root, workers):
     """Read keypoint annotations and write one canonical manifest (JSON Lines).
 
     SOURCES are annotation files or a dataset folder (Labelme folder, YOLO dataset, DeepLabCut
@@ -126,7 +140,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     from .formats.base import IngestOptions
     from .ingest import ingest as run_ingest
 
-    options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs,
+    options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs, skeleton=skeleton,
                             allow_outside_root=allow_outside_root, workers=workers)
     try:
         result = run_ingest(sources, output=output, fmt=fmt, images=images, options=options,

@@ -126,7 +126,13 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
     names = list(options.keypoints) if options.keypoints else list(meta.keypoints)
     if not names:
         raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints")
-    skeleton = remap_pairs(meta.skeleton, meta.keypoints, names)
+    if options.skeleton:
+        try:
+            skeleton = pairs_to_indices(options.skeleton, names)
+        except ValueError as e:
+            raise AnnotationError(f"--skeleton: {e}") from None
+    else:
+        skeleton = remap_pairs(meta.skeleton, meta.keypoints, names)
     if options.flip_pairs:
         try:
             flips = pairs_to_indices(options.flip_pairs, names)

@@ -70,6 +70,7 @@ class IngestOptions:
     category: Optional[str] = None          # COCO: which category (name or id) when several have keypoints
     keypoints: Optional[List[str]] = None   # fix keypoint names and order (CSV; a subset/reorder elsewhere)
     flip_pairs: Optional[List[Tuple[str, str]]] = None
+    skeleton: Optional[List[Tuple[str, str]]] = None   # edges by name; replaces the source's skeleton
     allow_outside_root: bool = False
     tolerance_px: float = 1.0               # coordinates this far outside the image are clamped
     tolerance_frac: float = 0.01            # ... or this fraction of the image size, whichever is larger
