@@ -40,6 +40,9 @@ class RawInstance:
     # values aligned with the reader's ``DatasetMeta.keypoints``; a point with v == 0 is not labelled.
     # Ingest validates a whole chunk of these at once; ``points()`` gives the same as the dict form.
     dense: Optional[list] = None
+    # The instance's category (COCO category, YOLO class, ...), set only when the reader reads
+    # several categories together; written as the record's ``category``.
+    category: Optional[str] = None
 
     def points(self, names: Sequence[str]) -> Dict[str, Point]:
         """The keypoints as a dict (``names``: the reader's ``DatasetMeta.keypoints``)."""
