@@ -29,13 +29,19 @@ CASES = {
     "dlc-single": ("dlc", ["dlc-single"], {}),
     "dlc-h5": ("dlc", ["dlc-h5"], {}),
     "dlc-top": ("dlc", ["dlc-top"], {}),
+    "cvat": ("cvat", ["cvat/annotations.xml"], {}),
+    "cvat-points": ("cvat", ["cvat-points/annotations.xml"], {}),
+    "cvat-video": ("cvat", ["cvat-video/annotations.xml"], {}),
+    "label-studio": ("label_studio", ["label-studio/project-3-at-2024-05-02-10-02-1a2b3c4d.json"], {}),
+    "label-studio-min": ("label_studio", ["label-studio-min/project-3-at-2024-05-02-10-05-9f8e7d6c.json"], {}),
+    "dlib": ("dlib", ["dlib/training_with_keypoints.xml"], {}),
     "labelme": ("labelme", ["labelme"], {}),
     "yolo": ("yolo", ["yolo"], {}),
     "kpconv-json": ("kpconv_json", ["kpconv-json/annotations.json"], {}),
     "kpconv-jsonl": ("kpconv_json", ["kpconv-json/annotations.jsonl"], {}),
 }
 FORMAT_NAME = {"coco": "coco", "csv_table": "csv", "dlc": "dlc", "labelme": "labelme", "yolo": "yolo",
-               "kpconv_json": "kpconv-json"}
+               "kpconv_json": "kpconv-json", "cvat": "cvat", "label_studio": "label-studio", "dlib": "dlib"}
 
 
 def need_reader(module: str) -> None:

@@ -92,6 +92,7 @@ class Reader:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    expects: ClassVar[str] = ""     # what detect() looks for, for the message when no format matches
     # True: every RawInstance.dense list this reader yields holds exact int/float values only (not
     # bool), checked by the reader, so ingest need not check their types again
     dense_checked: ClassVar[bool] = False

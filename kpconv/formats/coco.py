@@ -258,6 +258,8 @@ def _numeric_blocks(anns: list) -> List[bool]:
 class CocoReader(Reader):
     name = "coco"
     description = "COCO keypoints JSON (one or several files, e.g. train + val)"
+    expects = ("a JSON object with 'annotations' and 'categories' lists, and keypoints (categories[].keypoints "
+               "or annotations[].keypoints)")
     dense_checked = True    # _instances yields dense lists of exact int/float values only
 
     @classmethod

@@ -58,6 +58,7 @@ def _load(path: Path):
 @register
 class LabelmeReader(Reader):
     name = "labelme"
+    expects = "Labelme JSON files (objects with a 'shapes' list), or a folder of them"
     description = "Labelme JSON files (point shapes; group_id separates instances)"
 
     @classmethod

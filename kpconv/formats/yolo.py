@@ -89,6 +89,7 @@ def _root(yaml_path: Path, data: dict) -> Path:
 @register
 class YoloReader(Reader):
     name = "yolo"
+    expects = "a YOLO dataset folder or its data.yaml, with 'kpt_shape'"
     description = "YOLO pose dataset (Ultralytics data.yaml with kpt_shape, labels/*.txt)"
 
     @classmethod
