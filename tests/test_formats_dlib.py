@@ -6,12 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES
+from conftest import FIXTURES, ingest_records
 from kpconv import formats
 from kpconv.errors import AnnotationError
-from kpconv.formats.base import IngestOptions
-from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
 
 W, H = 40, 30
 HEAD = ("<?xml version='1.0' encoding='ISO-8859-1'?>\n"
@@ -26,11 +23,7 @@ def write(tmp_path: Path, images: str) -> Path:
     return p
 
 
-def run(tmp_path, sources, **opts):
-    out = tmp_path / "out.jsonl"
-    result = ingest([str(s) for s in sources], output=str(out), options=IngestOptions(**opts))
-    header, records = read_manifest(str(out))
-    return result, header, records
+run = ingest_records
 
 
 def test_detect():

@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FIXTURES
+from conftest import FIXTURES, ingest_records
 from kpconv import formats
 from kpconv.errors import AnnotationError
-from kpconv.formats.base import IngestOptions
 from kpconv.formats.label_studio import image_path
 from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
 
 W, H = 40, 30
 
@@ -47,11 +45,7 @@ def write(tmp_path: Path, doc, images=("a.png",)) -> Path:
     return p
 
 
-def run(tmp_path, sources, **opts):
-    out = tmp_path / "out.jsonl"
-    result = ingest([str(s) for s in sources], output=str(out), options=IngestOptions(**opts))
-    header, records = read_manifest(str(out))
-    return result, header, records
+run = ingest_records
 
 
 def test_detect():
