@@ -44,6 +44,7 @@ run = ingest_records
 
 def test_detect():
     assert formats.detect([FIXTURES / "cvat" / "annotations.xml"]).name == "cvat"
+    assert formats.detect([FIXTURES / "cvat"]).name == "cvat"             # the export's folder
     assert not formats.get("cvat").detect([FIXTURES / "dlib" / "training_with_keypoints.xml"])
     assert not formats.get("cvat").detect([FIXTURES / "coco" / "annotations.json"])
 

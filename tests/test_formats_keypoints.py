@@ -49,3 +49,15 @@ def test_skeleton_option_for_a_source_without_one():
     assert r.exit_code == 1 and "--skeleton: unknown keypoint name(s) whisker" in r.stderr
     r = _ingest(csv, "--skeleton", "nose")
     assert r.exit_code == 2 and "Invalid value for '--skeleton'" in r.stderr
+
+
+def test_no_format_found_says_what_each_format_expects(tmp_path):
+    from kpconv import formats
+
+    (tmp_path / "notes.txt").write_text("hello, world\n")
+    r = _ingest(tmp_path / "notes.txt")
+    assert r.exit_code == 1
+    for name in formats.names():
+        cls = formats.get(name)
+        assert cls.expects, f"{name}: no 'expects' text for the detection message"
+        assert f"{name}: {cls.expects}" in r.stderr

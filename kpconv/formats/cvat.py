@@ -113,7 +113,8 @@ class CvatReader(Reader):
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
-        return bool(sources) and all(Path(s).is_file() and root_tag(Path(s)) == "annotations" for s in sources)
+        files = [Path(s) / "annotations.xml" if Path(s).is_dir() else Path(s) for s in sources]
+        return bool(files) and all(f.is_file() and root_tag(f) == "annotations" for f in files)
 
     def read(self, sources: Sequence[Path], ctx: ReadContext) -> ReadResult:
         docs = []
