@@ -134,3 +134,16 @@ def test_video_tracks(tmp_path):
     assert {r.group for r in records} == {"mouse_cage3.mp4"}
     assert records[1].keypoints[0] == [0.3125, 0.291667, 2]     # the interpolated frame, as CVAT dumps it
     assert not result.report.counts
+
+
+def test_points_shapes_with_several_points_are_one_instance_each(tmp_path):
+    """Face landmarks drawn as one <points> shape of N points: keypoints face_0 .. face_{N-1}."""
+    meta = "<meta><task><labels><label><name>face</name><type>points</type></label></labels></task></meta>"
+    body = ('<image id="0" name="a.png">' + pt("face", "4,3;8,6;12,9", occluded="0")
+            + pt("face", "20,15;24,18", occluded="1") + "</image>")
+    text = f'<?xml version="1.0"?><annotations><version>1.1</version>{meta}{body}</annotations>'
+    result, header, records = run(tmp_path, [write(tmp_path, text)])
+    assert header.keypoints == ["face_0", "face_1", "face_2"]
+    assert [r.keypoints for r in records] == [[[0.1, 0.1, 2], [0.2, 0.2, 2], [0.3, 0.3, 2]],
+                                              [[0.5, 0.5, 1], [0.6, 0.6, 1], [0.0, 0.0, 0]]]
+    assert [r.instance for r in records] == ["0", "1"] and not result.report.counts

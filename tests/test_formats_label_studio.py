@@ -118,3 +118,12 @@ def test_not_an_export(tmp_path):
     p = write(tmp_path, [{"id": 1, "data": {"image": "a.png"}, "annotations": []}])
     with pytest.raises(AnnotationError, match="expected a Label Studio JSON export"):
         ingest([p], output=str(tmp_path / "o.jsonl"), fmt="label-studio")
+
+
+def test_json_min_single_result_is_not_wrapped_in_a_list(tmp_path):
+    """JSON-MIN unwraps a field with a single result: {"kp": {...}} instead of [{...}]."""
+    doc = [{"image": "/data/upload/1/0a1b2c3d-a.png", "id": 7,
+            "kp": {"x": 50, "y": 50, "width": 0.5, "keypointlabels": ["nose"], "original_width": W,
+                   "original_height": H}, "annotator": "a@b.c", "annotation_id": 3}]
+    result, header, records = run(tmp_path, [write(tmp_path, doc)])
+    assert header.keypoints == ["nose"] and records[0].keypoints == [[0.5, 0.5, 2]]

@@ -10,7 +10,9 @@ Keypoints are stored by CVAT in one of two ways, both read:
   are read together (each record keeps its ``category``); with different ones, ``--category``.
 - **Plain points**: ``<points label=KP points="x,y">`` shapes; one instance per ``group_id`` in an
   image, or one per image when ungrouped; a ``<box>`` with the same ``group_id`` gives the bbox.
-  Keypoint names: the labels used by points, in ``<meta>`` order (then order of appearance).
+  Keypoint names: the labels used by points, in ``<meta>`` order (then order of appearance). A label
+  whose shapes hold several points (``points="x1,y1;x2,y2"``, face landmarks as one shape) gives
+  ``label_0``, ``label_1``, ...; each such ungrouped shape is one instance.
 
 "CVAT for images": ``<image id name width height [subset]>``, ``name`` relative to the XML's folder
 (or ``--images``), also found under ``images/`` as CVAT's dataset export lays it out; the stated
@@ -133,6 +135,7 @@ class CvatReader(Reader):
             docs.append((path, root, _Labels(root)))
         path0, root0, labels0 = docs[0]
         skel_labels = self._skeleton_labels(docs, ctx)
+        multi: Dict[str, int] = {}
         if skel_labels:
             names = list(labels0.children.get(skel_labels[0]) or
                          dict.fromkeys(p.get("label") for _, r, _ in docs for sk in r.iter("skeleton")
@@ -145,6 +148,8 @@ class CvatReader(Reader):
             used = list(dict.fromkeys(p.get("label") for _, r, _ in docs for p in r.iter("points")
                                       if p.get("label")))
             names = [n for n in labels0.order if n in set(used)] + [n for n in used if n not in labels0.order]
+            multi = _multi(docs)
+            names = [m for n in names for m in ([multi_name(n, i) for i in range(multi[n])] if n in multi else [n])]
             skeleton = []
             mode = "points"
         if not names:
@@ -163,7 +168,7 @@ class CvatReader(Reader):
         extra = {"mode": mode}
         if skel_labels:
             extra["category"] = skel_labels if several else skel_labels[0]
-        gen = _instances(docs, ctx, mode, set(skel_labels), several, wanted)
+        gen = _instances(docs, ctx, mode, set(skel_labels), several, wanted, multi)
         return ReadResult(DatasetMeta(keypoints=names, skeleton=skeleton), gen, [str(p) for p, _, _ in docs],
                           extra)
 
@@ -186,38 +191,49 @@ class CvatReader(Reader):
         return skels
 
 
-def _point(p: ET.Element, loc: Location, report) -> Optional[Point]:
-    """A keypoint of a ``<points>`` element: None after reporting a problem; (0, 0, 0) when outside."""
+def multi_name(label: str, i: int) -> str:
+    """The name of point ``i`` of a ``<points>`` shape that holds several (face landmarks as one shape)."""
+    return f"{label}_{i}"
+
+
+def _points(p: ET.Element, loc: Location, report, multi: Dict[str, int]) -> Optional[List[Tuple[str, Point]]]:
+    """The keypoints of a ``<points>`` element, (name, point): one named by its label, or, for a label
+    whose shapes hold several points (``multi``), ``label_0``, ``label_1``, ...; none when outside;
+    None after reporting a problem."""
     label = p.get("label")
     if p.get("outside") == "1":
-        return (0.0, 0.0, 0)
+        return []
     pts = _xy(p.get("points"))
-    if pts is None or len(pts) != 1:
+    n = multi.get(label, 1)
+    if pts is None or (n == 1 and len(pts) != 1):
         got = p.get("points")
         report.add("wrong_type", f"point {label!r}: expected points=\"x,y\" (one point), got {got!r}",
                    loc.with_field(label or "points"))
         return None
     v = 1 if p.get("occluded") == "1" else 2
-    return (pts[0][0], pts[0][1], v)
+    if n == 1:
+        return [(label, (pts[0][0], pts[0][1], v))]
+    return [(multi_name(label, i), (x, y, v)) for i, (x, y) in enumerate(pts)]
 
 
-def _gather(points: Sequence[ET.Element], loc: Location, report, wanted) -> Optional[Dict[str, Point]]:
+def _gather(points: Sequence[ET.Element], loc: Location, report, wanted,
+            multi: Optional[Dict[str, int]] = None) -> Optional[Dict[str, Point]]:
     out: Dict[str, Point] = {}
     for p in points:
         label = p.get("label")
         if not label:
             report.add("missing_field", "<points> without a label (the keypoint name)", loc.with_field("label"))
             return None
-        if wanted is not None and label not in wanted:
-            continue
-        pt = _point(p, loc, report)
-        if pt is None:
+        got = _points(p, loc, report, multi or {})
+        if got is None:
             return None
-        if label in out:
-            report.add("malformed_record", f"label {label!r} appears twice in one instance", loc.with_field(label))
-            return None
-        if pt[2]:
-            out[label] = pt
+        for name, pt in got:
+            if wanted is not None and name not in wanted:
+                continue
+            if name in out:
+                report.add("malformed_record", f"label {name!r} appears twice in one instance", loc.with_field(name))
+                return None
+            out[name] = pt
     return out
 
 
@@ -248,7 +264,19 @@ class _Images:
         return self._frames.get(stem, f"images/{stem}.png")
 
 
-def _instances(docs, ctx: ReadContext, mode: str, skel_labels: set, several: bool, wanted) -> Iterator[RawInstance]:
+def _multi(docs) -> Dict[str, int]:
+    """Labels whose <points> shapes hold several points -> the most points one holds."""
+    most: Dict[str, int] = {}
+    for _, root, _ in docs:
+        for p in root.iter("points"):
+            pts = _xy(p.get("points"))
+            if pts and p.get("label"):
+                most[p.get("label")] = max(most.get(p.get("label"), 1), len(pts))
+    return {k: n for k, n in most.items() if n > 1}
+
+
+def _instances(docs, ctx: ReadContext, mode: str, skel_labels: set, several: bool, wanted,
+               multi: Dict[str, int]) -> Iterator[RawInstance]:
     report = ctx.report
     images = _Images(ctx.images_root)
     for path, root, _labels in docs:
@@ -284,9 +312,12 @@ def _instances(docs, ctx: ReadContext, mode: str, skel_labels: set, several: boo
                 continue
             groups: Dict[Optional[str], List[ET.Element]] = {}
             boxes: Dict[str, Tuple[float, float, float, float]] = {}
+            alone = []      # ungrouped shapes of several points: an instance each
             for shape in image:
                 gid = shape.get("group_id")
-                if shape.tag == "points":
+                if shape.tag == "points" and gid is None and shape.get("label") in multi:
+                    alone.append(shape)
+                elif shape.tag == "points":
                     groups.setdefault(gid, []).append(shape)
                 elif shape.tag == "box" and gid is not None:
                     c = [number(shape, a) for a in ("xtl", "ytl", "xbr", "ybr")]
@@ -294,16 +325,21 @@ def _instances(docs, ctx: ReadContext, mode: str, skel_labels: set, several: boo
                         boxes[gid] = (c[0], c[1], c[2] - c[0], c[3] - c[1])
             for gid, shapes in groups.items():
                 loc = Location(name, record=f"image {iname}" + (f" group_id {gid}" if gid is not None else ""))
-                points = _gather(shapes, loc, report, wanted)
+                points = _gather(shapes, loc, report, wanted, multi)
                 if points is None:
                     continue
                 yield RawInstance(rel, points, loc, instance=gid, bbox=boxes.get(gid) if gid else None, size=size,
                                   split=split)
-        yield from _tracks(path, root, ctx, mode, skel_labels, several, wanted, images)
+            for k, shape in enumerate(alone):
+                loc = Location(name, record=f"image {iname} points {k}")
+                points = _gather([shape], loc, report, wanted, multi)
+                if points is not None:
+                    yield RawInstance(rel, points, loc, size=size, split=split)
+        yield from _tracks(path, root, ctx, mode, skel_labels, several, wanted, images, multi)
 
 
 def _tracks(path: Path, root: ET.Element, ctx: ReadContext, mode: str, skel_labels: set, several: bool,
-            wanted, images: _Images) -> Iterator[RawInstance]:
+            wanted, images: _Images, multi: Dict[str, int]) -> Iterator[RawInstance]:
     """CVAT for video: one instance per track per frame where the track is not outside."""
     report = ctx.report
     name = str(path)
@@ -344,7 +380,7 @@ def _tracks(path: Path, root: ET.Element, ctx: ReadContext, mode: str, skel_labe
                 by_frame.setdefault((n, track.get("group_id")), []).append((el, tid))
     for (n, gid), shapes in sorted(by_frame.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         loc = Location(name, record=f"frame {n}" + (f" group_id {gid}" if gid is not None else ""))
-        points = _gather([el for el, _ in shapes], loc, report, wanted)
+        points = _gather([el for el, _ in shapes], loc, report, wanted, multi)
         if points is None:
             continue
         yield RawInstance(images.frame(n), points, loc, instance=gid, size=size, group=group, split=split)

@@ -63,26 +63,36 @@ def _kind(doc) -> Optional[str]:
                     if isinstance(r, dict) and r.get("type") == "keypointlabels":
                         return "json"
             continue
-        for v in task.values():
-            if isinstance(v, list) and any(isinstance(i, dict) and "keypointlabels" in i for i in v):
-                return "min"
+        if any(_min_items(v) for v in task.values()):
+            return "min"
     return None
 
 
-def _looks_like(path: Path) -> Optional[str]:
+def _min_items(v) -> List[dict]:
+    """The keypoints of one JSON-MIN field: a list of them, or one (JSON-MIN unwraps single results)."""
+    items = v if isinstance(v, list) else [v]
+    return [i for i in items if isinstance(i, dict) and "keypointlabels" in i]
+
+
+_DETECT_PARSE_LIMIT = 64 << 20     # larger files: a JSON list that names keypointlabels early on
+
+
+def _looks_like(path: Path) -> bool:
     if not path.is_file():
-        return None
+        return False
     try:
         with open(path, "rb") as f:
             if not f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-                return None
+                return False
             f.seek(0)
-            head = f.read(64 << 20)
-        if b"keypointlabels" not in head:
-            return None
-        return _kind(json.loads(head))
+            head = f.read(_DETECT_PARSE_LIMIT + 1)
+        if b'"keypointlabels"' not in head:
+            return False
+        if len(head) > _DETECT_PARSE_LIMIT:
+            return True
+        return _kind(json.loads(head)) is not None
     except (OSError, ValueError):
-        return None
+        return False
 
 
 def image_path(url: str, root: Path) -> str:
@@ -168,10 +178,7 @@ def _keypoint_values(task: dict, kind: str) -> Iterator[dict]:
                 yield r["value"]
     else:
         for v in task.values():
-            if isinstance(v, list):
-                for item in v:
-                    if isinstance(item, dict) and "keypointlabels" in item:
-                        yield item
+            yield from _min_items(v)
 
 
 def _task_image(task: dict, kind: str) -> Optional[str]:
