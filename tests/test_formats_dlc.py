@@ -295,3 +295,17 @@ def test_keypoints_option_with_an_unknown_name(tmp_path):
     root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
     with pytest.raises(AnnotationError, match=r"CollectedData_alice.csv:2: --keypoints: 'nose' not among the bodyparts"):
         run(tmp_path, [root], options=IngestOptions(keypoints=["snout", "nose"]))
+
+
+def test_h5_with_index_names_and_several_keys(tmp_path):
+    import pandas as pd
+
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
+    csv_path = root / "labeled-data/video1/CollectedData_alice.csv"
+    _, _, from_csv = run(tmp_path, [csv_path])
+    df = pd.read_csv(csv_path, header=[0, 1, 2], index_col=0).rename_axis(index="frame")
+    h5 = tmp_path / "CollectedData_alice.h5"
+    df.to_hdf(h5, key="df_with_missing", mode="w")
+    df.to_hdf(h5, key="other", mode="a")
+    _, _, from_h5 = run(tmp_path, [h5], images=root)
+    assert [(r.image, r.keypoints) for r in from_h5] == [(r.image, r.keypoints) for r in from_csv]

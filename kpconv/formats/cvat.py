@@ -347,7 +347,8 @@ def _tracks(path: Path, root: ET.Element, ctx: ReadContext, mode: str, skel_labe
     if not tracks:
         return
     size = None
-    w, h = root.findtext("meta/task/original_size/width"), root.findtext("meta/task/original_size/height")
+    w = root.findtext("meta/task/original_size/width") or root.findtext("meta/job/original_size/width")
+    h = root.findtext("meta/task/original_size/height") or root.findtext("meta/job/original_size/height")
     if w and h and w.strip().isdigit() and h.strip().isdigit():
         size = (int(w), int(h))
     group = (root.findtext("meta/task/source") or "").strip() or path.stem

@@ -291,7 +291,12 @@ def _h5_as_csv(path: Path) -> str:
         raise AnnotationError(f"reading DeepLabCut .h5 files needs pandas and PyTables: {H5_HINT}",
                               Location(str(path))) from None
     try:
-        df = pd.read_hdf(path)
+        try:
+            df = pd.read_hdf(path)
+        except ValueError as e:     # several datasets in the file: DeepLabCut's key
+            if "key" not in str(e):
+                raise
+            df = pd.read_hdf(path, "df_with_missing")
     except ImportError as e:   # pandas without PyTables
         raise AnnotationError(f"reading DeepLabCut .h5 files needs PyTables ({e}): {H5_HINT}",
                               Location(str(path))) from None
@@ -301,7 +306,8 @@ def _h5_as_csv(path: Path) -> str:
                               Location(str(path))) from None
     if not isinstance(df, pd.DataFrame):
         raise AnnotationError(f"expected a DataFrame, got {type(df).__name__}", Location(str(path)))
-    return df.to_csv()
+    # the index names, if any, would add a row below 'coords' that DeepLabCut's CSV does not have
+    return df.rename_axis(index=[None] * df.index.nlevels).to_csv()
 
 
 def _label(ind: Optional[str], bp: str) -> str:
