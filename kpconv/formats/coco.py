@@ -334,6 +334,7 @@ class CocoReader(Reader):
         every = None not in slots  # all keypoints read (no --keypoints subset)
         for path, doc, cat_ids, by_id in loaded:
             shown_ids = ", ".join(map(repr, sorted(cat_ids, key=str)))
+            one, only = len(cat_ids) == 1, next(iter(cat_ids))     # one category: a plain comparison (hot)
             file = str(path)
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
@@ -349,7 +350,8 @@ class CocoReader(Reader):
                 if "category_id" not in ann:
                     report.add("missing_field", "annotation has no category_id", loc.with_field("category_id"))
                     continue
-                if _hashable(ann["category_id"]) not in cat_ids:
+                cid = ann["category_id"]
+                if (cid != only) if one else (_hashable(cid) not in cat_ids):
                     report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
                                f"category {shown_ids}", loc.with_field("category_id"))
                     continue
@@ -388,7 +390,7 @@ class CocoReader(Reader):
                                loc.with_field("keypoints"))
                     continue
                 # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
-                category = by_id[_hashable(ann["category_id"])] if by_id else None
+                category = by_id[cid] if by_id else None
                 if dense:   # all keypoints in the reader's order: the flat list as it is
                     yield RawInstance(image[0], None, loc, bbox=ann.get("bbox"), size=image[1], split=split,
                                       dense=kp, category=category)
