@@ -1,4 +1,4 @@
-"""The canonical labels, written by ``fixtures/make_fixtures.py`` in all six formats, give the same
+"""The canonical labels, written by ``fixtures/make_fixtures.py`` in every format, give the same
 manifest, and that manifest is the one worked out by hand from ``CANONICAL`` (x / width, y / height).
 
 Compared: image file name (not its folder: each format lays its images out its own way), width and
