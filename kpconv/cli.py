@@ -84,6 +84,17 @@ def _pairs(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _edges(ctx, param, value):
+    if value is None:
+        return None
+    from .keypoints import parse_edges
+
+    try:
+        return parse_edges(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _format_choices():
     from .formats import KNOWN
 
@@ -96,29 +107,35 @@ def _format_choices():
               help="Annotation format; 'auto' detects it from the content.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),
               help="Folder the image paths are relative to. Default: the source's own folder "
-                   "(DeepLabCut: the project folder).")
+                   "(DeepLabCut: where the listed images are, the project folder).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-",
               help="Manifest to write (JSON Lines); '-' is stdout.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write every problem found, one JSON object per line.")
 @click.option("--strict", is_flag=True, help="Exit 1 on any problem, writing nothing.")
-@click.option("--category", help="COCO: the category (name or id) to read when several have keypoints.")
+@click.option("--category", help="The category to read (COCO category name or id, CVAT skeleton label, YOLO class "
+                                   "name or id); default: all that share the keypoints, each record keeping its "
+                                   "'category'.")
 @click.option("--keypoints", callback=_names, metavar="A,B,C",
               help="Keypoint names and their order (default: from the annotations).")
 @click.option("--flip-pairs", callback=_pairs, metavar="L:R,...",
               help="Left/right keypoint pairs for horizontal flips (default: from the source or the names).")
+@click.option("--skeleton", callback=_edges, metavar="A-B,...",
+              help="Skeleton edges by keypoint name ('a:b' where a name holds '-'); replaces the source's "
+                   "(for CSV, Labelme, YOLO, ... that state none).")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
 @click.option("--workers", type=click.IntRange(min=0), default=0,
               help="Processes reading image headers (0 or 1: read them in this process).")
 @click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
-           allow_outside_root, workers):
+           skeleton, allow_outside_root, workers):
     """Read keypoint annotations and write one canonical manifest (JSON Lines).
 
     SOURCES are annotation files or a dataset folder (Labelme folder, YOLO dataset, DeepLabCut
-    project). Formats: COCO keypoints JSON, CSV tables (wide or long), DeepLabCut CollectedData CSV,
-    kpconv JSON / JSON Lines, Labelme JSON, YOLO pose.
+    project, CVAT export). Formats: COCO keypoints JSON, CSV tables (wide or long), CVAT XML (images
+    or video), DeepLabCut CollectedData CSV or .h5, dlib imglab XML, kpconv JSON / JSON Lines, Label
+    Studio JSON / JSON-MIN, Labelme JSON, YOLO pose. See docs/readers.md.
 
     Bad records are skipped and counted (summary on stderr, full list in --report); the exit code
     is 0 when at least one record was written. The output is written atomically.
@@ -126,7 +143,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     from .formats.base import IngestOptions
     from .ingest import ingest as run_ingest
 
-    options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs,
+    options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs, skeleton=skeleton,
                             allow_outside_root=allow_outside_root, workers=workers)
     try:
         result = run_ingest(sources, output=output, fmt=fmt, images=images, options=options,

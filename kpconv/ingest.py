@@ -126,7 +126,13 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
     names = list(options.keypoints) if options.keypoints else list(meta.keypoints)
     if not names:
         raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints")
-    skeleton = remap_pairs(meta.skeleton, meta.keypoints, names)
+    if options.skeleton:
+        try:
+            skeleton = pairs_to_indices(options.skeleton, names)
+        except ValueError as e:
+            raise AnnotationError(f"--skeleton: {e}") from None
+    else:
+        skeleton = remap_pairs(meta.skeleton, meta.keypoints, names)
     if options.flip_pairs:
         try:
             flips = pairs_to_indices(options.flip_pairs, names)
@@ -308,10 +314,10 @@ class _Finalizer:
         group, split = raw.group, raw.split
         if prefix is None or not (group is None or type(group) is str) or not (split is None or type(split) is str):
             return self._slow_line(rel, w, h, kps, bbox, instance, raw, loc)
-        return "%s%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
+        return "%s%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s%s}\n" % (
             prefix, self._numbers(kps, bbox), _jstr(instance),
             "null" if group is None else _jstr(group), "null" if split is None else _jstr(split),
-            self._source_json(loc))
+            self._source_json(loc), _category_json(raw))
 
     def _instance(self, rel: str, raw: RawInstance, loc: Location) -> Optional[str]:
         """The instance id (numbered in order of appearance when not given), or None after
@@ -418,9 +424,9 @@ class _Finalizer:
             src = (src + ',"id":' if src != "{" else '{"id":') + _jstr(loc.record) + "}"
         else:
             src = self._source_json(loc)
-        return "%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s}\n" % (
+        return "%s],\"instance\":%s,\"group\":%s,\"split\":%s,\"source\":%s%s}\n" % (
             head, _jstr(instance), "null" if group is None else _jstr(group),
-            "null" if split is None else _jstr(split), src)
+            "null" if split is None else _jstr(split), src, _category_json(raw))
 
     def _numbers(self, kps: list, bbox: List[float]) -> str:
         """``[x,y,v],...],"bbox":[x,y,w,h`` with every coordinate as ``repr(round(c, DECIMALS))``.
@@ -445,7 +451,7 @@ class _Finalizer:
         kps = [round(c, DECIMALS) if c.__class__ is float else c for c in kps]
         bbox = [round(c, DECIMALS) for c in bbox]
         points = [kps[j:j + 3] for j in range(0, len(kps), 3)]
-        rec = Record(rel, w, h, points, bbox, instance, raw.group, raw.split, self._source(loc))
+        rec = Record(rel, w, h, points, bbox, instance, raw.group, raw.split, self._source(loc), raw.category)
         return _dumps(rec.to_json()) + "\n"
 
     def _clamp(self, name, x, y, xn, yn, w, h, tol_x, tol_y, normalized, loc):
@@ -521,6 +527,11 @@ _SMALL = [str(i) for i in range(256)]
 _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
 # a relative path of plain names: no empty, "." or ".." part, no backslash
 _PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
+
+
+def _category_json(raw: RawInstance) -> str:
+    """``,"category":"..."`` for a record that has one (the last field, as ``Record.to_json``)."""
+    return "" if raw.category is None else ',"category":' + _jstr(str(raw.category))
 
 
 def _nones(n: int):

@@ -4,14 +4,20 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Sequence, Tuple
 
-# (left pattern, right replacement) pairs tried in order; matching is case-insensitive and the
-# partner name must exist with the same case as the replacement produces (checked by lookup).
+# Patterns whose group "s" is the side marker of a left name; the partner name has the marker
+# swapped (left -> right, l -> r, L -> R, case kept) and must exist (compared case-insensitively).
+_SEP = r"[_\-\s.]"
 _SIDE_RULES = [
-    (re.compile(r"(?i)left"), ("left", "right")),
-    (re.compile(r"(?i)(?:^|(?<=[_\-\s.]))l(?=[_\-\s.])"), ("l", "r")),   # l_eye, eye.l
-    (re.compile(r"(?i)(?<=[_\-\s.])l$"), ("l", "r")),                     # eye_L
-    (re.compile(r"^L(?=[A-Z])"), ("L", "R")),                              # LEye (OpenPose style)
+    re.compile(r"(?i)(?P<s>left)"),                                       # left_eye, front_left, LeftHand
+    re.compile(rf"(?i)(?:^|(?<={_SEP}))(?P<s>l)(?={_SEP})"),              # l_eye, eye.l.tip
+    re.compile(rf"(?i)(?<={_SEP})(?P<s>l)$"),                             # eye_L
+    re.compile(r"^(?P<s>L)(?=[A-Z])"),                                    # LEye (OpenPose style)
+    re.compile(r"^(?P<s>L)(?=[a-z])"),                                    # Lknee
+    re.compile(r"(?<=[a-z])(?P<s>L)$"),                                   # earL
+    re.compile(rf"(?:^|(?<={_SEP}))[A-Z](?P<s>L)(?={_SEP}|$)"),           # FL_paw, paw_HL
+    re.compile(rf"(?:^|(?<={_SEP}))(?P<s>L)[A-Z](?={_SEP}|$)"),           # LF_paw, paw_LH
 ]
+_RIGHT = {"left": "right", "l": "r"}
 
 
 def _swap_case_like(src: str, word: str) -> str:
@@ -24,17 +30,19 @@ def _swap_case_like(src: str, word: str) -> str:
 
 def infer_flip_pairs(names: Sequence[str]) -> List[Tuple[int, int]]:
     """Pairs (left index, right index) found from names such as ``left_eye``/``right_eye``,
-    ``l_knee``/``r_knee``, ``LeftHand``/``RightHand``, ``ear_L``/``ear_R`` (case-insensitive)."""
+    ``front_left``/``front_right``, ``l_knee``/``r_knee``, ``LeftHand``/``RightHand``,
+    ``ear_L``/``ear_R``, ``earL``/``earR``, ``Lknee``/``Rknee``, ``FL_paw``/``FR_paw``
+    (case-insensitive)."""
     lower = {n.lower(): i for i, n in enumerate(names)}
     pairs = []
     used = set()
     for i, name in enumerate(names):
         if i in used:
             continue
-        for pattern, (left, right) in _SIDE_RULES:
+        for pattern in _SIDE_RULES:
             for m in pattern.finditer(name):
-                src = m.group(0)
-                partner = name[:m.start()] + _swap_case_like(src, right) + name[m.end():]
+                src = m.group("s")
+                partner = name[:m.start("s")] + _swap_case_like(src, _RIGHT[src.lower()]) + name[m.end("s"):]
                 j = lower.get(partner.lower())
                 if j is not None and j != i and j not in used:
                     pairs.append((i, j))
@@ -61,6 +69,19 @@ def parse_pairs(text: str) -> List[Tuple[str, str]]:
         parts = [p.strip() for p in item.split(":")]
         if len(parts) != 2 or not all(parts):
             raise ValueError(f"expected pairs like 'left_eye:right_eye,left_ear:right_ear', got {item!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def parse_edges(text: str) -> List[Tuple[str, str]]:
+    """``a-b,b-c`` (or ``a:b,b:c``, for names that hold a ``-``) -> [("a", "b"), ("b", "c")]"""
+    pairs = []
+    for item in text.split(","):
+        sep = ":" if ":" in item else "-"
+        parts = [p.strip() for p in item.split(sep)]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"expected edges like 'nose-left_eye,nose-right_eye' (or 'a:b' when a name holds "
+                             f"a '-'), got {item!r}")
         pairs.append((parts[0], parts[1]))
     return pairs
 

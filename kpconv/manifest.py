@@ -86,6 +86,7 @@ class Record:
     group: Optional[str] = None     # frames of one video, etc.: split together
     split: Optional[str] = None     # split given by the source (e.g. COCO train/val file)
     source: dict = field(default_factory=dict)  # {"file": ..., "line": n} or {"file": ..., "id": ...}
+    category: Optional[str] = None  # only when records of several categories were read together
 
     @property
     def key(self) -> str:
@@ -102,6 +103,7 @@ class Record:
             "group": self.group,
             "split": self.split,
             "source": self.source,
+            **({} if self.category is None else {"category": self.category}),
         }
 
     @classmethod
@@ -130,11 +132,11 @@ class Record:
         box = d["bbox"]
         if len(box) != 4 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in box):
             raise ManifestError(f"expected [x, y, w, h], got {box!r}", loc.with_field("bbox"))
-        for key in ("group", "split"):
+        for key in ("group", "split", "category"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise ManifestError("expected a string or null", loc.with_field(key))
         return cls(d["image"], d["width"], d["height"], kps, box, d["instance"], d.get("group"),
-                   d.get("split"), d.get("source") or {})
+                   d.get("split"), d.get("source") or {}, d.get("category"))
 
 
 def _dumps(obj) -> str:

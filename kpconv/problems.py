@@ -39,6 +39,11 @@ REASONS = {
     "size_mismatch": (WARNING, "stated image size differs from the image file"),
     "clamped": (NOTE, "coordinate just outside the image, clamped"),
     "bad_bbox": (WARNING, "given bbox unusable, derived from keypoints"),
+    "bad_skeleton": (WARNING, "skeleton edges out of range, dropped"),
+    "image_in_two_splits": (WARNING, "image listed in two splits, kept in the first"),
+    "skeleton_0_based": (NOTE, "0-based skeleton recognised and converted"),
+    "generated_names": (NOTE, "no keypoint names in the source: named kp0, kp1, ..."),
+    "several_categories": (NOTE, "categories read together, each record keeps its category"),
 }
 
 

@@ -46,6 +46,18 @@ def golden(request) -> Golden:
     return Golden(request.config.getoption("--update-golden"))
 
 
+def ingest_records(tmp_path, sources, **opts):
+    """Ingest ``sources`` (format detected) into ``tmp_path/out.jsonl``: (result, header, records)."""
+    from kpconv.formats.base import IngestOptions
+    from kpconv.ingest import ingest
+    from kpconv.manifest import read_manifest
+
+    out = tmp_path / "out.jsonl"
+    result = ingest([str(s) for s in sources], output=str(out), options=IngestOptions(**opts))
+    header, records = read_manifest(str(out))
+    return result, header, records
+
+
 def relativize(text: str) -> str:
     """Replace this checkout's absolute path with ``<repo>`` so golden files are machine-independent."""
     return text.replace(REPO.as_posix(), "<repo>").replace(str(REPO), "<repo>")

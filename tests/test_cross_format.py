@@ -1,4 +1,4 @@
-"""The canonical labels, written by ``fixtures/make_fixtures.py`` in all six formats, give the same
+"""The canonical labels, written by ``fixtures/make_fixtures.py`` in every format, give the same
 manifest, and that manifest is the one worked out by hand from ``CANONICAL`` (x / width, y / height).
 
 Compared: image file name (not its folder: each format lays its images out its own way), width and
@@ -20,16 +20,26 @@ from kpconv.formats.base import IngestOptions
 from kpconv.ingest import ingest
 from kpconv.manifest import DECIMALS
 
-# format name -> (reader module, source relative to fixtures/, states a skeleton)
+# format name -> (reader module, source relative to fixtures/, states a skeleton[, IngestOptions arguments])
 CANONICAL_SOURCES = {
     "coco": ("coco", "coco/annotations.json", True),
     "csv": ("csv_table", "csv/labels.csv", False),
     "dlc": ("dlc", "dlc", False),
+    "dlc-h5": ("dlc", "dlc-h5", False),
     "labelme": ("labelme", "labelme", False),
+    "cvat": ("cvat", "cvat/annotations.xml", True),
+    "cvat-points": ("cvat", "cvat-points/annotations.xml", False),
+    "label-studio": ("label_studio", "label-studio/project-3-at-2024-05-02-10-02-1a2b3c4d.json", False),
+    # imglab stores parts in name order: --keypoints gives the canonical order, as a user would
+    "dlib": ("dlib", "dlib/training_with_keypoints.xml", False, {"keypoints": ["nose", "left_eye", "right_eye",
+                                                                              "left_ear", "right_ear", "tail"]}),
     "yolo": ("yolo", "yolo", False),
     "kpconv-json": ("kpconv_json", "kpconv-json/annotations.json", True),
     "kpconv-jsonl": ("kpconv_json", "kpconv-json/annotations.jsonl", True),
 }
+
+
+FORMAT_OF = {"kpconv-jsonl": "kpconv-json", "dlc-h5": "dlc", "cvat-points": "cvat"}
 
 
 def _fixture_module():
@@ -71,12 +81,12 @@ def comparable(text: str):
 
 @pytest.mark.parametrize("fmt", list(CANONICAL_SOURCES))
 def test_same_manifest_from_every_format(fmt, tmp_path):
-    module, source, has_skeleton = CANONICAL_SOURCES[fmt]
+    module, source, has_skeleton, *opts = CANONICAL_SOURCES[fmt]
     if importlib.util.find_spec(f"kpconv.formats.{module}") is None:
         pytest.skip(f"reader kpconv.formats.{module} not written yet")
     out = tmp_path / "m.jsonl"
-    result = ingest([FIXTURES / source], output=str(out), options=IngestOptions())
-    assert result.format == fmt.replace("kpconv-jsonl", "kpconv-json")
+    result = ingest([FIXTURES / source], output=str(out), options=IngestOptions(**(opts[0] if opts else {})))
+    assert result.format == FORMAT_OF.get(fmt, fmt)
     header, skeleton, records = comparable(out.read_text())
     want_header, want_skeleton, want_records = expected()
     assert header == want_header

@@ -57,11 +57,14 @@ def test_detect_by_content(dataset, tmp_path):
     assert coco.CocoReader.detect([dataset(doc())])
     assert formats.detect([dataset(doc())]) is coco.CocoReader
     assert not coco.CocoReader.detect([dataset({"images": [], "annotations": []}, "other.json")])
-    assert not coco.CocoReader.detect([dataset(doc(categories=[{"id": 1, "name": "cat"}]), "nokp.json")])
+    # no keypoint names, but annotations with keypoints (face landmark sets): COCO too
+    assert coco.CocoReader.detect([dataset(doc(categories=[{"id": 1, "name": "cat"}]), "nokp.json")])
+    assert not coco.CocoReader.detect([dataset(doc(categories=[{"id": 1, "name": "cat"}], annotations=[]),
+                                               "nothing.json")])
     (tmp_path / "broken.json").write_text('{"annotations": [')
     assert not coco.CocoReader.detect([tmp_path / "broken.json"])
-    (tmp_path / "a.csv").write_text(json.dumps(doc()))
-    assert not coco.CocoReader.detect([tmp_path / "a.csv"])  # a .json file only
+    (tmp_path / "a.txt").write_text(json.dumps(doc()))
+    assert coco.CocoReader.detect([tmp_path / "a.txt"])  # by content, whatever the extension
     assert not coco.CocoReader.detect([FIXTURES / "kpconv-json" / "annotations.json"])
     assert not coco.CocoReader.detect([FIXTURES / "labelme" / "img001.json"])
 
@@ -228,8 +231,86 @@ def test_wrong_top_level_types(dataset, tmp_path):
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(AnnotationError, match="expected a JSON object"):
         read([tmp_path / "list.json"])
-    with pytest.raises(AnnotationError, match="field 'skeleton': expected 1-based"):
-        read([dataset(doc(categories=[{"id": 1, "name": "p", "keypoints": NAMES, "skeleton": [[0, 1]]}]))])
+
+
+# ------------------------------------------------------------------------- COCO as real files bend it
+def _cat(**kw):
+    return {"id": 1, "name": "person", "keypoints": NAMES, **kw}
+
+
+@pytest.mark.parametrize("skeleton, pairs, problems", [
+    ([[1, 2], [1, 3]], [(0, 1), (0, 2)], {}),
+    ([[0, 1], [0, 2]], [(0, 1), (0, 2)], {"skeleton_0_based": 1}),            # 0-based: a 0, no K
+    ([[1, 2], [16, 17], [3, 1]], [(0, 1), (2, 0)], {"bad_skeleton": 1}),      # a COCO skeleton on K = 3
+    ([[1, 2], "x", [1]], [(0, 1)], {"bad_skeleton": 1}),
+    ("1-2", [], {"bad_skeleton": 1}),
+])
+def test_skeleton_never_fails_the_file(dataset, skeleton, pairs, problems):
+    result, insts, report = read([dataset(doc(categories=[_cat(skeleton=skeleton)]))])
+    assert result.meta.skeleton == pairs and len(insts) == 2
+    assert dict(report.counts) == problems
+    if "bad_skeleton" in problems:
+        assert "field 'skeleton'" in str(report.first[0]) and "dropped skeleton edge" in str(report.first[0]) \
+            or "skeleton ignored" in str(report.first[0])
+
+
+def test_bad_skeleton_message_names_the_edges(dataset):
+    _, _, report = read([dataset(doc(categories=[_cat(skeleton=[[1, 2], [16, 17]])]))])
+    assert str(report.first[0]) == ("annotations.json: record category 1: field 'skeleton': dropped skeleton "
+                                    "edge(s) [16, 17]: expected [i, j] with 1 <= i, j <= 3").replace(
+        "annotations.json", str(report.first[0].location.file))
+
+
+def test_categories_sharing_keypoints_are_read_together(dataset, tmp_path):
+    d = doc(categories=[_cat(id=1, name="dog"), _cat(id=2, name="cat"), {"id": 3, "name": "ball"}])
+    d["annotations"][1]["category_id"] = 2
+    result, insts, report = read([dataset(d)])
+    assert [i.category for i in insts] == ["dog", "cat"]
+    assert report.counts["several_categories"] == 1 and not report.fails_strict
+    assert result.extra["category"] == ["dog", "cat"]
+    # through ingest: the records carry the category, and --category still selects one
+    out = tmp_path / "m.jsonl"
+    ingest([dataset(d)], output=str(out))
+    recs = [json.loads(x) for x in out.read_text().splitlines()[1:]]
+    assert [r["category"] for r in recs] == ["dog", "cat"]
+    result, insts, report = read([dataset(d)], category="cat")
+    assert [i.category for i in insts] == [None] and report.counts["other_category"] == 1
+    # one category: no category field on the records (as before)
+    ingest([dataset(doc())], output=str(out))
+    assert all("category" not in json.loads(x) for x in out.read_text().splitlines()[1:])
+
+
+def test_categories_with_different_keypoints_ask(dataset):
+    d = doc(categories=[_cat(id=1, name="dog"), _cat(id=2, name="cat"), _cat(id=3, name="hand", keypoints=["a"])])
+    with pytest.raises(AnnotationError, match=r"categories have different keypoint lists: 1 \('dog'\), 2 \('cat'\) "
+                                              r"\(3 keypoints\); 3 \('hand'\) \(1 keypoints\); choose one"):
+        read([dataset(d)])
+
+
+def test_no_keypoint_names_generated_from_the_annotations(dataset):
+    d = doc(categories=[{"id": 1, "name": "face"}])
+    result, insts, report = read([dataset(d)])
+    assert result.meta.keypoints == ["kp0", "kp1", "kp2"] and len(insts) == 2
+    assert report.counts == {"generated_names": 1}
+    assert "named kp0..kp2 from the annotations' 3 points" in str(report.first[0])
+    # --keypoints names every point
+    result, insts, report = read([dataset(d)], keypoints=["nose", "left_eye", "right_eye"])
+    assert result.meta.keypoints == ["nose", "left_eye", "right_eye"] and not report.counts
+    assert insts[1].points(result.meta.keypoints)["left_eye"] == (24, 8, 1)
+
+
+@pytest.mark.parametrize("nested", [
+    [[4, 5, 2], [8, 3, 2], [0, 0, 0]],
+    [[4, 5], [8, 3], [0, 0]],            # [x, y]: (0, 0) is not labelled, the others visible
+])
+def test_nested_keypoints(dataset, nested):
+    d = doc()
+    d["annotations"][0]["keypoints"] = nested
+    d["annotations"][1]["keypoints"] = [[1, 2, 2]]
+    result, insts, report = read([dataset(d)])
+    assert len(insts) == 1 and insts[0].points(NAMES) == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}
+    assert str(report.first[0]).endswith("record 11: field 'keypoints': expected 3 points [[x, y, v], ...] or "
+                                         "[[x, y], ...], got a nested list of 1 points")
 
 
 def test_folder_source_and_explicit_format(dataset, tmp_path):

@@ -12,6 +12,7 @@ from kpconv import formats
 from kpconv.errors import AnnotationError
 from kpconv.formats import csv_table
 from kpconv.formats.base import IngestOptions, ReadContext
+from kpconv.ingest import ingest
 from kpconv.problems import Report
 
 
@@ -57,8 +58,18 @@ def test_detect_does_not_claim_deeplabcut_files():
 
 def test_detect_needs_a_table_file(table, tmp_path):
     assert not csv_table.CsvReader.detect([tmp_path])
-    assert not csv_table.CsvReader.detect([table("image,nose_x,nose_y\n", "labels.json")])
+    assert not csv_table.CsvReader.detect([table('{"image": 1, "nose_x": 2}\n', "labels.json")])
     assert csv_table.CsvReader.detect([table("image\tnose_x\tnose_y\n", "labels.tsv")])
+
+
+def test_detect_by_content_whatever_the_extension(table, tmp_path):
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    dat = table("image,nose_x,nose_y\na.png,1,2\n", "labels.dat")
+    assert formats.detect([dat]) is csv_table.CsvReader
+    tabbed = table("image\tnose_x\tnose_y\na.png\t1\t2\n", "export.txt")    # tabs, no commas: tab-separated
+    assert formats.detect([tabbed]) is csv_table.CsvReader
+    out = tmp_path / "m.jsonl"
+    assert ingest([tabbed], output=str(out)).written == 1
 
 
 # ------------------------------------------------------------------------------------------ wide

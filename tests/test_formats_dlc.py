@@ -216,14 +216,96 @@ def test_likelihood_columns_and_backslash_paths(tmp_path):
     assert records[0].keypoints == [[0.5, 0.5, 2], [0.125, 0.25, 2]]
 
 
-def test_project_without_csv(tmp_path):
+def test_project_without_tables(tmp_path):
     (tmp_path / "proj/labeled-data/v").mkdir(parents=True)
-    (tmp_path / "proj/labeled-data/v/CollectedData_a.h5").write_bytes(b"\x89HDF")
-    with pytest.raises(AnnotationError, match="only .h5 files"):
+    with pytest.raises(AnnotationError, match="no labeled-data/.*CollectedData.*found in this folder"):
         run(tmp_path, [tmp_path / "proj"])
+    (tmp_path / "proj/labeled-data/v/CollectedData_a.h5").write_bytes(b"\x89HDF\r\n\x1a\nnot really")
+    with pytest.raises(AnnotationError, match=r"CollectedData_a.h5: cannot read as a pandas HDF5 table"):
+        run(tmp_path, [tmp_path / "proj"])
+
+
+# ------------------------------------------------------- tables wherever they sit, and the .h5 twin
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def test_top_level_table_finds_its_images_root(tmp_path):
+    """lightning-pose layout: project/CollectedData.csv with paths labeled-data/imgNN.png."""
+    import shutil
+
+    root = tmp_path / "lp"
+    shutil.copytree(FIXTURES / "dlc-top", root)
+    for src in (root, root / "CollectedData.csv"):
+        result, header, records = run(tmp_path, [src], fmt="auto")
+        assert result.format == "dlc" and len(records) == 3
+        assert header.images_root == root.as_posix()
+        assert records[0].image == "labeled-data/img002.png" and records[0].group is None
+    # a CSV named .dat is found by its content
+    (root / "CollectedData.csv").rename(root / "labels.dat")
+    result, header, records = run(tmp_path, [root / "labels.dat"], fmt="auto")
+    assert result.format == "dlc" and len(records) == 3 and header.images_root == root.as_posix()
+
+
+def test_standard_layout_root_is_still_the_project(tmp_path):
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
+    _, header, _ = run(tmp_path, [root / "labeled-data/video1/CollectedData_alice.csv"])
+    assert header.images_root == root.as_posix()
+
+
+def test_h5_gives_the_csv_twins_records_and_is_not_read_twice(tmp_path):
+    import pandas as pd
+
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": MULTI.replace("video2", "video1")})
+    csv_path = root / "labeled-data/video1/CollectedData_alice.csv"
+    h5 = csv_path.with_suffix(".h5")
+    pd.read_csv(csv_path, header=[0, 1, 2, 3], index_col=0).to_hdf(h5, key="df_with_missing", mode="w")
+    _, _, from_csv = run(tmp_path, [csv_path])
+    _, h_h5, from_h5 = run(tmp_path, [h5], fmt="auto")
+    strip = [(r.image, r.instance, r.keypoints, r.bbox, r.group) for r in from_csv]
+    assert strip == [(r.image, r.instance, r.keypoints, r.bbox, r.group) for r in from_h5]
+    assert from_h5[0].source == {"file": "labeled-data/video1/CollectedData_alice.h5", "id": "row 0"}
+    # both present: the folder and a glob read the CSV, once
+    for sources in ([root], [csv_path, h5], [h5, csv_path]):
+        result, header, recs = run(tmp_path, sources)
+        assert header.source["files"] == ["labeled-data/video1/CollectedData_alice.csv"]
+        assert len(recs) == len(from_csv)
+    # only the .h5: the folder reads it
+    csv_path.unlink()
+    _, header, recs = run(tmp_path, [root])
+    assert header.source["files"] == ["labeled-data/video1/CollectedData_alice.h5"] and len(recs) == len(from_csv)
+
+
+def test_h5_without_pandas_says_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pandas(name, *a, **kw):
+        if name == "pandas":
+            raise ImportError("No module named 'pandas'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    with pytest.raises(AnnotationError, match=r"CollectedData_alice.h5: reading DeepLabCut .h5 files needs pandas "
+                                              r"and PyTables: pip install 'kpconv\[h5\]'"):
+        run(tmp_path, [FIXTURES / "dlc-h5"], fmt="auto")
 
 
 def test_keypoints_option_with_an_unknown_name(tmp_path):
     root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
     with pytest.raises(AnnotationError, match=r"CollectedData_alice.csv:2: --keypoints: 'nose' not among the bodyparts"):
         run(tmp_path, [root], options=IngestOptions(keypoints=["snout", "nose"]))
+
+
+def test_h5_with_index_names_and_several_keys(tmp_path):
+    import pandas as pd
+
+    root = project(tmp_path, {"labeled-data/video1/CollectedData_alice.csv": SINGLE})
+    csv_path = root / "labeled-data/video1/CollectedData_alice.csv"
+    _, _, from_csv = run(tmp_path, [csv_path])
+    df = pd.read_csv(csv_path, header=[0, 1, 2], index_col=0).rename_axis(index="frame")
+    h5 = tmp_path / "CollectedData_alice.h5"
+    df.to_hdf(h5, key="df_with_missing", mode="w")
+    df.to_hdf(h5, key="other", mode="a")
+    _, _, from_h5 = run(tmp_path, [h5], images=root)
+    assert [(r.image, r.keypoints) for r in from_h5] == [(r.image, r.keypoints) for r in from_csv]

@@ -149,6 +149,36 @@ def test_category_keeps_one_class(tmp_path):
     assert header.source["classes"] == ["person", "dog"]
 
 
+def test_several_classes_are_read_with_their_class_never_merged_silently(tmp_path):
+    yaml = YAML.replace("  0: person\n", "  0: person\n  1: dog\n")
+    root = dataset(tmp_path, {"train/a": "0 0.5 0.5 0.5 0.5 0.5 0.5 2 0 0 0 0 0 0\n"
+                                         "1 0.5 0.5 0.5 0.5 0.4 0.5 2 0 0 0 0 0 0\n"}, yaml=yaml)
+    result, header, records = run(tmp_path, [root])
+    assert [r.category for r in records] == ["person", "dog"]
+    assert result.report.counts == {"several_categories": 1} and not result.report.fails_strict
+    assert str(result.report.first[0]).endswith("field 'names': 2 classes read together: person, dog; each record "
+                                                "keeps its class in 'category' (choose one with --category)")
+    result, header, records = run(tmp_path, [root], options=IngestOptions(category="1"))
+    assert [r.category for r in records] == [None] and result.report.counts == {"other_category": 1}
+    # one class: no category on the records
+    root = dataset(tmp_path / "one", {"train/a": "0 0.5 0.5 0.5 0.5 0.5 0.5 2 0 0 0 0 0 0\n"})
+    _, _, records = run(tmp_path, [root])
+    assert [r.category for r in records] == [None]
+
+
+def test_image_in_two_splits_is_a_located_warning(tmp_path):
+    yaml = YAML.replace("train: images/train", "train: train.txt").replace("val: images/val", "val: val.txt")
+    root = dataset(tmp_path, {"train/a": "0 0.5 0.5 0.5 0.5 0.5 0.5 2 0 0 0 0 0 0\n",
+                              "train/b": "0 0.5 0.5 0.5 0.5 0.4 0.5 2 0 0 0 0 0 0\n"}, yaml=yaml)
+    (root / "train.txt").write_text("images/train/a.png\nimages/train/b.png\n")
+    (root / "val.txt").write_text("images/train/b.png\n")
+    result, _, records = run(tmp_path, [root])
+    assert [(r.image, r.split) for r in records] == [("images/train/a.png", "train"), ("images/train/b.png", "train")]
+    assert result.report.counts == {"image_in_two_splits": 1} and result.report.fails_strict
+    assert str(result.report.first[0]) == (f"{root / 'val.txt'}:1: image images/train/b.png is listed in split "
+                                           "'train' and again in 'val'; keeping it in 'train'")
+
+
 def test_label_path_rule():
     assert label_path(Path("/d/images/train/x.jpg")) == Path("/d/labels/train/x.txt")
     assert label_path(Path("/images/d/images/x.y.png")) == Path("/images/d/labels/x.y.txt")

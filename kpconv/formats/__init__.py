@@ -14,9 +14,9 @@ from .base import Reader
 
 _REGISTRY: Dict[str, Type[Reader]] = {}
 # The format names, for option choices without importing every reader (a test keeps it in step).
-KNOWN = ("coco", "csv", "dlc", "kpconv-json", "labelme", "yolo")
+KNOWN = ("coco", "csv", "cvat", "dlc", "dlib", "kpconv-json", "label-studio", "labelme", "yolo")
 # Modules imported on first use, in detection order (most specific first).
-_MODULES = ("kpconv_json", "coco", "dlc", "labelme", "yolo", "csv_table")
+_MODULES = ("kpconv_json", "coco", "cvat", "dlib", "label_studio", "dlc", "labelme", "yolo", "csv_table")
 
 
 def register(cls: Type[Reader]) -> Type[Reader]:
@@ -55,8 +55,10 @@ def detect(sources: Sequence[Path]) -> Type[Reader]:
     hits = [cls for cls in _ordered() if cls.detect(sources)]
     shown = ", ".join(str(s) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
     if not hits:
+        expected = "; ".join(f"{cls.name}: {cls.expects}" for cls in _ordered())
         raise FormatDetectionError(
-            f"cannot tell the annotation format of {shown}; use --format with one of: {', '.join(names())}")
+            f"cannot tell the annotation format of {shown}; use --format with one of: {', '.join(names())}. "
+            f"Each format expects: {expected}")
     if len(hits) > 1:
         raise FormatDetectionError(
             f"{shown} could be any of: {', '.join(c.name for c in hits)}; choose one with --format")

@@ -40,6 +40,9 @@ class RawInstance:
     # values aligned with the reader's ``DatasetMeta.keypoints``; a point with v == 0 is not labelled.
     # Ingest validates a whole chunk of these at once; ``points()`` gives the same as the dict form.
     dense: Optional[list] = None
+    # The instance's category (COCO category, YOLO class, ...), set only when the reader reads
+    # several categories together; written as the record's ``category``.
+    category: Optional[str] = None
 
     def points(self, names: Sequence[str]) -> Dict[str, Point]:
         """The keypoints as a dict (``names``: the reader's ``DatasetMeta.keypoints``)."""
@@ -70,6 +73,7 @@ class IngestOptions:
     category: Optional[str] = None          # COCO: which category (name or id) when several have keypoints
     keypoints: Optional[List[str]] = None   # fix keypoint names and order (CSV; a subset/reorder elsewhere)
     flip_pairs: Optional[List[Tuple[str, str]]] = None
+    skeleton: Optional[List[Tuple[str, str]]] = None   # edges by name; replaces the source's skeleton
     allow_outside_root: bool = False
     tolerance_px: float = 1.0               # coordinates this far outside the image are clamped
     tolerance_frac: float = 0.01            # ... or this fraction of the image size, whichever is larger
@@ -88,6 +92,7 @@ class Reader:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    expects: ClassVar[str] = ""     # what detect() looks for, for the message when no format matches
     # True: every RawInstance.dense list this reader yields holds exact int/float values only (not
     # bool), checked by the reader, so ingest need not check their types again
     dense_checked: ClassVar[bool] = False

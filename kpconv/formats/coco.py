@@ -2,14 +2,25 @@
 
 What is read: ``categories[].keypoints`` (names) and ``skeleton`` (1-based, made 0-based), ``images[]``
 (``id``, ``file_name``, ``width``/``height`` = the stated size, checked against the file), and
-``annotations[]`` (``keypoints`` flat ``[x, y, v] * K`` in pixels, ``bbox`` ``[x, y, w, h]``,
-``iscrowd``, ``category_id``). Crowd annotations are skipped (a note, as COCO intends) and so are
-annotations of other categories. Each file is parsed once with :mod:`json`; nothing is indexed twice.
+``annotations[]`` (``keypoints`` flat ``[x, y, v] * K`` in pixels, or nested ``[[x, y, v], ...]`` /
+``[[x, y], ...]``, ``bbox`` ``[x, y, w, h]``, ``iscrowd``, ``category_id``). Crowd annotations are
+skipped (a note, as COCO intends) and so are annotations of other categories. Each file is parsed
+once with :mod:`json`; nothing is indexed twice.
+
+COCO as real datasets bend it:
+
+- Categories with identical keypoint lists (AP-10K: one category per species) are read together,
+  each record keeping its category name (``category``); ``--category`` still selects one.
+- Categories without keypoint names (face landmark sets): the names are ``kp0..kp{K-1}`` from the
+  annotations' length (a ``generated_names`` note), or ``--keypoints`` naming all K.
+- A 0-based skeleton (a 0 and no K) is recognised and converted (a note); edges out of range are
+  dropped (a ``bad_skeleton`` warning naming them). A skeleton never fails the file.
 """
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from itertools import chain, compress
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -34,9 +45,12 @@ def split_from_name(path: Path) -> Optional[str]:
 
 
 def _is_coco_doc(doc) -> bool:
+    """A COCO object with keypoints: named by a category, or only in the annotations (face sets)."""
     return (isinstance(doc, dict) and isinstance(doc.get("annotations"), list)
             and isinstance(doc.get("categories"), list)
-            and any(isinstance(c, dict) and isinstance(c.get("keypoints"), list) for c in doc["categories"]))
+            and (any(isinstance(c, dict) and isinstance(c.get("keypoints"), list) for c in doc["categories"])
+                 or any(isinstance(a, dict) and isinstance(a.get("keypoints"), list) and a["keypoints"]
+                        for a in doc["annotations"])))
 
 
 def _scan_for_keys(path: Path) -> bool:
@@ -57,9 +71,13 @@ def _scan_for_keys(path: Path) -> bool:
 
 
 def _looks_like_coco(path: Path) -> bool:
-    if not path.is_file() or path.suffix.lower() != ".json":
+    """By content, whatever the extension (a COCO file named ``.txt`` is one too)."""
+    if not path.is_file():
         return False
     try:
+        with open(path, "rb") as f:
+            if not f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+                return False
         if path.stat().st_size > _DETECT_PARSE_LIMIT:
             return _scan_for_keys(path)
         return _is_coco_doc(json.loads(path.read_bytes()))
@@ -95,9 +113,15 @@ def _describe(cat: dict) -> str:
     return f"{cat.get('id')!r} ({cat.get('name')!r})"
 
 
-def _choose_category(path: Path, doc: dict, wanted: Optional[str]) -> dict:
-    cats = [c for c in doc["categories"] if isinstance(c, dict) and isinstance(c.get("keypoints"), list)
-            and c["keypoints"]]
+def _named(c) -> bool:
+    return isinstance(c, dict) and isinstance(c.get("keypoints"), list) and bool(c["keypoints"])
+
+
+def _choose_categories(path: Path, doc: dict, wanted: Optional[str]) -> List[dict]:
+    """The categories to read: the one ``--category`` names, else every category with keypoint
+    names when they all have the same names, else (no names anywhere) every category that
+    annotations with keypoints refer to."""
+    cats = [c for c in doc["categories"] if _named(c)]
     if wanted is not None:
         hits = [c for c in doc["categories"] if isinstance(c, dict)
                 and (str(c.get("name")) == wanted or str(c.get("id")) == wanted)]
@@ -106,36 +130,102 @@ def _choose_category(path: Path, doc: dict, wanted: Optional[str]) -> dict:
                                   f"keypoints: {', '.join(map(_describe, cats)) or 'none'}",
                                   Location(str(path), field="categories"))
         cat = hits[0]
-        if not (isinstance(cat.get("keypoints"), list) and cat["keypoints"]):
+        if not _named(cat) and cats:
             raise AnnotationError(f"--category {wanted!r}: category {_describe(cat)} has no keypoints",
                                   Location(str(path), field="categories"))
-        return cat
+        return [cat]
     if not cats:
-        raise AnnotationError("no category has keypoints (expected categories[].keypoints, a list of names)",
-                              Location(str(path), field="categories"))
-    if len(cats) > 1:
-        raise AnnotationError(f"several categories have keypoints: {', '.join(map(_describe, cats))}; "
-                              "choose one with --category NAME|ID", Location(str(path), field="categories"))
-    return cats[0]
+        used = {a.get("category_id") for a in doc["annotations"]
+                if isinstance(a, dict) and isinstance(a.get("keypoints"), list) and a["keypoints"]}
+        cats = [c for c in doc["categories"] if isinstance(c, dict) and _hashable(c.get("id")) in used]
+        if not cats:
+            raise AnnotationError("no category has keypoints (expected categories[].keypoints, a list of names, "
+                                  "or annotations with keypoints)", Location(str(path), field="categories"))
+        return cats
+    kinds = list(dict.fromkeys(tuple(c["keypoints"]) for c in cats))
+    if len(kinds) > 1:
+        loc = Location(str(path), field="categories")
+        if len(kinds) == len(cats):
+            raise AnnotationError(f"several categories have keypoints: {', '.join(map(_describe, cats))}; "
+                                  "choose one with --category NAME|ID", loc)
+        groups = "; ".join(", ".join(_describe(c) for c in cats if tuple(c["keypoints"]) == kind)
+                           + f" ({len(kind)} keypoints)" for kind in kinds)
+        raise AnnotationError(f"categories have different keypoint lists: {groups}; choose one with "
+                              "--category NAME|ID", loc)
+    return cats
 
 
-def _category_meta(path: Path, cat: dict) -> Tuple[List[str], List[Tuple[int, int]]]:
+def _hashable(v):
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return None
+
+
+def _generated_names(path: Path, doc: dict, ids: set) -> List[str]:
+    """``kp0..kp{K-1}``, K the most common keypoint count of the chosen categories' annotations."""
+    counts: Counter = Counter()
+    for a in doc["annotations"]:
+        if isinstance(a, dict) and _hashable(a.get("category_id")) in ids:
+            kp = a.get("keypoints")
+            if isinstance(kp, list) and kp:
+                counts[len(kp) if isinstance(kp[0], list) else len(kp) // 3] += 1
+    if not counts or counts.most_common(1)[0][0] == 0:
+        raise AnnotationError("no keypoint names and no annotation with keypoints to count them from; "
+                              "give the names with --keypoints", Location(str(path), field="categories"))
+    return [f"kp{i}" for i in range(counts.most_common(1)[0][0])]
+
+
+def _category_meta(path: Path, cat: dict, k: int, report) -> Tuple[Optional[List[str]], List[Tuple[int, int]]]:
+    """The category's keypoint names (None when it has none) and its skeleton, 0-based. A skeleton
+    is drawing metadata: 0-based is recognised (a note), bad edges are dropped (a warning)."""
     loc = Location(str(path), record=f"category {cat.get('id')}")
-    names = cat["keypoints"]
-    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-        raise AnnotationError(f"expected a list of unique keypoint names, got {names!r}", loc.with_field("keypoints"))
-    k = len(names)
+    names = cat.get("keypoints") if _named(cat) else None
+    if names is not None:
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise AnnotationError(f"expected a list of unique keypoint names, got {names!r}",
+                                  loc.with_field("keypoints"))
+        k = len(names)
     skeleton = cat.get("skeleton") or []
-    pairs = []
     if not isinstance(skeleton, list):
-        raise AnnotationError(f"expected a list of [i, j] pairs, got {skeleton!r}", loc.with_field("skeleton"))
+        report.add("bad_skeleton", f"expected a list of [i, j] pairs, got {skeleton!r}; skeleton ignored",
+                   loc.with_field("skeleton"))
+        return names, []
+    edges = [p for p in skeleton if isinstance(p, list) and len(p) == 2
+             and all(isinstance(i, int) and not isinstance(i, bool) for i in p)]
+    flat = [i for p in edges for i in p]
+    base = 1
+    if 0 in flat and k not in flat:
+        base = 0
+        report.add("skeleton_0_based", f"skeleton {skeleton!r} is 0-based (has 0, no {k}); read as such",
+                   loc.with_field("skeleton"))
+    pairs, bad = [], []
     for p in skeleton:
-        if (not isinstance(p, list) or len(p) != 2
-                or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= k for i in p)):
-            raise AnnotationError(f"expected 1-based keypoint index pairs [i, j] with 1 <= i, j <= {k}, got {p!r}",
-                                  loc.with_field("skeleton"))
-        pairs.append((p[0] - 1, p[1] - 1))
-    return list(names), pairs
+        if p in edges and all(base <= i < k + base for i in p):
+            pairs.append((p[0] - base, p[1] - base))
+        else:
+            bad.append(p)
+    if bad:
+        report.add("bad_skeleton", f"dropped skeleton edge(s) {', '.join(map(repr, bad))}: expected "
+                   f"[i, j] with {base} <= i, j <= {k - 1 + base}", loc.with_field("skeleton"))
+    return (list(names) if names is not None else None), pairs
+
+
+def _flatten(kp: list, k: int):
+    """Nested ``[[x, y, v], ...]`` or ``[[x, y], ...]`` (x = y = 0: not labelled) -> the flat list,
+    or a string saying what is wrong."""
+    if len(kp) != k:
+        return f"a nested list of {len(kp)} points"
+    out = []
+    for p in kp:
+        if type(p) is not list or len(p) not in (2, 3):
+            return f"a point {p!r}"
+        if len(p) == 2:
+            out += [p[0], p[1], 0 if p[0] == 0 and p[1] == 0 else 2]
+        else:
+            out += p
+    return out
 
 
 _NUMBER_TYPES = frozenset((int, float))  # exact types: bool is not a number here
@@ -168,6 +258,8 @@ def _numeric_blocks(anns: list) -> List[bool]:
 class CocoReader(Reader):
     name = "coco"
     description = "COCO keypoints JSON (one or several files, e.g. train + val)"
+    expects = ("a JSON object with 'annotations' and 'categories' lists, and keypoints (categories[].keypoints "
+               "or annotations[].keypoints)")
     dense_checked = True    # _instances yields dense lists of exact int/float values only
 
     @classmethod
@@ -189,19 +281,37 @@ class CocoReader(Reader):
         names: Optional[List[str]] = None
         skeleton: List[Tuple[int, int]] = []
         first_file = None
+        generated = False
+        wanted = ctx.options.keypoints
         for path in files:
             doc = _load(path)
-            cat = _choose_category(path, doc, ctx.options.category)
-            cat_names, cat_skeleton = _category_meta(path, cat)
+            cats = _choose_categories(path, doc, ctx.options.category)
+            ids = {_hashable(c.get("id")) for c in cats}
+            cat_names = cats[0]["keypoints"] if _named(cats[0]) else None
+            if cat_names is None:
+                cat_names = _generated_names(path, doc, ids)
+                if wanted and len(wanted) == len(cat_names) and not set(wanted) <= set(cat_names):
+                    cat_names = list(wanted)     # --keypoints names every point
+                elif names is None:
+                    generated = True
+                    ctx.report.add("generated_names", f"no keypoint names in the categories; named "
+                                   f"{cat_names[0]}..{cat_names[-1]} from the annotations' {len(cat_names)} "
+                                   "points (name them with --keypoints)", Location(str(path), field="categories"))
             if names is None:
-                names, skeleton, first_file = cat_names, cat_skeleton, path
-            elif cat_names != names:
+                _, skeleton = _category_meta(path, cats[0], len(cat_names), ctx.report)
+            if names is None:
+                names, first_file = list(cat_names), path
+            elif list(cat_names) != names:
                 raise AnnotationError(f"keypoint names differ between {first_file} ({', '.join(names)}) and "
                                       f"{path} ({', '.join(cat_names)}); files read together must share them",
                                       Location(str(path), field="categories"))
-            loaded.append((path, doc, cat.get("id")))
+            by_id = {_hashable(c.get("id")): str(c.get("name", c.get("id"))) for c in cats} if len(cats) > 1 else None
+            if by_id:
+                ctx.report.add("several_categories", f"{len(cats)} categories with the same keypoints read "
+                               f"together: {', '.join(map(_describe, cats))}; each record keeps its 'category' "
+                               "(choose one with --category)", Location(str(path), field="categories"))
+            loaded.append((path, doc, ids, by_id))
         assert names is not None
-        wanted = ctx.options.keypoints
         if wanted:
             missing = [n for n in wanted if n not in names]
             if missing:
@@ -211,16 +321,20 @@ class CocoReader(Reader):
         else:
             slots = list(names)
         meta = DatasetMeta(keypoints=names, skeleton=skeleton)
-        return ReadResult(meta, self._instances(loaded, len(names), slots, ctx),
-                          source_files=[str(p) for p in files],
-                          extra={"category": _category_name(loaded)})
+        extra = {"category": _category_name(loaded)}
+        if generated:
+            extra["generated_names"] = True
+        return ReadResult(meta, self._instances(loaded, len(names), slots, ctx, not wanted or names == list(wanted)),
+                          source_files=[str(p) for p in files], extra=extra)
 
-    def _instances(self, loaded, k: int, slots, ctx: ReadContext) -> Iterator[RawInstance]:
+    def _instances(self, loaded, k: int, slots, ctx: ReadContext, dense: bool) -> Iterator[RawInstance]:
+        """``dense``: names and order are the file's (no --keypoints subset or order): dense form."""
         report = ctx.report
         n3 = 3 * k
         every = None not in slots  # all keypoints read (no --keypoints subset)
-        dense = not ctx.options.keypoints  # names and order are the file's: dense form
-        for path, doc, cat_id in loaded:
+        for path, doc, cat_ids, by_id in loaded:
+            shown_ids = ", ".join(map(repr, sorted(cat_ids, key=str)))
+            one, only = len(cat_ids) == 1, next(iter(cat_ids))     # one category: a plain comparison (hot)
             file = str(path)
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
@@ -236,9 +350,10 @@ class CocoReader(Reader):
                 if "category_id" not in ann:
                     report.add("missing_field", "annotation has no category_id", loc.with_field("category_id"))
                     continue
-                if ann["category_id"] != cat_id:
+                cid = ann["category_id"]
+                if (cid != only) if one else (_hashable(cid) not in cat_ids):
                     report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
-                               f"category {cat_id!r}", loc.with_field("category_id"))
+                               f"category {shown_ids}", loc.with_field("category_id"))
                     continue
                 if ann.get("iscrowd"):
                     report.add("crowd", "iscrowd=1 annotation skipped", loc.with_field("iscrowd"))
@@ -259,6 +374,13 @@ class CocoReader(Reader):
                 if kp is None:
                     report.add("missing_field", "annotation has no keypoints", loc.with_field("keypoints"))
                     continue
+                if type(kp) is list and kp and type(kp[0]) is list:     # nested [[x, y, v], ...]
+                    flat = _flatten(kp, k)
+                    if flat.__class__ is str:
+                        report.add("wrong_type", f"expected {k} points [[x, y, v], ...] or [[x, y], ...], got "
+                                   f"{flat}", loc.with_field("keypoints"))
+                        continue
+                    kp = flat
                 if type(kp) is not list or len(kp) != n3 or not (numeric[i >> _BLOCK_BITS] or _all_numbers(kp)):
                     got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
                     if isinstance(kp, list) and len(kp) == n3:
@@ -268,16 +390,17 @@ class CocoReader(Reader):
                                loc.with_field("keypoints"))
                     continue
                 # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
+                category = by_id[cid] if by_id else None
                 if dense:   # all keypoints in the reader's order: the flat list as it is
                     yield RawInstance(image[0], None, loc, bbox=ann.get("bbox"), size=image[1], split=split,
-                                      dense=kp)
+                                      dense=kp, category=category)
                     continue
                 # (dict/compress/zip run in C: this is the per-annotation hot spot)
                 vs = kp[2::3]
                 points = dict(compress(zip(slots, zip(kp[0::3], kp[1::3], vs)),
                                        vs if every else [v and n is not None for n, v in zip(slots, vs)]))
                 yield RawInstance(image[0], points, loc, instance=None, bbox=ann.get("bbox"),
-                                  size=image[1], split=split)
+                                  size=image[1], split=split, category=category)
 
     @staticmethod
     def _images(file: str, entries: list, report) -> Dict[object, Optional[Tuple[str, Optional[Tuple[int, int]]]]]:
@@ -324,9 +447,12 @@ def _mark_bad(images: dict, image_id) -> None:
         pass
 
 
-def _category_name(loaded) -> Optional[str]:
-    path, doc, cat_id = loaded[0]
+def _category_name(loaded):
+    """The name of the category read, or the list of names when several were read together."""
+    path, doc, cat_ids, by_id = loaded[0]
+    if by_id:
+        return list(by_id.values())
     for c in doc["categories"]:
-        if isinstance(c, dict) and c.get("id") == cat_id:
+        if isinstance(c, dict) and _hashable(c.get("id")) in cat_ids:
             return c.get("name")
     return None

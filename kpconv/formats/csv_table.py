@@ -37,7 +37,15 @@ _PLAIN_V = {"0": 0, "1": 1, "2": 2}
 
 
 def _delimiter(path: Path) -> str:
-    return "\t" if path.suffix.lower() == ".tsv" else ","
+    """Tab for ``.tsv``, or a first line with tabs and no comma (whatever the extension); else comma."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            first = f.readline(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return ","
+    return "\t" if "\t" in first and "," not in first else ","
 
 
 def _header_of(path: Path) -> Optional[List[str]]:
@@ -173,6 +181,8 @@ def _find(cols: List[str], name: str) -> Optional[int]:
 @register
 class CsvReader(Reader):
     name = "csv"
+    expects = ("a CSV/TSV table whose header has 'image' and '<name>_x', '<name>_y' columns (wide) or 'keypoint', "
+               "'x', 'y' (long)")
     description = "CSV table, wide (one row per instance) or long (one row per keypoint)"
 
     @classmethod
@@ -181,7 +191,7 @@ class CsvReader(Reader):
             return False
         for s in sources:
             s = Path(s)
-            if not s.is_file() or s.suffix.lower() not in (".csv", ".tsv", ".txt"):
+            if not s.is_file():   # any extension: the header row decides (a CSV named .dat is one)
                 return False
             if _layout(_header_of(s) or []) is None:
                 return False

@@ -7,13 +7,22 @@ four (``scorer``, ``individuals``, ``bodyparts``, ``coords``). The image path is
 files, is ignored). Empty cells and ``NaN`` are points that are not labelled; every labelled point is
 visible (v = 2). Image paths are relative to the project folder, the default images root.
 
-SOURCE is one or several CSV files or the project folder (``labeled-data/*/CollectedData_*.csv``).
-The project's ``config.yaml``, when present, gives the skeleton (pairs of bodypart names).
+SOURCE is one or several CSV (or ``.h5``) files or the project folder: ``labeled-data/*/CollectedData*.csv``,
+or a ``CollectedData*.csv`` at its top level with paths ``labeled-data/imgNN.png`` (the layout of
+lightning-pose and DeepLabCut's newer tools). The images root is where the listed paths exist: the
+CSV's folder, the project folder above ``labeled-data/<video>/``, or the CSV's grandparent. The
+project's ``config.yaml``, when present, gives the skeleton (pairs of bodypart names).
+
+``CollectedData_*.h5`` (the pandas twin DeepLabCut writes) is read through pandas with PyTables
+(``pip install 'kpconv[h5]'``) and gives the same records as its CSV twin; where both exist the CSV is
+read and the ``.h5`` is not read twice.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -22,55 +31,123 @@ from . import register
 from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
 
 _MISSING = {"", "nan", "NaN", "NAN"}
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables), or read the CSV twin DeepLabCut writes beside it"
 
 
 def _is_dlc_csv(path: Path) -> bool:
-    """Cheap content check: first cell 'scorer', second row starts with 'bodyparts' or 'individuals'."""
+    """Cheap content check, whatever the extension: first cell 'scorer', second row starts with
+    'bodyparts' or 'individuals'."""
     try:
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            first = f.readline()
-            second = f.readline()
+            first = f.readline(1 << 16)
+            second = f.readline(1 << 16)
     except (OSError, UnicodeDecodeError):
         return False
     return (first.split(",", 1)[0].strip() == "scorer"
             and second.split(",", 1)[0].strip() in ("bodyparts", "individuals"))
 
 
-def _project_csvs(folder: Path) -> List[Path]:
-    """CollectedData CSVs of a project folder, or of one video folder, sorted."""
-    found = sorted(folder.glob("labeled-data/*/CollectedData_*.csv"))
-    if not found:
-        found = sorted(folder.glob("CollectedData_*.csv"))
-    return found
+def _is_dlc_h5(path: Path) -> bool:
+    """An HDF5 file named like DeepLabCut's labels (``CollectedData_<scorer>.h5``)."""
+    if not path.name.startswith("CollectedData"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == _HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def _is_dlc_file(path: Path) -> bool:
+    return path.is_file() and (_is_dlc_h5(path) or _is_dlc_csv(path))
+
+
+def _project_tables(folder: Path) -> List[Path]:
+    """CollectedData tables of a project folder (``labeled-data/*/`` or its top level), or of one
+    video folder, sorted; a ``.h5`` only where its folder has no CSV."""
+    for pattern in ("labeled-data/*/CollectedData*", "CollectedData*"):
+        csvs = sorted(folder.glob(pattern + ".csv"))
+        have = {p.parent for p in csvs}
+        h5s = [p for p in sorted(folder.glob(pattern + ".h5")) if p.parent not in have]
+        found = sorted(csvs + h5s)
+        if found:
+            return found
+    return []
 
 
 def _expand(sources: Sequence[Path]) -> List[Path]:
     files: List[Path] = []
     for s in sources:
         if s.is_dir():
-            found = _project_csvs(s)
+            found = _project_tables(s)
             if not found:
-                h5 = any(s.glob("labeled-data/*/CollectedData_*.h5")) or any(s.glob("CollectedData_*.h5"))
-                hint = ("; only .h5 files are there: kpconv reads the CSV twin DeepLabCut writes beside each "
-                        "one (pandas.read_hdf(f).to_csv(...) makes it)") if h5 else \
-                    " (expected a DeepLabCut project folder)"
-                raise AnnotationError(f"no labeled-data/*/CollectedData_*.csv found in this folder{hint}",
+                raise AnnotationError("no labeled-data/*/CollectedData*.csv (or .h5), nor a CollectedData*.csv "
+                                      "at the top, found in this folder (expected a DeepLabCut project folder)",
                                       Location(str(s)))
             files.extend(found)
         else:
             files.append(s)
-    return list(dict.fromkeys(files))
+    files = list(dict.fromkeys(files))
+    given = set(files)
+    # CollectedData_x.h5 and its CSV twin both named (a shell glob): the CSV is read, once
+    return [f for f in files if not (f.suffix.lower() == ".h5" and f.with_suffix(".csv") in given)]
+
+
+def _candidate_roots(table: Path) -> List[Path]:
+    """Where a table's image paths may be relative to: the project folder above
+    ``labeled-data/<video>/``, the table's own folder, its grandparent."""
+    folder = table.parent
+    out = []
+    if folder.parent.name == "labeled-data":
+        out.append(folder.parent.parent)
+    out += [folder, folder.parent]
+    return list(dict.fromkeys(out))
 
 
 def _project_dir(sources: Sequence[Path]) -> Path:
+    """The images root: the first candidate folder where the first listed image exists."""
     first = sources[0]
     if first.is_dir():
-        if (first / "labeled-data").is_dir():
-            return first
-        # a video folder given directly: project/labeled-data/<video>
-        return first.parent.parent
-    # project/labeled-data/<video>/CollectedData_x.csv -> project
-    return first.parent.parent.parent
+        found = _project_tables(first)
+        if not found:
+            return first if (first / "labeled-data").is_dir() else first.parent.parent
+        first = found[0]
+    candidates = _candidate_roots(first)
+    image = _first_image(first)
+    if image is not None:
+        for root in candidates:
+            if (root / image).is_file():
+                return root
+    if first.parent.parent.name == "labeled-data":
+        return first.parent.parent.parent
+    return candidates[0]
+
+
+def _first_image(path: Path) -> Optional[str]:
+    """The first data row's image path (CSV only, cheaply), or None."""
+    if path.suffix.lower() == ".h5":
+        return None
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            n_index = None
+            for i, row in enumerate(reader):
+                if not row:
+                    continue
+                if row[0].strip() == "coords":
+                    n_index = 1
+                    while n_index < len(row) and not row[n_index].strip():
+                        n_index += 1
+                    continue
+                if n_index is not None:
+                    parts = [c.strip() for c in row[:n_index] if c.strip()]
+                    return "/".join(p.replace("\\", "/") for p in parts) or None
+                if i > 5:
+                    return None
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
 
 
 @register
@@ -78,14 +155,17 @@ class DlcReader(Reader):
     name = "dlc"
     description = "DeepLabCut CollectedData_<scorer>.csv (single- or multi-animal)"
 
+    expects = ("a DeepLabCut project folder (labeled-data/*/CollectedData*.csv, or a CollectedData*.csv at "
+               "its top), or CollectedData tables: first cell 'scorer', second row 'bodyparts' or 'individuals'")
+
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
         for s in sources:
             if s.is_dir():
-                found = _project_csvs(s)
-                if not found or not _is_dlc_csv(found[0]):
+                found = _project_tables(s)
+                if not found or not _is_dlc_file(found[0]):
                     return False
-            elif not (s.suffix.lower() == ".csv" and _is_dlc_csv(s)):
+            elif not _is_dlc_file(s):
                 return False
         return bool(sources)
 
@@ -96,6 +176,7 @@ class DlcReader(Reader):
     def read(self, sources: Sequence[Path], ctx: ReadContext) -> ReadResult:
         files = _expand(sources)
         tables = [_Table(f) for f in files]
+        root = ctx.images_root
         first = tables[0]
         for t in tables[1:]:
             if t.columns != first.columns:
@@ -103,7 +184,7 @@ class DlcReader(Reader):
                     f"header differs from {first.path.name} ({first.path}): expected the same individuals "
                     f"and bodyparts in the same order", Location(str(t.path), t.header_rows))
         bodyparts = list(dict.fromkeys(bp for _, bp in first.columns))
-        skeleton, config = _skeleton(_project_dir(sources), bodyparts)
+        skeleton, config = _skeleton(root if (root / "config.yaml").is_file() else _project_dir(sources), bodyparts)
         meta = DatasetMeta(keypoints=bodyparts, skeleton=skeleton)
         wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
         missing = [n for n in ctx.options.keypoints or [] if n not in bodyparts]
@@ -123,9 +204,10 @@ class _Table:
     def __init__(self, path: Path):
         self.path = path
         name = str(path)
+        self.h5_text = _h5_as_csv(path) if path.suffix.lower() == ".h5" or _is_dlc_h5(path) else None
+        rows = []
         try:
-            with open(path, "r", encoding="utf-8-sig", newline="") as f:
-                rows = []
+            with self.open() as f:
                 reader = csv.reader(f)
                 for row in reader:
                     rows.append(row)
@@ -188,6 +270,45 @@ class _Table:
         self.columns = list(cols)
         self.cols = cols
 
+    def open(self):
+        """The table as CSV text (an ``.h5`` converted by pandas, as DeepLabCut writes its CSV twin)."""
+        if self.h5_text is not None:
+            return io.StringIO(self.h5_text, newline="")
+        return open(self.path, "r", encoding="utf-8-sig", newline="")
+
+    def location(self, line: int) -> Location:
+        """CSV: the line; ``.h5``: the row (0-based, as pandas counts it)."""
+        if self.h5_text is None:
+            return Location(str(self.path), line)
+        return Location(str(self.path), record=f"row {line - self.header_rows - 1}")
+
+
+def _h5_as_csv(path: Path) -> str:
+    """A DeepLabCut ``.h5`` (a pandas DataFrame) as the CSV text DeepLabCut writes beside it."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise AnnotationError(f"reading DeepLabCut .h5 files needs pandas and PyTables: {H5_HINT}",
+                              Location(str(path))) from None
+    try:
+        try:
+            df = pd.read_hdf(path)
+        except ValueError as e:     # several datasets in the file: DeepLabCut's key
+            if "key" not in str(e):
+                raise
+            df = pd.read_hdf(path, "df_with_missing")
+    except ImportError as e:   # pandas without PyTables
+        raise AnnotationError(f"reading DeepLabCut .h5 files needs PyTables ({e}): {H5_HINT}",
+                              Location(str(path))) from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:   # RuntimeError: PyTables' HDF5ExtError
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        raise AnnotationError(f"cannot read as a pandas HDF5 table: {lines[-1] if lines else type(e).__name__}",
+                              Location(str(path))) from None
+    if not isinstance(df, pd.DataFrame):
+        raise AnnotationError(f"expected a DataFrame, got {type(df).__name__}", Location(str(path)))
+    # the index names, if any, would add a row below 'coords' that DeepLabCut's CSV does not have
+    return df.rename_axis(index=[None] * df.index.nlevels).to_csv()
+
 
 def _label(ind: Optional[str], bp: str) -> str:
     return f"{ind} {bp}" if ind is not None else bp
@@ -207,7 +328,7 @@ def _instances(tables: List[_Table], ctx: ReadContext, wanted) -> Iterator[RawIn
     for t in tables:
         name = str(t.path)
         individuals = list(dict.fromkeys(ind for ind, _ in t.columns))
-        with open(t.path, "r", encoding="utf-8-sig", newline="") as f:
+        with t.open() as f:
             reader = csv.reader(f)
             try:
                 for _ in range(t.header_rows):
@@ -216,7 +337,7 @@ def _instances(tables: List[_Table], ctx: ReadContext, wanted) -> Iterator[RawIn
                     line = reader.line_num
                     if not row or all(not c.strip() for c in row):
                         continue
-                    loc = Location(name, line)
+                    loc = t.location(line)
                     parts = [c.strip() for c in row[:t.n_index] if c.strip()]
                     if not parts:
                         report.add("missing_field", "empty image path", loc.with_field("image"))
@@ -224,6 +345,8 @@ def _instances(tables: List[_Table], ctx: ReadContext, wanted) -> Iterator[RawIn
                     image = "/".join(p.replace("\\", "/") for p in parts)
                     folder = image.rsplit("/", 2)
                     group = folder[-2] if len(folder) >= 2 else t.path.parent.name
+                    if group == "labeled-data":
+                        group = None    # labeled-data/imgNN.png: no video folder, no group
                     values = {}
                     bad = None
                     for (ind, bp), slot in t.cols.items():

@@ -161,6 +161,7 @@ def _is_kpconv(path: Path) -> bool:
 @register
 class KpconvJsonReader(Reader):
     name = "kpconv-json"
+    expects = "a JSON (Lines) file whose first object has 'kpconv_annotations'"
     description = "kpconv JSON / JSON Lines (schemas/kpconv-annotations.schema.json)"
 
     @classmethod

@@ -58,6 +58,7 @@ def _load(path: Path):
 @register
 class LabelmeReader(Reader):
     name = "labelme"
+    expects = "Labelme JSON files (objects with a 'shapes' list), or a folder of them"
     description = "Labelme JSON files (point shapes; group_id separates instances)"
 
     @classmethod
@@ -69,7 +70,7 @@ class LabelmeReader(Reader):
                 files = _json_files(s)
                 if not files or not any(_looks_like_labelme(p) for p in files[:5]):
                     return False
-            elif not (s.suffix.lower() == ".json" and _looks_like_labelme(s)):
+            elif not (s.is_file() and _looks_like_labelme(s)):     # by content, whatever the extension
                 return False
         return True
 

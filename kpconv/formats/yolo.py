@@ -12,7 +12,12 @@ path becomes ``/labels/`` and the extension ``.txt``. Each row is one instance,
 ``cls cx cy w h x1 y1 [v1] ... xK yK [vK]``, normalized to 0..1; the bbox becomes
 ``(cx - w/2, cy - h/2, w, h)``. With ``kpt_shape [K, 3]`` a point with v = 0 is not labelled; with
 ``kpt_shape [K, 2]`` a point at x = y = 0 is not labelled and every other point is visible
-(v = 2). An image without a label file has no instance (not an error). ``--category`` (class name or id) keeps one class when there are several.
+(v = 2). An image without a label file has no instance (not an error).
+
+Several classes (``names`` lists more than one): ``--category`` (class name or id) keeps one; without
+it every class is read, each record keeping its class name (``category``), and a
+``several_categories`` note says so: classes are never merged silently. An image listed in two
+splits is an ``image_in_two_splits`` warning, located at the second listing, and kept in the first.
 """
 from __future__ import annotations
 
@@ -89,6 +94,7 @@ def _root(yaml_path: Path, data: dict) -> Path:
 @register
 class YoloReader(Reader):
     name = "yolo"
+    expects = "a YOLO dataset folder or its data.yaml, with 'kpt_shape'"
     description = "YOLO pose dataset (Ultralytics data.yaml with kpt_shape, labels/*.txt)"
 
     @classmethod
@@ -143,7 +149,12 @@ class YoloReader(Reader):
             extra["path_not_found"] = str(data["path"])  # stated root missing here: the YAML's folder was used
         if classes:
             extra["classes"] = classes
-        gen = _instances(splits, root, k, ndim, names, wanted, keep_class, ctx)
+        several = keep_class is None and len(classes) > 1
+        if several:
+            ctx.report.add("several_categories", f"{len(classes)} classes read together: {', '.join(classes)}; "
+                           "each record keeps its class in 'category' (choose one with --category)",
+                           Location(name, field="names"))
+        gen = _instances(splits, root, k, ndim, names, wanted, keep_class, ctx, classes if several else None)
         return ReadResult(meta, gen, [name], extra)
 
 
@@ -211,7 +222,8 @@ def _category(category: Optional[str], classes: List[str], name: str) -> Optiona
                           Location(name, field="names"))
 
 
-def _list_images(split_path: Path, root: Path) -> Iterator[Path]:
+def _list_images(split_path: Path, root: Path) -> Iterator[Tuple[Path, Optional[int]]]:
+    """(image path, line of the .txt list or None for a folder's images)."""
     if split_path.is_dir():
         found = []
         for dirpath, dirnames, filenames in os.walk(split_path):
@@ -219,19 +231,20 @@ def _list_images(split_path: Path, root: Path) -> Iterator[Path]:
             for f in filenames:
                 if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
                     found.append(Path(dirpath) / f)
-        yield from sorted(found)
+        for p in sorted(found):
+            yield p, None
         return
     with open(split_path, "r", encoding="utf-8-sig") as f:
-        for line in f:
+        for lineno, line in enumerate(f, start=1):
             t = line.strip()
             if not t:
                 continue
             if t.startswith("./"):
-                yield split_path.parent / t[2:]
+                yield split_path.parent / t[2:], lineno
             elif os.path.isabs(t):
-                yield Path(t)
+                yield Path(t), lineno
             else:
-                yield root / t
+                yield root / t, lineno
 
 
 def label_path(image: Path) -> Path:
@@ -245,19 +258,22 @@ def label_path(image: Path) -> Path:
 
 
 def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, keep_class,
-               ctx: ReadContext) -> Iterator[RawInstance]:
+               ctx: ReadContext, classes: Optional[List[str]] = None) -> Iterator[RawInstance]:
+    """``classes``: set when several classes are read together (each record keeps its class)."""
     report = ctx.report
     base = os.path.abspath(str(root))
     seen = {}
     n_values = 5 + k * ndim
     for split, sp in splits:
-        for img in _list_images(sp, root):
+        for img, listed in _list_images(sp, root):
             full = os.path.abspath(str(img))
             rel = os.path.relpath(full, base)
             if full in seen:
                 if seen[full] != split:
-                    report.add("duplicate_instance", f"image {rel} is listed in split {seen[full]!r} and "
-                               f"again in {split!r}; keeping the first", Location(str(sp), field=split))
+                    where = Location(_shown(sp, base, root), listed) if listed else \
+                        Location(_shown(img, base, root), field=split)
+                    report.add("image_in_two_splits", f"image {rel} is listed in split {seen[full]!r} and "
+                               f"again in {split!r}; keeping it in {seen[full]!r}", where)
                 continue
             seen[full] = split
             lp = label_path(img)
@@ -302,8 +318,12 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                         if wanted is not None and names[i] not in wanted:
                             continue
                         kps[names[i]] = (x, y, v)
+                    category = None
+                    if classes is not None:
+                        c = int(cls)
+                        category = classes[c] if c < len(classes) else str(c)
                     yield RawInstance(image=rel, keypoints=kps, location=loc, bbox=(cx - w / 2, cy - h / 2, w, h),
-                                      split=split, normalized=True, image_base=base)
+                                      split=split, normalized=True, image_base=base, category=category)
 
 
 def _shown(path: Path, base: str, root: Path) -> str:
