@@ -351,7 +351,7 @@ def _quiet_tf():
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip (swapping left/right pairs), rotation, scale, translation, colour.")
 @click.option("--augment-rotate", type=click.FloatRange(min=0, max=180), metavar="DEGREES",
-              help="Random rotation up to +-DEGREES (default: 180 heatmap, 20 others).")
+              help="Random rotation up to +-DEGREES (default: 25 heatmap, 20 others).")
 @click.option("--augment-scale", callback=lambda c, p, v: _range(v, "--augment-scale", 0.1, 10), metavar="LO,HI",
               help="Random scale factor range (default: 0.8,1.2 heatmap; 0.85,1.15 others).")
 @click.option("--augment-flip", type=click.FloatRange(min=0, max=1), metavar="P",

@@ -26,8 +26,9 @@ budget's time (updated every batch), the best model kept; ``epochs`` is then onl
 
 The small-data recipe (the defaults of the ``heatmap`` head, see :func:`resolve_recipe`): the
 ``unet`` backbone from random weights (``mobilenet_v2`` with pretrained weights), heatmap stride 4,
-Gaussian sigma 2 cells, random 128x128 training crops around the keypoints, rotation up to 180
-degrees, scale 0.8-1.2, flip when the keypoints have left/right pairs, batch 8, Adam 1e-3,
+Gaussian sigma 2 cells, random 128x128 training crops around the keypoints, rotation up to 25
+degrees (180 let left/right and front/hind paws swap on a real project), scale 0.8-1.2, flip when
+the keypoints have left/right pairs, batch 8, Adam 1e-3,
 batch-norm momentum 0.9 from scratch, an XLA-compiled training step. After training, the heatmap
 head's confidence is calibrated (:func:`kpconv.metrics.fit_calibration`) and stored in
 ``config.json``.
@@ -91,7 +92,7 @@ class TrainOptions:
     heatmap_stride: int = 4
     sigma: float = 2.0                                 # Gaussian target, in heatmap cells
     crop_size: Optional[int] = None                    # heatmap: 128 (0: whole frames)
-    augment_rotate: Optional[float] = None             # degrees, +-; heatmap: 180, others: 20
+    augment_rotate: Optional[float] = None             # degrees, +-; heatmap: 25, others: 20
     augment_scale: Optional[Tuple[float, float]] = None  # heatmap: (0.8, 1.2), others: (0.85, 1.15)
     augment_flip: Optional[float] = None               # probability; 0.5 when the keypoints have flip pairs
     augment_translate: Optional[float] = None          # fraction of the size; heatmap with crops: 0, others: 0.08
@@ -287,7 +288,7 @@ def resolve_recipe(options: TrainOptions, info) -> TrainOptions:
     if o.crop_size and o.crop_size % o.heatmap_stride:
         raise TrainError(f"--crop-size {o.crop_size}: expected a multiple of --heatmap-stride {o.heatmap_stride}")
     if o.augment_rotate is None:
-        o.augment_rotate = 180.0 if heat else 20.0
+        o.augment_rotate = 25.0 if heat else 20.0
     if o.augment_scale is None:
         o.augment_scale = (0.8, 1.2) if heat else (0.85, 1.15)
     if o.augment_flip is None:

@@ -153,7 +153,10 @@ def test_heatmap_recipe_learns_the_dots_within_a_time_limit(tmp_path):
     assert (o["head"], o["backbone"], o["batch_size"], o["crop_size"], o["augment_rotate"]) == \
         ("heatmap", "unet", 8, 32, 30.0)
     assert o["augment_flip"] == 0.5 and o["augment_scale"] == [0.9, 1.1]     # the dots have flip pairs
-    assert cfg["calibration"]["split"] == "val" and len(cfg["calibration"]["params"]) == 2
+    cal = cfg["calibration"]
+    assert cal["split"] == "val" and cal["keypoints"] == 8 * 5
+    # [a, b], or None when every keypoint of the split is a hit (nothing to calibrate against)
+    assert (cal["params"] is None) == (cal["hits"] in (0, cal["keypoints"]))
     rows = _history(run)
     assert {"time_left_min", "val_px_error", "val_pck@0.1", "learning_rate"} <= set(rows[0])
     assert float(rows[-1]["time_left_min"]) < float(rows[0]["time_left_min"])
