@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, jsonparse
+from .dataset_info import INFO_FILE, DatasetInfo, sha256_stream
 from .errors import Location, ManifestError, NothingToWrite, ShardError
 from .images import (BadImage, ImageOptions, SourceImage, layout, map_bbox, map_keypoints, passthrough_size,
                      read_image_bytes, render)
@@ -54,7 +55,6 @@ from .records import SPEC_VERSION, to_example
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 DEFAULT_SHARD_SIZE = 64_000_000  # "64MB"
 STATE_DIR = ".kpconv-shard"
-INFO_FILE = "dataset_info.json"
 SKIPPED_FILE = "skipped.jsonl"
 SPLIT_ORDER = ("train", "val", "test")
 JPEG_BYTES_PER_PIXEL = 0.5  # shard-size estimate for re-encoded images (JPEG ~4 bits per pixel)
@@ -607,14 +607,12 @@ def _kept_state(out: str, task: ShardTask, files: LocalFiles) -> Optional[dict]:
         return None
     if state.get("fingerprint") != task.fingerprint:
         return None
-    h = hashlib.sha256()
     try:
         with files.open_read(files.join(out, task.name)) as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            digest, _ = sha256_stream(f)
     except OSError:  # missing, or a directory
         return None
-    return state if h.hexdigest() == state.get("sha256") else None
+    return state if digest == state.get("sha256") else None
 
 
 # execute(todo, args, files) -> {shard name: state}; args = (manifest, images_root, k, out_dir, options)
@@ -790,21 +788,9 @@ def _finish(out: str, plan: Plan, states: Dict[str, dict], options: ShardOptions
     }
     files.write_atomic(files.join(out, SKIPPED_FILE),
                        "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in skipped).encode())
-    files.write_atomic(files.join(out, INFO_FILE), (dump_json(info) + "\n").encode())
+    files.write_atomic(files.join(out, INFO_FILE), DatasetInfo.from_json(info, files.join(out, INFO_FILE)).to_bytes())
     files.sync_dir(out)
     return ShardResult(out if is_url(out) else Path(out), info, written=written, skipped=len(skipped))
-
-
-def dump_json(obj, indent: int = 0) -> str:
-    """JSON with one key per line but lists of numbers/strings (and lists of those) on one line."""
-    pad = "  " * (indent + 1)
-    if isinstance(obj, dict) and obj:
-        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {dump_json(v, indent + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
-    if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
-        items = [pad + dump_json(v, indent + 1) for v in obj]
-        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
-    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
 
 
 def _readable(path: Path) -> None:
@@ -812,14 +798,3 @@ def _readable(path: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
-
-
-def read_info(out_dir) -> dict:
-    """``dataset_info.json`` of a finished shard directory. Raises ShardError when it is missing."""
-    path = Path(out_dir) / INFO_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShardError(f"{path}: not found (is this the output of a finished 'kpconv shard'?)") from None
-    except ValueError as e:
-        raise ShardError(f"{path}: invalid JSON: {e}") from None

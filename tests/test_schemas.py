@@ -14,7 +14,7 @@ from kpconv.errors import ManifestError
 from kpconv.ingest import ingest
 from kpconv.manifest import Header, Record
 
-SCHEMAS = ["manifest.schema.json", "kpconv-annotations.schema.json"]
+SCHEMAS = ["manifest.schema.json", "kpconv-annotations.schema.json", "dataset-info.schema.json"]
 
 
 def load(name: str) -> dict:

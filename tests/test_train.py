@@ -9,7 +9,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from kpconv.errors import TrainError  # noqa: E402
+from kpconv.errors import DatasetInfoError, TrainError  # noqa: E402
 from kpconv.train import TrainOptions, parse_keypoint_weights, train  # noqa: E402
 
 from _shards import NAMES, make_example, to_example, write_shards  # noqa: E402
@@ -113,7 +113,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 def test_bad_options_fail_before_training(shards, tmp_path):
     with pytest.raises(TrainError, match="weighted-mse needs --keypoint-weights"):
         train(shards, tmp_path / "a", TrainOptions(loss="weighted-mse", **TINY))
-    with pytest.raises(TrainError, match="no split 'nope'"):
+    with pytest.raises(DatasetInfoError, match="no split 'nope'"):
         train(shards, tmp_path / "b", TrainOptions(val_split="nope", **TINY))
     with pytest.raises(TrainError, match="--resume: no config.json"):
         train(shards, tmp_path / "c", resume=True)
