@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator, List, Optional, Sequence, Tuple
 
+from . import jsonparse
 from .errors import Location, ManifestError
 
 MANIFEST_VERSION = 1
@@ -210,6 +211,52 @@ def write_manifest(path: str, header: Header, records: Sequence[Record]) -> int:
     return w.count
 
 
+def parse_json(line: bytes, loc: Location):
+    """One manifest line as JSON (orjson where it gives json's objects); ManifestError when it is not JSON."""
+    try:
+        return jsonparse.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"invalid JSON: {e.msg} (column {e.colno})", loc) from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"invalid UTF-8 at byte {e.start}", loc) from None
+
+
+def read_header(line: bytes, name: str) -> Header:
+    """The header from the first line of a manifest; ManifestError (with a hint) when it is not one."""
+    loc = Location(name, 1)
+    if not line.strip():
+        raise ManifestError("empty manifest: expected a header line", loc)
+    try:
+        d = parse_json(line, loc)
+    except ManifestError as e:
+        raise ManifestError(f"{e.message}; expected the manifest's header line (a manifest is what "
+                            "'kpconv ingest' writes: run it on annotation files first)", loc) from None
+    return Header.from_json(d, loc)
+
+
+def parse_record(line: bytes, num_keypoints: int, loc: Location) -> Record:
+    """One record line, validated; ManifestError located at ``loc`` and the field."""
+    return Record.from_json(parse_json(line, loc), num_keypoints, loc)
+
+
+def scan(stream: IO[bytes], name: str) -> Tuple[Header, Iterator[Tuple[int, int, bytes, Record]]]:
+    """Read a manifest from a binary stream: the header, and a lazy iterator of
+    ``(byte offset, line number, line, Record)`` for each record line (blank lines are skipped)."""
+    first = stream.readline()
+    header = read_header(first, name)
+    k = len(header.keypoints)
+
+    def lines():
+        offset = len(first)
+        for lineno, line in enumerate(stream, start=2):
+            start, offset = offset, offset + len(line)
+            if line.strip():
+                loc = Location(name, lineno)
+                yield start, lineno, line, parse_record(line, k, loc)
+
+    return header, lines()
+
+
 def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
     """Read a manifest from a file path or ``-`` (stdin). Returns the header and a lazy record iterator.
 
@@ -217,27 +264,25 @@ def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
     """
     name = "<stdin>" if path == "-" else str(path)
     if path == "-":
-        stream = sys.stdin
+        stream = sys.stdin.buffer
     else:
         try:
-            stream = open(path, "r", encoding="utf-8")
+            stream = open(path, "rb")
         except OSError as e:
             raise ManifestError(f"cannot open manifest: {e.strerror}", Location(name)) from None
-    first = stream.readline()
-    if not first.strip():
-        raise ManifestError("empty manifest: expected a header line", Location(name, 1))
-    header = Header.from_json(_loads(first, Location(name, 1)), Location(name, 1))
-    k = len(header.keypoints)
+    try:
+        header, lines = scan(stream, name)
+    except BaseException:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+        raise
 
     def records() -> Iterator[Record]:
         try:
-            for lineno, line in enumerate(stream, start=2):
-                if not line.strip():
-                    continue
-                loc = Location(name, lineno)
-                yield Record.from_json(_loads(line, loc), k, loc)
+            for _, _, _, record in lines:
+                yield record
         finally:
-            if stream is not sys.stdin:
+            if stream is not sys.stdin.buffer:
                 stream.close()
 
     return header, records()
@@ -246,10 +291,3 @@ def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
 def read_manifest(path: str) -> Tuple[Header, List[Record]]:
     header, it = open_manifest(path)
     return header, list(it)
-
-
-def _loads(line: str, loc: Location):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"invalid JSON: {e.msg} (column {e.colno})", loc) from None
