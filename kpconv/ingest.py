@@ -236,7 +236,7 @@ class _Finalizer:
             consts = self._image(full, raw.normalized)
         loc = raw.location
         if isinstance(consts, ImageError):
-            reason = "missing_image" if "does not exist" in consts.message else "unreadable_image"
+            reason = "missing_image" if consts.reason == "missing_image" else "unreadable_image"
             self.report.add(reason, f"image {raw.image!r}: {consts.message}", loc.with_field("image"))
             return None
         w, h, sx, sy, tol_x, tol_y = consts
