@@ -121,13 +121,13 @@ def test_fixture_kpconv_json_validates():
 
 
 def readme_example() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "formats.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- kpconv-json example -->\s*```json\n(.*?)```", text, re.S)
-    assert m, "README section 'formats' lost its kpconv JSON example"
+    assert m, "docs/formats.md lost its kpconv JSON example"
     return m.group(1)
 
 
-def test_readme_example_validates_and_ingests(tmp_path):
+def test_docs_example_validates_and_ingests(tmp_path):
     from PIL import Image
 
     doc = json.loads(readme_example())
