@@ -18,9 +18,9 @@ Pillow versions: ``setup.cfg`` pins the range the tests ran with; the tests comp
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -77,22 +77,21 @@ def probe(data: bytes, name: str = "<image>", max_pixels: Optional[int] = None) 
 def probe_file(path: str, max_pixels: Optional[int] = None) -> Probe:
     """Probe an image file, reading its header only. Raises BadImage (missing_image, unreadable_image,
     decompression_bomb)."""
+    with file_problems(path), open(path, "rb") as f:
+        return _probe(_Src(f, f.read(_HEAD)), path, max_pixels)
+
+
+@contextmanager
+def file_problems(path: str):
+    """Turns an OSError of opening or reading the image file ``path`` into its BadImage."""
     try:
-        f = open(path, "rb")
+        yield
     except FileNotFoundError:
         raise BadImage("missing_image", "image file does not exist", Location(path)) from None
     except IsADirectoryError:
         raise BadImage("unreadable_image", "expected an image file, found a directory", Location(path)) from None
     except OSError as e:
         raise BadImage("unreadable_image", f"cannot read image: {e.strerror or e}", Location(path)) from None
-    with f:
-        try:
-            head = f.read(_HEAD)
-        except OSError as e:    # IsADirectoryError on some systems
-            reason = "expected an image file, found a directory" if isinstance(e, IsADirectoryError) \
-                else f"cannot read image: {e.strerror or e}"
-            raise BadImage("unreadable_image", reason, Location(path)) from None
-        return _probe(_Src(f, head), path, max_pixels)
 
 
 def read_size(path: str) -> Size:

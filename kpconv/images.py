@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import Location
-from .imageinfo import REASONS, BadImage, ends_complete, max_pixels as pillow_limit, probe
+from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 EXIF_ORIENTATION = 0x0112
@@ -150,15 +150,8 @@ class Stored:
 
 def read_image_bytes(path: str, opener=None) -> bytes:
     """The bytes of an image file. Raises BadImage (missing_image, unreadable_image)."""
-    try:
-        with (opener(path) if opener is not None else open(path, "rb")) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise BadImage("missing_image", "image file does not exist", Location(path)) from None
-    except IsADirectoryError:
-        raise BadImage("unreadable_image", "expected an image file, found a directory", Location(path)) from None
-    except OSError as e:
-        raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", Location(path)) from None
+    with file_problems(path), (opener(path) if opener is not None else open(path, "rb")) as f:
+        return f.read()
 
 
 def passthrough_size(data: bytes, max_pixels: Optional[int] = None) -> Optional[Tuple[int, int]]:
