@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .dataset_info import INFO_FILE, DatasetInfo, SplitInfo, dataset_sha256, read_dataset_info  # noqa: F401
 from .errors import TrainError

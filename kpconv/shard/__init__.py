@@ -26,7 +26,7 @@ from typing import List, Optional
 
 from ..errors import Location, ManifestError, NothingToWrite, ShardError
 from . import outdir
-from .files import LOCAL, LocalFiles, is_url
+from .files import LocalFiles, is_url
 from .options import (DEFAULT_SHARD_SIZE, DEFAULT_SPLIT, SPLIT_BY, ShardOptions, parse_bytes, parse_image_size,
                       parse_split)
 from .outdir import SKIPPED_FILE, STATE_DIR
