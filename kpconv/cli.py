@@ -187,7 +187,7 @@ def _parsed(parser_name):
 def _parsed_beam_options(ctx, param, values):
     if not values:
         return ()
-    from .beam_runner import parse_beam_option
+    from .shard.beam import parse_beam_option
 
     for value in values:
         try:
@@ -210,8 +210,11 @@ def _parsed_beam_options(ctx, param, values):
 @click.option("--crop-pad", type=click.FloatRange(min=0, max=10), default=0.2, show_default=True,
               help="Growth of the box for --crop bbox, as a fraction of its width/height (half on each side).")
 @click.option("--split", callback=_parsed("parse_split"), metavar="NAME=FRAC,...",
-              help="Assign splits by a hash of each record's group (default: the source's split if any, "
+              help="Assign splits by a hash (see --split-by) (default: the source's split if any, "
                    "else train=0.8,val=0.1,test=0.1).")
+@click.option("--split-by", type=click.Choice(["auto", "group", "image"]), default="auto", show_default=True,
+              help="What the split hash keeps together: group (frames of one video; else the image), image "
+                   "(the instances of one image), or auto: group when the groups fill every split, else image.")
 @click.option("--shard-size", callback=_parsed("parse_bytes"), metavar="SIZE",
               help="Aimed bytes per shard, e.g. 500KB, 1GiB. Default: 64MB, and at least 8 shards for "
                    "splits of 800 records or more.")
@@ -232,7 +235,7 @@ def _parsed_beam_options(ctx, param, values):
                    "temp_location=gs://..., direct_running_mode=in_memory. Default: DirectRunner, "
                    "multi_processing, --workers processes.")
 @click.pass_context
-def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, shard_size, num_shards, workers,
+def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, split_by, shard_size, num_shards, workers,
           seed, quality, compression, overwrite, resume, runner, beam_options):
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
@@ -249,16 +252,20 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, sha
         raise click.BadParameter("give --overwrite or --resume, not both", param_hint="--resume")
     options = ShardOptions(image=ImageOptions(size=image_size, resize=resize, crop=crop, crop_pad=crop_pad,
                                               quality=quality),
-                           split=split, shard_size=shard_size, num_shards=num_shards,
+                           split=split, split_by=split_by, shard_size=shard_size, num_shards=num_shards,
                            workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume)
     if beam_options and runner != "beam":
         raise click.BadParameter("needs --runner beam", param_hint="--beam-option")
     if runner == "beam":
-        from .beam_runner import shard_beam
+        from .shard.beam import shard_beam
 
         result = shard_beam(manifest, out_dir, options, beam_options)
     else:
         result = run_shard(manifest, out_dir, options)
+    for note in result.notes:
+        info(ctx, f"shard: {note}")
+    for warning in result.warnings:
+        click.echo(f"kpconv: warning: {warning}", err=True)
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())
     info(ctx, f"shard: wrote {result.written} record(s) to {out_dir} ({parts}); skipped {result.skipped}"
               + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else ""))

@@ -89,6 +89,10 @@ class ShardError(KpconvError):
     """``kpconv shard`` cannot proceed (bad options, existing output, failed worker)."""
 
 
+class DatasetInfoError(LocatedError):
+    """``dataset_info.json`` is missing, malformed or lacks what the command needs."""
+
+
 class VerifyError(LocatedError):
     """``kpconv inspect --verify`` found a bad shard or record."""
 

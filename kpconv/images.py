@@ -35,32 +35,17 @@ from __future__ import annotations
 import io
 import math
 import struct
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import ImageError, Location
+from .errors import Location
+from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 EXIF_ORIENTATION = 0x0112
 
-# reason -> meaning (skipped.jsonl and the README)
-SKIP_REASONS = {
-    "missing_image": "image file does not exist",
-    "unreadable_image": "not an image, or a format/mode that cannot be decoded",
-    "truncated_image": "image data ends early",
-    "decompression_bomb": "image has more pixels than the limit (Pillow's MAX_IMAGE_PIXELS)",
-    "size_mismatch": "image size differs from the manifest (the image changed since ingest)",
-}
-
-
-class BadImage(ImageError):
-    """An image that cannot be converted; ``reason`` is a key of :data:`SKIP_REASONS`."""
-
-    def __init__(self, reason: str, message: str, location: Optional[Location] = None):
-        self.reason = reason
-        super().__init__(message, location)
+SKIP_REASONS = REASONS    # reason -> meaning (skipped.jsonl and the docs): the image probe's
 
 
 @dataclass(frozen=True)
@@ -165,53 +150,25 @@ class Stored:
 
 def read_image_bytes(path: str, opener=None) -> bytes:
     """The bytes of an image file. Raises BadImage (missing_image, unreadable_image)."""
-    try:
-        with (opener(path) if opener is not None else open(path, "rb")) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise BadImage("missing_image", "image file does not exist", Location(path)) from None
-    except IsADirectoryError:
-        raise BadImage("unreadable_image", "expected an image file, found a directory", Location(path)) from None
-    except OSError as e:
-        raise BadImage("unreadable_image", f"cannot read image file: {e.strerror}", Location(path)) from None
+    with file_problems(path), (opener(path) if opener is not None else open(path, "rb")) as f:
+        return f.read()
 
 
 def passthrough_size(data: bytes, max_pixels: Optional[int] = None) -> Optional[Tuple[int, int]]:
     """``(width, height)`` of a JPEG that :func:`render` would store as is without changing its size
-    (baseline RGB or grayscale, EXIF orientation 1, complete: ends with its EOI marker, within the pixel
-    limits), read from its header alone by :mod:`kpconv.imageinfo` (no Pillow); None when anything is
-    unusual or unsure; the caller then opens it with :class:`SourceImage`, which decides."""
-    if not (data.startswith(b"\xff\xd8\xff") and _ends_complete(data, "JPEG")):
+    (grey or colour, EXIF orientation 1, complete: ends with its EOI marker, within the pixel limits),
+    known from its header alone (:func:`kpconv.imageinfo.probe`, no Pillow); None when anything is
+    unusual or unsure: the caller then opens it with :class:`SourceImage`, which decides."""
+    if not data.startswith(b"\xff\xd8\xff"):
         return None
-    imageinfo = sys.modules.get("kpconv.imageinfo")
-    if imageinfo is None:
-        from . import imageinfo
-
+    limits = [n for n in (max_pixels, pillow_limit()) if n]
     try:
-        r = imageinfo._jpeg(imageinfo._Src(io.BytesIO(data), data))
-        if r is None:
-            return None
-        w, h, orientation = r
-        if orientation != 1 or _jpeg_layers(data, imageinfo._SOF) not in (1, 3):  # 4: CMYK
-            return None
-    except (struct.error, IndexError):
+        p = probe(data, max_pixels=min(limits) if limits else 0)
+    except BadImage:
         return None
-    pil = sys.modules.get("PIL.Image")
-    pil_limit = getattr(pil, "MAX_IMAGE_PIXELS", imageinfo._DEFAULT_MAX_PIXELS) if pil is not None \
-        else imageinfo._DEFAULT_MAX_PIXELS
-    if w <= 0 or h <= 0 or (pil_limit and w * h > pil_limit) or (max_pixels and w * h > max_pixels):
-        return None   # SourceImage reports it (decompression_bomb)
-    return w, h
-
-
-def _jpeg_layers(data: bytes, sof) -> Optional[int]:
-    """Components of the (last) frame header of a JPEG whose segments up to SOS imageinfo has checked."""
-    pos, layers = 2, None
-    while data[pos + 1] != 0xDA:
-        if data[pos + 1] in sof:
-            layers = data[pos + 9]
-        pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
-    return layers
+    if p.parsed_by != "header" or p.orientation != 1 or p.components not in (1, 3) or not p.complete:
+        return None
+    return p.size
 
 
 class SourceImage:
@@ -265,9 +222,10 @@ class SourceImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 im.load()
-            except OSError as e:
-                reason = "truncated_image" if "truncated" in str(e) or "broken data stream" in str(e) else "unreadable_image"
-                raise BadImage(reason, f"cannot decode image: {e}", self.loc) from None
+            except OSError as e:    # a file without its end marker was cut short; else it is damaged
+                complete = ends_complete(self.data, im.format) or im.format not in ("JPEG", "PNG")
+                raise BadImage("unreadable_image" if complete else "truncated_image", f"cannot decode image: {e}",
+                               self.loc) from None
             except (SyntaxError, ValueError, EOFError) as e:
                 raise BadImage("unreadable_image", f"cannot decode image: {e}", self.loc) from None
         if self.orientation != 1:
@@ -315,7 +273,7 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
             and src.im.mode in ("RGB", "L") and "transparency" not in src.im.info):
         # passthrough: the header has been parsed; a file that ends with its end marker is taken as
         # complete, any other is decoded (JPEG at 1/8 scale, which still reads all the data) to find out
-        if not _ends_complete(src.data, fmt):
+        if not ends_complete(src.data, fmt):
             src.load(draft_size=((w + 7) // 8, (h + 7) // 8) if fmt == "JPEG" else None)
         return Stored(src.data, "jpeg" if fmt == "JPEG" else "png", lay, (w, h))
     x0, y0, x1, y1 = lay.crop
@@ -338,18 +296,6 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
     buf = io.BytesIO()
     content.save(buf, "JPEG", quality=opts.quality)
     return Stored(buf.getvalue(), "jpeg", lay, (w, h))
-
-
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-def _ends_complete(data: bytes, fmt: str) -> bool:
-    """A JPEG that ends with its EOI marker, a PNG that ends with its IEND chunk."""
-    if fmt == "JPEG":
-        if data[-1:] != b"\x00":                 # (rstrip copies the whole image: only when needed)
-            return data[-2:] == b"\xff\xd9"
-        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
-    return fmt == "PNG" and data.endswith(_PNG_IEND)
 
 
 def decode(data: bytes):

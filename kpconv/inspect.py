@@ -5,16 +5,15 @@ No TensorFlow: records are read with :mod:`kpconv.tfrecord` and decoded with
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional
 
+from .dataset_info import INFO_FILE, DatasetInfo, sha256_stream
 from .errors import Location, VerifyError
 from .manifest import atomic_output
-from .records import SPEC_VERSION, decode_record
-from .shard import read_info
+from .records import decode_record
 from .tfrecord import read_records
 
 LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
@@ -22,20 +21,15 @@ LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
 
 @dataclass
 class InspectResult:
-    info: dict
+    info: DatasetInfo
     lines: List[str] = field(default_factory=list)   # the printable summary
     verified: int = 0                                # records verified (--verify)
     grid: Optional[str] = None                       # contact sheet written
 
 
-def _shards(info: dict) -> Iterator[Tuple[str, dict]]:
-    for split, s in info.get("splits", {}).items():
-        for entry in s.get("shards", []):
-            yield split, entry
-
-
-def summary(out_dir, info: dict) -> List[str]:
-    img = info.get("image", {})
+def summary(out_dir, dataset: DatasetInfo) -> List[str]:
+    info = dataset.raw
+    img = info["image"]
     size = "x".join(str(v) for v in img["size"]) + f" ({img.get('resize')})" if img.get("size") else "original size"
     crop = img.get("crop", "none") + (f" (pad {img.get('crop_pad')})" if img.get("crop") == "bbox" else "")
     lines = [f"{out_dir}: kpconv {info.get('kpconv_version')}, record spec {info.get('spec_version')}, "
@@ -67,18 +61,16 @@ def summary(out_dir, info: dict) -> List[str]:
     return lines
 
 
-def verify(out_dir, info: dict) -> int:
+def verify(out_dir, dataset: DatasetInfo) -> int:
     """Read every record of every shard: CRCs, spec, image decoding, counts, sha256, visibility counts.
 
     Raises VerifyError naming the first bad shard (and record); returns the number of records."""
     from .images import BadImage, decode
 
     out = Path(out_dir)
-    if info.get("spec_version") != SPEC_VERSION:
-        raise VerifyError(f"record spec version {info.get('spec_version')} is not {SPEC_VERSION}",
-                          Location("dataset_info.json"))
-    k = len(info["keypoints"])
-    compression = info.get("compression", "none")
+    info = dataset.raw
+    k = dataset.num_keypoints
+    compression = dataset.compression_name
     total = 0
     for split, s in info["splits"].items():
         vis = [[0, 0, 0] for _ in range(k)]
@@ -108,14 +100,15 @@ def verify(out_dir, info: dict) -> int:
                 count += 1
             if count != entry["records"]:
                 raise VerifyError(f"holds {count} record(s), dataset_info.json says {entry['records']}", Location(name))
-            digest, size = _sha256(path)
+            with open(path, "rb") as f:
+                digest, size = sha256_stream(f)
             if size != entry["bytes"] or digest != entry["sha256"]:
-                raise VerifyError("sha256 or size differs from dataset_info.json (the file changed after writing)",
+                raise VerifyError(f"sha256 or size differs from {INFO_FILE} (the file changed after writing)",
                                   Location(name))
             total += count
         if "visibility" in s and vis != s["visibility"]:
             raise VerifyError(f"split {split}: keypoint visibility counts differ from dataset_info.json",
-                              Location("dataset_info.json"))
+                              Location(INFO_FILE))
     return total
 
 
@@ -126,33 +119,23 @@ def _records(path: Path, name: str, compression: str) -> Iterator[bytes]:
         raise VerifyError(e.message, Location(name, record=e.location.record)) from None
 
 
-def _sha256(path: Path) -> Tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def contact_sheet(out_dir, info: dict, path: str, n: int = 16, cell: int = 256) -> int:
+def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: int = 256) -> int:
     """Draw up to ``n`` records (in shard order, train first) with keypoints, names and skeleton;
     left keypoints/limbs in red, right in blue, others yellow. Returns the number drawn."""
     from PIL import Image, ImageDraw
 
     from .images import decode, to_rgb
 
-    names = info["keypoints"]
+    names = dataset.keypoint_names
     k = len(names)
     side = {}
-    for a, b in info.get("flip_pairs", []):
+    for a, b in dataset.flip_pairs:
         side[a], side[b] = LEFT, RIGHT
     cells = []
-    for split, entry in _shards(info):
+    for split, entry in dataset.shards():
         if len(cells) >= n:
             break
-        for data in read_records(str(Path(out_dir) / entry["file"]), info.get("compression", "none")):
+        for data in read_records(str(Path(out_dir) / entry["file"]), dataset.compression_name):
             if len(cells) >= n:
                 break
             rec = decode_record(data, k)
@@ -166,7 +149,7 @@ def contact_sheet(out_dir, info: dict, path: str, n: int = 16, cell: int = 256) 
             d = ImageDraw.Draw(tile)
             pts = [(x * sw, y * sh, v) for x, y, v in zip(rec["keypoints/x"], rec["keypoints/y"],
                                                        rec["keypoints/visibility"])]
-            for a, b in info.get("skeleton", []):
+            for a, b in dataset.skeleton:
                 if pts[a][2] and pts[b][2]:
                     colour = side.get(a) if side.get(a) == side.get(b) else MIDDLE
                     d.line([pts[a][:2], pts[b][:2]], fill=colour or MIDDLE, width=2)
@@ -196,7 +179,7 @@ def contact_sheet(out_dir, info: dict, path: str, n: int = 16, cell: int = 256) 
 
 def inspect(out_dir, verify_records: bool = False, grid: Optional[str] = None, n: int = 16) -> InspectResult:
     """Summarize a shard directory; optionally verify every record and draw a contact sheet."""
-    info = read_info(out_dir)
+    info = DatasetInfo.read(out_dir)
     result = InspectResult(info, summary(out_dir, info))
     if verify_records:
         result.verified = verify(out_dir, info)

@@ -20,8 +20,12 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, List, Optional, Sequence, Tuple
+from itertools import chain, islice
+from typing import IO, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import orjson as _orjson
+
+from . import jsonparse
 from .errors import Location, ManifestError
 
 MANIFEST_VERSION = 1
@@ -139,8 +143,103 @@ class Record:
                    d.get("split"), d.get("source") or {}, d.get("category"))
 
 
-def _dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def dumps_records(records: Sequence[Record]) -> bytes:
+    """The manifest lines of ``records``: the one place that decides the manifest's bytes.
+
+    Keypoint coordinates and the bbox are floats rounded to ``DECIMALS`` (what ``round(c, 6)`` gives),
+    visibilities ints, and each line is compact JSON, UTF-8, not ASCII-escaped: exactly what
+    ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes.
+
+    Rounding and writing one value at a time took most of ingest's time, so the records whose
+    coordinates all lie in 0..1 (every record ingest writes) are rounded together with numpy
+    (:func:`_round_unit`) and their numbers written by orjson, whose text is json's there except for
+    values in (0, 1e-4) (``0.00005`` for ``5e-05``): those lines, any other record, and a value orjson
+    refuses (a lone surrogate, an int beyond 64 bits) are written by json, which also raises
+    ValueError for NaN or infinity."""
+    if not records:
+        return b""
+    numbers = _unit_numbers(records)
+    lines = []
+    for r, nums in zip(records, numbers):
+        d = {"image": r.image, "width": r.width, "height": r.height, "keypoints": None, "bbox": None,
+             "instance": r.instance, "group": r.group, "split": r.split, "source": r.source}
+        out = None
+        if nums is not None:
+            d["keypoints"], d["bbox"] = nums
+            try:
+                out = _orjson.dumps(d)
+            except TypeError:   # orjson.JSONEncodeError
+                pass
+        if out is None:
+            d["keypoints"] = [[round(float(x), DECIMALS), round(float(y), DECIMALS), int(v)] for x, y, v in r.keypoints]
+            d["bbox"] = [round(float(c), DECIMALS) for c in r.bbox]
+            out = json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        lines.append(out)
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+def dumps_record(record: Record) -> bytes:
+    """One manifest line with its newline (:func:`dumps_records`)."""
+    return dumps_records([record])
+
+
+def _unit_numbers(records: Sequence[Record]) -> list:
+    """Per record, the JSON of its keypoints and bbox (as orjson Fragments) when all its coordinates lie
+    in 0..1 and none rounds into (0, 1e-4); else None."""
+    import numpy as np
+
+    n, k = len(records), len(records[0].keypoints)
+    try:
+        if any(len(r.keypoints) != k for r in records):
+            raise ValueError("records with different numbers of keypoints")
+        kp = np.fromiter(chain.from_iterable(chain.from_iterable(r.keypoints) for r in records), np.float64,
+                         n * 3 * k).reshape(n, k, 3)
+        box = np.fromiter(chain.from_iterable(r.bbox for r in records), np.float64, n * 4).reshape(n, 4)
+    except (TypeError, ValueError, OverflowError):
+        return [None] * n
+    with np.errstate(invalid="ignore"):
+        unit = ((kp[:, :, :2] >= 0) & (kp[:, :, :2] <= 1)).all((1, 2)) & ((box >= 0) & (box <= 1)).all(1)
+    n_xy = _round_unit(np.where(unit[:, None, None], kp[:, :, :2], 0.0))
+    n_box = _round_unit(np.where(unit[:, None], box, 0.0))
+    unit &= ~(((n_xy >= 1) & (n_xy <= 99)).any((1, 2)) | ((n_box >= 1) & (n_box <= 99)).any(1))
+    xyv = np.concatenate([n_xy / 1e6, kp[:, :, 2:]], 2)
+    # one orjson call for all keypoints: "[[[x,y,v],...],[[...]]]"; a visibility is the only number
+    # followed by "]", so ".0]" -> "]" writes them as ints; then cut at the records' boundaries
+    kp_text = _orjson.dumps(xyv, option=_orjson.OPT_SERIALIZE_NUMPY).replace(b".0]", b"]")[3:-3].split(b"]],[[")
+    box_text = _orjson.dumps(n_box / 1e6, option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+    frag = _orjson.Fragment
+    return [(frag(b"[[" + kt + b"]]"), frag(b"[" + bt + b"]")) if ok else None
+            for ok, kt, bt in zip(unit.tolist(), kp_text, box_text)]
+
+
+def _round_unit(c):
+    """``c * 10**6`` rounded to an integer exactly as ``round(c, 6)`` rounds (the exact binary value of
+    ``c``, ties to even), for ``c`` in 0..1, elementwise; ``n / 1e6`` is then ``round(c, 6)`` (both are
+    the float nearest to the decimal ``n * 10**-6``).
+
+    ``p = c * 1e6`` is the product rounded to the nearest float; when ``p`` is not a half-integer,
+    ``rint(p)`` is right (the exact product lies on the same side of every half-integer, which is a
+    float here). When it is one, the exact product may be just above or below it: its rounding error
+    (exactly, with Dekker's product: ``1e6`` has 14 significant bits, the halves of ``c`` 26) decides,
+    and only an exact tie goes to even, like ``rint``."""
+    import numpy as np
+
+    p = c * 1e6
+    n = np.rint(p)
+    tie = (p - np.floor(p)) == 0.5
+    if tie.any():
+        c, p = c[tie], p[tie]
+        t = c * 134217729.0                 # Veltkamp split of c into hi + lo, 26 bits each
+        hi = t - (t - c)
+        lo = c - hi
+        err = (hi * 1e6 - p) + lo * 1e6     # c * 1e6 - p, exactly
+        n[tie] = np.where(err > 0, np.ceil(p), np.where(err < 0, np.floor(p), n[tie]))
+    return n
+
+
+def dumps_header(header: Header) -> bytes:
+    return json.dumps(header.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 @contextmanager
@@ -191,25 +290,62 @@ def _umask() -> int:
     return mask
 
 
-class ManifestWriter:
-    """Writes the header then records, as JSON Lines, to an open text stream."""
+def write_manifest(path: str, header: Header, records: Iterable[Record]) -> int:
+    """Write a manifest atomically (``-``: stdout); returns the number of records."""
+    count = 0
+    it = iter(records)
+    with atomic_output(path, "wb") as f:
+        f.write(dumps_header(header))
+        for chunk in iter(lambda: list(islice(it, 4096)), []):
+            f.write(dumps_records(chunk))
+            count += len(chunk)
+    return count
 
-    def __init__(self, stream: IO[str], header: Header):
-        self._f = stream
-        self.count = 0
-        self._f.write(_dumps(header.to_json()) + "\n")
 
-    def write(self, record: Record) -> None:
-        self._f.write(_dumps(record.to_json()) + "\n")
-        self.count += 1
+def parse_json(line: bytes, loc: Location):
+    """One manifest line as JSON (orjson where it gives json's objects); ManifestError when it is not JSON."""
+    try:
+        return jsonparse.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"invalid JSON: {e.msg} (column {e.colno})", loc) from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"invalid UTF-8 at byte {e.start}", loc) from None
 
 
-def write_manifest(path: str, header: Header, records: Sequence[Record]) -> int:
-    with atomic_output(path) as f:
-        w = ManifestWriter(f, header)
-        for r in records:
-            w.write(r)
-    return w.count
+def read_header(line: bytes, name: str) -> Header:
+    """The header from the first line of a manifest; ManifestError (with a hint) when it is not one."""
+    loc = Location(name, 1)
+    if not line.strip():
+        raise ManifestError("empty manifest: expected a header line", loc)
+    try:
+        d = parse_json(line, loc)
+    except ManifestError as e:
+        raise ManifestError(f"{e.message}; expected the manifest's header line (a manifest is what "
+                            "'kpconv ingest' writes: run it on annotation files first)", loc) from None
+    return Header.from_json(d, loc)
+
+
+def parse_record(line: bytes, num_keypoints: int, loc: Location) -> Record:
+    """One record line, validated; ManifestError located at ``loc`` and the field."""
+    return Record.from_json(parse_json(line, loc), num_keypoints, loc)
+
+
+def scan(stream: IO[bytes], name: str) -> Tuple[Header, Iterator[Tuple[int, int, bytes, Record]]]:
+    """Read a manifest from a binary stream: the header, and a lazy iterator of
+    ``(byte offset, line number, line, Record)`` for each record line (blank lines are skipped)."""
+    first = stream.readline()
+    header = read_header(first, name)
+    k = len(header.keypoints)
+
+    def lines():
+        offset = len(first)
+        for lineno, line in enumerate(stream, start=2):
+            start, offset = offset, offset + len(line)
+            if line.strip():
+                loc = Location(name, lineno)
+                yield start, lineno, line, parse_record(line, k, loc)
+
+    return header, lines()
 
 
 def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
@@ -219,27 +355,25 @@ def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
     """
     name = "<stdin>" if path == "-" else str(path)
     if path == "-":
-        stream = sys.stdin
+        stream = sys.stdin.buffer
     else:
         try:
-            stream = open(path, "r", encoding="utf-8")
+            stream = open(path, "rb")
         except OSError as e:
             raise ManifestError(f"cannot open manifest: {e.strerror}", Location(name)) from None
-    first = stream.readline()
-    if not first.strip():
-        raise ManifestError("empty manifest: expected a header line", Location(name, 1))
-    header = Header.from_json(_loads(first, Location(name, 1)), Location(name, 1))
-    k = len(header.keypoints)
+    try:
+        header, lines = scan(stream, name)
+    except BaseException:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+        raise
 
     def records() -> Iterator[Record]:
         try:
-            for lineno, line in enumerate(stream, start=2):
-                if not line.strip():
-                    continue
-                loc = Location(name, lineno)
-                yield Record.from_json(_loads(line, loc), k, loc)
+            for _, _, _, record in lines:
+                yield record
         finally:
-            if stream is not sys.stdin:
+            if stream is not sys.stdin.buffer:
                 stream.close()
 
     return header, records()
@@ -248,10 +382,3 @@ def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
 def read_manifest(path: str) -> Tuple[Header, List[Record]]:
     header, it = open_manifest(path)
     return header, list(it)
-
-
-def _loads(line: str, loc: Location):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"invalid JSON: {e.msg} (column {e.colno})", loc) from None

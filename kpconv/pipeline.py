@@ -22,135 +22,15 @@ Nothing here imports TensorFlow at module import time.
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
+from .dataset_info import INFO_FILE, DatasetInfo, SplitInfo, dataset_sha256, read_dataset_info  # noqa: F401
 from .errors import TrainError
-from .records import SPEC_VERSION
 
-INFO_FILE = "dataset_info.json"
 CACHE_LIMIT_BYTES = 1 << 30  # cache decoded records in memory when the split needs less than this
-
-
-# ------------------------------------------------------------------------------------- dataset info
-@dataclass
-class SplitInfo:
-    name: str
-    files: List[str]
-    num_records: int
-
-
-@dataclass
-class DatasetInfo:
-    """What ``dataset_info.json`` says, in the shape this module needs."""
-
-    path: Path
-    keypoint_names: List[str]
-    skeleton: List[Tuple[int, int]]
-    flip_pairs: List[Tuple[int, int]]
-    image_height: int
-    image_width: int
-    compression: Optional[str]   # None or "GZIP"
-    splits: Dict[str, SplitInfo]
-    raw: dict = field(repr=False, default_factory=dict)
-
-    @property
-    def num_keypoints(self) -> int:
-        return len(self.keypoint_names)
-
-    def split(self, name: str) -> SplitInfo:
-        if name not in self.splits:
-            raise TrainError(f"{self.path}: no split '{name}' (splits: {', '.join(sorted(self.splits)) or 'none'})")
-        return self.splits[name]
-
-    def files(self, name: str) -> List[str]:
-        return [str(self.path.parent / f) for f in self.split(name).files]
-
-    def flip_permutation(self) -> List[int]:
-        perm = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return perm
-
-    def preprocessing(self) -> dict:
-        """The options shard used to make the stored images (``predict`` reapplies them)."""
-        image = self.raw.get("image") or {}
-        return {"size": [self.image_width, self.image_height], "resize": image.get("resize") or "stretch",
-                "crop": image.get("crop") or "none", "crop_pad": image.get("crop_pad"),
-                "background": image.get("background")}
-
-
-def _get(d: dict, *names, default=None):
-    for n in names:
-        if n in d:
-            return d[n]
-    return default
-
-
-def read_dataset_info(shard_dir: Union[str, Path]) -> DatasetInfo:
-    """Read ``SHARD_DIR/dataset_info.json``; raises :class:`TrainError` with the file and field."""
-    path = Path(shard_dir) / INFO_FILE
-    if not path.is_file():
-        raise TrainError(f"{path}: not found (is {shard_dir} a folder written by 'kpconv shard'?)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TrainError(f"{path}: cannot read: {e}") from None
-    if not isinstance(raw, dict):
-        raise TrainError(f"{path}: expected a JSON object")
-
-    def need(value, name):
-        if value is None:
-            raise TrainError(f"{path}: field '{name}' is missing")
-        return value
-
-    version = _get(raw, "spec_version", "record_spec_version")
-    if version is not None and int(version) != SPEC_VERSION:
-        raise TrainError(f"{path}: record spec version {version}, this kpconv reads version {SPEC_VERSION}")
-    kp = need(_get(raw, "keypoint_names", "keypoints"), "keypoints")
-    names = [k["name"] if isinstance(k, dict) else str(k) for k in kp]
-    image = raw.get("image") if isinstance(raw.get("image"), dict) else {}
-    size = image.get("size") if image else _get(raw, "image_size")
-    if size is None:
-        raise TrainError(f"{path}: the shards keep each image's own size (field 'image.size' is null); training "
-                         f"needs one image size: shard again with one (kpconv shard --image-size WxH)")
-    if isinstance(size, dict):
-        h, w = int(size["height"]), int(size["width"])
-    elif isinstance(size, (list, tuple)) and len(size) == 2:
-        w, h = int(size[0]), int(size[1])  # [width, height]
-    else:
-        h = w = int(size)
-    comp = _get(raw, "compression")
-    comp = None if comp in (None, "", "none", "NONE") else ("GZIP" if str(comp).lower() in ("gzip", "gz") else str(comp))
-    splits = {}
-    for name, s in need(_get(raw, "splits"), "splits").items():
-        files = _get(s, "shards", "files", default=[])
-        files = [f["file"] if isinstance(f, dict) else f for f in files]
-        n = _get(s, "records", "num_records", default=0)
-        splits[name] = SplitInfo(name, list(files), int(n))
-    pairs = [tuple(int(i) for i in p) for p in (_get(raw, "flip_pairs") or [])]
-    skel = [tuple(int(i) for i in p) for p in (_get(raw, "skeleton") or [])]
-    return DatasetInfo(path, names, skel, pairs, h, w, comp, splits, raw)
-
-
-def dataset_sha256(shard_dir: Union[str, Path], info: Optional[DatasetInfo] = None) -> Dict[str, str]:
-    """sha256 of ``dataset_info.json`` and of every shard file (relative name -> hex digest)."""
-    import hashlib
-
-    info = info or read_dataset_info(shard_dir)
-    root = Path(shard_dir)
-    names = [INFO_FILE] + [f for s in sorted(info.splits) for f in info.splits[s].files]
-    out = {}
-    for n in names:
-        h = hashlib.sha256()
-        with open(root / n, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        out[n] = h.hexdigest()
-    return out
 
 
 # ------------------------------------------------------------------------------------- augmentation

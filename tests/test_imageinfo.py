@@ -1,7 +1,8 @@
-"""Image sizes from headers (kpconv.imageinfo) agree with Pillow on many generated files.
+"""The image probe (kpconv.imageinfo) agrees with Pillow on many generated files.
 
-The reference is ``ImageOps.exif_transpose(Image.open(p)).size``; every file is also checked to
-take the fast path where it should (so a fallback to Pillow cannot hide a parser bug).
+The reference is ``ImageOps.exif_transpose(Image.open(p)).size``; every plain JPEG and PNG is also
+checked to be read by the header parsers (``Probe.parsed_by == "header"``), so that a fallback to Pillow
+cannot hide a parser bug, and every unusual one to be left to Pillow.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from kpconv import imageinfo
-from kpconv.errors import ImageError
+from kpconv.imageinfo import BadImage
 
 ORIENTATIONS = range(1, 9)
 
@@ -24,9 +25,9 @@ def pil_size(path):
 
 
 def fast_size(path):
-    """The header parser alone: None when it hands the file to Pillow."""
-    with open(path, "rb") as f:
-        return imageinfo._fast_size(f, f.read(imageinfo._HEAD))
+    """The size the header parsers give: None when they hand the file to Pillow."""
+    p = imageinfo.probe_file(str(path))
+    return p.size if p.parsed_by == "header" else None
 
 
 def exif_bytes(orientation, endian="<", extra_tags=True):
@@ -121,12 +122,14 @@ def images(tmp_path_factory):
     return make_cases(d)
 
 
-def test_fast_path_matches_pillow(images):
+def test_probe_matches_pillow(images):
     assert len(images) > 100
     for name, p in images:
         expected = pil_size(p)
-        assert fast_size(p) == expected, name
         assert imageinfo.read_size(str(p)) == expected, name
+        assert imageinfo.probe(p.read_bytes()).size == expected, name
+        if name.endswith((".jpg", ".png")) and name != "cmyk.jpg":   # (Adobe APP14: Pillow's)
+            assert fast_size(p) == expected, name
 
 
 def test_orientation_swaps_sides(images):
@@ -192,7 +195,7 @@ def test_animated_and_extended_gif(tmp_path):
     frames = [rgb(20, 10).convert("P"), rgb(20, 10).convert("P")]
     p = tmp_path / "anim.gif"
     frames[0].save(p, save_all=True, append_images=frames[1:], loop=0, duration=50)
-    assert fast_size(p) == pil_size(p) == (20, 10)
+    assert imageinfo.read_size(str(p)) == pil_size(p) == (20, 10)
     # A first frame larger than the logical screen widens the image, as in Pillow.
     data = bytearray(p.read_bytes())
     data[6:10] = struct.pack("<HH", 8, 4)
@@ -202,11 +205,12 @@ def test_animated_and_extended_gif(tmp_path):
 
 
 def test_missing_and_directory(tmp_path):
-    with pytest.raises(ImageError, match="does not exist") as e:
+    with pytest.raises(BadImage, match="does not exist") as e:
         imageinfo.read_size(str(tmp_path / "nope.jpg"))
-    assert e.value.location.file == str(tmp_path / "nope.jpg")
-    with pytest.raises(ImageError, match="found a directory"):
+    assert e.value.location.file == str(tmp_path / "nope.jpg") and e.value.reason == "missing_image"
+    with pytest.raises(BadImage, match="found a directory") as e:
         imageinfo.read_size(str(tmp_path))
+    assert e.value.reason == "unreadable_image"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP"])
@@ -219,9 +223,9 @@ def test_truncated_and_corrupt_are_unreadable(tmp_path, fmt):
                               b"\x00" * 100, b"not an image at all"]):
         p = tmp_path / f"bad{i}.{fmt.lower()}"
         p.write_bytes(blob)
-        with pytest.raises(ImageError, match="cannot read image") as e:
+        with pytest.raises(BadImage, match="cannot read image") as e:
             imageinfo.read_size(str(p))
-        assert e.value.location.file == str(p)
+        assert e.value.location.file == str(p) and e.value.reason == "unreadable_image"
 
 
 def test_corrupt_png_header_crc(tmp_path):
@@ -231,9 +235,20 @@ def test_corrupt_png_header_crc(tmp_path):
     data[29] ^= 0xFF   # IHDR checksum
     p = tmp_path / "crc.png"
     p.write_bytes(bytes(data))
-    assert fast_size(p) is None
-    with pytest.raises(ImageError, match="cannot read image"):
+    with pytest.raises(BadImage, match="cannot read image"):    # the parser leaves it to Pillow, which refuses
         imageinfo.read_size(str(p))
+
+
+def test_completeness_and_decompression_bombs():
+    buf = io.BytesIO()
+    rgb(40, 30).save(buf, "JPEG")
+    data = buf.getvalue()
+    assert imageinfo.probe(data).complete is True
+    assert imageinfo.probe(data + b"\0\0").complete is True
+    assert imageinfo.probe(data[:-2]).complete is False
+    with pytest.raises(BadImage) as e:
+        imageinfo.probe(data, max_pixels=40 * 30 - 1)
+    assert e.value.reason == "decompression_bomb"
 
 
 def test_other_formats_go_through_pillow(tmp_path):
@@ -252,9 +267,9 @@ def test_read_sizes_serial_and_pool_agree(tmp_path, images):
     assert list(serial) == paths and list(pooled) == paths
     for p in paths:
         a, b = serial[p], pooled[p]
-        if isinstance(a, ImageError):
-            assert isinstance(b, ImageError) and str(a) == str(b)
+        if isinstance(a, BadImage):
+            assert isinstance(b, BadImage) and str(a) == str(b) and a.reason == b.reason
         else:
             assert a == b
-    assert "does not exist" in serial[paths[-2]].message
-    assert "cannot read image" in pooled[paths[-1]].message
+    assert serial[paths[-2]].reason == "missing_image"
+    assert pooled[paths[-1]].reason == "unreadable_image" and "cannot read image" in pooled[paths[-1]].message

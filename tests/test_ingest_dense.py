@@ -1,126 +1,69 @@
-"""RawInstance's dense form (COCO) is validated and formatted a chunk at a time with numpy: lines,
-problem reports (reasons, messages, locations, order), numbering and duplicates must be exactly what
-the one-by-one path gives for the same keypoints as a dict."""
+"""COCO rows (RawInstance's dense form) are validated a chunk at a time with numpy; rows with anything to
+report, clamp or fix go the exact, one-by-one way. Through the public ingest(): a COCO file read in
+its own keypoint order (the vectorized path) must give exactly the manifest and the problem report of
+the same file read with ``--keypoints`` in that same order (the reader then gives dicts: the exact
+path), for awkward values, rounding ties, clamps, bad boxes, duplicates and missing images."""
 from __future__ import annotations
 
-import io
+import json
 import random
-from dataclasses import replace
 
-import numpy as np
-import pytest
 from PIL import Image
 
-from kpconv import ingest as ingest_mod
-from kpconv.errors import Location
-from kpconv.formats.base import IngestOptions, RawInstance
-from kpconv.ingest import _Finalizer, _round6
-from kpconv.manifest import Header
-from kpconv.problems import Report
+from kpconv.formats.base import IngestOptions
+from kpconv.ingest import ingest
 
 NAMES = ["nose", "left_eye", "right_eye", "tail", "paw"]
 
 
-def _dense_instances(rng: random.Random, images, n=3000):
-    awkward = [0.0, -0.0, 0.5, 64.0, 0.0078125 * 64, 1e-7, 0.003, 3.0000005, 63.99999999, 7, 0, 64, -0.4,
-               64.4, 65.0, -3.0, float("nan"), float("inf"), 2 ** 60, 12.345678901, 0.0064, 63.99999, 1e-300]
-    out = []
-    for i in range(n):
-        img, (w, h) = rng.choice(images)
+def _coco(tmp_path, rng: random.Random, n=3000) -> str:
+    sizes = [(64, 48), (31, 7), (640, 480), (128, 128)]
+    images = []
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h)).save(tmp_path / f"im{i}.png")
+        images.append({"id": i + 1, "file_name": f"im{i}.png", "width": w, "height": h})
+    images.append({"id": 9, "file_name": "missing.png", "width": 10, "height": 10})
+    awkward = [0.0, 0.5, 64.0, 0.0078125 * 64, 1e-7, 0.003, 3.0000005, 63.99999999, 7, 0, 64, -0.4, 64.4, 65.0,
+               -3.0, 2 ** 60, 12.345678901, 0.0064, 63.99999, 1e-300]
+    anns = []
+    for a in range(n):
+        im = rng.choice(images)
+        w, h = im["width"], im["height"]
         kp = []
         for _ in NAMES:
             if rng.random() < 0.02:
                 x, y = rng.choice(awkward), rng.choice(awkward)
             else:   # two-decimal pixels: c * 1e6 is often a half-integer (rounding ties)
                 x, y = rng.randint(0, 100 * w) / 100, rng.randint(0, 100 * h) / 100
-            v = rng.choice([2, 2, 2, 1, 0]) if rng.random() < 0.995 else rng.choice([3, 2.0, 1.5, float("nan"), 0.0])
+            v = rng.choice([2, 2, 2, 1, 0]) if rng.random() < 0.995 else rng.choice([3, 2.0, 1.5, 0.0])
             kp += [x, y, v]
+        ann = {"id": a + 1, "image_id": im["id"], "category_id": 1, "keypoints": kp, "num_keypoints": 5}
         r = rng.random()
-        bbox = (None if r < 0.3 else [rng.randint(-50, w * 100) / 100, rng.randint(-50, h * 100) / 100,
-                                      rng.randint(1, w * 100) / 100, rng.randint(1, h * 100) / 100] if r < 0.97
-                else rng.choice([[1, 2, -3, 4], ["1", "2", "3", "4"], [float("nan"), 0, 1, 1], [1, 2, 3], 5,
-                                 (0.5, 0.5, 2, 2), [True, 0, 3, 3], [-0.0, 0, 3, 3]]))
-        out.append(RawInstance(img, None, Location("/data/ann.json", record=str(i)), bbox=bbox,
-                               size=rng.choice([None] * 20 + [(w, h), (w + 1, h)]),
-                               instance=None if rng.random() < 0.97 else str(rng.randint(0, 3)),
-                               split=rng.choice([None, "train"]), dense=kp))
-    return out
+        if r > 0.3:
+            ann["bbox"] = ([rng.randint(-50, w * 100) / 100, rng.randint(-50, h * 100) / 100,
+                            rng.randint(1, w * 100) / 100, rng.randint(1, h * 100) / 100] if r < 0.97
+                           else rng.choice([[1, 2, -3, 4], [1, 2, 3], [0, 0, 0, 0], [-0.0, 0, 3, 3]]))
+        anns.append(ann)
+    doc = {"images": images, "annotations": anns,
+           "categories": [{"id": 1, "name": "animal", "keypoints": NAMES, "skeleton": [[1, 2]]}]}
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
 
 
-def _images(tmp_path):
-    images = []
-    for i, (w, h) in enumerate([(64, 48), (31, 7), (640, 480), (128, 128)]):
-        name = f"im{i}.png"
-        Image.new("RGB", (w, h)).save(tmp_path / name)
-        images.append((name, (w, h)))
-    images.append(("missing.png", (10, 10)))
-    return images
+def _ingest(tmp_path, source, name, **options):
+    out, report = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.report.jsonl"
+    result = ingest([source], output=str(out), options=IngestOptions(**options), report_path=str(report))
+    return out.read_bytes(), report.read_bytes(), result
 
 
-def _finalize_all(tmp_path, raws, dense: bool, chunk=None, monkeypatch=None):
-    header = Header(NAMES, [], [], tmp_path.as_posix(), {"format": "test"})
-    report = Report(stream=io.StringIO(), keep=10 ** 6)
-    if not dense:
-        raws = [replace(r, keypoints=r.points(NAMES), dense=None) for r in raws]
-    fin = _Finalizer(header, {n: i for i, n in enumerate(NAMES)}, tmp_path, IngestOptions(), report,
-                     dense_names=NAMES)
-    text = "".join(fin.run(raws))
-    return text, report._stream.getvalue(), fin
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_dense_chunks_match_the_exact_path(tmp_path, seed, monkeypatch):
-    images = _images(tmp_path)
-    raws = _dense_instances(random.Random(seed), images)
-    calls = []
-    orig = _Finalizer._dense_chunk
-    monkeypatch.setattr(_Finalizer, "_dense_chunk", lambda self, c, r: calls.append(o := orig(self, c, r)) or o)
-    monkeypatch.setattr(ingest_mod, "CHUNK", 700)
-    fast_text, fast_report, fast = _finalize_all(tmp_path, raws, dense=True)
-    assert sum(len(c or ()) for c in calls) > 2000          # most rows took the chunked path
-    slow_text, slow_report, slow = _finalize_all(tmp_path, raws, dense=False)
-    assert fast_text == slow_text
-    assert fast_report == slow_report and slow_report.count("\n") > 100
-    assert (fast.written, fast.skipped) == (slow.written, slow.skipped)
-    assert slow.skipped > 50 and fast.written > 2000
-
-
-def test_unusual_values_fall_back_per_chunk(tmp_path):
-    images = _images(tmp_path)[:1]
-    raws = _dense_instances(random.Random(3), images, n=200)
-    raws[5].dense[0] = 10 ** 400        # no float: the chunk goes the exact way
-    raws[9].dense[3] = True             # bool is not a number: that row goes the exact way
-    fast_text, fast_report, _ = _finalize_all(tmp_path, raws, dense=True)
-    slow_text, slow_report, _ = _finalize_all(tmp_path, raws, dense=False)
-    assert fast_text == slow_text and fast_report == slow_report
-
-
-def test_round6_is_what_percent_f_writes():
-    rng = random.Random(5)
-    vals = ([rng.randint(0, 6400) / 100 / 64 for _ in range(20000)] + [rng.random() for _ in range(20000)]
-            + [k / 2 ** 16 for k in range(0, 2 ** 16 + 1)] + [(2 * k + 1) / 2e6 for k in range(0, 10 ** 6, 37)])
-    vals += [float(np.nextafter(v, 2.0)) for v in vals[:5000]] + [float(np.nextafter(v, -1.0)) for v in vals[1:5000]]
-    got = _round6(np.array(vals)).astype(np.int64).tolist()
-    assert got == [int(("%.6f" % v).replace(".", "")) for v in vals]
-
-
-@pytest.mark.parametrize("name", ["a.png", "d/a.png", "d/e/a.png", ".a", "..a", "a..", "...", "a/.b/c", "./a",
-                                  "../a", "a/./b", "a/../b", "a//b", "/abs/a", "a/", "a\\b", ".", "..", "a/.",
-                                  "a/..", "d/../../x", "é ü/\"q\".png"])
-def test_plain_path_shortcut_resolves_like_the_general_way(tmp_path, name):
-    def resolve(plain: bool):
-        report = Report()
-        fin = _Finalizer(Header(NAMES, [], [], tmp_path.as_posix(), {}), {}, tmp_path, IngestOptions(), report)
-        if not plain:
-            fin._plain_root = None
-        return fin._resolve(RawInstance(name, {}, Location("x"))), [str(p) for p in report.first]
-    assert resolve(True) == resolve(False)
-
-
-def test_text_table_is_percent_f_without_trailing_zeros():
-    from kpconv.ingest import _ChunkFormat
-    digits, length = _ChunkFormat.table()
-    rows = digits.view(np.uint8).reshape(-1, 8)
-    for n in [*range(0, 1000001, 7), *range(0, 2000), *range(999000, 1000001), 10000, 100000, 120000]:
-        want = ("%.6f" % (n / 1e6)).rstrip("0")
-        assert bytes(rows[n][:length[n]]).decode() == (want + "0" if want.endswith(".") else want)
+def test_vectorized_rows_match_the_exact_path(tmp_path):
+    for seed in range(3):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        source = _coco(d, random.Random(seed))
+        fast, fast_report, a = _ingest(d, source, "fast")
+        exact, exact_report, b = _ingest(d, source, "exact", keypoints=NAMES)
+        assert fast.split(b"\n", 1)[1] == exact.split(b"\n", 1)[1]       # every record line, byte for byte
+        assert fast_report == exact_report and fast_report.count(b"\n") > 100
+        assert (a.written, a.skipped) == (b.written, b.skipped) and a.written > 2000

@@ -1,11 +1,13 @@
 """The manifest reader/writer and atomic output."""
+import json
 import os
+import random
 import stat
 
 import pytest
 
 from kpconv.errors import ManifestError
-from kpconv.manifest import Header, Record, atomic_output, read_manifest, write_manifest
+from kpconv.manifest import Header, Record, atomic_output, dumps_record, dumps_records, read_manifest, write_manifest
 
 
 def _record(**kw):
@@ -74,3 +76,35 @@ def test_atomic_output_to_a_fifo_writes_through_and_keeps_the_fifo(tmp_path):
     reader.join(10)
     assert got == [b"line\n"]
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def _reference_line(r: Record) -> bytes:
+    """What the manifest format says a line is: json.dumps of the record, coordinates round(c, 6)."""
+    d = r.to_json()
+    d["keypoints"] = [[round(float(x), 6), round(float(y), 6), int(v)] for x, y, v in r.keypoints]
+    d["bbox"] = [round(float(c), 6) for c in r.bbox]
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def test_serializer_writes_what_json_writes_for_awkward_values():
+    """dumps_records rounds with numpy and writes with orjson where that gives json's bytes: check it
+    against json.dumps + round() on values near rounding ties, below 1e-4, outside 0..1, and strings
+    json and orjson escape differently or not at all."""
+    rng = random.Random(0)
+    awkward = [0.0, -0.0, 1.0, 0.5, 5e-05, 1e-06, 4e-07, 9.95e-05, 0.0001, 0.0000995, 1e-4 - 1e-12,
+               0.1234565, 0.1234575, 0.0000005, 0.9999995, 0.3, 2 / 3, 1e-300, 1.5, -0.25, 7, 1e16, 123456.5]
+    texts = ["a.png", "é/日本.png", 'q"uote\\back', "ctl\x01\x1f\x7f", "line\u2028sep", "emoji 😀"]
+    recs = []
+    for i in range(3000):
+        pick = lambda: rng.choice(awkward) if rng.random() < 0.2 else rng.random()   # noqa: E731
+        recs.append(Record(rng.choice(texts), 64, 48, [[pick(), pick(), rng.choice([0, 1, 2])] for _ in range(3)],
+                           [pick() for _ in range(4)], rng.choice(texts), rng.choice([None, "g", "日"]),
+                           rng.choice([None, "val"]), rng.choice([{}, {"file": "a.json", "id": "é"}, {"line": i}])))
+    got = dumps_records(recs)
+    assert got == b"".join(map(_reference_line, recs))
+    assert dumps_record(recs[7]) == _reference_line(recs[7])
+
+
+def test_serializer_refuses_nan():
+    with pytest.raises(ValueError):
+        dumps_record(_record(keypoints=[[float("nan"), 0.25, 2], [0.0, 0.0, 0]]))

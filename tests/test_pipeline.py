@@ -7,7 +7,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from kpconv import pipeline  # noqa: E402
-from kpconv.errors import TrainError  # noqa: E402
+from kpconv.errors import DatasetInfoError, TrainError  # noqa: E402
 
 from _shards import FLIP_PAIRS, NAMES, write_shards  # noqa: E402
 
@@ -55,9 +55,9 @@ def test_same_seed_same_batches_other_seed_differs(shards):
 
 def test_unknown_split_and_missing_info(shards, tmp_path):
     out, _ = shards
-    with pytest.raises(TrainError, match="no split 'test'.*train, val"):
+    with pytest.raises(DatasetInfoError, match="no split 'test'.*train, val"):
         pipeline.load(out, "test", 2)
-    with pytest.raises(TrainError, match="dataset_info.json: not found"):
+    with pytest.raises(DatasetInfoError, match="dataset_info.json: not found"):
         pipeline.load(tmp_path, "train", 2)
 
 
@@ -72,7 +72,7 @@ def test_reads_dataset_info_of_kpconv_shard(shards):
     bad = out.parent / "nosize"
     bad.mkdir()
     (bad / "dataset_info.json").write_text(json.dumps(raw))
-    with pytest.raises(TrainError, match="needs one image size"):
+    with pytest.raises(DatasetInfoError, match="needs one image size"):
         pipeline.read_dataset_info(bad)
 
 

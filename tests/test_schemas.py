@@ -9,12 +9,12 @@ from importlib.resources import files
 import jsonschema
 import pytest
 
-from conftest import FIXTURES, GOLDEN, REPO
+from conftest import FIXTURES, REPO
 from kpconv.errors import ManifestError
 from kpconv.ingest import ingest
 from kpconv.manifest import Header, Record
 
-SCHEMAS = ["manifest.schema.json", "kpconv-annotations.schema.json"]
+SCHEMAS = ["manifest.schema.json", "kpconv-annotations.schema.json", "dataset-info.schema.json"]
 
 
 def load(name: str) -> dict:
@@ -46,26 +46,13 @@ def test_schema_is_valid_draft_2020_12(name):
     assert json.loads((REPO / "schemas" / name).read_text(encoding="utf-8")) == schema
 
 
-GOLDEN_MANIFESTS = sorted(p for p in (GOLDEN / "ingest").glob("*.jsonl") if not p.name.endswith(".report.jsonl")) \
-    if (GOLDEN / "ingest").is_dir() else []
-
-
-@pytest.mark.parametrize("path", GOLDEN_MANIFESTS, ids=[p.name for p in GOLDEN_MANIFESTS])
-def test_golden_manifests_validate(path):
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) >= 2
-    assert manifest_errors(lines) == []
-
-
-MY_FIXTURES = {"dlc": ["dlc"], "labelme": ["labelme"], "yolo": ["yolo"],
-               "kpconv-json": ["kpconv-json/annotations.jsonl"]}
+MY_FIXTURES = {"coco": ["coco/annotations.json"], "csv": ["csv/labels.csv"], "dlc": ["dlc"], "labelme": ["labelme"],
+               "yolo": ["yolo"], "kpconv-json": ["kpconv-json/annotations.jsonl"]}
 
 
 @pytest.mark.parametrize("fmt", list(MY_FIXTURES))
 def test_fresh_manifests_validate(fmt, tmp_path):
     sources = [FIXTURES / s for s in MY_FIXTURES[fmt]]
-    if not all(s.exists() for s in sources):
-        pytest.skip(f"fixture {MY_FIXTURES[fmt]} not generated yet (fixtures/make_fixtures.py)")
     out = tmp_path / "m.jsonl"
     ingest(sources, output=str(out), fmt=fmt)
     assert manifest_errors(out.read_text(encoding="utf-8").splitlines()) == []
@@ -123,8 +110,6 @@ def test_written_header_and_record_validate():
 def test_fixture_kpconv_json_validates():
     doc_path = FIXTURES / "kpconv-json" / "annotations.json"
     lines_path = FIXTURES / "kpconv-json" / "annotations.jsonl"
-    if not doc_path.exists():
-        pytest.skip("fixtures/kpconv-json not generated yet")
     schema = load("kpconv-annotations.schema.json")
     v = jsonschema.Draft202012Validator(schema)
     assert list(v.iter_errors(json.loads(doc_path.read_text(encoding="utf-8")))) == []
@@ -136,13 +121,13 @@ def test_fixture_kpconv_json_validates():
 
 
 def readme_example() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "formats.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- kpconv-json example -->\s*```json\n(.*?)```", text, re.S)
-    assert m, "README section 'formats' lost its kpconv JSON example"
+    assert m, "docs/formats.md lost its kpconv JSON example"
     return m.group(1)
 
 
-def test_readme_example_validates_and_ingests(tmp_path):
+def test_docs_example_validates_and_ingests(tmp_path):
     from PIL import Image
 
     doc = json.loads(readme_example())

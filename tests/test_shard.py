@@ -62,12 +62,12 @@ def test_bad_options_exit_2(synth, tmp_path, args, message):
 
 # ------------------------------------------------------------------------------- determinism
 def test_workers_give_identical_bytes(synth, tmp_path, monkeypatch):
-    import kpconv.shard
+    import kpconv.shard.runners
 
     base = ["shard", synth, "--image-size", "96x64", "--resize", "pad", "--num-shards", "3"]
     assert run(*base, "-o", tmp_path / "w1", "--workers", "1").exit_code == 0
     assert run(*base, "-o", tmp_path / "w3", "--workers", "3").exit_code == 0
-    monkeypatch.setattr(kpconv.shard, "_start_method", lambda: "forkserver")  # as when TF is loaded
+    monkeypatch.setattr(kpconv.shard.runners, "_start_method", lambda: "forkserver")  # as when TF is loaded
     assert run(*base, "-o", tmp_path / "w2", "--workers", "2").exit_code == 0
     one, three = shard_bytes(tmp_path / "w1"), shard_bytes(tmp_path / "w3")
     assert one == three == shard_bytes(tmp_path / "w2")
@@ -360,7 +360,7 @@ def test_malformed_manifest_fails_before_writing(tmp_path, synth):
     r = run("shard", tmp_path / "m.jsonl", "-o", tmp_path / "out")
     assert r.exit_code == 1
     assert f"m.jsonl:4: field 'width': missing required field" in r.output
-    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+    assert not (tmp_path / "out").exists()      # validated and planned before OUT_DIR is touched
     r = run("shard", tmp_path / "nope.jsonl", "-o", tmp_path / "out2")
     assert r.exit_code == 1 and "nope.jsonl: manifest file does not exist" in r.output
 
@@ -415,24 +415,6 @@ def test_passthrough_size_agrees_with_pillow_path(tmp_path):
     assert passthrough_size(full, max_pixels=64 * 48 - 1) is None   # over the limit: SourceImage reports it
 
 
-def test_record_encoder_matches_to_example():
-    """shard's per-process ExampleEncoder gives the bytes of records.to_example."""
-    from kpconv.images import layout, map_bbox, map_keypoints
-    from kpconv.records import to_example
-    from kpconv.shard import _example
-
-    rec = Record("a/b.jpg", 640, 480, [[0.25, 0.5, 2], [0.0, 0.0, 0], [0.9, 0.1, 1]], [0.1, 0.2, 0.5, 0.6], "3")
-    for opts in (ImageOptions(), ImageOptions(size=(224, 224)), ImageOptions(size=(200, 100), resize="pad", crop="bbox")):
-        lay = layout(640, 480, [64, 96, 320, 288], opts)
-        kps = map_keypoints(rec.keypoints, 640, 480, lay)
-        for image in (b"\xff\xd8" * 3, b"\xff\xd8" * 20000):
-            want = to_example(image=image, image_format="jpeg", height=lay.out[1], width=lay.out[0],
-                              source_path=rec.image, original_height=480, original_width=640, instance_id="3",
-                              bbox=map_bbox(rec.bbox, 640, 480, lay),
-                              keypoints=kps, transform=lay.transform)
-            assert _example(rec, image, "jpeg", lay, kps) == want
-
-
 def test_annotation_file_given_instead_of_a_manifest_says_so(tmp_path):
     from click.testing import CliRunner
 
@@ -443,3 +425,76 @@ def test_annotation_file_given_instead_of_a_manifest_says_so(tmp_path):
     assert r.exit_code == 1
     assert f"{coco}:1: invalid JSON" in r.output and "run it on annotation files first" in r.output
     assert not (tmp_path / "out" / "dataset_info.json").exists()
+
+
+# ------------------------------------------------------------------------------------ --split-by
+def _video_manifest(tmp_path, groups, images=40, instances=1):
+    """``images`` small images, ``instances`` per image, spread over ``groups`` (frames of videos)."""
+    img = tmp_path / "imgs"
+    img.mkdir(exist_ok=True)
+    recs = []
+    for i in range(images):
+        Image.new("RGB", (16, 12), (i, 0, 0)).save(img / f"f{i:03d}.png")
+        for j in range(instances):
+            recs.append(Record(f"f{i:03d}.png", 16, 12, [[0.5, 0.5, 2]], [0.25, 0.25, 0.5, 0.5], str(j),
+                               group=f"video{i % groups}"))
+    path = tmp_path / "m.jsonl"
+    write_manifest(str(path), Header(["nose"], [], [], str(img)), recs)
+    return path
+
+
+def _splits_of(out):
+    """{split: {image: set of instance ids}} of a shard directory."""
+    seen = {}
+    for split, _, r in records(out):
+        seen.setdefault(split, {}).setdefault(r["image/source_path"], set()).add(r["instance/id"])
+    return seen
+
+
+def test_split_by_auto_one_video_splits_by_image_and_says_so(tmp_path):
+    """A one-video project (every record has the same group): the default splits by image, says so on
+    stderr, and the small test split is not empty."""
+    m = _video_manifest(tmp_path, groups=1, images=93)
+    r = CliRunner().invoke(cli, map(str, ["shard", m, "-o", tmp_path / "out", "--split", "train=0.95,test=0.05", "--image-size", "none"]))
+    assert r.exit_code == 0
+    assert "1 group(s) cannot fill every split (test, train): splitting by image instead" in r.output
+    info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
+    assert info["options"]["split_by"] == "auto" and info["options"]["split_by_used"] == "image"
+    assert info["splits"]["test"]["records"] > 0 and info["warnings"] == []
+
+
+def test_split_by_group_keeps_a_video_together_and_warns_about_the_empty_split(tmp_path):
+    m = _video_manifest(tmp_path, groups=1, images=20)
+    r = run("shard", m, "-o", tmp_path / "out", "--split", "train=0.5,test=0.5", "--split-by", "group",
+            "--image-size", "none")
+    assert r.exit_code == 0
+    info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
+    assert len(info["splits"]) == 1
+    empty = "test" if "train" in info["splits"] else "train"
+    warning = f"split '{empty}' is empty: 0 of 20 record(s) (0.0%, split by group), asked for 50.0%"
+    assert f"kpconv: warning: {warning} (few groups: try --split-by image)" in r.output
+    assert info["warnings"][0].startswith(warning)
+
+
+def test_split_by_auto_keeps_groups_when_they_fill_every_split(tmp_path):
+    m = _video_manifest(tmp_path, groups=12, images=48)
+    r = run("shard", m, "-o", tmp_path / "out", "--split", "train=0.5,val=0.5", "--image-size", "none")
+    assert r.exit_code == 0 and "splitting by image" not in r.output
+    by_group = {}
+    for split, images in _splits_of(tmp_path / "out").items():
+        for image in images:
+            by_group.setdefault(f"video{int(image[1:4]) % 12}", set()).add(split)
+    assert len(by_group) == 12 and all(len(s) == 1 for s in by_group.values())
+
+
+def test_split_by_image_keeps_instances_of_an_image_together_deterministically(tmp_path):
+    m = _video_manifest(tmp_path, groups=1, images=30, instances=3)
+    args = ["--split", "train=0.6,val=0.2,test=0.2", "--split-by", "image", "--seed", "0", "--image-size", "none"]
+    assert run("shard", m, "-o", tmp_path / "a", *args, "--workers", "1").exit_code == 0
+    assert run("shard", m, "-o", tmp_path / "b", *args, "--workers", "2").exit_code == 0
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    splits = _splits_of(tmp_path / "a")
+    assert set(splits) == {"train", "val", "test"}
+    images = [image for per in splits.values() for image in per]
+    assert len(images) == len(set(images)) == 30          # no image in two splits ...
+    assert all(ids == {"0", "1", "2"} for per in splits.values() for ids in per.values())   # ... all instances

@@ -13,8 +13,8 @@ from kpconv.images import ImageOptions
 from kpconv.shard import ShardOptions, shard
 from test_shard_helpers import records, shard_bytes, synth_manifest
 
-from kpconv import beam_runner
-from kpconv.beam_runner import BeamFiles, pipeline_flags, shard_beam
+from kpconv.shard import beam as beam_runner
+from kpconv.shard.beam import BeamFiles, pipeline_flags, shard_beam
 
 try:
     import apache_beam  # noqa: F401

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import REPO
 from kpconv.ingest import ingest
 from kpconv.records import decode_record
-from kpconv.shard import read_info
+from kpconv.dataset_info import DatasetInfo, dump_json
 from kpconv.tfrecord import read_records
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -33,15 +33,12 @@ def shard_bytes(out_dir) -> dict:
 
 def records(out_dir, split=None):
     """Decoded records of a shard directory, in shard order: [(split, shard, record dict)]."""
-    info = read_info(out_dir)
-    k = len(info["keypoints"])
+    info = DatasetInfo.read(out_dir)
     out = []
-    for name, s in info["splits"].items():
-        if split is not None and name != split:
-            continue
-        for entry in s["shards"]:
-            for data in read_records(str(Path(out_dir) / entry["file"]), info["compression"]):
-                out.append((name, entry["file"], decode_record(data, k)))
+    for name, entry in info.shards():
+        if split is None or name == split:
+            for data in read_records(str(Path(out_dir) / entry["file"]), info.compression_name):
+                out.append((name, entry["file"], decode_record(data, info.num_keypoints)))
     return out
 
 
@@ -52,8 +49,7 @@ def dump(out_dir) -> str:
 
     from kpconv.images import decode
 
-    info = read_info(out_dir)
-    info = json.loads(json.dumps(info))
+    info = json.loads(json.dumps(DatasetInfo.read(out_dir).raw))
     info.pop("kpconv_version", None)
     info["source"] = {k: v for k, v in info.get("source", {}).items() if k != "files"}
     for s in info["splits"].values():
@@ -61,8 +57,6 @@ def dump(out_dir) -> str:
         for e in s["shards"]:
             e.pop("bytes")
             e.pop("sha256")
-    from kpconv.shard import dump_json
-
     lines = ["dataset_info.json (bytes and sha256 left out):", dump_json(info), ""]
     for split, shard, r in records(out_dir):
         im = decode(r["image/encoded"])

@@ -9,7 +9,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from kpconv.errors import TrainError  # noqa: E402
+from kpconv.errors import DatasetInfoError, TrainError  # noqa: E402
 from kpconv.train import TrainOptions, parse_keypoint_weights, train  # noqa: E402
 
 from _shards import NAMES, make_example, to_example, write_shards  # noqa: E402
@@ -116,7 +116,7 @@ def test_bad_options_fail_before_training(shards, tmp_path):
         train(shards, tmp_path / "a", TrainOptions(loss="weighted-mse", head="spatial", **TINY))
     with pytest.raises(TrainError, match="--loss is for the spatial and dense heads"):
         train(shards, tmp_path / "a", TrainOptions(loss="mae", head="heatmap", **TINY))
-    with pytest.raises(TrainError, match="no split 'nope'"):
+    with pytest.raises(DatasetInfoError, match="no split 'nope'"):
         train(shards, tmp_path / "b", TrainOptions(val_split="nope", **TINY))
     with pytest.raises(TrainError, match="--resume: no config.json"):
         train(shards, tmp_path / "c", resume=True)

@@ -1,18 +1,18 @@
 """``kpconv shard --runner beam``: the shard tasks of :mod:`kpconv.shard` as an Apache Beam pipeline.
 
 Nothing here decides what goes into a shard: :func:`kpconv.shard.shard` scans the manifest and freezes the
-same plan as the local runner (``make_plan``), keeps complete shards on ``--resume``, and writes
-``skipped.jsonl`` then ``dataset_info.json`` last (``_finish``). This module only runs the shard tasks:
+same plan as the local runner, keeps complete shards on ``--resume``, and writes ``skipped.jsonl`` then
+``dataset_info.json`` last. :class:`BeamExecutor` (the runners' ``Executor`` interface) only runs the tasks:
 
 1. the tasks to write are saved to ``OUT_DIR/.kpconv-shard/beam-plan-<id>.jsonl`` (the pipeline graph
    then holds only task numbers, so it stays small for a plan of millions of records);
 2. the pipeline ``Create(task numbers) | Reshuffle | Map(write)``: each element writes one whole shard
-   with :func:`kpconv.shard.write_shard` (the same record conversion and bytes as the local runner)
+   with :func:`kpconv.shard.writer.write_shard` (the same record conversion and bytes as the local runner)
    under a temporary name, and a ``<shard>.pending.json`` state beside it. A manifest read through
    FileSystems is first copied to a local temporary file, once per worker process (a shard's records
    are spread over the whole manifest: one ranged read per record would be slow on an object store);
 3. when the pipeline has succeeded, the driver commits each shard (state file, then rename into place:
-   :func:`kpconv.shard.commit_shard`). A failed pipeline leaves no shard under a final name.
+   :func:`kpconv.shard.outdir.commit_shard`). A failed pipeline leaves no shard under a final name.
 
 A retried or duplicated bundle writes the same bytes under another temporary name; whichever pending
 state is last names a complete file, the others are deleted.
@@ -33,11 +33,15 @@ import re
 import shutil
 import tempfile
 import uuid
+from dataclasses import replace
 from typing import IO, Dict, List, Sequence
 
-from .errors import KpconvError, ShardError
-from .shard import (STATE_DIR, LocalFiles, ShardOptions, ShardResult, ShardTask, commit_shard, is_url, shard,
-                    write_shard)
+from ..errors import KpconvError, ShardError
+from . import ShardOptions, ShardResult, shard
+from .files import LocalFiles, is_url
+from .outdir import STATE_DIR, commit_shard, remove_temporaries
+from .plan import ShardTask
+from .writer import ShardJob, write_shard
 
 INSTALL_HINT = "pip install 'kpconv[beam]'"
 DIRECT_RUNNERS = ("DirectRunner", "direct", "BundleBasedDirectRunner", "SwitchingDirectRunner")
@@ -86,14 +90,16 @@ def pipeline_flags(beam_options: Sequence[str], workers: int) -> List[str]:
 
 # ------------------------------------------------------------------------------------------ files
 class BeamFiles(LocalFiles):
-    """:class:`kpconv.shard.LocalFiles` for paths with a scheme through Beam's FileSystems (any
+    """:class:`kpconv.shard.files.LocalFiles` for paths with a scheme through Beam's FileSystems (any
     filesystem Beam has a plugin for: ``gs://`` with ``apache-beam[gcp]``, ``s3://`` with
     ``apache-beam[aws]``, ``hdfs://``...). ``force``: local paths through FileSystems too (tests)."""
+
+    handles_urls = True
 
     def __init__(self, force: bool = False):
         self.force = force
 
-    def _remote(self, path) -> bool:
+    def is_remote(self, path) -> bool:
         return self.force or is_url(path)
 
     @staticmethod
@@ -103,12 +109,12 @@ class BeamFiles(LocalFiles):
         return FileSystems
 
     def is_file(self, path: str) -> bool:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().is_file(path)
         return self._fs().exists(path) and not (not is_url(path) and os.path.isdir(path))
 
     def open_read(self, path: str) -> IO[bytes]:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().open_read(path)
         from apache_beam.io.filesystem import CompressionTypes
 
@@ -123,7 +129,7 @@ class BeamFiles(LocalFiles):
     open_image = open_read
 
     def create(self, path: str) -> IO[bytes]:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().create(path)
         from apache_beam.io.filesystem import CompressionTypes
 
@@ -141,26 +147,26 @@ class BeamFiles(LocalFiles):
             f.flush()
 
     def rename(self, src: str, dst: str) -> None:
-        if not self._remote(dst):
+        if not self.is_remote(dst):
             return super().rename(src, dst)
         self._fs().rename([src], [dst])
 
     def delete(self, path: str) -> None:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().delete(path)
         fs = self._fs()
         if fs.exists(path):
             fs.delete([path])
 
     def delete_tree(self, path: str) -> None:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().delete_tree(path)
         paths = self._match(path)
         if paths:
             self._fs().delete(paths)
 
     def size(self, path: str) -> int:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().size(path)
         fs = self._fs()
         if not fs.exists(path):
@@ -172,7 +178,7 @@ class BeamFiles(LocalFiles):
         return [m.path for m in self._fs().match([self.join(path, "**")])[0].metadata_list]
 
     def list_dir(self, path: str) -> List[str]:
-        if not self._remote(path) or not is_url(path):
+        if not self.is_remote(path) or not is_url(path):
             return super().list_dir(path)   # local directories (also with force)
         prefix = path.rstrip("/") + "/"
         return sorted({p[len(prefix):].split("/", 1)[0] for p in self._match(path) if p.startswith(prefix)})
@@ -182,7 +188,7 @@ class BeamFiles(LocalFiles):
             super().makedirs(path)          # object stores have no directories
 
     def write_atomic(self, path: str, data: bytes) -> None:
-        if not self._remote(path):
+        if not self.is_remote(path):
             return super().write_atomic(path, data)
         name = path.rstrip("/").rsplit("/", 1)[-1]
         tmp = self.join(self.dirname(path), f".{name}.tmp-{uuid.uuid4().hex}")
@@ -240,39 +246,38 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _write_task(index: int, plan_path: str, args: tuple, files: LocalFiles) -> str:
+def _write_task(index: int, plan_path: str, job: ShardJob) -> str:
     """One pipeline element: write shard ``index`` of the plan file under a temporary name."""
+    files = job.files
     task = _load_plan(plan_path, files)[index]
-    if files._remote(args[0]):   # (write_shard still checks every line against the plan's fingerprint)
-        args = (_local_manifest(args[0], files), *args[1:])
-    state = write_shard(task, *args, files=files, commit=False)
-    files.write_atomic(_pending(args[3], task.name, files), json.dumps(state, sort_keys=True).encode())
+    if files.is_remote(job.manifest):   # (write_shard still checks every line against the plan's fingerprint)
+        job = replace(job, manifest=_local_manifest(job.manifest, files))
+    state = write_shard(task, job)
+    files.write_atomic(_pending(job.out_dir, task.name, files), json.dumps(state, sort_keys=True).encode())
     return task.name
 
 
-def _remove_temporaries(out: str, files: LocalFiles) -> None:
-    for name in files.list_dir(out):
-        if name.startswith(".") and ".tmp" in name and name != STATE_DIR:
-            files.delete(files.join(out, name))
+class BeamExecutor:
+    """Runs the shard tasks as a Beam pipeline (the ``Executor`` of :func:`kpconv.shard.shard`).
+    Raises BeamMissing at once when Apache Beam is not installed."""
 
+    def __init__(self, beam_options: Sequence[str] = (), workers: int = 0, force_filesystems: bool = False):
+        self.beam = require_beam()
+        self.flags = pipeline_flags(beam_options, workers)
+        self.files = BeamFiles(force=force_filesystems)
 
-def make_execute(beam_options: Sequence[str], workers: int):
-    """The ``execute`` of :func:`kpconv.shard.shard` that runs the shard tasks as a Beam pipeline."""
-    beam = require_beam()
-    from apache_beam.options.pipeline_options import PipelineOptions
+    def run(self, todo: Sequence[ShardTask], job: ShardJob) -> Dict[str, dict]:
+        from apache_beam.options.pipeline_options import PipelineOptions
 
-    flags = pipeline_flags(beam_options, workers)
-
-    def execute(todo: Sequence[ShardTask], args: tuple, files: LocalFiles) -> Dict[str, dict]:
-        out = args[3]
+        beam, files, out = self.beam, self.files, job.out_dir
         plan_path = files.join(out, STATE_DIR, f"beam-plan-{uuid.uuid4().hex}.jsonl")
         files.write_atomic(plan_path, "".join(json.dumps(t.__dict__) + "\n" for t in todo).encode())
         try:
             try:
-                with beam.Pipeline(options=PipelineOptions(flags)) as p:
+                with beam.Pipeline(options=PipelineOptions(self.flags)) as p:
                     (p | "Tasks" >> beam.Create(list(range(len(todo))))
                        | "Spread" >> beam.Reshuffle()
-                       | "WriteShard" >> beam.Map(_write_task, plan_path, args, files))
+                       | "WriteShard" >> beam.Map(_write_task, plan_path, job))
             except KpconvError:
                 raise
             except Exception as e:  # the runner's own wrapping of a worker's error: keep it, as a ShardError
@@ -293,9 +298,7 @@ def make_execute(beam_options: Sequence[str], workers: int):
             files.delete(plan_path)
             for task in todo:
                 files.delete(_pending(out, task.name, files))
-            _remove_temporaries(out, files)   # failed or duplicated attempts
-
-    return execute
+            remove_temporaries(out, files)   # failed or duplicated attempts
 
 
 def shard_beam(manifest: str, out_dir, options: ShardOptions = ShardOptions(), beam_options: Sequence[str] = (),
@@ -306,5 +309,4 @@ def shard_beam(manifest: str, out_dir, options: ShardOptions = ShardOptions(), b
     by default the DirectRunner in multi-processing mode with ``options.workers`` processes. Raises
     BeamMissing when Apache Beam is not installed, and what :func:`kpconv.shard.shard` raises.
     """
-    execute = make_execute(beam_options, options.workers)
-    return shard(manifest, out_dir, options, files=BeamFiles(force=force_filesystems), execute=execute)
+    return shard(manifest, out_dir, options, executor=BeamExecutor(beam_options, options.workers, force_filesystems))

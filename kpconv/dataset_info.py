@@ -1,0 +1,212 @@
+"""``dataset_info.json``: the one owner of the file ``kpconv shard`` writes last into OUT_DIR.
+
+:class:`DatasetInfo` reads it (validated against ``schemas/dataset-info.schema.json``, shipped as
+``kpconv/schemas/dataset-info.schema.json``), gives the fields the readers need (``inspect``, the
+tf.data pipeline, ``train``, ``eval``, ``predict``) and serializes it for the writer (``kpconv shard``).
+Errors are :class:`kpconv.errors.DatasetInfoError`, located at the file and the field.
+
+Nothing here imports TensorFlow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Dict, List, Optional, Tuple, Union
+
+from .errors import DatasetInfoError, Location
+from .records import SPEC_VERSION
+
+INFO_FILE = "dataset_info.json"
+SCHEMA_FILE = "dataset-info.schema.json"
+
+
+@dataclass
+class SplitInfo:
+    name: str
+    files: List[str]        # shard file names, relative to the shard directory
+    num_records: int
+
+
+@dataclass
+class DatasetInfo:
+    """What ``dataset_info.json`` says. ``raw`` is the whole validated JSON object."""
+
+    path: Path                                  # the dataset_info.json file
+    raw: dict = field(repr=False)
+    splits: Dict[str, SplitInfo] = field(init=False)
+
+    def __post_init__(self):
+        self.splits = {name: SplitInfo(name, [e["file"] for e in s["shards"]], s["records"])
+                       for name, s in self.raw["splits"].items()}
+
+    # ------------------------------------------------------------------------------ read / write
+    @classmethod
+    def read(cls, shard_dir: Union[str, Path]) -> "DatasetInfo":
+        """``SHARD_DIR/dataset_info.json``, validated. Raises DatasetInfoError (missing, bad JSON, schema)."""
+        path = Path(shard_dir) / INFO_FILE
+        if not path.is_file():
+            raise DatasetInfoError(f"not found (is {shard_dir} a folder written by a finished 'kpconv shard'?)",
+                                   Location(str(path)))
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetInfoError(f"cannot read: {e}", Location(str(path))) from None
+        except ValueError as e:
+            raise DatasetInfoError(f"invalid JSON: {e}", Location(str(path))) from None
+        return cls.from_json(raw, path)
+
+    @classmethod
+    def from_json(cls, raw, path: Union[str, Path] = INFO_FILE) -> "DatasetInfo":
+        """Validate ``raw`` against the schema and the record spec version; raises DatasetInfoError."""
+        errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
+        if errors:
+            e = errors[0]
+            where = ".".join(str(p) for p in e.absolute_path) or None
+            raise DatasetInfoError(f"{e.message} (schemas/{SCHEMA_FILE})", Location(str(path), field=where))
+        if raw["spec_version"] != SPEC_VERSION:
+            raise DatasetInfoError(f"record spec version {raw['spec_version']}, this kpconv reads version "
+                                   f"{SPEC_VERSION}", Location(str(path), field="spec_version"))
+        k = len(raw["keypoints"])
+        for key in ("skeleton", "flip_pairs"):
+            for pair in raw.get(key, []):
+                if max(pair) >= k:
+                    raise DatasetInfoError(f"pair {pair} refers to keypoint {max(pair)}; there are {k}",
+                                           Location(str(path), field=key))
+        return cls(Path(path), raw)
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes: one key per line, lists of numbers and strings on one line."""
+        return (_dump(self.raw) + "\n").encode("utf-8")
+
+    # ------------------------------------------------------------------------------ fields
+    @property
+    def keypoint_names(self) -> List[str]:
+        return list(self.raw["keypoints"])
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.raw["keypoints"])
+
+    @property
+    def skeleton(self) -> List[Tuple[int, int]]:
+        return [tuple(p) for p in self.raw.get("skeleton", [])]
+
+    @property
+    def flip_pairs(self) -> List[Tuple[int, int]]:
+        return [tuple(p) for p in self.raw.get("flip_pairs", [])]
+
+    @property
+    def image_size(self) -> Optional[Tuple[int, int]]:
+        """(width, height) of every stored image, or None when the shards keep each image's size."""
+        size = self.raw["image"].get("size")
+        return (size[0], size[1]) if size else None
+
+    @property
+    def image_width(self) -> Optional[int]:
+        size = self.image_size
+        return size[0] if size else None
+
+    @property
+    def image_height(self) -> Optional[int]:
+        size = self.image_size
+        return size[1] if size else None
+
+    @property
+    def compression(self) -> Optional[str]:
+        """None or ``"GZIP"`` (the ``compression_type`` of ``tf.data.TFRecordDataset``)."""
+        return "GZIP" if self.raw.get("compression") == "gzip" else None
+
+    @property
+    def compression_name(self) -> str:
+        """``"none"`` or ``"gzip"`` as written (kpconv's own readers)."""
+        return self.raw.get("compression", "none")
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise DatasetInfoError(f"no split '{name}' (splits: {', '.join(sorted(self.splits)) or 'none'})",
+                                   Location(str(self.path)))
+        return self.splits[name]
+
+    def files(self, name: str) -> List[str]:
+        """Paths of the shard files of split ``name``."""
+        return [str(self.path.parent / f) for f in self.split(name).files]
+
+    def shards(self):
+        """(split, shard entry) of every shard, in the file's order."""
+        for split, s in self.raw["splits"].items():
+            for entry in s["shards"]:
+                yield split, entry
+
+    def flip_permutation(self) -> List[int]:
+        perm = list(range(self.num_keypoints))
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    def preprocessing(self) -> dict:
+        """The options shard used to make the stored images (``predict`` reapplies them)."""
+        image = self.raw["image"]
+        return {"size": [self.image_width, self.image_height], "resize": image.get("resize") or "stretch",
+                "crop": image.get("crop") or "none", "crop_pad": image.get("crop_pad"),
+                "background": image.get("background")}
+
+    def require_image_size(self) -> "DatasetInfo":
+        """Self, or DatasetInfoError when the shards keep each image's own size (training needs one)."""
+        if self.image_size is None:
+            raise DatasetInfoError("the shards keep each image's own size (field 'image.size' is null); training "
+                                   "needs one image size: shard again with one (kpconv shard --image-size WxH)",
+                                   Location(str(self.path), field="image.size"))
+        return self
+
+
+def read_dataset_info(shard_dir: Union[str, Path]) -> DatasetInfo:
+    """The dataset info of a shard directory for training and evaluation (one image size required)."""
+    return DatasetInfo.read(shard_dir).require_image_size()
+
+
+def sha256_stream(f: IO[bytes]) -> Tuple[str, int]:
+    """(hex sha256, size in bytes) of what is left to read in a binary stream."""
+    h = hashlib.sha256()
+    size = 0
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f)[0]
+
+
+def dataset_sha256(shard_dir: Union[str, Path], info: Optional[DatasetInfo] = None) -> Dict[str, str]:
+    """sha256 of ``dataset_info.json`` and of every shard file (relative name -> hex digest)."""
+    info = info or DatasetInfo.read(shard_dir)
+    names = [INFO_FILE] + [f for s in sorted(info.splits) for f in info.splits[s].files]
+    return {n: sha256_file(Path(shard_dir) / n) for n in names}
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+    from importlib.resources import files
+
+    schema = json.loads(files("kpconv").joinpath("schemas", SCHEMA_FILE).read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _dump(obj, indent: int = 0) -> str:
+    pad = "  " * (indent + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_dump(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
+        items = [pad + _dump(v, indent + 1) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+dump_json = _dump   # the same layout for readable golden files

@@ -1,0 +1,94 @@
+"""Runners: who executes the shard tasks of a plan. One small interface, :class:`Executor`:
+
+``run(tasks, job) -> {shard name: state}``: write each task's shard and commit it (state file, then the
+rename into place), or raise. :class:`LocalExecutor` writes in this process or a process pool;
+:class:`kpconv.shard.beam.BeamExecutor` runs the same :func:`~kpconv.shard.writer.write_shard` as an
+Apache Beam pipeline. The plan, ``--resume`` and ``dataset_info.json`` are the driver's, not theirs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, Protocol, Sequence
+
+from ..errors import ManifestError, ShardError
+from ..progress import progress
+from .outdir import commit_shard
+from .plan import ShardTask
+from .writer import ShardJob, write_shard
+
+
+class Executor(Protocol):
+    files: object       # the LocalFiles (or subclass) that the tasks read and write through
+
+    def run(self, tasks: Sequence[ShardTask], job: ShardJob) -> Dict[str, dict]:
+        ...
+
+
+def _write_and_commit(task: ShardTask, job: ShardJob) -> dict:
+    state = write_shard(task, job)
+    commit_shard(job.out_dir, state, job.files)
+    return state
+
+
+class LocalExecutor:
+    """One shard after another in this process, or a process pool of ``workers`` (0: the CPUs)."""
+
+    def __init__(self, workers: int = 0, files=None):
+        from .files import LOCAL
+
+        self.workers = workers
+        self.files = files or LOCAL
+
+    def run(self, tasks: Sequence[ShardTask], job: ShardJob) -> Dict[str, dict]:
+        workers = min(self.workers or os.cpu_count() or 1, len(tasks))
+        if workers <= 1:
+            return {t.name: _write_and_commit(t, job) for t in progress(tasks, desc="shards", unit="shard")}
+        return _write_parallel(tasks, job, workers)
+
+
+def _start_method() -> str:
+    """``fork`` (cheap) while TensorFlow is not loaded in this process (the CLI never loads it);
+    ``forkserver`` otherwise (e.g. inside a program that uses TensorFlow), as TF is not fork-safe."""
+    import multiprocessing
+
+    if "tensorflow" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "fork"
+
+
+def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> Dict[str, dict]:
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context(_start_method())
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["kpconv.shard"])
+    states = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    bar = None
+    try:
+        futures = {pool.submit(_write_and_commit, task, job): task for task in tasks}
+        bar = progress(total=len(futures), desc="shards", unit="shard")
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                task = futures[fut]
+                try:
+                    states[task.name] = fut.result()
+                except BrokenProcessPool:
+                    raise ShardError(f"a worker process died while writing {task.name} (killed, or out of "
+                                     "memory?); complete shards are kept: rerun with --resume") from None
+                except ShardError:
+                    raise
+                except (ManifestError, OSError) as e:
+                    raise ShardError(f"writing {task.name} failed: {e}") from None
+                if bar is not None:
+                    bar.update(1)
+        return states
+    finally:
+        if bar is not None:
+            bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,136 @@
+"""Writing one shard: its records' manifest lines -> images converted -> framed records, under a temporary
+name; the state (counts, sha256, skipped records) is committed by :mod:`kpconv.shard.outdir`.
+
+Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process kill itself (SIGKILL) after
+writing N records, to test interrupted runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import uuid
+from dataclasses import dataclass
+
+from ..errors import Location, ShardError
+from ..images import BadImage, ImageOptions, SourceImage, layout, map_bbox, map_keypoints, passthrough_size, \
+    read_image_bytes, render
+from ..manifest import Record, parse_record
+from ..records import to_example
+from .files import LOCAL, LocalFiles
+from .options import ShardOptions
+from .plan import ShardTask, fingerprint, line_digest
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard task of one run shares (picklable: it travels to worker processes)."""
+
+    manifest: str               # the path the writers read
+    images_root: str
+    num_keypoints: int
+    out_dir: str
+    options: ShardOptions
+    files: LocalFiles = LOCAL
+
+
+class _HashingFile:
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+_killed_after = [0]
+
+
+def write_shard(task: ShardTask, job: ShardJob) -> dict:
+    """Write one shard under a temporary name (synced). Returns its state; ``state["tmp"]`` names the
+    temporary file (:func:`kpconv.shard.outdir.commit_shard` renames it into place)."""
+    from ..tfrecord import TFRecordWriter
+
+    files, options = job.files, job.options
+    tmp_name = f".{task.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = files.join(job.out_dir, tmp_name)
+    kill_after = int(os.environ.get("KPCONV_TEST_KILL_AFTER_RECORDS", "0") or 0)
+    skipped, vis, digests = [], [[0, 0, 0] for _ in range(job.num_keypoints)], []
+    try:
+        with files.open_read(job.manifest) as mf, files.create(tmp) as raw:
+            hf = _HashingFile(raw)
+            writer = TFRecordWriter(hf, options.compression)
+            try:
+                fd = mf.fileno()
+            except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+                fd = None
+            for offset in task.offsets:
+                # one pread of the line instead of a seek and an 8 KB buffered read
+                chunk = os.pread(fd, 4096, offset) if fd is not None else b""
+                end = chunk.find(b"\n") + 1
+                if end:
+                    line = chunk[:end]
+                else:
+                    mf.seek(offset)
+                    line = mf.readline()
+                digests.append(line_digest(line))
+                rec = parse_record(line, job.num_keypoints, Location(job.manifest, record=str(offset)))
+                try:
+                    data, kps = convert(rec, job.images_root, options.image, files)
+                except BadImage as e:
+                    skipped.append({"image": rec.image, "instance": rec.instance, "split": task.split,
+                                    "shard": task.name, "reason": e.reason, "message": e.message})
+                    continue
+                writer.write(data)
+                for i, (_, _, v) in enumerate(kps):
+                    vis[i][v] += 1
+                if kill_after:
+                    _killed_after[0] += 1
+                    if _killed_after[0] >= kill_after:
+                        raw.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+            writer.close()
+            files.sync(raw)
+        if fingerprint(options, digests) != task.fingerprint:
+            raise ShardError(f"{job.manifest}: the manifest changed while {task.name} was being written")
+    except BaseException:
+        files.delete(tmp)
+        raise
+    return {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
+            "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped, "tmp": tmp_name}
+
+
+def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL):
+    """One manifest record -> (serialized record, keypoints in the stored image). Raises BadImage."""
+    path = files.join(root, rec.image)
+    data = None
+    if opts.size is None and opts.crop == "none":
+        # passthrough candidate: a plain, complete JPEG of the manifest's size is stored as is, known from
+        # its header alone (no Pillow); anything else goes through SourceImage/render, which decide
+        data = read_image_bytes(path, files.open_image)
+        size = passthrough_size(data, opts.max_pixels)
+        if size is not None and size == (rec.width, rec.height):
+            lay = layout(size[0], size[1], (0, 0, size[0], size[1]), opts)
+            kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
+            return _example(rec, data, "jpeg", lay, kps), kps
+    src = SourceImage(path, opts.max_pixels, opener=files.open_image, data=data)
+    if src.size != (rec.width, rec.height):
+        raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
+                                        f"{rec.width}x{rec.height}", Location(path))
+    stored = render(src, rec.bbox, opts)
+    kps = map_keypoints(rec.keypoints, rec.width, rec.height, stored.layout)
+    return _example(rec, stored.data, stored.format, stored.layout, kps), kps
+
+
+def _example(rec: Record, image: bytes, image_format: str, lay, kps) -> bytes:
+    return to_example(image=image, image_format=image_format, height=lay.out[1], width=lay.out[0],
+                      source_path=rec.image, original_height=rec.height, original_width=rec.width,
+                      instance_id=rec.instance, bbox=map_bbox(rec.bbox, rec.width, rec.height, lay), keypoints=kps,
+                      transform=lay.transform)
