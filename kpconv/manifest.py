@@ -163,6 +163,8 @@ def dumps_records(records: Sequence[Record]) -> bytes:
     for r, nums in zip(records, numbers):
         d = {"image": r.image, "width": r.width, "height": r.height, "keypoints": None, "bbox": None,
              "instance": r.instance, "group": r.group, "split": r.split, "source": r.source}
+        if r.category is not None:
+            d["category"] = r.category
         out = None
         if nums is not None:
             d["keypoints"], d["bbox"] = nums
