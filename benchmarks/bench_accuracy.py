@@ -11,7 +11,7 @@ budget, through the CLI exactly as a user runs it, on a real labelled project an
 ::
 
     python benchmarks/bench_accuracy.py [--minutes 15] [--seeds 0,1,2] [--heads heatmap,spatial]
-        [--real PROJECT_DIR] [--synthetic-images 600] [--skip-real] [--skip-synthetic] [--work DIR]
+        [--baseline-seeds 0] [--real PROJECT_DIR] [--synthetic-images 600] [--skip-real] [--skip-synthetic] [--work DIR]
 
 The commands (``kpconv train --weights none --time-limit M --head H``, the recipe's other defaults)
 are printed before each run. ``spatial`` is today's former default (``--alpha 0.35``, as the issue's
@@ -94,6 +94,8 @@ def real(args, work: Path) -> list:
         kpconv("shard", work / "m.jsonl", "-o", shards, "--image-size", "320x240", "--resize", "pad",
                "--split", "train=0.95,test=0.05", "--split-by", "image", "--seed", seed)
         for head in args.heads:
+            if head != "heatmap" and args.baseline_seeds is not None and seed not in args.baseline_seeds:
+                continue
             rows.append(train_eval(work, shards, head, seed, args.minutes))
             print("  " + json.dumps(rows[-1]), flush=True)
     return rows
@@ -145,6 +147,7 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=15.0, help="training time budget per run (--time-limit)")
     ap.add_argument("--seeds", default="0,1,2", help="real set: split and training seeds")
     ap.add_argument("--heads", default="heatmap,spatial")
+    ap.add_argument("--baseline-seeds", help="real set: the seeds the other heads run on (default: all)")
     ap.add_argument("--real", default=str(DEFAULT_REAL), help="a DeepLabCut project folder")
     ap.add_argument("--synthetic-images", type=int, default=600)
     ap.add_argument("--skip-real", action="store_true")
@@ -153,6 +156,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.heads = args.heads.split(",")
+    args.baseline_seeds = None if args.baseline_seeds is None else [int(s) for s in args.baseline_seeds.split(",")]
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="kpconv-bench-acc-") as tmp:
         work = Path(args.work or tmp)
