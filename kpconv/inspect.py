@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
+from .drawing import LEFT, MIDDLE, RIGHT, draw_keypoints, side_colours  # noqa: F401 (colours: tests)
 from .errors import Location, VerifyError
 from .manifest import atomic_output
 from .records import SPEC_VERSION, decode_record
 from .shard import read_info
 from .tfrecord import read_records
-
-LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
 
 
 @dataclass
@@ -145,9 +144,7 @@ def contact_sheet(out_dir, info: dict, path: str, n: int = 16, cell: int = 256) 
 
     names = info["keypoints"]
     k = len(names)
-    side = {}
-    for a, b in info.get("flip_pairs", []):
-        side[a], side[b] = LEFT, RIGHT
+    colours = side_colours(k, info.get("flip_pairs", []))
     cells = []
     for split, entry in _shards(info):
         if len(cells) >= n:
@@ -166,17 +163,7 @@ def contact_sheet(out_dir, info: dict, path: str, n: int = 16, cell: int = 256) 
             d = ImageDraw.Draw(tile)
             pts = [(x * sw, y * sh, v) for x, y, v in zip(rec["keypoints/x"], rec["keypoints/y"],
                                                        rec["keypoints/visibility"])]
-            for a, b in info.get("skeleton", []):
-                if pts[a][2] and pts[b][2]:
-                    colour = side.get(a) if side.get(a) == side.get(b) else MIDDLE
-                    d.line([pts[a][:2], pts[b][:2]], fill=colour or MIDDLE, width=2)
-            for i, (x, y, v) in enumerate(pts):
-                if not v:
-                    continue
-                colour = side.get(i, MIDDLE)
-                r = 3
-                d.ellipse([x - r, y - r, x + r, y + r], fill=colour if v == 2 else None, outline=colour)
-                d.text((x + 4, y - 5), names[i], fill=colour)
+            draw_keypoints(d, pts, names, info.get("skeleton", []), colours)
             label = f"{split}: {rec['image/source_path']}#{rec['instance/id']}"
             d.text((2, cell + 1), label[:40], fill=(255, 255, 255))
             cells.append(tile)
