@@ -355,8 +355,9 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--mixed-precision", is_flag=True, help="float16 (GPU) / bfloat16 (CPU) compute.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
               help="mirrored: every visible GPU (tf.distribute.MirroredStrategy).")
-@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite"]),
-              help="Also write RUN_DIR/model.tflite.")
+@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite", "tflite-fp16", "tflite-int8"]),
+              help="Also export the model as 'kpconv export --format ...' does (repeatable; the SavedModel "
+                   "is always written).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
 @click.pass_context
 def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, epochs, fine_tune_epochs, fine_tune_from,

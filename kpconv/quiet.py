@@ -23,6 +23,9 @@ _NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     rb"|[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] "
     rb"|E\d{4} [\d:. ]+\d+ (cuda\w*|cudart_stub|cuda_\w+|gpu_\w+|tensorrt\w*)\.cc:\d+\] "
+    rb"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+    rb"|fully_quantize: \d+, inference_type: "
     rb"|WARNING:(absl|tensorflow):"
     rb"|\S+\.py:\d+: (UserWarning|DeprecationWarning|FutureWarning): .*(keras|tensorflow|absl)"
     rb")")
@@ -68,7 +71,9 @@ def _maybe_noise(partial: bytes) -> bool:
         return False
     if partial[:1] in (b"I", b"W", b"E") and (len(partial) == 1 or partial[1:2].isdigit()):
         return True
-    return any(p.startswith(partial[:len(p)]) for p in (b"WARNING: All log", b"WARNING:absl:", b"WARNING:tensorflow:"))
+    return any(p.startswith(partial[:len(p)]) for p in (b"WARNING: All log", b"WARNING:absl:", b"WARNING:tensorflow:",
+                                                        b"To enable the following",
+                                                        b"INFO: Created TensorFlow Lite", b"fully_quantize:"))
 
 
 class _Filter:
@@ -122,3 +127,29 @@ class _Filter:
         os.dup2(self.real, 2)       # closes the pipe's write end: the thread reads the rest, then EOF
         self.thread.join(timeout=5)
         os.close(self.real)
+
+
+class stdout_to_stderr:
+    """Inside: whatever TensorFlow prints (Python or C++) goes to stderr, so stdout keeps only data."""
+
+    def __enter__(self):
+        import contextlib
+
+        self._redirect = contextlib.redirect_stdout(sys.stderr)
+        self._redirect.__enter__()
+        self._saved = None
+        try:
+            if sys.__stdout__ is not None and sys.__stdout__.fileno() == 1:
+                sys.__stdout__.flush()
+                self._saved = os.dup(1)
+                os.dup2(2, 1)
+        except (AttributeError, OSError, ValueError):
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            os.dup2(self._saved, 1)
+            os.close(self._saved)
+        self._redirect.__exit__(*exc)
+        return False

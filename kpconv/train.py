@@ -21,11 +21,12 @@ early after ``patience`` epochs without improvement. A NaN loss stops training w
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
-import platform
 import shutil
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ TFLITE_FILE = "model.tflite"
 HISTORY_FILE = "history.csv"
 LOG_DIR = "logs"
 CKPT_DIR = "checkpoints"
-EXPORTS = ("tflite",)
+EXPORTS = ("tflite", "tflite-fp16", "tflite-int8")   # --export: besides the SavedModel, always written
 
 
 @dataclass
@@ -174,7 +175,45 @@ def _callbacks_module():
             if logs is not None:
                 logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
-    return Checkpoint, NanGuard, LearningRateLog
+    class HistoryLog(keras.callbacks.Callback):
+        """history.csv: one row per finished epoch, val_* columns only with a validation split. Rows of
+        epochs from ``start`` on (written before an interruption that the checkpoint missed) are dropped
+        first, so a resumed run has each epoch once."""
+
+        def __init__(self, path: Path, validation: bool, start: int):
+            super().__init__()
+            self.path, self.validation = path, validation
+            self.columns = _trim_history(path, start)
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch}
+            row.update((k, float(v)) for k, v in sorted((logs or {}).items())
+                       if self.validation or not k.startswith("val_"))
+            new = self.columns is None
+            if new:
+                self.columns = list(row)
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                w = csv.writer(f, lineterminator="\n")
+                if new:
+                    w.writerow(self.columns)
+                w.writerow([row.get(c, "") for c in self.columns])
+
+    return Checkpoint, NanGuard, LearningRateLog, HistoryLog
+
+
+def _trim_history(path: Path, start: int) -> Optional[List[str]]:
+    """Keep the rows of epochs before ``start`` in history.csv; returns its columns (None: no file)."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return None
+    kept = [r for r in rows[1:] if r and int(float(r[0])) < start]
+    if len(kept) != len(rows) - 1:
+        with atomic_output(str(path)) as f:
+            csv.writer(f, lineterminator="\n").writerows([rows[0], *kept])
+    return rows[0]
 
 
 def parse_keypoint_weights(text: str, names: Sequence[str]) -> List[float]:
@@ -205,10 +244,48 @@ def _float(v, whole):
 
 
 # -------------------------------------------------------------------------------------------- train
+def export(run_dir, formats: Sequence[str] = ()) -> dict:
+    """The SavedModel and the ``formats`` asked for, by :func:`kpconv.export.export_run` (the code of
+    ``kpconv export``); returns the paths by name."""
+    from .export import export_run
+
+    run = Path(run_dir)
+    out = {"model": str(run / MODEL_FILE)}
+    for fmt in ("savedmodel", *formats):
+        res = export_run(run, fmt, check_images=0 if fmt == "savedmodel" else 8)
+        out["saved_model" if fmt == "savedmodel" else fmt] = res.path
+        if res.max_diff_px is not None:
+            out[f"{fmt} check"] = (f"largest difference from {MODEL_FILE}: {res.max_diff_px:.3g} px on "
+                                   f"{res.checked} shard image(s)")
+    return out
+
+
 def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bool = False,
           callbacks: Sequence = ()) -> TrainResult:
     """Train on ``shard_dir`` into ``run_dir`` (see the module docstring). With ``resume``, the
-    options come from ``run_dir/config.json`` and training continues after the last finished epoch."""
+    options come from ``run_dir/config.json`` and training continues after the last finished epoch.
+
+    A new run that fails before its first epoch is saved (bad weights file, corrupt shards, bad
+    options, an interruption) leaves no trace in ``run_dir``, so the same command can be run again."""
+    run = Path(run_dir)
+    existed = run.exists()
+    before = set(run.iterdir()) if existed and run.is_dir() else set()
+    try:
+        return _train(shard_dir, run_dir, options, resume, callbacks)
+    except BaseException:
+        if not resume and not (run / CKPT_DIR / "state.json").exists():
+            if not existed:
+                shutil.rmtree(run, ignore_errors=True)
+            elif run.is_dir():
+                for p in set(run.iterdir()) - before:
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+        raise
+
+
+def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, callbacks: Sequence) -> TrainResult:
     import keras
     import tensorflow as tf
 
@@ -308,7 +385,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
 
     from . import losses, metrics, model as kmodel, pipeline
 
-    Checkpoint, NanGuard, LearningRateLog = _callbacks_module()
+    Checkpoint, NanGuard, LearningRateLog, HistoryLog = _callbacks_module()
     img_wh = (info.image_width, info.image_height)
     bs = options.batch_size * strategy.num_replicas_in_sync
     repeat = options.steps_per_epoch is not None
@@ -367,7 +444,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
                                                              end - begin)),
                LearningRateLog(),
                keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min"),
-               keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
+               HistoryLog(run / HISTORY_FILE, val_ds is not None, epoch),
                keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0),
                ckpt, *extra]
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
@@ -388,41 +465,3 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
                              "finished": True})
     outputs = export(run, options.export)
     return TrainResult(run, history_rows, best, monitor, resumed_from=start_epoch, outputs=outputs)
-
-
-def export(run_dir, formats: Sequence[str] = ()) -> dict:
-    """Export ``run_dir/model.keras`` as a SavedModel (and TFLite when asked); returns the paths."""
-    import tensorflow as tf
-
-    from . import model as kmodel
-
-    run = Path(run_dir)
-    m = kmodel.load_model(run / MODEL_FILE)
-    out = {"model": str(run / MODEL_FILE)}
-    target = run / SAVED_MODEL_DIR
-    tmp = run / f".{SAVED_MODEL_DIR}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    # tf.saved_model.save of a traced call, not model.export: Keras 3.15's export computes wrong values
-    # for the spatial head (a nested backbone with several outputs), checked in tests/test_train.py
-    h, w = m.input_shape[1:3]
-
-    @tf.function(input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="image")])
-    def serve(images):
-        return m(images, training=False)
-
-    module = tf.Module()
-    module.model = m
-    module.serve = serve
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve})
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    out["saved_model"] = str(target)
-    if "tflite" in formats:
-        converter = tf.lite.TFLiteConverter.from_keras_model(m)  # from the SavedModel, variables stay unset
-        data = converter.convert()
-        with atomic_output(str(run / TFLITE_FILE), "wb") as f:
-            f.write(data)
-        out["tflite"] = str(run / TFLITE_FILE)
-    return out
