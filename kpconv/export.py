@@ -4,14 +4,15 @@ Formats: ``savedmodel`` (a ``serve`` signature taking float32 ``(None, H, W, 3)`
 ``[0, 255]``), ``tflite`` (float32), ``tflite-fp16`` (float16 weights, float32 compute and I/O),
 ``tflite-int8`` (int8 weights and activations, calibrated on images of the run's shards; float32
 input and output). A run trained with mixed precision is rebuilt in float32 before exporting (TFLite
-has no bfloat16 kernels). Every export is checked against ``model.keras`` on a few shard images:
-:attr:`ExportResult.max_diff_px` is the largest keypoint distance, in pixels of the stored image.
+has no bfloat16 kernels). Every export is checked against ``model.keras`` on a few shard images, both
+read through :meth:`kpconv.predict.Predictor.infer`: :attr:`ExportResult.max_diff_px` is the largest
+keypoint distance, in pixels of the stored image.
 
 ``kpconv train --export`` calls :func:`export_run` at the end of training.
 """
 from __future__ import annotations
 
-import json
+import copy
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ExportError, TrainError
+from .errors import ExportError
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8")
 # in the run directory
@@ -176,21 +177,18 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
     """Export ``run_dir/model.keras`` as ``fmt`` (see :data:`FORMATS`) to ``output`` (default in the run
     directory; ``-``: a TFLite model to stdout) and compare it with ``model.keras`` on
     ``check_images`` images of the run's shards (or ``shard_dir``)."""
-    from . import model as kmodel
     from .manifest import atomic_output
-    from .train import CONFIG_FILE, MODEL_FILE
+    from .predict import Predictor
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
-    run = Path(run_dir)
-    if not (run / CONFIG_FILE).is_file():
-        raise TrainError(f"{run}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
     if output == "-" and fmt == "savedmodel":
         raise ExportError("a SavedModel is a directory: it cannot be written to stdout")
-    config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
-    original = kmodel.load_model(run / MODEL_FILE)
-    model = float32_model(original)
-    h, w = original.input_shape[1:3]
+    run = Path(run_dir)
+    predictor = Predictor(run)
+    config = predictor.config
+    model = float32_model(predictor.model)
+    h, w = predictor.model.input_shape[1:3]
 
     images = None
     wanted = max(check_images, CALIBRATION_IMAGES if fmt == "tflite-int8" else 0)
@@ -219,9 +217,13 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
             f.write(data)
         run_export = lambda x: run_tflite(data, x)  # noqa: E731
     if check_images and images is not None:
+        # both through Predictor.infer, the one place model outputs become keypoints: the export
+        # stands in for model.keras there
         x = images[:check_images]
-        ref = np.asarray(original(x, training=False), np.float32)
-        got = run_export(x)
+        ref, _ = predictor.infer(x)
+        exported = copy.copy(predictor)
+        exported.model = lambda batch, training=False: run_export(np.asarray(batch, np.float32))
+        got, _ = exported.infer(x)
         result.max_diff_px = float(np.max(np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)))
         result.checked = len(x)
     return result

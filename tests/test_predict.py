@@ -114,6 +114,13 @@ def test_video_every_frame_jsonl_and_dlc_read_back(run, video, tmp_path):
     assert [i.image for i in inst] == [str(i) for i in range(FRAMES)]
     back = np.array([[inst[f].keypoints[n][:2] for n in NAMES] for f in range(FRAMES)])
     assert np.allclose(back, got, atol=2e-3)
+    try:   # and as DeepLabCut reads its own files
+        import pandas as pd
+    except ImportError:
+        return
+    df = pd.read_csv(out, header=[0, 1, 2], index_col=0)
+    assert list(df.columns.names) == ["scorer", "bodyparts", "coords"] and list(df.index) == list(range(FRAMES))
+    assert np.allclose(df.xs("likelihood", axis=1, level="coords").to_numpy(), 1.0)
 
 
 def test_every_start_end(run, video):
