@@ -63,10 +63,15 @@ def verbosity_options(f):
 
 
 def _beam_log_level(ctx) -> None:
-    """Apache Beam logs through Python's logging: warnings by default, errors only with -q."""
+    """Apache Beam logs through Python's logging: warnings by default, errors only with -q (its worker
+    processes log on their own: with -q their lines below ERROR are filtered out of stderr)."""
     import logging
 
+    from . import quiet
+
     root = ctx.find_root().obj
+    if root.get("quiet"):
+        quiet.filter_stderr(python_logs=True)
     logging.getLogger("apache_beam").setLevel(logging.ERROR if root.get("quiet") else
                                               logging.INFO if root.get("verbose") else logging.WARNING)
 

@@ -29,6 +29,9 @@ _NOISE = re.compile(
     rb"|WARNING:(absl|tensorflow):"
     rb"|\S+\.py:\d+: (UserWarning|DeprecationWarning|FutureWarning): .*(keras|tensorflow|absl)"
     rb")")
+# Python logging's default format below ERROR ("WARNING:root:...", "INFO:__main__:..."): Apache Beam's
+# workers are processes of their own that log so, whatever this process's log levels (kpconv -q shard)
+_PYTHON_LOG = re.compile(rb"^(DEBUG|INFO|WARNING):[\w.]+:")
 _installed: Optional["_Filter"] = None
 
 
@@ -42,14 +45,16 @@ def quiet_tensorflow(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def filter_stderr() -> bool:
-    """Filter TensorFlow's C++ start-up lines out of file descriptor 2 for the rest of the process.
+def filter_stderr(python_logs: bool = False) -> bool:
+    """Filter TensorFlow's C++ start-up lines (and with ``python_logs`` also Python log lines below
+    ERROR, of this process and its children) out of file descriptor 2 for the rest of the process.
 
     Only when ``sys.stderr`` is descriptor 2 itself (not under a test runner that captures it);
     returns whether the filter is on. Progress bars keep their terminal: the decision whether
     stderr is a terminal is taken before the pipe replaces it."""
     global _installed
     if _installed is not None:
+        _installed.python_logs = _installed.python_logs or python_logs
         return True
     try:
         if sys.stderr is None or sys.stderr.fileno() != 2:
@@ -60,7 +65,7 @@ def filter_stderr() -> bool:
 
     if progress._enabled is None:
         progress.set_enabled(sys.stderr.isatty())
-    _installed = _Filter()
+    _installed = _Filter(python_logs)
     atexit.register(_installed.stop)
     return True
 
@@ -77,7 +82,8 @@ def _maybe_noise(partial: bytes) -> bool:
 
 
 class _Filter:
-    def __init__(self):
+    def __init__(self, python_logs: bool = False):
+        self.python_logs = python_logs
         sys.stderr.flush()
         self.real = os.dup(2)
         r, w = os.pipe()
@@ -107,9 +113,9 @@ class _Filter:
             out = []
             for i in range(0, len(parts), 2):
                 line, end = parts[i], parts[i + 1]
-                if not _NOISE.match(line):
+                if not (_NOISE.match(line) or self.python_logs and _PYTHON_LOG.match(line)):
                     out.append(line + end)
-            if buf and not _maybe_noise(buf):
+            if buf and not _maybe_noise(buf) and not (self.python_logs and buf[:1] in (b"D", b"I", b"W")):
                 out.append(buf)
                 buf = b""
             if out:
