@@ -120,6 +120,18 @@ class FrameSelection:
     def past_end(self, index: int, time: float) -> bool:
         return self.end is not None and self._pos(self.end, index, time) >= self.end
 
+    def expected(self, count: int, fps: Optional[float]) -> Optional[int]:
+        """About how many frames of a video of ``count`` frames are selected (for a progress bar)."""
+        if not count:
+            return None
+
+        def frame(bound, default):
+            if bound is None:
+                return default
+            return bound if isinstance(bound, int) else int(bound * (fps or 0)) if fps else default
+        first, stop = frame(self.start, 0), min(count, frame(self.end, count))
+        return max(0, -(-(stop - first) // self.every))
+
 
 def parse_frame_bound(text: str) -> Union[int, float]:
     """``"120"`` -> frame 120; ``"4.5s"`` -> 4.5 seconds. Raises ValueError."""
@@ -164,8 +176,9 @@ def video_frames(path: str, selection: FrameSelection = FrameSelection()) -> Ite
             except StopIteration:
                 break
             except (av.error.FFmpegError, OSError) as e:
-                raise VideoError("unreadable_video", f"frame {index + 1}: cannot decode: {_av_message(e)}",
-                                 Location(path)) from None
+                err = VideoError("unreadable_video", f"cannot decode: {_av_message(e)}", Location(path))
+                err.frame = index + 1
+                raise err from None
             index += 1
             t = frame.time
             if t is None:
@@ -429,7 +442,7 @@ class Predictor:
             """The instances of one file, prepared."""
             if is_video(path):
                 fps, count, _ = video_info(path)
-                for index, t, im in progress(video_frames(path, frames), total=count or None,
+                for index, t, im in progress(video_frames(path, frames), total=frames.expected(count, fps),
                                              desc=Path(path).name, unit="frame"):
                     src = _frame_source(f"{path}#{index}", im)
                     for inst in self._instances(path, root, index, single_video, bbox, boxes, src.size):
@@ -457,11 +470,9 @@ class Predictor:
                     if len(batch) >= batch_size:
                         yield from flush()
             except (ImageError, VideoError) as e:
-                if is_video(path) and last_frame is not None:
-                    # a video that breaks after some frames: keep those, report from the next one
-                    fail(VideoError(e.reason, e.message.split(": ", 1)[-1], Location(path)), path, last_frame + 1)
-                else:
-                    fail(e, path)
+                # a video that breaks after some frames keeps those; the failure names the frame
+                fail(e, path, getattr(e, "frame", None) if last_frame is None else
+                     getattr(e, "frame", last_frame + 1))
             if bar is not None and not is_video(path):
                 bar.update(1)
         if batch:
