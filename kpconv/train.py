@@ -25,8 +25,9 @@ import csv
 import json
 import math
 import os
-import shutil
 import platform
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -272,7 +273,7 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
     before = set(run.iterdir()) if existed and run.is_dir() else set()
     try:
         return _train(shard_dir, run_dir, options, resume, callbacks)
-    except BaseException:
+    except BaseException as e:
         if not resume and not (run / CKPT_DIR / "state.json").exists():
             if not existed:
                 shutil.rmtree(run, ignore_errors=True)
@@ -282,6 +283,12 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
                         shutil.rmtree(p, ignore_errors=True)
                     else:
                         p.unlink(missing_ok=True)
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(e, tf.errors.DataLossError):   # a corrupt or truncated shard
+            detail = [line.strip() for line in (e.message or "").splitlines()
+                      if line.strip() and not line.strip().startswith("[[")][-1:] or ["unreadable record"]
+            raise TrainError(f"{shard_dir}: a shard cannot be read ({detail[0]}); find it with "
+                             f"'kpconv inspect {shard_dir} --verify'") from None
         raise
 
 

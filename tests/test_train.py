@@ -160,3 +160,16 @@ def test_history_without_validation_and_after_resume(shards, tmp_path):
     rows = _history(run)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert not [c for c in rows[0] if c.startswith("val_")] and {"loss", "learning_rate"} <= set(rows[0])
+
+
+def test_corrupt_shards_give_a_message_and_leave_no_run(shards, tmp_path):
+    import shutil
+
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    first = bad / "train.tfrecord-00000-of-00002"
+    first.write_bytes(first.read_bytes()[:300])
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"a shard cannot be read \(.*\); find it with 'kpconv inspect .* --verify'"):
+        train(bad, run, TrainOptions(epochs=1, head="dense", **TINY))
+    assert not run.exists()
