@@ -6,6 +6,7 @@ need it, so ``kpconv --help`` and ``kpconv ingest`` start fast.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,6 +40,40 @@ def info(ctx: click.Context, message: str) -> None:
 def debug(ctx: click.Context, message: str) -> None:
     if ctx.find_root().obj.get("verbose"):
         click.echo(message, err=True)
+
+
+def _set_verbosity(ctx, param, value):
+    if value:
+        root = ctx.find_root()
+        root.obj = root.obj or {}
+        root.obj[param.name] = True
+        if param.name == "quiet":
+            from . import progress
+
+            progress.set_enabled(False)
+    return value
+
+
+def verbosity_options(f):
+    """-q/-v after the command too (``kpconv predict -q ...`` as ``kpconv -q predict ...``)."""
+    f = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity,
+                     help="Print more detail (as 'kpconv -v').")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+                        help="Print only errors (as 'kpconv -q').")(f)
+
+
+def _beam_log_level(ctx) -> None:
+    """Apache Beam logs through Python's logging: warnings by default, errors only with -q (its worker
+    processes log on their own: with -q their lines below ERROR are filtered out of stderr)."""
+    import logging
+
+    from . import quiet
+
+    root = ctx.find_root().obj
+    if root.get("quiet"):
+        quiet.filter_stderr(python_logs=True)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR if root.get("quiet") else
+                                              logging.INFO if root.get("verbose") else logging.WARNING)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,6 +137,7 @@ def _format_choices():
 
 
 @cli.command()
+@verbosity_options
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-f", "--format", "fmt", type=click.Choice(_format_choices()), default="auto", show_default=True,
               help="Annotation format; 'auto' detects it from the content.")
@@ -198,6 +234,7 @@ def _parsed_beam_options(ctx, param, values):
 
 
 @cli.command()
+@verbosity_options
 @click.argument("manifest", metavar="MANIFEST|-")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), metavar="OUT_DIR",
               help="Directory for the shards and dataset_info.json.")
@@ -259,6 +296,7 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     if runner == "beam":
         from .shard.beam import shard_beam
 
+        _beam_log_level(ctx)
         result = shard_beam(manifest, out_dir, options, beam_options)
     else:
         result = run_shard(manifest, out_dir, options)
@@ -274,6 +312,7 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
 
 
 @cli.command()
+@verbosity_options
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False), metavar="OUT_DIR")
 @click.option("--verify", is_flag=True, help="Read every record: CRCs, sha256, spec, every image decodes.")
 @click.option("--grid", type=click.Path(dir_okay=False), metavar="FILE.png",
@@ -308,13 +347,19 @@ def _range(value, name, lo, hi):
     return (a, b)
 
 
-def _quiet_tf():
-    import os
+def _quiet_tf(ctx: click.Context) -> None:
+    """Before TensorFlow is imported: its log levels, and its C++ start-up lines filtered out of
+    stderr (see kpconv.quiet), unless -v."""
+    from . import quiet
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    verbose = bool(ctx.find_root().obj.get("verbose"))
+    quiet.quiet_tensorflow(verbose)
+    if not verbose:
+        quiet.filter_stderr()
 
 
 @cli.command()
+@verbosity_options
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
               help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
@@ -379,8 +424,9 @@ def _quiet_tf():
 @click.option("--mixed-precision", is_flag=True, help="float16 (GPU) / bfloat16 (CPU) compute.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
               help="mirrored: every visible GPU (tf.distribute.MirroredStrategy).")
-@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite"]),
-              help="Also write RUN_DIR/model.tflite.")
+@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite", "tflite-fp16", "tflite-int8"]),
+              help="Also export the model as 'kpconv export --format ...' does (repeatable; the SavedModel "
+                   "is always written).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
 @click.pass_context
 def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, epochs, fine_tune_epochs,
@@ -401,7 +447,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
     kpconv train shards/ -o run2/ --weights run/ --time-limit 10     # fine-tune from a previous run
     kpconv train shards/ -o run/ --resume
     """
-    _quiet_tf()
+    _quiet_tf(ctx)
     from .pipeline import read_dataset_info
     from .train import TrainOptions, parse_keypoint_weights, train as run_train
 
@@ -430,6 +476,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
 
 
 @cli.command("eval")
+@verbosity_options
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("--split", default="test", show_default=True, help="Split of SHARD_DIR to evaluate.")
@@ -443,7 +490,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
 def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
-    _quiet_tf()
+    _quiet_tf(ctx)
     from .evaluate import evaluate
     from .metrics import format_table
 
@@ -478,34 +525,127 @@ def _bbox(ctx, param, value):
     return parts
 
 
-@cli.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True), metavar="IMAGE...")
-@click.option("--bbox", callback=_bbox, metavar="x,y,w,h",
-              help="The instance's box in original pixels (runs trained with --crop bbox; default: whole image).")
-@click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "coco"]), default="jsonl", show_default=True)
-@click.option("--draw", "draw_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Save each image with its keypoints and skeleton drawn (PNG).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.pass_context
-def predict(ctx, run_dir, images, bbox, output, fmt, draw_dir, batch_size):
-    """Predict keypoints (original image pixels) for IMAGE... (files or folders of images), with
-    the crop and resize the run's shards used."""
-    _quiet_tf()
-    from .manifest import atomic_output
-    from .predict import Predictor, draw, expand_inputs, write
+def _frame_bound(ctx, param, value):
+    if value is None:
+        return None
+    from .predict import parse_frame_bound
 
-    paths = expand_inputs(images)
+    try:
+        return parse_frame_bound(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command()
+@verbosity_options
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
+@click.option("--bbox", callback=_bbox, metavar="x,y,w,h",
+              help="One instance's box in original pixels, for every input (runs trained with --crop bbox; "
+                   "default: the whole image).")
+@click.option("--boxes", "boxes_path", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Boxes per image or frame: COCO detection results JSON, or CSV image,x,y,w,h[,score]; "
+                   "one prediction per box (runs trained with --crop bbox).")
+@click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "coco"]), default="jsonl",
+              show_default=True, help="dlc: DeepLabCut's CSV layout (x, y, likelihood).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Keypoints below this confidence are not drawn, and have visibility 0 in --format coco.")
+@click.option("--draw", "draw_target", type=click.Path(), metavar="DIR|VIDEO",
+              help="Draw the keypoints and skeleton: into DIR (each input at its path relative to the inputs' "
+                   "common folder), or for one video input into a video file (out.mp4).")
+@click.option("--draw-names", is_flag=True, help="Write the keypoint names beside the drawn points.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Videos: predict every N-th frame.")
+@click.option("--start", callback=_frame_bound, metavar="FRAME|SECONDSs",
+              help="Videos: first frame (an index, e.g. 300, or a time, e.g. 10s).")
+@click.option("--end", callback=_frame_bound, metavar="FRAME|SECONDSs",
+              help="Videos: stop before this frame (index or time).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write every file that could not be predicted, one JSON object per line.")
+@click.pass_context
+def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
+            start, end, batch_size, report_path):
+    """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
+    (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
+    shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
+    from .predict import FrameSelection, common_root, expand_inputs, is_video
+
+    paths = expand_inputs(inputs)
     if not paths:
-        raise click.UsageError("no image found in the given folder(s)")
+        raise click.UsageError("no image or video found in the given folder(s)")
+    if bbox is not None and boxes_path:
+        raise click.BadParameter("give --bbox or --boxes, not both", param_hint="--boxes")
+    videos = [p for p in paths if is_video(p)]
+    if fmt == "dlc" and videos and len(paths) > 1:
+        raise click.BadParameter("DeepLabCut's layout holds one video per file: give one video, or images",
+                                 param_hint="--format dlc")
+    if draw_target:
+        from .drawing import PredictionDrawer
+
+        if PredictionDrawer.is_video_target(draw_target) and (len(paths) != 1 or not videos):
+            raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "
+                                     "to draw several inputs", param_hint="--draw")
+        if not PredictionDrawer.is_video_target(draw_target) and Path(draw_target).is_file():
+            raise click.BadParameter(f"'{draw_target}' is a file; expected a folder (or a video name "
+                                     "for one video input)", param_hint="--draw")
+    if start is not None and end is not None and type(start) is type(end) and end <= start:
+        raise click.BadParameter(f"--end {end} is not after --start {start}", param_hint="--end")
+    _quiet_tf(ctx)
+    from .predict import Boxes, Predictor
+    from .predict import run_predict
+
+    boxes = Boxes.read(boxes_path) if boxes_path else None
     predictor = Predictor(run_dir)
-    preds = list(predictor.predict(paths, bbox=bbox, batch_size=batch_size))
-    with atomic_output(output) as out:
-        write(preds, out, fmt, predictor.names)
-    drawn = [draw(p, predictor.skeleton, draw_dir) for p in preds] if draw_dir else []
-    info(ctx, f"predict: {len(preds)} image(s)" + (f" -> {output}" if output != "-" else "")
-              + (f"; drawn in {draw_dir}" if drawn else ""))
+    if boxes is not None and not predictor.crops_to_box:
+        raise click.BadParameter("this run was trained on whole images (its shards have --crop none): boxes "
+                                 "would not change its input", param_hint="--boxes")
+    result = run_predict(predictor, paths, output=output, fmt=fmt, bbox=bbox, boxes=boxes,
+                         min_confidence=min_confidence, draw=draw_target, draw_names=draw_names,
+                         frames=FrameSelection(every, start, end), batch_size=batch_size,
+                         report_path=report_path, root=common_root(paths),
+                         on_failure=lambda f: click.echo(f"kpconv: error: {f}", err=True))
+    info(ctx, f"predict: {result.predicted} instance(s) in {result.images} image(s) and {result.frames} "
+              f"video frame(s)" + (f" -> {output}" if output != "-" else "")
+              + (f"; drawn in {draw_target}" if result.drawn else ""))
+    if result.failures:
+        from .errors import InputsFailed
+
+        raise InputsFailed(result.failures, f"predict: {len(result.failures)} file(s) could not be read "
+                                            f"(skipped; the others were written)"
+                                            + (f"; see {report_path}" if report_path else ""))
+
+
+@cli.command()
+@verbosity_options
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite", "tflite-fp16", "tflite-int8"]),
+              default="savedmodel", show_default=True,
+              help="tflite-fp16: float16 weights; tflite-int8: int8, calibrated on images of the run's shards.")
+@click.option("-o", "--output", metavar="PATH|-",
+              help="Where to write (default: RUN_DIR/saved_model, RUN_DIR/model.tflite, model-fp16.tflite, "
+                   "model-int8.tflite); '-' writes a TFLite model to stdout.")
+@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR",
+              help="Shards for the check and the int8 calibration (default: the ones the run was trained on).")
+@click.option("--check", "check_images", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Shard images on which the export is compared with model.keras (0: no check).")
+@click.pass_context
+def export(ctx, run_dir, fmt, output, shard_dir, check_images):
+    """Export a trained run's model.keras as a SavedModel or a TFLite model (float32, float16 or int8),
+    in float32 even when trained with --mixed-precision, and print the largest difference from
+    model.keras in pixels of the stored image."""
+    if output == "-" and fmt == "savedmodel":
+        raise click.BadParameter("a SavedModel is a directory: it cannot go to stdout", param_hint="-o")
+    _quiet_tf(ctx)
+    from .export import export_run
+
+    result = export_run(run_dir, fmt, output=output, shard_dir=shard_dir, check_images=check_images)
+    info(ctx, f"export: {fmt}" + (f" -> {result.path}" if output != "-" else " -> stdout")
+              + (f" ({result.bytes:,} bytes)" if result.bytes else ""))
+    if result.max_diff_px is not None:
+        info(ctx, f"  largest difference from model.keras on {result.checked} shard image(s): "
+                  f"{result.max_diff_px:.3g} px (stored {result.image_size[0]}x{result.image_size[1]} image)")
 
 
 def main(argv=None):

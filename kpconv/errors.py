@@ -99,3 +99,23 @@ class VerifyError(LocatedError):
 
 class TrainError(KpconvError):
     """Training cannot start or had to stop (NaN loss, bad run directory, unreachable weights)."""
+
+
+class VideoError(LocatedError):
+    """A video cannot be opened or a frame cannot be decoded; ``reason`` names the kind."""
+
+    def __init__(self, reason: str, message: str, location: Optional[Location] = None):
+        self.reason = reason
+        super().__init__(message, location)
+
+
+class InputsFailed(KpconvError):
+    """Some inputs could not be read (each one reported); the others were processed and written."""
+
+    def __init__(self, failures, summary: str):
+        self.failures = list(failures)
+        super().__init__(summary)
+
+
+class ExportError(KpconvError):
+    """``kpconv export`` cannot export the run (missing shards for calibration, a converter failure)."""

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 from .dataset_info import INFO_FILE, DatasetInfo, sha256_stream
+from .drawing import LEFT, MIDDLE, RIGHT, draw_keypoints, side_colours  # noqa: F401 (colours: tests)
 from .errors import Location, VerifyError
 from .manifest import atomic_output
 from .records import decode_record
 from .tfrecord import read_records
-
-LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
 
 
 @dataclass
@@ -128,9 +127,7 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
 
     names = dataset.keypoint_names
     k = len(names)
-    side = {}
-    for a, b in dataset.flip_pairs:
-        side[a], side[b] = LEFT, RIGHT
+    colours = side_colours(k, dataset.flip_pairs)
     cells = []
     for split, entry in dataset.shards():
         if len(cells) >= n:
@@ -149,17 +146,7 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
             d = ImageDraw.Draw(tile)
             pts = [(x * sw, y * sh, v) for x, y, v in zip(rec["keypoints/x"], rec["keypoints/y"],
                                                        rec["keypoints/visibility"])]
-            for a, b in dataset.skeleton:
-                if pts[a][2] and pts[b][2]:
-                    colour = side.get(a) if side.get(a) == side.get(b) else MIDDLE
-                    d.line([pts[a][:2], pts[b][:2]], fill=colour or MIDDLE, width=2)
-            for i, (x, y, v) in enumerate(pts):
-                if not v:
-                    continue
-                colour = side.get(i, MIDDLE)
-                r = 3
-                d.ellipse([x - r, y - r, x + r, y + r], fill=colour if v == 2 else None, outline=colour)
-                d.text((x + 4, y - 5), names[i], fill=colour)
+            draw_keypoints(d, pts, names, dataset.skeleton, colours)
             label = f"{split}: {rec['image/source_path']}#{rec['instance/id']}"
             d.text((2, cell + 1), label[:40], fill=(255, 255, 255))
             cells.append(tile)

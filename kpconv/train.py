@@ -35,11 +35,13 @@ head's confidence is calibrated (:func:`kpconv.metrics.fit_calibration`) and sto
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +58,7 @@ TFLITE_FILE = "model.tflite"
 HISTORY_FILE = "history.csv"
 LOG_DIR = "logs"
 CKPT_DIR = "checkpoints"
-EXPORTS = ("tflite",)
+EXPORTS = ("tflite", "tflite-fp16", "tflite-int8")   # --export: besides the SavedModel, always written
 CALIBRATION_PCK = 0.05   # the confidence is calibrated to P(error <= 0.05 x instance size)
 
 
@@ -250,7 +252,47 @@ def _callbacks_module():
             logs["val_pck@0.05"] = o["pck@0.05"]
             logs["val_pck@0.1"] = o["pck@0.1"]
 
-    return Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics
+
+
+    class HistoryLog(keras.callbacks.Callback):
+        """history.csv: one row per finished epoch, val_* columns only with a validation split. Rows of
+        epochs from ``start`` on (written before an interruption that the checkpoint missed) are dropped
+        first, so a resumed run has each epoch once."""
+
+        def __init__(self, path: Path, validation: bool, start: int):
+            super().__init__()
+            self.path, self.validation = path, validation
+            self.columns = _trim_history(path, start)
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch}
+            row.update((k, float(v)) for k, v in sorted((logs or {}).items())
+                       if self.validation or not k.startswith("val_"))
+            new = self.columns is None
+            if new:
+                self.columns = list(row)
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                w = csv.writer(f, lineterminator="\n")
+                if new:
+                    w.writerow(self.columns)
+                w.writerow([row.get(c, "") for c in self.columns])
+
+    return Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics, HistoryLog
+
+
+def _trim_history(path: Path, start: int) -> Optional[List[str]]:
+    """Keep the rows of epochs before ``start`` in history.csv; returns its columns (None: no file)."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return None
+    kept = [r for r in rows[1:] if r and int(float(r[0])) < start]
+    if len(kept) != len(rows) - 1:
+        with atomic_output(str(path)) as f:
+            csv.writer(f, lineterminator="\n").writerows([rows[0], *kept])
+    return rows[0]
 
 
 def _is_run(weights: Optional[str]) -> bool:
@@ -377,10 +419,54 @@ def _float(v, whole):
 
 
 # -------------------------------------------------------------------------------------------- train
+def export(run_dir, formats: Sequence[str] = ()) -> dict:
+    """The SavedModel and the ``formats`` asked for, by :func:`kpconv.export.export_run` (the code of
+    ``kpconv export``); returns the paths by name."""
+    from .export import export_run
+
+    run = Path(run_dir)
+    out = {"model": str(run / MODEL_FILE)}
+    for fmt in ("savedmodel", *formats):
+        res = export_run(run, fmt, check_images=0 if fmt == "savedmodel" else 8)
+        out["saved_model" if fmt == "savedmodel" else fmt] = res.path
+        if res.max_diff_px is not None:
+            out[f"{fmt} check"] = (f"largest difference from {MODEL_FILE}: {res.max_diff_px:.3g} px on "
+                                   f"{res.checked} shard image(s)")
+    return out
+
+
 def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bool = False,
           callbacks: Sequence = ()) -> TrainResult:
     """Train on ``shard_dir`` into ``run_dir`` (see the module docstring). With ``resume``, the
-    options come from ``run_dir/config.json`` and training continues after the last finished epoch."""
+    options come from ``run_dir/config.json`` and training continues after the last finished epoch.
+
+    A new run that fails before its first epoch is saved (bad weights file, corrupt shards, bad
+    options, an interruption) leaves no trace in ``run_dir``, so the same command can be run again."""
+    run = Path(run_dir)
+    existed = run.exists()
+    before = set(run.iterdir()) if existed and run.is_dir() else set()
+    try:
+        return _train(shard_dir, run_dir, options, resume, callbacks)
+    except BaseException as e:
+        if not resume and not (run / CKPT_DIR / "state.json").exists():
+            if not existed:
+                shutil.rmtree(run, ignore_errors=True)
+            elif run.is_dir():
+                for p in set(run.iterdir()) - before:
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(e, tf.errors.DataLossError):   # a corrupt or truncated shard
+            detail = [line.strip() for line in (e.message or "").splitlines()
+                      if line.strip() and not line.strip().startswith("[[")][-1:] or ["unreadable record"]
+            raise TrainError(f"{shard_dir}: a shard cannot be read ({detail[0]}); find it with "
+                             f"'kpconv inspect {shard_dir} --verify'") from None
+        raise
+
+
+def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, callbacks: Sequence) -> TrainResult:
     import keras
     import tensorflow as tf
 
@@ -502,7 +588,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
 
     from . import losses, metrics, model as kmodel, pipeline
 
-    Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics = _callbacks_module()
+    Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics, HistoryLog = _callbacks_module()
     heat = options.head == "heatmap"
     bs = options.batch_size * strategy.num_replicas_in_sync
     timed = options.time_limit is not None
@@ -582,7 +668,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
                      keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
         cbs = [nan, *sched, LearningRateLog(),
                *([ValMetrics(val_meta)] if val_meta is not None else []),
-               keras.callbacks.CSVLogger(str(run / HISTORY_FILE), append=True),
+               HistoryLog(run / HISTORY_FILE, val_ds is not None, epoch),
                keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0),
                ckpt, *extra]
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
@@ -643,40 +729,3 @@ def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK
     _write_json(run / CONFIG_FILE, config)
     return config["calibration"]
 
-
-def export(run_dir, formats: Sequence[str] = ()) -> dict:
-    """Export ``run_dir/model.keras`` as a SavedModel (and TFLite when asked); returns the paths."""
-    import tensorflow as tf
-
-    from . import model as kmodel
-
-    run = Path(run_dir)
-    config, _, m = open_run(run)   # (B, K, 3): x, y normalized, confidence
-    out = {"model": str(run / MODEL_FILE)}
-    target = run / SAVED_MODEL_DIR
-    tmp = run / f".{SAVED_MODEL_DIR}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    # tf.saved_model.save of a traced call, not model.export: Keras 3.15's export computes wrong values
-    # for the spatial head (a nested backbone with several outputs), checked in tests/test_train.py
-    w, h = config["dataset"]["image_size"]
-
-    @tf.function(input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="image")])
-    def serve(images):
-        return m(images, training=False)
-
-    module = tf.Module()
-    module.model = m
-    module.serve = serve
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve})
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    out["saved_model"] = str(target)
-    if "tflite" in formats:
-        converter = tf.lite.TFLiteConverter.from_keras_model(m)  # from the SavedModel, variables stay unset
-        data = converter.convert()
-        with atomic_output(str(run / TFLITE_FILE), "wb") as f:
-            f.write(data)
-        out["tflite"] = str(run / TFLITE_FILE)
-    return out

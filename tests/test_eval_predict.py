@@ -95,16 +95,18 @@ def test_predict_maps_back_to_original_pixels(run, tmp_path):
     # the same numbers as the model on the image resized like the shards (Pillow bilinear, 32x32)
     small = np.asarray(Image.fromarray(big).resize((32, 32), Image.Resampling.BILINEAR), np.float32)
     expected = load_model(run / "model.keras")(small[None], training=False).numpy()[0] * [96, 64]
-    got = np.array([rows[0]["keypoints"][n] for n in NAMES])
+    got = np.array([rows[0]["keypoints"][n][:2] for n in NAMES])
     assert np.allclose(got, expected, atol=0.5)
+    assert [rows[0]["keypoints"][n][2] for n in NAMES] == [1.0] * len(NAMES)   # no confidence yet: 1
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a.png", "b.png"]
 
     out = tmp_path / "p.csv"
     r = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path / "a.png"), "--format", "csv", "-o", str(out)])
     assert r.exit_code == 0, r.output
     table = list(csv.reader(io.StringIO(out.read_text())))
-    assert table[0][:5] == ["image", "width", "height", "nose_x", "nose_y"] and len(table) == 2
-    assert np.allclose([float(v) for v in table[1][3:]], got.ravel(), atol=1e-3)
+    assert table[0][:8] == ["file", "frame", "time", "width", "height", "nose_x", "nose_y", "nose_likelihood"]
+    assert len(table) == 2
+    assert np.allclose([float(v) for i, v in enumerate(table[1][5:]) if i % 3 != 2], got.ravel(), atol=1e-3)
     r = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path / "a.png"), "--format", "coco"])
     coco = json.loads(r.stdout)
     assert coco[0]["keypoints"][2::3] == [2] * len(NAMES) and len(coco[0]["keypoints"]) == 3 * len(NAMES)
@@ -120,7 +122,7 @@ def test_predict_with_bbox_crop(run, tmp_path):
     Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "c.png")
     r = CliRunner().invoke(cli, ["predict", str(crop_run), str(tmp_path / "c.png"), "--bbox", "50,20,40,60"])
     assert r.exit_code == 0, r.output
-    pts = np.array(list(json.loads(r.stdout)["keypoints"].values()))
+    pts = np.array(list(json.loads(r.stdout)["keypoints"].values()))[:, :2]
     # the model's output (normalized to the 32x32 crop) lands inside the box, scaled by 40/32 and 60/32
     small = np.zeros((1, 32, 32, 3), np.float32)
     from kpconv.model import load_model

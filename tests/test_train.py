@@ -191,3 +191,49 @@ def test_train_cli_rejects_bad_option_values(shards, tmp_path):
                                  "--crop-size", "30"])
     assert r.exit_code == 1 and "multiple of --heatmap-stride 4" in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing(shards, tmp_path):
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not a weights file")
+    run = tmp_path / "run"
+    with pytest.raises(Exception):
+        train(shards, run, TrainOptions(epochs=1, **{**TINY, "weights": str(bad)}))
+    assert not run.exists()
+    # an existing folder keeps what it held before, and loses only what the failed run wrote
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(Exception):
+        train(shards, run, TrainOptions(epochs=1, **{**TINY, "weights": str(bad)}))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    # ... so the same command with a good option runs in it
+    res = train(shards, run, TrainOptions(epochs=1, head="dense", steps_per_epoch=1, **TINY))
+    assert res.epochs_run == 1
+
+
+def test_history_without_validation_and_after_resume(shards, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(shards, run, TrainOptions(epochs=3, head="dense", steps_per_epoch=1, val_split="none", **TINY),
+              callbacks=[_Interrupt()])
+    # an epoch written to history.csv but not to the checkpoint (interrupted in between) runs again once
+    state = run / "checkpoints" / "state.json"
+    s = json.loads(state.read_text())
+    state.write_text(json.dumps({**s, "epoch": 1}))
+    train(shards, run, resume=True)
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert not [c for c in rows[0] if c.startswith("val_")] and {"loss", "learning_rate"} <= set(rows[0])
+
+
+def test_corrupt_shards_give_a_message_and_leave_no_run(shards, tmp_path):
+    import shutil
+
+    bad = tmp_path / "shards"
+    shutil.copytree(shards, bad)
+    first = bad / "train.tfrecord-00000-of-00002"
+    first.write_bytes(first.read_bytes()[:300])
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"a shard cannot be read \(.*\); find it with 'kpconv inspect .* --verify'"):
+        train(bad, run, TrainOptions(epochs=1, head="dense", **TINY))
+    assert not run.exists()

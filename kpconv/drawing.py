@@ -1,0 +1,176 @@
+"""Keypoints drawn on images, one style for ``kpconv inspect --grid`` and ``kpconv predict --draw``:
+left keypoints and limbs red, right blue (by the flip pairs), others yellow; names optional.
+
+``predict --draw`` writes each image under the output folder at its path relative to the inputs'
+common folder (same name and format, so ``a.png`` and ``a.jpg`` never collide) and each video as a
+video (H.264, or VP9 for ``.webm``), written to a temporary file and renamed into place.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
+BOX = (255, 255, 255)
+
+
+def side_colours(num_keypoints: int, flip_pairs: Sequence[Sequence[int]]) -> List[Tuple[int, int, int]]:
+    """The colour of each keypoint: the first of each flip pair is left (red), the second right (blue)."""
+    colours = [MIDDLE] * num_keypoints
+    for a, b in flip_pairs:
+        if a < num_keypoints and b < num_keypoints:
+            colours[a], colours[b] = LEFT, RIGHT
+    return colours
+
+
+def draw_keypoints(d, points: Sequence[Tuple[float, float, int]], names: Optional[Sequence[str]],
+                   skeleton: Sequence[Sequence[int]], colours: Sequence[Tuple[int, int, int]],
+                   radius: float = 3, width: int = 2) -> None:
+    """Draw one instance on a ``PIL.ImageDraw``: ``points`` are ``(x, y, state)`` in the image's
+    pixels, state 0 hidden, 1 an outline (occluded), 2 a filled dot; ``names`` None draws no names."""
+    for a, b in skeleton:
+        if a < len(points) and b < len(points) and points[a][2] and points[b][2]:
+            colour = colours[a] if colours[a] == colours[b] else MIDDLE
+            d.line([points[a][:2], points[b][:2]], fill=colour, width=width)
+    for i, (x, y, state) in enumerate(points):
+        if not state:
+            continue
+        colour = colours[i]
+        d.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour if state == 2 else None,
+                  outline=colour)
+        if names is not None:
+            d.text((x + radius + 1, y - radius - 2), names[i], fill=colour)
+
+
+class PredictionDrawer:
+    """Draws :class:`kpconv.predict.Prediction` groups (all instances of one image or frame).
+
+    ``target`` is a folder, or for a single video input a video file name (``out.mp4``)."""
+
+    def __init__(self, target: str, root: Path, names, skeleton, flip_pairs, min_confidence: float,
+                 show_names: bool = False, every: int = 1):
+        self.target, self.root = Path(target), root
+        self.names, self.skeleton = list(names), [tuple(p) for p in skeleton]
+        self.colours = side_colours(len(self.names), flip_pairs)
+        self.min_confidence, self.show_names, self.every = min_confidence, show_names, every
+        self.video: Optional[_VideoOut] = None
+        self.video_source: Optional[str] = None
+        self.written: List[str] = []
+
+    @staticmethod
+    def is_video_target(target: str) -> bool:
+        from .predict import is_video
+
+        return is_video(target)
+
+    def _out_path(self, source: str) -> Path:
+        from .predict import relative_name
+
+        if self.is_video_target(str(self.target)):
+            return self.target
+        return self.target / relative_name(source, self.root)
+
+    def add(self, group) -> None:
+        from PIL import ImageDraw
+
+        first = group[0]
+        if first.frame is None:
+            from .images import SourceImage, to_rgb
+
+            im, _ = SourceImage(first.image).load()
+            im = to_rgb(im).copy()
+        else:
+            im = first.pixels
+        d = ImageDraw.Draw(im)
+        radius = max(2.0, max(im.size) / 150)
+        for p in group:
+            if p.bbox is not None:
+                x, y, w, h = p.bbox
+                d.rectangle([x, y, x + w, y + h], outline=BOX, width=1)
+            pts = [(x, y, 2 if c >= self.min_confidence else 0) for x, y, c in p.keypoints]
+            draw_keypoints(d, pts, self.names if self.show_names else None, self.skeleton, self.colours,
+                           radius=radius, width=max(1, int(radius / 2)))
+        if first.frame is None:
+            self._save_image(im, self._out_path(first.image))
+        else:
+            if self.video_source != first.image:
+                self._close_video()
+                from .predict import video_info
+
+                fps = video_info(first.image)[0] or 25.0
+                self.video = _VideoOut(self._out_path(first.image), fps / self.every, im.size)
+                self.video_source = first.image
+            self.video.write(im)
+
+    def _save_image(self, im, out: Path) -> None:
+        from PIL import Image
+
+        from .manifest import atomic_output
+
+        fmt = Image.registered_extensions().get(out.suffix.lower(), "PNG")
+        buf = io.BytesIO()
+        im.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        with atomic_output(str(out), "wb") as f:
+            f.write(buf.getvalue())
+        self.written.append(str(out))
+
+    def _close_video(self) -> None:
+        if self.video is not None:
+            self.video.close()
+            self.written.append(str(self.video.path))
+            self.video = None
+
+    def close(self) -> List[str]:
+        self._close_video()
+        return self.written
+
+    def abort(self) -> None:
+        if self.video is not None:
+            self.video.abort()
+            self.video = None
+
+
+class _VideoOut:
+    """A video written frame by frame with PyAV into a temporary file, renamed into place by close()."""
+
+    def __init__(self, path: Path, fps: float, size: Tuple[int, int]):
+        import av
+        from fractions import Fraction
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        codec = "libvpx-vp9" if self.path.suffix.lower() == ".webm" else \
+            "mpeg4" if self.path.suffix.lower() in (".avi", ".wmv", ".flv", ".mpg", ".mpeg") else "libx264"
+        self.container = av.open(str(self.tmp), "w")
+        self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        # yuv420p needs even sizes: odd ones get one row/column of padding
+        self.size = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+        self.stream.width, self.stream.height = self.size
+        self.stream.pix_fmt = "yuv420p"
+
+    def write(self, im) -> None:
+        import av
+        from PIL import Image
+
+        if im.size != self.size:
+            canvas = Image.new("RGB", self.size)
+            canvas.paste(im, (0, 0))
+            im = canvas
+        for packet in self.stream.encode(av.VideoFrame.from_image(im)):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()

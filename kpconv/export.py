@@ -1,0 +1,228 @@
+"""``kpconv export``: a trained run's ``model.keras`` as a SavedModel or a TFLite model.
+
+Formats: ``savedmodel`` (a ``serve`` signature taking float32 ``(None, H, W, 3)`` pixels in
+``[0, 255]``), ``tflite`` (float32), ``tflite-fp16`` (float16 weights, float32 compute and I/O),
+``tflite-int8`` (int8 weights and activations, calibrated on images of the run's shards; float32
+input and output). A run trained with mixed precision is rebuilt in float32 before exporting (TFLite
+has no bfloat16 kernels). Every export is checked against ``model.keras`` on a few shard images, both
+read through :meth:`kpconv.predict.Predictor.infer`: :attr:`ExportResult.max_diff_px` is the largest
+keypoint distance, in pixels of the stored image.
+
+``kpconv train --export`` calls :func:`export_run` at the end of training.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import ExportError
+
+FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8")
+# in the run directory
+DEFAULT_OUTPUT = {"savedmodel": "saved_model", "tflite": "model.tflite", "tflite-fp16": "model-fp16.tflite",
+                  "tflite-int8": "model-int8.tflite"}
+CALIBRATION_IMAGES = 100
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: str                          # "-" for stdout
+    bytes: int = 0                     # size of a TFLite model
+    max_diff_px: Optional[float] = None
+    checked: int = 0                   # shard images compared with model.keras
+    image_size: Tuple[int, int] = (0, 0)   # stored image (width, height)
+
+
+def _float32_policies(obj):
+    """A Keras config with every dtype policy replaced by float32."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(obj.get("config"), dict):
+            return {**obj, "config": {**obj["config"], "name": "float32"}}
+        return {k: _float32_policies(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_float32_policies(v) for v in obj]
+    return obj
+
+
+def float32_model(model):
+    """``model`` itself when it computes in float32, else the same model rebuilt in float32 with its weights."""
+    import keras
+
+    from . import model as kmodel
+
+    if all(getattr(layer, "dtype_policy", None) is None or layer.dtype_policy.name == "float32"
+           for layer in model._flatten_layers()):
+        return model
+    config = _float32_policies(model.get_config())
+    with keras.saving.custom_object_scope(kmodel.custom_objects()):
+        clone = model.__class__.from_config(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _serve_function(model, h: int, w: int):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="image")])
+    def serve(images):
+        return model(images, training=False)
+
+    return serve
+
+
+def _save_savedmodel(model, target: Path, image_hw) -> None:
+    import tensorflow as tf
+
+    from .quiet import stdout_to_stderr
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    # tf.saved_model.save of a traced call, not model.export: Keras 3.15's export computes wrong values
+    # for the spatial head (a nested backbone with several outputs), checked in tests/test_export.py
+    serve = _serve_function(model, *image_hw)
+    module = tf.Module()
+    module.model = model
+    module.serve = serve
+    with stdout_to_stderr():
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve})
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _tflite_bytes(model, fmt: str, calibration: Optional[np.ndarray], image_hw) -> bytes:
+    import tensorflow as tf
+
+    from .quiet import stdout_to_stderr
+
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    # from the traced function with its variables frozen into constants, not from_keras_model (which
+    # prints every TensorSpec on stdout) nor from the SavedModel (whose variables stay unset)
+    frozen = convert_variables_to_constants_v2(_serve_function(model, *image_hw).get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    if fmt == "tflite-fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "tflite-int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative():
+            for i in range(len(calibration)):
+                yield [calibration[i:i + 1]]
+
+        converter.representative_dataset = representative
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    import warnings
+
+    try:
+        with stdout_to_stderr(), warnings.catch_warnings():
+            # "Statistics for quantized inputs were expected": the input stays float32 on purpose
+            warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
+            return converter.convert()
+    except ConverterError as e:
+        raise ExportError(f"the TFLite converter failed for --format {fmt}: {str(e).splitlines()[0]}") from e
+
+
+def run_tflite(model_content: bytes, images: np.ndarray) -> np.ndarray:
+    """Run a TFLite model (float32 in and out) on ``images`` (B, H, W, 3)."""
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():   # "tf.lite.Interpreter is deprecated": still the one TensorFlow ships
+        warnings.simplefilter("ignore", UserWarning)
+        interp = tf.lite.Interpreter(model_content=model_content)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], images.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], images.astype(np.float32))
+    interp.invoke()
+    return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]), np.float32)
+
+
+def shard_images(shard_dir, n: int) -> np.ndarray:
+    """Up to ``n`` stored images (float32 pixels) of the shards: the validation split when there is
+    one (images the model did not fit), else the first split."""
+    from . import pipeline
+
+    info = pipeline.read_dataset_info(shard_dir)
+    splits = [s for s in ("val", "validation", "test") if s in info.splits and info.splits[s].num_records]
+    splits += [s for s in info.splits if info.splits[s].num_records and s not in splits]
+    if not splits:
+        raise ExportError(f"{shard_dir}: the shards hold no records")
+    out, have = [], 0
+    for split in splits:
+        for images, _ in pipeline.load(shard_dir, split, min(n, 64)):
+            out.append(images.numpy())
+            have += len(out[-1])
+            if have >= n:
+                return np.concatenate(out)[:n]
+    return np.concatenate(out)[:n]
+
+
+def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, shard_dir=None,
+               check_images: int = 8) -> ExportResult:
+    """Export ``run_dir/model.keras`` as ``fmt`` (see :data:`FORMATS`) to ``output`` (default in the run
+    directory; ``-``: a TFLite model to stdout) and compare it with ``model.keras`` on
+    ``check_images`` images of the run's shards (or ``shard_dir``)."""
+    from .manifest import atomic_output
+    from .predict import Predictor
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
+    if output == "-" and fmt == "savedmodel":
+        raise ExportError("a SavedModel is a directory: it cannot be written to stdout")
+    run = Path(run_dir)
+    predictor = Predictor(run)
+    config = predictor.config
+    model = float32_model(predictor.model)
+    # the shards' size: the heatmap head takes any size, an export has one input shape
+    w, h = config["dataset"]["image_size"]
+
+    images = None
+    wanted = max(check_images, CALIBRATION_IMAGES if fmt == "tflite-int8" else 0)
+    if wanted:
+        shards = Path(shard_dir or config["dataset"].get("shard_dir") or "")
+        if not (shards / "dataset_info.json").is_file():
+            raise ExportError(f"{shards}: the run's shards are not there (needed to "
+                              + ("calibrate int8" if fmt == "tflite-int8" else "check the export")
+                              + "): give them with --shards DIR" + ("" if fmt == "tflite-int8" else " or use --check 0"))
+        images = shard_images(shards, wanted)
+
+    target = Path(output) if output and output != "-" else run / DEFAULT_OUTPUT[fmt]
+    result = ExportResult(fmt, "-" if output == "-" else str(target), image_size=(w, h))
+    if fmt == "savedmodel":
+        _save_savedmodel(model, target, (h, w))
+        run_export = None
+        if check_images:
+            import tensorflow as tf
+
+            loaded = tf.saved_model.load(str(target))
+            run_export = lambda x: loaded.serve(tf.constant(x)).numpy()  # noqa: E731
+    else:
+        data = _tflite_bytes(model, fmt, images, (h, w))
+        result.bytes = len(data)
+        with atomic_output("-" if output == "-" else str(target), "wb") as f:
+            f.write(data)
+        run_export = lambda x: run_tflite(data, x)  # noqa: E731
+    if check_images and images is not None:
+        # both through Predictor.infer, the one place model outputs become keypoints: the export
+        # stands in for model.keras there
+        x = images[:check_images]
+        ref, _ = predictor.infer(x)
+        exported = copy.copy(predictor)
+        exported.model = lambda batch, training=False: run_export(np.asarray(batch, np.float32))
+        got, _ = exported.infer(x)
+        result.max_diff_px = float(np.max(np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)))
+        result.checked = len(x)
+    return result

@@ -1,0 +1,110 @@
+"""kpconv export: every format runs in TensorFlow / tf.lite.Interpreter and matches model.keras, also
+for a run trained with mixed precision; stdout stays empty unless -o -."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+from click.testing import CliRunner  # noqa: E402
+
+from kpconv.cli import cli  # noqa: E402
+from kpconv.export import shard_images  # noqa: E402
+from kpconv.model import load_model  # noqa: E402
+
+from _shards import NAMES, write_shards  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp_shards")
+    write_shards(out, {"train": 16, "val": 8}, size=(32, 32))
+    return out
+
+
+def _train(shards, run, *extra):
+    r = CliRunner().invoke(cli, ["-q", "train", str(shards), "-o", str(run), "--weights", "none", "--alpha", "0.35",
+                                 "--epochs", "1", "--batch-size", "8", "--no-augment", *extra])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(shards, tmp_path_factory):
+    return _train(shards, tmp_path_factory.mktemp("exp") / "run")     # the spatial head
+
+
+def _interpret(path_or_bytes, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kw = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": str(path_or_bytes)}
+        interp = tf.lite.Interpreter(**kw)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+# largest keypoint difference allowed, in stored-image pixels (32x32)
+TOLERANCE = {"tflite": 1e-3, "tflite-fp16": 0.1, "tflite-int8": 1.5}
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "tflite-fp16", "tflite-int8"])
+def test_export_matches_model_keras(run, shards, tmp_path, fmt):
+    out = tmp_path / ("sm" if fmt == "savedmodel" else f"{fmt}.tflite")
+    r = CliRunner().invoke(cli, ["export", str(run), "--format", fmt, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith(f"export: {fmt} -> {out}")
+    assert lines[1].startswith("  largest difference from model.keras on 8 shard image(s): ")
+    reported = float(lines[1].split(": ")[1].split()[0])
+    x = shard_images(shards, 8)
+    ref = load_model(run / "model.keras")(x, training=False).numpy()
+    if fmt == "savedmodel":
+        sm = tf.saved_model.load(str(out))
+        got = sm.serve(tf.constant(x)).numpy()
+    else:
+        got = _interpret(out, x)
+    diff = np.max(np.hypot(*(np.moveaxis(got - ref, -1, 0) * 32)))
+    assert diff <= TOLERANCE.get(fmt, 1e-3) and diff == pytest.approx(reported, rel=0.01, abs=1e-6)
+
+
+def test_export_to_stdout_and_errors(run, tmp_path):
+    r = CliRunner().invoke(cli, ["-q", "export", str(run), "--format", "tflite", "-o", "-", "--check", "0"])
+    assert r.exit_code == 0, r.output
+    data = r.stdout_bytes
+    assert data[4:8] == b"TFL3" and r.stderr == ""
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    assert np.allclose(_interpret(data, x), load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-4)
+    r = CliRunner().invoke(cli, ["export", str(run), "-o", "-"])
+    assert r.exit_code == 2 and "a SavedModel is a directory" in r.output
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("config.json", "model.keras"):
+        (moved / name).write_bytes((run / name).read_bytes())
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["dataset"]["shard_dir"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(cli, ["export", str(moved), "--format", "tflite-int8"])
+    assert r.exit_code == 1 and "the run's shards are not there (needed to calibrate int8): give them with --shards" \
+        in r.output
+    r = CliRunner().invoke(cli, ["export", str(moved), "--format", "tflite", "--check", "0"])
+    assert r.exit_code == 0 and (moved / "model.tflite").is_file()
+
+
+def test_mixed_precision_run_exports_in_float32(shards, tmp_path):
+    run = _train(shards, tmp_path / "run", "--mixed-precision", "--head", "dense", "--export", "tflite")
+    assert (run / "model.tflite").is_file()
+    x = shard_images(shards, 4)
+    ref = load_model(run / "model.keras")(x, training=False).numpy().astype(np.float32)
+    # bfloat16 compute on the CPU has ~3 significant digits: a fraction of a pixel at 32x32
+    assert np.max(np.abs(_interpret(run / "model.tflite", x) - ref)) * 32 < 0.5
+    r = CliRunner().invoke(cli, ["export", str(run), "--format", "tflite-int8", "-o", str(tmp_path / "q.tflite")])
+    assert r.exit_code == 0, r.output
+    assert _interpret(tmp_path / "q.tflite", x).shape == (4, len(NAMES), 2)
