@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kpconv-installed
 DEMO   ?= demo_out
 
-.PHONY: venv demo test test-fast bench fixtures golden clean
+.PHONY: venv demo test test-fast bench bench-accuracy fixtures golden clean
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job end to end on the bundled fixture dataset.
+# The main job end to end: synthetic data -> ingest -> shard -> train (2 minutes) -> eval -> predict.
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO)
 
@@ -36,6 +36,10 @@ golden: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_shard.py
+
+# The model on a real project and on synthetic data (about 2 hours with the defaults: 15 minutes a run).
+bench-accuracy: $(STAMP)
+	$(BIN)/python benchmarks/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache

@@ -116,7 +116,9 @@ def make_coco(out_dir, n_images, size=(640, 480), instances_per_image=1, seed=0,
     return path
 
 
-if __name__ == "__main__":  # quick look: python benchmarks/synth.py /tmp/synth 8
+if __name__ == "__main__":  # python benchmarks/synth.py OUT_DIR [N_IMAGES [WIDTH HEIGHT [SEED]]]
     import sys
 
-    print(make_coco(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8))
+    a = sys.argv[1:]
+    print(make_coco(a[0], int(a[1]) if len(a) > 1 else 8,
+                    size=(int(a[2]), int(a[3])) if len(a) > 3 else (640, 480), seed=int(a[4]) if len(a) > 4 else 0))

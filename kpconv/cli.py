@@ -302,8 +302,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
         result = run_shard(manifest, out_dir, options)
     for note in result.notes:
         info(ctx, f"shard: {note}")
-    for warning in result.warnings:
-        click.echo(f"kpconv: warning: {warning}", err=True)
+    for warning in result.warnings:   # also kept in dataset_info.json ("warnings"), -q or not
+        info(ctx, f"kpconv: warning: {warning}")
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())
     info(ctx, f"shard: wrote {result.written} record(s) to {out_dir} ({parts}); skipped {result.skipped}"
               + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else ""))
@@ -369,8 +369,9 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--backbone", type=click.Choice(["unet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
                                                "efficientnet_b0", "efficientnet_v2_b0"]),
               help="Default: unet (small, from scratch) with --weights none, mobilenet_v2 otherwise.")
-@click.option("--alpha", type=click.FloatRange(min=0.1, max=1.4), default=1.0, show_default=True,
-              help="Width multiplier of the backbone (MobileNet, unet).")
+@click.option("--alpha", type=click.FloatRange(min=0.1, max=1.4),
+              help="Width multiplier of the backbone (MobileNet, unet). Default: 1, or the run's with "
+                   "--weights RUN_DIR.")
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH|RUN_DIR",
               help="Start from Keras's ImageNet weights, random weights (none), a backbone weights file, or "
                    "another kpconv run (its directory or model.keras: every matching layer is copied, the output "
@@ -388,8 +389,8 @@ def _quiet_tf(ctx: click.Context) -> None:
               help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8 (heatmap), 32 (spatial, dense).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]), default="4", show_default=True,
-              help="Heatmap head: input pixels per heatmap cell.")
+@click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]),
+              help="Heatmap head: input pixels per heatmap cell. Default: 4, or the run's with --weights RUN_DIR.")
 @click.option("--sigma", type=click.FloatRange(min=0.25, max=20), default=2.0, show_default=True,
               help="Heatmap head: standard deviation of the Gaussian targets, in heatmap cells.")
 @click.option("--crop-size", type=click.IntRange(min=0),
@@ -462,7 +463,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
                            fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_learning_rate,
                            patience=patience, mixed_precision=mixed_precision, strategy=strategy,
                            export=list(exports), val_split=val_split, steps_per_epoch=steps_per_epoch,
-                           verbose=verbose, time_limit=time_limit, heatmap_stride=int(heatmap_stride), sigma=sigma,
+                           verbose=verbose, time_limit=time_limit, heatmap_stride=None if heatmap_stride is None else int(heatmap_stride), sigma=sigma,
                            crop_size=crop_size, augment_rotate=augment_rotate, augment_scale=augment_scale,
                            augment_flip=augment_flip, augment_translate=augment_translate,
                            augment_brightness=augment_brightness, augment_contrast=augment_contrast)
@@ -486,8 +487,13 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
 @click.option("--min-confidence", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
               help="Also report the error of keypoints predicted with at least / less than this confidence "
                    "(models with a confidence: the heatmap head).")
+@click.option("--grid", type=click.Path(dir_okay=False), metavar="PNG",
+              help="Also draw a contact sheet of the split: predictions (dots, skeleton) over the labelled "
+                   "truth (rings), a line from each to the other.")
+@click.option("--n", "grid_n", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Records on the --grid sheet.")
 @click.pass_context
-def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence):
+def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
     _quiet_tf(ctx)
@@ -495,7 +501,7 @@ def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence)
     from .metrics import format_table
 
     result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path,
-                      min_confidence=min_confidence)
+                      min_confidence=min_confidence, grid=grid, grid_n=grid_n)
     if json_path != "-":
         click.echo(f"{split}: {result['instances']} instance(s), {result['keypoints']} labelled keypoint(s); "
                    f"masked MSE {result['overall']['masked_mse']:.6f} (normalized units)")
@@ -511,6 +517,8 @@ def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence)
                            f"{c['unlabelled_above']:.1%} of {c['unlabelled']}")
     if json_path and json_path != "-":
         info(ctx, f"eval: wrote {json_path}")
+    if grid:
+        info(ctx, f"eval: contact sheet of {result['grid']['records']} record(s), predictions over the truth: {grid}")
 
 
 def _bbox(ctx, param, value):

@@ -70,8 +70,10 @@ def evaluate_dataset(predict: Callable, dataset, names=None, min_confidence: Opt
 
 
 def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json_path: Optional[str] = None,
-             min_confidence: float = 0.5) -> Dict:
-    """Evaluate ``run_dir``'s model on ``split`` of ``shard_dir``; optionally write the JSON."""
+             min_confidence: float = 0.5, grid: Optional[str] = None, grid_n: int = 16) -> Dict:
+    """Evaluate ``run_dir``'s model on ``split`` of ``shard_dir``; optionally write the JSON, and a
+    contact sheet of predictions over the truth (``grid``, ``grid_n`` records; see
+    :func:`kpconv.inspect.contact_sheet`)."""
     from . import pipeline
     from .train import open_run
 
@@ -89,6 +91,16 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     result = evaluate_dataset(lambda x: infer(x, training=False).numpy(), ds, names,
                               min_confidence=min_confidence if has_conf else None)
     result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split, **result}
+    if grid:
+        from .inspect import contact_sheet
+
+        def predict(images):
+            out = infer(images, training=False).numpy()
+            return out[..., :2], out[..., 2]
+
+        result["grid"] = {"path": str(grid), "records": contact_sheet(shard_dir, info, grid, grid_n, split=split,
+                                                                      predict=predict,
+                                                                      min_confidence=min_confidence)}
     if json_path:
         from .manifest import atomic_output
 

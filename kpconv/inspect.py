@@ -118,9 +118,16 @@ def _records(path: Path, name: str, compression: str) -> Iterator[bytes]:
         raise VerifyError(e.message, Location(name, record=e.location.record)) from None
 
 
-def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: int = 256) -> int:
-    """Draw up to ``n`` records (in shard order, train first) with keypoints, names and skeleton;
-    left keypoints/limbs in red, right in blue, others yellow. Returns the number drawn."""
+def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: int = 256,
+                  split: Optional[str] = None, predict=None, min_confidence: float = 0.5) -> int:
+    """Draw up to ``n`` records (in shard order, train first; only ``split`` when given) with
+    keypoints, names and skeleton; left keypoints/limbs in red, right in blue, others yellow.
+
+    With ``predict`` (``images float32 (1, H, W, 3) -> (xy (1, K, 2) normalized, confidence (1, K))``,
+    e.g. :meth:`kpconv.predict.Predictor.infer`): the predictions are drawn as filled dots with the
+    skeleton (those under ``min_confidence`` left out), the labelled truth as rings, and a white line
+    joins each labelled keypoint to its prediction. Returns the number drawn."""
+    import numpy as np
     from PIL import Image, ImageDraw
 
     from .images import decode, to_rgb
@@ -129,15 +136,21 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
     k = len(names)
     colours = side_colours(k, dataset.flip_pairs)
     cells = []
-    for split, entry in dataset.shards():
+    for name, entry in dataset.shards():
         if len(cells) >= n:
             break
+        if split is not None and name != split:
+            continue
         for data in read_records(str(Path(out_dir) / entry["file"]), dataset.compression_name):
             if len(cells) >= n:
                 break
             rec = decode_record(data, k)
             im = to_rgb(decode(rec["image/encoded"]))
             w, h = im.size
+            pred = None
+            if predict is not None:
+                xy, conf = predict(np.asarray(im, np.float32)[None])
+                pred = [(float(x), float(y), float(c)) for (x, y), c in zip(xy[0], conf[0])]
             scale = cell / max(w, h)
             im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))))
             sw, sh = im.size
@@ -146,8 +159,16 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
             d = ImageDraw.Draw(tile)
             pts = [(x * sw, y * sh, v) for x, y, v in zip(rec["keypoints/x"], rec["keypoints/y"],
                                                        rec["keypoints/visibility"])]
-            draw_keypoints(d, pts, names, dataset.skeleton, colours)
-            label = f"{split}: {rec['image/source_path']}#{rec['instance/id']}"
+            if pred is None:
+                draw_keypoints(d, pts, names, dataset.skeleton, colours)
+            else:
+                guess = [(x * sw, y * sh, 2 if c >= min_confidence else 0) for x, y, c in pred]
+                for t, g in zip(pts, guess):
+                    if t[2] and g[2]:
+                        d.line([t[:2], g[:2]], fill=(255, 255, 255), width=1)
+                draw_keypoints(d, [(x, y, 1 if v else 0) for x, y, v in pts], None, [], colours, radius=5)
+                draw_keypoints(d, guess, None, dataset.skeleton, colours)
+            label = f"{name}: {rec['image/source_path']}#{rec['instance/id']}"
             d.text((2, cell + 1), label[:40], fill=(255, 255, 255))
             cells.append(tile)
     if not cells:

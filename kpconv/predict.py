@@ -393,7 +393,7 @@ class Predictor:
     def infer(self, batch) -> Tuple[np.ndarray, np.ndarray]:
         """The one place the model runs: ``batch`` float32 (B, H, W, 3) pixels in [0, 255] as the model
         takes them -> ``xy`` (B, K, 2) normalized to the stored image, ``confidence`` (B, K) in [0, 1]."""
-        out = np.asarray(self.model(np.asarray(batch, np.float32), training=False), np.float32)
+        out = np.array(self.model(np.asarray(batch, np.float32), training=False), np.float32)
         return out[..., :2], out[..., 2]
 
     def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,

@@ -70,7 +70,7 @@ class TrainOptions:
     batch_size: Optional[int] = None                  # heatmap: 8; spatial, dense: 32
     learning_rate: float = 1e-3
     backbone: Optional[str] = None                    # unet from scratch, mobilenet_v2 with pretrained weights
-    alpha: float = 1.0
+    alpha: Optional[float] = None                     # 1.0 (from a run: that run's)
     head: str = "heatmap"
     weights: str = "imagenet"                         # imagenet | none | weights file | kpconv run directory
     loss: str = "mse"                                 # spatial, dense (the heatmap head has its own loss)
@@ -91,7 +91,7 @@ class TrainOptions:
     steps_per_epoch: Optional[int] = None
     verbose: int = 2                                   # Keras progress: 0 silent, 1 bar, 2 one line per epoch
     time_limit: Optional[float] = None                 # minutes
-    heatmap_stride: int = 4
+    heatmap_stride: Optional[int] = None               # 4 (from a run: that run's)
     sigma: float = 2.0                                 # Gaussian target, in heatmap cells
     crop_size: Optional[int] = None                    # heatmap: 128 (0: whole frames)
     augment_rotate: Optional[float] = None             # degrees, +-; heatmap: 25, others: 20
@@ -313,12 +313,15 @@ def resolve_recipe(options: TrainOptions, info) -> TrainOptions:
     result is what ``config.json`` records)."""
     o = TrainOptions(**options.to_dict())
     heat = o.head == "heatmap"
+    src = None
+    if _is_run(o.weights):   # the architecture of the run to fine-tune from, unless given
+        src = json.loads((_run_dir_of(o.weights) / CONFIG_FILE).read_text(encoding="utf-8"))["model"]
     if o.backbone is None:
-        if _is_run(o.weights):
-            src = json.loads((_run_dir_of(o.weights) / CONFIG_FILE).read_text(encoding="utf-8"))
-            o.backbone = src["model"]["backbone"]
-        else:
-            o.backbone = "unet" if o.weights in (None, "", "none") else "mobilenet_v2"
+        o.backbone = src["backbone"] if src else ("unet" if o.weights in (None, "", "none") else "mobilenet_v2")
+    if o.alpha is None:
+        o.alpha = float(src.get("alpha", 1.0)) if src else 1.0
+    if o.heatmap_stride is None:
+        o.heatmap_stride = int(src.get("heatmap_stride", 4)) if src else 4
     if o.batch_size is None:
         o.batch_size = 8 if heat else 32
     if o.epochs is None and o.time_limit is None:

@@ -34,7 +34,7 @@ def _train(shards, run, *extra):
 
 @pytest.fixture(scope="module")
 def run(shards, tmp_path_factory):
-    return _train(shards, tmp_path_factory.mktemp("exp") / "run")     # the spatial head
+    return _train(shards, tmp_path_factory.mktemp("exp") / "run", "--head", "spatial")
 
 
 def _interpret(path_or_bytes, x):
@@ -71,7 +71,8 @@ def test_export_matches_model_keras(run, shards, tmp_path, fmt):
         got = sm.serve(tf.constant(x)).numpy()
     else:
         got = _interpret(out, x)
-    diff = np.max(np.hypot(*(np.moveaxis(got - ref, -1, 0) * 32)))
+    assert got.shape == (8, len(NAMES), 3) and np.all(got[..., 2] == 1.0)    # x, y, confidence (none: 1)
+    diff = np.max(np.hypot(*(np.moveaxis(got[..., :2] - ref, -1, 0) * 32)))
     assert diff <= TOLERANCE.get(fmt, 1e-3) and diff == pytest.approx(reported, rel=0.01, abs=1e-6)
 
 
@@ -81,7 +82,8 @@ def test_export_to_stdout_and_errors(run, tmp_path):
     data = r.stdout_bytes
     assert data[4:8] == b"TFL3" and r.stderr == ""
     x = np.zeros((1, 32, 32, 3), np.float32)
-    assert np.allclose(_interpret(data, x), load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-4)
+    assert np.allclose(_interpret(data, x)[..., :2], load_model(run / "model.keras")(x, training=False).numpy(),
+                       atol=1e-4)
     r = CliRunner().invoke(cli, ["export", str(run), "-o", "-"])
     assert r.exit_code == 2 and "a SavedModel is a directory" in r.output
     moved = tmp_path / "moved"
@@ -104,7 +106,23 @@ def test_mixed_precision_run_exports_in_float32(shards, tmp_path):
     x = shard_images(shards, 4)
     ref = load_model(run / "model.keras")(x, training=False).numpy().astype(np.float32)
     # bfloat16 compute on the CPU has ~3 significant digits: a fraction of a pixel at 32x32
-    assert np.max(np.abs(_interpret(run / "model.tflite", x) - ref)) * 32 < 0.5
+    assert np.max(np.abs(_interpret(run / "model.tflite", x)[..., :2] - ref)) * 32 < 0.5
     r = CliRunner().invoke(cli, ["export", str(run), "--format", "tflite-int8", "-o", str(tmp_path / "q.tflite")])
     assert r.exit_code == 0, r.output
-    assert _interpret(tmp_path / "q.tflite", x).shape == (4, len(NAMES), 2)
+    assert _interpret(tmp_path / "q.tflite", x).shape == (4, len(NAMES), 3)
+
+
+def test_heatmap_head_exports_its_decoded_points_and_confidence(shards, tmp_path):
+    """The heatmap head's export holds the decoding and the calibrated confidence: the same
+    (B, K, 3) as the run's inference model, at the shards' size."""
+    from kpconv.train import open_run
+
+    run = _train(shards, tmp_path / "run", "--head", "heatmap", "--crop-size", "0", "--export", "tflite")
+    x = shard_images(shards, 4)
+    ref = open_run(run)[2](x, training=False).numpy()
+    sm = tf.saved_model.load(str(run / "saved_model")).serve(tf.constant(x)).numpy()
+    lite = _interpret(run / "model.tflite", x)
+    for got in (sm, lite):
+        assert got.shape == (4, len(NAMES), 3)
+        assert np.max(np.abs(got[..., :2] - ref[..., :2])) * 32 < 0.05 and np.allclose(got[..., 2], ref[..., 2],
+                                                                                         atol=1e-3)

@@ -3,6 +3,8 @@ import csv
 import json
 import math
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -132,10 +134,10 @@ def test_parse_keypoint_weights():
         parse_keypoint_weights("tail=2", NAMES)
 
 
-def test_heatmap_recipe_learns_the_dots_within_a_time_limit(tmp_path):
-    """The heatmap head from random weights, trained for a time budget through the CLI, finds the
-    dots; the run records the resolved recipe and a calibration; eval reports the confidence;
-    a second run fine-tunes from the first with another keypoint set."""
+def test_heatmap_recipe_learns_the_dots(tmp_path):
+    """The heatmap head from random weights, trained through the CLI for 500 steps, finds the dots;
+    the run records the resolved recipe and a calibration; eval reports the confidence; a second run
+    fine-tunes from the first with another keypoint set."""
     from click.testing import CliRunner
 
     from kpconv.cli import cli
@@ -144,26 +146,29 @@ def test_heatmap_recipe_learns_the_dots_within_a_time_limit(tmp_path):
     shards = tmp_path / "shards"
     write_shards(shards, {"train": 48, "val": 8}, size=(48, 48))
     run = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["-q", "train", str(shards), "-o", str(run), "--weights", "none", "--time-limit",
-                                 "0.75", "--crop-size", "32", "--alpha", "0.5", "--augment-rotate", "30",
-                                 "--augment-scale", "0.9,1.1", "--learning-rate", "3e-3"])
+    r = CliRunner().invoke(cli, ["-q", "train", str(shards), "-o", str(run), "--weights", "none", "--epochs", "10",
+                                 "--steps-per-epoch", "50", "--crop-size", "32", "--alpha", "0.5",
+                                 "--augment-rotate", "30", "--augment-scale", "0.9,1.1", "--augment-flip", "0",
+                                 "--learning-rate", "3e-3"])
     assert r.exit_code == 0, r.output
     cfg = json.loads((run / "config.json").read_text())
     o = cfg["options"]
     assert (o["head"], o["backbone"], o["batch_size"], o["crop_size"], o["augment_rotate"]) == \
         ("heatmap", "unet", 8, 32, 30.0)
-    assert o["augment_flip"] == 0.5 and o["augment_scale"] == [0.9, 1.1]     # the dots have flip pairs
+    # no flip: the test's dots are told apart by colour, not side
+    assert o["augment_flip"] == 0.0 and o["augment_scale"] == [0.9, 1.1]
     cal = cfg["calibration"]
     assert cal["split"] == "val" and cal["keypoints"] == 8 * 5
     # [a, b], or None when every keypoint of the split is a hit (nothing to calibrate against)
     assert (cal["params"] is None) == (cal["hits"] in (0, cal["keypoints"]))
     rows = _history(run)
-    assert {"time_left_min", "val_px_error", "val_pck@0.1", "learning_rate"} <= set(rows[0])
-    assert float(rows[-1]["time_left_min"]) < float(rows[0]["time_left_min"])
-    assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])   # cosine over the budget
+    assert {"val_px_error", "val_pck@0.1", "learning_rate"} <= set(rows[0]) and len(rows) == 10
     res = evaluate(run, shards, split="val")
-    # val_px_error of the last epoch and eval's mean error: one definition
-    assert res["overall"]["mean_error_px"] < 4.0, res["overall"]   # dots on a 48 px image: found
+    # dots on 48 px images, found (a guess at the image centre is ~13 px off)
+    assert res["overall"]["median_error_px"] < 2.5 and res["overall"]["pck@0.2"] >= 0.9, res["overall"]
+    # val_px_error and eval's mean_error_px: one definition (model.keras is the epoch of the best val_loss)
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert float(best["val_px_error"]) == pytest.approx(res["overall"]["mean_error_px"], rel=1e-3)
     assert res["confidence"]["above"]["count"] + res["confidence"]["below"]["count"] == res["keypoints"]
 
     # fine-tune from the run onto a 3-keypoint set: the backbone and decoder come along
@@ -176,6 +181,63 @@ def test_heatmap_recipe_learns_the_dots_within_a_time_limit(tmp_path):
     r = CliRunner().invoke(cli, ["train", str(small), "-o", str(tmp_path / "ft2"), "--weights", str(run),
                                  "--head", "spatial"])
     assert r.exit_code == 1 and "the architecture must match" in r.output
+
+
+def test_time_limit_plans_the_schedule_over_the_budget(tmp_path, monkeypatch):
+    """The TimeBudget callback on a fake clock: the cosine learning rate follows the fraction of the
+    budget spent, each epoch reports the minutes left, training stops when it is spent."""
+    import kpconv.train as ktrain
+
+    clock = [100.0]
+    monkeypatch.setattr(ktrain.time, "monotonic", lambda: clock[0])
+    TimeBudget = ktrain._callbacks_module()[3]
+    budget = TimeBudget(60.0, 100.0, 1e-3, 1e-5)
+    model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=None), stop_training=False)
+    budget.set_model(model)
+    lrs, left = [], []
+    for t in (0.0, 15.0, 30.0, 45.0, 59.0):
+        clock[0] = 100.0 + t
+        budget.on_train_batch_begin(0)
+        lrs.append(model.optimizer.learning_rate)
+        budget.on_train_batch_end(0)
+        logs = {}
+        budget.on_epoch_end(0, logs)
+        left.append(logs["time_left_min"])
+    assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lrs == sorted(lrs, reverse=True) and left == [1.0, 0.75, 0.5, 0.25, pytest.approx(0.02, abs=0.01)]
+    assert not model.stop_training and not budget.spent
+    clock[0] = 160.0
+    budget.on_train_batch_end(0)
+    assert model.stop_training and budget.spent
+
+
+def test_time_limited_run_records_its_budget(tmp_path):
+    shards = tmp_path / "shards"
+    write_shards(shards, {"train": 16}, size=(32, 32))
+    run = tmp_path / "run"
+    res = train(shards, run, TrainOptions(time_limit=0.5, crop_size=16, val_split="none", steps_per_epoch=5,
+                                          **TINY))
+    rows = _history(run)
+    assert res.epochs_run == len(rows) >= 1 and float(rows[-1]["time_left_min"]) == 0.0   # ran until spent
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["options"]["time_limit"] == 0.5 and cfg["options"]["epochs"] is None
+
+
+def test_recipe_defaults_follow_the_head_weights_and_flip_pairs():
+    from types import SimpleNamespace
+
+    from kpconv.train import resolve_recipe
+
+    paired, unpaired = SimpleNamespace(flip_pairs=[(1, 2)]), SimpleNamespace(flip_pairs=[])
+    o = resolve_recipe(TrainOptions(weights="none"), paired)
+    assert (o.head, o.backbone, o.batch_size, o.crop_size, o.augment_rotate, o.augment_flip, o.epochs) == \
+        ("heatmap", "unet", 8, 128, 25.0, 0.5, 30)
+    assert resolve_recipe(TrainOptions(weights="none"), unpaired).augment_flip == 0.0
+    o = resolve_recipe(TrainOptions(weights="imagenet", head="spatial", time_limit=5), paired)
+    assert (o.backbone, o.batch_size, o.crop_size, o.augment_rotate, o.epochs) == \
+        ("mobilenet_v2", 32, 0, 20.0, None)
+    with pytest.raises(TrainError, match="crops are for the heatmap head"):
+        resolve_recipe(TrainOptions(head="dense", crop_size=64), paired)
 
 
 def test_train_cli_rejects_bad_option_values(shards, tmp_path):
