@@ -120,7 +120,8 @@ def test_heatmap_head_exports_its_decoded_points_and_confidence(shards, tmp_path
     run = _train(shards, tmp_path / "run", "--head", "heatmap", "--crop-size", "0", "--export", "tflite")
     x = shard_images(shards, 4)
     ref = open_run(run)[2](x, training=False).numpy()
-    sm = tf.saved_model.load(str(run / "saved_model")).serve(tf.constant(x)).numpy()
+    loaded = tf.saved_model.load(str(run / "saved_model"))    # kept: its variables live as long as it does
+    sm = loaded.serve(tf.constant(x)).numpy()
     lite = _interpret(run / "model.tflite", x)
     for got in (sm, lite):
         assert got.shape == (4, len(NAMES), 3)
