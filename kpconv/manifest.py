@@ -223,7 +223,7 @@ def dumps_records(records: Union[Sequence[Record], RecordBatch]) -> bytes:
         try:
             if nums is None or w.__class__ is not int or h.__class__ is not int:
                 raise TypeError
-            line = _LINE % (text.get(image) or _text(text, image), w, h, nums, text.get(inst) or _text(text, inst),
+            line = _LINE % (text.get(image) or _text(text, image), w, h, *nums, text.get(inst) or _text(text, inst),
                             text.get(group) or _text(text, group), text.get(split) or _text(text, split),
                             _orjson.dumps(source),
                             b"" if cat is None else b',"category":' + (text.get(cat) or _text(text, cat)))
@@ -233,7 +233,8 @@ def dumps_records(records: Union[Sequence[Record], RecordBatch]) -> bytes:
     return b"".join(lines)
 
 
-_LINE = b'{"image":%s,"width":%d,"height":%d,"keypoints":%s,"instance":%s,"group":%s,"split":%s,"source":%s%s}\n'
+_LINE = (b'{"image":%s,"width":%d,"height":%d,"keypoints":[[%s]],"bbox":[%s],"instance":%s,"group":%s,"split":%s,'
+         b'"source":%s%s}\n')
 
 
 def _text(cache: dict, s) -> bytes:
@@ -258,8 +259,8 @@ def dumps_record(record: Record) -> bytes:
 
 
 def _unit_numbers(batch: RecordBatch) -> list:
-    """Per record, the JSON text ``[[x,y,v],...],"bbox":[x,y,w,h]`` when all its coordinates lie in 0..1,
-    none is -0.0 or rounds into (0, 1e-4) and its visibilities are 0, 1 or 2; else None."""
+    """Per record, its JSON texts ``x,y,v],...,[x,y,v`` and ``x,y,w,h`` when all its coordinates lie in
+    0..1, none is -0.0 or rounds into (0, 1e-4) and its visibilities are 0, 1 or 2; else None."""
     import numpy as np
 
     kp, box = batch.keypoints, batch.bbox
@@ -275,8 +276,7 @@ def _unit_numbers(batch: RecordBatch) -> list:
     # followed by "]", so ".0]" -> "]" writes them as ints; then cut at the records' boundaries
     kp_text = _orjson.dumps(xyv, option=_orjson.OPT_SERIALIZE_NUMPY).replace(b".0]", b"]")[3:-3].split(b"]],[[")
     box_text = _orjson.dumps(n_box / 1e6, option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
-    return [b"[[" + kt + b']],"bbox":[' + bt + b"]" if ok else None
-            for ok, kt, bt in zip(unit.tolist(), kp_text, box_text)]
+    return [(kt, bt) if ok else None for ok, kt, bt in zip(unit.tolist(), kp_text, box_text)]
 
 
 def _round_unit(c):
