@@ -181,7 +181,8 @@ class RecordBatch:
 
         n, k = len(records), len(records[0].keypoints)
         try:
-            if any(len(r.keypoints) != k or len(r.bbox) != 4 for r in records):
+            if any(len(r.keypoints) != k or len(r.bbox) != 4 or any(len(p) != 3 for p in r.keypoints)
+                   for r in records):
                 return None
             kp = np.fromiter(chain.from_iterable(chain.from_iterable(r.keypoints) for r in records), np.float64,
                              n * 3 * k).reshape(n, k, 3)
