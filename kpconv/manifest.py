@@ -266,15 +266,16 @@ def _unit_numbers(batch: RecordBatch) -> list:
 
     kp, box = batch.keypoints, batch.bbox
     v = kp[:, :, 2]
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):     # (the numbers of other records are not used)
         unit = (((kp[:, :, :2] >= 0) & (kp[:, :, :2] <= 1) & ~np.signbit(kp[:, :, :2])).all((1, 2))
                 & ((box >= 0) & (box <= 1) & ~np.signbit(box)).all(1) & ((v == 0) | (v == 1) | (v == 2)).all(1))
-    n_xy = _round_unit(np.where(unit[:, None, None], kp[:, :, :2], 0.0))
-    n_box = _round_unit(np.where(unit[:, None], box, 0.0))
+        n_xy = _round_unit(kp[:, :, :2])
+        n_box = _round_unit(box)
     unit &= ~(((n_xy >= 1) & (n_xy <= 99)).any((1, 2)) | ((n_box >= 1) & (n_box <= 99)).any(1))
-    xyv = np.concatenate([n_xy / 1e6, np.where(unit[:, None, None], kp[:, :, 2:], 0.0)], 2)
-    # one orjson call for all keypoints: "[[[x,y,v],...],[[...]]]"; a visibility is the only number
-    # followed by "]", so ".0]" -> "]" writes them as ints; then cut at the records' boundaries
+    xyv = np.concatenate([n_xy / 1e6, kp[:, :, 2:]], 2)
+    # one orjson call for all keypoints: "[[[x,y,v],...],[[...]]]" (NaN or infinity: null); a visibility
+    # is the only number followed by "]", so ".0]" -> "]" writes them as ints; then cut at the records'
+    # boundaries (a number's text holds no bracket)
     kp_text = _orjson.dumps(xyv, option=_orjson.OPT_SERIALIZE_NUMPY).replace(b".0]", b"]")[3:-3].split(b"]],[[")
     box_text = _orjson.dumps(n_box / 1e6, option=_orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
     return [(kt, bt) if ok else None for ok, kt, bt in zip(unit.tolist(), kp_text, box_text)]
