@@ -324,8 +324,9 @@ class _Finalizer:
         is in dense form.
 
         The same float operations as ``_finalize`` (IEEE-exact), so the records are the same. Measured on
-        100,000 COCO instances (``benchmarks/bench_ingest.py``): ``_finalize`` alone takes ingest 1.35 times
-        the CPU time (this path saves 26 % of the end-to-end time)."""
+        the 100,000 COCO instances of ``benchmarks/bench_ingest.py``, both ways alternating in one process:
+        ``ingest()`` takes 2.35 s (2.27 s CPU) with this path and 4.85 s (4.61 s CPU) with ``_finalize``
+        alone: it saves 52 % of the end-to-end time."""
         rows, dense, boxes, derived, scale = [], [], [], [], []
         n3 = 3 * self.k
         fits = self._dense_scale
