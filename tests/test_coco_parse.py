@@ -142,3 +142,22 @@ def test_streamed_invalid_array_raises_jsons_error_while_reading():
     with pytest.raises(json.JSONDecodeError) as got:
         _streamed(text, 1)
     assert str(got.value) == str(want.value)
+
+
+def test_invalid_json_in_a_streamed_array_fails_ingest_with_jsons_message(tmp_path):
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    ann = '{"id": %d, "image_id": 1, "category_id": 1, "keypoints": [1, 2, 2, 3, 4, 2]}'
+    text = ('{"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],\n"annotations": ['
+            + ",\n".join([ann % i for i in range(50)] + ['{"id": 50,, "image_id": 1}']
+                          + [ann % i for i in range(51, 99)])
+            + '],\n"categories": [{"id": 1, "name": "p", "keypoints": ["a", "b"]}]}')
+    p = tmp_path / "ann.json"
+    p.write_text(text)
+    with pytest.raises(json.JSONDecodeError) as want:
+        json.loads(text)
+    assert jsonparse.loads_streaming(text.encode(), "annotations")[1] is not None     # it is streamed
+    with pytest.raises(AnnotationError) as got:
+        ingest([p], output=str(tmp_path / "m.jsonl"), fmt="coco")
+    e = want.value
+    assert str(got.value) == f"{p}:{e.lineno}: invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    assert not (tmp_path / "m.jsonl").exists()
