@@ -227,6 +227,8 @@ def _parsed_beam_options(ctx, param, values):
 @click.option("--compression", type=click.Choice(["none", "gzip"]), default="none", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the shards of an existing OUT_DIR.")
 @click.option("--resume", is_flag=True, help="Keep complete, correct shards of an interrupted run; write the rest.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Read manifest image paths that resolve (symlinks followed) outside the manifest's images_root.")
 @click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True,
               help="local: this machine's processes; beam: an Apache Beam pipeline (same shards; paths may be "
                    "gs://, s3://, hdfs://...; needs pip install 'kpconv[beam]').")
@@ -236,7 +238,7 @@ def _parsed_beam_options(ctx, param, values):
                    "multi_processing, --workers processes.")
 @click.pass_context
 def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, split_by, shard_size, num_shards, workers,
-          seed, quality, compression, overwrite, resume, runner, beam_options):
+          seed, quality, compression, overwrite, resume, allow_outside_root, runner, beam_options):
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
     Writes OUT_DIR/<split>.tfrecord-NNNNN-of-NNNNN, skipped.jsonl (records whose image could not be
@@ -253,7 +255,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     options = ShardOptions(image=ImageOptions(size=image_size, resize=resize, crop=crop, crop_pad=crop_pad,
                                               quality=quality),
                            split=split, split_by=split_by, shard_size=shard_size, num_shards=num_shards,
-                           workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume)
+                           workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume,
+                           allow_outside_root=allow_outside_root)
     if beam_options and runner != "beam":
         raise click.BadParameter("needs --runner beam", param_hint="--beam-option")
     if runner == "beam":

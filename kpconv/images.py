@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import Location
-from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, probe
+from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, open_image, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 EXIF_ORIENTATION = 0x0112
@@ -149,8 +149,9 @@ class Stored:
 
 
 def read_image_bytes(path: str, opener=None) -> bytes:
-    """The bytes of an image file. Raises BadImage (missing_image, unreadable_image)."""
-    with file_problems(path), (opener(path) if opener is not None else open(path, "rb")) as f:
+    """The bytes of an image file. Raises BadImage (missing_image, unreadable_image and those of
+    :func:`kpconv.imageinfo.open_image`, the default opener: any path, a regular file, size-capped)."""
+    with file_problems(path), (opener or open_image)(path) as f:
         return f.read()
 
 

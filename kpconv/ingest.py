@@ -187,7 +187,8 @@ class _Finalizer:
             resolved = [self._resolve(raw) for raw in chunk]
             todo = {p[1] for p in resolved if p is not None and p[1] not in self.sizes}
             if todo:
-                self.sizes.update(read_sizes(sorted(todo), self.options.workers))
+                self.sizes.update(read_sizes(sorted(todo), self.options.workers,
+                                             None if self.options.allow_outside_root else self.root_str))
             dense = self._dense(chunk, resolved) if self.dense_names == self.names else None
             records = []
             for i, (raw, res) in enumerate(zip(chunk, resolved)):
@@ -242,7 +243,7 @@ class _Finalizer:
             consts = self._image(full, raw.normalized)
         loc = raw.location
         if isinstance(consts, ImageError):
-            reason = "missing_image" if consts.reason == "missing_image" else "unreadable_image"
+            reason = consts.reason if consts.reason in ("missing_image", "path_outside_root") else "unreadable_image"
             self.report.add(reason, f"image {raw.image!r}: {consts.message}", loc.with_field("image"))
             return None
         w, h, sx, sy, tol_x, tol_y = consts

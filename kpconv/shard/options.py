@@ -24,6 +24,7 @@ class ShardOptions:
     compression: str = "none"                  # "none" or "gzip"
     overwrite: bool = False
     resume: bool = False
+    allow_outside_root: bool = False           # read manifest image paths that resolve outside images_root
 
 
 def parse_image_size(text: str) -> Optional[Tuple[int, int]]:
