@@ -85,16 +85,16 @@ def probe_file(path: str, max_pixels: Optional[int] = None, root: Optional[str] 
         return _probe(_Src(f, f.read(_HEAD)), path, max_pixels)
 
 
-def open_image(path: str, root: Optional[str] = None, max_bytes: int = MAX_IMAGE_BYTES):
+def open_image(path: str, root: Optional[str] = None, max_bytes: Optional[int] = None):
     """Open the image file ``path`` for reading (unbuffered): the one place kpconv opens an image path.
 
     Refuses (BadImage ``unreadable_image``) what is not a regular file (a FIFO is opened without blocking,
     a device such as ``/dev/zero`` is never read) and a file over ``max_bytes`` (also one that grows past
-    it while read), and (``path_outside_root``),
-    when ``root`` is given, a file whose real path (every symlink resolved, checked on the opened file
+    it while read), and, when ``root`` is given (``path_outside_root``), a file whose real path (every symlink resolved, checked on the opened file
     itself) is not inside the real path of ``root`` (``path_outside_root``). ``root=None``: any path
     (``--allow-outside-root``)."""
     loc = Location(path)
+    max_bytes = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
     if "\x00" in str(path):
         raise BadImage("unreadable_image", "image path holds a NUL byte", loc)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))

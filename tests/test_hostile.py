@@ -1,0 +1,135 @@
+"""Hostile inputs and kills (issue 10): each ends with a located message and exit 1 (data, files) or 2
+(options), no traceback, nothing read outside the images root, nothing partial under a final name, no
+process left behind. One test per item; see docs/safety.md."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FIXTURES
+from kpconv.cli import cli
+
+ROW = "0,4,6,13.5,34,10.5,12,14,8.5,7,8.5,17.5,6,4,6,12,40"
+
+
+def run(*args, input=None):
+    """The CLI in this process; a traceback (any exception but SystemExit) fails the test."""
+    result = CliRunner().invoke(cli, ["-q", *map(str, args)], input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A copy of fixtures/csv under tmp_path/data, a 'secret' image beside it (outside the root)."""
+    shutil.copytree(FIXTURES / "csv", tmp_path / "data")
+    shutil.copy(tmp_path / "data" / "images" / "img001.png", tmp_path / "secret.png")
+    with open(tmp_path / "secret.png", "ab") as f:
+        f.write(b"SECRET-MARKER")           # still a PNG; its bytes are recognisable in a shard
+    return tmp_path / "data"
+
+
+def add_rows(data: Path, *images: str) -> Path:
+    """labels.csv plus one row per image path."""
+    path = data / "extra.csv"
+    text = (data / "labels.csv").read_text()
+    path.write_text(text + "".join(f"{im},{ROW}\n" for im in images))
+    return path
+
+
+def report(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def manifest(data: Path, tmp_path: Path, *lines: str) -> Path:
+    """A clean manifest of the fixture, plus hand-edited record lines (image paths replaced)."""
+    out = tmp_path / "m.jsonl"
+    assert run("ingest", data / "labels.csv", "-o", out).exit_code == 0
+    rows = out.read_text().splitlines()
+    extra = []
+    for image in lines:
+        rec = json.loads(rows[1])
+        rec["image"], rec["instance"] = image, "9"
+        extra.append(json.dumps(rec))
+    out.write_text("\n".join(rows + extra) + "\n")
+    return out
+
+
+def shard_bytes(out: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(out.glob("*.tfrecord-*")))
+
+
+# ------------------------------------------------------------------------ 1. images-root confinement
+def test_symlinked_file_outside_root_is_refused_by_ingest(data, tmp_path):
+    os.symlink("../../secret.png", data / "images" / "link.png")
+    res = run("ingest", add_rows(data, "images/link.png"), "-o", tmp_path / "m.jsonl", "--report", tmp_path / "r.jsonl")
+    assert res.exit_code == 0
+    problems = [p for p in report(tmp_path / "r.jsonl") if p["reason"] == "path_outside_root"]
+    assert len(problems) == 1 and "outside the images root" in problems[0]["message"]
+    assert problems[0]["line"] == 9 and problems[0]["field"] == "image"
+    assert "link.png" not in (tmp_path / "m.jsonl").read_text()
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 1 + 7      # the 7 good records kept
+
+
+def test_symlinked_directory_outside_root_is_refused_by_ingest(data, tmp_path):
+    (tmp_path / "outside").mkdir()
+    shutil.copy(tmp_path / "secret.png", tmp_path / "outside" / "s.png")
+    os.symlink(tmp_path / "outside", data / "images" / "linkdir")
+    res = run("ingest", add_rows(data, "images/linkdir/s.png"), "-o", tmp_path / "m.jsonl",
+              "--report", tmp_path / "r.jsonl")
+    assert res.exit_code == 0
+    assert [p["reason"] for p in report(tmp_path / "r.jsonl")].count("path_outside_root") == 1
+    assert "linkdir" not in (tmp_path / "m.jsonl").read_text()
+    # accepted on purpose with --allow-outside-root
+    assert run("ingest", data / "extra.csv", "-o", tmp_path / "m2.jsonl", "--allow-outside-root").exit_code == 0
+    assert "linkdir/s.png" in (tmp_path / "m2.jsonl").read_text()
+
+
+@pytest.mark.parametrize("escape", ["../secret.png", "ABS", "images/link.png"])
+def test_shard_rechecks_manifest_paths(data, tmp_path, escape):
+    os.symlink("../../secret.png", data / "images" / "link.png")
+    image = str(tmp_path / "secret.png") if escape == "ABS" else escape
+    m = manifest(data, tmp_path, image)
+    out = tmp_path / "shards"
+    res = run("shard", m, "-o", out, "--image-size", "none", "--split", "train=1")
+    assert res.exit_code == 0
+    skipped = report(out / "skipped.jsonl")
+    assert [s["reason"] for s in skipped] == ["path_outside_root"] and skipped[0]["image"] == image
+    assert b"SECRET-MARKER" not in shard_bytes(out)
+    assert json.loads((out / "dataset_info.json").read_text())["records"] == 7
+    res = run("shard", m, "-o", tmp_path / "s2", "--image-size", "none", "--split", "train=1", "--allow-outside-root")
+    assert res.exit_code == 0 and b"SECRET-MARKER" in shard_bytes(tmp_path / "s2")
+
+
+def test_fifo_and_dev_zero_images_do_not_hang(data, tmp_path):
+    os.mkfifo(data / "images" / "fifo.png")
+    os.symlink("/dev/zero", data / "images" / "zero.png")
+    res = run("ingest", add_rows(data, "images/fifo.png", "images/zero.png"), "-o", tmp_path / "m.jsonl",
+              "--report", tmp_path / "r.jsonl", "--allow-outside-root")
+    assert res.exit_code == 0
+    messages = {p["line"]: p["message"] for p in report(tmp_path / "r.jsonl")
+                if p["reason"] == "unreadable_image"}
+    assert "found a FIFO" in messages[9] and "found a device" in messages[10]
+    m = manifest(data, tmp_path, "images/fifo.png", "images/zero.png")
+    out = tmp_path / "shards"
+    res = run("shard", m, "-o", out, "--image-size", "none", "--split", "train=1", "--allow-outside-root")
+    assert res.exit_code == 0
+    assert sorted(s["message"] for s in report(out / "skipped.jsonl")) == [
+        "expected a regular image file, found a FIFO", "expected a regular image file, found a device"]
+
+
+def test_image_size_cap(data, tmp_path, monkeypatch):
+    from kpconv import imageinfo
+
+    monkeypatch.setattr(imageinfo, "MAX_IMAGE_BYTES", 200)
+    res = run("ingest", data / "labels.csv", "-o", tmp_path / "m.jsonl", "--report", tmp_path / "r.jsonl")
+    assert res.exit_code == 1 and "kpconv: error:" in res.output       # every image refused: nothing to write
+    assert not (tmp_path / "m.jsonl").exists()
+    assert any("more than the cap of 200" in p["message"] for p in report(tmp_path / "r.jsonl"))
