@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Tuple, Union
 
+from . import jsonparse
 from .errors import DatasetInfoError, Location
 from .records import SPEC_VERSION
 
@@ -51,7 +52,7 @@ class DatasetInfo:
             raise DatasetInfoError(f"not found (is {shard_dir} a folder written by a finished 'kpconv shard'?)",
                                    Location(str(path)))
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = jsonparse.loads(path.read_bytes())
         except (OSError, UnicodeDecodeError) as e:
             raise DatasetInfoError(f"cannot read: {e}", Location(str(path))) from None
         except ValueError as e:

@@ -133,3 +133,59 @@ def test_image_size_cap(data, tmp_path, monkeypatch):
     assert res.exit_code == 1 and "kpconv: error:" in res.output       # every image refused: nothing to write
     assert not (tmp_path / "m.jsonl").exists()
     assert any("more than the cap of 200" in p["message"] for p in report(tmp_path / "r.jsonl"))
+
+
+# ------------------------------------------------------------------------------ 2. no traceback
+DEEP = "[" * 1100 + "]" * 1100
+
+
+@pytest.mark.parametrize("fmt,text", [
+    ("coco", '{"images": %s, "annotations": [], "categories": []}' % DEEP),
+    ("labelme", '{"shapes": %s, "imagePath": "x.png"}' % DEEP),
+    ("kpconv-json", '{"kpconv_annotations": 1, "x": %s}' % DEEP),
+    ("label-studio", '[{"keypointlabels": %s}]' % DEEP),
+])
+def test_deep_json_is_a_located_error(tmp_path, fmt, text):
+    src = tmp_path / "a.json"
+    src.write_text(text)
+    res = run("ingest", src, "-f", fmt, "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 1
+    assert f"{src}:1: invalid JSON: nested deeper than 64 levels" in res.output
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_deep_json_in_manifest_and_dataset_info(data, tmp_path):
+    m = manifest(data, tmp_path)
+    with open(m, "a") as f:
+        f.write('{"image": %s}\n' % DEEP)
+    out = tmp_path / "shards"
+    res = run("shard", m, "-o", out)
+    assert res.exit_code == 1 and f"{m}:9: invalid JSON: nested deeper than 64 levels" in res.output
+    assert not out.exists()                                 # failed before OUT_DIR was touched
+    m.write_text("".join(m.read_text().splitlines(True)[:-1]))
+    assert run("shard", m, "-o", out, "--image-size", "32").exit_code == 0
+    (out / "dataset_info.json").write_text('{"splits": %s}' % DEEP)
+    res = run("inspect", out)
+    assert res.exit_code == 1 and "dataset_info.json: invalid JSON: nested deeper than 64 levels" in res.output
+
+
+def test_yaml_billion_laughs_and_deep_yaml(tmp_path):
+    import time
+
+    shutil.copytree(FIXTURES / "yolo", tmp_path / "y")
+    laughs = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        laughs.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9) + "]")
+    yaml_path = tmp_path / "y" / "data.yaml"
+    n = len(yaml_path.read_text().splitlines())
+    with open(yaml_path, "a") as f:
+        f.write("\n".join(laughs) + "\n")
+    start = time.monotonic()
+    res = run("ingest", tmp_path / "y", "-o", tmp_path / "m.jsonl")
+    assert time.monotonic() - start < 5
+    assert res.exit_code == 1
+    assert f"{yaml_path}:{n + 2}: invalid YAML: YAML aliases (*name) are not accepted" in res.output
+    yaml_path.write_text("kpt_shape: [3, 3]\nx: " + "[" * 2000 + "]" * 2000 + "\n")
+    res = run("ingest", yaml_path, "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 1 and f"{yaml_path}:2: invalid YAML: nested deeper than 64 levels" in res.output
+    assert not (tmp_path / "m.jsonl").exists()

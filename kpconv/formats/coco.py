@@ -80,7 +80,7 @@ def _looks_like_coco(path: Path) -> bool:
                 return False
         if path.stat().st_size > _DETECT_PARSE_LIMIT:
             return _scan_for_keys(path)
-        return _is_coco_doc(json.loads(path.read_bytes()))
+        return _is_coco_doc(jsonparse.loads(path.read_bytes()))
     except (OSError, ValueError):  # unreadable or not JSON (ValueError covers JSONDecodeError/Unicode)
         return False
 

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from typing import Dict, List, Optional
 
-from .. import __version__
+from .. import __version__, jsonparse
 from ..dataset_info import INFO_FILE, DatasetInfo, sha256_stream
 from ..errors import NothingToWrite, ShardError
 from ..records import SPEC_VERSION
@@ -56,7 +56,7 @@ def remove_temporaries(out: str, files: LocalFiles) -> None:
 def kept_state(out: str, task: ShardTask, files: LocalFiles) -> Optional[dict]:
     """The state of a complete, correct shard from an earlier run (``--resume``), else None."""
     try:
-        state = json.loads(files.read_text(files.join(out, STATE_DIR, f"{task.name}.json")))
+        state = jsonparse.loads(files.read_text(files.join(out, STATE_DIR, f"{task.name}.json")))
     except (OSError, ValueError):
         return None
     if state.get("fingerprint") != task.fingerprint:
