@@ -70,17 +70,24 @@ class DatasetInfo:
         if raw["spec_version"] != SPEC_VERSION:
             raise DatasetInfoError(f"record spec version {raw['spec_version']}, this kpconv reads version "
                                    f"{SPEC_VERSION}", Location(str(path), field="spec_version"))
-        k = len(raw["keypoints"])
-        for key in ("skeleton", "flip_pairs"):
-            for pair in raw.get(key, []):
-                if max(pair) >= k:
-                    raise DatasetInfoError(f"pair {pair} refers to keypoint {max(pair)}; there are {k}",
-                                           Location(str(path), field=key))
+        _check_consistent(raw, str(path))
         return cls(Path(path), raw)
 
     def to_bytes(self) -> bytes:
-        """The file's bytes: one key per line, lists of numbers and strings on one line."""
-        return (_dump(self.raw) + "\n").encode("utf-8")
+        """The file's bytes: one key per line, lists of numbers and strings on one line, ``checksum`` last."""
+        raw = {k: v for k, v in self.raw.items() if k != "checksum"}
+        raw["checksum"] = checksum(raw)
+        return (_dump(raw) + "\n").encode("utf-8")
+
+    def check_checksum(self) -> None:
+        """DatasetInfoError when ``checksum`` is absent or does not match the rest of the file (it was edited)."""
+        given = self.raw.get("checksum")
+        if given is None:
+            raise DatasetInfoError("no 'checksum': cannot tell whether the file was edited (write it with "
+                                   "'kpconv shard' again)", Location(str(self.path), field="checksum"))
+        if given != checksum(self.raw):
+            raise DatasetInfoError("the file was edited after 'kpconv shard' wrote it (its checksum differs)",
+                                   Location(str(self.path), field="checksum"))
 
     # ------------------------------------------------------------------------------ fields
     @property
@@ -161,6 +168,44 @@ class DatasetInfo:
                                    "needs one image size: shard again with one (kpconv shard --image-size WxH)",
                                    Location(str(self.path), field="image.size"))
         return self
+
+
+def checksum(raw: dict) -> str:
+    """``sha256:<hex>`` of ``raw`` without its ``checksum`` (JSON, sorted keys, no spaces)."""
+    body = {k: v for k, v in raw.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_consistent(raw: dict, path: str) -> None:
+    """What the schema cannot say: pairs within the keypoints, flip pairs disjoint, counts that add up,
+    one visibility row per keypoint."""
+    def fail(field: str, message: str):
+        raise DatasetInfoError(message, Location(path, field=field))
+
+    k = len(raw["keypoints"])
+    for key in ("skeleton", "flip_pairs"):
+        for i, pair in enumerate(raw.get(key, [])):
+            if max(pair) >= k:
+                fail(key, f"pair {pair} refers to keypoint {max(pair)}; there are {k}")
+            if pair[0] == pair[1]:
+                fail(key, f"pair {pair} joins a keypoint with itself")
+    seen: Dict[int, int] = {}
+    for i, pair in enumerate(raw.get("flip_pairs", [])):
+        for kp in pair:
+            if kp in seen:
+                fail("flip_pairs", f"keypoint {kp} is in two flip pairs ({raw['flip_pairs'][seen[kp]]} and {pair})")
+            seen[kp] = i
+    total = 0
+    for name, s in raw["splits"].items():
+        in_shards = sum(e["records"] for e in s["shards"])
+        if in_shards != s["records"]:
+            fail(f"splits.{name}.records", f"{s['records']} record(s), but its shards hold {in_shards}")
+        if "visibility" in s and len(s["visibility"]) != k:
+            fail(f"splits.{name}.visibility", f"{len(s['visibility'])} row(s), expected one per keypoint ({k})")
+        total += s["records"]
+    if "records" in raw and raw["records"] != total:
+        fail("records", f"{raw['records']} record(s), but the splits hold {total}")
 
 
 def read_dataset_info(shard_dir: Union[str, Path]) -> DatasetInfo:

@@ -189,3 +189,74 @@ def test_yaml_billion_laughs_and_deep_yaml(tmp_path):
     res = run("ingest", yaml_path, "-o", tmp_path / "m.jsonl")
     assert res.exit_code == 1 and f"{yaml_path}:2: invalid YAML: nested deeper than 64 levels" in res.output
     assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.fixture
+def shards(data, tmp_path):
+    """A finished shard directory of the fixture (train and test), and a copy of its dataset_info.json."""
+    m = manifest(data, tmp_path)
+    out = tmp_path / "shards"
+    assert run("shard", m, "-o", out, "--image-size", "32", "--split", "train=0.5,test=0.5").exit_code == 0
+    return out
+
+
+def _edit_info(out: Path, change):
+    info = json.loads((out / "dataset_info.json").read_text())
+    change(info)
+    (out / "dataset_info.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("change,verify_only,message", [
+    (lambda d: d.update(flip_pairs=[[1, 1]]), False, "field 'flip_pairs': pair [1, 1] joins a keypoint with itself"),
+    (lambda d: d.update(flip_pairs=[[1, 2], [2, 3]]), False, "keypoint 2 is in two flip pairs"),
+    (lambda d: d["splits"]["train"].pop("bytes"), True, "field 'checksum': the file was edited"),
+    (lambda d: d["splits"]["train"]["shards"][0].pop("sha256"), True, "field 'checksum': the file was edited"),
+    (lambda d: d.update(splits=[]), False, "field 'splits': [] is not of type 'object'"),
+    (lambda d: d.update(splits={}), False, "field 'splits': {} should be non-empty"),
+    (lambda d: d.update(keypoints=None), False, "field 'keypoints': None is not of type 'array'"),
+    (lambda d: d.update(records=99), False, "field 'records': 99 record(s), but the splits hold 7"),
+    (lambda d: d["splits"]["train"].update(records=99), False, "field 'splits.train.records': 99 record(s)"),
+    (lambda d: d["keypoints"].pop(), False, "field 'splits.train.visibility': 6 row(s), expected one per keypoint (5)"),
+    (lambda d: d["keypoints"].__setitem__(0, "renamed"), True, "the file was edited"),
+    (lambda d: d.update(skeleton=[[0, 3]]), True, "the file was edited"),
+    (lambda d: d["image"].update(size=[64, 64]), True, "the file was edited"),
+    (lambda d: d["splits"]["train"]["shards"][0].update(file="../../secret.png"), False,
+     "field 'splits.train.shards.0.file': '../../secret.png' does not match"),
+])
+def test_bad_dataset_info_is_located(shards, change, verify_only, message):
+    _edit_info(shards, change)
+    plain = run("inspect", shards)
+    verified = run("inspect", shards, "--verify")
+    assert verified.exit_code == 1 and f"{shards / 'dataset_info.json'}: " in verified.output
+    assert message in verified.output
+    assert plain.exit_code == (0 if verify_only else 1)
+
+
+def test_dataset_info_image_size_edit_is_caught_record_by_record(shards):
+    from kpconv.dataset_info import DatasetInfo
+
+    info = DatasetInfo.read(shards)
+    info.raw["image"]["size"] = [64, 64]
+    info.raw["options"]["image_size"] = [64, 64]
+    (shards / "dataset_info.json").write_bytes(info.to_bytes())     # a consistent checksum
+    res = run("inspect", shards, "--verify")
+    assert res.exit_code == 1
+    assert "train.tfrecord-00000-of-00001: record 0: record is 32x32, dataset_info.json's image.size is 64x64" \
+        in res.output
+
+
+def test_huge_tfrecord_length_header(shards):
+    import struct
+
+    from kpconv.tfrecord import masked_crc32c
+
+    length = struct.pack("<Q", 2 ** 40)
+    shard = shards / "train.tfrecord-00000-of-00001"
+    shard.write_bytes(length + struct.pack("<I", masked_crc32c(length)) + b"x" * 100)
+    res = run("inspect", shards, "--verify")
+    assert res.exit_code == 1
+    assert "train.tfrecord-00000-of-00001: record 0: record length 1099511627776 is more than" in res.output
+    length = struct.pack("<Q", 2 ** 29)             # allowed, but more than the file holds
+    shard.write_bytes(length + struct.pack("<I", masked_crc32c(length)) + b"x" * 100)
+    res = run("inspect", shards, "--verify")
+    assert res.exit_code == 1 and "train.tfrecord-00000-of-00001: record 0: truncated record" in res.output
