@@ -5,6 +5,7 @@ need it, so ``kpconv --help`` and ``kpconv ingest`` start fast.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -28,6 +29,16 @@ class _Failure(click.ClickException):
 
     def show(self, file=None):
         click.echo(f"kpconv: error: {self.format_message()}", err=True)
+
+
+class _FloatRange(click.FloatRange):
+    """click.FloatRange that refuses NaN (which passes every range comparison) and infinities."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return rv
 
 
 def info(ctx: click.Context, message: str) -> None:
@@ -207,7 +218,7 @@ def _parsed_beam_options(ctx, param, values):
               help="stretch: scale to the size exactly; pad: keep the aspect ratio and letterbox.")
 @click.option("--crop", type=click.Choice(["none", "bbox"]), default="none", show_default=True,
               help="bbox: cut each instance's box (enlarged by --crop-pad) out of the image.")
-@click.option("--crop-pad", type=click.FloatRange(min=0, max=10), default=0.2, show_default=True,
+@click.option("--crop-pad", type=_FloatRange(min=0, max=10), default=0.2, show_default=True,
               help="Growth of the box for --crop bbox, as a fraction of its width/height (half on each side).")
 @click.option("--split", callback=_parsed("parse_split"), metavar="NAME=FRAC,...",
               help="Assign splits by a hash (see --split-by) (default: the source's split if any, "
@@ -304,6 +315,8 @@ def _range(value, name, lo, hi):
         return None
     try:
         a, b = (float(v) for v in value.split(","))
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise ValueError(value)
     except ValueError:
         raise click.BadParameter(f"expected LO,HI (two numbers), got '{value}'", param_hint=name) from None
     if not (lo <= a <= b <= hi):
@@ -327,13 +340,13 @@ def _quiet_tf():
 @click.option("--backbone", type=click.Choice(["unet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
                                                "efficientnet_b0", "efficientnet_v2_b0"]),
               help="Default: unet (small, from scratch) with --weights none, mobilenet_v2 otherwise.")
-@click.option("--alpha", type=click.FloatRange(min=0.1, max=1.4), default=1.0, show_default=True,
+@click.option("--alpha", type=_FloatRange(min=0.1, max=1.4), default=1.0, show_default=True,
               help="Width multiplier of the backbone (MobileNet, unet).")
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH|RUN_DIR",
               help="Start from Keras's ImageNet weights, random weights (none), a backbone weights file, or "
                    "another kpconv run (its directory or model.keras: every matching layer is copied, the output "
                    "layer is new when the keypoints differ).")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+@click.option("--time-limit", type=_FloatRange(min=0, min_open=True), metavar="MINUTES",
               help="Train as many epochs as fit in MINUTES, the learning-rate schedule laid out over the budget; "
                    "the best model is kept.")
 @click.option("--epochs", type=click.IntRange(min=1),
@@ -342,13 +355,13 @@ def _quiet_tf():
 @click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Epochs after unfreezing the backbone (ImageNet or file weights only).")
 @click.option("--fine-tune-from", metavar="LAYER", help="Unfreeze the backbone from this layer on (default: all).")
-@click.option("--fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True),
+@click.option("--fine-tune-learning-rate", type=_FloatRange(min=0, min_open=True),
               help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8 (heatmap), 32 (spatial, dense).")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--learning-rate", type=_FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]), default="4", show_default=True,
               help="Heatmap head: input pixels per heatmap cell.")
-@click.option("--sigma", type=click.FloatRange(min=0.25, max=20), default=2.0, show_default=True,
+@click.option("--sigma", type=_FloatRange(min=0.25, max=20), default=2.0, show_default=True,
               help="Heatmap head: standard deviation of the Gaussian targets, in heatmap cells.")
 @click.option("--crop-size", type=click.IntRange(min=0),
               help="Heatmap head: train on random square crops of this size around the keypoints "
@@ -356,20 +369,20 @@ def _quiet_tf():
 @click.option("--loss", type=click.Choice(["mse", "weighted-mse", "mae", "huber"]), default="mse",
               show_default=True, help="Masked by visibility: unlabelled keypoints count for nothing.")
 @click.option("--keypoint-weights", metavar="W,W,...|NAME=W,...", help="Per-keypoint weights for weighted-mse.")
-@click.option("--huber-delta", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--huber-delta", type=_FloatRange(min=0, min_open=True), default=0.05, show_default=True,
               help="Huber threshold, in normalized image units.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip (swapping left/right pairs), rotation, scale, translation, colour.")
-@click.option("--augment-rotate", type=click.FloatRange(min=0, max=180), metavar="DEGREES",
+@click.option("--augment-rotate", type=_FloatRange(min=0, max=180), metavar="DEGREES",
               help="Random rotation up to +-DEGREES (default: 25 heatmap, 20 others).")
 @click.option("--augment-scale", callback=lambda c, p, v: _range(v, "--augment-scale", 0.1, 10), metavar="LO,HI",
               help="Random scale factor range (default: 0.8,1.2 heatmap; 0.85,1.15 others).")
-@click.option("--augment-flip", type=click.FloatRange(min=0, max=1), metavar="P",
+@click.option("--augment-flip", type=_FloatRange(min=0, max=1), metavar="P",
               help="Horizontal flip probability, left/right pairs swapped (default: 0.5 when the keypoints have "
                    "flip pairs, else 0).")
-@click.option("--augment-translate", type=click.FloatRange(min=0, max=1), metavar="FRACTION",
+@click.option("--augment-translate", type=_FloatRange(min=0, max=1), metavar="FRACTION",
               help="Random shift up to +-FRACTION of the size (default: 0 with crops, 0.08 otherwise).")
-@click.option("--augment-brightness", type=click.FloatRange(min=0, max=1), default=0.15, show_default=True,
+@click.option("--augment-brightness", type=_FloatRange(min=0, max=1), default=0.15, show_default=True,
               metavar="FRACTION", help="Random brightness offset up to +-FRACTION of 255.")
 @click.option("--augment-contrast", callback=lambda c, p, v: _range(v, "--augment-contrast", 0, 10),
               default="0.75,1.25", show_default=True, metavar="LO,HI", help="Random contrast factor range.")
@@ -405,12 +418,17 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
     kpconv train shards/ -o run/ --resume
     """
     _quiet_tf()
+    from .errors import TrainError
     from .pipeline import read_dataset_info
     from .train import TrainOptions, parse_keypoint_weights, train as run_train
 
     kw = None
     if keypoint_weights:
-        kw = parse_keypoint_weights(keypoint_weights, read_dataset_info(shard_dir).keypoint_names)
+        try:
+            kw = parse_keypoint_weights(keypoint_weights, read_dataset_info(shard_dir).keypoint_names)
+        except TrainError as e:     # a bad option value: exit 2
+            raise click.BadParameter(str(e).removeprefix("--keypoint-weights: "),
+                                     param_hint="--keypoint-weights") from None
     root = ctx.find_root().obj
     verbose = 0 if root.get("quiet") else (1 if sys.stdout.isatty() else 2)
     options = TrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, backbone=backbone,
@@ -439,7 +457,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write every figure as JSON ('-': stdout).")
-@click.option("--min-confidence", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
+@click.option("--min-confidence", type=_FloatRange(min=0, max=1), default=0.5, show_default=True,
               help="Also report the error of keypoints predicted with at least / less than this confidence "
                    "(models with a confidence: the heatmap head).")
 @click.pass_context
@@ -476,7 +494,7 @@ def _bbox(ctx, param, value):
         parts = [float(v) for v in value.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+    if len(parts) != 4 or not all(math.isfinite(v) for v in parts) or parts[2] <= 0 or parts[3] <= 0:
         raise click.BadParameter(f"expected x,y,w,h in pixels with w, h > 0, got '{value}'")
     return parts
 

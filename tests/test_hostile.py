@@ -260,3 +260,118 @@ def test_huge_tfrecord_length_header(shards):
     shard.write_bytes(length + struct.pack("<I", masked_crc32c(length)) + b"x" * 100)
     res = run("inspect", shards, "--verify")
     assert res.exit_code == 1 and "train.tfrecord-00000-of-00001: record 0: truncated record" in res.output
+
+
+@pytest.mark.parametrize("where,message", [
+    ("DIR", "is a directory: expected a file path"),
+    ("FILE/sub", "labels.csv is a file, not a directory"),
+    ("/dev/full", "/dev/full: cannot write: No space left on device"),
+])
+def test_output_path_problems_of_ingest(data, tmp_path, where, message):
+    (tmp_path / "DIR").mkdir()
+    out = {"DIR": str(tmp_path / "DIR"), "FILE/sub": str(data / "labels.csv" / "sub")}.get(where, where)
+    res = run("ingest", data / "labels.csv", "-o", out)
+    assert res.exit_code == 1 and f"kpconv: error: {out}" in res.output and message in res.output
+    assert os.listdir(tmp_path / "DIR") == [] and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_file_size_limit_and_read_only_folder(data, tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    out = tmp_path / "m.jsonl"
+    kpconv = [sys.executable, "-c", "from kpconv.cli import main; main()"]
+    res = subprocess.run([*kpconv, "ingest", str(data / "labels.csv"), "-o", str(out)], capture_output=True,
+                         text=True, preexec_fn=limited, timeout=60)
+    assert res.returncode == 1 and f"kpconv: error: {out}: cannot write: File too large" in res.stderr
+    assert "Traceback" not in res.stderr and sorted(os.listdir(tmp_path)) == ["data", "secret.png"]
+    if os.geteuid() != 0:           # (root writes into read-only folders)
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        res = run("ingest", data / "labels.csv", "-o", ro / "m.jsonl")
+        assert res.exit_code == 1 and f"{ro / 'm.jsonl'}: cannot write: Permission denied" in res.output
+
+
+def test_bad_option_values_exit_2(data, tmp_path, shards):
+    m = manifest(data, tmp_path)
+    for args, message in [(["--shard-size", "1e400"], "Invalid value for '--shard-size'"),
+                          (["--shard-size", "nan"], "Invalid value for '--shard-size'"),
+                          (["--crop-pad", "nan"], "Invalid value for '--crop-pad': expected a finite number")]:
+        res = run("shard", m, "-o", tmp_path / "new", *args)
+        assert res.exit_code == 2 and message in res.output
+    res = run("train", shards, "-o", tmp_path / "run", "--alpha", "nan")
+    assert res.exit_code == 2 and "Invalid value for '--alpha'" in res.output
+    res = run("train", shards, "-o", tmp_path / "run", "--augment-scale", "nan,1")
+    assert res.exit_code == 2 and "Invalid value for --augment-scale: expected LO,HI" in res.output
+    assert not (tmp_path / "new").exists() and not (tmp_path / "run").exists()
+
+
+def test_bad_record_values_in_the_manifest(data, tmp_path):
+    m = manifest(data, tmp_path)
+    lines = m.read_text().splitlines()
+    bad = json.loads(lines[1])
+    bad["bbox"] = [1e308, 0, 1e308, 1e308]
+    m.write_text("\n".join(lines + [json.dumps(bad)]) + "\n")
+    res = run("shard", m, "-o", tmp_path / "s", "--crop", "bbox")
+    assert res.exit_code == 1 and f"{m}:9: field 'bbox': expected [x, y, w, h], each from 0 to 1" in res.output
+    assert not (tmp_path / "s").exists()
+    bad = json.loads(lines[1])
+    bad["image"], bad["instance"] = "images/a\x00b.png", "7"
+    m.write_text("\n".join(lines + [json.dumps(bad)]) + "\n")
+    res = run("shard", m, "-o", tmp_path / "s", "--split", "train=1")
+    assert res.exit_code == 0
+    assert [(s["image"], s["message"]) for s in report(tmp_path / "s" / "skipped.jsonl")] == [
+        ("images/a\x00b.png", "image path holds a NUL byte")]
+
+
+@pytest.mark.parametrize("damage", ["[1]", "{}", "records", "directory"])
+def test_resume_with_damaged_state(shards, data, tmp_path, damage):
+    m = tmp_path / "m.jsonl"
+    good = (shards / "dataset_info.json").read_bytes()
+    state = shards / ".kpconv-shard" / "train.tfrecord-00000-of-00001.json"
+    if damage == "records":
+        s = json.loads(state.read_text())
+        s["records"] += 1
+        state.write_text(json.dumps(s))
+    elif damage == "directory":
+        (shards / "train.tfrecord-00000-of-00001").unlink()
+        (shards / "train.tfrecord-00000-of-00001").mkdir()
+    else:
+        state.write_text(damage)
+    res = run("shard", m, "-o", shards, "--image-size", "32", "--split", "train=0.5,test=0.5", "--resume")
+    if damage == "directory":
+        assert res.exit_code == 1
+        assert f"{shards / 'train.tfrecord-00000-of-00001'}: a directory is in the way" in res.output
+        return
+    assert res.exit_code == 0
+    assert (shards / "dataset_info.json").read_bytes() == good       # the damaged state's shard was rewritten
+
+
+def test_failed_shard_leaves_nothing_that_blocks_a_correct_run(data, tmp_path, shards):
+    m = manifest(data, tmp_path)
+    lines = m.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([lines[0]] + [line.replace("images/img", "images/missing") for line in lines[1:]]) + "\n")
+    out = tmp_path / "new"
+    res = run("shard", bad, "-o", out)
+    assert res.exit_code == 1 and "no record could be written" in res.output
+    assert not out.exists()                         # created by the failed run, removed
+    res = run("shard", bad, "-o", shards, "--overwrite")
+    assert res.exit_code == 1 and os.listdir(shards) == []
+    assert run("shard", m, "-o", shards).exit_code == 0
+    invalid = tmp_path / "invalid.jsonl"
+    invalid.write_text("not a manifest\n")
+    before = sorted(os.listdir(shards))
+    res = run("shard", invalid, "-o", shards, "--overwrite")
+    assert res.exit_code == 1 and f"{invalid}:1: invalid JSON" in res.output
+    assert sorted(os.listdir(shards)) == before     # validated before OUT_DIR was touched
+    (shards / ".kpconv-shard").mkdir(exist_ok=True)
+    for name in os.listdir(shards):
+        if name != ".kpconv-shard":
+            (shards / name).unlink()
+    assert run("shard", m, "-o", shards).exit_code == 0     # only the state directory left: not in the way

@@ -8,6 +8,7 @@ from ..images import ImageOptions
 
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 DEFAULT_SHARD_SIZE = 64_000_000  # "64MB"
+MAX_BYTES = 10 ** 15             # "1PB": any size above is a mistake
 SPLIT_BY = ("auto", "group", "image")
 
 
@@ -75,8 +76,8 @@ def parse_bytes(text: str) -> int:
         value = float(t[:i]) * _UNITS[t[i:]]
     except (ValueError, KeyError):
         value = 0
-    if not value >= 1:
-        raise ValueError(f"expected a size like 64MB, 500KB or 1GiB, got {text!r}")
+    if not 1 <= value <= MAX_BYTES:     # (also NaN and inf)
+        raise ValueError(f"expected a size like 64MB, 500KB or 1GiB (at most 1PB), got {text!r}")
     return int(value)
 
 
