@@ -111,6 +111,12 @@ class Predictor:
             yield from flush()
 
 
+def csv_cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text, never runs as a formula (CSV injection): a leading
+    ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a ``'`` in front (OWASP's advice)."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+
+
 def write(predictions: Sequence[Prediction], out, fmt: str, names: Sequence[str]) -> None:
     """Write predictions to a text stream as JSON Lines, CSV (one row per image, NAME_x/NAME_y
     columns) or COCO results (a JSON list)."""
@@ -121,9 +127,9 @@ def write(predictions: Sequence[Prediction], out, fmt: str, names: Sequence[str]
                                   **({"bbox": p.bbox} if p.bbox else {})}) + "\n")
     elif fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["image", "width", "height", *[f"{n}_{c}" for n in names for c in ("x", "y")]])
+        w.writerow(["image", "width", "height", *[csv_cell(f"{n}_{c}") for n in names for c in ("x", "y")]])
         for p in predictions:
-            w.writerow([p.image, p.width, p.height, *[f"{v:.3f}" for xy in p.keypoints for v in xy]])
+            w.writerow([csv_cell(p.image), p.width, p.height, *[f"{v:.3f}" for xy in p.keypoints for v in xy]])
     elif fmt == "coco":
         res = []
         for i, p in enumerate(predictions):

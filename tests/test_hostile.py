@@ -375,3 +375,19 @@ def test_failed_shard_leaves_nothing_that_blocks_a_correct_run(data, tmp_path, s
         if name != ".kpconv-shard":
             (shards / name).unlink()
     assert run("shard", m, "-o", shards).exit_code == 0     # only the state directory left: not in the way
+
+
+def test_csv_formula_injection_in_predict_output():
+    import csv
+    import io
+
+    from kpconv.predict import Prediction, write
+
+    out = io.StringIO()
+    preds = [Prediction("=SUM(1+2).jpg", 10, 20, [[-1.0, 2.0]], None), Prediction("@x.png", 1, 1, [[0, 0]], None),
+             Prediction("ok.png", 1, 1, [[0, 0]], None)]
+    write(preds, out, "csv", ["+nose"])
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0] == ["image", "width", "height", "'+nose_x", "'+nose_y"]
+    assert [r[0] for r in rows[1:]] == ["'=SUM(1+2).jpg", "'@x.png", "ok.png"]
+    assert rows[1][3] == "-1.000"                   # numbers stay numbers
