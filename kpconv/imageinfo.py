@@ -231,7 +231,10 @@ def _pool(workers: int):
 
         # forkserver/spawn: never fork a process that may hold threads (tqdm, TensorFlow).
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        from .workers import die_with_parent
+
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                                     initializer=die_with_parent, initargs=(os.getpid(),))
         atexit.register(pool.shutdown)
     return pool
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from conftest import FIXTURES
 from kpconv.cli import cli
+from test_shard_helpers import synth_manifest
 
 ROW = "0,4,6,13.5,34,10.5,12,14,8.5,7,8.5,17.5,6,4,6,12,40"
 
@@ -391,3 +392,126 @@ def test_csv_formula_injection_in_predict_output():
     assert rows[0] == ["image", "width", "height", "'+nose_x", "'+nose_y"]
     assert [r[0] for r in rows[1:]] == ["'=SUM(1+2).jpg", "'@x.png", "ok.png"]
     assert rows[1][3] == "-1.000"                   # numbers stay numbers
+
+
+# ------------------------------------------------------------------------------- 3. processes and files
+KPCONV = [__import__("sys").executable, "-c", "from kpconv.cli import main; main()"]   # (PYTHONPATH: this tree)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+
+    return synth_manifest(tmp_path_factory.mktemp("synth"), n_images=40, size=(320, 240), instances=2)
+
+
+def _children(pid: int):
+    """Pids of the processes whose parent is ``pid``, and of theirs (a fork server's workers)."""
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                kids = []
+            for c in kids:
+                if c not in out:
+                    out.add(c)
+                    todo.append(c)
+    return out
+
+
+def _alive(pids):
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _kill_main_when_workers_run(args, n=2, env=None):
+    import signal
+    import subprocess
+    import time
+
+    p = subprocess.Popen([*KPCONV, "-q", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=env)
+    deadline = time.monotonic() + 30
+    kids = set()
+    while time.monotonic() < deadline and p.poll() is None:
+        kids = _children(p.pid)
+        if len(kids) >= n:
+            break
+        time.sleep(0.005)
+    assert len(kids) >= n, "the workers did not start"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 10
+    while _alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_shard_workers_die_with_their_parent(synth, tmp_path):
+    kids = _kill_main_when_workers_run(["shard", synth, "-o", tmp_path / "out", "--image-size", "128",
+                                        "--num-shards", "16", "--workers", "2"])
+    assert not _alive(kids)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_ingest_workers_die_with_their_parent(tmp_path):
+    from synth import make_coco     # (benchmarks/, on the path through test_shard_helpers)
+
+    ann = make_coco(tmp_path / "data", 600, size=(64, 48), instances_per_image=1, seed=0, ext="png")
+    kids = _kill_main_when_workers_run(["ingest", ann, "-f", "coco", "--images", tmp_path / "data" / "images",
+                                        "--workers", "2", "-o", tmp_path / "m.jsonl"], n=3)
+    assert not _alive(kids)
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_killed_ingest_leaves_no_temporary_file(data, tmp_path):
+    import subprocess
+
+    out = tmp_path / "out.jsonl"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".out.jsonl.{dead.pid}.abcd1234.tmp"          # left by a killed run
+    live = tmp_path / f".out.jsonl.{os.getpid()}.abcd1234.tmp"         # a run still writing
+    stale.write_text("x" * 1000)
+    live.write_text("x")
+    assert run("ingest", data / "labels.csv", "-o", out).exit_code == 0
+    assert not stale.exists() and live.exists() and out.exists()
+
+
+def test_worker_died_message_names_the_right_shard(synth, tmp_path):
+    import re
+    import subprocess
+
+    out = tmp_path / "out"
+    env = dict(os.environ, KPCONV_TEST_KILL_AFTER_RECORDS="7")
+    p = subprocess.run([*KPCONV, "-q", "shard", str(synth), "-o", str(out), "--image-size", "48", "--num-shards", "4",
+                        "--workers", "2", "--split", "train=1"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    named = set(re.search(r"died while writing (.*?) \(", p.stderr).group(1).split(", "))
+    assert "killed by SIGKILL" in p.stderr
+    being_written = {n.split(".tmp-")[0][1:] for n in os.listdir(out) if ".tmp-" in n}
+    assert named and named <= being_written
+    assert not named & {n for n in os.listdir(out) if not n.startswith(".")}      # none of them is complete
+
+
+def test_skipped_jsonl_is_byte_identical_across_runs(data, tmp_path):
+    m = manifest(data, tmp_path, "images/missing.png")
+    (data / "images" / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 100)
+    m = manifest(data, tmp_path, "images/missing.png", "images/junk.png")
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"s{i}"
+        assert run("shard", m, "-o", out, "--image-size", "32", "--split", "train=1", "--workers", str(i + 1)).exit_code == 0
+        outs.append((out / "skipped.jsonl").read_bytes())
+    assert outs[0] == outs[1] and b" at 0x" not in outs[0]
+    assert [s["reason"] for s in report(tmp_path / "s0" / "skipped.jsonl")] == ["missing_image", "unreadable_image"]
