@@ -46,6 +46,7 @@ BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 EXIF_ORIENTATION = 0x0112
 
 SKIP_REASONS = REASONS    # reason -> meaning (skipped.jsonl and the docs): the image probe's
+UNIDENTIFIED = "cannot read image: not an image file Pillow can identify"   # (the probe's words)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class SourceImage:
     that reads ``gs://``, ``s3://``... and raises FileNotFoundError for a missing file)."""
 
     def __init__(self, path: str, max_pixels: Optional[int] = None, opener=None, data: Optional[bytes] = None):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         self.path = path
         loc = Location(path)
@@ -191,7 +192,9 @@ class SourceImage:
                 self.im = Image.open(io.BytesIO(self.data))
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise BadImage("decompression_bomb", str(e), loc) from None
-            except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+            except UnidentifiedImageError:  # (its text names a BytesIO by its address: not reproducible)
+                raise BadImage("unreadable_image", UNIDENTIFIED, loc) from None
+            except (OSError, SyntaxError, ValueError) as e:
                 raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
         w, h = self.im.size
         if limit and w * h > limit:
@@ -301,11 +304,13 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
 
 def decode(data: bytes):
     """Decode stored image bytes fully (RGB). Raises BadImage."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         im = Image.open(io.BytesIO(data))
         im.load()
+    except UnidentifiedImageError:
+        raise BadImage("unreadable_image", UNIDENTIFIED) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage("unreadable_image", f"cannot decode image: {e}") from None
     return im

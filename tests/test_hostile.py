@@ -505,13 +505,15 @@ def test_worker_died_message_names_the_right_shard(synth, tmp_path):
 
 
 def test_skipped_jsonl_is_byte_identical_across_runs(data, tmp_path):
-    m = manifest(data, tmp_path, "images/missing.png")
     (data / "images" / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 100)
-    m = manifest(data, tmp_path, "images/missing.png", "images/junk.png")
+    (data / "images" / "text.png").write_text("not an image at all")
+    m = manifest(data, tmp_path, "images/missing.png", "images/junk.png", "images/text.png")
     outs = []
     for i in range(2):
         out = tmp_path / f"s{i}"
         assert run("shard", m, "-o", out, "--image-size", "32", "--split", "train=1", "--workers", str(i + 1)).exit_code == 0
         outs.append((out / "skipped.jsonl").read_bytes())
     assert outs[0] == outs[1] and b" at 0x" not in outs[0]
-    assert [s["reason"] for s in report(tmp_path / "s0" / "skipped.jsonl")] == ["missing_image", "unreadable_image"]
+    skipped = report(tmp_path / "s0" / "skipped.jsonl")
+    assert sorted(s["reason"] for s in skipped) == ["missing_image", "unreadable_image", "unreadable_image"]
+    assert "cannot read image: not an image file Pillow can identify" in [s["message"] for s in skipped]
