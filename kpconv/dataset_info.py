@@ -208,9 +208,58 @@ def _check_consistent(raw: dict, path: str) -> None:
         fail("records", f"{raw['records']} record(s), but the splits hold {total}")
 
 
-def read_dataset_info(shard_dir: Union[str, Path]) -> DatasetInfo:
-    """The dataset info of a shard directory for training and evaluation (one image size required)."""
-    return DatasetInfo.read(shard_dir).require_image_size()
+def read_dataset_info(shard_dir: Union[str, Path], verify: bool = True) -> DatasetInfo:
+    """The dataset info of a shard directory for training and evaluation (one image size required), with
+    every shard verified (:func:`verify_shards`) unless ``verify`` is False."""
+    info = DatasetInfo.read(shard_dir).require_image_size()
+    if verify:
+        verify_shards(info)
+    return info
+
+
+_VERIFIED: Dict[Tuple[str, int, int, str], bool] = {}     # (path, size, mtime_ns, sha256 expected): checked
+
+
+def verify_shards(info: DatasetInfo) -> None:
+    """Check every shard file of ``info`` before TensorFlow reads it: its size and sha256 against
+    ``dataset_info.json`` (or, for a file written without them, its TFRecord CRCs), so that a damaged or
+    truncated shard is named instead of failing deep inside TensorFlow (``DataLossError``). Raises
+    DatasetInfoError located at the shard file. A file is hashed once per process (keyed by its size and
+    modification time)."""
+    import os
+
+    for split, entry in info.shards():
+        path = info.path.parent / entry["file"]
+        loc = Location(str(path))
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise DatasetInfoError(f"shard file listed in {INFO_FILE} cannot be read: {e.strerror}", loc) from None
+        key = (str(path), st.st_size, st.st_mtime_ns, entry.get("sha256") or "")
+        if key in _VERIFIED:
+            continue
+        if "bytes" in entry and st.st_size != entry["bytes"]:
+            raise DatasetInfoError(f"shard is {st.st_size} bytes, {INFO_FILE} says {entry['bytes']} (truncated or "
+                                   "changed since 'kpconv shard' wrote it; 'kpconv inspect --verify' tells more)", loc)
+        try:
+            if entry.get("sha256"):
+                if sha256_file(path) != entry["sha256"]:
+                    raise DatasetInfoError(f"shard's sha256 differs from {INFO_FILE} (damaged or changed since "
+                                           "'kpconv shard' wrote it; 'kpconv inspect --verify' tells more)", loc)
+            else:
+                from .errors import VerifyError
+                from .tfrecord import read_records
+
+                try:
+                    count = sum(1 for _ in read_records(str(path), info.compression_name))
+                except VerifyError as e:
+                    raise DatasetInfoError(f"shard is damaged: {e.message}", Location(str(path), record=e.location.record)
+                                           ) from None
+                if count != entry["records"]:
+                    raise DatasetInfoError(f"shard holds {count} record(s), {INFO_FILE} says {entry['records']}", loc)
+        except OSError as e:
+            raise DatasetInfoError(f"cannot read shard: {e.strerror}", loc) from None
+        _VERIFIED[key] = True
 
 
 def sha256_stream(f: IO[bytes]) -> Tuple[str, int]:

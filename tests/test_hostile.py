@@ -517,3 +517,52 @@ def test_skipped_jsonl_is_byte_identical_across_runs(data, tmp_path):
     skipped = report(tmp_path / "s0" / "skipped.jsonl")
     assert sorted(s["reason"] for s in skipped) == ["missing_image", "unreadable_image", "unreadable_image"]
     assert "cannot read image: not an image file Pillow can identify" in [s["message"] for s in skipped]
+
+
+# --------------------------------------------------------------------- 4. train / eval on a damaged shard
+def _damage(shard: Path, how: str) -> None:
+    data = bytearray(shard.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[len(data) // 2:]
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_damaged_shard_is_named_before_training_reads_it(shards, how):
+    from kpconv.dataset_info import read_dataset_info
+    from kpconv.errors import DatasetInfoError
+
+    shard = shards / "test.tfrecord-00000-of-00001"
+    read_dataset_info(shards)                       # verified (and remembered) while intact
+    _damage(shard, how)
+    with pytest.raises(DatasetInfoError) as e:
+        read_dataset_info(shards)                   # what train, eval and pipeline.load read first
+    assert e.value.location.file == str(shard)
+    assert ("sha256 differs" if how == "flip" else "truncated or changed") in str(e.value)
+
+
+def test_damaged_shard_without_sha256_is_caught_by_its_crcs(shards):
+    from kpconv.dataset_info import DatasetInfo, read_dataset_info
+    from kpconv.errors import DatasetInfoError
+
+    info = DatasetInfo.read(shards)
+    for _, entry in info.shards():
+        entry.pop("sha256")
+        entry.pop("bytes")
+    (shards / "dataset_info.json").write_bytes(info.to_bytes())
+    _damage(shards / "train.tfrecord-00000-of-00001", "flip")
+    with pytest.raises(DatasetInfoError, match=r"train.tfrecord-00000-of-00001: record \d+: shard is damaged: "
+                                               r"data CRC mismatch"):
+        read_dataset_info(shards)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_train_on_a_damaged_shard(shards, tmp_path, how):
+    _damage(shards / "train.tfrecord-00000-of-00001", how)
+    res = run("train", shards, "-o", tmp_path / "run", "--weights", "none", "--epochs", "1")
+    assert res.exit_code == 1
+    assert f"kpconv: error: {shards / 'train.tfrecord-00000-of-00001'}: shard" in res.output
+    assert not (tmp_path / "run").exists()          # nothing in the way of the next run with the same -o
