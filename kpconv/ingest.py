@@ -124,7 +124,8 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
     meta = result.meta
     names = list(options.keypoints) if options.keypoints else list(meta.keypoints)
     if not names:
-        raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints")
+        raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints",
+                              Location(", ".join(str(f) for f in result.source_files) or None))
     if options.skeleton:
         try:
             skeleton = pairs_to_indices(options.skeleton, names)

@@ -566,3 +566,133 @@ def test_train_on_a_damaged_shard(shards, tmp_path, how):
     assert res.exit_code == 1
     assert f"kpconv: error: {shards / 'train.tfrecord-00000-of-00001'}: shard" in res.output
     assert not (tmp_path / "run").exists()          # nothing in the way of the next run with the same -o
+
+
+# ----------------------------------------------------------------------- 5. property test, kill loop
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from kpconv.errors import KpconvError, LocatedError  # noqa: E402
+
+READERS = [   # (format, fixture folder, the annotation file mutated, what ingest is given)
+    ("coco", "coco", "annotations.json", "annotations.json"),
+    ("labelme", "labelme", "img001.json", "."),
+    ("kpconv-json", "kpconv-json", "annotations.json", "annotations.json"),
+    ("kpconv-json", "kpconv-json", "annotations.jsonl", "annotations.jsonl"),
+    ("label-studio", "label-studio", "project-3-at-2024-05-02-10-02-1a2b3c4d.json",
+     "project-3-at-2024-05-02-10-02-1a2b3c4d.json"),
+    ("cvat", "cvat", "annotations.xml", "annotations.xml"),
+    ("dlib", "dlib", "training_with_keypoints.xml", "training_with_keypoints.xml"),
+    ("yolo", "yolo", "data.yaml", "."),
+    ("yolo", "yolo", "labels/train/img001.txt", "."),
+    ("csv", "csv", "labels.csv", "labels.csv"),
+    ("dlc", "dlc", "labeled-data/video1/CollectedData_alice.csv", "."),
+]
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+_JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+                            max_leaves=6)
+
+
+@st.composite
+def _mutated(draw, original: bytes):
+    """``original`` with a few byte edits (change, insert, delete, duplicate a slice, cut the end) or, for
+    JSON, one value anywhere replaced by another JSON value."""
+    if original.lstrip()[:1] in (b"{", b"[") and draw(st.booleans()):
+        try:
+            doc = json.loads(original)
+        except ValueError:
+            doc = None
+        if doc is not None:
+            node, key = doc, None
+            for _ in range(draw(st.integers(0, 6))):
+                children = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) \
+                    if isinstance(node, list) else []
+                if not children:
+                    break
+                k, child = children[draw(st.integers(0, len(children) - 1))]
+                if not isinstance(child, (dict, list)):
+                    key = k
+                    break
+                node, key = child, None
+            if key is not None:
+                node[key] = draw(_JSON_VALUES)
+                return json.dumps(doc, allow_nan=True).encode()
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["set", "insert", "delete", "dup", "cut"]))
+        i = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "set" and data:
+            data[i] = draw(st.sampled_from(b'{}[]",:0-9.eE \n\x00\xff<>/=\'' + bytes([draw(st.integers(0, 255))])))
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete":
+            del data[i:i + draw(st.integers(1, 16))]
+        elif op == "dup":
+            data[i:i] = data[i:i + draw(st.integers(1, 64))]
+        elif op == "cut":
+            del data[i:]
+    return bytes(data)
+
+
+def _located_or_fine(call):
+    """Run ``call``: a result, or a KpconvError (located when it is a LocatedError); anything else fails."""
+    try:
+        return call()
+    except KpconvError as e:
+        if isinstance(e, LocatedError):
+            assert e.location.file is not None, f"not located: {e}"
+        assert str(e)
+        return e
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,folder,name,given_", READERS, ids=[f"{r[0]}:{r[2]}" for r in READERS])
+def test_every_reader_gives_a_located_error_or_records(tmp_path_factory, fmt, folder, name, given_):
+    from kpconv.formats.base import IngestOptions
+    from kpconv.ingest import ingest
+
+    work = tmp_path_factory.mktemp(folder)
+    shutil.copytree(FIXTURES / folder, work / folder)
+    path = work / folder / name
+    original = path.read_bytes()
+
+    @PROPERTY
+    @given(_mutated(original))
+    def check(data):
+        path.write_bytes(data)
+        out = work / "m.jsonl"
+        _located_or_fine(lambda: ingest([str(work / folder / given_)], output=str(out), fmt=fmt,
+                                        options=IngestOptions()))
+
+    check()
+
+
+@pytest.mark.slow
+def test_manifest_and_dataset_info_readers_give_a_located_error_or_values(data, tmp_path, shards):
+    from kpconv.dataset_info import DatasetInfo
+    from kpconv.inspect import inspect
+    from kpconv.manifest import read_manifest
+
+    m = manifest(data, tmp_path)
+    original = m.read_bytes()
+    info_path = shards / "dataset_info.json"
+    info = info_path.read_bytes()
+
+    @PROPERTY
+    @given(_mutated(original))
+    def manifests(text):
+        m.write_bytes(text)
+        _located_or_fine(lambda: read_manifest(str(m)))
+
+    @PROPERTY
+    @given(_mutated(info))
+    def infos(text):
+        info_path.write_bytes(text)
+        result = _located_or_fine(lambda: DatasetInfo.read(shards))
+        if isinstance(result, DatasetInfo):
+            _located_or_fine(lambda: inspect(shards))
+
+    manifests()
+    infos()

@@ -114,7 +114,8 @@ def _describe(cat: dict) -> str:
 
 
 def _named(c) -> bool:
-    return isinstance(c, dict) and isinstance(c.get("keypoints"), list) and bool(c["keypoints"])
+    return isinstance(c, dict) and isinstance(c.get("keypoints"), list) and bool(c["keypoints"]) \
+        and all(isinstance(n, str) for n in c["keypoints"])     # (names: anything else is not a name list)
 
 
 def _choose_categories(path: Path, doc: dict, wanted: Optional[str]) -> List[dict]:

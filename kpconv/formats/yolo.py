@@ -260,7 +260,7 @@ def _list_images(split_path: Path, root: Path) -> Iterator[Tuple[Path, Optional[
         for p in sorted(found):
             yield p, None
         return
-    with open(split_path, "r", encoding="utf-8-sig") as f:
+    with open(split_path, "r", encoding="utf-8-sig", errors="replace") as f:   # (bad bytes: a missing image)
         for lineno, line in enumerate(f, start=1):
             t = line.strip()
             if not t:
@@ -303,11 +303,13 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                 continue
             seen[full] = split
             lp = label_path(img)
-            try:
-                f = open(lp, "r", encoding="utf-8-sig")
+            lname = _shown(lp, base, root)
+            try:   # (bytes that are not UTF-8 become U+FFFD: a located "expected numbers" problem)
+                f = open(lp, "r", encoding="utf-8-sig", errors="replace")
             except FileNotFoundError:
                 continue  # an image without labels: no instances
-            lname = _shown(lp, base, root)
+            except OSError as e:
+                raise AnnotationError(f"cannot read label file: {e.strerror}", Location(lname)) from None
             with f:
                 for lineno, line in enumerate(f, start=1):
                     cells = line.split()
@@ -325,7 +327,7 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                         report.add("wrong_type", f"expected numbers, got {bad!r}", loc)
                         continue
                     cls = vals[0]
-                    if cls != int(cls) or cls < 0:
+                    if not math.isfinite(cls) or cls != int(cls) or cls < 0:
                         report.add("wrong_type", f"expected a class id (integer >= 0), got {cells[0]!r}",
                                    loc.with_field("class"))
                         continue
