@@ -696,3 +696,62 @@ def test_manifest_and_dataset_info_readers_give_a_located_error_or_values(data, 
 
     manifests()
     infos()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_twenty_random_kills_then_resume_give_the_clean_bytes(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import time
+
+    synth = synth_manifest(tmp_path, n_images=100, size=(640, 480), instances=2)
+    args = ["shard", synth, "--image-size", "256", "--num-shards", "12", "--split", "train=0.7,test=0.3",
+            "--workers", "2"]
+    clean = tmp_path / "clean"
+    assert run(*args[:1], args[1], "-o", clean, *args[2:]).exit_code == 0
+    rng = random.Random(0)
+    seen, kills, rounds, attempt = set(), 0, 0, 0
+    while kills < 20:           # rounds: a fresh OUT_DIR, killed and resumed until a run finishes
+        rounds += 1
+        out = tmp_path / f"out{rounds}"
+        while True:
+            attempt += 1
+            assert attempt < 200, "the runs never finish"
+            p = subprocess.Popen([*KPCONV, "-q", *map(str, args), "-o", str(out), "--resume"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + rng.uniform(0.2, 0.6)
+            kids = set()
+            while time.monotonic() < deadline and p.poll() is None:
+                kids |= _children(p.pid)
+                time.sleep(0.01)
+            seen |= kids
+            if p.poll() is None and kills < 20:
+                workers = sorted(_alive(kids))
+                victim = p.pid if not workers or rng.random() < 0.5 else rng.choice(workers)
+                os.kill(victim, signal.SIGKILL)
+                kills += 1
+            try:
+                _, err = p.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                pytest.fail(f"attempt {attempt}: the run did not end after a worker was killed")
+            assert "Traceback" not in err, err
+            end = time.monotonic() + 10
+            while _alive(kids) and time.monotonic() < end:
+                time.sleep(0.02)
+            assert not _alive(kids), f"attempt {attempt}: processes left behind"
+            if p.returncode == 0:
+                break
+            assert p.returncode == 1 and "worker process died" in err or p.returncode == -signal.SIGKILL, err
+            assert not (out / "dataset_info.json").exists()         # nothing looks finished
+        assert shard_bytes_of(out) == shard_bytes_of(clean)
+        assert not [n for n in os.listdir(out) if ".tmp" in n]
+    assert not _alive(seen)
+
+
+def shard_bytes_of(out: Path) -> dict:
+    from test_shard_helpers import shard_bytes as digests
+
+    return digests(out)
