@@ -755,3 +755,14 @@ def shard_bytes_of(out: Path) -> dict:
     from test_shard_helpers import shard_bytes as digests
 
     return digests(out)
+
+
+def test_xml_entity_expansion_is_refused(tmp_path):
+    entities = ['<!ENTITY lol0 "lol">'] + [
+        f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">' for i in range(1, 10)]
+    xml = tmp_path / "annotations.xml"
+    xml.write_text('<?xml version="1.0"?>\n<!DOCTYPE lolz [\n' + "\n".join(entities) + "\n]>\n"
+                   "<annotations><meta>&lol9;</meta></annotations>\n")
+    res = run("ingest", xml, "-f", "cvat", "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 1 and f"{xml}:14: invalid XML: limit on input amplification factor" in res.output
+    assert not (tmp_path / "m.jsonl").exists()
