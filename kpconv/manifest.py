@@ -327,6 +327,8 @@ def _atomic_output(path: str, mode: str):
 
 def _remove_stale_temporaries(target: Path) -> None:
     """Remove ``.<name>.<pid>.<random>.tmp`` files of ``target`` whose process no longer runs."""
+    from .workers import process_alive
+
     prefix = f".{target.name}."
     try:
         names = [n for n in os.listdir(target.parent) if n.startswith(prefix) and n.endswith(".tmp")]
@@ -334,22 +336,12 @@ def _remove_stale_temporaries(target: Path) -> None:
         return
     for name in names:
         pid = name[len(prefix):].split(".", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or process_alive(int(pid)):
             continue
         try:
             os.unlink(target.parent / name)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:         # (PermissionError: another user's process)
-        return True
-    return True
 
 
 def _umask() -> int:

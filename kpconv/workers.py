@@ -25,7 +25,7 @@ _PR_SET_PDEATHSIG = 1
 def die_with_parent(owner_pid: int) -> None:
     """Make this worker process die when ``owner_pid`` (the process that created its pool) does."""
     armed = _set_pdeathsig()
-    if not _alive(owner_pid):
+    if not process_alive(owner_pid):
         os._exit(1)                 # the owner died before the worker was set up
     if armed and os.getppid() == owner_pid:
         return
@@ -54,12 +54,13 @@ def _watch(pid: int) -> None:
     if fd is not None:
         select.select([fd], [], [])         # readable once the process has ended
         os._exit(1)
-    while _alive(pid):
+    while process_alive(pid):
         time.sleep(0.5)
     os._exit(1)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
