@@ -766,3 +766,23 @@ def test_xml_entity_expansion_is_refused(tmp_path):
     res = run("ingest", xml, "-f", "cvat", "-o", tmp_path / "m.jsonl")
     assert res.exit_code == 1 and f"{xml}:14: invalid XML: limit on input amplification factor" in res.output
     assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shard_file_size_limit(data, tmp_path, workers):
+    import resource
+    import subprocess
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    m = manifest(data, tmp_path)
+    out = tmp_path / "out"
+    res = subprocess.run([*KPCONV, "-q", "shard", str(m), "-o", str(out), "--image-size", "64", "--num-shards", "2",
+                          "--split", "train=1", "--workers", str(workers)], capture_output=True, text=True,
+                         preexec_fn=limited, timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"kpconv: error: {out}: " in res.stderr and "File too large" in res.stderr
+    assert [n for n in os.listdir(out) if not n.startswith(".")] == []         # nothing under a final name
+    assert not [n for n in os.listdir(out) if ".tmp" in n]
+    assert run("shard", m, "-o", out, "--image-size", "64", "--split", "train=1").exit_code == 0   # not blocked

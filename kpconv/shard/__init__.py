@@ -101,7 +101,8 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
             outdir.discard(out, plan, created, files)
             raise
     except OSError as e:    # OUT_DIR read-only, a full disk, a file-size limit, a directory at a shard's name...
-        raise ShardError(f"cannot write the shards: {os_error_text(e)}") from None
+        raise ShardError(f"{'' if e.filename is not None else out + ': '}cannot write the shards: "
+                         f"{os_error_text(e)}") from None
     finally:
         if spool:
             os.unlink(spool)

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Dict, Protocol, Sequence
 
-from ..errors import ManifestError, ShardError
+from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
 from .outdir import commit_shard
 from .plan import ShardTask
@@ -108,8 +108,10 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
                     raise ShardError(_died(processes, job)) from None
                 except ShardError:
                     raise
-                except (ManifestError, OSError) as e:
+                except ManifestError as e:
                     raise ShardError(f"writing {task.name} failed: {e}") from None
+                except OSError as e:
+                    raise ShardError(f"{job.out_dir}: writing {task.name} failed: {os_error_text(e)}") from None
                 if bar is not None:
                     bar.update(1)
         return states
