@@ -31,6 +31,9 @@ class _Failure(click.ClickException):
         click.echo(f"kpconv: error: {self.format_message()}", err=True)
 
 
+MAX_WORKERS = 512     # --workers above this is a typo, not a machine
+
+
 class _FloatRange(click.FloatRange):
     """click.FloatRange that refuses NaN (which passes every range comparison) and infinities."""
 
@@ -136,7 +139,7 @@ def _format_choices():
                    "(for CSV, Labelme, YOLO, ... that state none).")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
-@click.option("--workers", type=click.IntRange(min=0), default=0,
+@click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
               help="Processes reading image headers (0 or 1: read them in this process).")
 @click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
@@ -230,7 +233,7 @@ def _parsed_beam_options(ctx, param, values):
               help="Aimed bytes per shard, e.g. 500KB, 1GiB. Default: 64MB, and at least 8 shards for "
                    "splits of 800 records or more.")
 @click.option("--num-shards", type=click.IntRange(min=1), help="Shards per split (instead of --shard-size).")
-@click.option("--workers", type=click.IntRange(min=0), default=0,
+@click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
               help="Writer processes (0: number of CPUs). Does not change the output.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Salt of the split and order hashes.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,

@@ -22,6 +22,7 @@ from .records import SPEC_VERSION
 
 INFO_FILE = "dataset_info.json"
 SCHEMA_FILE = "dataset-info.schema.json"
+MAX_INFO_BYTES = 64 << 20     # (a dataset of a million shards writes less)
 
 
 @dataclass
@@ -51,6 +52,9 @@ class DatasetInfo:
         if not path.is_file():
             raise DatasetInfoError(f"not found (is {shard_dir} a folder written by a finished 'kpconv shard'?)",
                                    Location(str(path)))
+        if path.stat().st_size > MAX_INFO_BYTES:
+            raise DatasetInfoError(f"{path.stat().st_size} bytes: more than any dataset_info.json kpconv writes "
+                                   f"({MAX_INFO_BYTES})", Location(str(path)))
         try:
             raw = jsonparse.loads(path.read_bytes())
         except (OSError, UnicodeDecodeError) as e:

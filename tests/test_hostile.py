@@ -302,7 +302,9 @@ def test_bad_option_values_exit_2(data, tmp_path, shards):
     m = manifest(data, tmp_path)
     for args, message in [(["--shard-size", "1e400"], "Invalid value for '--shard-size'"),
                           (["--shard-size", "nan"], "Invalid value for '--shard-size'"),
-                          (["--crop-pad", "nan"], "Invalid value for '--crop-pad': expected a finite number")]:
+                          (["--crop-pad", "nan"], "Invalid value for '--crop-pad': expected a finite number"),
+                          (["--workers", "100000"], "Invalid value for '--workers'"),
+                          (["--image-size", "65535"], "more than 67108864")]:
         res = run("shard", m, "-o", tmp_path / "new", *args)
         assert res.exit_code == 2 and message in res.output
     res = run("train", shards, "-o", tmp_path / "run", "--alpha", "nan")

@@ -9,6 +9,7 @@ from ..images import ImageOptions
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 DEFAULT_SHARD_SIZE = 64_000_000  # "64MB"
 MAX_BYTES = 10 ** 15             # "1PB": any size above is a mistake
+MAX_PIXELS = 1 << 26             # stored image size: 8192x8192 (192 MiB of RGB per image in memory)
 SPLIT_BY = ("auto", "group", "image")
 
 
@@ -39,6 +40,8 @@ def parse_image_size(text: str) -> Optional[Tuple[int, int]]:
         values = []
     if len(values) not in (1, 2) or not all(0 < v <= 65535 for v in values):
         raise ValueError(f"expected a size like 224 or 320x240 (width x height) or 'none', got {text!r}")
+    if values[0] * values[-1] > MAX_PIXELS:
+        raise ValueError(f"{text!r} is {values[0] * values[-1]} pixels per image, more than {MAX_PIXELS}")
     return (values[0], values[-1])
 
 

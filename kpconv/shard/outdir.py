@@ -82,8 +82,11 @@ def remove_temporaries(out: str, files: LocalFiles) -> None:
 
 def kept_state(out: str, task: ShardTask, files: LocalFiles) -> Optional[dict]:
     """The state of a complete, correct shard from an earlier run (``--resume``), else None."""
+    path = files.join(out, STATE_DIR, f"{task.name}.json")
+    if not files.is_remote(path) and not os.path.isfile(path):
+        return None         # (missing, or a FIFO or device that a read would block on)
     try:
-        state = jsonparse.loads(files.read_text(files.join(out, STATE_DIR, f"{task.name}.json")))
+        state = jsonparse.loads(files.read_text(path))
     except (OSError, ValueError):
         return None
     # a damaged or edited state (not an object, a key missing, a count changed) is not trusted: its
