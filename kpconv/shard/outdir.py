@@ -55,7 +55,8 @@ def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> N
 
 def _leftover(name: str) -> bool:
     """What a run that stopped before writing any shard leaves: the state directory, temporary files."""
-    return name == STATE_DIR or (name.startswith(".") and ".tmp" in name)
+    return name == STATE_DIR or (name.startswith(".") and name.endswith(".tmp") or ".tmp-" in name) and (
+        ".tfrecord-" in name or name.startswith((f".{SKIPPED_FILE}.", f".{INFO_FILE}.")))
 
 
 def discard(out: str, plan: Plan, created: bool, files: LocalFiles) -> None:
