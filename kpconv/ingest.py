@@ -124,7 +124,8 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
     meta = result.meta
     names = list(options.keypoints) if options.keypoints else list(meta.keypoints)
     if not names:
-        raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints")
+        raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints",
+                              Location(", ".join(str(f) for f in result.source_files) or None))
     if options.skeleton:
         try:
             skeleton = pairs_to_indices(options.skeleton, names)
@@ -188,7 +189,8 @@ class _Finalizer:
             resolved = [self._resolve(raw) for raw in chunk]
             todo = {p[1] for p in resolved if p is not None and p[1] not in self.sizes}
             if todo:
-                self.sizes.update(read_sizes(sorted(todo), self.options.workers))
+                self.sizes.update(read_sizes(sorted(todo), self.options.workers,
+                                             None if self.options.allow_outside_root else self.root_str))
             rows, kps, boxes = self._dense(chunk, resolved) if self.dense_names == self.names else (None, None, None)
             out = []                # per record: image, width, height, instance, group, split, source, category
             take, exact = [], []    # per record: its row in kps/boxes, or -1 and its Record in exact
@@ -265,7 +267,7 @@ class _Finalizer:
             consts = self._image(full, raw.normalized)
         loc = raw.location
         if isinstance(consts, ImageError):
-            reason = "missing_image" if consts.reason == "missing_image" else "unreadable_image"
+            reason = consts.reason if consts.reason in ("missing_image", "path_outside_root") else "unreadable_image"
             self.report.add(reason, f"image {raw.image!r}: {consts.message}", loc.with_field("image"))
             return None
         w, h, sx, sy, tol_x, tol_y = consts

@@ -3,7 +3,12 @@
 orjson refuses what Python's json accepts (NaN and Infinity literals, which kpconv reports as
 bad_coordinate problems, a byte order mark, lone surrogates, UTF-16) and turns integers beyond 64 bits
 into floats: on any orjson error, and for input with 19 or more digits in a row, json parses it, so
-results and error messages are always json's. Used for COCO files and manifest lines.
+results and error messages are always json's. Used by every JSON reader (annotation files, manifest
+lines, ``dataset_info.json``, shard state files).
+
+Nesting is limited to :data:`MAX_DEPTH` levels (no annotation format needs more than ten): deeper input
+raises :class:`TooDeep`, a ``json.JSONDecodeError``, instead of a ``RecursionError`` here or in any code
+that walks the result (schema validation, printing).
 """
 from __future__ import annotations
 
@@ -18,6 +23,16 @@ except ImportError:  # pragma: no cover - orjson is a dependency; json alone giv
 
 _DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))   # digit -> "0", anything else -> " "
 _LONG = b"0" * 19
+MAX_DEPTH = 64
+
+
+class TooDeep(json.JSONDecodeError):
+    """JSON nested deeper than :data:`MAX_DEPTH` levels (a ``json.JSONDecodeError``, so callers that
+    report invalid JSON report this too, located)."""
+
+    def __init__(self, doc, pos: int = 0):
+        doc = doc if isinstance(doc, str) else ""
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels", doc, pos)
 
 
 def has_long_digit_run(data: bytes, step: int = 1 << 22) -> bool:
@@ -29,14 +44,24 @@ def has_long_digit_run(data: bytes, step: int = 1 << 22) -> bool:
     return False
 
 
-def loads(data: bytes):
-    """``json.loads(data)``; raises what json raises (``json.JSONDecodeError``, ``UnicodeDecodeError``)."""
-    if _orjson is not None and not has_long_digit_run(data):
+def loads(data):
+    """``json.loads(data)`` (bytes or str); raises what json raises (``json.JSONDecodeError``,
+    ``UnicodeDecodeError``) and :class:`TooDeep`."""
+    deep = _may_be_deep(data)
+    if _orjson is not None and not deep and not has_long_digit_run(data.encode("utf-8", "surrogatepass")
+                                                                 if isinstance(data, str) else data):
         try:
             return _orjson.loads(data)
         except _orjson.JSONDecodeError:
             pass
-    return json.loads(data)
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise TooDeep(data) from None
+    if deep and depth(obj) > MAX_DEPTH:
+        raise TooDeep(data)
+    return obj
+
 
 
 # The sentinel put in place of the streamed array while the rest of the object is parsed.
@@ -91,7 +116,7 @@ def loads_streaming(data: bytes, key: str, required: Sequence[str] = (),
 
 def _array_start(data: bytes, key: str) -> Optional[int]:
     """Just after the ``[`` of ``"key": [`` when streaming may be tried, else None."""
-    if _orjson is None or b'\\"' in data or _SENTINEL in data or has_long_digit_run(data):
+    if _orjson is None or b'\\"' in data or _SENTINEL in data or has_long_digit_run(data) or _may_be_deep(data):
         return None
     m = re.search(rb'"' + re.escape(key.encode()) + rb'"\s*:\s*\[', data)
     if m is None or data[m.end():m.end() + 64].lstrip()[:1] != b"{":
@@ -122,3 +147,38 @@ def _chunks(data: bytes, start: int, q: int, key: str, chunk_bytes: int) -> Iter
         done += len(part)
         yield part
         pos = nxt
+
+
+def _may_be_deep(data, step: int = 1 << 22) -> bool:
+    """False when ``data`` surely nests at most MAX_DEPTH levels: it holds no more brackets than that, or
+    its running count of opening minus closing brackets (strings not excluded: an upper bound) stays
+    within it."""
+    if data.count("[" if isinstance(data, str) else b"[") + data.count("{" if isinstance(data, str) else b"{") \
+            <= MAX_DEPTH:
+        return False
+    import numpy as np
+
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    level = 0
+    for start in range(0, len(raw), step):
+        a = np.frombuffer(raw[start:start + step], np.uint8)
+        steps = (a == 91).astype(np.int32) + (a == 123) - (a == 93) - (a == 125)
+        levels = np.cumsum(steps, dtype=np.int64) + level
+        if levels.size and levels.max() > MAX_DEPTH:
+            return True
+        level = int(levels[-1]) if levels.size else level
+    return False
+
+
+def depth(obj) -> int:
+    """Nesting depth of a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = o.values()
+        elif not isinstance(o, list):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+    return deepest

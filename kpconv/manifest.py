@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequen
 import orjson as _orjson
 
 from . import jsonparse
-from .errors import Location, ManifestError
+from .errors import Location, ManifestError, OutputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,8 +137,9 @@ class Record:
                 raise ManifestError(f"keypoint {i}: expected [x, y, v] with finite x, y and v in 0, 1, 2, got {p!r}",
                                     loc.with_field("keypoints"))
         box = d["bbox"]
-        if len(box) != 4 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in box):
-            raise ManifestError(f"expected [x, y, w, h], got {box!r}", loc.with_field("bbox"))
+        if len(box) != 4 or not all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in box):   # (not NaN)
+            raise ManifestError(f"expected [x, y, w, h], each from 0 to 1 (normalized), got {box!r}",
+                                loc.with_field("bbox"))
         for key in ("group", "split", "category"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise ManifestError("expected a string or null", loc.with_field(key))
@@ -320,8 +321,40 @@ def atomic_output(path: str, mode: str = "w"):
     ``path == "-"`` writes to stdout, but only after the whole output exists (it is spooled to a
     temporary file first), so a failure never leaves half an output in a pipe either. A path that
     is a device or a pipe (``/dev/null``, a FIFO) is written the same way, never replaced.
+
+    The temporary file is named ``.<name>.<pid>.<random>.tmp``; those of the same output left by a
+    process that no longer runs (killed) are removed first. Filesystem errors of the output (a directory
+    at ``path``, a read-only folder, a full disk, a file-size limit) raise :class:`OutputError`.
     """
+    with _output_errors(path):
+        with _atomic_output(path, mode) as f:
+            yield f
+
+
+@contextmanager
+def _output_errors(path: str):
+    """OSErrors of writing the output ``path`` -> OutputError; those of other files (an input read while
+    the output is open carries its own file name) pass."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and not _same_output(e.filename, path):
+            raise
+        raise OutputError(f"cannot write: {e.strerror or e}", Location(str(path))) from None
+
+
+def _same_output(filename, path: str) -> bool:
+    name = os.path.basename(str(filename))
+    target = os.path.basename(str(path))
+    return name == target or (name.startswith(f".{target}.") and name.endswith(".tmp")) or \
+        os.path.abspath(str(path)).startswith(os.path.abspath(str(filename)))
+
+
+@contextmanager
+def _atomic_output(path: str, mode: str):
     target = None if path == "-" else Path(path)
+    if target is not None and target.is_dir():
+        raise OutputError("is a directory: expected a file path", Location(str(path)))
     if target is None or (target.exists() and not target.is_file() and not target.is_dir()):
         # stdout, or a device or pipe (/dev/null, a FIFO, /dev/stdout) that a rename would replace:
         # spool, then copy once complete.
@@ -338,8 +371,14 @@ def atomic_output(path: str, mode: str = "w"):
                 text.detach()
         return
     target = Path(path)
+    for folder in (target.parent, *target.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OutputError(f"cannot write: {folder} is a file, not a directory", Location(str(path)))
+            break
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    _remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=str(target.parent))
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would give
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
@@ -353,6 +392,25 @@ def atomic_output(path: str, mode: str = "w"):
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove ``.<name>.<pid>.<random>.tmp`` files of ``target`` whose process no longer runs."""
+    from .workers import process_alive
+
+    prefix = f".{target.name}."
+    try:
+        names = [n for n in os.listdir(target.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or process_alive(int(pid)):
+            continue
+        try:
+            os.unlink(target.parent / name)
+        except OSError:
+            pass
 
 
 def _umask() -> int:

@@ -86,7 +86,7 @@ def _looks_like_coco(path: Path) -> bool:
                 return False
         if path.stat().st_size > _DETECT_PARSE_LIMIT:
             return _scan_for_keys(path)
-        return _is_coco_doc(json.loads(path.read_bytes()))
+        return _is_coco_doc(jsonparse.loads(path.read_bytes()))
     except (OSError, ValueError):  # unreadable or not JSON (ValueError covers JSONDecodeError/Unicode)
         return False
 
@@ -133,7 +133,8 @@ def _describe(cat: dict) -> str:
 
 
 def _named(c) -> bool:
-    return isinstance(c, dict) and isinstance(c.get("keypoints"), list) and bool(c["keypoints"])
+    return isinstance(c, dict) and isinstance(c.get("keypoints"), list) and bool(c["keypoints"]) \
+        and all(isinstance(n, str) for n in c["keypoints"])     # (names: anything else is not a name list)
 
 
 def _choose_categories(path: Path, doc: dict, wanted: Optional[str]) -> List[dict]:
