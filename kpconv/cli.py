@@ -5,6 +5,7 @@ need it, so ``kpconv --help`` and ``kpconv ingest`` start fast.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,19 @@ class _Failure(click.ClickException):
 
     def show(self, file=None):
         click.echo(f"kpconv: error: {self.format_message()}", err=True)
+
+
+MAX_WORKERS = 512     # --workers above this is a typo, not a machine
+
+
+class _FloatRange(click.FloatRange):
+    """click.FloatRange that refuses NaN (which passes every range comparison) and infinities."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"expected a finite number, got {value!r}", param, ctx)
+        return rv
 
 
 def info(ctx: click.Context, message: str) -> None:
@@ -161,7 +175,7 @@ def _format_choices():
                    "(for CSV, Labelme, YOLO, ... that state none).")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
-@click.option("--workers", type=click.IntRange(min=0), default=0,
+@click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
               help="Processes reading image headers (0 or 1: read them in this process).")
 @click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
@@ -244,7 +258,7 @@ def _parsed_beam_options(ctx, param, values):
               help="stretch: scale to the size exactly; pad: keep the aspect ratio and letterbox.")
 @click.option("--crop", type=click.Choice(["none", "bbox"]), default="none", show_default=True,
               help="bbox: cut each instance's box (enlarged by --crop-pad) out of the image.")
-@click.option("--crop-pad", type=click.FloatRange(min=0, max=10), default=0.2, show_default=True,
+@click.option("--crop-pad", type=_FloatRange(min=0, max=10), default=0.2, show_default=True,
               help="Growth of the box for --crop bbox, as a fraction of its width/height (half on each side).")
 @click.option("--split", callback=_parsed("parse_split"), metavar="NAME=FRAC,...",
               help="Assign splits by a hash (see --split-by) (default: the source's split if any, "
@@ -256,7 +270,7 @@ def _parsed_beam_options(ctx, param, values):
               help="Aimed bytes per shard, e.g. 500KB, 1GiB. Default: 64MB, and at least 8 shards for "
                    "splits of 800 records or more.")
 @click.option("--num-shards", type=click.IntRange(min=1), help="Shards per split (instead of --shard-size).")
-@click.option("--workers", type=click.IntRange(min=0), default=0,
+@click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
               help="Writer processes (0: number of CPUs). Does not change the output.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Salt of the split and order hashes.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True,
@@ -264,6 +278,8 @@ def _parsed_beam_options(ctx, param, values):
 @click.option("--compression", type=click.Choice(["none", "gzip"]), default="none", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the shards of an existing OUT_DIR.")
 @click.option("--resume", is_flag=True, help="Keep complete, correct shards of an interrupted run; write the rest.")
+@click.option("--allow-outside-root", is_flag=True,
+              help="Read manifest image paths that resolve (symlinks followed) outside the manifest's images_root.")
 @click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True,
               help="local: this machine's processes; beam: an Apache Beam pipeline (same shards; paths may be "
                    "gs://, s3://, hdfs://...; needs pip install 'kpconv[beam]').")
@@ -273,7 +289,7 @@ def _parsed_beam_options(ctx, param, values):
                    "multi_processing, --workers processes.")
 @click.pass_context
 def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, split_by, shard_size, num_shards, workers,
-          seed, quality, compression, overwrite, resume, runner, beam_options):
+          seed, quality, compression, overwrite, resume, allow_outside_root, runner, beam_options):
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
     Writes OUT_DIR/<split>.tfrecord-NNNNN-of-NNNNN, skipped.jsonl (records whose image could not be
@@ -290,7 +306,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     options = ShardOptions(image=ImageOptions(size=image_size, resize=resize, crop=crop, crop_pad=crop_pad,
                                               quality=quality),
                            split=split, split_by=split_by, shard_size=shard_size, num_shards=num_shards,
-                           workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume)
+                           workers=workers, seed=seed, compression=compression, overwrite=overwrite, resume=resume,
+                           allow_outside_root=allow_outside_root)
     if beam_options and runner != "beam":
         raise click.BadParameter("needs --runner beam", param_hint="--beam-option")
     if runner == "beam":
@@ -340,6 +357,8 @@ def _range(value, name, lo, hi):
         return None
     try:
         a, b = (float(v) for v in value.split(","))
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise ValueError(value)
     except ValueError:
         raise click.BadParameter(f"expected LO,HI (two numbers), got '{value}'", param_hint=name) from None
     if not (lo <= a <= b <= hi):
@@ -369,14 +388,14 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--backbone", type=click.Choice(["unet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
                                                "efficientnet_b0", "efficientnet_v2_b0"]),
               help="Default: unet (small, from scratch) with --weights none, mobilenet_v2 otherwise.")
-@click.option("--alpha", type=click.FloatRange(min=0.1, max=1.4),
+@click.option("--alpha", type=_FloatRange(min=0.1, max=1.4),
               help="Width multiplier of the backbone (MobileNet, unet). Default: 1, or the run's with "
                    "--weights RUN_DIR.")
 @click.option("--weights", default="imagenet", show_default=True, metavar="imagenet|none|PATH|RUN_DIR",
               help="Start from Keras's ImageNet weights, random weights (none), a backbone weights file, or "
                    "another kpconv run (its directory or model.keras: every matching layer is copied, the output "
                    "layer is new when the keypoints differ).")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+@click.option("--time-limit", type=_FloatRange(min=0, min_open=True), metavar="MINUTES",
               help="Train as many epochs as fit in MINUTES, the learning-rate schedule laid out over the budget; "
                    "the best model is kept.")
 @click.option("--epochs", type=click.IntRange(min=1),
@@ -385,13 +404,13 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Epochs after unfreezing the backbone (ImageNet or file weights only).")
 @click.option("--fine-tune-from", metavar="LAYER", help="Unfreeze the backbone from this layer on (default: all).")
-@click.option("--fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True),
+@click.option("--fine-tune-learning-rate", type=_FloatRange(min=0, min_open=True),
               help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8 (heatmap), 32 (spatial, dense).")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--learning-rate", type=_FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]),
               help="Heatmap head: input pixels per heatmap cell. Default: 4, or the run's with --weights RUN_DIR.")
-@click.option("--sigma", type=click.FloatRange(min=0.25, max=20), default=2.0, show_default=True,
+@click.option("--sigma", type=_FloatRange(min=0.25, max=20), default=2.0, show_default=True,
               help="Heatmap head: standard deviation of the Gaussian targets, in heatmap cells.")
 @click.option("--crop-size", type=click.IntRange(min=0),
               help="Heatmap head: train on random square crops of this size around the keypoints "
@@ -399,20 +418,20 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--loss", type=click.Choice(["mse", "weighted-mse", "mae", "huber"]), default="mse",
               show_default=True, help="Masked by visibility: unlabelled keypoints count for nothing.")
 @click.option("--keypoint-weights", metavar="W,W,...|NAME=W,...", help="Per-keypoint weights for weighted-mse.")
-@click.option("--huber-delta", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--huber-delta", type=_FloatRange(min=0, min_open=True), default=0.05, show_default=True,
               help="Huber threshold, in normalized image units.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Flip (swapping left/right pairs), rotation, scale, translation, colour.")
-@click.option("--augment-rotate", type=click.FloatRange(min=0, max=180), metavar="DEGREES",
+@click.option("--augment-rotate", type=_FloatRange(min=0, max=180), metavar="DEGREES",
               help="Random rotation up to +-DEGREES (default: 25 heatmap, 20 others).")
 @click.option("--augment-scale", callback=lambda c, p, v: _range(v, "--augment-scale", 0.1, 10), metavar="LO,HI",
               help="Random scale factor range (default: 0.8,1.2 heatmap; 0.85,1.15 others).")
-@click.option("--augment-flip", type=click.FloatRange(min=0, max=1), metavar="P",
+@click.option("--augment-flip", type=_FloatRange(min=0, max=1), metavar="P",
               help="Horizontal flip probability, left/right pairs swapped (default: 0.5 when the keypoints have "
                    "flip pairs, else 0).")
-@click.option("--augment-translate", type=click.FloatRange(min=0, max=1), metavar="FRACTION",
+@click.option("--augment-translate", type=_FloatRange(min=0, max=1), metavar="FRACTION",
               help="Random shift up to +-FRACTION of the size (default: 0 with crops, 0.08 otherwise).")
-@click.option("--augment-brightness", type=click.FloatRange(min=0, max=1), default=0.15, show_default=True,
+@click.option("--augment-brightness", type=_FloatRange(min=0, max=1), default=0.15, show_default=True,
               metavar="FRACTION", help="Random brightness offset up to +-FRACTION of 255.")
 @click.option("--augment-contrast", callback=lambda c, p, v: _range(v, "--augment-contrast", 0, 10),
               default="0.75,1.25", show_default=True, metavar="LO,HI", help="Random contrast factor range.")
@@ -449,12 +468,17 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
     kpconv train shards/ -o run/ --resume
     """
     _quiet_tf(ctx)
+    from .errors import TrainError
     from .pipeline import read_dataset_info
     from .train import TrainOptions, parse_keypoint_weights, train as run_train
 
     kw = None
     if keypoint_weights:
-        kw = parse_keypoint_weights(keypoint_weights, read_dataset_info(shard_dir).keypoint_names)
+        try:
+            kw = parse_keypoint_weights(keypoint_weights, read_dataset_info(shard_dir).keypoint_names)
+        except TrainError as e:     # a bad option value: exit 2
+            raise click.BadParameter(str(e).removeprefix("--keypoint-weights: "),
+                                     param_hint="--keypoint-weights") from None
     root = ctx.find_root().obj
     verbose = 0 if root.get("quiet") else (1 if sys.stdout.isatty() else 2)
     options = TrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, backbone=backbone,
@@ -484,7 +508,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write every figure as JSON ('-': stdout).")
-@click.option("--min-confidence", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
+@click.option("--min-confidence", type=_FloatRange(min=0, max=1), default=0.5, show_default=True,
               help="Also report the error of keypoints predicted with at least / less than this confidence "
                    "(models with a confidence: the heatmap head).")
 @click.option("--grid", type=click.Path(dir_okay=False), metavar="PNG",
@@ -528,7 +552,7 @@ def _bbox(ctx, param, value):
         parts = [float(v) for v in value.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+    if len(parts) != 4 or not all(math.isfinite(v) for v in parts) or parts[2] <= 0 or parts[3] <= 0:
         raise click.BadParameter(f"expected x,y,w,h in pixels with w, h > 0, got '{value}'")
     return parts
 
@@ -557,7 +581,7 @@ def _frame_bound(ctx, param, value):
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "coco"]), default="jsonl",
               show_default=True, help="dlc: DeepLabCut's CSV layout (x, y, likelihood).")
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--min-confidence", type=_FloatRange(0, 1), default=0.5, show_default=True,
               help="Keypoints below this confidence are not drawn, and have visibility 0 in --format coco.")
 @click.option("--draw", "draw_target", type=click.Path(), metavar="DIR|VIDEO",
               help="Draw the keypoints and skeleton: into DIR (each input at its path relative to the inputs' "

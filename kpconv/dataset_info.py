@@ -16,11 +16,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Tuple, Union
 
+from . import jsonparse
 from .errors import DatasetInfoError, Location
 from .records import SPEC_VERSION
 
 INFO_FILE = "dataset_info.json"
 SCHEMA_FILE = "dataset-info.schema.json"
+MAX_INFO_BYTES = 64 << 20     # (a dataset of a million shards writes less)
 
 
 @dataclass
@@ -50,8 +52,11 @@ class DatasetInfo:
         if not path.is_file():
             raise DatasetInfoError(f"not found (is {shard_dir} a folder written by a finished 'kpconv shard'?)",
                                    Location(str(path)))
+        if path.stat().st_size > MAX_INFO_BYTES:
+            raise DatasetInfoError(f"{path.stat().st_size} bytes: more than any dataset_info.json kpconv writes "
+                                   f"({MAX_INFO_BYTES})", Location(str(path)))
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = jsonparse.loads(path.read_bytes())
         except (OSError, UnicodeDecodeError) as e:
             raise DatasetInfoError(f"cannot read: {e}", Location(str(path))) from None
         except ValueError as e:
@@ -69,17 +74,24 @@ class DatasetInfo:
         if raw["spec_version"] != SPEC_VERSION:
             raise DatasetInfoError(f"record spec version {raw['spec_version']}, this kpconv reads version "
                                    f"{SPEC_VERSION}", Location(str(path), field="spec_version"))
-        k = len(raw["keypoints"])
-        for key in ("skeleton", "flip_pairs"):
-            for pair in raw.get(key, []):
-                if max(pair) >= k:
-                    raise DatasetInfoError(f"pair {pair} refers to keypoint {max(pair)}; there are {k}",
-                                           Location(str(path), field=key))
+        _check_consistent(raw, str(path))
         return cls(Path(path), raw)
 
     def to_bytes(self) -> bytes:
-        """The file's bytes: one key per line, lists of numbers and strings on one line."""
-        return (_dump(self.raw) + "\n").encode("utf-8")
+        """The file's bytes: one key per line, lists of numbers and strings on one line, ``checksum`` last."""
+        raw = {k: v for k, v in self.raw.items() if k != "checksum"}
+        raw["checksum"] = checksum(raw)
+        return (_dump(raw) + "\n").encode("utf-8")
+
+    def check_checksum(self) -> None:
+        """DatasetInfoError when ``checksum`` is absent or does not match the rest of the file (it was edited)."""
+        given = self.raw.get("checksum")
+        if given is None:
+            raise DatasetInfoError("no 'checksum': cannot tell whether the file was edited (write it with "
+                                   "'kpconv shard' again)", Location(str(self.path), field="checksum"))
+        if given != checksum(self.raw):
+            raise DatasetInfoError("the file was edited after 'kpconv shard' wrote it (its checksum differs)",
+                                   Location(str(self.path), field="checksum"))
 
     # ------------------------------------------------------------------------------ fields
     @property
@@ -162,9 +174,96 @@ class DatasetInfo:
         return self
 
 
-def read_dataset_info(shard_dir: Union[str, Path]) -> DatasetInfo:
-    """The dataset info of a shard directory for training and evaluation (one image size required)."""
-    return DatasetInfo.read(shard_dir).require_image_size()
+def checksum(raw: dict) -> str:
+    """``sha256:<hex>`` of ``raw`` without its ``checksum`` (JSON, sorted keys, no spaces)."""
+    body = {k: v for k, v in raw.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_consistent(raw: dict, path: str) -> None:
+    """What the schema cannot say: pairs within the keypoints, flip pairs disjoint, counts that add up,
+    one visibility row per keypoint."""
+    def fail(field: str, message: str):
+        raise DatasetInfoError(message, Location(path, field=field))
+
+    k = len(raw["keypoints"])
+    for key in ("skeleton", "flip_pairs"):
+        for i, pair in enumerate(raw.get(key, [])):
+            if max(pair) >= k:
+                fail(key, f"pair {pair} refers to keypoint {max(pair)}; there are {k}")
+            if pair[0] == pair[1]:
+                fail(key, f"pair {pair} joins a keypoint with itself")
+    seen: Dict[int, int] = {}
+    for i, pair in enumerate(raw.get("flip_pairs", [])):
+        for kp in pair:
+            if kp in seen:
+                fail("flip_pairs", f"keypoint {kp} is in two flip pairs ({raw['flip_pairs'][seen[kp]]} and {pair})")
+            seen[kp] = i
+    total = 0
+    for name, s in raw["splits"].items():
+        in_shards = sum(e["records"] for e in s["shards"])
+        if in_shards != s["records"]:
+            fail(f"splits.{name}.records", f"{s['records']} record(s), but its shards hold {in_shards}")
+        if "visibility" in s and len(s["visibility"]) != k:
+            fail(f"splits.{name}.visibility", f"{len(s['visibility'])} row(s), expected one per keypoint ({k})")
+        total += s["records"]
+    if "records" in raw and raw["records"] != total:
+        fail("records", f"{raw['records']} record(s), but the splits hold {total}")
+
+
+def read_dataset_info(shard_dir: Union[str, Path], verify: bool = True) -> DatasetInfo:
+    """The dataset info of a shard directory for training and evaluation (one image size required), with
+    every shard verified (:func:`verify_shards`) unless ``verify`` is False."""
+    info = DatasetInfo.read(shard_dir).require_image_size()
+    if verify:
+        verify_shards(info)
+    return info
+
+
+_VERIFIED: Dict[Tuple[str, int, int, str], bool] = {}     # (path, size, mtime_ns, sha256 expected): checked
+
+
+def verify_shards(info: DatasetInfo) -> None:
+    """Check every shard file of ``info`` before TensorFlow reads it: its size and sha256 against
+    ``dataset_info.json`` (or, for a file written without them, its TFRecord CRCs), so that a damaged or
+    truncated shard is named instead of failing deep inside TensorFlow (``DataLossError``). Raises
+    DatasetInfoError located at the shard file. A file is hashed once per process (keyed by its size and
+    modification time)."""
+    import os
+
+    for split, entry in info.shards():
+        path = info.path.parent / entry["file"]
+        loc = Location(str(path))
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise DatasetInfoError(f"shard file listed in {INFO_FILE} cannot be read: {e.strerror}", loc) from None
+        key = (str(path), st.st_size, st.st_mtime_ns, entry.get("sha256") or "")
+        if key in _VERIFIED:
+            continue
+        if "bytes" in entry and st.st_size != entry["bytes"]:
+            raise DatasetInfoError(f"shard is {st.st_size} bytes, {INFO_FILE} says {entry['bytes']} (truncated or "
+                                   "changed since 'kpconv shard' wrote it; 'kpconv inspect --verify' tells more)", loc)
+        try:
+            if entry.get("sha256"):
+                if sha256_file(path) != entry["sha256"]:
+                    raise DatasetInfoError(f"shard's sha256 differs from {INFO_FILE} (damaged or changed since "
+                                           "'kpconv shard' wrote it; 'kpconv inspect --verify' tells more)", loc)
+            else:
+                from .errors import VerifyError
+                from .tfrecord import read_records
+
+                try:
+                    count = sum(1 for _ in read_records(str(path), info.compression_name))
+                except VerifyError as e:
+                    raise DatasetInfoError(f"shard is damaged: {e.message}", Location(str(path), record=e.location.record)
+                                           ) from None
+                if count != entry["records"]:
+                    raise DatasetInfoError(f"shard holds {count} record(s), {INFO_FILE} says {entry['records']}", loc)
+        except OSError as e:
+            raise DatasetInfoError(f"cannot read shard: {e.strerror}", loc) from None
+        _VERIFIED[key] = True
 
 
 def sha256_stream(f: IO[bytes]) -> Tuple[str, int]:

@@ -85,6 +85,20 @@ class ImageError(LocatedError):
     """An image is missing, unreadable or not an image."""
 
 
+class OutputError(LocatedError):
+    """An output cannot be written: a directory where a file is expected, a read-only folder, a full disk,
+    a file-size limit. Located at the path."""
+
+
+def os_error_text(e: OSError) -> str:
+    """One line for a filesystem error: ``path: reason`` (``path -> other: reason`` for a rename)."""
+    where = e.filename if e.filename is not None else None
+    if where is not None and getattr(e, "filename2", None) is not None:
+        where = f"{where} -> {e.filename2}"
+    reason = e.strerror or str(e)
+    return f"{where}: {reason}" if where is not None else reason
+
+
 class ShardError(KpconvError):
     """``kpconv shard`` cannot proceed (bad options, existing output, failed worker)."""
 

@@ -18,6 +18,8 @@ Pillow versions: ``setup.cfg`` pins the range the tests ran with; the tests comp
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 import zlib
 from contextlib import contextmanager
@@ -33,11 +35,13 @@ REASONS = {
     "truncated_image": "image data ends early",
     "decompression_bomb": "image has more pixels than the limit (Pillow's MAX_IMAGE_PIXELS)",
     "size_mismatch": "image size differs from the manifest (the image changed since ingest)",
+    "path_outside_root": "image path resolves (symlinks followed) outside the images root",
 }
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = frozenset((5, 6, 7, 8))       # orientations that turn the image by 90 degrees
 _HEAD = 1 << 16                             # first read of a file: the whole header of nearly every image
 _DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)   # PIL.Image.MAX_IMAGE_PIXELS default
+MAX_IMAGE_BYTES = 256 * 1024 * 1024         # an image file larger than this is refused (bounded memory)
 
 Size = Tuple[int, int]
 
@@ -74,11 +78,77 @@ def probe(data: bytes, name: str = "<image>", max_pixels: Optional[int] = None) 
     return _probe(_Src(None, data), name, max_pixels)
 
 
-def probe_file(path: str, max_pixels: Optional[int] = None) -> Probe:
+def probe_file(path: str, max_pixels: Optional[int] = None, root: Optional[str] = None) -> Probe:
     """Probe an image file, reading its header only. Raises BadImage (missing_image, unreadable_image,
-    decompression_bomb)."""
-    with file_problems(path), open(path, "rb") as f:
+    decompression_bomb, and those of :func:`open_image`)."""
+    with file_problems(path), open_image(path, root) as f:
         return _probe(_Src(f, f.read(_HEAD)), path, max_pixels)
+
+
+def open_image(path: str, root: Optional[str] = None, max_bytes: Optional[int] = None):
+    """Open the image file ``path`` for reading (unbuffered): the one place kpconv opens an image path.
+
+    Refuses (BadImage ``unreadable_image``) what is not a regular file (a FIFO is opened without blocking,
+    a device such as ``/dev/zero`` is never read) and a file over ``max_bytes`` (also one that grows past
+    it while read), and, when ``root`` is given (``path_outside_root``), a file whose real path (every symlink resolved, checked on the opened file
+    itself) is not inside the real path of ``root`` (``path_outside_root``). ``root=None``: any path
+    (``--allow-outside-root``)."""
+    loc = Location(path)
+    max_bytes = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    if "\x00" in str(path):
+        raise BadImage("unreadable_image", "image path holds a NUL byte", loc)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+            raise BadImage("unreadable_image", f"expected a regular image file, found {kind}", loc)
+        if root is not None:
+            real = _fd_path(fd, path)
+            base = os.path.realpath(root)
+            if real != base and not real.startswith(base.rstrip("/") + "/"):
+                raise BadImage("path_outside_root", f"image path resolves to {real}, outside the images root "
+                               f"{base} (use --allow-outside-root to accept it)", loc)
+        if max_bytes and st.st_size > max_bytes:
+            raise BadImage("unreadable_image", f"image file is {st.st_size} bytes, more than the cap of "
+                           f"{max_bytes}", loc)
+        os.set_blocking(fd, True)
+        return _CappedFile(fd, max_bytes, str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fd_path(fd: int, path: str) -> str:
+    """The real path of an open file (Linux: the kernel's, so no symlink can be swapped in between)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+class _CappedFile(io.FileIO):
+    """An unbuffered file that refuses to return more than ``cap`` bytes in all (a file that grows after
+    the size check cannot make a read unbounded)."""
+
+    def __init__(self, fd: int, cap: int, path: str):
+        super().__init__(fd, "rb", closefd=True)
+        self._cap = cap
+        self._path = path
+
+    def read(self, size: int = -1) -> bytes:
+        if self._cap:
+            left = self._cap + 1 - self.tell()
+            size = left if size is None or size < 0 else min(size, left)
+        data = super().read(size)
+        if self._cap and self.tell() > self._cap:
+            raise BadImage("unreadable_image", f"image file grew past the cap of {self._cap} bytes",
+                           Location(self._path))
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
 
 
 @contextmanager
@@ -86,6 +156,8 @@ def file_problems(path: str):
     """Turns an OSError of opening or reading the image file ``path`` into its BadImage."""
     try:
         yield
+    except ValueError as e:       # an embedded NUL byte, a path too strange for the OS
+        raise BadImage("unreadable_image", f"cannot open image path: {e}", Location(path)) from None
     except FileNotFoundError:
         raise BadImage("missing_image", "image file does not exist", Location(path)) from None
     except IsADirectoryError:
@@ -94,9 +166,9 @@ def file_problems(path: str):
         raise BadImage("unreadable_image", f"cannot read image: {e.strerror or e}", Location(path)) from None
 
 
-def read_size(path: str) -> Size:
+def read_size(path: str, root: Optional[str] = None) -> Size:
     """(width, height) of the image file as displayed. Raises BadImage."""
-    return probe_file(path).size
+    return probe_file(path, root=root).size
 
 
 def ends_complete(data: bytes, fmt: str) -> bool:
@@ -117,32 +189,34 @@ def max_pixels() -> int:
     return limit or 0
 
 
-def read_sizes(paths: Iterable[str], workers: int = 0) -> Dict[str, Union[Size, BadImage]]:
-    """Sizes of many images; problems are returned (as :class:`BadImage`), not raised.
+def read_sizes(paths: Iterable[str], workers: int = 0, root: Optional[str] = None
+               ) -> Dict[str, Union[Size, BadImage]]:
+    """Sizes of many images; problems are returned (as :class:`BadImage`), not raised. ``root``: the
+    images root each image must resolve into (:func:`open_image`); None accepts any path.
 
     ``workers`` 0 (automatic) or 1 reads serially; N > 1 uses a pool of N processes (header parsing is
     pure Python: threads would only contend for the GIL). On a busy 2-CPU machine the pool won only
     sometimes, by a few percent of a whole ingest, so it is not the default."""
     paths = list(dict.fromkeys(paths))
     if workers <= 1 or len(paths) < 2 * workers:
-        return {p: _one(p) for p in paths}
+        return {p: _one(p, root) for p in paths}
     out: Dict[str, Union[Size, BadImage]] = {}
     n = max(64, -(-len(paths) // (workers * 4)))
     batches = [paths[i:i + n] for i in range(0, len(paths), n)]
-    for batch, sizes in zip(batches, _pool(workers).map(_one_batch, batches)):
+    for batch, sizes in zip(batches, _pool(workers).map(_one_batch, batches, [root] * len(batches))):
         out.update(zip(batch, sizes))
     return out
 
 
-def _one(path: str) -> Union[Size, BadImage]:
+def _one(path: str, root: Optional[str] = None) -> Union[Size, BadImage]:
     try:
-        return read_size(path)
+        return read_size(path, root)
     except BadImage as e:
         return e
 
 
-def _one_batch(paths: Sequence[str]) -> List[Union[Size, BadImage]]:
-    return [_one(p) for p in paths]
+def _one_batch(paths: Sequence[str], root: Optional[str] = None) -> List[Union[Size, BadImage]]:
+    return [_one(p, root) for p in paths]
 
 
 _POOLS: Dict[int, object] = {}
@@ -157,7 +231,10 @@ def _pool(workers: int):
 
         # forkserver/spawn: never fork a process that may hold threads (tqdm, TensorFlow).
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        from .workers import die_with_parent
+
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                                     initializer=die_with_parent, initargs=(os.getpid(),))
         atexit.register(pool.shutdown)
     return pool
 

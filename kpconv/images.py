@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import Location
-from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, probe
+from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, open_image, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 EXIF_ORIENTATION = 0x0112
 
 SKIP_REASONS = REASONS    # reason -> meaning (skipped.jsonl and the docs): the image probe's
+UNIDENTIFIED = "cannot read image: not an image file Pillow can identify"   # (the probe's words)
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,9 @@ class Stored:
 
 
 def read_image_bytes(path: str, opener=None) -> bytes:
-    """The bytes of an image file. Raises BadImage (missing_image, unreadable_image)."""
-    with file_problems(path), (opener(path) if opener is not None else open(path, "rb")) as f:
+    """The bytes of an image file. Raises BadImage (missing_image, unreadable_image and those of
+    :func:`kpconv.imageinfo.open_image`, the default opener: any path, a regular file, size-capped)."""
+    with file_problems(path), (opener or open_image)(path) as f:
         return f.read()
 
 
@@ -178,7 +180,7 @@ class SourceImage:
     that reads ``gs://``, ``s3://``... and raises FileNotFoundError for a missing file)."""
 
     def __init__(self, path: str, max_pixels: Optional[int] = None, opener=None, data: Optional[bytes] = None):
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         self.path = path
         loc = Location(path)
@@ -190,7 +192,9 @@ class SourceImage:
                 self.im = Image.open(io.BytesIO(self.data))
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise BadImage("decompression_bomb", str(e), loc) from None
-            except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+            except UnidentifiedImageError:  # (its text names a BytesIO by its address: not reproducible)
+                raise BadImage("unreadable_image", UNIDENTIFIED, loc) from None
+            except (OSError, SyntaxError, ValueError) as e:
                 raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
         w, h = self.im.size
         if limit and w * h > limit:
@@ -300,11 +304,13 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
 
 def decode(data: bytes):
     """Decode stored image bytes fully (RGB). Raises BadImage."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         im = Image.open(io.BytesIO(data))
         im.load()
+    except UnidentifiedImageError:
+        raise BadImage("unreadable_image", UNIDENTIFIED) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage("unreadable_image", f"cannot decode image: {e}") from None
     return im

@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional
 
 from .dataset_info import INFO_FILE, DatasetInfo, sha256_stream
 from .drawing import LEFT, MIDDLE, RIGHT, draw_keypoints, side_colours  # noqa: F401 (colours: tests)
-from .errors import Location, VerifyError
+from .errors import DatasetInfoError, Location, VerifyError
 from .manifest import atomic_output
 from .records import decode_record
 from .tfrecord import read_records
@@ -35,7 +35,7 @@ def summary(out_dir, dataset: DatasetInfo) -> List[str]:
              f"{info.get('records')} record(s), image {size}, crop {crop}, compression {info.get('compression')}"]
     rows = [("split", "records", "shards", "bytes")]
     for split, s in info.get("splits", {}).items():
-        rows.append((split, str(s["records"]), str(len(s["shards"])), f"{s['bytes']:,}"))
+        rows.append((split, str(s["records"]), str(len(s["shards"])), f"{s['bytes']:,}" if "bytes" in s else "?"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
@@ -68,6 +68,11 @@ def verify(out_dir, dataset: DatasetInfo) -> int:
 
     out = Path(out_dir)
     info = dataset.raw
+    try:
+        dataset.check_checksum()
+    except DatasetInfoError as e:
+        raise VerifyError(e.message, e.location) from None
+    size = dataset.image_size
     k = dataset.num_keypoints
     compression = dataset.compression_name
     total = 0
@@ -89,6 +94,9 @@ def verify(out_dir, dataset: DatasetInfo) -> int:
                     im = decode(rec["image/encoded"])
                 except BadImage as e:
                     raise VerifyError(f"image does not decode: {e.message}", loc) from None
+                if size is not None and (rec["image/width"], rec["image/height"]) != size:
+                    raise VerifyError(f"record is {rec['image/width']}x{rec['image/height']}, dataset_info.json's "
+                                      f"image.size is {size[0]}x{size[1]}", loc)
                 if im.size != (rec["image/width"], rec["image/height"]):
                     raise VerifyError(f"image is {im.size[0]}x{im.size[1]}, the record says "
                                       f"{rec['image/width']}x{rec['image/height']}", loc)
@@ -100,8 +108,8 @@ def verify(out_dir, dataset: DatasetInfo) -> int:
             if count != entry["records"]:
                 raise VerifyError(f"holds {count} record(s), dataset_info.json says {entry['records']}", Location(name))
             with open(path, "rb") as f:
-                digest, size = sha256_stream(f)
-            if size != entry["bytes"] or digest != entry["sha256"]:
+                digest, nbytes = sha256_stream(f)
+            if nbytes != entry.get("bytes") or digest != entry.get("sha256"):
                 raise VerifyError(f"sha256 or size differs from {INFO_FILE} (the file changed after writing)",
                                   Location(name))
             total += count
@@ -130,7 +138,7 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from .images import decode, to_rgb
+    from .images import BadImage, decode, to_rgb
 
     names = dataset.keypoint_names
     k = len(names)
@@ -144,8 +152,12 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
         for data in read_records(str(Path(out_dir) / entry["file"]), dataset.compression_name):
             if len(cells) >= n:
                 break
-            rec = decode_record(data, k)
-            im = to_rgb(decode(rec["image/encoded"]))
+            try:
+                rec = decode_record(data, k)
+                im = to_rgb(decode(rec["image/encoded"]))
+            except (ValueError, BadImage) as e:
+                raise VerifyError(f"cannot draw record {len(cells)}: {getattr(e, 'message', e)}",
+                                  Location(entry["file"])) from None
             w, h = im.size
             pred = None
             if predict is not None:

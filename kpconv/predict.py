@@ -482,6 +482,12 @@ class Predictor:
         return [(list(b), s, i) for i, (b, s) in enumerate(boxes.lookup(path, root, frame, single_video))]
 
 
+def csv_cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text, never runs as a formula (CSV injection): a leading
+    ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a ``'`` in front (OWASP's advice)."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+
+
 # ---------------------------------------------------------------------------------------- writers
 def _r(v: float) -> float:
     return round(float(v), 3)
@@ -516,7 +522,7 @@ class Writer:
             self._csv = csv.writer(out, lineterminator="\n")
             self._csv.writerow(["file", "frame", "time", "width", "height",
                                 *(["instance", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
-                                *[f"{n}_{c}" for n in self.names for c in ("x", "y", "likelihood")]])
+                                *[csv_cell(f"{n}_{c}") for n in self.names for c in ("x", "y", "likelihood")]])
         elif fmt == "dlc":
             self._csv = csv.writer(out, lineterminator="\n")
             per = len(self.names) * 3
@@ -524,7 +530,7 @@ class Writer:
             if boxes:
                 self._csv.writerow(["individuals", *[f"individual{i + 1}" for i in range(self.individuals)
                                                      for _ in range(per)]])
-            self._csv.writerow(["bodyparts", *[n for _ in range(self.individuals) for n in self.names
+            self._csv.writerow(["bodyparts", *[csv_cell(n) for _ in range(self.individuals) for n in self.names
                                                for _ in range(3)]])
             self._csv.writerow(["coords", *["x", "y", "likelihood"] * (len(self.names) * self.individuals)])
         elif fmt == "coco":
@@ -545,7 +551,7 @@ class Writer:
             box = []
             if self.boxes:
                 box = [p.instance, *[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
-            self._csv.writerow([p.image, "" if p.frame is None else p.frame, "" if p.time is None else f"{p.time:.6g}",
+            self._csv.writerow([csv_cell(p.image), "" if p.frame is None else p.frame, "" if p.time is None else f"{p.time:.6g}",
                                 p.width, p.height, *box,
                                 *[s for x, y, c in p.keypoints for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]])
         elif self.fmt == "dlc":
@@ -569,7 +575,7 @@ class Writer:
 
     def _flush_dlc(self) -> None:
         first = self._group[0]
-        cells = [first.frame if self.index == "frame" else first.image]
+        cells = [first.frame if self.index == "frame" else csv_cell(first.image)]
         by_instance = {p.instance: p for p in self._group}
         for i in range(self.individuals):
             p = by_instance.get(i)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from typing import IO, Iterator
 
 import google_crc32c
@@ -24,6 +25,8 @@ from .errors import Location, VerifyError
 _MASK_DELTA = 0xA282EAD8
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+MAX_RECORD_BYTES = 1 << 30      # no record kpconv writes comes near this (an image is capped at 256 MiB)
+_CHUNK = 1 << 24
 
 
 def crc32c(data: bytes) -> int:
@@ -81,7 +84,10 @@ def read_records(path: str, compression: str = "none", check_crc: bool = True) -
                 if check_crc and masked_crc32c(length_bytes) != crc:
                     raise VerifyError("length CRC mismatch", loc)
                 (length,) = _U64.unpack(length_bytes)
-                data = f.read(length)
+                if length > MAX_RECORD_BYTES:
+                    raise VerifyError(f"record length {length} is more than the {MAX_RECORD_BYTES} bytes "
+                                      "any kpconv record can have", loc)
+                data = _read_exactly(f, length)
                 tail = f.read(4)
                 if len(data) < length or len(tail) < 4:
                     raise VerifyError("truncated record", loc)
@@ -89,5 +95,20 @@ def read_records(path: str, compression: str = "none", check_crc: bool = True) -
                     raise VerifyError("data CRC mismatch", loc)
                 yield data
                 index += 1
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise VerifyError(f"cannot read: {e}", Location(str(path), record=str(index))) from None
+
+
+def _read_exactly(f, length: int) -> bytes:
+    """Up to ``length`` bytes, read a chunk at a time: a length header that claims more than the file holds
+    costs no more memory than the file."""
+    if length <= _CHUNK:
+        return f.read(length)
+    parts, left = [], length
+    while left:
+        part = f.read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)

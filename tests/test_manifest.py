@@ -7,7 +7,8 @@ import stat
 import pytest
 
 from kpconv.errors import ManifestError
-from kpconv.manifest import Header, Record, atomic_output, dumps_record, dumps_records, read_manifest, write_manifest
+from kpconv.manifest import (Header, Record, RecordBatch, atomic_output, dumps_record, dumps_records, read_manifest,
+                             write_manifest)
 
 
 def _record(**kw):
@@ -100,9 +101,19 @@ def test_serializer_writes_what_json_writes_for_awkward_values():
         recs.append(Record(rng.choice(texts), 64, 48, [[pick(), pick(), rng.choice([0, 1, 2])] for _ in range(3)],
                            [pick() for _ in range(4)], rng.choice(texts), rng.choice([None, "g", "日"]),
                            rng.choice([None, "val"]), rng.choice([{}, {"file": "a.json", "id": "é"}, {"line": i}])))
-    got = dumps_records(recs)
-    assert got == b"".join(map(_reference_line, recs))
+    want = b"".join(map(_reference_line, recs))
+    assert dumps_records(recs) == want
     assert dumps_record(recs[7]) == _reference_line(recs[7])
+    batch = RecordBatch.from_records(recs)      # (ingest's columns: lines not in the fast form from batch.record)
+    assert len(batch) == len(recs) and dumps_records(batch) == want
+
+
+def test_serializer_writes_records_that_fill_no_array_one_by_one():
+    recs = [_record(), _record(keypoints=[[0.5, 0.25, 2]]), _record(bbox=[0.5, 0.25, 0.0])]
+    assert RecordBatch.from_records(recs) is None
+    assert dumps_records(recs) == b"".join(map(_reference_line, recs))
+    with pytest.raises(ValueError):     # as json's reference: a point of 4 values beside one of 2
+        dumps_records([_record(keypoints=[[0.5, 0.25, 2, 1], [0.0, 0.0]])])
 
 
 def test_serializer_refuses_nan():

@@ -465,8 +465,9 @@ def test_split_by_auto_one_video_splits_by_image_and_says_so(tmp_path):
 
 def test_split_by_group_keeps_a_video_together_and_warns_about_the_empty_split(tmp_path):
     m = _video_manifest(tmp_path, groups=1, images=20)
-    r = run("shard", m, "-o", tmp_path / "out", "--split", "train=0.5,test=0.5", "--split-by", "group",
-            "--image-size", "none")
+    args = ["shard", str(m), "-o", str(tmp_path / "out"), "--split", "train=0.5,test=0.5", "--split-by", "group",
+            "--image-size", "none"]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)     # not -q: warnings obey it
     assert r.exit_code == 0
     info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
     assert len(info["splits"]) == 1
@@ -474,6 +475,8 @@ def test_split_by_group_keeps_a_video_together_and_warns_about_the_empty_split(t
     warning = f"split '{empty}' is empty: 0 of 20 record(s) (0.0%, split by group), asked for 50.0%"
     assert f"kpconv: warning: {warning} (few groups: try --split-by image)" in r.output
     assert info["warnings"][0].startswith(warning)
+    r = CliRunner().invoke(cli, ["-q", *args, "--overwrite"], catch_exceptions=False)
+    assert r.exit_code == 0 and "warning" not in r.output      # -q: only errors (the warning stays in the file)
 
 
 def test_split_by_auto_keeps_groups_when_they_fill_every_split(tmp_path):

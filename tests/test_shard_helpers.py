@@ -51,6 +51,7 @@ def dump(out_dir) -> str:
 
     info = json.loads(json.dumps(DatasetInfo.read(out_dir).raw))
     info.pop("kpconv_version", None)
+    info.pop("checksum", None)          # (a hash of the sha256s)
     info["source"] = {k: v for k, v in info.get("source", {}).items() if k != "files"}
     for s in info["splits"].values():
         s.pop("bytes")

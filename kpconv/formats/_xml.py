@@ -17,7 +17,7 @@ def root_tag(path: Path) -> Optional[str]:
             f.seek(0)
             for _event, elem in ET.iterparse(f, events=("start",)):
                 return elem.tag
-    except (OSError, ET.ParseError):
+    except (OSError, ET.ParseError, LookupError, ValueError):   # LookupError: an unknown encoding
         return None
     return None
 
@@ -28,6 +28,8 @@ def parse(path: Path) -> ET.Element:
         return ET.parse(path).getroot()
     except ET.ParseError as e:
         raise AnnotationError(f"invalid XML: {e}", Location(str(path), e.position[0])) from None
+    except (LookupError, ValueError) as e:      # an encoding Python does not know, a bad declaration
+        raise AnnotationError(f"invalid XML: {e}", Location(str(path), 1)) from None
     except OSError as e:
         raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
 

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
+from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
 from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
@@ -211,7 +212,7 @@ def _open(path: Path):
         try:
             first = f.readline()
             try:
-                obj = json.loads(first)
+                obj = jsonparse.loads(first)
                 parsed = True
             except json.JSONDecodeError:
                 obj, parsed = None, False
@@ -224,7 +225,7 @@ def _open(path: Path):
                 f.seek(0)
                 text = f.read()
                 try:
-                    header = json.loads(text)
+                    header = jsonparse.loads(text)
                 except json.JSONDecodeError as e:
                     raise AnnotationError(f"invalid JSON: {e.msg} (column {e.colno})",
                                           Location(name, e.lineno)) from None
@@ -259,7 +260,7 @@ def _lines(path: Path, name: str):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = jsonparse.loads(line)
             except json.JSONDecodeError as e:
                 yield _BadLine(f"invalid JSON: {e.msg} (column {e.colno})"), lineno, ()
                 continue

@@ -90,7 +90,7 @@ def _looks_like(path: Path) -> bool:
             return False
         if len(head) > _DETECT_PARSE_LIMIT:
             return True
-        return _kind(json.loads(head)) is not None
+        return _kind(jsonparse.loads(head)) is not None
     except (OSError, ValueError):
         return False
 

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
 from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
@@ -48,7 +49,7 @@ def _load(path: Path):
     name = str(path)
     try:
         with open(path, "r", encoding="utf-8-sig") as f:
-            return json.load(f)
+            return jsonparse.loads(f.read())
     except json.JSONDecodeError as e:
         raise AnnotationError(f"invalid JSON: {e.msg} (column {e.colno})", Location(name, e.lineno)) from None
     except UnicodeDecodeError as e:

@@ -60,13 +60,39 @@ def _has_kpt_shape(path: Path) -> bool:
     return b"kpt_shape" in head
 
 
+def _loader():
+    """PyYAML's safe loader without aliases (``*name``: nested ones expand exponentially, the "billion
+    laughs") and with at most :data:`kpconv.jsonparse.MAX_DEPTH` levels of nesting (no RecursionError)."""
+    import yaml
+
+    from ..jsonparse import MAX_DEPTH
+
+    class Loader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted",
+                                                  self.peek_event().start_mark)
+            self._depth += 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                      self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return Loader
+
+
 def _load_yaml(path: Path) -> dict:
     import yaml
 
     name = str(path)
     try:
         with open(path, "r", encoding="utf-8-sig") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise AnnotationError(f"invalid YAML: {getattr(e, 'problem', None) or e}",
@@ -234,7 +260,7 @@ def _list_images(split_path: Path, root: Path) -> Iterator[Tuple[Path, Optional[
         for p in sorted(found):
             yield p, None
         return
-    with open(split_path, "r", encoding="utf-8-sig") as f:
+    with open(split_path, "r", encoding="utf-8-sig", errors="replace") as f:   # (bad bytes: a missing image)
         for lineno, line in enumerate(f, start=1):
             t = line.strip()
             if not t:
@@ -277,11 +303,13 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                 continue
             seen[full] = split
             lp = label_path(img)
-            try:
-                f = open(lp, "r", encoding="utf-8-sig")
+            lname = _shown(lp, base, root)
+            try:   # (bytes that are not UTF-8 become U+FFFD: a located "expected numbers" problem)
+                f = open(lp, "r", encoding="utf-8-sig", errors="replace")
             except FileNotFoundError:
                 continue  # an image without labels: no instances
-            lname = _shown(lp, base, root)
+            except OSError as e:
+                raise AnnotationError(f"cannot read label file: {e.strerror}", Location(lname)) from None
             with f:
                 for lineno, line in enumerate(f, start=1):
                     cells = line.split()
@@ -299,7 +327,7 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
                         report.add("wrong_type", f"expected numbers, got {bad!r}", loc)
                         continue
                     cls = vals[0]
-                    if cls != int(cls) or cls < 0:
+                    if not math.isfinite(cls) or cls != int(cls) or cls < 0:
                         report.add("wrong_type", f"expected a class id (integer >= 0), got {cells[0]!r}",
                                    loc.with_field("class"))
                         continue

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import Location, ManifestError, NothingToWrite, ShardError
+from ..errors import Location, ManifestError, NothingToWrite, ShardError, os_error_text
 from . import outdir
 from .files import LocalFiles, is_url
 from .options import (DEFAULT_SHARD_SIZE, DEFAULT_SPLIT, SPLIT_BY, ShardOptions, parse_bytes, parse_image_size,
@@ -77,6 +77,7 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
         plan = make_plan(spool or str(manifest), "<stdin>" if spool else str(manifest), options, files)
         if not plan.tasks:
             raise NothingToWrite(f"{'<stdin>' if spool else manifest}: the manifest holds no record")
+        created = not files.is_remote(out) and not os.path.exists(out)
         outdir.prepare(out, plan, options, files)
         states, todo = {}, []
         for task in plan.tasks:
@@ -94,7 +95,14 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
             finally:
                 if job.manifest != plan.manifest:
                     files.delete(job.manifest)
-        info = outdir.finish(out, plan, states, options, files)
+        try:
+            info = outdir.finish(out, plan, states, options, files)
+        except NothingToWrite:
+            outdir.discard(out, plan, created, files)
+            raise
+    except OSError as e:    # OUT_DIR read-only, a full disk, a file-size limit, a directory at a shard's name...
+        raise ShardError(f"{'' if e.filename is not None else out + ': '}cannot write the shards: "
+                         f"{os_error_text(e)}") from None
     finally:
         if spool:
             os.unlink(spool)

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import replace
-from typing import IO, Dict, List, Sequence
+from typing import IO, Dict, List, Optional, Sequence
 
 from ..errors import KpconvError, ShardError
 from . import ShardOptions, ShardResult, shard
@@ -126,7 +126,10 @@ class BeamFiles(LocalFiles):
                 raise FileNotFoundError(2, "No such file", path) from None
             raise
 
-    open_image = open_read
+    def open_image(self, path: str, root: Optional[str] = None) -> IO[bytes]:
+        if not self.is_remote(path):
+            return super().open_image(path, root)
+        return self.open_read(path)
 
     def create(self, path: str) -> IO[bytes]:
         if not self.is_remote(path):

@@ -9,9 +9,10 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import IO, List
+from typing import IO, List, Optional
 
 from ..errors import ShardError
+from ..imageinfo import open_image
 from ..manifest import atomic_output
 
 _URL = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
@@ -56,10 +57,11 @@ class LocalFiles:
     def open_read(self, path: str) -> IO[bytes]:
         return open(path, "rb")
 
-    def open_image(self, path: str) -> IO[bytes]:
-        """SourceImage's opener (FileNotFoundError / IsADirectoryError / OSError); unbuffered, as an image
-        is read whole (one read of its size instead of chunks through a buffer)."""
-        return open(path, "rb", buffering=0)
+    def open_image(self, path: str, root: Optional[str] = None) -> IO[bytes]:
+        """SourceImage's opener: :func:`kpconv.imageinfo.open_image` (a regular file, size-capped, inside
+        ``root`` once symlinks are resolved unless ``root`` is None; FileNotFoundError / OSError / BadImage);
+        unbuffered, as an image is read whole (one read of its size instead of chunks through a buffer)."""
+        return open_image(path, root)
 
     def create(self, path: str) -> IO[bytes]:
         return open(path, "wb")

@@ -8,6 +8,8 @@ from ..images import ImageOptions
 
 DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 DEFAULT_SHARD_SIZE = 64_000_000  # "64MB"
+MAX_BYTES = 10 ** 15             # "1PB": any size above is a mistake
+MAX_PIXELS = 1 << 26             # stored image size: 8192x8192 (192 MiB of RGB per image in memory)
 SPLIT_BY = ("auto", "group", "image")
 
 
@@ -24,6 +26,7 @@ class ShardOptions:
     compression: str = "none"                  # "none" or "gzip"
     overwrite: bool = False
     resume: bool = False
+    allow_outside_root: bool = False           # read manifest image paths that resolve outside images_root
 
 
 def parse_image_size(text: str) -> Optional[Tuple[int, int]]:
@@ -37,6 +40,8 @@ def parse_image_size(text: str) -> Optional[Tuple[int, int]]:
         values = []
     if len(values) not in (1, 2) or not all(0 < v <= 65535 for v in values):
         raise ValueError(f"expected a size like 224 or 320x240 (width x height) or 'none', got {text!r}")
+    if values[0] * values[-1] > MAX_PIXELS:
+        raise ValueError(f"{text!r} is {values[0] * values[-1]} pixels per image, more than {MAX_PIXELS}")
     return (values[0], values[-1])
 
 
@@ -74,8 +79,8 @@ def parse_bytes(text: str) -> int:
         value = float(t[:i]) * _UNITS[t[i:]]
     except (ValueError, KeyError):
         value = 0
-    if not value >= 1:
-        raise ValueError(f"expected a size like 64MB, 500KB or 1GiB, got {text!r}")
+    if not 1 <= value <= MAX_BYTES:     # (also NaN and inf)
+        raise ValueError(f"expected a size like 64MB, 500KB or 1GiB (at most 1PB), got {text!r}")
     return int(value)
 
 

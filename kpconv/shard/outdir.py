@@ -2,16 +2,17 @@
 then rename), ``skipped.jsonl`` then ``dataset_info.json`` last, so that nothing looks finished early.
 
 Layout: ``<split>.tfrecord-NNNNN-of-NNNNN`` shards, ``.kpconv-shard/<shard>.json`` per-shard states
-(fingerprint, sha256, counts: what ``--resume`` checks), ``skipped.jsonl``, ``dataset_info.json``.
+(fingerprint, sha256, counts, and a checksum of the state itself: what ``--resume`` checks), ``skipped.jsonl``, ``dataset_info.json``.
 """
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from typing import Dict, List, Optional
 
-from .. import __version__
-from ..dataset_info import INFO_FILE, DatasetInfo, sha256_stream
+from .. import __version__, jsonparse
+from ..dataset_info import INFO_FILE, DatasetInfo, checksum, sha256_stream
 from ..errors import NothingToWrite, ShardError
 from ..records import SPEC_VERSION
 from .files import LocalFiles
@@ -27,9 +28,14 @@ def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> N
     ``dataset_info.json`` (nothing looks finished from now on), the shards of another plan and the
     temporary files of an interrupted run."""
     names = files.list_dir(out)
-    if names and not (options.overwrite or options.resume):
+    if names and not (options.overwrite or options.resume) and any(not _leftover(n) for n in names):
         raise ShardError(f"{out}: output directory exists and is not empty "
                          "(use --overwrite to replace it, or --resume to finish an interrupted run)")
+    if not files.is_remote(out):
+        for name in (INFO_FILE, SKIPPED_FILE, *(t.name for t in plan.tasks)):
+            if os.path.isdir(files.join(out, name)):
+                raise ShardError(f"{files.join(out, name)}: a directory is in the way of an output file "
+                                 "(remove it)")
     files.makedirs(out)
     files.delete(files.join(out, INFO_FILE))
     state = files.join(out, STATE_DIR)
@@ -47,6 +53,28 @@ def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> N
             files.delete(files.join(state, name))
 
 
+def _leftover(name: str) -> bool:
+    """What a run that stopped before writing any shard leaves: the state directory, temporary files."""
+    return name == STATE_DIR or (name.startswith(".") and name.endswith(".tmp") or ".tmp-" in name) and (
+        ".tfrecord-" in name or name.startswith((f".{SKIPPED_FILE}.", f".{INFO_FILE}.")))
+
+
+def discard(out: str, plan: Plan, created: bool, files: LocalFiles) -> None:
+    """After a run that can never finish (every record skipped): remove its shards, their states and
+    ``skipped.jsonl``, and OUT_DIR itself when this run created it and nothing else is left, so that
+    nothing blocks the next run."""
+    for task in plan.tasks:
+        files.delete(files.join(out, task.name))
+    files.delete(files.join(out, SKIPPED_FILE))
+    files.delete_tree(files.join(out, STATE_DIR))
+    remove_temporaries(out, files)
+    if created and not files.list_dir(out) and not files.is_remote(out):
+        try:
+            os.rmdir(out)
+        except OSError:
+            pass
+
+
 def remove_temporaries(out: str, files: LocalFiles) -> None:
     for name in files.list_dir(out):
         if name.startswith(".") and ".tmp" in name and name != STATE_DIR:
@@ -55,12 +83,19 @@ def remove_temporaries(out: str, files: LocalFiles) -> None:
 
 def kept_state(out: str, task: ShardTask, files: LocalFiles) -> Optional[dict]:
     """The state of a complete, correct shard from an earlier run (``--resume``), else None."""
+    path = files.join(out, STATE_DIR, f"{task.name}.json")
+    if not files.is_remote(path) and not os.path.isfile(path):
+        return None         # (missing, or a FIFO or device that a read would block on)
     try:
-        state = json.loads(files.read_text(files.join(out, STATE_DIR, f"{task.name}.json")))
+        state = jsonparse.loads(files.read_text(path))
     except (OSError, ValueError):
         return None
-    if state.get("fingerprint") != task.fingerprint:
+    # a damaged or edited state (not an object, a key missing, a count changed) is not trusted: its
+    # shard is written again
+    if not isinstance(state, dict) or state.get("checksum") != checksum(state) \
+            or state.get("fingerprint") != task.fingerprint or state.get("file") != task.name:
         return None
+    state.pop("checksum")
     try:
         with files.open_read(files.join(out, task.name)) as f:
             digest, _ = sha256_stream(f)
@@ -73,8 +108,13 @@ def commit_shard(out: str, state: dict, files: LocalFiles) -> None:
     """Write the state file of a shard written under ``state["tmp"]``, then rename the shard into place:
     a shard under its final name always has its state. Removes ``"tmp"`` from ``state``."""
     tmp = files.join(out, state.pop("tmp"))
-    files.write_atomic(files.join(out, STATE_DIR, f"{state['file']}.json"), json.dumps(state, sort_keys=True).encode())
-    files.rename(tmp, files.join(out, state["file"]))
+    files.write_atomic(files.join(out, STATE_DIR, f"{state['file']}.json"),
+                       json.dumps(dict(state, checksum=checksum(state)), sort_keys=True).encode())
+    try:
+        files.rename(tmp, files.join(out, state["file"]))
+    except BaseException:
+        files.delete(tmp)
+        raise
     files.sync_dir(out)
 
 

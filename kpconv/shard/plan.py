@@ -101,6 +101,8 @@ def fingerprint(options: ShardOptions, digests: Iterable[bytes]) -> str:
     """What a shard's bytes depend on: the options that change records and the lines of its records."""
     d = {"spec": SPEC_VERSION, "kpconv": __version__, "image": asdict(options.image), "seed": options.seed,
          "compression": options.compression}
+    if options.allow_outside_root:      # (changes which records are skipped; absent: the fingerprints of before)
+        d["allow_outside_root"] = True
     h = hashlib.sha256(hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest().encode())
     for digest in digests:
         h.update(digest)

@@ -8,10 +8,12 @@ Apache Beam pipeline. The plan, ``--resume`` and ``dataset_info.json`` are the d
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
 from typing import Dict, Protocol, Sequence
 
-from ..errors import ManifestError, ShardError
+from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
 from .outdir import commit_shard
 from .plan import ShardTask
@@ -47,6 +49,25 @@ class LocalExecutor:
         return _write_parallel(tasks, job, workers)
 
 
+def _died(processes: dict, job: ShardJob) -> str:
+    """The message for a broken pool: which worker died (the one not stopped by the pool's own SIGTERM),
+    how, and the shard it was writing (its temporary file holds the worker's pid)."""
+    dead = {pid: p.exitcode for pid, p in processes.items() if p.exitcode not in (None, 0, -signal.SIGTERM)}
+    shards = []
+    for name in job.files.list_dir(job.out_dir):
+        m = _TMP.match(name)
+        if m and int(m.group(2)) in dead:
+            shards.append(m.group(1))
+    how = ", ".join(f"pid {pid}: " + (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
+                    for pid, code in sorted(dead.items()) if code is not None)
+    what = f"while writing {', '.join(sorted(shards))}" if shards else "before it started a shard"
+    return (f"a worker process died {what} ({how or 'killed, or out of memory?'}); complete shards are kept: "
+            "rerun with --resume")
+
+
+_TMP = re.compile(r"^\.(.+)\.tmp-(\d+)-[0-9a-f]+$")       # writer.write_shard's temporary file names
+
+
 def _start_method() -> str:
     """``fork`` (cheap) while TensorFlow is not loaded in this process (the CLI never loads it);
     ``forkserver`` otherwise (e.g. inside a program that uses TensorFlow), as TF is not fork-safe."""
@@ -65,8 +86,11 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
     ctx = multiprocessing.get_context(_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["kpconv.shard"])
+    from ..workers import die_with_parent
+
     states = {}
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                               initargs=(os.getpid(),))
     bar = None
     try:
         futures = {pool.submit(_write_and_commit, task, job): task for task in tasks}
@@ -79,12 +103,15 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
                 try:
                     states[task.name] = fut.result()
                 except BrokenProcessPool:
-                    raise ShardError(f"a worker process died while writing {task.name} (killed, or out of "
-                                     "memory?); complete shards are kept: rerun with --resume") from None
+                    processes = dict(getattr(pool, "_processes", None) or {})
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise ShardError(_died(processes, job)) from None
                 except ShardError:
                     raise
-                except (ManifestError, OSError) as e:
+                except ManifestError as e:
                     raise ShardError(f"writing {task.name} failed: {e}") from None
+                except OSError as e:
+                    raise ShardError(f"{job.out_dir}: writing {task.name} failed: {os_error_text(e)}") from None
                 if bar is not None:
                     bar.update(1)
         return states

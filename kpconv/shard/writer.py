@@ -6,6 +6,7 @@ writing N records, to test interrupted runs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -83,7 +84,7 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
                 digests.append(line_digest(line))
                 rec = parse_record(line, job.num_keypoints, Location(job.manifest, record=str(offset)))
                 try:
-                    data, kps = convert(rec, job.images_root, options.image, files)
+                    data, kps = convert(rec, job.images_root, options.image, files, options.allow_outside_root)
                 except BadImage as e:
                     skipped.append({"image": rec.image, "instance": rec.instance, "split": task.split,
                                     "shard": task.name, "reason": e.reason, "message": e.message})
@@ -107,20 +108,22 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
             "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped, "tmp": tmp_name}
 
 
-def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL):
-    """One manifest record -> (serialized record, keypoints in the stored image). Raises BadImage."""
+def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL, allow_outside_root: bool = False):
+    """One manifest record -> (serialized record, keypoints in the stored image). Raises BadImage, also
+    (``path_outside_root``) for an image that resolves outside ``root`` unless ``allow_outside_root``."""
     path = files.join(root, rec.image)
+    opener = functools.partial(files.open_image, root=None if allow_outside_root else root)
     data = None
     if opts.size is None and opts.crop == "none":
         # passthrough candidate: a plain, complete JPEG of the manifest's size is stored as is, known from
         # its header alone (no Pillow); anything else goes through SourceImage/render, which decide
-        data = read_image_bytes(path, files.open_image)
+        data = read_image_bytes(path, opener)
         size = passthrough_size(data, opts.max_pixels)
         if size is not None and size == (rec.width, rec.height):
             lay = layout(size[0], size[1], (0, 0, size[0], size[1]), opts)
             kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
             return _example(rec, data, "jpeg", lay, kps), kps
-    src = SourceImage(path, opts.max_pixels, opener=files.open_image, data=data)
+    src = SourceImage(path, opts.max_pixels, opener=opener, data=data)
     if src.size != (rec.width, rec.height):
         raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
                                         f"{rec.width}x{rec.height}", Location(path))

@@ -1,0 +1,70 @@
+"""Worker processes that never outlive the process that started them.
+
+``kill -9`` of ``kpconv shard`` or ``kpconv ingest --workers N`` gives its workers no chance to clean up;
+without help they would be reparented to init and wait on their task queue forever. Every process pool
+of kpconv passes :func:`die_with_parent` as its ``initializer`` with the pid of the process that owns
+the pool:
+
+- on Linux the kernel sends the worker SIGKILL when its parent process dies (``prctl(PR_SET_PDEATHSIG)``
+  through ctypes), which covers the ``fork`` start method;
+- when the owner is not the parent (the ``forkserver`` start method: the fork server is the parent, and
+  it waits for its workers before it exits) or ``prctl`` is not available, a daemon thread waits for the
+  owner to end (a pidfd on Linux, else a poll of its pid every half second) and ends the worker.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(owner_pid: int) -> None:
+    """Make this worker process die when ``owner_pid`` (the process that created its pool) does."""
+    armed = _set_pdeathsig()
+    if not process_alive(owner_pid):
+        os._exit(1)                 # the owner died before the worker was set up
+    if armed and os.getppid() == owner_pid:
+        return
+    threading.Thread(target=_watch, args=(owner_pid,), name="kpconv-owner-watch", daemon=True).start()
+
+
+def _set_pdeathsig() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch(pid: int) -> None:
+    try:
+        import select
+
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])         # readable once the process has ended
+        os._exit(1)
+    while process_alive(pid):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
