@@ -54,8 +54,6 @@ def kpconv(*args, log=None):
 
 def within_px(run: Path, shards: Path, px: float) -> float:
     """Fraction of the test split's labelled keypoints predicted within ``px`` original pixels."""
-    import numpy as np
-
     from kpconv import metrics, pipeline
     from kpconv.evaluate import collect
     from kpconv.train import open_run

@@ -111,37 +111,22 @@ def cli(ctx, quiet, verbose):
 
 
 # ----------------------------------------------------------------------------------------- ingest
-def _names(ctx, param, value):
-    if value is None:
-        return None
-    from .keypoints import parse_names
+def _parsed_by(name: str):
+    """A Click callback: the option's text through ``kpconv.keypoints.<name>`` (imported when used),
+    a ValueError becoming a usage error (exit 2)."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        from . import keypoints
 
-    try:
-        return parse_names(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _pairs(ctx, param, value):
-    if value is None:
-        return None
-    from .keypoints import parse_pairs
-
-    try:
-        return parse_pairs(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        try:
+            return getattr(keypoints, name)(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return callback
 
 
-def _edges(ctx, param, value):
-    if value is None:
-        return None
-    from .keypoints import parse_edges
-
-    try:
-        return parse_edges(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+_names, _pairs, _edges = _parsed_by("parse_names"), _parsed_by("parse_pairs"), _parsed_by("parse_edges")
 
 
 def _format_choices():

@@ -93,13 +93,10 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split, **result}
     if grid:
         from .inspect import contact_sheet
-
-        def predict(images):
-            out = infer(images, training=False).numpy()
-            return out[..., :2], out[..., 2]
+        from .model import infer as run_inference
 
         result["grid"] = {"path": str(grid), "records": contact_sheet(shard_dir, info, grid, grid_n, split=split,
-                                                                      predict=predict,
+                                                                      predict=lambda x: run_inference(infer, x),
                                                                       min_confidence=min_confidence)}
     if json_path:
         from .manifest import atomic_output

@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 import keras
 
 NAMES = ("mse", "weighted-mse", "mae", "huber")
-HEATMAP_LOSSES = ("weighted-mse",)
 
 
 @keras.saving.register_keras_serializable(package="kpconv")

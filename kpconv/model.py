@@ -492,6 +492,15 @@ def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] =
     return keras.Model(model.inputs[0], out, name=f"{model.name}_inference")
 
 
+def infer(inference: keras.Model, batch):
+    """Run an :func:`inference_model` on float32 ``(B, H, W, 3)`` pixels: ``(xy (B, K, 2)`` normalized,
+    ``confidence (B, K))`` as writable numpy arrays."""
+    import numpy as np
+
+    out = np.array(inference(np.asarray(batch, np.float32), training=False), np.float32)
+    return out[..., :2], out[..., 2]
+
+
 def _skip_layers(base, size, steps: int):
     """The last layer at each of the ``steps`` strides below the output's (stride 16 and 8 for
     two steps): the spatial head's skip connections, found from the layers' output shapes so any

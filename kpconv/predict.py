@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
-from .errors import AnnotationError, ImageError, KpconvError, Location, TrainError, VideoError
+from .errors import AnnotationError, ImageError, KpconvError, Location, VideoError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -393,8 +393,9 @@ class Predictor:
     def infer(self, batch) -> Tuple[np.ndarray, np.ndarray]:
         """The one place the model runs: ``batch`` float32 (B, H, W, 3) pixels in [0, 255] as the model
         takes them -> ``xy`` (B, K, 2) normalized to the stored image, ``confidence`` (B, K) in [0, 1]."""
-        out = np.array(self.model(np.asarray(batch, np.float32), training=False), np.float32)
-        return out[..., :2], out[..., 2]
+        from .model import infer
+
+        return infer(self.model, batch)
 
     def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,
                 batch_size: int = 16, frames: FrameSelection = FrameSelection(),

@@ -473,7 +473,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
     import keras
     import tensorflow as tf
 
-    from . import losses, metrics, model as kmodel, pipeline
+    from . import losses, model as kmodel, pipeline
 
     started = time.monotonic()
     run = Path(run_dir)
@@ -589,7 +589,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
          started=None):
     import keras
 
-    from . import losses, metrics, model as kmodel, pipeline
+    from . import losses, model as kmodel, pipeline
 
     Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics, HistoryLog = _callbacks_module()
     heat = options.head == "heatmap"
