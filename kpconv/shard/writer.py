@@ -12,8 +12,10 @@ import os
 import signal
 import uuid
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import Location, ShardError
+from ..imageinfo import real_root
 from ..images import BadImage, ImageOptions, SourceImage, layout, map_bbox, map_keypoints, passthrough_size, \
     read_image_bytes, render
 from ..manifest import Record, parse_record
@@ -64,6 +66,8 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
     tmp = files.join(job.out_dir, tmp_name)
     kill_after = int(os.environ.get("KPCONV_TEST_KILL_AFTER_RECORDS", "0") or 0)
     skipped, vis, digests = [], [[0, 0, 0] for _ in range(job.num_keypoints)], []
+    confine = None if options.allow_outside_root else \
+        job.images_root if files.is_remote(job.images_root) else real_root(job.images_root)
     try:
         with files.open_read(job.manifest) as mf, files.create(tmp) as raw:
             hf = _HashingFile(raw)
@@ -84,7 +88,7 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
                 digests.append(line_digest(line))
                 rec = parse_record(line, job.num_keypoints, Location(job.manifest, record=str(offset)))
                 try:
-                    data, kps = convert(rec, job.images_root, options.image, files, options.allow_outside_root)
+                    data, kps = convert(rec, job.images_root, options.image, files, confine)
                 except BadImage as e:
                     skipped.append({"image": rec.image, "instance": rec.instance, "split": task.split,
                                     "shard": task.name, "reason": e.reason, "message": e.message})
@@ -108,11 +112,12 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
             "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped, "tmp": tmp_name}
 
 
-def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL, allow_outside_root: bool = False):
+def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCAL, confine: Optional[str] = None):
     """One manifest record -> (serialized record, keypoints in the stored image). Raises BadImage, also
-    (``path_outside_root``) for an image that resolves outside ``root`` unless ``allow_outside_root``."""
+    (``path_outside_root``) for an image that resolves outside ``confine`` (the images root, resolved
+    once with :func:`kpconv.imageinfo.real_root`; None: anywhere)."""
     path = files.join(root, rec.image)
-    opener = functools.partial(files.open_image, root=None if allow_outside_root else root)
+    opener = functools.partial(files.open_image, root=confine)
     data = None
     if opts.size is None and opts.crop == "none":
         # passthrough candidate: a plain, complete JPEG of the manifest's size is stored as is, known from
