@@ -5,7 +5,8 @@ every image. Measured, each in its own fresh subprocess, best of ``--repeat`` ru
 
 - the baseline, wall time including interpreter start;
 - ``kpconv ingest annotations.json --images DIR -o out.jsonl`` as a user runs it (the console script),
-  wall time including interpreter start, and its peak RSS (``os.wait4``);
+  wall time including interpreter start, and its peak memory (the process tree's PSS, sampled, or
+  its own peak RSS from ``os.wait4`` if larger); and the same with ``--workers 1`` (no helper process);
 - ``kpconv.ingest.ingest()`` called from Python: time of the call only, and the baseline's own
   in-process time for comparison;
 - the CLI again on a dataset a fifth of the size, to show how peak memory grows with the manifest;
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,14 +76,13 @@ def best(fn, k=3):
         t = time.perf_counter(); r = fn(); times.append(time.perf_counter() - t)
     return min(times), r
 
-out["serial"], ref = best(lambda: imageinfo.read_sizes(paths, workers=1))
+out["serial"], ref = best(lambda: imageinfo.read_sizes(paths, processes=0))
 def threads():
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(paths, pool.map(imageinfo._one, paths, chunksize=64)))
 out["threads4"], r = best(threads)
 assert r == ref
-imageinfo._pool(2)   # start the pool outside the timing, as a long run would
-out["processes2"], r = best(lambda: imageinfo.read_sizes(paths, workers=2))
+out["processes2"], r = best(lambda: imageinfo.read_sizes(paths, processes=2))
 assert r == ref
 def pil():
     from PIL import Image
@@ -133,9 +134,29 @@ sys.exit(code)
 
 
 def run_measured(cmd):
-    """(wall seconds of the command itself, its peak RSS MiB, its own JSON output or None)."""
-    lines = run([sys.executable, "-c", WRAP, *cmd])
-    return lines[-1]["wall"], lines[-1]["rss_mb"], (lines[-2] if len(lines) > 1 else None)
+    """(wall seconds of the command itself, its peak memory MiB, its own JSON output or None). The
+    memory is the peak sum of PSS over the command's process tree (sampled every 20 ms: kpconv ingest
+    may read image headers and write lines in a forked helper process, whose pages shared with its
+    parent PSS counts once), or the command's own peak RSS (os.wait4) when that is larger."""
+    from bench_shard import _tree_memory
+
+    proc = subprocess.Popen([sys.executable, "-c", WRAP, *map(str, cmd)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_memory(proc.pid)[1])
+            done.wait(0.02)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err.decode()[-2000:]}")
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    return lines[-1]["wall"], max(lines[-1]["rss_mb"], peak[0] / 2**20), (lines[-2] if len(lines) > 1 else None)
 
 
 def kpconv_command() -> list:
@@ -184,15 +205,17 @@ def main(argv=None) -> None:
         for d in (full, small):
             warm(d)
 
-        def cli(d, out):
-            return run_measured([*kp, "-q", "ingest", d / "annotations.json", "--images", d / "images", "-o", out])
+        def cli(d, out, *extra):
+            return run_measured([*kp, "-q", "ingest", d / "annotations.json", "--images", d / "images", "-o", out,
+                                 *extra])
 
         res = {k: [] for k in ("base_wall", "base_rss", "base_in", "cli_wall", "cli_rss", "lib", "lib_rss",
-                               "small_wall", "small_rss")}
+                               "small_wall", "small_rss", "serial_wall", "serial_rss")}
         out_full, out_small, out_lib = work / "full.jsonl", work / "small.jsonl", work / "lib.jsonl"
+        out_serial = work / "serial.jsonl"
         for i in range(args.repeat):
             print(f"run {i + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
-            steps = ["base", "cli", "lib", "small"]
+            steps = ["base", "cli", "lib", "small", "serial"]
             if i % 2:
                 steps.reverse()   # alternate the order: a noisy neighbour hurts both sides alike
             for step in steps:
@@ -211,12 +234,16 @@ def main(argv=None) -> None:
                                                 full / "images", out_lib])
                     res["lib"].append(inner["seconds"])
                     res["lib_rss"].append(r)
+                elif step == "serial":
+                    w, r, _ = cli(full, out_serial, "--workers", "1")
+                    res["serial_wall"].append(w)
+                    res["serial_rss"].append(r)
                 else:
                     w, r, _ = cli(small, out_small)
                     res["small_wall"].append(w)
                     res["small_rss"].append(r)
-        if out_full.read_bytes() != out_lib.read_bytes():
-            raise SystemExit("CLI and library wrote different manifests")
+        if not out_full.read_bytes() == out_lib.read_bytes() == out_serial.read_bytes():
+            raise SystemExit("CLI, --workers 1 and library wrote different manifests")
         n_full = sum(1 for _ in open(out_full)) - 1
         n_small = sum(1 for _ in open(out_small)) - 1
         m_full, m_small = out_full.stat().st_size / 2**20, out_small.stat().st_size / 2**20
@@ -227,25 +254,29 @@ def main(argv=None) -> None:
               f"best of {args.repeat}, warm page cache, {len(os.sched_getaffinity(0))} CPUs")
         print(f"dataset: {full} (annotations.json {ann_mb:.1f} MiB); kpconv parses JSON with {json_parser()}")
         print()
-        print(f"{'':48s}{'seconds':>9s}{'peak RSS MiB':>14s}")
+        print(f"{'':48s}{'seconds':>9s}{'peak MiB':>14s}")
         print(f"{'baseline: COCO() + PIL .size, CLI-style run':48s}{best['base_wall']:9.2f}{best['base_rss']:14.0f}")
         print(f"{'kpconv ingest (CLI, incl. interpreter start)':48s}{best['cli_wall']:9.2f}{best['cli_rss']:14.0f}")
+        print(f"{'kpconv ingest --workers 1 (all in one process)':48s}{best['serial_wall']:9.2f}"
+              f"{best['serial_rss']:14.0f}")
         print(f"{'baseline, in-process time':48s}{best['base_in']:9.2f}")
         print(f"{'kpconv.ingest.ingest() call':48s}{best['lib']:9.2f}{best['lib_rss']:14.0f}")
         print()
         print(f"ratio kpconv/baseline: CLI {best['cli_wall'] / best['base_wall']:.2f}x, "
-              f"library {best['lib'] / best['base_in']:.2f}x  (below 1: kpconv faster)")
+              f"library {best['lib'] / best['base_in']:.2f}x, --workers 1 {best['serial_wall'] / best['base_wall']:.2f}x "
+              "(below 1: kpconv faster)")
+        print("peak MiB: the command's process tree, PSS summed (a forked helper's shared pages once)")
         print()
         print("memory vs manifest size (CLI):")
-        print(f"  {n_small:7d} instances: manifest {m_small:7.1f} MiB, peak RSS {best['small_rss']:6.0f} MiB, "
+        print(f"  {n_small:7d} instances: manifest {m_small:7.1f} MiB, peak {best['small_rss']:6.0f} MiB, "
               f"{best['small_wall']:.2f} s")
-        print(f"  {n_full:7d} instances: manifest {m_full:7.1f} MiB, peak RSS {best['cli_rss']:6.0f} MiB, "
+        print(f"  {n_full:7d} instances: manifest {m_full:7.1f} MiB, peak {best['cli_rss']:6.0f} MiB, "
               f"{best['cli_wall']:.2f} s")
         grow_m, grow_r = m_full / m_small, best["cli_rss"] / best["small_rss"]
         per = (best["cli_rss"] - best["small_rss"]) / (m_full - m_small)
-        print(f"  growth: manifest x{grow_m:.2f}, peak RSS x{grow_r:.2f} "
+        print(f"  growth: manifest x{grow_m:.2f}, peak memory x{grow_r:.2f} "
               f"({'no faster' if grow_r <= grow_m else 'FASTER'} than the manifest); "
-              f"{per:.2f} MiB of RSS per MiB of manifest")
+              f"{per:.2f} MiB of memory per MiB of manifest")
         if not args.no_headers:
             h = run([sys.executable, "-c", HEADERS, full / "images"])[-1]
             print()

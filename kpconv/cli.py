@@ -161,7 +161,8 @@ def _format_choices():
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
 @click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
-              help="Processes reading image headers (0 or 1: read them in this process).")
+              help="Helper processes reading image headers and writing lines: 0 (default) one when there "
+                   "are many, 1 none, N > 1 that many.")
 @click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
            skeleton, allow_outside_root, workers):

@@ -24,9 +24,10 @@ import struct
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import ImageError, Location
+from .workers import later
 
 # reason -> meaning (skipped.jsonl, the problem report and the docs)
 REASONS = {
@@ -200,24 +201,30 @@ def max_pixels() -> int:
     return limit or 0
 
 
-def read_sizes(paths: Iterable[str], workers: int = 0, root: Optional[str] = None
+def read_sizes(paths: Iterable[str], processes: int = 0, root: Optional[str] = None
                ) -> Dict[str, Union[Size, BadImage]]:
     """Sizes of many images; problems are returned (as :class:`BadImage`), not raised. ``root``: the
-    images root each image must resolve into (:func:`open_image`); None accepts any path.
+    images root each image must resolve into (:func:`open_image`); None accepts any path. ``processes``:
+    see :func:`sizes_later`."""
+    return sizes_later(paths, processes, root)()
 
-    ``workers`` 0 (automatic) or 1 reads serially; N > 1 uses a pool of N processes (header parsing is
-    pure Python: threads would only contend for the GIL). On a busy 2-CPU machine the pool won only
-    sometimes, by a few percent of a whole ingest, so it is not the default."""
+
+def sizes_later(paths: Iterable[str], processes: int = 0, root: Optional[str] = None
+                ) -> Callable[[], Dict[str, Union[Size, BadImage]]]:
+    """Starts :func:`read_sizes` and returns the function that waits for its result.
+
+    ``processes`` 0: nothing starts, the sizes are read when waited for, in this process; N >= 1: a
+    pool of N processes reads them meanwhile (header parsing is pure Python: threads would only contend
+    for the GIL), so that the caller can work on something else, e.g. ingest on the instances read
+    before these."""
     paths = list(dict.fromkeys(paths))
     root = real_root(root)
-    if workers <= 1 or len(paths) < 2 * workers:
-        return {p: _one(p, root) for p in paths}
-    out: Dict[str, Union[Size, BadImage]] = {}
-    n = max(64, -(-len(paths) // (workers * 4)))
+    if processes < 1 or not paths:
+        return lambda: {p: _one(p, root) for p in paths}
+    n = max(64, -(-len(paths) // (processes * 4)))
     batches = [paths[i:i + n] for i in range(0, len(paths), n)]
-    for batch, sizes in zip(batches, _pool(workers).map(_one_batch, batches, [root] * len(batches))):
-        out.update(zip(batch, sizes))
-    return out
+    waits = [later(processes, _one_batch, batch, root) for batch in batches]
+    return lambda: {p: size for batch, wait in zip(batches, waits) for p, size in zip(batch, wait())}
 
 
 def _one(path: str, root: Optional[str] = None) -> Union[Size, BadImage]:
@@ -229,26 +236,6 @@ def _one(path: str, root: Optional[str] = None) -> Union[Size, BadImage]:
 
 def _one_batch(paths: Sequence[str], root: Optional[str] = None) -> List[Union[Size, BadImage]]:
     return [_one(p, root) for p in paths]
-
-
-_POOLS: Dict[int, object] = {}
-
-
-def _pool(workers: int):
-    pool = _POOLS.get(workers)
-    if pool is None:
-        import atexit
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # forkserver/spawn: never fork a process that may hold threads (tqdm, TensorFlow).
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        from .workers import die_with_parent
-
-        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                                     initializer=die_with_parent, initargs=(os.getpid(),))
-        atexit.register(pool.shutdown)
-    return pool
 
 
 # ------------------------------------------------------------------------------------------ probe

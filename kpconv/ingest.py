@@ -11,6 +11,7 @@ import contextlib
 import gc
 import os
 import re
+from collections import deque
 from dataclasses import dataclass
 from itertools import chain, islice
 from math import isfinite
@@ -22,11 +23,12 @@ import numpy as np
 from . import formats
 from .errors import AnnotationError, ImageError, Location, NothingToWrite, ProblemsFound
 from .formats.base import IngestOptions, RawInstance, ReadContext
-from .imageinfo import read_sizes
+from .imageinfo import sizes_later
 from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
 from .problems import Report
 from .progress import progress
+from .workers import can_fork, later
 
 CHUNK = 4096
 
@@ -63,9 +65,13 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
     if not root.is_dir():
         raise AnnotationError("images root is not a directory (set it with --images)", Location(str(root)))
     root = Path(os.path.abspath(root))
+    with _gc_paused():      # (what _ingest made is freed before the collector runs again)
+        return _ingest(paths, output, reader_cls, root, options, strict, report_path)
 
+
+def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: IngestOptions, strict: bool,
+            report_path: Optional[str]) -> IngestResult:
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_gc_paused())
         report_stream = stack.enter_context(atomic_output(report_path)) if report_path else None
         report = Report(stream=report_stream)
         ctx = ReadContext(options=options, report=report, images_root=root)
@@ -77,8 +83,13 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
         try:
             with atomic_output(output, "wb") as out:
                 out.write(dumps_header(header))
+                lines = deque()     # (the lines of up to 2 batches are made meanwhile by finalizer.processes)
                 for batch in finalizer.run(result.instances):
-                    out.write(dumps_records(batch))
+                    lines.append(later(finalizer.processes, dumps_records, batch))
+                    if len(lines) > 2:
+                        out.write(lines.popleft()())
+                for wait in lines:
+                    out.write(wait())
                 if strict and report.fails_strict:
                     first = report.first_failing()
                     raise ProblemsFound(report.first, f"--strict: {report.count('error') + report.count('warning')} "
@@ -102,7 +113,8 @@ def _gc_paused():
 
     A parsed annotation file is millions of objects, and each collection walks them all while
     ingest creates next to no reference cycles; pausing the collector saved ~13% of the time of
-    100,000 COCO instances (``benchmarks/bench_ingest.py``)."""
+    100,000 COCO instances (``benchmarks/bench_ingest.py``). Objects made meanwhile are all in the
+    youngest generation: they should be gone before the collector runs again."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -174,56 +186,71 @@ class _Finalizer:
         self.seen: set = set()
         self.next_instance: Dict[str, int] = {}
         self.written = 0
+        self.processes: Optional[int] = None    # image header readers (sizes_later); None: not decided yet
         self._paths: Dict[Tuple[Optional[str], str], Union[Tuple[str, str], bool]] = {}
         self._images: Dict[Tuple[str, bool], tuple] = {}     # (full path, normalized) -> per-image constants
         self._shown: Dict[Optional[str], str] = {}            # source file -> as shown in the manifest
         self._dense_scale: Dict[tuple, Union[Tuple[float, float], bool]] = {}  # (full path, stated size) -> (sx, sy)
 
     def run(self, instances) -> Iterator[RecordBatch]:
-        """The records, a chunk of instances at a time."""
+        """The records, a chunk of instances at a time. The sizes of a chunk's new images are read (by
+        :func:`sizes_later`) while the chunk before it is turned into records."""
         it = iter(progress(instances, desc="ingest", unit="inst"))
+        asked: set = set()
+        pending = None
         while True:
             chunk = list(islice(it, CHUNK))
+            if chunk:
+                resolved = [self._resolve(raw) for raw in chunk]
+                todo = sorted({p[1] for p in resolved if p is not None} - asked)
+                asked.update(todo)
+                if self.processes is None:      # decided on the first chunk
+                    self.processes = _processes(self.options.workers, len(todo) if len(chunk) == CHUNK else 0)
+                later = sizes_later(todo, self.processes, None if self.options.allow_outside_root else self.root_str)
+            if pending is not None:
+                self.sizes.update(pending[2]())
+                batch = self._batch(pending[0], pending[1])
+                if batch is not None:
+                    yield batch
             if not chunk:
                 return
-            resolved = [self._resolve(raw) for raw in chunk]
-            todo = {p[1] for p in resolved if p is not None and p[1] not in self.sizes}
-            if todo:
-                self.sizes.update(read_sizes(sorted(todo), self.options.workers,
-                                             None if self.options.allow_outside_root else self.root_str))
-            rows, kps, boxes = self._dense(chunk, resolved) if self.dense_names == self.names else (None, None, None)
-            out = []                # per record: image, width, height, instance, group, split, source, category
-            take, exact = [], []    # per record: its row in kps/boxes, or -1 and its Record in exact
-            for i, (raw, res) in enumerate(zip(chunk, resolved)):
-                j = rows[i] if rows is not None else -1
-                if j >= 0:
-                    rel = res[0]
-                    inst = self._instance(rel, raw, raw.location)
-                    if inst is None:
-                        continue
-                    w, h = self.sizes[res[1]]
-                    out.append((rel, w, h, inst, raw.group, raw.split, self._source(raw.location),
-                                None if raw.category is None else str(raw.category)))
-                    take.append(j)
+            pending = chunk, resolved, later
+
+    def _batch(self, chunk: List[RawInstance], resolved: list) -> Optional[RecordBatch]:
+        """The records of a chunk whose image sizes are known; None when none is valid."""
+        rows, kps, boxes = self._dense(chunk, resolved) if self.dense_names == self.names else (None, None, None)
+        out = []                # per record: image, width, height, instance, group, split, source, category
+        take, exact = [], []    # per record: its row in kps/boxes, or -1 and its Record in exact
+        for i, (raw, res) in enumerate(zip(chunk, resolved)):
+            j = rows[i] if rows is not None else -1
+            if j >= 0:
+                rel = res[0]
+                inst = self._instance(rel, raw, raw.location)
+                if inst is None:
                     continue
-                rec = self._finalize(raw, res) if res is not None else None
-                if rec is not None:
-                    out.append((rec.image, rec.width, rec.height, rec.instance, rec.group, rec.split, rec.source,
-                                rec.category))
-                    take.append(-1)
-                    exact.append(rec)
-            if not take:
+                w, h = self.sizes[res[1]]
+                out.append((rel, w, h, inst, raw.group, raw.split, self._source(raw.location),
+                            None if raw.category is None else str(raw.category)))
+                take.append(j)
                 continue
-            take = np.array(take)
-            kp, box = np.zeros((len(take), self.k, 3)), np.zeros((len(take), 4))
-            if kps is not None:
-                kp[take >= 0], box[take >= 0] = kps[take[take >= 0]], boxes[take[take >= 0]]
-            if exact:
-                kp[take < 0] = [r.keypoints for r in exact]
-                box[take < 0] = [r.bbox for r in exact]
-            self.written += len(take)
-            image, width, height, instance, group, split, source, category = map(list, zip(*out))
-            yield RecordBatch(image, width, height, kp, box, instance, group, split, source, category)
+            rec = self._finalize(raw, res) if res is not None else None
+            if rec is not None:
+                out.append((rec.image, rec.width, rec.height, rec.instance, rec.group, rec.split, rec.source,
+                            rec.category))
+                take.append(-1)
+                exact.append(rec)
+        if not take:
+            return None
+        take = np.array(take)
+        kp, box = np.zeros((len(take), self.k, 3)), np.zeros((len(take), 4))
+        if kps is not None:
+            kp[take >= 0], box[take >= 0] = kps[take[take >= 0]], boxes[take[take >= 0]]
+        if exact:
+            kp[take < 0] = [r.keypoints for r in exact]
+            box[take < 0] = [r.bbox for r in exact]
+        self.written += len(take)
+        image, width, height, instance, group, split, source, category = map(list, zip(*out))
+        return RecordBatch(image, width, height, kp, box, instance, group, split, source, category)
 
     def _resolve(self, raw: RawInstance) -> Optional[Tuple[str, str]]:
         """(path relative to root, absolute path) or None after reporting a path problem."""
@@ -437,6 +464,21 @@ _NUMBER_TYPES = frozenset((int, float))   # exact types: bool is not a number he
 _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
 # a relative path of plain names: no empty, "." or ".." part, no backslash
 _PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
+
+
+# --workers 0 (automatic) starts one background process reading image headers when the first chunk is
+# full (more follow) and has at least this many images: on the 20,000 images of
+# benchmarks/bench_ingest.py it takes the 0.3 s of header reading off the main process.
+BACKGROUND_MIN_IMAGES = 256
+
+
+def _processes(workers: int, first_images: int) -> int:
+    """Processes reading image headers (0: this one) for ``--workers``: 1 reads them in this process,
+    N > 1 in N others; 0 (automatic) in one other process when there are many, 2 CPUs or more, and the
+    process can be forked (a fork server would re-import the ``__main__`` of a script that calls ingest)."""
+    if workers == 0:
+        return 1 if first_images >= BACKGROUND_MIN_IMAGES and (os.cpu_count() or 1) >= 2 and can_fork() else 0
+    return 0 if workers == 1 else workers
 
 
 def _finite(c) -> bool:

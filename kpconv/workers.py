@@ -10,6 +10,8 @@ the pool:
 - when the owner is not the parent (the ``forkserver`` start method: the fork server is the parent, and
   it waits for its workers before it exits) or ``prctl`` is not available, a daemon thread waits for the
   owner to end (a pidfd on Linux, else a poll of its pid every half second) and ends the worker.
+
+:func:`later` runs a function in a pool of worker processes kept for the life of the process.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable, Dict, Tuple
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,3 +71,35 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def can_fork() -> bool:
+    """Whether worker processes may be forked: TensorFlow (not fork-safe) is not loaded. Else they are
+    started by a fork server, which re-imports the ``__main__`` module of a script."""
+    import multiprocessing
+
+    return "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods()
+
+
+_POOLS: Dict[Tuple[int, str], object] = {}
+
+
+def later(processes: int, fn: Callable, *args) -> Callable[[], object]:
+    """Starts ``fn(*args)`` in a pool of ``processes`` worker processes (0: nothing starts; it runs in
+    this process when waited for) and returns the function that waits for its result (or raises its
+    exception). The pool is made on first use, forked when :func:`can_fork`, and shut down at exit."""
+    if processes < 1:
+        return lambda: fn(*args)
+    import multiprocessing
+
+    method = "fork" if can_fork() else "forkserver"
+    pool = _POOLS.get((processes, method))
+    if pool is None:
+        import atexit
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = _POOLS[(processes, method)] = ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context(method), initializer=die_with_parent,
+            initargs=(os.getpid(),))
+        atexit.register(pool.shutdown)
+    return pool.submit(fn, *args).result

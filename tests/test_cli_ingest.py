@@ -221,3 +221,33 @@ def test_pipe_closed_early_is_quiet(tmp_path):
     assert json.loads(first)["source"]["format"] == "coco"
     assert status in ("status=0", "status=1")
     assert "Traceback" not in (tmp_path / "err").read_text()
+
+
+def test_image_headers_read_in_a_helper_process_give_the_same_manifest(tmp_path):
+    """Over a full chunk of instances with many images, --workers 0 reads image headers and writes lines in
+    a forked helper process (while the next chunk is read): the manifest and report are those of --workers 1
+    (everything in one process) and of --workers 2, byte for byte, missing images included. (Run as
+    commands: in this process TensorFlow may be loaded, and then nothing is forked.)"""
+    import kpconv.ingest as ingest_mod
+    from kpconv.workers import can_fork
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from synth import make_coco
+
+    ann = make_coco(tmp_path / "data", 1100, size=(64, 48), instances_per_image=4, seed=3, ext="png")
+    for i in range(0, 1100, 97):
+        (tmp_path / "data" / "images" / f"img_{i:06d}.png").unlink()
+    outs = {}
+    for workers in ("1", "0", "2"):
+        out, rep = tmp_path / f"m{workers}.jsonl", tmp_path / f"r{workers}.jsonl"
+        p = subprocess.run([sys.executable, "-c", "from kpconv.cli import main; main()", "ingest", str(ann),
+                            "--images", str(tmp_path / "data" / "images"), "--workers", workers, "-o", str(out),
+                            "--report", str(rep)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        outs[workers] = out.read_bytes(), rep.read_bytes()
+    assert outs["0"] == outs["1"] == outs["2"]
+    assert b"missing_image" in outs["1"][1]
+    many = ingest_mod.BACKGROUND_MIN_IMAGES
+    assert ingest_mod._processes(0, many) == (1 if can_fork() and (os.cpu_count() or 1) >= 2 else 0)
+    assert ingest_mod._processes(0, many - 1) == 0
+    assert ingest_mod._processes(1, 10 ** 6) == 0 and ingest_mod._processes(3, 1) == 3

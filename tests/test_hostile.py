@@ -474,9 +474,9 @@ def test_shard_workers_die_with_their_parent(synth, tmp_path):
 def test_ingest_workers_die_with_their_parent(tmp_path):
     from synth import make_coco     # (benchmarks/, on the path through test_shard_helpers)
 
-    ann = make_coco(tmp_path / "data", 600, size=(64, 48), instances_per_image=1, seed=0, ext="png")
+    ann = make_coco(tmp_path / "data", 3000, size=(64, 48), instances_per_image=1, seed=0, ext="png")
     kids = _kill_main_when_workers_run(["ingest", ann, "-f", "coco", "--images", tmp_path / "data" / "images",
-                                        "--workers", "2", "-o", tmp_path / "m.jsonl"], n=3)
+                                        "--workers", "2", "-o", tmp_path / "m.jsonl"], n=2)
     assert not _alive(kids)
     assert not (tmp_path / "m.jsonl").exists()
 

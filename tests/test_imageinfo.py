@@ -262,8 +262,8 @@ def test_read_sizes_serial_and_pool_agree(tmp_path, images):
     paths = [str(p) for _, p in images] + [str(tmp_path / "missing.png")]
     (tmp_path / "junk.png").write_bytes(b"junk")
     paths.append(str(tmp_path / "junk.png"))
-    serial = imageinfo.read_sizes(paths, workers=1)
-    pooled = imageinfo.read_sizes(paths + paths[:3], workers=2)
+    serial = imageinfo.read_sizes(paths, processes=0)
+    pooled = imageinfo.read_sizes(paths + paths[:3], processes=2)
     assert list(serial) == paths and list(pooled) == paths
     for p in paths:
         a, b = serial[p], pooled[p]
