@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable, Dict, Tuple
 
+from .errors import KpconvError
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -102,4 +104,19 @@ def later(processes: int, fn: Callable, *args) -> Callable[[], object]:
             processes, mp_context=multiprocessing.get_context(method), initializer=die_with_parent,
             initargs=(os.getpid(),))
         atexit.register(pool.shutdown)
-    return pool.submit(fn, *args).result
+    future = pool.submit(fn, *args)
+
+    def wait():
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            _POOLS.pop((processes, method), None)
+            raise WorkerDied(f"a helper process of kpconv died while running {fn.__name__} (killed, or out of "
+                             "memory); run again, or with --workers 1 to do without helpers") from None
+    return wait
+
+
+class WorkerDied(KpconvError):
+    """A process of a :func:`later` pool ended without finishing its work."""

@@ -797,3 +797,13 @@ def test_shard_file_size_limit(data, tmp_path, workers):
     assert [n for n in os.listdir(out) if not n.startswith(".")] == []         # nothing under a final name
     assert not [n for n in os.listdir(out) if ".tmp" in n]
     assert run("shard", m, "-o", out, "--image-size", "64", "--split", "train=1").exit_code == 0   # not blocked
+
+
+def test_a_helper_process_that_dies_is_a_clear_error():
+    """A helper killed while it works (the OOM killer, kill -9) is reported as such, and the next call
+    gets a fresh pool."""
+    from kpconv.workers import WorkerDied, later
+
+    with pytest.raises(WorkerDied, match="helper process of kpconv died while running _exit"):
+        later(1, os._exit, 9)()
+    assert later(1, abs, -3)() == 3
