@@ -13,16 +13,16 @@ import os
 import re
 from collections import deque
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from math import isfinite
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import formats
 from .errors import AnnotationError, ImageError, Location, NothingToWrite, ProblemsFound
-from .formats.base import IngestOptions, RawInstance, ReadContext
+from .formats.base import DenseRows, IngestOptions, RawInstance, ReadContext
 from .imageinfo import sizes_later
 from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
@@ -77,8 +77,7 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
         ctx = ReadContext(options=options, report=report, images_root=root)
         result = reader_cls().read(paths, ctx)
         header, index = _header(reader_cls.name, result, options, root)
-        finalizer = _Finalizer(header, index, root, options, report, dense_names=result.meta.keypoints,
-                               dense_checked=reader_cls.dense_checked)
+        finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints)
         failure = None
         try:
             with atomic_output(output, "wb") as out:
@@ -168,11 +167,10 @@ class _Finalizer:
     ``--workers``)."""
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
-                 report: Report, dense_names: Optional[Sequence[str]] = None, dense_checked: bool = False):
+                 report: Report, reader_names: Sequence[str]):
         self.k = len(header.keypoints)
         self.names = list(header.keypoints)
-        self.dense_names = list(dense_names) if dense_names is not None else None
-        self.dense_checked = dense_checked      # the reader checked the types of the dense values
+        self.reader_names = list(reader_names)  # the order of DenseRows keypoints
         self.index = index
         self.root = root
         self.root_str = str(root)
@@ -193,47 +191,62 @@ class _Finalizer:
         self._dense_scale: Dict[tuple, Union[Tuple[float, float], bool]] = {}  # (full path, stated size) -> (sx, sy)
 
     def run(self, instances) -> Iterator[RecordBatch]:
-        """The records, a chunk of instances at a time. The sizes of a chunk's new images are read (by
-        :func:`sizes_later`) while the chunk before it is turned into records."""
-        it = iter(progress(instances, desc="ingest", unit="inst"))
+        """The records, a chunk at a time (a DenseRows block, or up to CHUNK RawInstances). The sizes of
+        a chunk's new images are read (by :func:`sizes_later`) while the chunk before it is turned into
+        records."""
         asked: set = set()
         pending = None
+        chunks = _chunks(instances)
+        bar = progress(desc="ingest", unit="inst")      # (None when not shown)
         while True:
-            chunk = list(islice(it, CHUNK))
-            if chunk:
-                resolved = [self._resolve(raw) for raw in chunk]
-                todo = sorted({p[1] for p in resolved if p is not None} - asked)
+            chunk = next(chunks, None)
+            if chunk is not None:
+                if bar is not None:
+                    bar.update(len(chunk))
+                if chunk.__class__ is DenseRows:
+                    paths = {name: self._resolve(None, name) for name in set(chunk.image)}
+                    resolved = [paths[name] for name in chunk.image]
+                else:
+                    resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
+                todo = sorted({p[1] for p in resolved if p} - asked)
                 asked.update(todo)
                 if self.processes is None:      # decided on the first chunk
-                    self.processes = _processes(self.options.workers, len(todo) if len(chunk) == CHUNK else 0)
+                    self.processes = _processes(self.options.workers, len(chunk), len(todo))
                 later = sizes_later(todo, self.processes, None if self.options.allow_outside_root else self.root_str)
             if pending is not None:
                 self.sizes.update(pending[2]())
                 batch = self._batch(pending[0], pending[1])
                 if batch is not None:
                     yield batch
-            if not chunk:
+            if chunk is None:
+                if bar is not None:
+                    bar.close()
                 return
             pending = chunk, resolved, later
 
-    def _batch(self, chunk: List[RawInstance], resolved: list) -> Optional[RecordBatch]:
+    def _batch(self, chunk: Union[DenseRows, List[RawInstance]], resolved: list) -> Optional[RecordBatch]:
         """The records of a chunk whose image sizes are known; None when none is valid."""
-        rows, kps, boxes = self._dense(chunk, resolved) if self.dense_names == self.names else (None, None, None)
+        dense = chunk.__class__ is DenseRows
+        rows, kps, boxes = self._dense(chunk, resolved) if dense else (None, None, None)
         out = []                # per record: image, width, height, instance, group, split, source, category
         take, exact = [], []    # per record: its row in kps/boxes, or -1 and its Record in exact
-        for i, (raw, res) in enumerate(zip(chunk, resolved)):
-            j = rows[i] if rows is not None else -1
+        for i, res in enumerate(resolved):
+            j = rows[i] if dense else -1
             if j >= 0:
                 rel = res[0]
-                inst = self._instance(rel, raw, raw.location)
+                inst = self._instance(rel, None, lambda: Location(chunk.file, record=chunk.record[i]))
                 if inst is None:
                     continue
                 w, h = self.sizes[res[1]]
-                out.append((rel, w, h, inst, raw.group, raw.split, self._source(raw.location),
-                            None if raw.category is None else str(raw.category)))
+                out.append((rel, w, h, inst, None, chunk.split, self._source(chunk.file, None, chunk.record[i]),
+                            chunk.category[i]))
                 take.append(j)
                 continue
-            rec = self._finalize(raw, res) if res is not None else None
+            raw = chunk.row(i, self.reader_names) if dense else chunk[i]
+            if not res:
+                self._outside(raw)
+                continue
+            rec = self._finalize(raw, res)
             if rec is not None:
                 out.append((rec.image, rec.width, rec.height, rec.instance, rec.group, rec.split, rec.source,
                             rec.category))
@@ -252,27 +265,27 @@ class _Finalizer:
         image, width, height, instance, group, split, source, category = map(list, zip(*out))
         return RecordBatch(image, width, height, kp, box, instance, group, split, source, category)
 
-    def _resolve(self, raw: RawInstance) -> Optional[Tuple[str, str]]:
-        """(path relative to root, absolute path) or None after reporting a path problem."""
-        key = (raw.image_base, raw.image)
+    def _resolve(self, base: Optional[str], image: str):
+        """(path relative to root, absolute path), or False for a path outside the root (reported by
+        :meth:`_outside`)."""
+        key = (base, image)
         res = self._paths.get(key)
-        if res is None and raw.image_base is None and self._plain_root and raw.image.__class__ is str \
-                and _PLAIN_PATH(raw.image):
-            res = self._paths[key] = (raw.image, self._plain_root + raw.image)  # what the below gives
-        if res is None:
-            base = raw.image_base or self.root_str
-            given = raw.image.replace("\\", "/")
-            full = os.path.normpath(os.path.join(base, given))
+        if res is not None:
+            return res
+        if base is None and self._plain_root and image.__class__ is str and _PLAIN_PATH(image):
+            res = (image, self._plain_root + image)     # what the below gives
+        else:
+            given = image.replace("\\", "/")
+            full = os.path.normpath(os.path.join(base or self.root_str, given))
             rel = os.path.relpath(full, self.root_str)
             outside = os.path.isabs(given) or rel == ".." or rel.startswith("../") or os.path.isabs(rel)
-            res = self._paths[key] = False if outside and not self.options.allow_outside_root \
-                else (Path(rel).as_posix(), full)
-        if res is False:
-            self.report.add("path_outside_root",
-                            f"image path {raw.image!r} is outside the images root {self.root_str} "
-                            "(use --allow-outside-root to accept it)", raw.location.with_field("image"))
-            return None
+            res = False if outside and not self.options.allow_outside_root else (Path(rel).as_posix(), full)
+        self._paths[key] = res
         return res
+
+    def _outside(self, raw: RawInstance) -> None:
+        self.report.add("path_outside_root", f"image path {raw.image!r} is outside the images root {self.root_str} "
+                        "(use --allow-outside-root to accept it)", raw.location.with_field("image"))
 
     def _image(self, full: str, normalized: bool):
         """Per-image constants: (w, h, sx, sy, tol_x, tol_y), or the ImageError."""
@@ -305,8 +318,7 @@ class _Finalizer:
         xs: List[float] = []
         ys: List[float] = []
         index = self.index
-        points = raw.keypoints if raw.dense is None else raw.points(self.dense_names)
-        for name, point in points.items():
+        for name, point in raw.keypoints.items():
             i = index.get(name)
             if i is None:
                 self.report.add("unknown_keypoint", f"keypoint {name!r} is not one of the keypoint names "
@@ -339,72 +351,64 @@ class _Finalizer:
 
     def _record(self, raw: RawInstance, rel: str, w: int, h: int, kps: list, bbox: list) -> Optional[Record]:
         """The record, numbered in order of appearance; None after reporting a duplicate."""
-        instance = self._instance(rel, raw, raw.location)
+        instance = self._instance(rel, raw.instance, raw.location)
         if instance is None:
             return None
-        return Record(rel, w, h, kps, bbox, instance, raw.group, raw.split, self._source(raw.location),
+        loc = raw.location
+        return Record(rel, w, h, kps, bbox, instance, raw.group, raw.split, self._source(loc.file, loc.line, loc.record),
                       None if raw.category is None else str(raw.category))
 
-    def _dense(self, chunk: List[RawInstance], resolved: list):
-        """The rows in dense form (``RawInstance.dense`` in the manifest's keypoint order, as COCO gives
-        them) that are valid as they are, with nothing to report, clamp or fix, validated for the whole
-        chunk at once with numpy: ``(rows, keypoints, bbox)``, ``rows[i]`` the row of ``chunk[i]`` in the
-        arrays (K, 3) and (4) of normalized numbers, or -1 where ``_finalize`` decides; Nones when no row
-        is in dense form.
+    def _dense(self, rows: DenseRows, resolved: list):
+        """The rows that are valid as they are, with nothing to report, clamp or fix, validated all at
+        once with numpy: ``(take, keypoints, bbox)``, ``take[i]`` = ``i`` for such a row of the arrays (K, 3)
+        and (4) of normalized numbers, -1 where ``_finalize`` decides (Nones when none is).
 
         The same float operations as ``_finalize`` (IEEE-exact), so the records are the same. Measured on
-        the 100,000 COCO instances of ``benchmarks/bench_ingest.py``, both ways alternating in one process:
-        ``ingest()`` takes 2.35 s (2.27 s CPU) with this path and 4.85 s (4.61 s CPU) with ``_finalize``
-        alone: it saves 52 % of the end-to-end time."""
-        rows, dense, boxes, derived, scale = [], [], [], [], []
-        n3 = 3 * self.k
+        the 100,000 COCO instances of ``benchmarks/bench_ingest.py``: ``ingest()`` takes 2.35 s (2.27 s
+        CPU) with this path and 4.85 s (4.61 s CPU) with ``_finalize`` alone."""
+        n, n3 = len(rows), 3 * self.k
+        if self.reader_names != self.names:     # (not in the manifest's keypoint order)
+            return [-1] * n, None, None
         fits = self._dense_scale
-        for i, (raw, res) in enumerate(zip(chunk, resolved)):
-            d = raw.dense
-            if d is None or res is None or raw.normalized or d.__class__ is not list or len(d) != n3:
-                continue
-            key = (res[1], None if raw.size is None else tuple(raw.size))
-            sxy = fits.get(key)
+        scale = []      # per row: (sx, sy) of its image, False when the row goes the exact way
+        for res, size in zip(resolved, rows.size):
+            sxy = res and fits.get((res[1], size))
             if sxy is None:     # once per image and stated size
                 consts = self._images.get((res[1], False)) or self._image(res[1], False)
-                sxy = fits[key] = consts.__class__ is tuple and key[1] in (None, consts[:2]) and consts[2:4]
-            if not (sxy and (self.dense_checked or set(map(type, d)) <= _NUMBER_TYPES)):
-                continue
-            b = raw.bbox
-            if b is not None and not ((b.__class__ is list or b.__class__ is tuple) and len(b) == 4
-                                      and set(map(type, b)) <= _NUMBER_TYPES):
-                continue
-            rows.append(i)
-            dense.append(d)
-            derived.append(b is None)
-            boxes.append(_UNIT_BOX if b is None else b)
+                sxy = fits[(res[1], size)] = consts.__class__ is tuple and size in (None, consts[:2]) and consts[2:4]
             scale.append(sxy)
-        if not rows:
-            return None, None, None
+        boxes = rows.bbox
+        given = [b for b in boxes if b is not None]
+        if given and not (set(map(type, given)) <= _LIST_TYPES and set(map(len, given)) == {4}
+                          and set(map(type, chain.from_iterable(given))) <= _NUMBER_TYPES):
+            scale = [sxy if b is None or (b.__class__ in _LIST_TYPES and len(b) == 4
+                                          and set(map(type, b)) <= _NUMBER_TYPES) else False
+                     for sxy, b in zip(scale, boxes)]
+            boxes = [b if sxy else None for sxy, b in zip(scale, boxes)]
         try:
-            a = np.fromiter(chain.from_iterable(dense), np.float64, len(rows) * n3).reshape(len(rows), n3)
-            bb = np.fromiter(chain.from_iterable(boxes), np.float64, len(rows) * 4).reshape(len(rows), 4)
-        except OverflowError:   # an int beyond the float range: those rows the exact way
-            return None, None, None
-        s = np.array(scale)
-        ok, kps, box = _check_dense(a, bb, np.array(derived), s[:, 0:1], s[:, 1:2])
-        out = np.full(len(chunk), -1)
-        out[np.array(rows)[ok]] = np.flatnonzero(ok)
-        return out.tolist(), kps, box
+            a = np.fromiter(chain.from_iterable(rows.keypoints), np.float64, n * n3).reshape(n, n3)
+            bb = np.fromiter(chain.from_iterable(_UNIT_BOX if b is None else b for b in boxes), np.float64,
+                             n * 4).reshape(n, 4)
+        except OverflowError:   # an int beyond the float range: the exact way
+            return [-1] * n, None, None
+        s = np.array([sxy or (1.0, 1.0) for sxy in scale])
+        ok, kps, box = _check_dense(a, bb, np.array([b is None for b in boxes]), s[:, 0:1], s[:, 1:2])
+        ok &= np.array([bool(sxy) for sxy in scale])
+        return np.where(ok, np.arange(n), -1).tolist(), kps, box
 
-    def _instance(self, rel: str, raw: RawInstance, loc: Location) -> Optional[str]:
-        """The instance id (numbered in order of appearance when not given), or None after
-        reporting a duplicate."""
-        if raw.instance is None:
+    def _instance(self, rel: str, given: Optional[str], where) -> Optional[str]:
+        """The instance id (``given``, or numbered in order of appearance when None), or None after
+        reporting a duplicate at ``where`` (a Location, or a function that makes it)."""
+        if given is None:
             n = self.next_instance.get(rel, 0)
             instance = str(n)
             self.next_instance[rel] = n + 1
         else:
-            instance = str(raw.instance)
+            instance = str(given)
         key = (rel, instance)
         if key in self.seen:
             self.report.add("duplicate_instance", f"image {rel} instance {instance!r} appears twice; "
-                            "keeping the first", loc)
+                            "keeping the first", where if isinstance(where, Location) else where())
             return None
         self.seen.add(key)
         return instance
@@ -445,40 +449,60 @@ class _Finalizer:
         x0, y0 = min(xs), min(ys)
         return [x0, y0, max(xs) - x0, max(ys) - y0]
 
-    def _source(self, loc: Location) -> dict:
+    def _source(self, file: Optional[str], line: Optional[int], record: Optional[str]) -> dict:
         d = {}
-        if loc.file is not None:
-            shown = self._shown.get(loc.file)
+        if file is not None:
+            shown = self._shown.get(file)
             if shown is None:
-                shown = self._shown[loc.file] = _display(loc.file, self.root)
+                shown = self._shown[file] = _display(file, self.root)
             d["file"] = shown
-        if loc.line is not None:
-            d["line"] = loc.line
-        if loc.record is not None:
-            d["id"] = loc.record
+        if line is not None:
+            d["line"] = line
+        if record is not None:
+            d["id"] = record
         return d
 
 
 _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset((int, float))   # exact types: bool is not a number here
+_LIST_TYPES = frozenset((list, tuple))
 _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
 # a relative path of plain names: no empty, "." or ".." part, no backslash
 _PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
 
 
-# --workers 0 (automatic) starts one background process reading image headers when the first chunk is
-# full (more follow) and has at least this many images: on the 20,000 images of
-# benchmarks/bench_ingest.py it takes the 0.3 s of header reading off the main process.
-BACKGROUND_MIN_IMAGES = 256
+# --workers 0 (automatic) starts a helper process when the first chunk has this many instances or names
+# this many images: on the 20,000 images and 100,000 instances of benchmarks/bench_ingest.py it takes
+# header reading and line writing (0.3 + 0.35 s) off the main process; forking it costs ~0.02 s.
+HELPER_MIN_INSTANCES, HELPER_MIN_IMAGES = 1000, 256
 
 
-def _processes(workers: int, first_images: int) -> int:
-    """Processes reading image headers (0: this one) for ``--workers``: 1 reads them in this process,
-    N > 1 in N others; 0 (automatic) in one other process when there are many, 2 CPUs or more, and the
-    process can be forked (a fork server would re-import the ``__main__`` of a script that calls ingest)."""
+def _processes(workers: int, instances: int, images: int) -> int:
+    """Helper processes (image headers, manifest lines; 0: none) for ``--workers``: 1 none, N > 1 that
+    many; 0 (automatic) one when the first chunk has many instances or images, the machine 2 CPUs or more,
+    and the process can be forked (a fork server would re-import the ``__main__`` of a script)."""
     if workers == 0:
-        return 1 if first_images >= BACKGROUND_MIN_IMAGES and (os.cpu_count() or 1) >= 2 and can_fork() else 0
+        many = instances >= HELPER_MIN_INSTANCES or images >= HELPER_MIN_IMAGES
+        return 1 if many and (os.cpu_count() or 1) >= 2 and can_fork() else 0
     return 0 if workers == 1 else workers
+
+
+def _chunks(instances: Iterable[Union[RawInstance, DenseRows]]) -> Iterator[Union[DenseRows, List[RawInstance]]]:
+    """Each DenseRows block as it is, the RawInstances between them in lists of up to CHUNK."""
+    chunk: List[RawInstance] = []
+    for item in instances:
+        if item.__class__ is DenseRows:
+            if chunk:
+                yield chunk
+                chunk = []
+            yield item
+        else:
+            chunk.append(item)
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
 def _finite(c) -> bool:

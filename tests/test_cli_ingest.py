@@ -247,7 +247,8 @@ def test_image_headers_read_in_a_helper_process_give_the_same_manifest(tmp_path)
         outs[workers] = out.read_bytes(), rep.read_bytes()
     assert outs["0"] == outs["1"] == outs["2"]
     assert b"missing_image" in outs["1"][1]
-    many = ingest_mod.BACKGROUND_MIN_IMAGES
-    assert ingest_mod._processes(0, many) == (1 if can_fork() and (os.cpu_count() or 1) >= 2 else 0)
-    assert ingest_mod._processes(0, many - 1) == 0
-    assert ingest_mod._processes(1, 10 ** 6) == 0 and ingest_mod._processes(3, 1) == 3
+    insts, ims = ingest_mod.HELPER_MIN_INSTANCES, ingest_mod.HELPER_MIN_IMAGES
+    helper = 1 if can_fork() and (os.cpu_count() or 1) >= 2 else 0
+    assert ingest_mod._processes(0, insts, 1) == ingest_mod._processes(0, 1, ims) == helper
+    assert ingest_mod._processes(0, insts - 1, ims - 1) == 0
+    assert ingest_mod._processes(1, 10 ** 6, 10 ** 6) == 0 and ingest_mod._processes(3, 1, 1) == 3

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import FIXTURES
 from kpconv import formats
-from kpconv.errors import AnnotationError, FormatDetectionError, NothingToWrite
+from kpconv.errors import AnnotationError, FormatDetectionError, Location, NothingToWrite
 from kpconv.formats import coco
-from kpconv.formats.base import IngestOptions, ReadContext
+from kpconv.formats.base import DenseRows, IngestOptions, ReadContext
 from kpconv.ingest import ingest
 from kpconv.manifest import read_manifest
 from kpconv.problems import Report
@@ -45,11 +45,19 @@ def dataset(tmp_path):
     return write
 
 
+def read_result(path, **opts):
+    return coco.CocoReader().read([Path(path)], ReadContext(IngestOptions(**opts), Report(), Path(path).parent))
+
+
 def read(paths, **opts):
     report = Report()
     ctx = ReadContext(IngestOptions(**opts), report, Path(paths[0]).parent)
     result = coco.CocoReader().read([Path(p) for p in paths], ctx)
-    return result, list(result.instances), report
+    insts = []      # (DenseRows blocks row by row)
+    for item in result.instances:
+        insts.extend([item.row(i, result.meta.keypoints) for i in range(len(item))] if isinstance(item, DenseRows)
+                     else [item])
+    return result, insts, report
 
 
 # ---------------------------------------------------------------------------------------- detect
@@ -92,13 +100,17 @@ def test_split_from_file_name(name, split):
 
 # ------------------------------------------------------------------------------------------ read
 def test_reads_pixels_skeleton_and_sizes(dataset):
-    result, insts, report = read([dataset(doc())])
+    path = dataset(doc())
+    result, insts, report = read([path])
     assert result.meta.keypoints == NAMES
     assert result.meta.skeleton == [(0, 1), (0, 2)]  # 1-based in COCO, 0-based here
     assert [i.image for i in insts] == ["a.png", "b.png"]
-    assert insts[0].keypoints is None and insts[0].dense == [4, 5, 2, 8, 3, 2, 0, 0, 0]  # dense form
-    assert insts[0].points(NAMES) == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}  # v = 0: not labelled
-    assert insts[1].points(NAMES)["left_eye"] == (24, 8, 1)
+    assert insts[0].keypoints == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}  # v = 0: not labelled
+    assert insts[1].keypoints["left_eye"] == (24, 8, 1)
+    assert insts[0].location == Location(str(path), record="10")
+    blocks = list(read_result(path).instances)       # in blocks: the flat lists as they are
+    assert len(blocks) == 1 and isinstance(blocks[0], DenseRows) and blocks[0].image == ["a.png", "b.png"]
+    assert blocks[0].keypoints[0] == [4, 5, 2, 8, 3, 2, 0, 0, 0] and blocks[0].record == ["10", "11"]
     assert insts[0].bbox == [4, 3, 4, 2] and insts[1].bbox is None
     assert insts[0].size == (40, 30) and insts[0].instance is None and insts[0].split is None
     assert insts[0].location.record == "10"
@@ -296,7 +308,7 @@ def test_no_keypoint_names_generated_from_the_annotations(dataset):
     # --keypoints names every point
     result, insts, report = read([dataset(d)], keypoints=["nose", "left_eye", "right_eye"])
     assert result.meta.keypoints == ["nose", "left_eye", "right_eye"] and not report.counts
-    assert insts[1].points(result.meta.keypoints)["left_eye"] == (24, 8, 1)
+    assert insts[1].keypoints["left_eye"] == (24, 8, 1)
 
 
 @pytest.mark.parametrize("nested", [
@@ -308,7 +320,7 @@ def test_nested_keypoints(dataset, nested):
     d["annotations"][0]["keypoints"] = nested
     d["annotations"][1]["keypoints"] = [[1, 2, 2]]
     result, insts, report = read([dataset(d)])
-    assert len(insts) == 1 and insts[0].points(NAMES) == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}
+    assert len(insts) == 1 and insts[0].keypoints == {"nose": (4, 5, 2), "left_eye": (8, 3, 2)}
     assert str(report.first[0]).endswith("record 11: field 'keypoints': expected 3 points [[x, y, v], ...] or "
                                          "[[x, y], ...], got a nested list of 1 points")
 

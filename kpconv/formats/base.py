@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import compress
 from pathlib import Path
-from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import Location
 from ..problems import Report
@@ -26,8 +26,7 @@ Point = Tuple[float, float, int]
 @dataclass
 class RawInstance:
     image: str                          # as written in the annotation: relative to images_root, or absolute
-    keypoints: Optional[Dict[str, Point]]  # name -> point; names missing here are "not labelled"
-                                        # (None when ``dense`` is given instead)
+    keypoints: Dict[str, Point]         # name -> point; names missing here are "not labelled"
     location: Location                  # where this instance was read (file and line, or annotation id)
     instance: Optional[str] = None      # instance id within the image; None: numbered in order of appearance
     bbox: Optional[Tuple[float, float, float, float]] = None  # x, y, w, h in the same units as keypoints
@@ -36,20 +35,36 @@ class RawInstance:
     split: Optional[str] = None
     normalized: bool = False            # True: coordinates are already 0..1 (YOLO)
     image_base: Optional[str] = None    # directory `image` is relative to, when not the images root (Labelme)
-    # Dense form, instead of ``keypoints`` (COCO): the flat list ``[x, y, v] * K`` of exact int/float
-    # values aligned with the reader's ``DatasetMeta.keypoints``; a point with v == 0 is not labelled.
-    # Ingest validates a whole chunk of these at once; ``points()`` gives the same as the dict form.
-    dense: Optional[list] = None
     # The instance's category (COCO category, YOLO class, ...), set only when the reader reads
     # several categories together; written as the record's ``category``.
     category: Optional[str] = None
 
-    def points(self, names: Sequence[str]) -> Dict[str, Point]:
-        """The keypoints as a dict (``names``: the reader's ``DatasetMeta.keypoints``)."""
-        if self.dense is None:
-            return self.keypoints
-        d = self.dense
-        return dict(compress(zip(names, zip(d[0::3], d[1::3], d[2::3])), d[2::3]))
+
+@dataclass
+class DenseRows:
+    """Many instances at once, in columns (what COCO's reader yields): each row is the instance
+    ``row(i)`` gives, in pixels, numbered in order of appearance, its keypoints the flat list
+    ``[x, y, v] * K`` of exact int/float values (checked by the reader) in the order of the reader's
+    ``DatasetMeta.keypoints`` (v == 0: not labelled). Ingest validates a block with numpy and takes only
+    the rows with anything to report, clamp or fix the exact way (``row(i)``): no object per instance."""
+    file: str                               # every row's Location.file
+    record: List[str]                       # per row: its Location.record
+    image: List[str]                        # per row: as RawInstance.image (relative to images_root)
+    size: List[Optional[Tuple[int, int]]]   # per row: as RawInstance.size
+    keypoints: List[list]
+    bbox: List[Optional[list]]              # per row: as RawInstance.bbox
+    category: List[Optional[str]]
+    split: Optional[str] = None             # every row's split
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def row(self, i: int, names: Sequence[str]) -> RawInstance:
+        """Row ``i`` as a RawInstance (``names``: the reader's ``DatasetMeta.keypoints``)."""
+        d = self.keypoints[i]
+        points = dict(compress(zip(names, zip(d[0::3], d[1::3], d[2::3])), d[2::3]))
+        return RawInstance(self.image[i], points, Location(self.file, record=self.record[i]), bbox=self.bbox[i],
+                           size=self.size[i], split=self.split, category=self.category[i])
 
 
 @dataclass
@@ -63,7 +78,7 @@ class DatasetMeta:
 @dataclass
 class ReadResult:
     meta: DatasetMeta
-    instances: Iterable[RawInstance]     # may be a generator; consumed once
+    instances: Iterable[Union[RawInstance, DenseRows]]     # may be a generator; consumed once
     source_files: List[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # format-specific description for the manifest header
 
@@ -93,10 +108,6 @@ class Reader:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     expects: ClassVar[str] = ""     # what detect() looks for, for the message when no format matches
-    # True: every RawInstance.dense list this reader yields holds exact int/float values only (not
-    # bool), checked by the reader, so ingest need not check their types again
-    dense_checked: ClassVar[bool] = False
-
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
         """True when ``sources`` (files or directories, as given on the command line) look like this

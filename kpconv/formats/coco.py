@@ -25,12 +25,12 @@ from collections import Counter
 from contextlib import contextmanager
 from itertools import chain, compress
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, ReadResult, Reader
+from .base import DatasetMeta, DenseRows, RawInstance, ReadContext, ReadResult, Reader
 
 # Files up to this size are parsed completely by detect(); larger ones are scanned for the keys.
 _DETECT_PARSE_LIMIT = 4 << 20
@@ -260,6 +260,7 @@ def _all_numbers(values: list) -> bool:
 
 
 _BLOCK_BITS = 10
+_ROWS = 4096      # annotations per DenseRows block at most
 
 
 def _numeric_blocks(anns: list) -> List[bool]:
@@ -280,7 +281,6 @@ class CocoReader(Reader):
     description = "COCO keypoints JSON (one or several files, e.g. train + val)"
     expects = ("a JSON object with 'annotations' and 'categories' lists, and keypoints (categories[].keypoints "
                "or annotations[].keypoints)")
-    dense_checked = True    # _instances yields dense lists of exact int/float values only
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
@@ -350,8 +350,10 @@ class CocoReader(Reader):
         return ReadResult(meta, self._instances(loaded, len(names), slots, ctx, not wanted or names == list(wanted)),
                           source_files=[str(p) for p in files], extra=extra)
 
-    def _instances(self, loaded, k: int, slots, ctx: ReadContext, dense: bool) -> Iterator[RawInstance]:
-        """``dense``: names and order are the file's (no --keypoints subset or order): dense form."""
+    def _instances(self, loaded, k: int, slots, ctx: ReadContext, dense: bool
+                   ) -> Iterator[Union[RawInstance, DenseRows]]:
+        """``dense``: names and order are the file's (no --keypoints subset or order): blocks of
+        :class:`DenseRows` (at most ``_ROWS`` each), else a RawInstance per annotation."""
         report = ctx.report
         n3 = 3 * k
         every = None not in slots  # all keypoints read (no --keypoints subset)
@@ -362,6 +364,7 @@ class CocoReader(Reader):
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
             first = 0
+            rows = DenseRows(file, [], [], [], [], [], [], split)
             for anns in chunks:     # (the whole list, or a part of it at a time: see _load)
                 numeric = _numeric_blocks(anns)
                 for i, ann in enumerate(anns, first):
@@ -370,20 +373,20 @@ class CocoReader(Reader):
                                    Location(file, record=f"annotations[{i}]"))
                         continue
                     aid = ann.get("id")
-                    loc = Location(file, record=str(aid) if aid is not None else f"annotations[{i}]")
+                    rec = str(aid) if aid is not None else f"annotations[{i}]"
                     if "category_id" not in ann:
-                        report.add("missing_field", "annotation has no category_id", loc.with_field("category_id"))
+                        report.add("missing_field", "annotation has no category_id", Location(file, None, rec, "category_id"))
                         continue
                     cid = ann["category_id"]
                     if (cid != only) if one else (_hashable(cid) not in cat_ids):
                         report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
-                                   f"category {shown_ids}", loc.with_field("category_id"))
+                                   f"category {shown_ids}", Location(file, None, rec, "category_id"))
                         continue
                     if ann.get("iscrowd"):
-                        report.add("crowd", "iscrowd=1 annotation skipped", loc.with_field("iscrowd"))
+                        report.add("crowd", "iscrowd=1 annotation skipped", Location(file, None, rec, "iscrowd"))
                         continue
                     if "image_id" not in ann:
-                        report.add("missing_field", "annotation has no image_id", loc.with_field("image_id"))
+                        report.add("missing_field", "annotation has no image_id", Location(file, None, rec, "image_id"))
                         continue
                     image_id = ann["image_id"]
                     try:
@@ -392,17 +395,17 @@ class CocoReader(Reader):
                         image = False
                     if not image:
                         why = "is not in images[]" if image is False else "refers to an invalid images[] entry"
-                        report.add("malformed_record", f"image_id {image_id!r} {why}", loc.with_field("image_id"))
+                        report.add("malformed_record", f"image_id {image_id!r} {why}", Location(file, None, rec, "image_id"))
                         continue
                     kp = ann.get("keypoints")
                     if kp is None:
-                        report.add("missing_field", "annotation has no keypoints", loc.with_field("keypoints"))
+                        report.add("missing_field", "annotation has no keypoints", Location(file, None, rec, "keypoints"))
                         continue
                     if type(kp) is list and kp and type(kp[0]) is list:     # nested [[x, y, v], ...]
                         flat = _flatten(kp, k)
                         if flat.__class__ is str:
                             report.add("wrong_type", f"expected {k} points [[x, y, v], ...] or [[x, y], ...], got "
-                                       f"{flat}", loc.with_field("keypoints"))
+                                       f"{flat}", Location(file, None, rec, "keypoints"))
                             continue
                         kp = flat
                     if (type(kp) is not list or len(kp) != n3
@@ -412,21 +415,31 @@ class CocoReader(Reader):
                             bad = next(x for x in kp if not _is_number(x))
                             got = f"a non-number {bad!r}"
                         report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
-                                   loc.with_field("keypoints"))
+                                   Location(file, None, rec, "keypoints"))
                         continue
                     # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
                     category = by_id[cid] if by_id else None
                     if dense:   # all keypoints in the reader's order: the flat list as it is
-                        yield RawInstance(image[0], None, loc, bbox=ann.get("bbox"), size=image[1], split=split,
-                                          dense=kp, category=category)
+                        rows.record.append(rec)
+                        rows.image.append(image[0])
+                        rows.size.append(image[1])
+                        rows.keypoints.append(kp)
+                        rows.bbox.append(ann.get("bbox"))
+                        rows.category.append(category)
+                        if len(rows) == _ROWS:
+                            yield rows
+                            rows = DenseRows(file, [], [], [], [], [], [], split)
                         continue
                     # (dict/compress/zip run in C: this is the per-annotation hot spot)
                     vs = kp[2::3]
                     points = dict(compress(zip(slots, zip(kp[0::3], kp[1::3], vs)),
                                            vs if every else [v and n is not None for n, v in zip(slots, vs)]))
-                    yield RawInstance(image[0], points, loc, instance=None, bbox=ann.get("bbox"),
+                    yield RawInstance(image[0], points, Location(file, record=rec), bbox=ann.get("bbox"),
                                       size=image[1], split=split, category=category)
                 first += len(anns)
+                if len(rows):       # (a block never waits for the next part's parse)
+                    yield rows
+                    rows = DenseRows(file, [], [], [], [], [], [], split)
 
     @staticmethod
     def _images(file: str, entries: list, report) -> Dict[object, Optional[Tuple[str, Optional[Tuple[int, int]]]]]:
