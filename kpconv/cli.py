@@ -454,7 +454,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
     """
     _quiet_tf(ctx)
     from .errors import TrainError
-    from .pipeline import read_dataset_info
+    from .dataset_info import read_dataset_info
     from .train import TrainOptions, parse_keypoint_weights, train as run_train
 
     kw = None

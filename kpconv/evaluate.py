@@ -75,11 +75,12 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     contact sheet of predictions over the truth (``grid``, ``grid_n`` records; see
     :func:`kpconv.inspect.contact_sheet`)."""
     from . import pipeline
+    from .dataset_info import read_dataset_info
     from .train import open_run
 
     run = Path(run_dir)
     config, _, infer = open_run(run)
-    info = pipeline.read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir)
     names = config["dataset"]["keypoints"]
     if info.keypoint_names != names:
         raise TrainError(f"{info.path}: keypoints {info.keypoint_names} differ from the run's {names}")

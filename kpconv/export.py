@@ -154,8 +154,9 @@ def shard_images(shard_dir, n: int) -> np.ndarray:
     """Up to ``n`` stored images (float32 pixels) of the shards: the validation split when there is
     one (images the model did not fit), else the first split."""
     from . import pipeline
+    from .dataset_info import read_dataset_info
 
-    info = pipeline.read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir)
     splits = [s for s in ("val", "validation", "test") if s in info.splits and info.splits[s].num_records]
     splits += [s for s in info.splits if info.splits[s].num_records and s not in splits]
     if not splits:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-from .dataset_info import INFO_FILE, DatasetInfo, SplitInfo, dataset_sha256, read_dataset_info  # noqa: F401
+from .dataset_info import read_dataset_info
 from .errors import TrainError
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache decoded records in memory when the split needs less than this

@@ -473,12 +473,13 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
     import keras
     import tensorflow as tf
 
-    from . import losses, model as kmodel, pipeline
+    from . import losses, model as kmodel
+    from .dataset_info import dataset_sha256, read_dataset_info
 
     started = time.monotonic()
     run = Path(run_dir)
     shard_dir = Path(shard_dir)
-    info = pipeline.read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir)
     state = None
     if resume:
         if not (run / CONFIG_FILE).is_file():
@@ -491,7 +492,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
             if state.get("finished"):
                 raise TrainError(f"{run}: --resume: this run already finished ({state['epoch']} epochs); "
                                  f"start a new run with another -o")
-        sha = pipeline.dataset_sha256(shard_dir, info)
+        sha = dataset_sha256(shard_dir, info)
         if sha != config["dataset"]["sha256"]:
             changed = sorted(set(sha.items()) ^ set(config["dataset"]["sha256"].items()))
             raise TrainError(f"{shard_dir}: --resume: the shards differ from the ones this run started with "
@@ -554,7 +555,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
         config = {
             "options": options.to_dict(),
             "model": mcfg.to_dict(),
-            "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": pipeline.dataset_sha256(shard_dir, info),
+            "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": dataset_sha256(shard_dir, info),
                         "keypoints": info.keypoint_names, "skeleton": [list(p) for p in info.skeleton],
                         "flip_pairs": [list(p) for p in info.flip_pairs],
                         "image_size": [info.image_width, info.image_height],
