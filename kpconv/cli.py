@@ -549,12 +549,10 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
         raise click.BadParameter("DeepLabCut's layout holds one video per file: give one video, or images",
                                  param_hint="--format dlc")
     if draw_target:
-        from .drawing import PredictionDrawer
-
-        if PredictionDrawer.is_video_target(draw_target) and (len(paths) != 1 or not videos):
+        if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "
                                      "to draw several inputs", param_hint="--draw")
-        if not PredictionDrawer.is_video_target(draw_target) and Path(draw_target).is_file():
+        if not is_video(draw_target) and Path(draw_target).is_file():
             raise click.BadParameter(f"'{draw_target}' is a file; expected a folder (or a video name "
                                      "for one video input)", param_hint="--draw")
     if start is not None and end is not None and type(start) is type(end) and end <= start:
