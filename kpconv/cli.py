@@ -5,6 +5,7 @@ need it, so ``kpconv --help`` and ``kpconv ingest`` start fast.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -51,11 +52,6 @@ def info(ctx: click.Context, message: str) -> None:
         click.echo(message, err=True)
 
 
-def debug(ctx: click.Context, message: str) -> None:
-    if ctx.find_root().obj.get("verbose"):
-        click.echo(message, err=True)
-
-
 def _set_verbosity(ctx, param, value):
     if value:
         root = ctx.find_root()
@@ -74,6 +70,34 @@ def verbosity_options(f):
                      help="Print more detail (as 'kpconv -v').")(f)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
                         help="Print only errors (as 'kpconv -q').")(f)
+
+
+def command(*args, **kwargs):
+    """``@cli.command`` with -q/-v after the command and the context passed first."""
+    def decorator(f):
+        return cli.command(*args, **kwargs)(verbosity_options(click.pass_context(f)))
+    return decorator
+
+
+def _parsed_by(module: str, name: str, each: bool = False):
+    """A Click callback: the option's text through ``kpconv.<module>.<name>`` (imported when used),
+    a ValueError becoming a usage error (exit 2). ``each``: a repeatable option, every value checked
+    and kept as given."""
+    def callback(ctx, param, value):
+        if each and not value:
+            return ()
+        if value is None:
+            return None
+        parse = getattr(importlib.import_module(f".{module}", __package__), name)
+        try:
+            if each:
+                for v in value:
+                    parse(v)
+                return tuple(value)
+            return parse(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return callback
 
 
 def _beam_log_level(ctx) -> None:
@@ -111,32 +135,13 @@ def cli(ctx, quiet, verbose):
 
 
 # ----------------------------------------------------------------------------------------- ingest
-def _parsed_by(name: str):
-    """A Click callback: the option's text through ``kpconv.keypoints.<name>`` (imported when used),
-    a ValueError becoming a usage error (exit 2)."""
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        from . import keypoints
-
-        try:
-            return getattr(keypoints, name)(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return callback
-
-
-_names, _pairs, _edges = _parsed_by("parse_names"), _parsed_by("parse_pairs"), _parsed_by("parse_edges")
-
-
 def _format_choices():
     from .formats import KNOWN
 
     return ["auto", *KNOWN]
 
 
-@cli.command()
-@verbosity_options
+@command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-f", "--format", "fmt", type=click.Choice(_format_choices()), default="auto", show_default=True,
               help="Annotation format; 'auto' detects it from the content.")
@@ -151,11 +156,11 @@ def _format_choices():
 @click.option("--category", help="The category to read (COCO category name or id, CVAT skeleton label, YOLO class "
                                    "name or id); default: all that share the keypoints, each record keeping its "
                                    "'category'.")
-@click.option("--keypoints", callback=_names, metavar="A,B,C",
+@click.option("--keypoints", callback=_parsed_by("keypoints", "parse_names"), metavar="A,B,C",
               help="Keypoint names and their order (default: from the annotations).")
-@click.option("--flip-pairs", callback=_pairs, metavar="L:R,...",
+@click.option("--flip-pairs", callback=_parsed_by("keypoints", "parse_pairs"), metavar="L:R,...",
               help="Left/right keypoint pairs for horizontal flips (default: from the source or the names).")
-@click.option("--skeleton", callback=_edges, metavar="A-B,...",
+@click.option("--skeleton", callback=_parsed_by("keypoints", "parse_edges"), metavar="A-B,...",
               help="Skeleton edges by keypoint name ('a:b' where a name holds '-'); replaces the source's "
                    "(for CSV, Labelme, YOLO, ... that state none).")
 @click.option("--allow-outside-root", is_flag=True,
@@ -163,7 +168,6 @@ def _format_choices():
 @click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
               help="Helper processes reading image headers and writing lines: 0 (default) one when there "
                    "are many, 1 none, N > 1 that many.")
-@click.pass_context
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
            skeleton, allow_outside_root, workers):
     """Read keypoint annotations and write one canonical manifest (JSON Lines).
@@ -207,38 +211,11 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
 
 
 # ------------------------------------------------------------------------------------------ shard
-def _parsed(parser_name):
-    def callback(ctx, param, value):
-        if value is None:
-            return None
-        from . import shard as shard_mod
-
-        try:
-            return getattr(shard_mod, parser_name)(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return callback
-
-
-def _parsed_beam_options(ctx, param, values):
-    if not values:
-        return ()
-    from .shard.beam import parse_beam_option
-
-    for value in values:
-        try:
-            parse_beam_option(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e)) from None
-    return tuple(values)
-
-
-@cli.command()
-@verbosity_options
+@command()
 @click.argument("manifest", metavar="MANIFEST|-")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), metavar="OUT_DIR",
               help="Directory for the shards and dataset_info.json.")
-@click.option("--image-size", default="224", show_default=True, callback=_parsed("parse_image_size"),
+@click.option("--image-size", default="224", show_default=True, callback=_parsed_by("shard", "parse_image_size"),
               metavar="224|WxH|none", help="Stored image size; 'none' keeps the (cropped) original size.")
 @click.option("--resize", type=click.Choice(["stretch", "pad"]), default="stretch", show_default=True,
               help="stretch: scale to the size exactly; pad: keep the aspect ratio and letterbox.")
@@ -246,13 +223,13 @@ def _parsed_beam_options(ctx, param, values):
               help="bbox: cut each instance's box (enlarged by --crop-pad) out of the image.")
 @click.option("--crop-pad", type=_FloatRange(min=0, max=10), default=0.2, show_default=True,
               help="Growth of the box for --crop bbox, as a fraction of its width/height (half on each side).")
-@click.option("--split", callback=_parsed("parse_split"), metavar="NAME=FRAC,...",
+@click.option("--split", callback=_parsed_by("shard", "parse_split"), metavar="NAME=FRAC,...",
               help="Assign splits by a hash (see --split-by) (default: the source's split if any, "
                    "else train=0.8,val=0.1,test=0.1).")
 @click.option("--split-by", type=click.Choice(["auto", "group", "image"]), default="auto", show_default=True,
               help="What the split hash keeps together: group (frames of one video; else the image), image "
                    "(the instances of one image), or auto: group when the groups fill every split, else image.")
-@click.option("--shard-size", callback=_parsed("parse_bytes"), metavar="SIZE",
+@click.option("--shard-size", callback=_parsed_by("shard", "parse_bytes"), metavar="SIZE",
               help="Aimed bytes per shard, e.g. 500KB, 1GiB. Default: 64MB, and at least 8 shards for "
                    "splits of 800 records or more.")
 @click.option("--num-shards", type=click.IntRange(min=1), help="Shards per split (instead of --shard-size).")
@@ -269,11 +246,11 @@ def _parsed_beam_options(ctx, param, values):
 @click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True,
               help="local: this machine's processes; beam: an Apache Beam pipeline (same shards; paths may be "
                    "gs://, s3://, hdfs://...; needs pip install 'kpconv[beam]').")
-@click.option("--beam-option", "beam_options", multiple=True, callback=_parsed_beam_options, metavar="KEY=VALUE",
+@click.option("--beam-option", "beam_options", multiple=True, metavar="KEY=VALUE",
+              callback=_parsed_by("shard.beam", "parse_beam_option", each=True),
               help="A Beam pipeline option for --runner beam, repeatable: runner=FlinkRunner, "
                    "temp_location=gs://..., direct_running_mode=in_memory. Default: DirectRunner, "
                    "multi_processing, --workers processes.")
-@click.pass_context
 def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, split_by, shard_size, num_shards, workers,
           seed, quality, compression, overwrite, resume, allow_outside_root, runner, beam_options):
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
@@ -314,15 +291,13 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
         info(ctx, f"resume: kept {result.kept_shards} complete shard(s), wrote {result.written_shards}")
 
 
-@cli.command()
-@verbosity_options
+@command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False), metavar="OUT_DIR")
 @click.option("--verify", is_flag=True, help="Read every record: CRCs, sha256, spec, every image decodes.")
 @click.option("--grid", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Draw a contact sheet of records with keypoints, names and skeleton (left red, right blue).")
 @click.option("--n", "n", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
               help="Records in the contact sheet.")
-@click.pass_context
 def inspect(ctx, out_dir, verify, grid, n):
     """Show what a 'kpconv shard' directory holds: splits, counts, image size, keypoints and their
     visibility rates. --verify exits 1 naming the first bad shard and record."""
@@ -337,6 +312,9 @@ def inspect(ctx, out_dir, verify, grid, n):
 
 
 # ---------------------------------------------------------------------------- train / eval / predict
+_run_dir = click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+
+
 def _range(value, name, lo, hi):
     """``"LO,HI"`` -> ``(lo, hi)`` floats with ``lo <= hi`` inside ``[lo, hi]`` bounds (exit 2 otherwise)."""
     if value is None:
@@ -363,8 +341,7 @@ def _quiet_tf(ctx: click.Context) -> None:
         quiet.filter_stderr()
 
 
-@cli.command()
-@verbosity_options
+@command()
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
               help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
@@ -434,12 +411,7 @@ def _quiet_tf(ctx: click.Context) -> None:
               help="Also export the model as 'kpconv export --format ...' does (repeatable; the SavedModel "
                    "is always written).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
-@click.pass_context
-def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, epochs, fine_tune_epochs,
-          fine_tune_from, fine_tune_learning_rate, batch_size, learning_rate, heatmap_stride, sigma, crop_size, loss,
-          keypoint_weights, huber_delta, augment, augment_rotate, augment_scale, augment_flip, augment_translate,
-          augment_brightness, augment_contrast, seed, patience, val_split, steps_per_epoch, mixed_precision, strategy,
-          exports, resume):
+def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, resume, **options):
     """Train a keypoint model on the shards of SHARD_DIR (written by 'kpconv shard').
 
     About 100 labelled frames, no pretrained weights, a CPU (the small-data recipe: a small
@@ -455,7 +427,7 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
     """
     _quiet_tf(ctx)
     from .errors import TrainError
-    from .pipeline import read_dataset_info
+    from .dataset_info import read_dataset_info
     from .train import TrainOptions, parse_keypoint_weights, train as run_train
 
     kw = None
@@ -467,16 +439,9 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
                                      param_hint="--keypoint-weights") from None
     root = ctx.find_root().obj
     verbose = 0 if root.get("quiet") else (1 if sys.stdout.isatty() else 2)
-    options = TrainOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, backbone=backbone,
-                           alpha=alpha, head=head, weights=weights, loss=loss, keypoint_weights=kw,
-                           huber_delta=huber_delta, augment=augment, seed=seed, fine_tune_epochs=fine_tune_epochs,
-                           fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_learning_rate,
-                           patience=patience, mixed_precision=mixed_precision, strategy=strategy,
-                           export=list(exports), val_split=val_split, steps_per_epoch=steps_per_epoch,
-                           verbose=verbose, time_limit=time_limit, heatmap_stride=None if heatmap_stride is None else int(heatmap_stride), sigma=sigma,
-                           crop_size=crop_size, augment_rotate=augment_rotate, augment_scale=augment_scale,
-                           augment_flip=augment_flip, augment_translate=augment_translate,
-                           augment_brightness=augment_brightness, augment_contrast=augment_contrast)
+    # every other option has the name of its TrainOptions field
+    options = TrainOptions(**options, keypoint_weights=kw, export=list(exports), verbose=verbose,
+                           heatmap_stride=None if heatmap_stride is None else int(heatmap_stride))
     result = run_train(shard_dir, run_dir, None if resume else options, resume=resume)
     best = "-" if result.best is None else f"{result.best:.5g}"
     info(ctx, f"train: {result.epochs_run} epoch(s)"
@@ -486,9 +451,8 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
         info(ctx, f"  {name}: {path}")
 
 
-@cli.command("eval")
-@verbosity_options
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@command("eval")
+@_run_dir
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("--split", default="test", show_default=True, help="Split of SHARD_DIR to evaluate.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -502,7 +466,6 @@ def train(ctx, shard_dir, run_dir, head, backbone, alpha, weights, time_limit, e
                    "truth (rings), a line from each to the other.")
 @click.option("--n", "grid_n", type=click.IntRange(min=1), default=16, show_default=True,
               help="Records on the --grid sheet.")
-@click.pass_context
 def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
@@ -543,20 +506,8 @@ def _bbox(ctx, param, value):
     return parts
 
 
-def _frame_bound(ctx, param, value):
-    if value is None:
-        return None
-    from .predict import parse_frame_bound
-
-    try:
-        return parse_frame_bound(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-@cli.command()
-@verbosity_options
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@command()
+@_run_dir
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True), metavar="INPUT...")
 @click.option("--bbox", callback=_bbox, metavar="x,y,w,h",
               help="One instance's box in original pixels, for every input (runs trained with --crop bbox; "
@@ -575,14 +526,13 @@ def _frame_bound(ctx, param, value):
 @click.option("--draw-names", is_flag=True, help="Write the keypoint names beside the drawn points.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: predict every N-th frame.")
-@click.option("--start", callback=_frame_bound, metavar="FRAME|SECONDSs",
+@click.option("--start", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: first frame (an index, e.g. 300, or a time, e.g. 10s).")
-@click.option("--end", callback=_frame_bound, metavar="FRAME|SECONDSs",
+@click.option("--end", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: stop before this frame (index or time).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write every file that could not be predicted, one JSON object per line.")
-@click.pass_context
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
             start, end, batch_size, report_path):
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
@@ -600,12 +550,10 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
         raise click.BadParameter("DeepLabCut's layout holds one video per file: give one video, or images",
                                  param_hint="--format dlc")
     if draw_target:
-        from .drawing import PredictionDrawer
-
-        if PredictionDrawer.is_video_target(draw_target) and (len(paths) != 1 or not videos):
+        if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "
                                      "to draw several inputs", param_hint="--draw")
-        if not PredictionDrawer.is_video_target(draw_target) and Path(draw_target).is_file():
+        if not is_video(draw_target) and Path(draw_target).is_file():
             raise click.BadParameter(f"'{draw_target}' is a file; expected a folder (or a video name "
                                      "for one video input)", param_hint="--draw")
     if start is not None and end is not None and type(start) is type(end) and end <= start:
@@ -635,9 +583,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
                                             + (f"; see {report_path}" if report_path else ""))
 
 
-@cli.command()
-@verbosity_options
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+@command()
+@_run_dir
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite", "tflite-fp16", "tflite-int8"]),
               default="savedmodel", show_default=True,
               help="tflite-fp16: float16 weights; tflite-int8: int8, calibrated on images of the run's shards.")
@@ -648,7 +595,6 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
               help="Shards for the check and the int8 calibration (default: the ones the run was trained on).")
 @click.option("--check", "check_images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Shard images on which the export is compared with model.keras (0: no check).")
-@click.pass_context
 def export(ctx, run_dir, fmt, output, shard_dir, check_images):
     """Export a trained run's model.keras as a SavedModel or a TFLite model (float32, float16 or int8),
     in float32 even when trained with --mixed-precision, and print the largest difference from

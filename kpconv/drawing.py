@@ -59,16 +59,10 @@ class PredictionDrawer:
         self.video_source: Optional[str] = None
         self.written: List[str] = []
 
-    @staticmethod
-    def is_video_target(target: str) -> bool:
-        from .predict import is_video
-
-        return is_video(target)
-
     def _out_path(self, source: str) -> Path:
-        from .predict import relative_name
+        from .predict import is_video, relative_name
 
-        if self.is_video_target(str(self.target)):
+        if is_video(self.target):
             return self.target
         return self.target / relative_name(source, self.root)
 

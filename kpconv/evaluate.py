@@ -34,22 +34,18 @@ def collect(predict: Callable, dataset) -> Dict[str, np.ndarray]:
     (None without one), ``pred_norm``, ``true_norm``."""
     from . import metrics
 
-    preds, trues, masks, trans, stored, bboxes, orig = [], [], [], [], [], [], []
+    keys = ("transform", "stored_size", "bbox", "original_size")
+    preds, targets, metas = [], [], {k: [] for k in keys}
     for images, target, meta in dataset:
-        p = np.asarray(predict(images), np.float64)
-        t = target.numpy()
-        preds.append(p)
-        trues.append(t[..., :2])
-        masks.append(t[..., 2])
-        trans.append(meta["transform"].numpy())
-        stored.append(meta["stored_size"].numpy())
-        bboxes.append(meta["bbox"].numpy())
-        orig.append(meta["original_size"].numpy())
+        preds.append(np.asarray(predict(images), np.float64))
+        targets.append(target.numpy())
+        for k in keys:
+            metas[k].append(meta[k].numpy())
     if not preds:
         raise TrainError("the split holds no records: nothing to evaluate")
-    out, true, mask = np.concatenate(preds), np.concatenate(trues), np.concatenate(masks)
-    tr, st, bb, og = np.concatenate(trans), np.concatenate(stored), np.concatenate(bboxes), np.concatenate(orig)
-    pred = out[..., :2]
+    out, target = np.concatenate(preds), np.concatenate(targets)
+    tr, st, bb, og = (np.concatenate(metas[k]) for k in keys)
+    pred, true, mask = out[..., :2], target[..., :2], target[..., 2]
     return {"pred_px": metrics.to_original(pred, st, tr), "true_px": metrics.to_original(true, st, tr),
             "mask": mask, "norm": metrics.instance_size(metrics.bbox_to_original(bb, st, tr), og),
             "confidence": out[..., 2] if out.shape[-1] > 2 else None, "pred_norm": pred, "true_norm": true}
@@ -75,11 +71,12 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     contact sheet of predictions over the truth (``grid``, ``grid_n`` records; see
     :func:`kpconv.inspect.contact_sheet`)."""
     from . import pipeline
+    from .dataset_info import read_dataset_info
     from .train import open_run
 
     run = Path(run_dir)
     config, _, infer = open_run(run)
-    info = pipeline.read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir)
     names = config["dataset"]["keypoints"]
     if info.keypoint_names != names:
         raise TrainError(f"{info.path}: keypoints {info.keypoint_names} differ from the run's {names}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -22,6 +23,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .errors import ExportError
+from .quiet import stdout_to_stderr
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8")
 # in the run directory
@@ -80,8 +82,6 @@ def _serve_function(model, h: int, w: int):
 def _save_savedmodel(model, target: Path, image_hw) -> None:
     import tensorflow as tf
 
-    from .quiet import stdout_to_stderr
-
     tmp = target.with_name(f".{target.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -100,9 +100,7 @@ def _save_savedmodel(model, target: Path, image_hw) -> None:
 
 def _tflite_bytes(model, fmt: str, calibration: Optional[np.ndarray], image_hw) -> bytes:
     import tensorflow as tf
-
-    from .quiet import stdout_to_stderr
-
+    from tensorflow.lite.python.convert_phase import ConverterError
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     # from the traced function with its variables frozen into constants, not from_keras_model (which
@@ -120,10 +118,6 @@ def _tflite_bytes(model, fmt: str, calibration: Optional[np.ndarray], image_hw) 
                 yield [calibration[i:i + 1]]
 
         converter.representative_dataset = representative
-    from tensorflow.lite.python.convert_phase import ConverterError
-
-    import warnings
-
     try:
         with stdout_to_stderr(), warnings.catch_warnings():
             # "Statistics for quantized inputs were expected": the input stays float32 on purpose
@@ -135,8 +129,6 @@ def _tflite_bytes(model, fmt: str, calibration: Optional[np.ndarray], image_hw) 
 
 def run_tflite(model_content: bytes, images: np.ndarray) -> np.ndarray:
     """Run a TFLite model (float32 in and out) on ``images`` (B, H, W, 3)."""
-    import warnings
-
     import tensorflow as tf
 
     with warnings.catch_warnings():   # "tf.lite.Interpreter is deprecated": still the one TensorFlow ships
@@ -154,8 +146,9 @@ def shard_images(shard_dir, n: int) -> np.ndarray:
     """Up to ``n`` stored images (float32 pixels) of the shards: the validation split when there is
     one (images the model did not fit), else the first split."""
     from . import pipeline
+    from .dataset_info import read_dataset_info
 
-    info = pipeline.read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir)
     splits = [s for s in ("val", "validation", "test") if s in info.splits and info.splits[s].num_records]
     splits += [s for s in info.splits if info.splits[s].num_records and s not in splits]
     if not splits:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 from .dataset_info import INFO_FILE, DatasetInfo, sha256_stream
-from .drawing import LEFT, MIDDLE, RIGHT, draw_keypoints, side_colours  # noqa: F401 (colours: tests)
+from .drawing import draw_keypoints, side_colours
 from .errors import DatasetInfoError, Location, VerifyError
 from .manifest import atomic_output
 from .records import decode_record

@@ -60,38 +60,39 @@ def errors(pred, true) -> np.ndarray:
     return np.sqrt((d ** 2).sum(-1))
 
 
-def _masked(values, mask):
-    m = np.asarray(mask) > 0
-    return np.asarray(values, np.float64)[m]
+def _masked_mean(values, mask, reduce=np.mean) -> float:
+    """``reduce`` over the labelled entries; NaN when there is none."""
+    v = np.asarray(values, np.float64)[np.asarray(mask) > 0]
+    return float(reduce(v)) if v.size else float("nan")
 
 
 def masked_mse(pred, true, mask) -> float:
     d = (np.asarray(pred, np.float64) - np.asarray(true, np.float64)) ** 2
-    v = _masked(d.mean(-1), mask)
-    return float(v.mean()) if v.size else float("nan")
+    return _masked_mean(d.mean(-1), mask)
 
 
 def mean_error(err, mask) -> float:
-    v = _masked(err, mask)
-    return float(v.mean()) if v.size else float("nan")
+    return _masked_mean(err, mask)
 
 
 def median_error(err, mask) -> float:
-    v = _masked(err, mask)
-    return float(np.median(v)) if v.size else float("nan")
+    return _masked_mean(err, mask, np.median)
 
 
 def pck(err, mask, norm, threshold: float) -> float:
-    e = np.asarray(err, np.float64)
-    ok = e <= threshold * np.asarray(norm, np.float64)[:, None]
-    v = _masked(ok, mask)
-    return float(v.mean()) if v.size else float("nan")
+    return _masked_mean(np.asarray(err, np.float64) <= threshold * np.asarray(norm, np.float64)[:, None], mask)
 
 
 def nme(err, mask, norm) -> float:
-    e = np.asarray(err, np.float64) / np.asarray(norm, np.float64)[:, None]
-    v = _masked(e, mask)
-    return float(v.mean()) if v.size else float("nan")
+    return _masked_mean(np.asarray(err, np.float64) / np.asarray(norm, np.float64)[:, None], mask)
+
+
+def _errors_block(err, mask, norm, thresholds) -> Dict:
+    """count, mean and median error, PCK at each threshold of the keypoints in ``mask``."""
+    out = {"count": int(mask.sum()), "mean_error_px": mean_error(err, mask), "median_error_px": median_error(err, mask)}
+    for t in thresholds:
+        out[f"pck@{t:g}"] = pck(err, mask, norm, t)
+    return out
 
 
 def summary(pred_px, true_px, mask, norm, pred_norm=None, true_norm=None,
@@ -103,9 +104,7 @@ def summary(pred_px, true_px, mask, norm, pred_norm=None, true_norm=None,
     names = list(names) if names is not None else [str(i) for i in range(k)]
 
     def block(e, m, nrm, pn, tn):
-        out = {"count": int(m.sum()), "mean_error_px": mean_error(e, m), "median_error_px": median_error(e, m)}
-        for t in thresholds:
-            out[f"pck@{t:g}"] = pck(e, m, nrm, t)
+        out = _errors_block(e, m, nrm, thresholds)
         out["nme"] = nme(e, m, nrm)
         if pn is not None:
             out["masked_mse"] = masked_mse(pn, tn, m)
@@ -128,15 +127,9 @@ def confidence_summary(err, mask, norm, confidence, threshold: float) -> Dict:
     conf = np.asarray(confidence, np.float64)
     mask = np.asarray(mask) > 0
     above = conf >= threshold
-
-    def block(m):
-        out = {"count": int(m.sum()), "mean_error_px": mean_error(err, m), "median_error_px": median_error(err, m)}
-        for t in PCK_THRESHOLDS:
-            out[f"pck@{t:g}"] = pck(err, m, norm, t)
-        return out
-
     unl = ~mask
-    return {"threshold": float(threshold), "above": block(mask & above), "below": block(mask & ~above),
+    return {"threshold": float(threshold), "above": _errors_block(err, mask & above, norm, PCK_THRESHOLDS),
+            "below": _errors_block(err, mask & ~above, norm, PCK_THRESHOLDS),
             "unlabelled": int(unl.sum()),
             "unlabelled_above": float((unl & above).sum() / unl.sum()) if unl.any() else float("nan")}
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -356,23 +356,11 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
         raise TrainError(f"image size {w}x{h} is too small for {cfg.backbone} (at least {bb.min_size} px)")
     k = cfg.num_keypoints
     inputs = keras.Input((h, w, 3), name="image")
-    x = inputs
-    if bb.rescale:
-        x = layers.Rescaling(bb.rescale[0], offset=bb.rescale[1], name="rescale")(x)
     base = _build_backbone(bb, (h, w, 3), cfg, weights)
     skips = _skip_layers(base, (h, w), cfg.upsample) if cfg.head == "spatial" else []
-    base = keras.Model(base.input, [l.output for l in skips] + [base.output] if skips else base.output,
-                       name="backbone")
-    momentum = cfg.bn_momentum
-    if momentum is not None:  # from scratch, 0.999 needs thousands of steps to track the statistics
-        for l in base.layers:
-            if isinstance(l, layers.BatchNormalization):
-                l.momentum = momentum
+    base = _backbone_model(base, [l.output for l in skips] + [base.output] if skips else base.output, cfg)
 
-    def bn(name):
-        return layers.BatchNormalization(momentum=momentum if momentum is not None else 0.99, name=name)
-
-    feats = base(x)
+    feats = base(_rescaled(inputs, bb))
     if cfg.head == "dense":
         y = layers.GlobalAveragePooling2D(name="pool")(feats)
         y = layers.Dense(cfg.dense_units, activation="relu", name="fc")(y)
@@ -382,18 +370,45 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     else:
         *skip_feats, last = feats if skips else [feats]
         y = layers.Conv2D(cfg.head_channels, 1, use_bias=False, name="head_reduce")(last)
-        y = bn("head_reduce_bn")(y)
+        y = _bn(cfg, "head_reduce_bn")(y)
         y = layers.ReLU(name="head_reduce_relu")(y)
         for i, skip in enumerate(reversed(skip_feats)):
             y = layers.Resizing(skip.shape[1], skip.shape[2], interpolation="bilinear", name=f"head_up{i}_resize")(y)
             sk = layers.Conv2D(cfg.head_channels, 1, use_bias=False, name=f"head_skip{i}")(skip)
-            y = layers.Add(name=f"head_up{i}_add")([y, bn(f"head_skip{i}_bn")(sk)])
+            y = layers.Add(name=f"head_up{i}_add")([y, _bn(cfg, f"head_skip{i}_bn")(sk)])
             y = layers.SeparableConv2D(cfg.head_channels, 3, padding="same", use_bias=False, name=f"head_up{i}")(y)
-            y = bn(f"head_up{i}_bn")(y)
+            y = _bn(cfg, f"head_up{i}_bn")(y)
             y = layers.ReLU(name=f"head_up{i}_relu")(y)
         y = layers.Conv2D(k, 1, name="heatmaps", dtype="float32")(y)
         out = SoftArgmax(name="keypoints")(y)
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_{cfg.head}")
+
+
+def _rescaled(inputs, bb: Backbone):
+    return layers.Rescaling(bb.rescale[0], offset=bb.rescale[1], name="rescale")(inputs) if bb.rescale else inputs
+
+
+def _backbone_model(base, outputs, cfg: ModelConfig) -> keras.Model:
+    """``base`` as the model named ``backbone`` with ``outputs``, its BatchNormalization momentum set
+    to ``cfg.bn_momentum`` when given (from scratch, 0.999 needs thousands of steps to track the
+    statistics)."""
+    base = keras.Model(base.input, outputs, name="backbone")
+    if cfg.bn_momentum is not None:
+        for l in base.layers:
+            if isinstance(l, layers.BatchNormalization):
+                l.momentum = cfg.bn_momentum
+    return base
+
+
+def _bn(cfg: ModelConfig, name: str):
+    return layers.BatchNormalization(momentum=0.99 if cfg.bn_momentum is None else cfg.bn_momentum, name=name)
+
+
+def _last_layer_at(model, size):
+    """The last layer of ``model`` whose output is a feature map of ``size`` (height, width), or None."""
+    cands = [l for l in model.layers if len(getattr(l.output, "shape", ())) == 4
+             and tuple(l.output.shape[1:3]) == tuple(size) and not isinstance(l, layers.InputLayer)]
+    return cands[-1] if cands else None
 
 
 def _build_backbone(bb: Backbone, shape, cfg: ModelConfig, weights):
@@ -427,12 +442,10 @@ def _stride_layers(bb: Backbone, cfg: ModelConfig):
     names = []
     stride = cfg.heatmap_stride
     while stride < total:
-        target = probe_size // stride
-        cands = [l for l in probe.layers if len(getattr(l.output, "shape", ())) == 4
-                 and tuple(l.output.shape[1:3]) == (target, target) and not isinstance(l, layers.InputLayer)]
-        if not cands:
+        layer = _last_layer_at(probe, (probe_size // stride,) * 2)
+        if layer is None:
             raise TrainError(f"{cfg.backbone}: no layer at stride {stride} for the heatmap decoder")
-        names.append(cands[-1].name)
+        names.append(layer.name)
         stride *= 2
     return names, total
 
@@ -443,24 +456,15 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
         raise TrainError(f"heatmap stride {cfg.heatmap_stride}: expected 1, 2, 4 or 8")
     names, total = _stride_layers(bb, cfg)
     base = _build_backbone(bb, (None, None, 3), cfg, weights)
-    base = keras.Model(base.input, [base.get_layer(n).output for n in names] + [base.output], name="backbone")
-    momentum = cfg.bn_momentum
-    if momentum is not None:  # from scratch, 0.999 needs thousands of steps to track the statistics
-        for l in base.layers:
-            if isinstance(l, layers.BatchNormalization):
-                l.momentum = momentum
+    base = _backbone_model(base, [base.get_layer(n).output for n in names] + [base.output], cfg)
 
     def conv_bn_relu(y, ch, name, kernel=3):
         y = layers.Conv2D(ch, kernel, padding="same", use_bias=False, name=name)(y)
-        y = layers.BatchNormalization(momentum=momentum if momentum is not None else 0.99, name=f"{name}_bn")(y)
+        y = _bn(cfg, f"{name}_bn")(y)
         return layers.ReLU(name=f"{name}_relu")(y)
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = inputs
-    if bb.rescale:
-        x = layers.Rescaling(bb.rescale[0], offset=bb.rescale[1], name="rescale")(x)
-    x = PadToMultiple(total, name="pad")(x)
-    feats = base(x)
+    feats = base(PadToMultiple(total, name="pad")(_rescaled(inputs, bb)))
     feats = feats if isinstance(feats, (list, tuple)) else [feats]
     *skips, y = feats
     for i, skip in enumerate(reversed(skips)):
@@ -476,15 +480,11 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_heatmap")
 
 
-def is_heatmap_model(model: keras.Model) -> bool:
-    return len(model.outputs[0].shape) == 4
-
-
 def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] = None) -> keras.Model:
     """``model`` with ``(B, K, 3)`` outputs: normalized ``x, y`` and a confidence. Heatmap models get
     :class:`HeatmapDecode` (with ``calibration``); the regression heads (``spatial``, ``dense``)
     have no confidence of their own and report 1.0."""
-    if is_heatmap_model(model):
+    if len(model.outputs[0].shape) == 4:   # heatmaps
         stride = model.get_layer("heatmaps_crop").stride
         out = HeatmapDecode(stride, calibration, name="decode")([model.outputs[0], model.inputs[0]])
     else:
@@ -512,13 +512,8 @@ def _skip_layers(base, size, steps: int):
         sizes.append((h, w))
         h, w = -(-h // 2), -(-w // 2)
     wanted = sizes[::-1][:steps]   # e.g. stride 16, then 8
-    found = []
-    for target in wanted:
-        cands = [l for l in base.layers if len(getattr(l.output, "shape", ())) == 4
-                 and tuple(l.output.shape[1:3]) == target and not isinstance(l, layers.InputLayer)]
-        if cands:
-            found.append(cands[-1])
-    return found[::-1]   # fine to coarse
+    found = [_last_layer_at(base, target) for target in wanted]
+    return [l for l in found if l is not None][::-1]   # fine to coarse
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

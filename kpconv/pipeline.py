@@ -23,11 +23,11 @@ Nothing here imports TensorFlow at module import time.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-from .dataset_info import INFO_FILE, DatasetInfo, SplitInfo, dataset_sha256, read_dataset_info  # noqa: F401
+from .dataset_info import read_dataset_info
 from .errors import TrainError
 
 CACHE_LIMIT_BYTES = 1 << 30  # cache decoded records in memory when the split needs less than this
@@ -55,9 +55,6 @@ class Augment:
     contrast: Tuple[float, float] = (0.75, 1.25)
     saturation: Tuple[float, float] = (0.75, 1.25)
     crop: Optional[Tuple[int, int]] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_value(cls, value) -> Optional["Augment"]:

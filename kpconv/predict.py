@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -157,17 +157,9 @@ def video_frames(path: str, selection: FrameSelection = FrameSelection()) -> Ite
     a frame cannot be decoded."""
     import av
 
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as e:
-        raise VideoError("unreadable_video", f"cannot open video: {_av_message(e)}", Location(path)) from None
+    container, stream, fps = _open_video(path)
     with container:
-        if not container.streams.video:
-            raise VideoError("unreadable_video", "no video stream in the file", Location(path))
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else None
         index, t0, kept = -1, None, -1
         frames = container.decode(stream)
         while True:
@@ -198,17 +190,25 @@ def video_frames(path: str, selection: FrameSelection = FrameSelection()) -> Ite
 
 def video_info(path: str) -> Tuple[Optional[float], int, Tuple[int, int]]:
     """(frames per second or None, frame count or 0 when the header does not say, (width, height))."""
+    container, s, fps = _open_video(path)
+    with container:
+        return fps, int(s.frames or 0), (s.codec_context.width, s.codec_context.height)
+
+
+def _open_video(path: str):
+    """``(container, its first video stream, frames per second or None)``; VideoError when unreadable."""
     import av
 
     try:
-        with av.open(path) as c:
-            if not c.streams.video:
-                raise VideoError("unreadable_video", "no video stream in the file", Location(path))
-            s = c.streams.video[0]
-            rate = s.average_rate or s.guessed_rate
-            return (float(rate) if rate else None), int(s.frames or 0), (s.codec_context.width, s.codec_context.height)
+        container = av.open(path)
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError("unreadable_video", f"cannot open video: {_av_message(e)}", Location(path)) from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError("unreadable_video", "no video stream in the file", Location(path))
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    return container, stream, float(rate) if rate else None
 
 
 def _av_message(e) -> str:
@@ -438,22 +438,18 @@ class Predictor:
             """The instances of one file, prepared."""
             if is_video(path):
                 fps, count, _ = video_info(path)
-                for index, t, im in progress(video_frames(path, frames), total=frames.expected(count, fps),
-                                             desc=Path(path).name, unit="frame"):
-                    src = _frame_source(f"{path}#{index}", im)
-                    for inst in self._instances(path, root, index, single_video, bbox, boxes, src.size):
-                        arr, transform, wh = prepare(src, self.options, inst[0])
-                        yield dict(file=path, array=arr, transform=transform, size=wh, bbox=inst[0],
-                                   score=inst[1], frame=index, time=round(t, 6), instance=inst[2],
-                                   pixels=im if keep_frames else None)
+                decoded = progress(video_frames(path, frames), total=frames.expected(count, fps),
+                                   desc=Path(path).name, unit="frame")
+                sources = ((index, round(t, 6), _frame_source(f"{path}#{index}", im), im) for index, t, im in decoded)
             else:
                 from .images import SourceImage
 
-                src = SourceImage(path)
-                for inst in self._instances(path, root, None, single_video, bbox, boxes, src.size):
-                    arr, transform, wh = prepare(src, self.options, inst[0])
-                    yield dict(file=path, array=arr, transform=transform, size=wh, bbox=inst[0], score=inst[1],
-                               frame=None, time=None, instance=inst[2], pixels=None)
+                sources = [(None, None, SourceImage(path), None)]
+            for frame, t, src, im in sources:
+                for box, score, instance in self._instances(path, root, frame, single_video, bbox, boxes):
+                    arr, transform, wh = prepare(src, self.options, box)
+                    yield dict(file=path, array=arr, transform=transform, size=wh, bbox=box, score=score,
+                               frame=frame, time=t, instance=instance, pixels=im if keep_frames else None)
 
         images = [p for p in paths if not is_video(p)]
         bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
@@ -476,7 +472,7 @@ class Predictor:
         if bar is not None:
             bar.close()
 
-    def _instances(self, path, root, frame, single_video, bbox, boxes, wh):
+    def _instances(self, path, root, frame, single_video, bbox, boxes):
         """(bbox in original pixels or None, score, index) of each instance of one image or frame."""
         if boxes is None:
             return [(list(bbox) if bbox is not None else None, None, 0)]
@@ -592,15 +588,6 @@ class Writer:
             self._flush_dlc()
         elif self.fmt == "coco":
             self.out.write("\n]\n")
-
-
-def write(predictions: Iterable[Prediction], out, fmt: str, names: Sequence[str], **kw) -> int:
-    """Write ``predictions`` to the text stream ``out`` (see :class:`Writer`); returns how many."""
-    w = Writer(out, fmt, names, **kw)
-    for p in predictions:
-        w.write(p)
-    w.close()
-    return w.count
 
 
 # ------------------------------------------------------------------------------------------ command

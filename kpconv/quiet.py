@@ -10,6 +10,7 @@ real stderr. ``kpconv -v`` keeps everything.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
@@ -135,27 +136,21 @@ class _Filter:
         os.close(self.real)
 
 
-class stdout_to_stderr:
+@contextlib.contextmanager
+def stdout_to_stderr():
     """Inside: whatever TensorFlow prints (Python or C++) goes to stderr, so stdout keeps only data."""
-
-    def __enter__(self):
-        import contextlib
-
-        self._redirect = contextlib.redirect_stdout(sys.stderr)
-        self._redirect.__enter__()
-        self._saved = None
+    with contextlib.redirect_stdout(sys.stderr):
+        saved = None
         try:
             if sys.__stdout__ is not None and sys.__stdout__.fileno() == 1:
                 sys.__stdout__.flush()
-                self._saved = os.dup(1)
+                saved = os.dup(1)
                 os.dup2(2, 1)
         except (AttributeError, OSError, ValueError):
-            self._saved = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._saved is not None:
-            os.dup2(self._saved, 1)
-            os.close(self._saved)
-        self._redirect.__exit__(*exc)
-        return False
+            saved = None
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 1)
+                os.close(saved)

@@ -27,8 +27,7 @@ budget's time (updated every batch), the best model kept; ``epochs`` is then onl
 The small-data recipe (the defaults of the ``heatmap`` head, see :func:`resolve_recipe`): the
 ``unet`` backbone from random weights (``mobilenet_v2`` with pretrained weights), heatmap stride 4,
 Gaussian sigma 2 cells, random 128x128 training crops around the keypoints, rotation up to 25
-degrees (180 let left/right and front/hind paws swap on a real project), scale 0.8-1.2, flip when
-the keypoints have left/right pairs, batch 8, Adam 1e-3,
+degrees, scale 0.8-1.2, flip when the keypoints have left/right pairs, batch 8, Adam 1e-3,
 batch-norm momentum 0.9 from scratch, an XLA-compiled training step. After training, the heatmap
 head's confidence is calibrated (:func:`kpconv.metrics.fit_calibration`) and stored in
 ``config.json``.
@@ -53,8 +52,6 @@ from .manifest import atomic_output
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILE = "model.tflite"
 HISTORY_FILE = "history.csv"
 LOG_DIR = "logs"
 CKPT_DIR = "checkpoints"
@@ -136,10 +133,14 @@ def _save_model(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _cosine(lr0: float, floor: float, start: int, n: int) -> Callable[[int, float], float]:
+def _cosine(lr0: float, floor: float, t: float) -> float:
+    """The learning rate at the fraction ``t`` of a cosine schedule from ``lr0`` down to ``floor``."""
+    return float(floor + 0.5 * (lr0 - floor) * (1 + math.cos(math.pi * t)))
+
+
+def _epoch_cosine(lr0: float, floor: float, start: int, n: int) -> Callable[[int, float], float]:
     def schedule(epoch, lr=None):
-        t = min(max(epoch - start, 0), max(n - 1, 1)) / max(n - 1, 1)
-        return float(floor + 0.5 * (lr0 - floor) * (1 + math.cos(math.pi * t)))
+        return _cosine(lr0, floor, min(max(epoch - start, 0), max(n - 1, 1)) / max(n - 1, 1))
     return schedule
 
 
@@ -217,8 +218,7 @@ def _callbacks_module():
             return min(1.0, (time.monotonic() - self.started) / self.seconds)
 
         def on_train_batch_begin(self, batch, logs=None):
-            t = self.fraction()
-            self.model.optimizer.learning_rate = self.floor + 0.5 * (self.lr0 - self.floor) * (1 + math.cos(math.pi * t))
+            self.model.optimizer.learning_rate = _cosine(self.lr0, self.floor, self.fraction())
 
         def on_train_batch_end(self, batch, logs=None):
             if self.fraction() >= 1.0:
@@ -251,8 +251,6 @@ def _callbacks_module():
             logs["val_px_error"] = o["mean_error_px"]
             logs["val_pck@0.05"] = o["pck@0.05"]
             logs["val_pck@0.1"] = o["pck@0.1"]
-
-
 
     class HistoryLog(keras.callbacks.Callback):
         """history.csv: one row per finished epoch, val_* columns only with a validation split. Rows of
@@ -473,12 +471,13 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
     import keras
     import tensorflow as tf
 
-    from . import losses, model as kmodel, pipeline
+    from . import losses, model as kmodel
+    from .dataset_info import dataset_sha256, read_dataset_info
 
     started = time.monotonic()
     run = Path(run_dir)
     shard_dir = Path(shard_dir)
-    info = pipeline.read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir)
     state = None
     if resume:
         if not (run / CONFIG_FILE).is_file():
@@ -491,7 +490,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
             if state.get("finished"):
                 raise TrainError(f"{run}: --resume: this run already finished ({state['epoch']} epochs); "
                                  f"start a new run with another -o")
-        sha = pipeline.dataset_sha256(shard_dir, info)
+        sha = dataset_sha256(shard_dir, info)
         if sha != config["dataset"]["sha256"]:
             changed = sorted(set(sha.items()) ^ set(config["dataset"]["sha256"].items()))
             raise TrainError(f"{shard_dir}: --resume: the shards differ from the ones this run started with "
@@ -554,7 +553,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
         config = {
             "options": options.to_dict(),
             "model": mcfg.to_dict(),
-            "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": pipeline.dataset_sha256(shard_dir, info),
+            "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": dataset_sha256(shard_dir, info),
                         "keypoints": info.keypoint_names, "skeleton": [list(p) for p in info.skeleton],
                         "flip_pairs": [list(p) for p in info.flip_pairs],
                         "image_size": [info.image_width, info.image_height],
@@ -666,7 +665,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         if budget is not None:   # the schedule follows the clock; no early stop before the budget ends
             sched = [budget]
         else:
-            sched = [keras.callbacks.LearningRateScheduler(_cosine(lr0, lr0 * options.min_learning_rate_factor,
+            sched = [keras.callbacks.LearningRateScheduler(_epoch_cosine(lr0, lr0 * options.min_learning_rate_factor,
                                                                    begin, end - begin)),
                      keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
         cbs = [nan, *sched, LearningRateLog(),

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from kpconv.cli import cli
-from kpconv.inspect import LEFT, RIGHT
+from kpconv.drawing import LEFT, RIGHT
 from kpconv.manifest import Header, Record, write_manifest
 from kpconv.tfrecord import TFRecordWriter, read_records
 from kpconv.images import ImageOptions

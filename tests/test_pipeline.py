@@ -7,6 +7,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from kpconv import pipeline  # noqa: E402
+from kpconv.dataset_info import read_dataset_info  # noqa: E402
 from kpconv.errors import DatasetInfoError, TrainError  # noqa: E402
 
 from _shards import FLIP_PAIRS, NAMES, write_shards  # noqa: E402
@@ -63,7 +64,7 @@ def test_unknown_split_and_missing_info(shards, tmp_path):
 
 def test_reads_dataset_info_of_kpconv_shard(shards):
     out, _ = shards
-    info = pipeline.read_dataset_info(out)
+    info = read_dataset_info(out)
     assert info.keypoint_names == NAMES and info.flip_pairs == FLIP_PAIRS
     assert (info.image_width, info.image_height) == (32, 24)
     assert info.flip_permutation() == [0, 2, 1, 4, 3]
@@ -73,7 +74,7 @@ def test_reads_dataset_info_of_kpconv_shard(shards):
     bad.mkdir()
     (bad / "dataset_info.json").write_text(json.dumps(raw))
     with pytest.raises(DatasetInfoError, match="needs one image size"):
-        pipeline.read_dataset_info(bad)
+        read_dataset_info(bad)
 
 
 def _aug(images, kp, vis, seed, **cfg):
@@ -148,7 +149,7 @@ def test_reads_the_shards_of_kpconv_shard(tmp_path):
     res = shard(str(tmp_path / "m.jsonl"), tmp_path / "shards",
                 ShardOptions(image=ImageOptions(size=(40, 32), resize="pad", crop="bbox"),
                              split={"train": 0.5, "test": 0.5}, num_shards=2))
-    info = pipeline.read_dataset_info(tmp_path / "shards")
+    info = read_dataset_info(tmp_path / "shards")
     assert (info.image_width, info.image_height, info.num_keypoints) == (40, 32, 17)
     assert info.flip_permutation()[1:3] == [2, 1]       # left_eye <-> right_eye
     for split in ("train", "test"):
