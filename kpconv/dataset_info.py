@@ -1,12 +1,6 @@
-"""``dataset_info.json``: the one owner of the file ``kpconv shard`` writes last into OUT_DIR.
-
-:class:`DatasetInfo` reads it (validated against ``schemas/dataset-info.schema.json``, shipped as
-``kpconv/schemas/dataset-info.schema.json``), gives the fields the readers need (``inspect``, the
-tf.data pipeline, ``train``, ``eval``, ``predict``) and serializes it for the writer (``kpconv shard``).
-Errors are :class:`kpconv.errors.DatasetInfoError`, located at the file and the field.
-
-Nothing here imports TensorFlow.
-"""
+"""``dataset_info.json``, the file ``kpconv shard`` writes last (docs/shard.md, *Output*): :class:`DatasetInfo`
+validates it against ``schemas/dataset-info.schema.json``, gives the fields its readers need and serializes it;
+errors are :class:`kpconv.errors.DatasetInfoError` located at the file and field. No TensorFlow here."""
 from __future__ import annotations
 
 import hashlib

@@ -15,7 +15,7 @@ Geometry, in the continuous pixel convention (x = 0 is the left edge of the imag
 
 A stored pixel coordinate ``(xs, ys)`` maps back to the original image as
 ``x = a*xs + b*ys + c, y = d*xs + e*ys + f`` with ``a = cw/rw, b = 0, c = x0 - ox*a, d = 0,
-e = ch/rh, f = y0 - oy*e`` (``cw, ch`` the crop size): :attr:`Stored.transform`.
+e = ch/rh, f = y0 - oy*e`` (``cw, ch`` the crop size): :attr:`Layout.transform`.
 Keypoints that land outside the placed image content (outside the stored image, or in the padding)
 become not visible: ``v = 0, x = y = 0``.
 
@@ -41,12 +41,11 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import Location
-from .imageinfo import REASONS, BadImage, ends_complete, file_problems, max_pixels as pillow_limit, open_image, probe
+from .imageinfo import BadImage, ends_complete, file_problems, max_pixels as pillow_limit, open_image, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 EXIF_ORIENTATION = 0x0112
 
-SKIP_REASONS = REASONS    # reason -> meaning (skipped.jsonl and the docs): the image probe's
 UNIDENTIFIED = "cannot read image: not an image file Pillow can identify"   # (the probe's words)
 
 
@@ -147,7 +146,6 @@ class Stored:
     data: bytes                 # encoded image
     format: str                 # "jpeg" or "png"
     layout: Layout
-    original: Tuple[int, int]   # (width, height) after EXIF orientation
 
 
 def read_image_bytes(path: str, opener=None) -> bytes:
@@ -289,7 +287,7 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
         # complete, any other is decoded (JPEG at 1/8 scale, which still reads all the data) to find out
         if not ends_complete(src.data, fmt):
             src.load(draft_size=((w + 7) // 8, (h + 7) // 8) if fmt == "JPEG" else None)
-        return Stored(src.data, "jpeg" if fmt == "JPEG" else "png", lay, (w, h))
+        return Stored(src.data, "jpeg" if fmt == "JPEG" else "png", lay)
     x0, y0, x1, y1 = lay.crop
     ox, oy, rw, rh = lay.placed
     draft = None
@@ -309,7 +307,7 @@ def render(src: SourceImage, bbox: Sequence[float], opts: ImageOptions) -> Store
         content = canvas
     buf = io.BytesIO()
     content.save(buf, "JPEG", quality=opts.quality)
-    return Stored(buf.getvalue(), "jpeg", lay, (w, h))
+    return Stored(buf.getvalue(), "jpeg", lay)
 
 
 def decode(data: bytes):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, Iterable, List, Optional
+from typing import IO, List, Optional
 
 from .errors import Location
 
@@ -94,10 +94,6 @@ class Report:
         if self._stream is not None:
             self._stream.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
         return p
-
-    def extend(self, problems: Iterable[Problem]) -> None:
-        for p in problems:
-            self.add(p.reason, p.message, p.location)
 
     def count(self, severity: Optional[str] = None) -> int:
         if severity is None:

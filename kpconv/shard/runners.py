@@ -1,10 +1,6 @@
-"""Runners: who executes the shard tasks of a plan. One small interface, :class:`Executor`:
-
-``run(tasks, job) -> {shard name: state}``: write each task's shard and commit it (state file, then the
-rename into place), or raise. :class:`LocalExecutor` writes in this process or a process pool;
-:class:`kpconv.shard.beam.BeamExecutor` runs the same :func:`~kpconv.shard.writer.write_shard` as an
-Apache Beam pipeline. The plan, ``--resume`` and ``dataset_info.json`` are the driver's, not theirs.
-"""
+"""Who executes the shard tasks: ``Executor.run(tasks, job) -> {shard name: state}`` writes and commits each
+task's shard, or raises. :class:`LocalExecutor` runs them in this process or a process pool;
+:class:`kpconv.shard.beam.BeamExecutor` as a Beam pipeline."""
 from __future__ import annotations
 
 import os

@@ -1,9 +1,5 @@
-"""Writing one shard: its records' manifest lines -> images converted -> framed records, under a temporary
-name; the state (counts, sha256, skipped records) is committed by :mod:`kpconv.shard.outdir`.
-
-Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process kill itself (SIGKILL) after
-writing N records, to test interrupted runs.
-"""
+"""One shard task -> one shard file under a temporary name; :mod:`kpconv.shard.outdir` commits its state.
+Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process SIGKILL itself after N records."""
 from __future__ import annotations
 
 import functools
