@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -75,7 +76,7 @@ class DatasetInfo:
         """The file's bytes: one key per line, lists of numbers and strings on one line, ``checksum`` last."""
         raw = {k: v for k, v in self.raw.items() if k != "checksum"}
         raw["checksum"] = checksum(raw)
-        return (_dump(raw) + "\n").encode("utf-8")
+        return (dump_json(raw) + "\n").encode("utf-8")
 
     def check_checksum(self) -> None:
         """DatasetInfoError when ``checksum`` is absent or does not match the rest of the file (it was edited)."""
@@ -224,8 +225,6 @@ def verify_shards(info: DatasetInfo) -> None:
     truncated shard is named instead of failing deep inside TensorFlow (``DataLossError``). Raises
     DatasetInfoError located at the shard file. A file is hashed once per process (keyed by its size and
     modification time)."""
-    import os
-
     for split, entry in info.shards():
         path = info.path.parent / entry["file"]
         loc = Location(str(path))
@@ -291,15 +290,13 @@ def _validator():
     return jsonschema.Draft202012Validator(schema)
 
 
-def _dump(obj, indent: int = 0) -> str:
+def dump_json(obj, indent: int = 0) -> str:
     pad = "  " * (indent + 1)
     if isinstance(obj, dict) and obj:
-        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_dump(v, indent + 1)}" for k, v in obj.items()]
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {dump_json(v, indent + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
     if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
-        items = [pad + _dump(v, indent + 1) for v in obj]
+        items = [pad + dump_json(v, indent + 1) for v in obj]
         return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
     return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
 
-
-dump_json = _dump   # the same layout for readable golden files

@@ -1,34 +1,13 @@
 """Images for ``kpconv shard``: load, convert to 8-bit RGB, crop, resize, encode, and move the keypoints
-exactly with the pixels.
+exactly with the pixels (docs/shard.md, *Images*: mode conversion, passthrough, draft decoding).
 
-Geometry, in the continuous pixel convention (x = 0 is the left edge of the image, pixel ``i`` covers
-``[i, i + 1)``):
-
-1. EXIF orientation is applied first; "original" coordinates below are those of the displayed image,
-   the same as the manifest's.
-2. ``crop="bbox"``: the instance's box grows by ``crop_pad`` times its width and height (half on each
-   side), is rounded outwards to whole pixels and clipped to the image border: ``[x0, x1) x [y0, y1)``.
-   ``crop="none"``: the whole image.
-3. ``size=None`` keeps the crop's size. ``resize="stretch"`` scales the crop to exactly ``size``;
-   ``resize="pad"`` scales it with its aspect ratio kept to ``(rw, rh)`` (rounded to whole pixels) and
-   places it at ``(ox, oy)`` in the middle of a ``size`` canvas filled with ``BACKGROUND``.
-
-A stored pixel coordinate ``(xs, ys)`` maps back to the original image as
-``x = a*xs + b*ys + c, y = d*xs + e*ys + f`` with ``a = cw/rw, b = 0, c = x0 - ox*a, d = 0,
-e = ch/rh, f = y0 - oy*e`` (``cw, ch`` the crop size): :attr:`Layout.transform`.
-Keypoints that land outside the placed image content (outside the stored image, or in the padding)
-become not visible: ``v = 0, x = y = 0``.
-
-Mode conversion: grayscale, 1-bit and palette images are expanded to RGB; images with alpha (RGBA,
-LA, palette with transparency) are composited on ``BACKGROUND``; CMYK is converted to RGB; 16-bit
-images (``I;16*`` and ``I``) are scaled from 0..65535 to 0..255; ``F`` is clipped to 0..255.
-
-Passthrough (nothing to change, a JPEG or PNG in RGB or grayscale without EXIF rotation): the original
-bytes are stored; the header is parsed and a file must end with its end marker (JPEG EOI, PNG IEND),
-else it is decoded to find out whether it is truncated (``kpconv inspect --verify`` decodes everything).
-
-JPEG sources are decoded at a reduced scale (``Image.draft``, 1/2, 1/4 or 1/8) when the output needs
-no more pixels than that, which makes decoding several times cheaper.
+Geometry, in the continuous pixel convention (pixel ``i`` covers ``[i, i + 1)``), after EXIF orientation
+(the manifest's coordinates are those of the displayed image): ``crop="bbox"`` grows the box by ``crop_pad``
+times its size, rounds it out to whole pixels and clips it: ``[x0, x1) x [y0, y1)``; ``size=None`` keeps the
+crop's size, ``resize="stretch"`` scales it to ``size``, ``resize="pad"`` scales it with its aspect ratio to
+``(rw, rh)`` placed at ``(ox, oy)`` on a ``size`` canvas of ``BACKGROUND``. A stored pixel ``(xs, ys)`` maps
+back as ``x = a*xs + c, y = e*ys + f`` with ``a = cw/rw, c = x0 - ox*a, e = ch/rh, f = y0 - oy*e``
+(:attr:`Layout.transform`); keypoints outside the placed content become ``v = 0, x = y = 0``.
 """
 from __future__ import annotations
 

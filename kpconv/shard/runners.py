@@ -11,6 +11,7 @@ from typing import Dict, Protocol, Sequence
 
 from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
+from .files import LOCAL
 from .outdir import commit_shard
 from .plan import ShardTask
 from .writer import ShardJob, write_shard
@@ -33,8 +34,6 @@ class LocalExecutor:
     """One shard after another in this process, or a process pool of ``workers`` (0: the CPUs)."""
 
     def __init__(self, workers: int = 0, files=None):
-        from .files import LOCAL
-
         self.workers = workers
         self.files = files or LOCAL
 
@@ -102,8 +101,6 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
                     processes = dict(getattr(pool, "_processes", None) or {})
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise ShardError(_died(processes, job)) from None
-                except ShardError:
-                    raise
                 except ManifestError as e:
                     raise ShardError(f"writing {task.name} failed: {e}") from None
                 except OSError as e:
