@@ -35,7 +35,6 @@ sys.path.insert(0, str(HERE))
 from synth import make_coco  # noqa: E402
 
 KPCONV = [str(Path(sys.executable).parent / "kpconv")]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 BASELINE = r'''
 import io, json, sys, time
@@ -105,12 +104,11 @@ def _children(pid: int):
     return out
 
 
-def _pss(pid: int) -> int:
+def _memory(pid: int):
+    """(RSS, PSS) of one process, in bytes."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
+        kb = dict(line.split()[:2] for line in f if line.startswith(("Rss:", "Pss:")))
+    return int(kb.get("Rss:", 0)) * 1024, int(kb.get("Pss:", 0)) * 1024
 
 
 def _tree_memory(pid: int):
@@ -122,11 +120,10 @@ def _tree_memory(pid: int):
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/statm") as f:
-                rss += int(f.read().split()[1]) * PAGE
-            pss += _pss(p)
+            r, s = _memory(p)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
+        rss, pss = rss + r, pss + s
         stack.extend(_children(p))
     return rss, pss
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Dict, List, Optional, Tuple, Union
 
 from . import jsonparse
-from .errors import DatasetInfoError, Location
+from .errors import DatasetInfoError, Location, VerifyError
 from .records import SPEC_VERSION
 
 INFO_FILE = "dataset_info.json"
@@ -113,13 +113,11 @@ class DatasetInfo:
 
     @property
     def image_width(self) -> Optional[int]:
-        size = self.image_size
-        return size[0] if size else None
+        return self.image_size[0] if self.image_size else None
 
     @property
     def image_height(self) -> Optional[int]:
-        size = self.image_size
-        return size[1] if size else None
+        return self.image_size[1] if self.image_size else None
 
     @property
     def compression(self) -> Optional[str]:
@@ -159,14 +157,6 @@ class DatasetInfo:
         return {"size": [self.image_width, self.image_height], "resize": image.get("resize") or "stretch",
                 "crop": image.get("crop") or "none", "crop_pad": image.get("crop_pad"),
                 "background": image.get("background")}
-
-    def require_image_size(self) -> "DatasetInfo":
-        """Self, or DatasetInfoError when the shards keep each image's own size (training needs one)."""
-        if self.image_size is None:
-            raise DatasetInfoError("the shards keep each image's own size (field 'image.size' is null); training "
-                                   "needs one image size: shard again with one (kpconv shard --image-size WxH)",
-                                   Location(str(self.path), field="image.size"))
-        return self
 
 
 def checksum(raw: dict) -> str:
@@ -210,7 +200,11 @@ def _check_consistent(raw: dict, path: str) -> None:
 def read_dataset_info(shard_dir: Union[str, Path], verify: bool = True) -> DatasetInfo:
     """The dataset info of a shard directory for training and evaluation (one image size required), with
     every shard verified (:func:`verify_shards`) unless ``verify`` is False."""
-    info = DatasetInfo.read(shard_dir).require_image_size()
+    info = DatasetInfo.read(shard_dir)
+    if info.image_size is None:
+        raise DatasetInfoError("the shards keep each image's own size (field 'image.size' is null); training "
+                               "needs one image size: shard again with one (kpconv shard --image-size WxH)",
+                               Location(str(info.path), field="image.size"))
     if verify:
         verify_shards(info)
     return info
@@ -244,7 +238,6 @@ def verify_shards(info: DatasetInfo) -> None:
                     raise DatasetInfoError(f"shard's sha256 differs from {INFO_FILE} (damaged or changed since "
                                            "'kpconv shard' wrote it; 'kpconv inspect --verify' tells more)", loc)
             else:
-                from .errors import VerifyError
                 from .tfrecord import read_records
 
                 try:

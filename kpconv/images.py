@@ -112,10 +112,8 @@ def map_bbox(bbox: Sequence[float], width: int, height: int, lay: Layout) -> Lis
     ow, oh = lay.out
     ox, oy, rw, rh = lay.placed
     bx, by, bw, bh = bbox
-    x0 = min(max((bx * width - c) / a, ox), ox + rw)
-    x1 = min(max(((bx + bw) * width - c) / a, ox), ox + rw)
-    y0 = min(max((by * height - f) / e, oy), oy + rh)
-    y1 = min(max(((by + bh) * height - f) / e, oy), oy + rh)
+    x0, x1 = (min(max((x * width - c) / a, ox), ox + rw) for x in (bx, bx + bw))
+    y0, y1 = (min(max((y * height - f) / e, oy), oy + rh) for y in (by, by + bh))
     return [x0 / ow, y0 / oh, (x1 - x0) / ow, (y1 - y0) / oh]
 
 

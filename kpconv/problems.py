@@ -105,10 +105,7 @@ class Report:
         return self.count(ERROR) + self.count(WARNING) > 0
 
     def first_failing(self) -> Optional[Problem]:
-        for p in self.first:
-            if p.severity in (ERROR, WARNING):
-                return p
-        return None
+        return next((p for p in self.first if p.severity in (ERROR, WARNING)), None)
 
     def summary_table(self) -> str:
         """Counts by reason, most serious first, as an aligned text table."""

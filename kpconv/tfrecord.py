@@ -40,7 +40,6 @@ class TFRecordWriter:
     def __init__(self, fileobj: IO[bytes], compression: str = "none"):
         if compression not in ("none", "gzip"):
             raise ValueError(f"compression must be 'none' or 'gzip', got {compression!r}")
-        self._raw = fileobj
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=fileobj, mtime=0) if compression == "gzip" else None
         self._out = self._gz or fileobj
         self.count = 0

@@ -4,6 +4,7 @@ its task queue forever. :func:`later` runs a function in a pool kept for the lif
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -39,16 +40,10 @@ def _set_pdeathsig() -> bool:
 
 def _watch(pid: int) -> None:
     try:
-        import select
-
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        select.select([fd], [], [])         # readable once the process has ended
-        os._exit(1)
-    while process_alive(pid):
-        time.sleep(0.5)
+        select.select([os.pidfd_open(pid)], [], [])     # readable once the process has ended
+    except (AttributeError, OSError):                    # no pidfd: poll the pid
+        while process_alive(pid):
+            time.sleep(0.5)
     os._exit(1)
 
 

@@ -263,7 +263,6 @@ class BeamExecutor:
                 states[task.name] = state
             for task in todo:   # all written: now rename them into place
                 commit_shard(out, states[task.name], files)
-                files.delete(_pending(out, task.name, files))
             return states
         finally:
             files.delete(plan_path)

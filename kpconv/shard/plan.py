@@ -57,7 +57,6 @@ class Plan:
     tasks: List[ShardTask]
     split_source: str              # "source", "hash" or "source+hash"
     split_by: Optional[str]        # what the hash kept together: "group" or "image" (None: no hash)
-    records: int
     notes: List[str] = field(default_factory=list)      # decisions worth saying (stderr)
     warnings: List[str] = field(default_factory=list)   # split problems (stderr and dataset_info.json)
 
@@ -137,7 +136,7 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions, files: Lo
             ref = RecordRef(order_key(rec.key, options.seed), offset, line_digest(line))
             size = 0.0 if options.num_shards else _estimate(rec, options, root, sizes, files)
             entries.append(_Entry(split, rec.group, rec.image, ref, size))
-    plan = Plan(header, manifest, root, [], "hash", None, len(entries))
+    plan = Plan(header, manifest, root, [], "hash", None)
     splits = _assign_splits(entries, options, plan)
     for split in sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)):
         members = splits[split]
