@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 from typing import Dict, Protocol, Sequence
 
 from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
+from ..workers import can_fork, die_with_parent
 from .files import LOCAL
 from .outdir import commit_shard
 from .plan import ShardTask
@@ -64,13 +64,8 @@ _TMP = re.compile(r"^\.(.+)\.tmp-(\d+)-[0-9a-f]+$")       # writer.write_shard's
 
 
 def _start_method() -> str:
-    """``fork`` (cheap) while TensorFlow is not loaded in this process (the CLI never loads it);
-    ``forkserver`` otherwise (e.g. inside a program that uses TensorFlow), as TF is not fork-safe."""
-    import multiprocessing
-
-    if "tensorflow" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return "fork"
+    """``fork`` (cheap) unless TensorFlow, which is not fork-safe, is loaded (:func:`kpconv.workers.can_fork`)."""
+    return "fork" if can_fork() else "forkserver"
 
 
 def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> Dict[str, dict]:
@@ -81,8 +76,6 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
     ctx = multiprocessing.get_context(_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["kpconv.shard"])
-    from ..workers import die_with_parent
-
     states = {}
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))
