@@ -3,33 +3,16 @@
     python benchmarks/bench_shard.py [--images 2000] [--workers 2] [--memory-check] [--repeat N] [--cache DIR]
                                      [--no-beam] [--passthrough-only] [--kpconv CMD]
 
-1. Generates (once, cached) ``--images`` JPEGs of 640x480 with drawn stick figures and 17 keypoints
-   (``benchmarks/synth.py``) and ingests them into a manifest.
-2. Times, each in its own process:
-   - ``kpconv shard --image-size 224`` (whole command: start-up, plan, workers, dataset_info.json);
-   - ``kpconv shard --image-size 224 --runner beam`` (Apache Beam DirectRunner, multi_processing, the same
-     ``--workers``; whole command, pipeline start-up included; skipped with ``--no-beam`` or when Beam
-     is not installed), and a check that its shards are byte-identical to the local runner's;
-   - the tutorial baseline: one process that decodes each image with PIL, resizes it to 224x224,
-     re-encodes it as JPEG (quality 95) and writes one ``tf.io.TFRecordWriter`` (only its loop is
-     timed, not the TensorFlow import);
-   - ``kpconv shard --image-size none`` (passthrough; the whole command: start-up, plan, workers,
-     ``dataset_info.json``) against copying the same image bytes in one Python process that reads the
-     manifest, then copies each record's image into one file (read + write + one fsync; the strictest
-     reference) or file by file (``shutil.copyfile`` each image, then sync; what ``cp -r`` does). Each
-     copy is reported twice: its copy loop alone, and its whole process (start-up and manifest
-     included, as for kpconv); the ratios are given against both.
-   Every command runs with Python's bytecode cache on (``PYTHONPYCACHEPREFIX`` under ``--cache``, warmed
-   first), as an installed kpconv has, even when the calling shell sets ``PYTHONDONTWRITEBYTECODE``.
-3. Prints records per second of each, the ratios, and peak memory of each process tree (the command
-   and all its descendants, sampled every 20 ms from /proc: the sum of PSS, which divides pages shared
-   by forked workers among them, and the sum of RSS, which counts them once per process).
-4. ``--memory-check`` also shards a dataset ten times larger and compares the peak memory
-   (target: within 10%).
+Generates (once, cached) ``--images`` 640x480 JPEGs with 17 keypoints (``benchmarks/synth.py``) and their
+manifest, then times, each in its own process with the bytecode cache on (as an installed kpconv has):
+``kpconv shard --image-size 224`` (whole command), the same with ``--runner beam`` (DirectRunner; its shards
+must be byte-identical), the tutorial baseline (PIL resize + ``tf.io.TFRecordWriter`` in one process; its loop
+only), and ``--image-size none`` (passthrough) against copying the same image bytes into one file or file by
+file. Prints records per second, the ratios and the peak memory of each process tree (PSS and RSS sums from
+/proc). ``--memory-check`` also shards ten times the images and compares the peak memory.
 
-Targets (2 cores): shard >= 3x the baseline, passthrough >= 0.5x the copy, flat memory. The DirectRunner
-has no target: it is not expected to beat the local runner on one machine (the same command scales out on
-a cluster runner).
+Targets (2 cores): shard >= 3x the baseline, passthrough >= 0.5x the copy, memory within 10%. The DirectRunner
+has no target (it is not expected to beat the local runner on one machine).
 """
 from __future__ import annotations
 
@@ -37,6 +20,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,8 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from synth import make_coco  # noqa: E402
 
-KPCONV = str(Path(sys.executable).parent / "kpconv")
-PAGE = os.sysconf("SC_PAGE_SIZE")
+KPCONV = [str(Path(sys.executable).parent / "kpconv")]
 
 BASELINE = r'''
 import io, json, sys, time
@@ -121,12 +104,11 @@ def _children(pid: int):
     return out
 
 
-def _pss(pid: int) -> int:
+def _memory(pid: int):
+    """(RSS, PSS) of one process, in bytes."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
+        kb = dict(line.split()[:2] for line in f if line.startswith(("Rss:", "Pss:")))
+    return int(kb.get("Rss:", 0)) * 1024, int(kb.get("Pss:", 0)) * 1024
 
 
 def _tree_memory(pid: int):
@@ -138,11 +120,10 @@ def _tree_memory(pid: int):
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/statm") as f:
-                rss += int(f.read().split()[1]) * PAGE
-            pss += _pss(p)
+            r, s = _memory(p)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
+        rss, pss = rss + r, pss + s
         stack.extend(_children(p))
     return rss, pss
 
@@ -191,7 +172,7 @@ def dataset(cache: Path, n: int) -> Path:
     if not manifest.exists():
         t0 = time.perf_counter()
         ann = make_coco(d, n, size=(640, 480), seed=0)
-        subprocess.run([KPCONV, "-q", "ingest", str(ann), "--images", str(d / "images"), "-o", str(manifest)],
+        subprocess.run([*KPCONV, "-q", "ingest", str(ann), "--images", str(d / "images"), "-o", str(manifest)],
                        check=True)
         print(f"generated {n} images in {time.perf_counter() - t0:.0f} s: {d}", flush=True)
     return manifest
@@ -200,7 +181,7 @@ def dataset(cache: Path, n: int) -> Path:
 def run_shard(manifest: Path, work: Path, name: str, *args):
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
-    return measure([KPCONV, "-q", "shard", str(manifest), "-o", str(out), *args])
+    return measure([*KPCONV, "-q", "shard", str(manifest), "-o", str(out), *args])
 
 
 def shard_digests(out: Path) -> dict:
@@ -218,12 +199,12 @@ def main(argv=None):
                     help="where the synthetic datasets are kept between runs")
     ap.add_argument("--no-beam", action="store_true", help="skip the Apache Beam DirectRunner measurement")
     ap.add_argument("--kpconv", help="the kpconv command to time (default: the one next to this Python), "
-                    "e.g. a wrapper that runs an older checkout")
+                    "e.g. a wrapper that runs an older checkout, or 'python -m kpconv.cli' with PYTHONPATH set")
     ap.add_argument("--passthrough-only", action="store_true",
                     help="only the passthrough (--image-size none) against the copies")
     args = ap.parse_args(argv)
     global KPCONV
-    KPCONV = args.kpconv or KPCONV
+    KPCONV = shlex.split(args.kpconv) if args.kpconv else KPCONV
     beam_missing = importlib.util.find_spec("apache_beam") is None
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,18 @@
-"""``dataset_info.json``: the one owner of the file ``kpconv shard`` writes last into OUT_DIR.
-
-:class:`DatasetInfo` reads it (validated against ``schemas/dataset-info.schema.json``, shipped as
-``kpconv/schemas/dataset-info.schema.json``), gives the fields the readers need (``inspect``, the
-tf.data pipeline, ``train``, ``eval``, ``predict``) and serializes it for the writer (``kpconv shard``).
-Errors are :class:`kpconv.errors.DatasetInfoError`, located at the file and the field.
-
-Nothing here imports TensorFlow.
-"""
+"""``dataset_info.json``, the file ``kpconv shard`` writes last (docs/shard.md, *Output*): :class:`DatasetInfo`
+validates it against ``schemas/dataset-info.schema.json``, gives the fields its readers need and serializes it;
+errors are :class:`kpconv.errors.DatasetInfoError` located at the file and field. No TensorFlow here."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Tuple, Union
 
 from . import jsonparse
-from .errors import DatasetInfoError, Location
+from .errors import DatasetInfoError, Location, VerifyError
 from .records import SPEC_VERSION
 
 INFO_FILE = "dataset_info.json"
@@ -81,7 +76,7 @@ class DatasetInfo:
         """The file's bytes: one key per line, lists of numbers and strings on one line, ``checksum`` last."""
         raw = {k: v for k, v in self.raw.items() if k != "checksum"}
         raw["checksum"] = checksum(raw)
-        return (_dump(raw) + "\n").encode("utf-8")
+        return (dump_json(raw) + "\n").encode("utf-8")
 
     def check_checksum(self) -> None:
         """DatasetInfoError when ``checksum`` is absent or does not match the rest of the file (it was edited)."""
@@ -118,13 +113,11 @@ class DatasetInfo:
 
     @property
     def image_width(self) -> Optional[int]:
-        size = self.image_size
-        return size[0] if size else None
+        return self.image_size[0] if self.image_size else None
 
     @property
     def image_height(self) -> Optional[int]:
-        size = self.image_size
-        return size[1] if size else None
+        return self.image_size[1] if self.image_size else None
 
     @property
     def compression(self) -> Optional[str]:
@@ -164,14 +157,6 @@ class DatasetInfo:
         return {"size": [self.image_width, self.image_height], "resize": image.get("resize") or "stretch",
                 "crop": image.get("crop") or "none", "crop_pad": image.get("crop_pad"),
                 "background": image.get("background")}
-
-    def require_image_size(self) -> "DatasetInfo":
-        """Self, or DatasetInfoError when the shards keep each image's own size (training needs one)."""
-        if self.image_size is None:
-            raise DatasetInfoError("the shards keep each image's own size (field 'image.size' is null); training "
-                                   "needs one image size: shard again with one (kpconv shard --image-size WxH)",
-                                   Location(str(self.path), field="image.size"))
-        return self
 
 
 def checksum(raw: dict) -> str:
@@ -215,7 +200,11 @@ def _check_consistent(raw: dict, path: str) -> None:
 def read_dataset_info(shard_dir: Union[str, Path], verify: bool = True) -> DatasetInfo:
     """The dataset info of a shard directory for training and evaluation (one image size required), with
     every shard verified (:func:`verify_shards`) unless ``verify`` is False."""
-    info = DatasetInfo.read(shard_dir).require_image_size()
+    info = DatasetInfo.read(shard_dir)
+    if info.image_size is None:
+        raise DatasetInfoError("the shards keep each image's own size (field 'image.size' is null); training "
+                               "needs one image size: shard again with one (kpconv shard --image-size WxH)",
+                               Location(str(info.path), field="image.size"))
     if verify:
         verify_shards(info)
     return info
@@ -230,8 +219,6 @@ def verify_shards(info: DatasetInfo) -> None:
     truncated shard is named instead of failing deep inside TensorFlow (``DataLossError``). Raises
     DatasetInfoError located at the shard file. A file is hashed once per process (keyed by its size and
     modification time)."""
-    import os
-
     for split, entry in info.shards():
         path = info.path.parent / entry["file"]
         loc = Location(str(path))
@@ -251,7 +238,6 @@ def verify_shards(info: DatasetInfo) -> None:
                     raise DatasetInfoError(f"shard's sha256 differs from {INFO_FILE} (damaged or changed since "
                                            "'kpconv shard' wrote it; 'kpconv inspect --verify' tells more)", loc)
             else:
-                from .errors import VerifyError
                 from .tfrecord import read_records
 
                 try:
@@ -297,15 +283,13 @@ def _validator():
     return jsonschema.Draft202012Validator(schema)
 
 
-def _dump(obj, indent: int = 0) -> str:
+def dump_json(obj, indent: int = 0) -> str:
     pad = "  " * (indent + 1)
     if isinstance(obj, dict) and obj:
-        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_dump(v, indent + 1)}" for k, v in obj.items()]
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {dump_json(v, indent + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
     if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
-        items = [pad + _dump(v, indent + 1) for v in obj]
+        items = [pad + dump_json(v, indent + 1) for v in obj]
         return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
     return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
 
-
-dump_json = _dump   # the same layout for readable golden files

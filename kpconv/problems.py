@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, Iterable, List, Optional
+from typing import IO, List, Optional
 
 from .errors import Location
 
@@ -95,10 +95,6 @@ class Report:
             self._stream.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
         return p
 
-    def extend(self, problems: Iterable[Problem]) -> None:
-        for p in problems:
-            self.add(p.reason, p.message, p.location)
-
     def count(self, severity: Optional[str] = None) -> int:
         if severity is None:
             return sum(self.counts.values())
@@ -109,10 +105,7 @@ class Report:
         return self.count(ERROR) + self.count(WARNING) > 0
 
     def first_failing(self) -> Optional[Problem]:
-        for p in self.first:
-            if p.severity in (ERROR, WARNING):
-                return p
-        return None
+        return next((p for p in self.first if p.severity in (ERROR, WARNING)), None)
 
     def summary_table(self) -> str:
         """Counts by reason, most serious first, as an aligned text table."""

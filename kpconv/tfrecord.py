@@ -1,16 +1,6 @@
-"""TFRecord files (the framing of serialized records), without TensorFlow.
-
-Writers (``kpconv shard``) run in worker processes where TensorFlow must not be imported. The records
-themselves are ``tf.train.Example`` messages serialized by :mod:`kpconv.records`; this module frames them:
-
-- TFRecord framing: ``uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)``
-  (little endian; mask: ``((crc >> 15 | crc << 17) + 0xa282ead8) mod 2**32``). CRC32C comes from the
-  ``google-crc32c`` package (C implementation; a pure-Python CRC would be the bottleneck).
-- gzip: a standard gzip stream with mtime 0 and no file name, so it is deterministic and readable by
-  ``tf.data.TFRecordDataset(..., compression_type="GZIP")``.
-
-``read_records`` reads them back (for ``kpconv inspect`` and the tests).
-"""
+"""TFRecord framing without TensorFlow (docs/shard.md, *Record spec*): ``uint64 length | uint32
+masked_crc32c(length) | data | uint32 masked_crc32c(data)``, little endian, CRC32C from ``google-crc32c``;
+gzip streams with mtime 0 and no file name, so that they are deterministic. ``read_records`` reads them back."""
 from __future__ import annotations
 
 import gzip
@@ -50,7 +40,6 @@ class TFRecordWriter:
     def __init__(self, fileobj: IO[bytes], compression: str = "none"):
         if compression not in ("none", "gzip"):
             raise ValueError(f"compression must be 'none' or 'gzip', got {compression!r}")
-        self._raw = fileobj
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=fileobj, mtime=0) if compression == "gzip" else None
         self._out = self._gz or fileobj
         self.count = 0

@@ -1,21 +1,10 @@
-"""Worker processes that never outlive the process that started them.
-
-``kill -9`` of ``kpconv shard`` or ``kpconv ingest --workers N`` gives its workers no chance to clean up;
-without help they would be reparented to init and wait on their task queue forever. Every process pool
-of kpconv passes :func:`die_with_parent` as its ``initializer`` with the pid of the process that owns
-the pool:
-
-- on Linux the kernel sends the worker SIGKILL when its parent process dies (``prctl(PR_SET_PDEATHSIG)``
-  through ctypes), which covers the ``fork`` start method;
-- when the owner is not the parent (the ``forkserver`` start method: the fork server is the parent, and
-  it waits for its workers before it exits) or ``prctl`` is not available, a daemon thread waits for the
-  owner to end (a pidfd on Linux, else a poll of its pid every half second) and ends the worker.
-
-:func:`later` runs a function in a pool of worker processes kept for the life of the process.
-"""
+"""Worker processes that never outlive the process that owns their pool (docs/safety.md): every pool passes
+:func:`die_with_parent` as its ``initializer``, so that a ``kill -9`` of the command leaves no worker waiting on
+its task queue forever. :func:`later` runs a function in a pool kept for the life of the process."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -51,16 +40,10 @@ def _set_pdeathsig() -> bool:
 
 def _watch(pid: int) -> None:
     try:
-        import select
-
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        select.select([fd], [], [])         # readable once the process has ended
-        os._exit(1)
-    while process_alive(pid):
-        time.sleep(0.5)
+        select.select([os.pidfd_open(pid)], [], [])     # readable once the process has ended
+    except (AttributeError, OSError):                    # no pidfd: poll the pid
+        while process_alive(pid):
+            time.sleep(0.5)
     os._exit(1)
 
 

@@ -1,42 +1,25 @@
-"""``kpconv shard``: manifest -> deterministic TFRecord shards, planned first, then written in parallel.
-
-The pieces, one module each:
-
-- :mod:`.options`: :class:`ShardOptions` and the parsers of the option texts;
-- :mod:`.plan`: scan the manifest, assign splits, order and cut them into shard tasks (frozen before
-  OUT_DIR is touched), and the one :func:`~.plan.fingerprint` of a shard;
-- :mod:`.writer`: one shard task -> one shard file (records converted by :mod:`kpconv.images` and
-  encoded by :mod:`kpconv.records`);
-- :mod:`.outdir`: OUT_DIR's lifecycle: prepare, commit each shard, ``--resume``, ``dataset_info.json`` last;
-- :mod:`.runners` (local processes) and :mod:`.beam` (Apache Beam), behind one small ``Executor`` interface;
-- :mod:`.files`: every file operation, so that the Beam runner can read and write ``gs://``, ``s3://``...
-
-The bytes of every shard depend only on the manifest and the options (not on ``--workers``, the runner,
-timing or the run), so ``--resume`` keeps a shard whose state matches its fingerprint and sha256.
-"""
+"""``kpconv shard``: manifest -> deterministic TFRecord shards, planned first (:mod:`.plan`), then written in
+parallel (:mod:`.writer`, :mod:`.runners`, :mod:`.beam`) into OUT_DIR (:mod:`.outdir`). A shard's bytes depend
+only on the manifest and the options, so ``--resume`` keeps a shard whose fingerprint and sha256 match."""
 from __future__ import annotations
 
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
 
 from ..errors import Location, ManifestError, NothingToWrite, ShardError, os_error_text
 from . import outdir
-from .files import LocalFiles, is_url
-from .options import (DEFAULT_SHARD_SIZE, DEFAULT_SPLIT, SPLIT_BY, ShardOptions, parse_bytes, parse_image_size,
-                      parse_split)
-from .outdir import SKIPPED_FILE, STATE_DIR
-from .plan import Plan, ShardTask, make_plan, shard_count, split_of
+from .files import LocalFiles, is_url, spool
+from .options import ShardOptions, parse_bytes, parse_image_size, parse_split
+from .plan import make_plan, shard_count, split_of
 from .runners import Executor, LocalExecutor
-from .writer import ShardJob, write_shard
+from .writer import ShardJob
 
-__all__ = ["DEFAULT_SHARD_SIZE", "DEFAULT_SPLIT", "SPLIT_BY", "SKIPPED_FILE", "STATE_DIR", "Executor", "LocalExecutor",
-           "LocalFiles", "Plan", "ShardJob", "ShardOptions", "ShardResult", "ShardTask", "is_url", "make_plan",
-           "parse_bytes", "parse_image_size", "parse_split", "shard", "shard_count", "split_of", "write_shard"]
+__all__ = ["ShardOptions", "ShardResult", "parse_bytes", "parse_image_size", "parse_split", "shard", "shard_count",
+           "split_of"]
 
 
 @dataclass
@@ -72,11 +55,12 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
                                  "s3://, hdfs://... through Apache Beam")
     if manifest != "-" and not files.is_file(manifest):
         raise ManifestError("manifest file does not exist", Location(str(manifest)))
-    spool = _spool_stdin() if manifest == "-" else None
+    spool_path = spool(sys.stdin.buffer, "kpconv-stdin-") if manifest == "-" else None
     try:
-        plan = make_plan(spool or str(manifest), "<stdin>" if spool else str(manifest), options, files)
+        name = "<stdin>" if spool_path else str(manifest)
+        plan = make_plan(spool_path or name, name, options, files)
         if not plan.tasks:
-            raise NothingToWrite(f"{'<stdin>' if spool else manifest}: the manifest holds no record")
+            raise NothingToWrite(f"{name}: the manifest holds no record")
         created = not files.is_remote(out) and not os.path.exists(out)
         outdir.prepare(out, plan, options, files)
         states, todo = {}, []
@@ -88,8 +72,10 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
                 todo.append(task)
         if todo:
             job = ShardJob(plan.manifest, plan.images_root, len(plan.header.keypoints), out, options, files)
-            if spool and files.is_remote(out):      # remote workers cannot read this machine's spool
-                job = replace(job, manifest=_upload(spool, files.join(out, STATE_DIR, "manifest.jsonl"), files))
+            if spool_path and files.is_remote(out):      # remote workers cannot read this machine's spool
+                job = replace(job, manifest=files.join(out, outdir.STATE_DIR, "manifest.jsonl"))
+                with open(spool_path, "rb") as src, files.create(job.manifest) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
             try:
                 states.update(executor.run(todo, job))
             finally:
@@ -104,26 +90,8 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
         raise ShardError(f"{'' if e.filename is not None else out + ': '}cannot write the shards: "
                          f"{os_error_text(e)}") from None
     finally:
-        if spool:
-            os.unlink(spool)
+        if spool_path:
+            os.unlink(spool_path)
     return ShardResult(out if is_url(out) else Path(out), info, written=info["records"],
                        skipped=info["skipped"]["records"], kept_shards=len(plan.tasks) - len(todo),
                        written_shards=len(todo), notes=plan.notes, warnings=plan.warnings)
-
-
-def _spool_stdin() -> str:
-    """stdin copied to a local temporary file (the plan and the writers read it by offset)."""
-    fd, path = tempfile.mkstemp(prefix="kpconv-stdin-", suffix=".jsonl")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-    except BaseException:
-        os.unlink(path)
-        raise
-    return path
-
-
-def _upload(local: str, remote: str, files: LocalFiles) -> str:
-    with open(local, "rb") as src, files.create(remote) as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
-    return remote

@@ -1,28 +1,11 @@
-"""``kpconv shard --runner beam``: the shard tasks of :mod:`kpconv.shard` as an Apache Beam pipeline.
+"""``kpconv shard --runner beam``: the shard tasks of :func:`kpconv.shard.shard` (same plan, ``--resume`` and
+``dataset_info.json``) run as the Apache Beam pipeline ``Create(task numbers) | Reshuffle | Map(write)``.
 
-Nothing here decides what goes into a shard: :func:`kpconv.shard.shard` scans the manifest and freezes the
-same plan as the local runner, keeps complete shards on ``--resume``, and writes ``skipped.jsonl`` then
-``dataset_info.json`` last. :class:`BeamExecutor` (the runners' ``Executor`` interface) only runs the tasks:
-
-1. the tasks to write are saved to ``OUT_DIR/.kpconv-shard/beam-plan-<id>.jsonl`` (the pipeline graph
-   then holds only task numbers, so it stays small for a plan of millions of records);
-2. the pipeline ``Create(task numbers) | Reshuffle | Map(write)``: each element writes one whole shard
-   with :func:`kpconv.shard.writer.write_shard` (the same record conversion and bytes as the local runner)
-   under a temporary name, and a ``<shard>.pending.json`` state beside it. A manifest read through
-   FileSystems is first copied to a local temporary file, once per worker process (a shard's records
-   are spread over the whole manifest: one ranged read per record would be slow on an object store);
-3. when the pipeline has succeeded, the driver commits each shard (state file, then rename into place:
-   :func:`kpconv.shard.outdir.commit_shard`). A failed pipeline leaves no shard under a final name.
-
-A retried or duplicated bundle writes the same bytes under another temporary name; whichever pending
-state is last names a complete file, the others are deleted.
-
-Files: paths with a scheme (``gs://``, ``s3://``, ``hdfs://``...) are read and written through
-``apache_beam.io.filesystems.FileSystems`` (:class:`BeamFiles`); local paths keep the local runner's
-file code (fsync, atomic rename). ``BeamFiles(force=True)`` sends local paths through FileSystems too,
-which is how the tests exercise that code without a bucket.
-
-``apache_beam`` is imported only when a pipeline runs (:func:`require_beam`): it is an optional extra.
+Each element writes one whole shard with :func:`~kpconv.shard.writer.write_shard` under a temporary name, and a
+``<shard>.pending.json`` state beside it; the tasks travel in ``.kpconv-shard/beam-plan-<id>.jsonl`` (the graph
+holds only task numbers). Once the pipeline has succeeded, the driver commits each shard; a failed pipeline
+leaves no shard under a final name. Paths with a scheme (``gs://``...) go through Beam's FileSystems
+(:class:`BeamFiles`); ``apache_beam`` is imported only when a pipeline runs (an optional extra).
 """
 from __future__ import annotations
 
@@ -30,15 +13,13 @@ import atexit
 import json
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from dataclasses import replace
 from typing import IO, Dict, List, Optional, Sequence
 
 from ..errors import KpconvError, ShardError
 from . import ShardOptions, ShardResult, shard
-from .files import LocalFiles, is_url
+from .files import LOCAL, LocalFiles, is_url, spool
 from .outdir import STATE_DIR, commit_shard, remove_temporaries
 from .plan import ShardTask
 from .writer import ShardJob, write_shard
@@ -230,23 +211,10 @@ def _local_manifest(manifest: str, files: LocalFiles) -> str:
     spread over the whole manifest, and one ranged read per record from an object store would be slow."""
     path = _MANIFESTS.get(manifest)
     if path is None or not os.path.exists(path):
-        fd, tmp = tempfile.mkstemp(prefix="kpconv-manifest-", suffix=".jsonl")
-        try:
-            with files.open_read(manifest) as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        path = _MANIFESTS[manifest] = tmp
-        atexit.register(_unlink_quietly, tmp)
+        with files.open_read(manifest) as src:
+            path = _MANIFESTS[manifest] = spool(src, "kpconv-manifest-")
+        atexit.register(LOCAL.delete, path)
     return path
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _write_task(index: int, plan_path: str, job: ShardJob) -> str:
@@ -295,7 +263,6 @@ class BeamExecutor:
                 states[task.name] = state
             for task in todo:   # all written: now rename them into place
                 commit_shard(out, states[task.name], files)
-                files.delete(_pending(out, task.name, files))
             return states
         finally:
             files.delete(plan_path)

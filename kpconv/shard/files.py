@@ -1,13 +1,11 @@
-"""Every file operation of ``kpconv shard``, behind one object, so that a runner can swap the filesystem.
-
-:class:`LocalFiles` works on the local filesystem (fsync, atomic renames); the Beam runner's
-:class:`kpconv.shard.beam.BeamFiles` overrides it for paths with a scheme (``gs://``, ``s3://``...).
-"""
+"""Every file operation of ``kpconv shard``, behind one object (:class:`LocalFiles`), so that the Beam runner
+can swap the filesystem (:class:`kpconv.shard.beam.BeamFiles`: ``gs://``, ``s3://``...)."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import IO, List, Optional
 
@@ -21,6 +19,18 @@ _URL = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
 def is_url(path) -> bool:
     """``gs://b/x``, ``s3://b/x``, ``hdfs://x``...: a path for a filesystem other than the local one."""
     return bool(_URL.match(str(path)))
+
+
+def spool(src: IO[bytes], prefix: str) -> str:
+    """``src`` copied into a new local temporary file (the caller removes it); returns its path."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 22)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
 
 
 def _plain(path: str) -> bool:

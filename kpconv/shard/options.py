@@ -10,7 +10,6 @@ DEFAULT_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 DEFAULT_SHARD_SIZE = 64_000_000  # "64MB"
 MAX_BYTES = 10 ** 15             # "1PB": any size above is a mistake
 MAX_PIXELS = 1 << 26             # stored image size: 8192x8192 (192 MiB of RGB per image in memory)
-SPLIT_BY = ("auto", "group", "image")
 
 
 @dataclass(frozen=True)

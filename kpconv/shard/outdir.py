@@ -1,9 +1,5 @@
-"""The life of OUT_DIR: prepared only once the plan is frozen, shards committed one by one (state file,
-then rename), ``skipped.jsonl`` then ``dataset_info.json`` last, so that nothing looks finished early.
-
-Layout: ``<split>.tfrecord-NNNNN-of-NNNNN`` shards, ``.kpconv-shard/<shard>.json`` per-shard states
-(fingerprint, sha256, counts, and a checksum of the state itself: what ``--resume`` checks), ``skipped.jsonl``, ``dataset_info.json``.
-"""
+"""The life of OUT_DIR (docs/shard.md, *Output* and *Safety*): prepared once the plan is frozen, shards committed
+one by one (state file in ``.kpconv-shard/``, then the rename), ``skipped.jsonl`` then ``dataset_info.json`` last."""
 from __future__ import annotations
 
 import json

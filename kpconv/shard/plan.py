@@ -1,19 +1,8 @@
-"""The shard plan, frozen before any file of OUT_DIR is touched: which record goes into which shard.
-
-1. **Scan** the manifest once (:func:`kpconv.manifest.scan`): for each record keep a :class:`RecordRef`
-   (its order key, the byte offset and a digest of its line), its split and its group, never its image.
-2. **Split**: a record keeps the source's split unless ``--split`` is given (or the source gives none);
-   then a salted hash decides (:func:`split_of`), of the record's group (``--split-by group``: the
-   manifest's ``group``, else its image, so frames of one video stay together) or of its image
-   (``--split-by image``: the instances of one image stay together). ``auto`` takes the group when the
-   groups fill every requested split, else the image (with a note). A requested split that is empty or
-   far from its fraction gives a warning (printed, and kept in ``dataset_info.json``).
-3. **Order and cut**: within a split, records are ordered by a salted hash of their key
-   (``image#instance``) and cut into ``S`` shards at ``round(i * n / S)``.
-
-Each shard's :func:`fingerprint` (the options and the digests of its lines) is computed here and again
-by the writer, which refuses a manifest that changed in between, and by ``--resume``.
-"""
+"""The shard plan, frozen before OUT_DIR is touched (docs/shard.md, *Splits and determinism*): the manifest is
+scanned once, keeping per record a :class:`RecordRef` (order key, line offset, line digest), never its image;
+records keep the source's split or get one from a salted hash (:func:`split_of`) of their group or image; within
+a split they are ordered by a salted hash of their key and cut into shards at ``round(i * n / S)``. Each shard's
+:func:`fingerprint` is checked again by the writer and by ``--resume``."""
 from __future__ import annotations
 
 import hashlib
@@ -68,7 +57,6 @@ class Plan:
     tasks: List[ShardTask]
     split_source: str              # "source", "hash" or "source+hash"
     split_by: Optional[str]        # what the hash kept together: "group" or "image" (None: no hash)
-    records: int
     notes: List[str] = field(default_factory=list)      # decisions worth saying (stderr)
     warnings: List[str] = field(default_factory=list)   # split problems (stderr and dataset_info.json)
 
@@ -148,7 +136,7 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions, files: Lo
             ref = RecordRef(order_key(rec.key, options.seed), offset, line_digest(line))
             size = 0.0 if options.num_shards else _estimate(rec, options, root, sizes, files)
             entries.append(_Entry(split, rec.group, rec.image, ref, size))
-    plan = Plan(header, manifest, root, [], "hash", None, len(entries))
+    plan = Plan(header, manifest, root, [], "hash", None)
     splits = _assign_splits(entries, options, plan)
     for split in sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)):
         members = splits[split]

@@ -1,20 +1,17 @@
-"""Runners: who executes the shard tasks of a plan. One small interface, :class:`Executor`:
-
-``run(tasks, job) -> {shard name: state}``: write each task's shard and commit it (state file, then the
-rename into place), or raise. :class:`LocalExecutor` writes in this process or a process pool;
-:class:`kpconv.shard.beam.BeamExecutor` runs the same :func:`~kpconv.shard.writer.write_shard` as an
-Apache Beam pipeline. The plan, ``--resume`` and ``dataset_info.json`` are the driver's, not theirs.
-"""
+"""Who executes the shard tasks: ``Executor.run(tasks, job) -> {shard name: state}`` writes and commits each
+task's shard, or raises. :class:`LocalExecutor` runs them in this process or a process pool;
+:class:`kpconv.shard.beam.BeamExecutor` as a Beam pipeline."""
 from __future__ import annotations
 
 import os
 import re
 import signal
-import sys
 from typing import Dict, Protocol, Sequence
 
 from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
+from ..workers import can_fork, die_with_parent
+from .files import LOCAL
 from .outdir import commit_shard
 from .plan import ShardTask
 from .writer import ShardJob, write_shard
@@ -37,8 +34,6 @@ class LocalExecutor:
     """One shard after another in this process, or a process pool of ``workers`` (0: the CPUs)."""
 
     def __init__(self, workers: int = 0, files=None):
-        from .files import LOCAL
-
         self.workers = workers
         self.files = files or LOCAL
 
@@ -69,13 +64,8 @@ _TMP = re.compile(r"^\.(.+)\.tmp-(\d+)-[0-9a-f]+$")       # writer.write_shard's
 
 
 def _start_method() -> str:
-    """``fork`` (cheap) while TensorFlow is not loaded in this process (the CLI never loads it);
-    ``forkserver`` otherwise (e.g. inside a program that uses TensorFlow), as TF is not fork-safe."""
-    import multiprocessing
-
-    if "tensorflow" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return "fork"
+    """``fork`` (cheap) unless TensorFlow, which is not fork-safe, is loaded (:func:`kpconv.workers.can_fork`)."""
+    return "fork" if can_fork() else "forkserver"
 
 
 def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> Dict[str, dict]:
@@ -86,8 +76,6 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
     ctx = multiprocessing.get_context(_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["kpconv.shard"])
-    from ..workers import die_with_parent
-
     states = {}
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))
@@ -106,8 +94,6 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
                     processes = dict(getattr(pool, "_processes", None) or {})
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise ShardError(_died(processes, job)) from None
-                except ShardError:
-                    raise
                 except ManifestError as e:
                     raise ShardError(f"writing {task.name} failed: {e}") from None
                 except OSError as e:

@@ -1,9 +1,5 @@
-"""Writing one shard: its records' manifest lines -> images converted -> framed records, under a temporary
-name; the state (counts, sha256, skipped records) is committed by :mod:`kpconv.shard.outdir`.
-
-Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process kill itself (SIGKILL) after
-writing N records, to test interrupted runs.
-"""
+"""One shard task -> one shard file under a temporary name; :mod:`kpconv.shard.outdir` commits its state.
+Test hook: ``KPCONV_TEST_KILL_AFTER_RECORDS=N`` makes the writing process SIGKILL itself after N records."""
 from __future__ import annotations
 
 import functools
@@ -16,7 +12,7 @@ from typing import Optional
 
 from ..errors import Location, ShardError
 from ..imageinfo import real_root
-from ..images import BadImage, ImageOptions, SourceImage, layout, map_bbox, map_keypoints, passthrough_size, \
+from ..images import BadImage, ImageOptions, SourceImage, Stored, layout, map_bbox, map_keypoints, passthrough_size, \
     read_image_bytes, render
 from ..manifest import Record, parse_record
 from ..records import to_example
@@ -118,27 +114,22 @@ def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCA
     once with :func:`kpconv.imageinfo.real_root`; None: anywhere)."""
     path = files.join(root, rec.image)
     opener = functools.partial(files.open_image, root=confine)
-    data = None
+    data = stored = None
     if opts.size is None and opts.crop == "none":
         # passthrough candidate: a plain, complete JPEG of the manifest's size is stored as is, known from
         # its header alone (no Pillow); anything else goes through SourceImage/render, which decide
         data = read_image_bytes(path, opener)
-        size = passthrough_size(data, opts.max_pixels)
-        if size is not None and size == (rec.width, rec.height):
-            lay = layout(size[0], size[1], (0, 0, size[0], size[1]), opts)
-            kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
-            return _example(rec, data, "jpeg", lay, kps), kps
-    src = SourceImage(path, opts.max_pixels, opener=opener, data=data)
-    if src.size != (rec.width, rec.height):
-        raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
-                                        f"{rec.width}x{rec.height}", Location(path))
-    stored = render(src, rec.bbox, opts)
-    kps = map_keypoints(rec.keypoints, rec.width, rec.height, stored.layout)
-    return _example(rec, stored.data, stored.format, stored.layout, kps), kps
-
-
-def _example(rec: Record, image: bytes, image_format: str, lay, kps) -> bytes:
-    return to_example(image=image, image_format=image_format, height=lay.out[1], width=lay.out[0],
+        if passthrough_size(data, opts.max_pixels) == (rec.width, rec.height):
+            stored = Stored(data, "jpeg", layout(rec.width, rec.height, (0, 0, rec.width, rec.height), opts))
+    if stored is None:
+        src = SourceImage(path, opts.max_pixels, opener=opener, data=data)
+        if src.size != (rec.width, rec.height):
+            raise BadImage("size_mismatch", f"image is {src.size[0]}x{src.size[1]}, the manifest says "
+                                            f"{rec.width}x{rec.height}", Location(path))
+        stored = render(src, rec.bbox, opts)
+    lay = stored.layout
+    kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
+    return to_example(image=stored.data, image_format=stored.format, height=lay.out[1], width=lay.out[0],
                       source_path=rec.image, original_height=rec.height, original_width=rec.width,
                       instance_id=rec.instance, bbox=map_bbox(rec.bbox, rec.width, rec.height, lay), keypoints=kps,
-                      transform=lay.transform)
+                      transform=lay.transform), kps
