@@ -150,11 +150,19 @@ class _CappedFile(io.FileIO):
         self._path = path
 
     def read(self, size: int = -1) -> bytes:
-        if self._cap:
-            left = self._cap + 1 - self.tell()
-            size = left if size is None or size < 0 else min(size, left)
-        data = super().read(size)
-        if self._cap and self.tell() > self._cap:
+        if not self._cap:
+            return super().read(size)
+        if size is not None and size >= 0:
+            data = super().read(min(size, self._cap + 1 - self.tell()))
+        else:   # to the end: a read of the size left (+ 1, to see growth), not a cap-sized buffer (256 MiB per
+            parts = []      # image, 48 of the 96 ms of reading 2,000 35 KB JPEGs)
+            while True:
+                want = min(self._cap + 1 - self.tell(), max(os.fstat(self.fileno()).st_size - self.tell(), 0) + 1)
+                parts.append(super().read(want))
+                if len(parts[-1]) < want or self.tell() > self._cap:
+                    break
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self.tell() > self._cap:
             raise BadImage("unreadable_image", f"image file grew past the cap of {self._cap} bytes",
                            Location(self._path))
         return data

@@ -162,6 +162,13 @@ def _may_be_deep(data) -> bool:
     brackets = data.translate(None, _NOT_BRACKETS)
     if len(brackets) <= MAX_DEPTH:
         return False
+    if len(brackets) < 1 << 12:     # (a manifest header line: not worth numpy's import)
+        level = 0
+        for c in brackets:
+            level += 1 if c in (91, 123) else -1
+            if level > MAX_DEPTH:
+                return True
+        return False
     import numpy as np
 
     a = np.frombuffer(brackets, np.uint8)

@@ -155,6 +155,18 @@ def test_deep_json_is_a_located_error(tmp_path, fmt, text):
     assert os.listdir(tmp_path) == ["a.json"]
 
 
+@pytest.mark.parametrize("wide", [10, 5000])      # few brackets, and more than the numpy count starts at
+def test_depth_bound_counts_only_what_nests(wide):
+    from kpconv import jsonparse
+
+    shallow = "[" + ",".join(["[[1]]"] * wide) + "]"
+    assert jsonparse.loads(shallow.encode()) == jsonparse.loads(shallow) == [[[1]]] * wide
+    deep = "[" + ",".join(["[[1]]"] * wide) + "," + "[" * 70 + "]" * 70 + "]"
+    for text in (deep, deep.encode()):
+        with pytest.raises(jsonparse.TooDeep):
+            jsonparse.loads(text)
+
+
 def test_deep_json_in_manifest_and_dataset_info(data, tmp_path):
     m = manifest(data, tmp_path)
     with open(m, "a") as f:
