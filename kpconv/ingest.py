@@ -31,6 +31,7 @@ from .progress import progress
 from .workers import can_fork, later
 
 CHUNK = 4096
+AHEAD = 2       # chunks read (their image sizes being read) before one is turned into records
 
 
 @dataclass
@@ -195,7 +196,7 @@ class _Finalizer:
         a chunk's new images are read (by :func:`sizes_later`) while the chunk before it is turned into
         records."""
         asked: set = set()
-        pending = None
+        pending: deque = deque()    # chunks read, their image sizes asked for
         chunks = _chunks(instances)
         bar = progress(desc="ingest", unit="inst")      # (None when not shown)
         while True:
@@ -212,17 +213,18 @@ class _Finalizer:
                 asked.update(todo)
                 if self.processes is None:      # decided on the first chunk
                     self.processes = _processes(self.options.workers, len(chunk), len(todo))
-                later = sizes_later(todo, self.processes, None if self.options.allow_outside_root else self.root_str)
-            if pending is not None:
-                self.sizes.update(pending[2]())
-                batch = self._batch(pending[0], pending[1])
+                pending.append((chunk, resolved, sizes_later(todo, self.processes, None if
+                                                             self.options.allow_outside_root else self.root_str)))
+            while len(pending) > (AHEAD if chunk is not None else 0):
+                done, resolved, sizes = pending.popleft()
+                self.sizes.update(sizes())
+                batch = self._batch(done, resolved)
                 if batch is not None:
                     yield batch
             if chunk is None:
                 if bar is not None:
                     bar.close()
                 return
-            pending = chunk, resolved, later
 
     def _batch(self, chunk: Union[DenseRows, List[RawInstance]], resolved: list) -> Optional[RecordBatch]:
         """The records of a chunk whose image sizes are known; None when none is valid."""
@@ -369,14 +371,12 @@ class _Finalizer:
         n, n3 = len(rows), 3 * self.k
         if self.reader_names != self.names:     # (not in the manifest's keypoint order)
             return [-1] * n, None, None
-        fits = self._dense_scale
-        scale = []      # per row: (sx, sy) of its image, False when the row goes the exact way
-        for res, size in zip(resolved, rows.size):
-            sxy = res and fits.get((res[1], size))
-            if sxy is None:     # once per image and stated size
-                consts = self._images.get((res[1], False)) or self._image(res[1], False)
-                sxy = fits[(res[1], size)] = consts.__class__ is tuple and size in (None, consts[:2]) and consts[2:4]
-            scale.append(sxy)
+        fits = self._dense_scale   # (full path, stated size) -> (sx, sy), or False: such rows go the exact way
+        keys = [(res and res[1], size) for res, size in zip(resolved, rows.size)]
+        for full, size in set(keys).difference(fits):
+            consts = full and (self._images.get((full, False)) or self._image(full, False))
+            fits[(full, size)] = consts.__class__ is tuple and size in (None, consts[:2]) and consts[2:4]
+        scale = [fits[key] for key in keys]
         boxes = rows.bbox
         given = [b for b in boxes if b is not None]
         if given and not (set(map(type, given)) <= _LIST_TYPES and set(map(len, given)) == {4}
@@ -391,7 +391,7 @@ class _Finalizer:
                              n * 4).reshape(n, 4)
         except OverflowError:   # an int beyond the float range: the exact way
             return [-1] * n, None, None
-        s = np.array([sxy or (1.0, 1.0) for sxy in scale])
+        s = np.fromiter(chain.from_iterable(sxy or (1.0, 1.0) for sxy in scale), np.float64, 2 * n).reshape(n, 2)
         ok, kps, box = _check_dense(a, bb, np.array([b is None for b in boxes]), s[:, 0:1], s[:, 1:2])
         ok &= np.array([bool(sxy) for sxy in scale])
         return np.where(ok, np.arange(n), -1).tolist(), kps, box
