@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import ImageError, Location
-from .workers import later
+from .workers import Helpers
 
 # reason -> meaning (skipped.jsonl, the problem report and the docs)
 REASONS = {
@@ -213,25 +213,23 @@ def read_sizes(paths: Iterable[str], processes: int = 0, root: Optional[str] = N
                ) -> Dict[str, Union[Size, BadImage]]:
     """Sizes of many images; problems are returned (as :class:`BadImage`), not raised. ``root``: the
     images root each image must resolve into (:func:`open_image`); None accepts any path. ``processes``:
-    see :func:`sizes_later`."""
-    return sizes_later(paths, processes, root)()
+    0 reads them in this process, N in N others (header parsing is pure Python: threads would only
+    contend for the GIL)."""
+    with Helpers(processes) as helpers:
+        return sizes_later(paths, helpers, root)()
 
 
-def sizes_later(paths: Iterable[str], processes: int = 0, root: Optional[str] = None
+def sizes_later(paths: Iterable[str], helpers: Helpers, root: Optional[str] = None
                 ) -> Callable[[], Dict[str, Union[Size, BadImage]]]:
-    """Starts :func:`read_sizes` and returns the function that waits for its result.
-
-    ``processes`` 0: nothing starts, the sizes are read when waited for, in this process; N >= 1: a
-    pool of N processes reads them meanwhile (header parsing is pure Python: threads would only contend
-    for the GIL), so that the caller can work on something else, e.g. ingest on the instances read
-    before these."""
+    """Starts :func:`read_sizes` in ``helpers`` and returns the function that waits for its result, so
+    that the caller can work on something else meanwhile (ingest: on the instances read before these)."""
     paths = list(dict.fromkeys(paths))
     root = real_root(root)
-    if processes < 1 or not paths:
+    if helpers.processes < 1 or not paths:
         return lambda: {p: _one(p, root) for p in paths}
-    n = max(64, -(-len(paths) // (processes * 4)))
+    n = max(64, -(-len(paths) // (helpers.processes * 4)))
     batches = [paths[i:i + n] for i in range(0, len(paths), n)]
-    waits = [later(processes, _one_batch, batch, root) for batch in batches]
+    waits = [helpers.run(_one_batch, batch, root) for batch in batches]
     return lambda: {p: size for batch, wait in zip(batches, waits) for p, size in zip(batch, wait())}
 
 

@@ -28,7 +28,7 @@ from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
 from .problems import Report
 from .progress import progress
-from .workers import can_fork, later
+from .workers import Helpers, can_fork
 
 CHUNK = 4096
 AHEAD = 2       # chunks read (their image sizes being read) before one is turned into records
@@ -79,13 +79,14 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
         result = reader_cls().read(paths, ctx)
         header, index = _header(reader_cls.name, result, options, root)
         finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints)
+        helpers = stack.enter_context(finalizer.helpers)
         failure = None
         try:
             with atomic_output(output, "wb") as out:
                 out.write(dumps_header(header))
-                lines = deque()     # (the lines of up to 2 batches are made meanwhile by finalizer.processes)
+                lines = deque()     # (the lines of up to 2 batches are made meanwhile by the helpers)
                 for batch in finalizer.run(result.instances):
-                    lines.append(later(finalizer.processes, dumps_records, batch))
+                    lines.append(helpers.run(dumps_records, batch))
                     if len(lines) > 2:
                         out.write(lines.popleft()())
                 for wait in lines:
@@ -185,7 +186,7 @@ class _Finalizer:
         self.seen: set = set()
         self.next_instance: Dict[str, int] = {}
         self.written = 0
-        self.processes: Optional[int] = None    # image header readers (sizes_later); None: not decided yet
+        self.helpers = Helpers()        # image headers and manifest lines; how many decided on the first chunk
         self._paths: Dict[Tuple[Optional[str], str], Union[Tuple[str, str], bool]] = {}
         self._images: Dict[Tuple[str, bool], tuple] = {}     # (full path, normalized) -> per-image constants
         self._shown: Dict[Optional[str], str] = {}            # source file -> as shown in the manifest
@@ -196,6 +197,7 @@ class _Finalizer:
         a chunk's new images are read (by :func:`sizes_later`) while the chunk before it is turned into
         records."""
         asked: set = set()
+        first = True
         pending: deque = deque()    # chunks read, their image sizes asked for
         chunks = _chunks(instances)
         bar = progress(desc="ingest", unit="inst")      # (None when not shown)
@@ -211,9 +213,10 @@ class _Finalizer:
                     resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
                 todo = sorted({p[1] for p in resolved if p} - asked)
                 asked.update(todo)
-                if self.processes is None:      # decided on the first chunk
-                    self.processes = _processes(self.options.workers, len(chunk), len(todo))
-                pending.append((chunk, resolved, sizes_later(todo, self.processes, None if
+                if first:
+                    self.helpers.processes = _processes(self.options.workers, len(chunk), len(todo))
+                    first = False
+                pending.append((chunk, resolved, sizes_later(todo, self.helpers, None if
                                                              self.options.allow_outside_root else self.root_str)))
             while len(pending) > (AHEAD if chunk is not None else 0):
                 done, resolved, sizes = pending.popleft()

@@ -1,6 +1,7 @@
 """Worker processes that never outlive the process that owns their pool (docs/safety.md): every pool passes
 :func:`die_with_parent` as its ``initializer``, so that a ``kill -9`` of the command leaves no worker waiting on
-its task queue forever. :func:`later` runs a function in a pool kept for the life of the process."""
+its task queue forever, and ignores Ctrl-C (the owner stops it: :func:`stop`). :class:`Helpers` runs functions in
+helper processes for one job."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable
 
 from .errors import KpconvError
 
@@ -18,6 +19,7 @@ _PR_SET_PDEATHSIG = 1
 
 def die_with_parent(owner_pid: int) -> None:
     """Make this worker process die when ``owner_pid`` (the process that created its pool) does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # (Ctrl-C is the owner's to handle: it stops the workers)
     armed = _set_pdeathsig()
     if not process_alive(owner_pid):
         os._exit(1)                 # the owner died before the worker was set up
@@ -66,40 +68,62 @@ def can_fork() -> bool:
     return "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods()
 
 
-_POOLS: Dict[Tuple[int, str], object] = {}
+class Helpers:
+    """Helper processes for one job: ``run(fn, *args)`` starts ``fn(*args)`` in one of ``processes``
+    processes (forked when :func:`can_fork`, made on first use) and returns the function that waits for
+    its result, or raises its exception (:class:`WorkerDied` when a helper died). With ``processes`` 0
+    nothing starts: ``fn`` runs in this process when waited for. Used as a context manager: at the end,
+    also after an error or an interrupt (Ctrl-C, which the helpers ignore), the helpers finish the task
+    they run, the others are cancelled, and they exit. (A forked helper keeps the pages of its parent at
+    the fork: it must not outlive its job in a long-lived process.)"""
+
+    def __init__(self, processes: int = 0):
+        self.processes = processes
+        self._pool = None
+
+    def run(self, fn: Callable, *args) -> Callable[[], object]:
+        if self.processes < 1:
+            return lambda: fn(*args)
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            method = "fork" if can_fork() else "forkserver"
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context(method),
+                                             initializer=die_with_parent, initargs=(os.getpid(),))
+        future = self._pool.submit(fn, *args)
+
+        def wait():
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                raise WorkerDied(f"a helper process of kpconv died while running {fn.__name__} (killed, or out "
+                                 "of memory); run again, or with --workers 1 to do without helpers") from None
+        return wait
+
+    def __enter__(self) -> "Helpers":
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if self._pool is not None:      # (their tasks are short: the running ones are waited for, the rest
+            stop(self._pool)            # cancelled; a helper killed while it sends a result would hang the pool)
+            self._pool = None
 
 
-def later(processes: int, fn: Callable, *args) -> Callable[[], object]:
-    """Starts ``fn(*args)`` in a pool of ``processes`` worker processes (0: nothing starts; it runs in
-    this process when waited for) and returns the function that waits for its result (or raises its
-    exception). The pool is made on first use, forked when :func:`can_fork`, and shut down at exit."""
-    if processes < 1:
-        return lambda: fn(*args)
-    import multiprocessing
-
-    method = "fork" if can_fork() else "forkserver"
-    pool = _POOLS.get((processes, method))
-    if pool is None:
-        import atexit
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = _POOLS[(processes, method)] = ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context(method), initializer=die_with_parent,
-            initargs=(os.getpid(),))
-        atexit.register(pool.shutdown)
-    future = pool.submit(fn, *args)
-
-    def wait():
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            return future.result()
-        except BrokenProcessPool:
-            _POOLS.pop((processes, method), None)
-            raise WorkerDied(f"a helper process of kpconv died while running {fn.__name__} (killed, or out of "
-                             "memory); run again, or with --workers 1 to do without helpers") from None
-    return wait
+def stop(pool, kill: bool = False) -> None:
+    """Shut a process pool down: its workers finish the tasks they run (the others are cancelled) and exit,
+    or, with ``kill``, are killed first (only for workers whose results are small: a worker killed while it
+    writes a result longer than a pipe's atomic write leaves the pool waiting for its end)."""
+    if kill:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            try:
+                process.kill()
+            except (OSError, ValueError):   # already gone, or closed
+                pass
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class WorkerDied(KpconvError):
-    """A process of a :func:`later` pool ended without finishing its work."""
+    """A helper process (:class:`Helpers`) ended without finishing its work."""

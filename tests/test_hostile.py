@@ -812,10 +812,46 @@ def test_shard_file_size_limit(data, tmp_path, workers):
 
 
 def test_a_helper_process_that_dies_is_a_clear_error():
-    """A helper killed while it works (the OOM killer, kill -9) is reported as such, and the next call
-    gets a fresh pool."""
-    from kpconv.workers import WorkerDied, later
+    """A helper killed while it works (the OOM killer, kill -9) is reported as such."""
+    from kpconv.workers import Helpers, WorkerDied
 
     with pytest.raises(WorkerDied, match="helper process of kpconv died while running _exit"):
-        later(1, os._exit, 9)()
-    assert later(1, abs, -3)() == 3
+        with Helpers(1) as helpers:
+            helpers.run(os._exit, 9)()
+    with Helpers(1) as helpers:
+        assert helpers.run(abs, -3)() == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("command", ["ingest", "shard"])
+def test_ctrl_c_stops_workers_at_once_without_tracebacks(tmp_path, command):
+    """Ctrl-C (SIGINT to the whole process group) while workers run: the command says 'Aborted!' and exits 1
+    at once, no worker prints a traceback or outlives it, and no output is left."""
+    import signal
+    import subprocess
+    import time
+
+    from synth import make_coco     # (benchmarks/, on the path through test_shard_helpers)
+
+    ann = make_coco(tmp_path / "data", 3000, size=(64, 48), instances_per_image=2, seed=0, ext="jpg")
+    out = tmp_path / ("m.jsonl" if command == "ingest" else "out")
+    args = ["ingest", ann, "--images", tmp_path / "data" / "images", "-o", out]
+    if command == "shard":
+        assert subprocess.run([*KPCONV, "-q", *map(str, args)]).returncode == 0
+        args = ["shard", out, "-o", tmp_path / "shards", "--image-size", "128", "--workers", "2"]
+        out = tmp_path / "shards" / "dataset_info.json"
+    p = subprocess.Popen([*KPCONV, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None and not _children(p.pid):
+        time.sleep(0.005)
+    kids = _children(p.pid)
+    assert kids, "no worker started"
+    time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=20)[1].decode()
+    assert p.returncode == 1 and "Aborted!" in err and "Traceback" not in err, err
+    deadline = time.monotonic() + 10
+    while _alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(kids) and not out.exists()

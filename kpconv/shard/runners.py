@@ -10,7 +10,7 @@ from typing import Dict, Protocol, Sequence
 
 from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
-from ..workers import can_fork, die_with_parent
+from ..workers import can_fork, die_with_parent, stop
 from .files import LOCAL
 from .outdir import commit_shard
 from .plan import ShardTask
@@ -80,6 +80,7 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))
     bar = None
+    interrupted = False
     try:
         futures = {pool.submit(_write_and_commit, task, job): task for task in tasks}
         bar = progress(total=len(futures), desc="shards", unit="shard")
@@ -101,7 +102,10 @@ def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> 
                 if bar is not None:
                     bar.update(1)
         return states
+    except KeyboardInterrupt:
+        interrupted = True          # (Ctrl-C: the shards being written are not waited for)
+        raise
     finally:
         if bar is not None:
             bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop(pool, kill=interrupted)
