@@ -162,11 +162,12 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
 
 
 class _Finalizer:
-    """Turns raw instances into :class:`Record` s, reporting and skipping bad ones.
+    """Turns raw instances (RawInstances and DenseRows blocks) into :class:`RecordBatch` es, reporting and
+    skipping bad ones.
 
     Everything that depends only on the image (path checks, size, scale, tolerances) is computed once
-    per image and cached; image sizes are read a chunk of instances at a time (in parallel with
-    ``--workers``)."""
+    per image and cached; image sizes are read a chunk at a time, by ``helpers`` (``--workers``) while
+    this process reads the next chunks."""
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
                  report: Report, reader_names: Sequence[str]):
