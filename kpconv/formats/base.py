@@ -2,8 +2,10 @@
 
 A reader turns one dataset in its format into :class:`RawInstance` objects in *pixel* coordinates
 (or already-normalized ones, for formats such as YOLO that store them so) plus the dataset's keypoint
-metadata. Everything shared (image sizes, normalization, validation of coordinates and paths, bbox
-derivation, duplicate detection, the manifest) happens once, in :mod:`kpconv.ingest`.
+metadata; a reader of many instances with all keypoints in one flat list each (COCO) may yield them in
+:class:`DenseRows` blocks instead, which ingest validates a block at a time. Everything shared (image
+sizes, normalization, validation of coordinates and paths, bbox derivation, duplicate detection, the
+manifest) happens once, in :mod:`kpconv.ingest`.
 
 Readers report problems with single records through ``ctx.report.add(reason, message, location)``
 and skip the record; they raise :class:`kpconv.errors.AnnotationError` when a file cannot be read at
