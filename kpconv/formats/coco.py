@@ -447,19 +447,20 @@ class CocoReader(Reader):
         reported as bad (its annotations are then skipped too)."""
         images = {}
         for i, im in enumerate(entries):
-            rec = f"image {im.get('id')}" if isinstance(im, dict) and "id" in im else f"images[{i}]"
-            loc = Location(file, record=rec)
+            def at(field=None):     # (made only for a problem)
+                rec = f"image {im.get('id')}" if isinstance(im, dict) and "id" in im else f"images[{i}]"
+                return Location(file, record=rec, field=field)
             if not isinstance(im, dict):
-                report.add("malformed_record", f"expected an image object, got {type(im).__name__}", loc)
+                report.add("malformed_record", f"expected an image object, got {type(im).__name__}", at())
                 continue
             for key in ("id", "file_name"):
                 if key not in im:
-                    report.add("missing_field", "image entry lacks a required field", loc.with_field(key))
+                    report.add("missing_field", "image entry lacks a required field", at(key))
                     break
             else:
                 name = im["file_name"]
                 if not isinstance(name, str) or not name:
-                    report.add("wrong_type", f"expected a file name, got {name!r}", loc.with_field("file_name"))
+                    report.add("wrong_type", f"expected a file name, got {name!r}", at("file_name"))
                     _mark_bad(images, im["id"])
                     continue
                 w, h = im.get("width"), im.get("height")
@@ -467,15 +468,14 @@ class CocoReader(Reader):
                 if w is not None or h is not None:
                     if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in (w, h)):
                         report.add("wrong_type", f"expected positive integer width and height, got {w!r} x {h!r}",
-                                   loc.with_field("width"))
+                                   at("width"))
                         _mark_bad(images, im["id"])
                         continue
                     size = (w, h)
                 try:
                     images[im["id"]] = (name, size)
                 except TypeError:
-                    report.add("wrong_type", f"expected a number or string id, got {im['id']!r}",
-                               loc.with_field("id"))
+                    report.add("wrong_type", f"expected a number or string id, got {im['id']!r}", at("id"))
         return images
 
 
