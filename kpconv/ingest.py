@@ -236,6 +236,7 @@ class _Finalizer:
         rows, kps, boxes = self._dense(chunk, resolved) if dense else (None, None, None)
         out = []                # per record: image, width, height, instance, group, split, source, category
         take, exact = [], []    # per record: its row in kps/boxes, or -1 and its Record in exact
+        shown = self._source(chunk.file, None, None)["file"] if dense else None
         for i, res in enumerate(resolved):
             j = rows[i] if dense else -1
             if j >= 0:
@@ -244,7 +245,7 @@ class _Finalizer:
                 if inst is None:
                     continue
                 w, h = self.sizes[res[1]]
-                out.append((rel, w, h, inst, None, chunk.split, self._source(chunk.file, None, chunk.record[i]),
+                out.append((rel, w, h, inst, None, chunk.split, {"file": shown, "id": chunk.record[i]},
                             chunk.category[i]))
                 take.append(j)
                 continue
@@ -391,11 +392,11 @@ class _Finalizer:
             boxes = [b if sxy else None for sxy, b in zip(scale, boxes)]
         try:
             a = np.fromiter(chain.from_iterable(rows.keypoints), np.float64, n * n3).reshape(n, n3)
-            bb = np.fromiter(chain.from_iterable(_UNIT_BOX if b is None else b for b in boxes), np.float64,
+            bb = np.fromiter(chain.from_iterable([_UNIT_BOX if b is None else b for b in boxes]), np.float64,
                              n * 4).reshape(n, 4)
         except OverflowError:   # an int beyond the float range: the exact way
             return [-1] * n, None, None
-        s = np.fromiter(chain.from_iterable(sxy or (1.0, 1.0) for sxy in scale), np.float64, 2 * n).reshape(n, 2)
+        s = np.fromiter(chain.from_iterable([sxy or (1.0, 1.0) for sxy in scale]), np.float64, 2 * n).reshape(n, 2)
         ok, kps, box = _check_dense(a, bb, np.array([b is None for b in boxes]), s[:, 0:1], s[:, 1:2])
         ok &= np.array([bool(sxy) for sxy in scale])
         return np.where(ok, np.arange(n), -1).tolist(), kps, box

@@ -364,7 +364,7 @@ class CocoReader(Reader):
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
             first = 0
-            rows = DenseRows(file, [], [], [], [], [], [], split)
+            rows = []       # a block's rows: (record, image, size, keypoints, bbox, category)
             for anns in chunks:     # (the whole list, or a part of it at a time: see _load)
                 numeric = _numeric_blocks(anns)
                 for i, ann in enumerate(anns, first):
@@ -420,15 +420,10 @@ class CocoReader(Reader):
                     # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
                     category = by_id[cid] if by_id else None
                     if dense:   # all keypoints in the reader's order: the flat list as it is
-                        rows.record.append(rec)
-                        rows.image.append(image[0])
-                        rows.size.append(image[1])
-                        rows.keypoints.append(kp)
-                        rows.bbox.append(ann.get("bbox"))
-                        rows.category.append(category)
+                        rows.append((rec, image[0], image[1], kp, ann.get("bbox"), category))
                         if len(rows) == _ROWS:
-                            yield rows
-                            rows = DenseRows(file, [], [], [], [], [], [], split)
+                            yield DenseRows(file, *map(list, zip(*rows)), split)
+                            rows = []
                         continue
                     # (dict/compress/zip run in C: this is the per-annotation hot spot)
                     vs = kp[2::3]
@@ -437,9 +432,9 @@ class CocoReader(Reader):
                     yield RawInstance(image[0], points, Location(file, record=rec), bbox=ann.get("bbox"),
                                       size=image[1], split=split, category=category)
                 first += len(anns)
-                if len(rows):       # (a block never waits for the next part's parse)
-                    yield rows
-                    rows = DenseRows(file, [], [], [], [], [], [], split)
+                if rows:        # (a block never waits for the next part's parse)
+                    yield DenseRows(file, *map(list, zip(*rows)), split)
+                    rows = []
 
     @staticmethod
     def _images(file: str, entries: list, report) -> Dict[object, Optional[Tuple[str, Optional[Tuple[int, int]]]]]:
@@ -466,7 +461,7 @@ class CocoReader(Reader):
                 w, h = im.get("width"), im.get("height")
                 size = None
                 if w is not None or h is not None:
-                    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in (w, h)):
+                    if not (w.__class__ is int and h.__class__ is int and w > 0 and h > 0):   # (bool: no)
                         report.add("wrong_type", f"expected positive integer width and height, got {w!r} x {h!r}",
                                    at("width"))
                         _mark_bad(images, im["id"])
