@@ -166,8 +166,8 @@ def _format_choices():
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
 @click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
-              help="Helper processes reading image headers and writing lines: 0 (default) one when there "
-                   "are many, 1 none, N > 1 that many.")
+              help="0 (default): when there are many instances, a reader process and a helper writing lines; "
+                   "1: everything in this process; N > 1: a reader and N helpers.")
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
            skeleton, allow_outside_root, workers):
     """Read keypoint annotations and write one canonical manifest (JSON Lines).

@@ -24,7 +24,7 @@ import struct
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import ImageError, Location
 from .workers import Helpers
@@ -215,22 +215,15 @@ def read_sizes(paths: Iterable[str], processes: int = 0, root: Optional[str] = N
     images root each image must resolve into (:func:`open_image`); None accepts any path. ``processes``:
     0 reads them in this process, N in N others (header parsing is pure Python: threads would only
     contend for the GIL)."""
-    with Helpers(processes) as helpers:
-        return sizes_later(paths, helpers, root)()
-
-
-def sizes_later(paths: Iterable[str], helpers: Helpers, root: Optional[str] = None
-                ) -> Callable[[], Dict[str, Union[Size, BadImage]]]:
-    """Starts :func:`read_sizes` in ``helpers`` and returns the function that waits for its result, so
-    that the caller can work on something else meanwhile (ingest: on the instances read before these)."""
     paths = list(dict.fromkeys(paths))
     root = real_root(root)
-    if helpers.processes < 1 or not paths:
-        return lambda: {p: _one(p, root) for p in paths}
-    n = max(64, -(-len(paths) // (helpers.processes * 4)))
+    if processes < 1 or not paths:
+        return {p: _one(p, root) for p in paths}
+    n = max(64, -(-len(paths) // (processes * 4)))
     batches = [paths[i:i + n] for i in range(0, len(paths), n)]
-    waits = [helpers.run(_one_batch, batch, root) for batch in batches]
-    return lambda: {p: size for batch, wait in zip(batches, waits) for p, size in zip(batch, wait())}
+    with Helpers(processes) as helpers:
+        waits = [helpers.run(_one_batch, batch, root) for batch in batches]
+        return {p: size for batch, wait in zip(batches, waits) for p, size in zip(batch, wait())}
 
 
 def _one(path: str, root: Optional[str] = None) -> Union[Size, BadImage]:

@@ -12,7 +12,7 @@ import gc
 import os
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from math import isfinite
 from pathlib import Path
@@ -23,15 +23,14 @@ import numpy as np
 from . import formats
 from .errors import AnnotationError, ImageError, Location, NothingToWrite, ProblemsFound
 from .formats.base import DenseRows, IngestOptions, RawInstance, ReadContext
-from .imageinfo import sizes_later
+from .imageinfo import read_sizes
 from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
 from .problems import Report
 from .progress import progress
-from .workers import Helpers, can_fork
+from .workers import Helpers, WorkerDied, can_fork, die_with_parent
 
 CHUNK = 4096
-AHEAD = 2       # chunks read (their image sizes being read) before one is turned into records
 
 
 @dataclass
@@ -80,12 +79,13 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
         header, index = _header(reader_cls.name, result, options, root)
         finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints)
         helpers = stack.enter_context(finalizer.helpers)
+        prepared = stack.enter_context(_prepared(finalizer, result.instances, report))
         failure = None
         try:
             with atomic_output(output, "wb") as out:
                 out.write(dumps_header(header))
                 lines = deque()     # (the lines of up to 2 batches are made meanwhile by the helpers)
-                for batch in finalizer.run(result.instances):
+                for batch in finalizer.run(prepared):
                     lines.append(helpers.run(dumps_records, batch))
                     if len(lines) > 2:
                         out.write(lines.popleft()())
@@ -193,47 +193,40 @@ class _Finalizer:
         self._shown: Dict[Optional[str], str] = {}            # source file -> as shown in the manifest
         self._dense_scale: Dict[tuple, Union[Tuple[float, float], bool]] = {}  # (full path, stated size) -> (sx, sy)
 
-    def run(self, instances) -> Iterator[RecordBatch]:
-        """The records, a chunk at a time (a DenseRows block, or up to CHUNK RawInstances). The sizes of
-        a chunk's new images are read (by :func:`sizes_later`) while the chunk before it is turned into
-        records."""
-        asked: set = set()
-        first = True
-        pending: deque = deque()    # chunks read, their image sizes asked for
-        chunks = _chunks(instances)
+    def run(self, prepared: Iterable[tuple]) -> Iterator[RecordBatch]:
+        """The records of each chunk that :meth:`prepare` made ready."""
         bar = progress(desc="ingest", unit="inst")      # (None when not shown)
-        while True:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                if bar is not None:
-                    bar.update(len(chunk))
-                if chunk.__class__ is DenseRows:
-                    paths = {name: self._resolve(None, name) for name in set(chunk.image)}
-                    resolved = [paths[name] for name in chunk.image]
-                else:
-                    resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
-                todo = sorted({p[1] for p in resolved if p} - asked)
-                asked.update(todo)
-                if first:
-                    self.helpers.processes = _processes(self.options.workers, len(chunk), len(todo))
-                    first = False
-                pending.append((chunk, resolved, sizes_later(todo, self.helpers, None if
-                                                             self.options.allow_outside_root else self.root_str)))
-            while len(pending) > (AHEAD if chunk is not None else 0):
-                done, resolved, sizes = pending.popleft()
-                self.sizes.update(sizes())
-                batch = self._batch(done, resolved)
-                if batch is not None:
-                    yield batch
-            if chunk is None:
-                if bar is not None:
-                    bar.close()
-                return
+        for chunk, resolved, sizes, dense in prepared:
+            if bar is not None:
+                bar.update(len(chunk))
+            self.sizes.update(sizes)
+            batch = self._batch(chunk, resolved, dense)
+            if batch is not None:
+                yield batch
+        if bar is not None:
+            bar.close()
 
-    def _batch(self, chunk: Union[DenseRows, List[RawInstance]], resolved: list) -> Optional[RecordBatch]:
-        """The records of a chunk whose image sizes are known; None when none is valid."""
+    def prepare(self, chunk: Union[DenseRows, List[RawInstance]]) -> tuple:
+        """What a chunk needs before it is turned into records, worked out without reporting anything (in the
+        reader process when there is one: :func:`_prepared`): ``(chunk, resolved, sizes, dense)``, the chunk,
+        its image paths (:meth:`_resolve`), the sizes of its images not seen before, and for a DenseRows block
+        the rows valid as they are (:meth:`_dense`)."""
+        if chunk.__class__ is DenseRows:
+            paths = {name: self._resolve(None, name) for name in set(chunk.image)}
+            resolved = [paths[name] for name in chunk.image]
+        else:
+            resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
+        todo = sorted({p[1] for p in resolved if p}.difference(self.sizes))
+        sizes = read_sizes(todo, 0, None if self.options.allow_outside_root else self.root_str)
+        self.sizes.update(sizes)
+        dense = self._dense(chunk, resolved) if chunk.__class__ is DenseRows else None
+        return chunk, resolved, sizes, dense
+
+    def _batch(self, chunk: Union[DenseRows, List[RawInstance]], resolved: list, valid) -> Optional[RecordBatch]:
+        """The records of a chunk whose image sizes are known (``valid``: what :meth:`_dense` made of a
+        DenseRows block); None when none is valid."""
         dense = chunk.__class__ is DenseRows
-        rows, kps, boxes = self._dense(chunk, resolved) if dense else (None, None, None)
+        rows, kps, boxes = valid if dense else (None, None, None)
         out = []                # per record: image, width, height, instance, group, split, source, category
         take, exact = [], []    # per record: its row in kps/boxes, or -1 and its Record in exact
         shown = self._source(chunk.file, None, None)["file"] if dense else None
@@ -476,20 +469,102 @@ _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derive
 _PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
 
 
-# --workers 0 (automatic) starts a helper process when the first chunk has this many instances or names
-# this many images: on the 20,000 images and 100,000 instances of benchmarks/bench_ingest.py it takes
-# header reading and line writing (0.3 + 0.35 s) off the main process; forking it costs ~0.02 s.
+# --workers 0 (automatic) starts a reader process and a helper when the first chunk has this many instances
+# or names this many images: on the 20,000 images and 100,000 instances of benchmarks/bench_ingest.py they
+# take reading, image headers and validation (the reader), and line writing (the helper) off this process.
 HELPER_MIN_INSTANCES, HELPER_MIN_IMAGES = 1000, 256
 
 
 def _processes(workers: int, instances: int, images: int) -> int:
-    """Helper processes (image headers, manifest lines; 0: none) for ``--workers``: 1 none, N > 1 that
-    many; 0 (automatic) one when the first chunk has many instances or images, the machine 2 CPUs or more,
-    and the process can be forked (a fork server would re-import the ``__main__`` of a script)."""
+    """Helper processes writing manifest lines (0: none, and no reader process either) for ``--workers``: 1
+    none, N > 1 that many; 0 (automatic) one when the first chunk has many instances or images, the machine
+    2 CPUs or more, and the process can be forked (a fork server would re-import a script's ``__main__``)."""
     if workers == 0:
         many = instances >= HELPER_MIN_INSTANCES or images >= HELPER_MIN_IMAGES
         return 1 if many and (os.cpu_count() or 1) >= 2 and can_fork() else 0
     return 0 if workers == 1 else workers
+
+
+@contextlib.contextmanager
+def _prepared(finalizer: "_Finalizer", instances, report: Report):
+    """The prepared chunks (:meth:`_Finalizer.prepare`) of ``instances``. The first is read and prepared
+    here; when it is big (:func:`_processes`), the rest are read and prepared by a reader process forked
+    then, while this process turns the ones before into records and a helper (``finalizer.helpers``)
+    writes their lines. The reader's problems are added to ``report`` with each chunk: in the same order
+    as when everything is done here, one chunk after the other."""
+    chunks = _chunks(instances)
+    first = next(chunks, None)
+    if first is None:
+        yield iter(())
+        return
+    first = finalizer.prepare(first)
+    finalizer.helpers.processes = _processes(finalizer.options.workers, len(first[0]), len(first[2]))
+    if not finalizer.helpers.processes:
+        yield chain([first], map(finalizer.prepare, chunks))
+        return
+    import multiprocessing
+
+    receive, send = multiprocessing.Pipe(duplex=False)
+    reader = multiprocessing.get_context("fork").Process(target=_read_ahead, args=(finalizer, chunks, report, send,
+                                                                                    os.getpid()))
+    reader.start()
+    send.close()    # (this process's copy: the reader's end is then seen here)
+    try:
+        yield chain([first], _received(receive, report))
+    finally:
+        reader.kill()       # (done, or not needed any more: an error, Ctrl-C)
+        reader.join()
+        receive.close()
+
+
+def _read_ahead(finalizer: "_Finalizer", chunks, report: Report, send, owner: int) -> None:
+    """The reader process: sends each prepared chunk with the problems reported while reading it, then
+    ``(None, problems)``, or ``(the exception, problems)``."""
+    import pickle
+
+    die_with_parent(owner)
+    problems: list = []
+    report.add = lambda reason, message, location=Location(): problems.append((reason, message, location))
+    try:
+        for chunk in chunks:
+            send.send((_lean(finalizer.prepare(chunk)), problems))
+            problems.clear()
+        send.send((None, problems))
+    except BaseException as e:      # (sent as it is when it can be pickled: an AnnotationError keeps its text)
+        try:
+            pickle.dumps(e)
+        except Exception:
+            e = RuntimeError(f"reading the annotations failed: {e!r}")
+        send.send((e, problems))
+    finally:
+        os._exit(0)     # (nothing of the parent's to flush or clean up here)
+
+
+def _lean(prepared: tuple) -> tuple:
+    """A prepared chunk without the keypoints and boxes of the rows valid as they are (not needed any more:
+    less to send)."""
+    chunk, resolved, sizes, dense = prepared
+    if dense is not None:
+        take = dense[0]
+        chunk = replace(chunk, keypoints=[None if t >= 0 else kp for t, kp in zip(take, chunk.keypoints)],
+                        bbox=[None if t >= 0 else b for t, b in zip(take, chunk.bbox)])
+    return chunk, resolved, sizes, dense
+
+
+def _received(receive, report: Report) -> Iterator[tuple]:
+    while True:
+        try:
+            prepared, problems = receive.recv()
+        except EOFError:
+            raise WorkerDied("the reader process of kpconv died (killed, or out of memory); run again, or with "
+                             "--workers 1 to do without helpers") from None
+        for problem in problems:
+            report.add(*problem)
+        if prepared is None:
+            return
+        if isinstance(prepared, BaseException):
+            raise prepared
+        yield prepared
 
 
 def _chunks(instances: Iterable[Union[RawInstance, DenseRows]]) -> Iterator[Union[DenseRows, List[RawInstance]]]:
