@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from .errors import KpconvError
 
@@ -68,9 +68,21 @@ def can_fork() -> bool:
     return "tensorflow" not in sys.modules and "fork" in multiprocessing.get_all_start_methods()
 
 
+def process_pool(processes: int, preload: Sequence[str] = ()):
+    """A ``ProcessPoolExecutor`` of ``processes`` workers, each started with :func:`die_with_parent`: forked
+    when :func:`can_fork`, else by a fork server that imports the modules ``preload`` once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("fork" if can_fork() else "forkserver")
+    if preload and ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(list(preload))
+    return ProcessPoolExecutor(processes, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
+
+
 class Helpers:
     """Helper processes for one job: ``run(fn, *args)`` starts ``fn(*args)`` in one of ``processes``
-    processes (forked when :func:`can_fork`, made on first use) and returns the function that waits for
+    processes (a :func:`process_pool` made on first use) and returns the function that waits for
     its result, or raises its exception (:class:`WorkerDied` when a helper died). With ``processes`` 0
     nothing starts: ``fn`` runs in this process when waited for. Used as a context manager: at the end,
     also after an error or an interrupt (Ctrl-C, which the helpers ignore), the helpers finish the task
@@ -85,12 +97,7 @@ class Helpers:
         if self.processes < 1:
             return lambda: fn(*args)
         if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            method = "fork" if can_fork() else "forkserver"
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context(method),
-                                             initializer=die_with_parent, initargs=(os.getpid(),))
+            self._pool = process_pool(self.processes)
         future = self._pool.submit(fn, *args)
 
         def wait():

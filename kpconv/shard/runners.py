@@ -10,7 +10,7 @@ from typing import Dict, Protocol, Sequence
 
 from ..errors import ManifestError, ShardError, os_error_text
 from ..progress import progress
-from ..workers import can_fork, die_with_parent, stop
+from ..workers import process_pool, stop
 from .files import LOCAL
 from .outdir import commit_shard
 from .plan import ShardTask
@@ -63,22 +63,12 @@ def _died(processes: dict, job: ShardJob) -> str:
 _TMP = re.compile(r"^\.(.+)\.tmp-(\d+)-[0-9a-f]+$")       # writer.write_shard's temporary file names
 
 
-def _start_method() -> str:
-    """``fork`` (cheap) unless TensorFlow, which is not fork-safe, is loaded (:func:`kpconv.workers.can_fork`)."""
-    return "fork" if can_fork() else "forkserver"
-
-
 def _write_parallel(tasks: Sequence[ShardTask], job: ShardJob, workers: int) -> Dict[str, dict]:
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_EXCEPTION, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = multiprocessing.get_context(_start_method())
-    if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["kpconv.shard"])
     states = {}
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
-                               initargs=(os.getpid(),))
+    pool = process_pool(workers, preload=["kpconv.shard"])      # (forked unless TensorFlow is loaded)
     bar = None
     interrupted = False
     try:
