@@ -171,8 +171,14 @@ def _may_be_deep(data) -> bool:
         return False
     import numpy as np
 
-    a = np.frombuffer(brackets, np.uint8)
-    return int(np.cumsum(np.where((a == 91) | (a == 123), 1, -1), dtype=np.int64).max()) > MAX_DEPTH
+    level = 0
+    for start in range(0, len(brackets), 1 << 22):     # (bounded memory for a file of nothing but brackets)
+        a = np.frombuffer(brackets, np.uint8, count=min(1 << 22, len(brackets) - start), offset=start)
+        levels = np.cumsum(np.where((a == 91) | (a == 123), 1, -1), dtype=np.int64) + level
+        if levels.max() > MAX_DEPTH:
+            return True
+        level = int(levels[-1])
+    return False
 
 
 def depth(obj) -> int:
