@@ -166,7 +166,8 @@ def test_keypoints_option_selects_a_subset(dataset, tmp_path):
     ingest([dataset(doc())], output=str(out), options=IngestOptions(keypoints=["left_eye", "nose"]))
     header, recs = read_manifest(str(out))
     assert header.keypoints == ["left_eye", "nose"] and header.skeleton == [(1, 0)]  # nose-left_eye, renumbered
-    assert recs[0].keypoints == [[0.2, 0.1, 2], [0.1, 0.166667, 2]]
+    # COCO keypoints are pixel indices: + 0.5 to kpconv's continuous pixels (40x30 image)
+    assert recs[0].keypoints == [[round(8.5 / 40, 6), round(3.5 / 30, 6), 2], [round(4.5 / 40, 6), round(5.5 / 30, 6), 2]]
     with pytest.raises(AnnotationError, match="'tail' not among the COCO keypoint names"):
         read([dataset(doc())], keypoints=["tail"])
 
