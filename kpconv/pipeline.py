@@ -346,7 +346,10 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
         return img, target
 
     if aug:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        # new augmentation seeds each time the dataset is iterated (each epoch of fit(epochs=N) starts a new
+        # iterator; without rerandomize_each_iteration every epoch drew the same values), the same sequence of
+        # epochs for the same ``seed``
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
 
         def apply(e, s):
