@@ -67,6 +67,31 @@ def test_each_epoch_draws_new_augmentation_the_same_seed_the_same_epochs(shards)
     assert np.array_equal(first, again[0]) and np.array_equal(second, again[1])
 
 
+def test_pad_multiple_pads_frames_and_renormalizes_keypoints(shards):
+    out, recs = shards
+    images, targets = next(iter(pipeline.load(out, "train", 10, pad_multiple=5)))
+    assert images.shape == (10, 25, 35, 3)
+    assert np.array_equal(images[0, :24, :32].numpy(), recs["train"][0]["_array"].astype(np.float32))
+    assert not images[:, 24:].numpy().any() and not images[:, :, 32:].numpy().any()
+    assert np.allclose(targets[0, :, 0] * 35, np.array(recs["train"][0]["keypoints/x"]) * 32, atol=1e-4)
+    assert np.allclose(targets[0, :, 1] * 25, np.array(recs["train"][0]["keypoints/y"]) * 24, atol=1e-4)
+    with pytest.raises(ValueError, match="pad_multiple"):
+        pipeline.load(out, "train", 2, pad_multiple=5, include_meta=True)
+
+
+def test_holdout_splits_the_images_in_two_by_a_salted_hash(shards):
+    out, recs = shards
+
+    def paths(held_out, salt=0):
+        ds = pipeline.load(out, "train", 4, include_meta=True, holdout=(0.3, salt), held_out=held_out)
+        return [p.decode() for _, _, m in ds for p in m["source_path"].numpy()]
+
+    kept, held = paths(False), paths(True)
+    assert sorted(kept + held) == sorted(r["image/source_path"].decode() for r in recs["train"]) and not set(kept) & set(held)
+    assert 0 < len(held) < len(kept) and paths(True) == held      # deterministic
+    assert any(paths(True, salt) != held for salt in (1, 2, 3))   # the seed salts the choice
+
+
 def test_unknown_split_and_missing_info(shards, tmp_path):
     out, _ = shards
     with pytest.raises(DatasetInfoError, match="no split 'test'.*train, val"):
