@@ -362,13 +362,18 @@ def _quiet_tf(ctx: click.Context) -> None:
               help="Train as many epochs as fit in MINUTES, the learning-rate schedule laid out over the budget; "
                    "the best model is kept.")
 @click.option("--epochs", type=click.IntRange(min=1),
-              help="Epochs (with pretrained weights: with the backbone frozen). Default: 30, or as many as "
-                   "fit with --time-limit.")
-@click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Epochs after unfreezing the backbone (ImageNet or file weights only).")
+              help="Epochs (with pretrained weights: the warm-up included; with --fine-tune-epochs: with the "
+                   "backbone frozen). Default: 30, or as many as fit with --time-limit.")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=2, show_default=True,
+              help="ImageNet or file weights: epochs training the head with the backbone frozen, before the "
+                   "whole network trains for the rest of --epochs or --time-limit.")
+@click.option("--fine-tune-epochs", type=click.IntRange(min=0),
+              help="ImageNet or file weights: --epochs with the backbone frozen, then this many with it "
+                   "trainable (instead of the warm-up, then the rest).")
 @click.option("--fine-tune-from", metavar="LAYER", help="Unfreeze the backbone from this layer on (default: all).")
 @click.option("--fine-tune-learning-rate", type=_FloatRange(min=0, min_open=True),
-              help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
+              help="Learning rate once the backbone trains (ImageNet or file weights; default: --learning-rate "
+                   "/ 10), with --time-limit too.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8 (heatmap), 32 (spatial, dense).")
 @click.option("--learning-rate", type=_FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]),
@@ -399,8 +404,13 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--augment-contrast", callback=lambda c, p, v: _range(v, "--augment-contrast", 0, 10),
               default="0.75,1.25", show_default=True, metavar="LO,HI", help="Random contrast factor range.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calibration-holdout", type=_FloatRange(min=0, max=0.5), default=0.05, show_default=True,
+              metavar="FRACTION", help="Heatmap head without a validation split: this fraction of the training "
+                                       "images is kept out of training to calibrate the confidence on (0: "
+                                       "calibrate on the training frames).")
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Early stopping: epochs without improvement of the validation loss.")
+              help="Early stopping: epochs without improvement of the validation pixel error (the training "
+                   "loss without a validation split).")
 @click.option("--val-split", default="auto", show_default=True,
               help="Split used for validation ('auto': val if present; 'none': no validation).")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Batches per epoch (default: the whole split).")

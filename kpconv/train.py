@@ -4,8 +4,8 @@ RUN_DIR layout::
 
     config.json          every option, the model config, the dataset (sha256 of every file, keypoint
                          names, skeleton, the shard preprocessing), versions
-    model.keras          the best model so far (lowest validation loss, or training loss without a
-                         validation split)
+    model.keras          the best model so far (lowest validation pixel error ``val_px_error``, or
+                         training loss without a validation split)
     saved_model/         the best model exported as a TensorFlow SavedModel (at the end)
     model.tflite         with export=["tflite"]
     history.csv          one row per epoch (loss, metrics, validation metrics, learning rate)
@@ -13,9 +13,11 @@ RUN_DIR layout::
     checkpoints/         last.keras (model and optimizer after the last finished epoch) and
                          state.json (phase, epoch, best value): what ``resume`` continues from
 
-Training runs in two phases when the backbone starts from pretrained weights: the backbone frozen
-(``epochs``), then fine-tuned (``fine_tune_epochs``, from ``fine_tune_from`` on, at
-``fine_tune_learning_rate``). From random weights (``weights="none"``) or from another kpconv run
+Training runs in two phases when the backbone starts from pretrained weights (ImageNet or a weights
+file): a short warm-up of the new head with the backbone frozen (``warmup_epochs``, 2), then the whole
+network (from ``fine_tune_from`` on, default all of it) at ``fine_tune_learning_rate`` for the rest of
+``epochs`` or of the ``time_limit`` (the schedule of the second phase laid out over the time left). With
+``fine_tune_epochs`` given, the phases are ``epochs`` frozen, then ``fine_tune_epochs``. From random weights (``weights="none"``) or from another kpconv run
 (``weights=RUN_DIR``: every layer whose name and shape match is copied, the output layer is new when
 the keypoints differ) the whole model trains from the start and there is no second phase. Each
 phase follows a cosine learning-rate schedule and stops early after ``patience`` epochs without
@@ -75,7 +77,8 @@ class TrainOptions:
     huber_delta: float = 0.05
     augment: bool = True
     seed: int = 0
-    fine_tune_epochs: int = 0
+    fine_tune_epochs: Optional[int] = None            # pretrained: None = the rest after the warm-up
+    warmup_epochs: int = 2                            # pretrained: epochs with the backbone frozen first
     fine_tune_from: Optional[str] = None
     fine_tune_learning_rate: Optional[float] = None   # default: learning_rate / 10
     patience: int = 10
@@ -97,6 +100,9 @@ class TrainOptions:
     augment_translate: Optional[float] = None          # fraction of the size; heatmap with crops: 0, others: 0.08
     augment_brightness: float = 0.15
     augment_contrast: Tuple[float, float] = (0.75, 1.25)
+    # heatmap head without a validation split: this fraction of the training images (by a salted hash of the
+    # path) is kept out of training and calibrates the confidence; 0: calibrated on the training frames
+    calibration_holdout: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -598,15 +604,17 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     if timed and steps is None:  # epochs of at least 50 steps: the per-epoch work stays small
         steps = max(50, -(-info.split(options.train_split).num_records // bs))
     aug = _augment_config(options, info)
-    if heat and aug is None and (info.image_width % options.heatmap_stride or info.image_height % options.heatmap_stride):
-        raise TrainError(f"--no-augment with the heatmap head needs an image size that is a multiple of "
-                         f"--heatmap-stride {options.heatmap_stride} (the shards are {info.image_width}x"
-                         f"{info.image_height})")
+    # the heatmap loss's frames padded to a multiple of the stride (the grid the model outputs; crops are)
+    pad = options.heatmap_stride if heat else None
+    hold = _holdout(options, val_split)
     train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=aug if aug else False, seed=options.seed,
-                             shuffle=True, repeat=steps is not None)
-    val_ds = pipeline.load(shard_dir, val_split, bs) if val_split else None
+                             shuffle=True, repeat=steps is not None, pad_multiple=None if aug else pad,
+                             holdout=hold)
+    val_ds = pipeline.load(shard_dir, val_split, bs, pad_multiple=pad) if val_split else None
     val_meta = pipeline.load(shard_dir, val_split, bs, include_meta=True) if val_split else None
-    monitor = "val_loss" if val_ds is not None else "loss"
+    # the checkpoint (and early stopping) follow the validation pixel error (ValMetrics) when there is a
+    # validation split: what eval reports, not the heatmap loss
+    monitor = "val_px_error" if val_ds is not None else "loss"
 
     def compile_(m, lr):
         if heat:
@@ -616,8 +624,12 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         m.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=True if heat else "auto")
 
     unbounded = 10 ** 6
-    phase1 = options.epochs if options.epochs is not None else unbounded
-    phase2 = options.fine_tune_epochs if pretrained else 0
+    if pretrained and options.fine_tune_epochs is None:   # a warm-up of the head, then the whole network
+        phase1 = options.warmup_epochs if options.epochs is None else min(options.warmup_epochs, options.epochs - 1)
+        phase2 = unbounded if options.epochs is None else options.epochs - phase1
+    else:
+        phase1 = options.epochs if options.epochs is not None else unbounded
+        phase2 = (options.fine_tune_epochs or 0) if pretrained else 0
     ft_lr = options.fine_tune_learning_rate or options.learning_rate / 10
     start_epoch = state["epoch"] if state else 0
     start_phase = state["phase"] if state else 1
@@ -653,6 +665,9 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             begin, end, lr0 = phase1, phase1 + phase2, ft_lr
             if end <= begin:
                 break
+            if budget is not None:  # the rest of the budget, on the fine-tuning learning rate's schedule
+                left = max(1e-3, budget.seconds - (time.monotonic() - budget.started))
+                budget = TimeBudget(left, time.monotonic(), ft_lr, ft_lr * options.min_learning_rate_factor)
             if loaded_phase != 2:
                 with strategy.scope():
                     kmodel.set_backbone_trainable(model, True, options.fine_tune_from)
@@ -668,8 +683,8 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             sched = [keras.callbacks.LearningRateScheduler(_epoch_cosine(lr0, lr0 * options.min_learning_rate_factor,
                                                                    begin, end - begin)),
                      keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
-        cbs = [nan, *sched, LearningRateLog(),
-               *([ValMetrics(val_meta)] if val_meta is not None else []),
+        cbs = [nan, *([ValMetrics(val_meta)] if val_meta is not None else []),   # (before what reads its logs)
+               *sched, LearningRateLog(),
                HistoryLog(run / HISTORY_FILE, val_ds is not None, epoch),
                keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0),
                ckpt, *extra]
@@ -688,7 +703,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         if phase == 1 and epoch < end:  # stopped early: the fine-tuning phase starts at its own epoch
             epoch = phase1
     if heat:
-        calibrate(run, shard_dir, val_split or options.train_split)
+        calibrate(run, shard_dir, val_split or options.train_split, holdout=hold)
     state_path = run / CKPT_DIR / "state.json"
     _write_json(state_path, {"phase": 2 if phase2 else 1, "epoch": epoch, "best": best, "monitor": monitor,
                              "finished": True})
@@ -711,23 +726,45 @@ def open_run(run_dir):
     return config, model, kmodel.inference_model(model, params)
 
 
-def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK) -> dict:
+def _holdout(options: TrainOptions, val_split: Optional[str]):
+    """``(fraction, seed)`` of the training images held out of training to calibrate the heatmap head's
+    confidence (no validation split), else None (see ``pipeline.load``'s ``holdout``)."""
+    if options.head != "heatmap" or val_split or not options.calibration_holdout:
+        return None
+    return (float(options.calibration_holdout), int(options.seed))
+
+
+def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK, holdout=None) -> dict:
     """Fit the heatmap head's confidence on ``split`` (without augmentation): the probability that a
     keypoint is labelled and predicted within ``threshold`` x the instance size (PCK's criterion),
     as a logistic function of the heatmap peak; an unlabelled keypoint counts as a miss, so a low
-    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``)."""
+    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``). ``holdout``
+    ``(fraction, seed)``: only the images of ``split`` that training held out (``pipeline.load``), the
+    frames the model did not train on; when that part is empty (a tiny split) the whole split, recorded
+    as ``held_out: 0``."""
     from . import metrics, pipeline
     from .evaluate import collect
 
     run = Path(run_dir)
     config, _, infer = open_run(run)
     config.pop("calibration", None)
-    arrays = collect(lambda x: infer(x, training=False).numpy(), pipeline.load(shard_dir, split, 16, include_meta=True))
+    predict = lambda x: infer(x, training=False).numpy()   # noqa: E731
+    held = 0.0
+    try:
+        arrays = collect(predict, pipeline.load(shard_dir, split, 16, include_meta=True, holdout=holdout,
+                                                held_out=True)) if holdout else None
+        held = holdout[0] if holdout else 0.0
+    except TrainError:      # (collect's "no records": no image fell in the held-out part)
+        arrays = None
+    if arrays is None:
+        arrays = collect(predict, pipeline.load(shard_dir, split, 16, include_meta=True))
     err = metrics.errors(arrays["pred_px"], arrays["true_px"])
     correct = (arrays["mask"] > 0) & (err <= threshold * arrays["norm"][:, None])
     params = metrics.fit_calibration(arrays["confidence"], correct)
     config["calibration"] = {"params": params, "split": split, "criterion": f"within {threshold:g} x instance size",
-                             "keypoints": int(correct.size), "hits": int(correct.sum())}
+                             "keypoints": int(correct.size), "hits": int(correct.sum()),
+                             # the fraction of the split's images held out of training (0: frames it trained on)
+                             "held_out": held if split == config["dataset"].get("train_split") else None}
     _write_json(run / CONFIG_FILE, config)
     return config["calibration"]
 
