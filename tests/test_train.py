@@ -222,6 +222,14 @@ def test_time_limited_run_records_its_budget(tmp_path):
     assert res.epochs_run == len(rows) >= 1 and float(rows[-1]["time_left_min"]) == 0.0   # ran until spent
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["options"]["time_limit"] == 0.5 and cfg["options"]["epochs"] is None
+    # no validation split: calibrated on the training images held out of training (the whole split when none
+    # of its 16 images falls in the held-out 5 %)
+    from kpconv import pipeline
+
+    held = sum(len(t) for _, t, _ in pipeline.load(shards, "train", 8, include_meta=True, holdout=(0.05, 0),
+                                                    held_out=True))
+    cal = cfg["calibration"]
+    assert cal["split"] == "train" and (cal["held_out"], cal["keypoints"]) == ((0.05, held * 5) if held else (0.0, 16 * 5))
 
 
 def test_recipe_defaults_follow_the_head_weights_and_flip_pairs():
