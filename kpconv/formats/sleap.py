@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
@@ -402,3 +403,125 @@ def _is_predicted(inst) -> bool:
     from sleap_io import PredictedInstance
 
     return isinstance(inst, PredictedInstance)
+
+
+# ------------------------------------------------------------------------------------------ writing
+@dataclass
+class SlpPrediction:
+    """One predicted instance to write to a ``.slp`` (see :func:`write_slp`)."""
+
+    source: str                         # the video file, or the image file
+    keypoints: Sequence[Sequence[float]]   # K x (x, y, confidence): original pixels, kpconv's convention
+    frame: Optional[int] = None         # the frame index in the video (0-based); None for an image
+    score: Optional[float] = None       # the instance's score; None: the mean keypoint confidence
+    track: Optional[str] = None         # track name (e.g. str(id) from kpconv.tracking); None: no track
+    size: Optional[Tuple[int, int]] = None   # (width, height) of an image: images of one size share a SLEAP video
+
+
+def write_slp(path: str, predictions: Iterable[SlpPrediction], keypoints: Sequence[str],
+              skeleton: Sequence[Tuple[int, int]] = (), flip_pairs: Sequence[Tuple[int, int]] = (),
+              min_confidence: Optional[float] = None) -> int:
+    """Write ``predictions`` as a SLEAP labels file SLEAP opens for proofreading; returns how many.
+
+    - One SLEAP video per video file (stored by its absolute path, opened once here to record its
+      shape, as SLEAP does); images become image-sequence videos, one per image size (``size``; all
+      images in one when no size is given), frame index = the image's position in it.
+    - Each prediction is a ``PredictedInstance`` with per-point scores (the confidences) and its
+      score; predictions with the same track name share one ``Track``. A keypoint with a NaN
+      coordinate, or with a confidence below ``min_confidence`` when given, is written missing.
+    - The skeleton: the node names ``keypoints``, edges ``skeleton`` and symmetries ``flip_pairs``
+      (0-based index pairs, as in the manifest header and the run's config).
+    - Coordinates: kpconv's (pixel ``i``'s centre at ``i + 0.5``) minus 0.5, SLEAP's convention (see
+      the module docstring).
+    - Atomic: sleap-io writes a temporary file, which is then copied to ``path`` by
+      :func:`kpconv.manifest.atomic_output` (so ``-`` is stdout; a failure leaves no output).
+
+    Raises :class:`AnnotationError` (located) when a video or image cannot be opened, ValueError when a
+    prediction does not have ``len(keypoints)`` keypoints, OutputError when ``path`` cannot be written.
+    """
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from ..manifest import atomic_output
+
+    sio = import_sleap_io()
+    names = list(keypoints)
+    sk = sio.Skeleton(nodes=list(names), edges=[(names[a], names[b]) for a, b in skeleton],
+                      symmetries=[(names[a], names[b]) for a, b in flip_pairs])
+    tracks: Dict[str, object] = {}
+    videos: Dict[str, object] = {}                  # video file -> Video
+    image_groups: Dict[Optional[Tuple[int, int]], List[str]] = {}   # size -> image files, in order
+    image_slot: Dict[str, Tuple[Optional[Tuple[int, int]], int]] = {}
+    frames: Dict[Tuple[str, object, int], List] = {}                  # (kind, video key, frame) -> instances
+    count = 0
+    for n, p in enumerate(predictions):
+        kp = np.asarray(p.keypoints, dtype=np.float64)
+        if kp.shape != (len(names), 3):
+            raise ValueError(f"prediction {n} ({p.source}): expected {len(names)} x (x, y, confidence) keypoints, "
+                             f"got shape {kp.shape}")
+        xy = kp[:, :2] - PIXEL_OFFSET
+        conf = kp[:, 2]
+        missing = ~np.isfinite(xy).all(1) | ~np.isfinite(conf)
+        if min_confidence is not None:
+            missing |= conf < min_confidence
+        xy[missing] = np.nan
+        conf = np.nan_to_num(conf, nan=0.0, posinf=0.0, neginf=0.0)
+        score = float(conf.mean()) if p.score is None else float(p.score)
+        track = None
+        if p.track is not None:
+            track = tracks.get(str(p.track))
+            if track is None:
+                track = tracks[str(p.track)] = sio.Track(str(p.track))
+        inst = sio.PredictedInstance.from_numpy(xy, skeleton=sk, point_scores=conf, score=score,
+                                                track=track)
+        source = os.path.abspath(p.source)
+        if p.frame is not None:
+            if source not in videos:
+                videos[source] = _open_for_writing(sio, source)
+            key = ("video", source, int(p.frame))
+        else:
+            size = tuple(p.size) if p.size is not None else None
+            if source not in image_slot:
+                group = image_groups.setdefault(size, [])
+                image_slot[source] = (size, len(group))
+                group.append(source)
+            size, idx = image_slot[source]
+            key = ("images", size, idx)
+        frames.setdefault(key, []).append(inst)
+        count += 1
+    image_videos = {size: _open_for_writing(sio, files) for size, files in image_groups.items()}
+    labeled = []
+    for (kind, vkey, idx), insts in frames.items():
+        video = videos[vkey] if kind == "video" else image_videos[vkey]
+        labeled.append(sio.LabeledFrame(video=video, frame_idx=idx, instances=insts))
+    labels = sio.Labels(labeled_frames=labeled, videos=[*videos.values(), *image_videos.values()],
+                        skeletons=[sk], tracks=list(tracks.values()))
+    labels.provenance["software"] = "kpconv"
+    try:
+        with tempfile.TemporaryDirectory(prefix="kpconv-slp-") as tmp:
+            written = os.path.join(tmp, "predictions.slp")
+            sio.save_slp(labels, written, verbose=False)
+            with atomic_output(path, "wb") as out, open(written, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    finally:
+        for v in labels.videos:
+            if v.backend is not None:
+                v.close()
+    return count
+
+
+def _open_for_writing(sio, source):
+    """A sleap-io Video of a video file or a list of image files, opened to record its shape."""
+    files = [source] if isinstance(source, str) else list(source)
+    for f in files:
+        if not os.path.isfile(f):
+            raise AnnotationError("no such file (predictions written to a .slp name their video or image files)",
+                                  Location(f))
+    shown = files[0]
+    try:
+        return sio.Video.from_filename(source)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise AnnotationError(f"cannot open for the .slp's video list: {type(e).__name__}: {e}",
+                              Location(str(shown))) from None
