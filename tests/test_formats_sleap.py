@@ -19,6 +19,7 @@ from kpconv.errors import AnnotationError  # noqa: E402
 from kpconv.formats.base import IngestOptions  # noqa: E402
 from kpconv.ingest import ingest  # noqa: E402
 from kpconv.manifest import read_manifest  # noqa: E402
+from test_schemas import manifest_errors  # noqa: E402
 
 TWO_FLIES = Path("/work/shared/datasets/two-flies/clip.slp")
 VW, VH = 32, 24         # the tiny video
@@ -103,6 +104,16 @@ def test_detected_and_read(tmp_path):
     # only labelled frames are extracted (frame 4 holds only a predicted instance)
     assert sorted(p.relative_to(frames).as_posix() for p in frames.rglob("*.png")) == [
         "seq/frame_000001.png", "tiny/frame_000002.png"]
+    assert manifest_errors((tmp_path / "out" / "m.jsonl").read_text().splitlines()) == []
+
+
+def test_stdout_frames_beside_the_slp(tmp_path):
+    slp = make_slp(tmp_path / "proj", "labels.pkg.slp", embed=True)
+    r = CliRunner().invoke(cli, ["ingest", str(slp)])
+    assert r.exit_code == 0
+    header = json.loads(r.stdout.splitlines()[0])
+    assert header["images_root"] == (tmp_path / "proj" / "labels-frames").as_posix()
+    assert (tmp_path / "proj" / "labels-frames" / "tiny" / "frame_000002.png").is_file()
 
 
 def test_extracted_frames_hold_the_pixels(tmp_path):
