@@ -33,6 +33,7 @@ REASONS = {
     "unreadable_image": (ERROR, "image file cannot be read as an image"),
     "path_outside_root": (ERROR, "image path escapes the images root"),
     "duplicate_instance": (ERROR, "same image and instance id seen before"),
+    "ambiguous_label": (ERROR, "a keypoint label repeats in one instance (points cannot be told apart)"),
     "no_keypoints": (NOTE, "instance has no labelled keypoint (skipped)"),
     "crowd": (NOTE, "COCO iscrowd=1 annotation (skipped)"),
     "other_category": (NOTE, "annotation of another category (skipped)"),
