@@ -33,6 +33,8 @@ REASONS = {
     "unreadable_image": (ERROR, "image file cannot be read as an image"),
     "path_outside_root": (ERROR, "image path escapes the images root"),
     "duplicate_instance": (ERROR, "same image and instance id seen before"),
+    "duplicate_image_id": (ERROR, "an image id given twice for different images (its annotations skipped)"),
+    "duplicate_annotation": (ERROR, "an annotation given twice (same id, or same image and keypoints)"),
     "ambiguous_label": (ERROR, "a keypoint label repeats in one instance (points cannot be told apart)"),
     "no_keypoints": (NOTE, "instance has no labelled keypoint (skipped)"),
     "crowd": (NOTE, "COCO iscrowd=1 annotation (skipped)"),
@@ -41,7 +43,7 @@ REASONS = {
     "clamped": (NOTE, "coordinate just outside the image, clamped"),
     "bad_bbox": (WARNING, "given bbox unusable, derived from keypoints"),
     "bad_skeleton": (WARNING, "skeleton edges out of range, dropped"),
-    "image_in_two_splits": (WARNING, "image listed in two splits, kept in the first"),
+    "image_in_two_splits": (WARNING, "image listed in two splits, kept in the first (the later listing skipped)"),
     "skeleton_0_based": (NOTE, "0-based skeleton recognised and converted"),
     "generated_names": (NOTE, "no keypoint names in the source: named kp0, kp1, ..."),
     "several_categories": (NOTE, "categories read together, each record keeps its category"),
@@ -60,7 +62,7 @@ class Problem:
 
     @property
     def skips_record(self) -> bool:
-        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category")
+        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category", "image_in_two_splits")
 
     def __str__(self) -> str:
         where = str(self.location)

@@ -340,3 +340,58 @@ def test_every_record_skipped(dataset, tmp_path):
     with pytest.raises(NothingToWrite):
         ingest([dataset(d)], output=str(tmp_path / "m.jsonl"))
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_several_categories_sharing_a_0_based_skeleton(dataset):
+    """A 0-based skeleton shared by several categories (AP-10K style): noted and converted, and every
+    record of every category read (none skipped)."""
+    cats = [{"id": i, "name": n, "keypoints": NAMES, "skeleton": [[0, 1], [0, 2]]} for i, n in ((0, "cat"), (1, "dog"))]
+    anns = [{"id": 10, "image_id": 1, "category_id": 0, "keypoints": [4, 5, 2, 8, 3, 2, 0, 0, 0]},
+            {"id": 11, "image_id": 2, "category_id": 1, "keypoints": [20, 10, 2, 24, 8, 1, 16, 8, 2]}]
+    p = dataset(doc(categories=cats, annotations=anns))
+    result, insts, report = read([p])
+    assert result.meta.skeleton == [(0, 1), (0, 2)]
+    assert [(i.category, i.image) for i in insts] == [("cat", "a.png"), ("dog", "b.png")]
+    assert report.counts == {"skeleton_0_based": 1, "several_categories": 1} and report.skipped == 0
+    for name, image in (("dog", "b.png"), ("1", "b.png"), ("cat", "a.png")):
+        result, insts, report = read([p], category=name)
+        assert result.meta.skeleton == [(0, 1), (0, 2)] and [i.image for i in insts] == [image]
+        assert report.counts == {"skeleton_0_based": 1, "other_category": 1}
+
+
+def test_an_image_id_given_twice_is_reported_not_chosen(dataset):
+    d = doc()
+    d["images"].append({"id": 1, "file_name": "b.png", "width": 40, "height": 30})
+    _, insts, report = read([dataset(d)])
+    assert [i.image for i in insts] == ["b.png"] and report.counts == {"duplicate_image_id": 1, "malformed_record": 1}
+    assert str(report.first[0]).endswith("record image 1: field 'id': image id 1 is given twice in images[] ('a.png' "
+                                         "and 'b.png'); its annotations are skipped: they could belong to either")
+    d = doc()
+    d["images"].append(dict(d["images"][0]))        # the same entry twice: nothing to choose
+    _, insts, report = read([dataset(d)])
+    assert len(insts) == 2 and not report.counts
+
+
+def test_duplicate_annotations_are_reported(dataset):
+    d = doc()
+    d["annotations"].append(dict(d["annotations"][0]))                        # the same id again
+    d["annotations"].append({**d["annotations"][1], "id": 12})                # the same keypoints, another id
+    d["annotations"].append({**d["annotations"][1], "id": 13, "keypoints": [0] * 9})   # nothing labelled: kept
+    _, insts, report = read([dataset(d)])
+    assert len(insts) == 3 and report.counts == {"duplicate_annotation": 2}
+    assert [str(p).split(": ", 1)[1] for p in report.first] == [
+        "record annotations[2]: field 'id': annotation id 10 is given twice; keeping the first",
+        "record 12: field 'keypoints': the same keypoints on image b.png as an earlier annotation; keeping the first"]
+
+
+def test_an_image_in_two_split_files_is_reported(dataset):
+    d = doc()
+    train = dataset(d, "person_keypoints_train.json")
+    val = dataset({**d, "annotations": [{**d["annotations"][0], "id": 20, "keypoints": [5, 5, 2, 0, 0, 0, 0, 0, 0]}]},
+                  "person_keypoints_val.json")
+    _, insts, report = read([train, val])
+    assert [(i.image, i.split) for i in insts] == [("a.png", "train"), ("b.png", "train")]
+    assert report.counts == {"image_in_two_splits": 1} and report.skipped == 1
+    assert str(report.first[0]).endswith(f"person_keypoints_val.json: record 20: field 'image_id': image a.png is in "
+                                         f"split 'train' ({train}) and again in 'val'; keeping it in 'train': this "
+                                         "annotation is skipped")
