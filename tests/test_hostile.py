@@ -880,3 +880,20 @@ def test_ingest_reader_process_killed_is_a_clear_error(tmp_path):
     err = p.communicate(timeout=30)[1].decode()
     assert p.returncode == 1 and "the reader process of kpconv died" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("body, line, message", [
+    (b"skeleton: " + b"[" * 2000 + b"]" * 2000 + b"\n", 1, "invalid YAML: nested deeper than 64 levels"),
+    (b"a: &a [x, y]\nskeleton: [*a]\n", 2, "invalid YAML: YAML aliases (*name) are not accepted"),
+    (b"Task: m\nscorer: \xe9ric\n", 2, "not a UTF-8 text file (invalid continuation byte at byte 16)"),
+    (b"# " + b"x" * (5 << 20) + b"\n", None, "larger than 4 MiB: not a dataset configuration file"),
+], ids=["deep", "alias", "latin-1", "huge"])
+def test_hostile_deeplabcut_config_yaml(tmp_path, body, line, message):
+    """DeepLabCut's config.yaml goes through the one hardened YAML loader (as YOLO's data.yaml)."""
+    shutil.copytree(FIXTURES / "dlc", tmp_path / "p")
+    config = tmp_path / "p" / "config.yaml"
+    config.write_bytes(body)
+    res = run("ingest", tmp_path / "p", "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 1, res.output
+    assert (f"{config}:{line}: " if line else f"{config}: ") + message in res.output
+    assert not (tmp_path / "m.jsonl").exists()

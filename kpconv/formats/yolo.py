@@ -28,6 +28,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
+from ._yaml import load_yaml
 from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
 
 IMAGE_EXTENSIONS = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
@@ -60,47 +61,10 @@ def _has_kpt_shape(path: Path) -> bool:
     return b"kpt_shape" in head
 
 
-def _loader():
-    """PyYAML's safe loader without aliases (``*name``: nested ones expand exponentially, the "billion
-    laughs") and with at most :data:`kpconv.jsonparse.MAX_DEPTH` levels of nesting (no RecursionError)."""
-    import yaml
-
-    from ..jsonparse import MAX_DEPTH
-
-    class Loader(yaml.SafeLoader):
-        _depth = 0
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted",
-                                                  self.peek_event().start_mark)
-            self._depth += 1
-            try:
-                if self._depth > MAX_DEPTH:
-                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                      self.peek_event().start_mark)
-                return super().compose_node(parent, index)
-            finally:
-                self._depth -= 1
-
-    return Loader
-
-
 def _load_yaml(path: Path) -> dict:
-    import yaml
-
-    name = str(path)
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            data = yaml.load(f, Loader=_loader())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise AnnotationError(f"invalid YAML: {getattr(e, 'problem', None) or e}",
-                              Location(name, mark.line + 1 if mark else None)) from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
-        raise AnnotationError("expected a YAML mapping with 'kpt_shape' and 'train'/'val'/'test'", Location(name))
+        raise AnnotationError("expected a YAML mapping with 'kpt_shape' and 'train'/'val'/'test'", Location(str(path)))
     return data
 
 
