@@ -395,3 +395,24 @@ def test_an_image_in_two_split_files_is_reported(dataset):
     assert str(report.first[0]).endswith(f"person_keypoints_val.json: record 20: field 'image_id': image a.png is in "
                                          f"split 'train' ({train}) and again in 'val'; keeping it in 'train': this "
                                          "annotation is skipped")
+
+
+def test_a_size_stated_turned_by_90_degrees_is_an_error_naming_the_file(dataset, tmp_path):
+    """A rotated phone photo: the annotation says 30x40, the file (EXIF applied) is 40x30."""
+    d = doc()
+    d["images"][0].update(width=30, height=40)
+    result = ingest([str(dataset(d))], output=str(tmp_path / "m.jsonl"))
+    assert result.report.counts == {"size_swapped": 1} and result.written == 1
+    assert str(result.report.first[0]).endswith(
+        "record 10: field 'image': annotation states 30x40 but image a.png is 40x30 (EXIF orientation applied): the "
+        "annotation was made on the image turned by 90 degrees, its coordinates cannot be placed on this one; rotate "
+        "the image file (or its EXIF orientation) to match the annotation")
+
+
+@pytest.mark.parametrize("x, counts", [(40.9, {"clamped": 1}), (41.5, {"out_of_image": 1})])
+def test_the_clamping_tolerance_is_one_pixel_whatever_the_image_size(dataset, tmp_path, x, counts):
+    """1 px, not 1 % of the size (40 px on a 4000-px photo)."""
+    d = doc()
+    d["annotations"][1]["keypoints"][0] = x
+    result = ingest([str(dataset(d))], output=str(tmp_path / "m.jsonl"))
+    assert result.report.counts == counts
