@@ -12,7 +12,7 @@ path becomes ``/labels/`` and the extension ``.txt``. Each row is one instance,
 ``cls cx cy w h x1 y1 [v1] ... xK yK [vK]``, normalized to 0..1; the bbox becomes
 ``(cx - w/2, cy - h/2, w, h)``. With ``kpt_shape [K, 3]`` a point with v = 0 is not labelled; with
 ``kpt_shape [K, 2]`` a point at x = y = 0 is not labelled and every other point is visible
-(v = 2). An image without a label file has no instance (not an error).
+(v = 2). An image without a label file has no instance (a ``no_label_file`` warning, located).
 
 Several classes (``names`` lists more than one): ``--category`` (class name or id) keeps one; without
 it every class is read, each record keeping its class name (``category``), and a
@@ -270,8 +270,12 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
             lname = _shown(lp, base, root)
             try:   # (bytes that are not UTF-8 become U+FFFD: a located "expected numbers" problem)
                 f = open(lp, "r", encoding="utf-8-sig", errors="replace")
-            except FileNotFoundError:
-                continue  # an image without labels: no instances
+            except FileNotFoundError:     # (Ultralytics: a background image) counted, located
+                report.add("no_label_file", f"image {rel} has no label file {os.path.relpath(str(lp), base)}: no "
+                           "instance read from it (a background image to YOLO; kpconv's records are instances, so it "
+                           "adds nothing)",
+                           Location(_shown(img, base, root)))
+                continue
             except OSError as e:
                 raise AnnotationError(f"cannot read label file: {e.strerror}", Location(lname)) from None
             with f:
