@@ -256,7 +256,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
     Writes OUT_DIR/<split>.tfrecord-NNNNN-of-NNNNN, skipped.jsonl (records whose image could not be
-    converted, with the reason) and, last, dataset_info.json. The shards are byte-identical for any
+    converted, with the reason), changed.jsonl (records whose keypoints outside the stored image were
+    made unlabelled, which ones) and, last, dataset_info.json. The shards are byte-identical for any
     --workers and any run. Exit code 0 when at least one record was written.
     """
     from .images import ImageOptions
@@ -286,7 +287,9 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
         info(ctx, f"kpconv: warning: {warning}")
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())
     info(ctx, f"shard: wrote {result.written} record(s) to {out_dir} ({parts}); skipped {result.skipped}"
-              + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else ""))
+              + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else "")
+              + (f"; {result.changed} record(s) with keypoints outside the stored image, made unlabelled (see "
+                 f"{out_dir}/changed.jsonl)" if result.changed else ""))
     if resume:
         info(ctx, f"resume: kept {result.kept_shards} complete shard(s), wrote {result.written_shards}")
 

@@ -37,6 +37,7 @@ REASONS = {
     "decompression_bomb": "image has more pixels than the limit (Pillow's MAX_IMAGE_PIXELS)",
     "size_mismatch": "image size differs from the manifest (the image changed since ingest)",
     "path_outside_root": "image path resolves (symlinks followed) outside the images root",
+    "degenerate_crop": "--crop bbox on an instance whose box is under a pixel wide or high",
 }
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = frozenset((5, 6, 7, 8))       # orientations that turn the image by 90 degrees
