@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from ._xml import number, parse, root_tag
+from ._xml import fromstring, number, parse, root_tag
 from .base import DatasetMeta, Point, RawInstance, ReadContext, Reader, ReadResult
 
 _SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -103,8 +103,8 @@ def _svg_edges(svg: str) -> List[Tuple[str, str]]:
     """Skeleton edges, as pairs of sublabel names, from the label's SVG (``<line data-type="edge"
     data-node-from data-node-to>`` between ``<circle data-node-id data-label-name>``)."""
     try:
-        doc = ET.fromstring(f"<svg>{svg}</svg>")
-    except ET.ParseError:
+        doc = fromstring(f"<svg>{svg}</svg>")
+    except (ET.ParseError, ValueError):     # (ValueError: defusedxml refused it)
         return []
     nodes = {c.get("data-node-id"): c.get("data-label-name") for c in doc.iter("circle")}
     out = []
