@@ -175,7 +175,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     SOURCES are annotation files or a dataset folder (Labelme folder, YOLO dataset, DeepLabCut
     project, CVAT export). Formats: COCO keypoints JSON, CSV tables (wide or long), CVAT XML (images
     or video), DeepLabCut CollectedData CSV or .h5, dlib imglab XML, kpconv JSON / JSON Lines, Label
-    Studio JSON / JSON-MIN, Labelme JSON, YOLO pose. See docs/readers.md.
+    Studio JSON / JSON-MIN, Labelme JSON, YOLO pose. See docs/formats.md.
 
     Bad records are skipped and counted (summary on stderr, full list in --report); the exit code
     is 0 when at least one record was written. The output is written atomically.
