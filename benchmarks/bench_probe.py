@@ -77,7 +77,8 @@ def main() -> None:
                     best[name, "probe"] = min(best[name, "probe"], time.perf_counter() - t)
                     t = time.perf_counter()
                     for i, f in enumerate(files):
-                        ingest([str(f)], output=str(out / f"{name}-{i}.jsonl"), fmt="coco", images=f.parent / "images")
+                        ingest([str(f)], output=str(out / f"{name}-{i}.jsonl"), fmt="coco",
+                               images=f.parent / "images")
                     best[name, "ingest"] = min(best[name, "ingest"], time.perf_counter() - t)
                     manifests[name] = [(out / f"{name}-{i}.jsonl").read_bytes() for i in range(len(files))]
                 finally:
