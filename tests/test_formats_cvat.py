@@ -218,3 +218,11 @@ def test_skeletons_and_points_in_one_file_are_both_read(tmp_path):
         assert header.keypoints == ["paw"] and [r.keypoints for r in records] == [[[0.55, 0.4, 2]]]
     _, header, records = run(tmp_path, [p], category="cat")
     assert header.keypoints == ["nose", "tail"] and len(records) == 1
+
+
+def test_ungrouped_points_beside_groups_get_an_id_of_their_own(tmp_path):
+    """group_id 0 and the image's ungrouped points: two instances, not a duplicate instance '0'."""
+    body = ('<image id="0" name="a.png">' + pt("LBlade", "4,4", group_id="0") + pt("RBlade", "8,8", group_id="0")
+            + pt("LBlade", "22,12") + "</image>")
+    result, _, records = run(tmp_path, [write(tmp_path, points_doc(body))])
+    assert [r.instance for r in records] == ["0", "ungrouped"] and not result.report.counts

@@ -392,8 +392,9 @@ def _image_points(image: ET.Element, how: _How, name: str, iname: str, report
     for k in sorted(in_box):
         b, label = free_boxes[k]
         yield (Location(name, record=f"image {iname} box {k}"), in_box[k], f"box{k}", b, label, False)
-    if rest:
-        yield Location(name, record=f"image {iname}"), rest, None, None, None, True
+    if rest:    # (named when group_id or box instances share the image: a number could be taken)
+        yield (Location(name, record=f"image {iname}"), rest, "ungrouped" if groups or in_box else None, None, None,
+               True)
     for k, shape in enumerate(alone):
         yield Location(name, record=f"image {iname} points {k}"), [shape], None, None, None, False
 
