@@ -82,8 +82,9 @@ def test_several_skeleton_labels(tmp_path):
     p = write(tmp_path, xml(body, more))
     result, header, records = run(tmp_path, [p])
     assert [r.category for r in records] == ["cat", "dog"] and result.report.counts == {"several_categories": 1}
-    _, _, records = run(tmp_path, [p], category="dog")
+    result, _, records = run(tmp_path, [p], category="dog")
     assert [(r.category, r.keypoints[1]) for r in records] == [(None, [0.125, 0.166667, 2])]
+    assert result.report.counts == {"other_category": 1}
     with pytest.raises(AnnotationError, match="--category 'cow': no skeleton label, points label or box label of "
                                               "that name; skeleton labels: cat, dog; points labels: none"):
         run(tmp_path, [p], category="cow")
@@ -216,8 +217,16 @@ def test_skeletons_and_points_in_one_file_are_both_read(tmp_path):
     for category in ("paw", "dog", "points"):      # --category picks the points by their label or box label
         _, header, records = run(tmp_path, [p], category=category)
         assert header.keypoints == ["paw"] and [r.keypoints for r in records] == [[[0.55, 0.4, 2]]]
-    _, header, records = run(tmp_path, [p], category="cat")
+    result, header, records = run(tmp_path, [p], category="cat")
     assert header.keypoints == ["nose", "tail"] and len(records) == 1
+    assert result.report.counts == {"other_category": 1}       # the points not read: counted, located
+    assert str(result.report.first[0]).endswith("annotations.xml: record image 0: 1 plain <points> shape(s) not "
+                                                "read: the chosen category is a skeleton (choose them with "
+                                                "--category points)")
+    result, _, _ = run(tmp_path, [p], category="points")
+    assert result.report.counts == {"other_category": 1}
+    assert str(result.report.first[0]).endswith("record image a.png skeleton 0: skeleton 'cat' is not the chosen "
+                                                "category")
 
 
 def test_ungrouped_points_beside_groups_get_an_id_of_their_own(tmp_path):

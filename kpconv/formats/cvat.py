@@ -422,17 +422,23 @@ def _instances(docs, ctx: ReadContext, how: _How) -> Iterator[RawInstance]:
                     continue
             split = _split(image.get("subset")) if image.get("subset") is not None else meta_subset
             rel = images.path(iname)
-            if how.skel_labels:
-                for k, sk in enumerate(image.findall("skeleton")):
-                    if sk.get("label") not in how.skel_labels or sk.get("outside") == "1":
-                        continue
-                    loc = Location(name, record=f"image {iname} skeleton {k}")
-                    points = _gather(sk.findall("points"), loc, report, how.wanted)
-                    if points is None:
-                        continue
-                    yield RawInstance(rel, points, loc, size=size, split=split,
-                                      category=sk.get("label") if how.several else None)
+            for k, sk in enumerate(image.findall("skeleton")):
+                if sk.get("outside") == "1":
+                    continue
+                loc = Location(name, record=f"image {iname} skeleton {k}")
+                if sk.get("label") not in how.skel_labels:      # (--category chose another)
+                    report.add("other_category", f"skeleton {sk.get('label')!r} is not the chosen category", loc)
+                    continue
+                points = _gather(sk.findall("points"), loc, report, how.wanted)
+                if points is None:
+                    continue
+                yield RawInstance(rel, points, loc, size=size, split=split,
+                                  category=sk.get("label") if how.several else None)
             if not how.points:
+                n = len(image.findall("points"))
+                if n:       # (--category chose a skeleton)
+                    report.add("other_category", f"{n} plain <points> shape(s) not read: the chosen category is a "
+                               "skeleton (choose them with --category points)", iloc)
                 continue
             for loc, shapes, iid, bbox, label, ungrouped in _image_points(image, how, name, iname, report):
                 points = _gather(shapes, loc, report, how.wanted, how.multi, ungrouped)
@@ -483,6 +489,8 @@ def _tracks(path: Path, root: ET.Element, ctx: ReadContext, how: _How, images: _
                     continue
                 el = ET.Element("points", {**shape.attrib, "label": label or ""})
                 by_frame.setdefault((n, track.get("group_id")), []).append((el, tid))
+            elif shape.tag in ("skeleton", "points") and shape.get("outside") != "1":     # (--category chose)
+                report.add("other_category", f"{shape.tag} track {label!r} is not the chosen category", loc)
     for (n, gid), shapes in sorted(by_frame.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         loc = Location(name, record=f"frame {n}" + (f" group_id {gid}" if gid is not None else ""))
         points = _gather([el for el, _ in shapes], loc, report, how.wanted, how.multi, gid is None)
