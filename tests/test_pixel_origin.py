@@ -96,6 +96,16 @@ def _labelme(d):
     return d
 
 
+def _sleap(d):
+    sio = pytest.importorskip("sleap_io")
+    _image(d / "a.png")
+    video = sio.Video.from_filename([str(d / "a.png")])
+    inst = sio.Instance.from_numpy(np.array([[PX, PY]], float), skeleton=sio.Skeleton(nodes=["dot"]))
+    sio.save_slp(sio.Labels(labeled_frames=[sio.LabeledFrame(video=video, frame_idx=0, instances=[inst])]),
+                 str(d / "l.slp"), verbose=False)
+    return d / "l.slp"
+
+
 def _yolo(d):
     _image(d / "images" / "train" / "a.png")
     (d / "data.yaml").write_text("path: .\ntrain: images/train\nkpt_shape: [1, 3]\nnames:\n  0: dot\n")
@@ -108,7 +118,8 @@ def _yolo(d):
 # format -> (how the tool writes the bright pixel's centre, the convention that implies)
 LABELLED = {"coco": (_coco, "center"), "csv": (_csv, "corner"), "cvat": (_cvat, "corner"), "dlc": (_dlc, "center"),
             "dlib": (_dlib, "center"), "kpconv-json": (_kpconv_json, "corner"),
-            "label-studio": (_label_studio, "corner"), "labelme": (_labelme, "corner"), "yolo": (_yolo, "corner")}
+            "label-studio": (_label_studio, "corner"), "labelme": (_labelme, "corner"), "sleap": (_sleap, "center"),
+            "yolo": (_yolo, "corner")}
 
 
 def test_every_reader_declares_its_convention():
