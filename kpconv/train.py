@@ -633,7 +633,8 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     ft_lr = options.fine_tune_learning_rate or options.learning_rate / 10
     start_epoch = state["epoch"] if state else 0
     start_phase = state["phase"] if state else 1
-    best = state.get("best") if state else None
+    # (a run checkpointed on another monitor, e.g. val_loss before val_px_error: its best value is not comparable)
+    best = state.get("best") if state and state.get("monitor", monitor) == monitor else None
     if start_phase == 1 and start_epoch >= phase1:
         start_phase, loaded_phase = 2, 1
     else:
