@@ -115,11 +115,11 @@ def test_mixed_precision_run_exports_in_float32(shards, tmp_path):
 def test_heatmap_head_exports_its_decoded_points_and_confidence(shards, tmp_path):
     """The heatmap head's export holds the decoding and the calibrated confidence: the same
     (B, K, 3) as the run's inference model, at the shards' size."""
-    from kpconv.train import open_run
+    from kpconv.inference import Inference
 
     run = _train(shards, tmp_path / "run", "--head", "heatmap", "--crop-size", "0", "--export", "tflite")
     x = shard_images(shards, 4)
-    ref = open_run(run)[2](x, training=False).numpy()
+    ref = Inference.from_run(run)(x)
     loaded = tf.saved_model.load(str(run / "saved_model"))    # kept: its variables live as long as it does
     sm = loaded.serve(tf.constant(x)).numpy()
     lite = _interpret(run / "model.tflite", x)
