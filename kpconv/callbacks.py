@@ -122,12 +122,22 @@ class ValMetrics(keras.callbacks.Callback):
         logs["val_pck@0.1"] = o["pck@0.1"]
 
 
-def history(path: Path, start: int) -> keras.callbacks.CSVLogger:
-    """``history.csv`` by Keras's ``CSVLogger`` (appending on resume), after dropping the rows of epochs
+class History(keras.callbacks.CSVLogger):
+    """``history.csv``: Keras's ``CSVLogger`` (appending on resume), after dropping the rows of epochs
     from ``start`` on (written before an interruption that the checkpoint missed), so a resumed run
-    has each epoch once."""
-    _trim_history(path, start)
-    return keras.callbacks.CSVLogger(str(path), append=True)
+    has each epoch once. Its columns are set here: CSVLogger (Keras 3.15) adds an empty ``val_`` twin
+    of every column when the first epoch has no validation metrics, and a resumed run keeps the
+    file's columns."""
+
+    def __init__(self, path: Path, start: int):
+        columns = _trim_history(path, start)
+        super().__init__(str(path), append=True)
+        self.columns = columns[1:] if columns else None   # (the file's first column is the epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:   # (on_train_begin resets them)
+            self.keys = self.columns or sorted(logs or {})
+        super().on_epoch_end(epoch, logs)
 
 
 def _trim_history(path: Path, start: int) -> Optional[List[str]]:

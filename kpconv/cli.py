@@ -344,7 +344,7 @@ def _quiet_tf(ctx: click.Context) -> None:
 @command()
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
-              help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
+              help="Run directory: config.json, model.keras, saved_model/, history.csv, checkpoints/.")
 @click.option("--head", type=click.Choice(["heatmap", "spatial", "dense"]), default="heatmap", show_default=True,
               help="heatmap: Gaussian heatmaps at --heatmap-stride, sub-pixel peak and a calibrated confidence; "
                    "spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")

@@ -300,6 +300,7 @@ class Predictor:
 
         paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
         root = root or common_root(paths)
+        self.inference.batch_size = batch_size   # the model runs on the batches formed here
         single_video = sum(is_video(p) for p in paths) == 1
         batch: list = []
         size = self.options.size

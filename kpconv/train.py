@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import TrainError
@@ -413,7 +413,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     import keras
 
     from . import losses, model as kmodel, pipeline
-    from .callbacks import Checkpoint, NanGuard, TimeBudget, ValMetrics, epoch_cosine, history
+    from .callbacks import Checkpoint, History, NanGuard, TimeBudget, ValMetrics, epoch_cosine
     heat = options.head == "heatmap"
     bs = options.batch_size * strategy.num_replicas_in_sync
     timed = options.time_limit is not None
@@ -491,7 +491,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             sched = [epoch_cosine(lr0, lr0 * options.min_learning_rate_factor, begin, end - begin),
                      keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
         cbs = [nan, *sched, *([ValMetrics(val_meta)] if val_meta is not None else []),
-               history(run / HISTORY_FILE, epoch), ckpt, *extra]
+               History(run / HISTORY_FILE, epoch), ckpt, *extra]
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
                          steps_per_epoch=steps, callbacks=cbs, verbose=options.verbose, shuffle=False)
         if nan.where is not None:
