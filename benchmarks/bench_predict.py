@@ -37,7 +37,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MIRROR = ROOT.parent / "shared" / "datasets" / "mirror-mouse"
+# ../shared next to the checkout (or next to the folder of worktrees)
+MIRROR = next((p / "shared" / "datasets" / "mirror-mouse" for p in (ROOT.parent, ROOT.parent.parent)
+               if (p / "shared" / "datasets" / "mirror-mouse").is_dir()), ROOT.parent / "shared" / "datasets" / "mirror-mouse")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
@@ -110,6 +112,28 @@ def bench(run: Path, path: str, batch: int, work: Path) -> dict:
             "startup": startup}
 
 
+STARTUP = """
+import time, sys
+t0 = time.perf_counter()
+import numpy as np, tensorflow, keras
+t1 = time.perf_counter()
+from kpconv.inference import Inference
+inf = Inference.from_run(sys.argv[1])
+t2 = time.perf_counter()
+w, h = inf.options.size
+inf(np.zeros((1, h, w, 3), np.float32))
+t3 = time.perf_counter()
+print(f"{t1 - t0:.1f} {t2 - t1:.1f} {t3 - t2:.1f}")
+"""
+
+
+def startup_parts(run: Path) -> str:
+    """Where a fresh process spends its start-up: importing TensorFlow, loading the run, compiling."""
+    r = subprocess.run([sys.executable, "-c", STARTUP, str(run)], env=ENV, capture_output=True, text=True, check=True)
+    tf_s, load_s, compile_s = r.stdout.split()
+    return f"start-up parts (fresh process): import tensorflow {tf_s} s, load the run {load_s} s, first call (XLA compile) {compile_s} s"
+
+
 def jpeg_check(run: Path, work: Path) -> str:
     """Mean error (original pixels) over mirror-mouse's labelled keypoints with and without the JPEG
     round trip, and the largest distance between the two predictions of one keypoint."""
@@ -159,6 +183,7 @@ def main():
             print(f"{r['video']:<24} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} {r['model']:>9.0f} "
                   f"{r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} {r['startup']:>7.1f}",
                   flush=True)
+        print(startup_parts(run))
         print(jpeg_check(run, work))
         print("ratio: predict without start-up / model only (target >= 0.8); start s: command start to the "
               "first frame predicted, on one frame (target < 5)")
