@@ -351,7 +351,7 @@ def _quiet_tf(ctx: click.Context) -> None:
 @command()
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
-              help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
+              help="Run directory: config.json, model.keras, saved_model/, history.csv, checkpoints/.")
 @click.option("--head", type=click.Choice(["heatmap", "spatial", "dense"]), default="heatmap", show_default=True,
               help="heatmap: Gaussian heatmaps at --heatmap-stride, sub-pixel peak and a calibrated confidence; "
                    "spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
@@ -483,7 +483,10 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
                    "truth (rings), a line from each to the other.")
 @click.option("--n", "grid_n", type=click.IntRange(min=1), default=16, show_default=True,
               help="Records on the --grid sheet.")
-def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n):
+@click.option("--flip-test/--no-flip-test", default=None,
+              help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
+                   "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
+def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n, flip_test):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
     _quiet_tf(ctx)
@@ -491,7 +494,7 @@ def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence,
     from .metrics import format_table
 
     result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path,
-                      min_confidence=min_confidence, grid=grid, grid_n=grid_n)
+                      min_confidence=min_confidence, grid=grid, grid_n=grid_n, flip_test=flip_test)
     if json_path != "-":
         click.echo(f"{split}: {result['instances']} instance(s), {result['keypoints']} labelled keypoint(s); "
                    f"masked MSE {result['overall']['masked_mse']:.6f} (normalized units)")
@@ -543,19 +546,23 @@ def _bbox(ctx, param, value):
 @click.option("--draw-names", is_flag=True, help="Write the keypoint names beside the drawn points.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: predict every N-th frame.")
-@click.option("--start", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
+@click.option("--start", callback=_parsed_by("video", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: first frame (an index, e.g. 300, or a time, e.g. 10s).")
-@click.option("--end", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
+@click.option("--end", callback=_parsed_by("video", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: stop before this frame (index or time).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write every file that could not be predicted, one JSON object per line.")
+@click.option("--flip-test/--no-flip-test", default=None,
+              help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
+                   "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
-            start, end, batch_size, report_path):
+            start, end, batch_size, report_path, flip_test):
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import FrameSelection, common_root, expand_inputs, is_video
+    from .predict import common_root, expand_inputs
+    from .video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -580,7 +587,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     from .predict import run_predict
 
     boxes = Boxes.read(boxes_path) if boxes_path else None
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, flip_test=flip_test)
     if boxes is not None and not predictor.crops_to_box:
         raise click.BadParameter("this run was trained on whole images (its shards have --crop none): boxes "
                                  "would not change its input", param_hint="--boxes")

@@ -53,3 +53,20 @@ def test_flip_test_needs_a_heatmap_model():
     m = keras.Model(inputs, keras.layers.Reshape((1, 2))(keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))))
     with pytest.raises(Exception, match="heatmap"):
         kmodel.inference_model(m, flip_permutation=[0])
+
+
+def test_flip_test_default_follows_the_training_flips():
+    from kpconv.errors import TrainError
+    from kpconv.inference import flip_permutation
+
+    cfg = {"model": {"head": "heatmap"}, "options": {"augment_flip": 0.5},
+           "dataset": {"keypoints": ["nose", "l", "r"], "flip_pairs": [[1, 2]]}}
+    assert flip_permutation(cfg) == [0, 2, 1] and flip_permutation(cfg, False) is None
+    no_flips = {**cfg, "options": {"augment_flip": 0.0}}
+    assert flip_permutation(no_flips) is None and flip_permutation(no_flips, True) == [0, 2, 1]
+    no_pairs = {**cfg, "dataset": {"keypoints": ["a", "b"], "flip_pairs": []}}
+    assert flip_permutation(no_pairs) is None and flip_permutation(no_pairs, True) == [0, 1]
+    dense = {**cfg, "model": {"head": "dense"}}
+    assert flip_permutation(dense) is None
+    with pytest.raises(TrainError, match="the dense head has no heatmaps"):
+        flip_permutation(dense, True)
