@@ -516,10 +516,12 @@ def _bbox(ctx, param, value):
               help="Boxes per image or frame: COCO detection results JSON, or CSV image,x,y,w,h[,score]; "
                    "one prediction per box (runs trained with --crop bbox).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "coco"]), default="jsonl",
-              show_default=True, help="dlc: DeepLabCut's CSV layout (x, y, likelihood).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "dlc-h5", "coco"]),
+              help="Default: from -o's suffix (.h5: dlc-h5), else jsonl. dlc: DeepLabCut's CSV layout (x, y, "
+                   "likelihood); dlc-h5: the same table as DeepLabCut's .h5 (needs kpconv[h5]); coco: COCO "
+                   "results. Every format writes every keypoint's x, y and confidence.")
 @click.option("--min-confidence", type=_FloatRange(0, 1), default=0.5, show_default=True,
-              help="Keypoints below this confidence are not drawn, and have visibility 0 in --format coco.")
+              help="--draw leaves out keypoints below this confidence (no output format drops or zeroes any).")
 @click.option("--draw", "draw_target", type=click.Path(), metavar="DIR|VIDEO",
               help="Draw the keypoints and skeleton: into DIR (each input at its path relative to the inputs' "
                    "common folder), or for one video input into a video file (out.mp4).")
@@ -538,7 +540,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import FrameSelection, common_root, expand_inputs, is_video
+    from .predict import FILE_FORMATS, FrameSelection, common_root, expand_inputs, is_video, output_format, require_h5
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -546,9 +548,15 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     if bbox is not None and boxes_path:
         raise click.BadParameter("give --bbox or --boxes, not both", param_hint="--boxes")
     videos = [p for p in paths if is_video(p)]
-    if fmt == "dlc" and videos and len(paths) > 1:
+    fmt = output_format(output, fmt)
+    if fmt in ("dlc", "dlc-h5") and videos and len(paths) > 1:
         raise click.BadParameter("DeepLabCut's layout holds one video per file: give one video, or images",
-                                 param_hint="--format dlc")
+                                 param_hint=f"--format {fmt}")
+    if fmt in FILE_FORMATS and output == "-":
+        raise click.BadParameter(f"--format {fmt} is written to a file, not to stdout: give -o FILE",
+                                 param_hint="-o")
+    if fmt == "dlc-h5":
+        require_h5()
     if draw_target:
         if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "

@@ -20,18 +20,23 @@ import io
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import AnnotationError, ImageError, KpconvError, Location, VideoError
+from .errors import AnnotationError, ImageError, KpconvError, Location, MissingDependency, OutputError, VideoError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-FORMATS = ("jsonl", "csv", "dlc", "coco")
-DEFAULT_MIN_CONFIDENCE = 0.5
+FORMATS = ("jsonl", "csv", "dlc", "dlc-h5", "coco")
+# formats that need a file (not stdout), and the formats an output's suffix names when --format is not given
+FILE_FORMATS = ("dlc-h5",)
+SUFFIX_FORMATS = {".h5": "dlc-h5", ".hdf5": "dlc-h5"}
+H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables)"
+DEFAULT_MIN_CONFIDENCE = 0.5   # --draw leaves out keypoints below it; no output format applies it
 
 
 def is_video(path) -> bool:
@@ -490,46 +495,149 @@ def _r(v: float) -> float:
     return round(float(v), 3)
 
 
+def output_format(output: str, fmt: Optional[str] = None) -> str:
+    """The format of ``kpconv predict``'s output: ``fmt`` when given, else the one ``-o``'s suffix
+    names (:data:`SUFFIX_FORMATS`: ``.h5`` is DeepLabCut's table), else ``jsonl``."""
+    if fmt:
+        return fmt
+    return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl") if output != "-" else "jsonl"
+
+
+def require_h5() -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless pandas and PyTables can be imported."""
+    try:
+        import pandas  # noqa: F401
+        import tables  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(f"--format dlc-h5 (DeepLabCut's .h5) needs pandas and PyTables ({e}): "
+                                f"{H5_HINT}") from None
+
+
+def dlc_individual(p: Prediction) -> str:
+    """The DeepLabCut individual a prediction is written under: ``individual1``, ``individual2``, ...
+    by its index in the image or frame, the names DeepLabCut gives a new multi-animal project's
+    individuals (DeepLabCut/DeepLabCut, ``deeplabcut/create_project/new.py``: ``cfg_file["individuals"]
+    = ["individual1", "individual2", "individual3"]``)."""
+    return f"individual{p.instance + 1}"
+
+
+class _DlcTable:
+    """DeepLabCut's prediction table, one row per image or video frame: the index (the frame number
+    for a video, the image's path for images) and the columns ``scorer / [individuals /] bodyparts /
+    coords`` (``x, y, likelihood``), an individual absent from a row left empty (NaN).
+
+    This is the layout DeepLabCut's own writer builds (DeepLabCut/DeepLabCut,
+    ``deeplabcut/pose_estimation_pytorch/apis/videos.py``, ``create_df_from_prediction``: columns
+    ``pd.MultiIndex.from_product([[scorer], individuals, bodyparts, ["x", "y", "likelihood"]],
+    names=["scorer", "individuals", "bodyparts", "coords"])``, the ``individuals`` level only for
+    multi-animal projects, ``index=range(n_frames)``, then ``df.to_hdf(path, key="df_with_missing",
+    format="table", mode="w")`` and ``df.to_csv`` for its CSV twin)."""
+
+    def __init__(self, names: Sequence[str], scorer: str, multi: bool, index: str):
+        self.names, self.scorer, self.multi, self.index = list(names), scorer, multi, index
+        self.rows: List[Tuple[Any, Dict[str, List[List[float]]]]] = []
+
+    def row(self, group: Sequence[Prediction]) -> Tuple[Any, Dict[str, List[List[float]]]]:
+        """(index, {individual: keypoints}) of one image or frame's predictions."""
+        first = group[0]
+        return (first.frame if self.index == "frame" else first.image,
+                {dlc_individual(p): p.keypoints for p in group})
+
+    def individuals(self, rows) -> List[str]:
+        """Every individual of ``rows``, in order of their index."""
+        seen = {name for _, by in rows for name in by}
+        return sorted(seen, key=lambda n: int(n[len("individual"):]))
+
+    def header(self, individuals: Sequence[str]) -> List[List[str]]:
+        per = len(self.names) * 3
+        rows = [["scorer", *[self.scorer] * (per * len(individuals))]]
+        if self.multi:
+            rows.append(["individuals", *[csv_cell(i) for i in individuals for _ in range(per)]])
+        rows.append(["bodyparts", *[csv_cell(n) for _ in individuals for n in self.names for _ in range(3)]])
+        rows.append(["coords", *["x", "y", "likelihood"] * (len(self.names) * len(individuals))])
+        return rows
+
+    def csv_row(self, row, individuals: Sequence[str]) -> list:
+        key, by = row
+        cells = [key if self.index == "frame" else csv_cell(key)]
+        for name in individuals:
+            kps = by.get(name)
+            if kps is None:
+                cells += [""] * (3 * len(self.names))
+            else:
+                cells += [s for x, y, c in kps for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]
+        return cells
+
+    def dataframe(self, rows, individuals: Sequence[str]):
+        """The rows as DeepLabCut's pandas DataFrame (float64, NaN where an individual is absent)."""
+        import pandas as pd
+
+        levels = [[self.scorer], *([list(individuals)] if self.multi else []), self.names, ["x", "y", "likelihood"]]
+        columns = pd.MultiIndex.from_product(levels, names=["scorer", *(["individuals"] if self.multi else []),
+                                                            "bodyparts", "coords"])
+        data = np.full((len(rows), len(columns)), np.nan)
+        per = len(self.names) * 3
+        for r, (_, by) in enumerate(rows):
+            for i, name in enumerate(individuals):
+                if name in by:
+                    data[r, i * per:(i + 1) * per] = np.asarray(by[name], np.float64).reshape(-1)
+        index = [key for key, _ in rows]
+        return pd.DataFrame(data, columns=columns, index=pd.Index(index, dtype="int64" if self.index == "frame"
+                                                                 else object))
+
+
 class Writer:
-    """Streams predictions to a text file in one of :data:`FORMATS`.
+    """Streams predictions to a file in one of :data:`FORMATS`.
+
+    Every format writes the x and y of every keypoint of every instance, with its confidence beside
+    them; no threshold drops, zeroes or hides a coordinate (``--min-confidence`` is for ``--draw``).
 
     - ``jsonl``: one object per instance: ``image`` (or ``video``, ``frame``, ``time``), ``width``,
-      ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``score`` and ``instance``
-      with boxes.
-    - ``csv``: one row per instance: ``file, frame, time, width, height``, with boxes ``instance,
-      bbox_x, bbox_y, bbox_w, bbox_h, box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
-    - ``dlc``: DeepLabCut's layout (header rows ``scorer``, [``individuals``,] ``bodyparts``,
-      ``coords`` with ``x, y, likelihood``; one row per frame, indexed by the frame number for a
-      video and by the path for images; with boxes one individual per box).
-    - ``coco``: a COCO results list; ``score`` is the mean keypoint confidence and each keypoint's
-      visibility is 2 when its confidence is at least ``min_confidence``, else the keypoint is
-      written as ``0, 0, 0``.
+      ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``instance`` (``multi``) and
+      ``score`` (the box's) with boxes.
+    - ``csv``: one row per instance: ``file, frame, time, width, height``, ``instance`` (``multi``),
+      with boxes ``bbox_x, bbox_y, bbox_w, bbox_h, box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
+    - ``dlc``: DeepLabCut's CSV (header rows ``scorer``, [``individuals``,] ``bodyparts``,
+      ``coords`` with ``x, y, likelihood``; one row per image or frame, see :class:`_DlcTable`).
+    - ``dlc-h5``: the same table as DeepLabCut's ``.h5`` (pandas, key ``df_with_missing``); ``out``
+      is then the file's path (written to a temporary file and renamed into place by :meth:`close`).
+    - ``coco``: a COCO results list: ``keypoints`` ``[x, y, confidence, ...]`` for every keypoint
+      (the third value of a result is a score, not a visibility flag: COCOeval ignores it), ``score``
+      the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it).
+
+    ``multi``: several instances per image or frame: an ``instance`` field or column, and DeepLabCut's
+    multi-animal layout (an ``individuals`` level); default with ``boxes``.
+    ``individuals``: how many individuals each DeepLabCut row has, when known before the first
+    prediction (the CSV is then streamed); ``None`` keeps the rows until :meth:`close`.
     """
 
-    def __init__(self, out, fmt: str, names: Sequence[str], min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                 boxes: bool = False, individuals: int = 1, scorer: str = "kpconv", index: str = "path"):
+    def __init__(self, out, fmt: str, names: Sequence[str], boxes: bool = False,
+                 individuals: Optional[int] = 1, scorer: str = "kpconv", index: str = "path",
+                 multi: Optional[bool] = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
-        self.out, self.fmt, self.names, self.min_confidence = out, fmt, list(names), min_confidence
-        self.boxes, self.individuals, self.index = boxes, max(1, individuals), index
+        if fmt == "dlc-h5":
+            require_h5()
+        self.out, self.fmt, self.names = out, fmt, list(names)
+        self.boxes, self.index = boxes, index
+        self.multi = boxes if multi is None else multi
         self.count = 0
         self._group: List[Prediction] = []
         self._ids: Dict[Tuple[str, Optional[int]], int] = {}
+        self._dlc = _DlcTable(self.names, scorer, self.multi, index)
+        # the DeepLabCut CSV streams its rows when the individuals are known from the start
+        self._individuals = None
+        if fmt == "dlc" and individuals is not None:
+            self._individuals = [f"individual{i + 1}" for i in range(max(1, individuals))]
+        if fmt in ("csv", "dlc"):
+            self._csv = csv.writer(out, lineterminator="\n")
         if fmt == "csv":
-            self._csv = csv.writer(out, lineterminator="\n")
             self._csv.writerow(["file", "frame", "time", "width", "height",
-                                *(["instance", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
+                                *(["instance"] if self.multi else []),
+                                *(["bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
                                 *[csv_cell(f"{n}_{c}") for n in self.names for c in ("x", "y", "likelihood")]])
-        elif fmt == "dlc":
-            self._csv = csv.writer(out, lineterminator="\n")
-            per = len(self.names) * 3
-            self._csv.writerow(["scorer", *[scorer] * (per * self.individuals)])
-            if boxes:
-                self._csv.writerow(["individuals", *[f"individual{i + 1}" for i in range(self.individuals)
-                                                     for _ in range(per)]])
-            self._csv.writerow(["bodyparts", *[csv_cell(n) for _ in range(self.individuals) for n in self.names
-                                               for _ in range(3)]])
-            self._csv.writerow(["coords", *["x", "y", "likelihood"] * (len(self.names) * self.individuals)])
+        elif fmt == "dlc" and self._individuals is not None:
+            self._csv.writerows(self._dlc.header(self._individuals))
         elif fmt == "coco":
             out.write("[")
 
@@ -541,26 +649,29 @@ class Writer:
                    "keypoints": {n: [_r(x), _r(y), _r(c)] for n, (x, y, c) in zip(self.names, p.keypoints)}}
             if p.bbox is not None:
                 obj["bbox"] = [_r(v) for v in p.bbox]
+            if self.multi:
+                obj["instance"] = p.instance
             if self.boxes:
-                obj.update(instance=p.instance, score=p.score)
+                obj["score"] = p.score
             self.out.write(json.dumps(obj) + "\n")
         elif self.fmt == "csv":
-            box = []
+            box = [p.instance] if self.multi else []
             if self.boxes:
-                box = [p.instance, *[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
+                box += [*[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
             self._csv.writerow([csv_cell(p.image), "" if p.frame is None else p.frame, "" if p.time is None else f"{p.time:.6g}",
                                 p.width, p.height, *box,
                                 *[s for x, y, c in p.keypoints for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]])
-        elif self.fmt == "dlc":
+        elif self.fmt in ("dlc", "dlc-h5"):
             if self._group and (self._group[0].image, self._group[0].frame) != (p.image, p.frame):
                 self._flush_dlc()
             self._group.append(p)
         else:
             key = (p.image, p.frame)
             image_id = self._ids.setdefault(key, len(self._ids) + 1)
-            kps = []
-            for x, y, c in p.keypoints:
-                kps += [_r(x), _r(y), 2] if c >= self.min_confidence else [0, 0, 0]
+            # x, y of every keypoint and its confidence as the third value: a results file is scored
+            # by OKS on x and y alone (pycocotools' COCOeval.computeOks reads d[0::3], d[1::3]), so a
+            # keypoint written 0, 0 would count as a guess at the image's corner
+            kps = [v for x, y, c in p.keypoints for v in (_r(x), _r(y), round(float(c), 5))]
             obj = {"image_id": image_id, "file_name": p.image,
                    **({"frame": p.frame, "time": p.time} if p.frame is not None else {}),
                    "category_id": 1, "keypoints": kps, "score": round(p.confidence, 5)}
@@ -571,23 +682,44 @@ class Writer:
             self.out.write(("," if self.count > 1 else "") + "\n" + json.dumps(obj))
 
     def _flush_dlc(self) -> None:
-        first = self._group[0]
-        cells = [first.frame if self.index == "frame" else csv_cell(first.image)]
-        by_instance = {p.instance: p for p in self._group}
-        for i in range(self.individuals):
-            p = by_instance.get(i)
-            if p is None:
-                cells += [""] * (3 * len(self.names))
-            else:
-                cells += [s for x, y, c in p.keypoints for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]
-        self._csv.writerow(cells)
+        row = self._dlc.row(self._group)
         self._group = []
+        if self.fmt == "dlc" and self._individuals is not None:
+            self._csv.writerow(self._dlc.csv_row(row, self._individuals))
+        else:
+            self._dlc.rows.append(row)
 
     def close(self) -> None:
-        if self.fmt == "dlc" and self._group:
+        if self.fmt in ("dlc", "dlc-h5") and self._group:
             self._flush_dlc()
+        if self.fmt == "dlc" and self._individuals is None:
+            individuals = self._dlc.individuals(self._dlc.rows) or ["individual1"]
+            self._csv.writerows(self._dlc.header(individuals))
+            self._csv.writerows(self._dlc.csv_row(r, individuals) for r in self._dlc.rows)
+        elif self.fmt == "dlc-h5":
+            individuals = self._dlc.individuals(self._dlc.rows) or ["individual1"]
+            write_h5(self._dlc.dataframe(self._dlc.rows, individuals), self.out)
         elif self.fmt == "coco":
             self.out.write("\n]\n")
+
+
+def write_h5(df, path: str) -> None:
+    """``df`` to ``path`` as DeepLabCut writes its tables (key ``df_with_missing``, PyTables' table
+    format), into a temporary file beside it renamed into place: never half a file."""
+    import tables
+
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError("is a directory: expected a file path", Location(str(path)))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
+        os.replace(tmp, target)
+    except (OSError, tables.HDF5ExtError) as e:
+        raise OutputError(f"cannot write: {getattr(e, 'strerror', None) or e}", Location(str(path))) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------------------ command
@@ -627,8 +759,11 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     seen = set()
     group: List[Prediction] = []
     try:
-        with atomic_output(output) as out:
-            writer = Writer(out, fmt, predictor.names, min_confidence=min_confidence, boxes=boxes is not None,
+        if fmt in FILE_FORMATS and output == "-":
+            raise OutputError(f"--format {fmt} is written to a file, not to stdout: give -o FILE", Location("-"))
+        # the text formats stream into atomic_output; the others write their file (atomically) at close
+        with (nullcontext(output) if fmt in FILE_FORMATS else atomic_output(output)) as out:
+            writer = Writer(out, fmt, predictor.names, boxes=boxes is not None,
                             individuals=boxes.max_per_item() if boxes is not None else 1,
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
                             index="frame" if videos and len(paths) == 1 else "path")
