@@ -56,6 +56,7 @@ class Prediction:
     frame: Optional[int] = None          # video frames: index (0-based, in decoding order) and time in seconds
     time: Optional[float] = None
     instance: int = 0                    # the box's index within its image or frame
+    track: Optional[int] = None          # --track: the instance's track id in its video (-1: left untracked)
     pixels: Any = field(default=None, repr=False, compare=False)  # the decoded frame (keep_frames=True)
 
     @property
@@ -513,12 +514,27 @@ def require_h5() -> None:
                                 f"{H5_HINT}") from None
 
 
+def track_name(track: int) -> str:
+    """A track's name in the outputs that name tracks (DeepLabCut's individuals, SLEAP's tracks):
+    ``track_0``, ``track_1``, ... as SLEAP names the tracks its tracker makes."""
+    return f"track_{track}"
+
+
 def dlc_individual(p: Prediction) -> str:
-    """The DeepLabCut individual a prediction is written under: ``individual1``, ``individual2``, ...
-    by its index in the image or frame, the names DeepLabCut gives a new multi-animal project's
-    individuals (DeepLabCut/DeepLabCut, ``deeplabcut/create_project/new.py``: ``cfg_file["individuals"]
-    = ["individual1", "individual2", "individual3"]``)."""
+    """The DeepLabCut individual a prediction is written under: its track's name when it has one
+    (:func:`track_name`), else ``individual1``, ``individual2``, ... by its index in the image or
+    frame, the names DeepLabCut gives a new multi-animal project's individuals
+    (DeepLabCut/DeepLabCut, ``deeplabcut/create_project/new.py``: ``cfg_file["individuals"] =
+    ["individual1", "individual2", "individual3"]``)."""
+    if p.track is not None and p.track >= 0:
+        return track_name(p.track)
     return f"individual{p.instance + 1}"
+
+
+def _individual_order(name: str):
+    """Tracks by id, then individual1, individual2, ..."""
+    kind, _, number = name.rpartition("_") if name.startswith("track_") else ("individual", "", name[10:])
+    return (kind != "track", int(number))
 
 
 class _DlcTable:
@@ -545,8 +561,7 @@ class _DlcTable:
 
     def individuals(self, rows) -> List[str]:
         """Every individual of ``rows``, in order of their index."""
-        seen = {name for _, by in rows for name in by}
-        return sorted(seen, key=lambda n: int(n[len("individual"):]))
+        return sorted({name for _, by in rows for name in by}, key=_individual_order)
 
     def header(self, individuals: Sequence[str]) -> List[List[str]]:
         per = len(self.names) * 3
@@ -609,11 +624,15 @@ class Writer:
     multi-animal layout (an ``individuals`` level); default with ``boxes``.
     ``individuals``: how many individuals each DeepLabCut row has, when known before the first
     prediction (the CSV is then streamed); ``None`` keeps the rows until :meth:`close`.
+    ``tracks``: the predictions carry track ids (``--track``): a ``track`` field (jsonl) or column
+    (csv), ``track_id`` (coco, as in PoseTrack's results), DeepLabCut individuals named by track
+    (``track_0``, ...; an instance left untracked keeps ``individualN``).
     """
 
     def __init__(self, out, fmt: str, names: Sequence[str], boxes: bool = False,
                  individuals: Optional[int] = 1, scorer: str = "kpconv", index: str = "path",
-                 multi: Optional[bool] = None):
+                 multi: Optional[bool] = None, tracks: bool = False, skeleton: Sequence[Sequence[int]] = (),
+                 flip_pairs: Sequence[Sequence[int]] = ()):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
         if fmt == "dlc-h5":
@@ -621,19 +640,21 @@ class Writer:
         self.out, self.fmt, self.names = out, fmt, list(names)
         self.boxes, self.index = boxes, index
         self.multi = boxes if multi is None else multi
+        self.tracks = tracks
+        self.skeleton, self.flip_pairs = [tuple(e) for e in skeleton], [tuple(e) for e in flip_pairs]
         self.count = 0
         self._group: List[Prediction] = []
         self._ids: Dict[Tuple[str, Optional[int]], int] = {}
         self._dlc = _DlcTable(self.names, scorer, self.multi, index)
         # the DeepLabCut CSV streams its rows when the individuals are known from the start
         self._individuals = None
-        if fmt == "dlc" and individuals is not None:
+        if fmt == "dlc" and individuals is not None and not tracks:
             self._individuals = [f"individual{i + 1}" for i in range(max(1, individuals))]
         if fmt in ("csv", "dlc"):
             self._csv = csv.writer(out, lineterminator="\n")
         if fmt == "csv":
             self._csv.writerow(["file", "frame", "time", "width", "height",
-                                *(["instance"] if self.multi else []),
+                                *(["instance"] if self.multi else []), *(["track"] if tracks else []),
                                 *(["bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
                                 *[csv_cell(f"{n}_{c}") for n in self.names for c in ("x", "y", "likelihood")]])
         elif fmt == "dlc" and self._individuals is not None:
@@ -651,11 +672,15 @@ class Writer:
                 obj["bbox"] = [_r(v) for v in p.bbox]
             if self.multi:
                 obj["instance"] = p.instance
+            if self.tracks:
+                obj["track"] = p.track
             if self.boxes:
                 obj["score"] = p.score
             self.out.write(json.dumps(obj) + "\n")
         elif self.fmt == "csv":
             box = [p.instance] if self.multi else []
+            if self.tracks:
+                box.append("" if p.track is None else p.track)
             if self.boxes:
                 box += [*[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
             self._csv.writerow([csv_cell(p.image), "" if p.frame is None else p.frame, "" if p.time is None else f"{p.time:.6g}",
@@ -679,6 +704,8 @@ class Writer:
                 obj["bbox"] = [_r(v) for v in p.bbox]
             if self.boxes:
                 obj["box_score"] = p.score
+            if self.tracks:
+                obj["track_id"] = p.track
             self.out.write(("," if self.count > 1 else "") + "\n" + json.dumps(obj))
 
     def _flush_dlc(self) -> None:
@@ -732,20 +759,65 @@ class PredictResult:
     drawn: List[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrackOptions:
+    """``--track``: link each video's instances from frame to frame (:class:`kpconv.tracking.Tracker`).
+    ``max_distance`` in original pixels (None: a tenth of the frame's longer side); ``memory``: frames
+    a vanished instance keeps its track; ``max_tracks``: at most this many tracks per video."""
+
+    max_distance: Optional[float] = None
+    memory: int = 5
+    max_tracks: Optional[int] = None
+
+
+class _FrameTracker:
+    """Track ids for the predictions of each video frame, one :class:`kpconv.tracking.Tracker` per video;
+    a selected frame that gave no instance (``every`` apart) still ages the tracks."""
+
+    def __init__(self, options: TrackOptions, every: int):
+        self.options, self.every = options, every
+        self.video: Optional[str] = None
+        self.tracker = None
+        self.last: Optional[int] = None
+
+    def assign(self, group: Sequence[Prediction]) -> None:
+        from .tracking import Tracker
+
+        first = group[0]
+        if first.frame is None:       # images are not a sequence: no track
+            return
+        if first.image != self.video:
+            o = self.options
+            distance = o.max_distance or max(first.width, first.height) / 10
+            self.tracker = Tracker(max_distance=distance, memory=o.memory, max_tracks=o.max_tracks)
+            self.video, self.last = first.image, None
+        if self.last is not None:
+            for _ in range(max(0, (first.frame - self.last) // self.every - 1)):
+                self.tracker.step([])
+        self.last = first.frame
+        ids = self.tracker.step([np.asarray(p.keypoints, np.float64) for p in group])
+        for p, track in zip(group, ids):
+            p.track = int(track)
+
+
 def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", fmt: str = "jsonl",
                 bbox=None, boxes: Optional[Boxes] = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                 draw: Optional[str] = None, draw_names: bool = False, frames: FrameSelection = FrameSelection(),
                 batch_size: int = 16, report_path: Optional[str] = None, root: Optional[Path] = None,
-                on_failure: Optional[Callable[[Failure], None]] = None) -> PredictResult:
+                on_failure: Optional[Callable[[Failure], None]] = None,
+                track: Optional[TrackOptions] = None) -> PredictResult:
     """``kpconv predict``: predict ``paths``, stream the predictions to ``output`` (written atomically,
     ``-`` is stdout), draw them into ``draw``, and keep going past unreadable files: each one is
-    passed to ``on_failure``, listed in ``report_path`` and in the result."""
+    passed to ``on_failure``, listed in ``report_path`` and in the result. ``track`` gives each video
+    instance a track id (written in every format, and the drawing's colours)."""
     from .drawing import PredictionDrawer
     from .manifest import atomic_output
 
     root = root or common_root(paths)
     result = PredictResult()
     videos = [p for p in paths if is_video(p)]
+    multi = boxes is not None or track is not None
+    tracker = _FrameTracker(track, frames.every) if track is not None else None
 
     def failed(f: Failure):
         result.failures.append(f)
@@ -755,38 +827,43 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     drawer = None
     if draw:
         drawer = PredictionDrawer(draw, root, predictor.names, predictor.skeleton, predictor.flip_pairs,
-                                  min_confidence, show_names=draw_names, every=frames.every)
-    seen = set()
+                                  min_confidence, show_names=draw_names, every=frames.every, by_instance=multi)
     group: List[Prediction] = []
+
+    def emit(group: List[Prediction], writer: "Writer") -> None:
+        """One image's or frame's predictions: tracked, written, counted, drawn."""
+        if tracker is not None:
+            tracker.assign(group)
+        for p in group:
+            writer.write(p)
+        result.predicted += len(group)
+        if group[0].frame is None:
+            result.images += 1
+        else:
+            result.frames += 1
+        if drawer is not None:
+            drawer.add(group)
+
     try:
         if fmt in FILE_FORMATS and output == "-":
             raise OutputError(f"--format {fmt} is written to a file, not to stdout: give -o FILE", Location("-"))
         # the text formats stream into atomic_output; the others write their file (atomically) at close
         with (nullcontext(output) if fmt in FILE_FORMATS else atomic_output(output)) as out:
-            writer = Writer(out, fmt, predictor.names, boxes=boxes is not None,
+            writer = Writer(out, fmt, predictor.names, boxes=boxes is not None, multi=multi, tracks=track is not None,
                             individuals=boxes.max_per_item() if boxes is not None else 1,
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
-                            index="frame" if videos and len(paths) == 1 else "path")
+                            index="frame" if videos and len(paths) == 1 else "path",
+                            skeleton=predictor.skeleton, flip_pairs=predictor.flip_pairs)
             for p in predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
                                        on_error=failed, keep_frames=drawer is not None, root=root):
-                writer.write(p)
-                result.predicted += 1
-                key = (p.image, p.frame)
-                if key not in seen:
-                    seen.add(key)
-                    if p.frame is None:
-                        result.images += 1
-                    else:
-                        result.frames += 1
-                if drawer is not None:
-                    if group and (group[0].image, group[0].frame) != key:
-                        drawer.add(group)
-                        group = []
-                    group.append(p)
+                if group and (group[0].image, group[0].frame) != (p.image, p.frame):
+                    emit(group, writer)
+                    group = []
+                group.append(p)
+            if group:
+                emit(group, writer)
             writer.close()
         if drawer is not None:
-            if group:
-                drawer.add(group)
             result.drawn = drawer.close()
     except BaseException:
         if drawer is not None:

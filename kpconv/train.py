@@ -55,7 +55,7 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 LOG_DIR = "logs"
 CKPT_DIR = "checkpoints"
-EXPORTS = ("tflite", "tflite-fp16", "tflite-int8")   # --export: besides the SavedModel, always written
+EXPORTS = ("tflite", "tflite-fp16", "tflite-int8", "onnx")   # --export: besides the SavedModel, always written
 CALIBRATION_PCK = 0.05   # the confidence is calibrated to P(error <= 0.05 x instance size)
 
 
