@@ -516,10 +516,11 @@ def _bbox(ctx, param, value):
               help="Boxes per image or frame: COCO detection results JSON, or CSV image,x,y,w,h[,score]; "
                    "one prediction per box (runs trained with --crop bbox).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "dlc-h5", "coco"]),
-              help="Default: from -o's suffix (.h5: dlc-h5), else jsonl. dlc: DeepLabCut's CSV layout (x, y, "
-                   "likelihood); dlc-h5: the same table as DeepLabCut's .h5 (needs kpconv[h5]); coco: COCO "
-                   "results. Every format writes every keypoint's x, y and confidence.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "dlc-h5", "coco", "slp"]),
+              help="Default: from -o's suffix (.h5: dlc-h5, .slp: slp), else jsonl. dlc: DeepLabCut's CSV layout "
+                   "(x, y, likelihood); dlc-h5: the same table as DeepLabCut's .h5 (needs kpconv[h5]); coco: COCO "
+                   "results; slp: SLEAP predictions (needs kpconv[sleap]). Every format writes every keypoint's "
+                   "x, y and confidence.")
 @click.option("--min-confidence", type=_FloatRange(0, 1), default=0.5, show_default=True,
               help="--draw leaves out keypoints below this confidence (no output format drops or zeroes any).")
 @click.option("--draw", "draw_target", type=click.Path(), metavar="DIR|VIDEO",
@@ -549,7 +550,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import FILE_FORMATS, FrameSelection, common_root, expand_inputs, is_video, output_format, require_h5
+    from .predict import (FILE_FORMATS, FrameSelection, common_root, expand_inputs, is_video, output_format,
+                          require_h5, require_sleap_io)
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -566,6 +568,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
                                  param_hint="-o")
     if fmt == "dlc-h5":
         require_h5()
+    elif fmt == "slp":
+        require_sleap_io()
     if draw_target:
         if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "

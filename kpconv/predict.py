@@ -31,10 +31,12 @@ from .errors import AnnotationError, ImageError, KpconvError, Location, MissingD
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
-FORMATS = ("jsonl", "csv", "dlc", "dlc-h5", "coco")
-# formats that need a file (not stdout), and the formats an output's suffix names when --format is not given
+FORMATS = ("jsonl", "csv", "dlc", "dlc-h5", "coco", "slp")
+# formats written whole at the end, by a writer given the output's path; those that need a file (not
+# stdout); the formats an output's suffix names when --format is not given
+PATH_FORMATS = ("dlc-h5", "slp")
 FILE_FORMATS = ("dlc-h5",)
-SUFFIX_FORMATS = {".h5": "dlc-h5", ".hdf5": "dlc-h5"}
+SUFFIX_FORMATS = {".h5": "dlc-h5", ".hdf5": "dlc-h5", ".slp": "slp"}
 H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables)"
 DEFAULT_MIN_CONFIDENCE = 0.5   # --draw leaves out keypoints below it; no output format applies it
 
@@ -520,6 +522,16 @@ def track_name(track: int) -> str:
     return f"track_{track}"
 
 
+def require_sleap_io() -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless sleap-io can be imported."""
+    from .formats.sleap import HINT
+
+    try:
+        import sleap_io  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(f"--format slp (SLEAP's .slp) needs sleap-io ({e}): {HINT}") from None
+
+
 def dlc_individual(p: Prediction) -> str:
     """The DeepLabCut individual a prediction is written under: its track's name when it has one
     (:func:`track_name`), else ``individual1``, ``individual2``, ... by its index in the image or
@@ -616,6 +628,9 @@ class Writer:
       ``coords`` with ``x, y, likelihood``; one row per image or frame, see :class:`_DlcTable`).
     - ``dlc-h5``: the same table as DeepLabCut's ``.h5`` (pandas, key ``df_with_missing``); ``out``
       is then the file's path (written to a temporary file and renamed into place by :meth:`close`).
+    - ``slp``: a SLEAP labels file SLEAP opens to proofread (:func:`kpconv.formats.sleap.write_slp`):
+      one ``PredictedInstance`` per prediction with its point scores, tracks named by
+      :func:`track_name`; ``out`` is the file's path (``-``: stdout), written whole by :meth:`close`.
     - ``coco``: a COCO results list: ``keypoints`` ``[x, y, confidence, ...]`` for every keypoint
       (the third value of a result is a score, not a visibility flag: COCOeval ignores it), ``score``
       the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it).
@@ -637,6 +652,8 @@ class Writer:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
         if fmt == "dlc-h5":
             require_h5()
+        elif fmt == "slp":
+            require_sleap_io()
         self.out, self.fmt, self.names = out, fmt, list(names)
         self.boxes, self.index = boxes, index
         self.multi = boxes if multi is None else multi
@@ -690,6 +707,12 @@ class Writer:
             if self._group and (self._group[0].image, self._group[0].frame) != (p.image, p.frame):
                 self._flush_dlc()
             self._group.append(p)
+        elif self.fmt == "slp":
+            from .formats.sleap import SlpPrediction
+
+            self._group.append(SlpPrediction(p.image, p.keypoints, p.frame, p.confidence,
+                                             track_name(p.track) if p.track is not None and p.track >= 0 else None,
+                                             (p.width, p.height)))
         else:
             key = (p.image, p.frame)
             image_id = self._ids.setdefault(key, len(self._ids) + 1)
@@ -726,6 +749,11 @@ class Writer:
         elif self.fmt == "dlc-h5":
             individuals = self._dlc.individuals(self._dlc.rows) or ["individual1"]
             write_h5(self._dlc.dataframe(self._dlc.rows, individuals), self.out)
+        elif self.fmt == "slp":
+            from .formats.sleap import write_slp
+
+            # no min_confidence: every point keeps its x, y and its score
+            write_slp(self.out, self._group, self.names, self.skeleton, self.flip_pairs)
         elif self.fmt == "coco":
             self.out.write("\n]\n")
 
@@ -848,7 +876,7 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
         if fmt in FILE_FORMATS and output == "-":
             raise OutputError(f"--format {fmt} is written to a file, not to stdout: give -o FILE", Location("-"))
         # the text formats stream into atomic_output; the others write their file (atomically) at close
-        with (nullcontext(output) if fmt in FILE_FORMATS else atomic_output(output)) as out:
+        with (nullcontext(output) if fmt in PATH_FORMATS else atomic_output(output)) as out:
             writer = Writer(out, fmt, predictor.names, boxes=boxes is not None, multi=multi, tracks=track is not None,
                             individuals=boxes.max_per_item() if boxes is not None else 1,
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
