@@ -58,8 +58,8 @@ class Prediction:
     frame: Optional[int] = None          # video frames: index (0-based, in decoding order) and time in seconds
     time: Optional[float] = None
     instance: int = 0                    # the box's index within its image or frame
-    track: Optional[int] = None          # --track: the instance's track id in its video (-1: left untracked)
     pixels: Any = field(default=None, repr=False, compare=False)  # the decoded frame (keep_frames=True)
+    track: Optional[int] = None          # --track: the instance's track id in its video (-1: left untracked)
 
     @property
     def confidence(self) -> float:
@@ -568,8 +568,11 @@ class _DlcTable:
     def row(self, group: Sequence[Prediction]) -> Tuple[Any, Dict[str, List[List[float]]]]:
         """(index, {individual: keypoints}) of one image or frame's predictions."""
         first = group[0]
+        if not self.multi and len(group) > 1:
+            raise ValueError(f"{first.image}: {len(group)} instances in one image or frame: DeepLabCut's "
+                             "single-animal layout holds one (a Writer with multi=True)")
         return (first.frame if self.index == "frame" else first.image,
-                {dlc_individual(p): p.keypoints for p in group})
+                {dlc_individual(p) if self.multi else "individual1": p.keypoints for p in group})
 
     def individuals(self, rows) -> List[str]:
         """Every individual of ``rows``, in order of their index."""
@@ -586,6 +589,9 @@ class _DlcTable:
 
     def csv_row(self, row, individuals: Sequence[str]) -> list:
         key, by = row
+        unknown = sorted(set(by) - set(individuals))
+        if unknown:   # a bug of the caller (individuals given too few, multi not set): never drop a prediction
+            raise ValueError(f"{key}: individual(s) {', '.join(unknown)} beyond the table's {len(individuals)}")
         cells = [key if self.index == "frame" else csv_cell(key)]
         for name in individuals:
             kps = by.get(name)
