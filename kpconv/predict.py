@@ -639,7 +639,8 @@ class Writer:
       :func:`track_name`; ``out`` is the file's path (``-``: stdout), written whole by :meth:`close`.
     - ``coco``: a COCO results list: ``keypoints`` ``[x, y, confidence, ...]`` for every keypoint
       (the third value of a result is a score, not a visibility flag: COCOeval ignores it), ``score``
-      the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it).
+      the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it;
+      ``instance_score``: the prediction's own ``score`` where it has one, as multi-instance runs give).
 
     ``multi``: several instances per image or frame: an ``instance`` field or column, and DeepLabCut's
     multi-animal layout (an ``individuals`` level); default with ``boxes``.
@@ -653,7 +654,7 @@ class Writer:
     def __init__(self, out, fmt: str, names: Sequence[str], boxes: bool = False,
                  individuals: Optional[int] = 1, scorer: str = "kpconv", index: str = "path",
                  multi: Optional[bool] = None, tracks: bool = False, skeleton: Sequence[Sequence[int]] = (),
-                 flip_pairs: Sequence[Sequence[int]] = ()):
+                 flip_pairs: Sequence[Sequence[int]] = (), instance_score: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
         if fmt == "dlc-h5":
@@ -663,7 +664,7 @@ class Writer:
         self.out, self.fmt, self.names = out, fmt, list(names)
         self.boxes, self.index = boxes, index
         self.multi = boxes if multi is None else multi
-        self.tracks = tracks
+        self.tracks, self.instance_score = tracks, instance_score
         self.skeleton, self.flip_pairs = [tuple(e) for e in skeleton], [tuple(e) for e in flip_pairs]
         self.count = 0
         self._group: List[Prediction] = []
@@ -728,7 +729,8 @@ class Writer:
             kps = [v for x, y, c in p.keypoints for v in (_r(x), _r(y), round(float(c), 5))]
             obj = {"image_id": image_id, "file_name": p.image,
                    **({"frame": p.frame, "time": p.time} if p.frame is not None else {}),
-                   "category_id": 1, "keypoints": kps, "score": round(p.confidence, 5)}
+                   "category_id": 1, "keypoints": kps,
+                   "score": round(p.score if self.instance_score and p.score is not None else p.confidence, 5)}
             if p.bbox is not None:
                 obj["bbox"] = [_r(v) for v in p.bbox]
             if self.boxes:
@@ -850,7 +852,8 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     root = root or common_root(paths)
     result = PredictResult()
     videos = [p for p in paths if is_video(p)]
-    multi = boxes is not None or track is not None
+    multi_run = hasattr(predictor, "max_individuals")     # a run that finds every instance by itself
+    multi = boxes is not None or track is not None or multi_run
     tracker = _FrameTracker(track, frames.every) if track is not None else None
 
     def failed(f: Failure):
@@ -884,7 +887,8 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
         # the text formats stream into atomic_output; the others write their file (atomically) at close
         with (nullcontext(output) if fmt in PATH_FORMATS else atomic_output(output)) as out:
             writer = Writer(out, fmt, predictor.names, boxes=boxes is not None, multi=multi, tracks=track is not None,
-                            individuals=boxes.max_per_item() if boxes is not None else 1,
+                            individuals=boxes.max_per_item() if boxes is not None else
+                            getattr(predictor, "max_individuals", 1), instance_score=multi_run,
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
                             index="frame" if videos and len(paths) == 1 else "path",
                             skeleton=predictor.skeleton, flip_pairs=predictor.flip_pairs)

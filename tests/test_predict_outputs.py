@@ -70,6 +70,13 @@ def test_coco_third_value_is_the_confidence():
     assert res[0]["score"] == pytest.approx((0.04 + 0.91) / 2)     # the ranking score: mean confidence
 
 
+def test_coco_score_of_a_multi_instance_run_is_the_instances():
+    preds = _predictions()
+    preds[0].score = 0.7
+    res = json.loads(_write("coco", preds, instance_score=True))
+    assert [r["score"] for r in res] == [0.7, 0.1, 0.39999]      # its own score, else the mean confidence
+
+
 def test_dlc_streams_when_the_individuals_are_known():
     """With the number of individuals known up front (one, or the most boxes of an image) the CSV is
     written row by row; otherwise the header waits for the last row. Both give the same table."""
