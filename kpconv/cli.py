@@ -179,7 +179,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     project, CVAT export). Formats: COCO keypoints JSON, CSV tables (wide or long), CVAT XML (images
     or video), DeepLabCut CollectedData CSV or .h5, dlib imglab XML, kpconv JSON / JSON Lines, Label
     Studio JSON / JSON-MIN, Labelme JSON, SLEAP .slp (frames extracted to --frames-dir), YOLO pose.
-    See docs/readers.md.
+    See docs/formats.md.
 
     Bad records are skipped and counted (summary on stderr, full list in --report); the exit code
     is 0 when at least one record was written. The output is written atomically.
@@ -260,7 +260,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
     Writes OUT_DIR/<split>.tfrecord-NNNNN-of-NNNNN, skipped.jsonl (records whose image could not be
-    converted, with the reason) and, last, dataset_info.json. The shards are byte-identical for any
+    converted, with the reason), changed.jsonl (records whose keypoints outside the stored image were
+    made unlabelled, which ones) and, last, dataset_info.json. The shards are byte-identical for any
     --workers and any run. Exit code 0 when at least one record was written.
     """
     from .images import ImageOptions
@@ -290,7 +291,9 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
         info(ctx, f"kpconv: warning: {warning}")
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())
     info(ctx, f"shard: wrote {result.written} record(s) to {out_dir} ({parts}); skipped {result.skipped}"
-              + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else ""))
+              + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else "")
+              + (f"; {result.changed} record(s) with keypoints outside the stored image, made unlabelled (see "
+                 f"{out_dir}/changed.jsonl)" if result.changed else ""))
     if resume:
         info(ctx, f"resume: kept {result.kept_shards} complete shard(s), wrote {result.written_shards}")
 
