@@ -351,7 +351,7 @@ def _quiet_tf(ctx: click.Context) -> None:
 @command()
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
-              help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
+              help="Run directory: config.json, model.keras, saved_model/, history.csv, checkpoints/.")
 @click.option("--head", type=click.Choice(["heatmap", "spatial", "dense"]), default="heatmap", show_default=True,
               help="heatmap: Gaussian heatmaps at --heatmap-stride, sub-pixel peak and a calibrated confidence; "
                    "spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
@@ -536,9 +536,9 @@ def _bbox(ctx, param, value):
 @click.option("--draw-names", is_flag=True, help="Write the keypoint names beside the drawn points.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: predict every N-th frame.")
-@click.option("--start", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
+@click.option("--start", callback=_parsed_by("video", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: first frame (an index, e.g. 300, or a time, e.g. 10s).")
-@click.option("--end", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
+@click.option("--end", callback=_parsed_by("video", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: stop before this frame (index or time).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -557,8 +557,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import (FILE_FORMATS, FrameSelection, common_root, expand_inputs, is_video, output_format,
-                          require_h5, require_sleap_io)
+    from .predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_h5, require_sleap_io
+    from .video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
     if not paths:
