@@ -123,6 +123,18 @@ def _tflite_bytes(model, fmt: str, calibration: Optional[np.ndarray], image_hw) 
         with stdout_to_stderr(), warnings.catch_warnings():
             # "Statistics for quantized inputs were expected": the input stays float32 on purpose
             warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
+            # the debugger's own tf.lite.Interpreter: still the one TensorFlow ships
+            warnings.filterwarnings("ignore", ".*tf.lite.Interpreter is deprecated", UserWarning)
+            if fmt == "tflite-int8":
+                # DIV stays float32 (the heatmap decode's sub-pixel offset): TFLite's int8 DIV kernel
+                # aborts ("div.cc: data[i] != 0 was not true") when a denominator quantizes to 0, which
+                # frames unlike the calibration images give: a heatmap run trained on 32x32 synthetic
+                # shards crashed on mirror-mouse's video frames; with DIV in float it runs them, with the
+                # same difference from the model on its shards (1.4 px) and size (130,936 bytes, 131,472 before)
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter, debug_dataset=representative,
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["DIV"]))
+                return debugger.get_nondebug_quantized_model()
             return converter.convert()
     except ConverterError as e:
         raise ExportError(f"the TFLite converter failed for --format {fmt}: {str(e).splitlines()[0]}") from e
