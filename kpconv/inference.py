@@ -55,7 +55,8 @@ def flip_permutation(config: Optional[dict], flip_test: Optional[bool] = None) -
         if flip_test:
             raise TrainError(f"--flip-test: the {head} head has no heatmaps to average (the heatmap head has)")
         return None
-    if flip_test is None and not (pairs and float(config["options"].get("augment_flip") or 0) > 0):
+    opts = config.get("options") or {}
+    if flip_test is None and not (pairs and opts.get("augment", True) and float(opts.get("augment_flip") or 0) > 0):
         return None
     perm = list(range(len(config["dataset"]["keypoints"])))
     for a, b in pairs:

@@ -441,7 +441,8 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     # validation split: what eval reports, not the heatmap loss
     monitor = "val_px_error" if val_ds is not None else "loss"
     # the validation predictions as eval makes them by default for this run (inference.flip_permutation)
-    flip_perm = info.flip_permutation() if heat and info.flip_pairs and options.augment_flip > 0 else None
+    flip_perm = (info.flip_permutation() if heat and info.flip_pairs and options.augment and options.augment_flip > 0
+                 else None)
 
     def compile_(m, lr):
         if heat:

@@ -64,6 +64,7 @@ def test_flip_test_default_follows_the_training_flips():
     assert flip_permutation(cfg) == [0, 2, 1] and flip_permutation(cfg, False) is None
     no_flips = {**cfg, "options": {"augment_flip": 0.0}}
     assert flip_permutation(no_flips) is None and flip_permutation(no_flips, True) == [0, 2, 1]
+    assert flip_permutation({**cfg, "options": {"augment": False, "augment_flip": 0.5}}) is None
     no_pairs = {**cfg, "dataset": {"keypoints": ["a", "b"], "flip_pairs": []}}
     assert flip_permutation(no_pairs) is None and flip_permutation(no_pairs, True) == [0, 1]
     dense = {**cfg, "model": {"head": "dense"}}
