@@ -25,15 +25,22 @@ import os
 import queue
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .drawing import relative_name
+from .formats import coco as _coco_format, dlc as _dlc_format
+from .formats.base import from_continuous
 from .errors import AnnotationError, ImageError, KpconvError, Location, MissingDependency, OutputError, VideoError
 from .video import VIDEO_EXTS, FrameSelection, is_video
+
+# Formats written in a tool's own pixel convention (the readers' PIXEL_ORIGIN: DeepLabCut and COCO put
+# pixel centres at integer coordinates), so that a file read back by ingest gives the same points;
+# jsonl and csv keep kpconv's continuous convention, .slp converts in its writer.
+_TOOL_ORIGIN = {"dlc": _dlc_format.PIXEL_ORIGIN, "dlc-h5": _dlc_format.PIXEL_ORIGIN, "coco": _coco_format.PIXEL_ORIGIN}
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FORMATS = ("jsonl", "csv", "dlc", "dlc-h5", "coco", "slp")
@@ -593,6 +600,9 @@ class Writer:
 
     def write(self, p: Prediction) -> None:
         self.count += 1
+        if self.fmt in _TOOL_ORIGIN:   # that tool's own pixel convention (kpconv's is continuous)
+            shift = from_continuous(0.0, _TOOL_ORIGIN[self.fmt])
+            p = replace(p, keypoints=[[x + shift, y + shift, c] for x, y, c in p.keypoints])
         if self.fmt == "jsonl":
             where = {"image": p.image} if p.frame is None else {"video": p.image, "frame": p.frame, "time": p.time}
             obj = {**where, "width": p.width, "height": p.height,

@@ -111,7 +111,8 @@ def test_predict_maps_back_to_original_pixels(run, tmp_path):
     coco = json.loads(r.stdout)
     # x, y and the confidence (not a visibility flag) of every keypoint
     assert coco[0]["keypoints"][2::3] == [1.0] * len(NAMES) and len(coco[0]["keypoints"]) == 3 * len(NAMES)
-    assert np.allclose(np.array(coco[0]["keypoints"]).reshape(-1, 3)[:, :2], got, atol=1e-3)
+    # in COCO's convention (pixel centres at integers): kpconv's coordinates - 0.5
+    assert np.allclose(np.array(coco[0]["keypoints"]).reshape(-1, 3)[:, :2] + 0.5, got, atol=1e-3)
 
 
 def test_predict_with_bbox_crop(run, tmp_path):

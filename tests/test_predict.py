@@ -114,7 +114,8 @@ def test_video_every_frame_jsonl_and_dlc_read_back(run, video, tmp_path):
     inst = list(res.instances)
     assert [i.image for i in inst] == [str(i) for i in range(FRAMES)]
     back = np.array([[inst[f].keypoints[n][:2] for n in NAMES] for f in range(FRAMES)])
-    assert np.allclose(back, got, atol=2e-3)
+    # DeepLabCut's convention (pixel centres at integers): ingest's +0.5 gives kpconv's points back
+    assert np.allclose(back + 0.5, got, atol=2e-3)
     try:   # and as DeepLabCut reads its own files
         import pandas as pd
     except ImportError:
@@ -261,7 +262,8 @@ def test_confidence_reaches_every_output(run, tmp_path, monkeypatch):
     kp = json.loads(r.stdout)[0]["keypoints"]
     # every keypoint's x and y, its confidence third: the threshold is --draw's, not the results'
     assert kp[2::3] == [0.2] + [1.0] * (len(NAMES) - 1)
-    assert kp[0::3] == pytest.approx([96 * (i + 1) / (len(NAMES) + 1) for i in range(len(NAMES))], abs=1e-3)
+    assert kp[0::3] == pytest.approx([96 * (i + 1) / (len(NAMES) + 1) - 0.5 for i in range(len(NAMES))],
+                                     abs=1e-3)   # COCO's convention: kpconv's x - 0.5
     assert json.loads(r.stdout)[0]["score"] == pytest.approx((0.2 + len(NAMES) - 1) / len(NAMES))
     r = _invoke("predict", run, image, "--format", "csv")
     row = list(csv.DictReader(io.StringIO(r.stdout)))[0]

@@ -47,7 +47,17 @@ def test_layout_of_each_format(golden, fmt, name):
 
 
 def _points(fmt, text):
-    """Every (x, y, confidence) a file of ``fmt`` holds."""
+    """Every (x, y, confidence) a file of ``fmt`` holds, in kpconv's continuous pixel convention (the
+    dlc and coco outputs are written in their tool's: pixel centres at integer coordinates)."""
+    from kpconv.predict import _TOOL_ORIGIN
+    from kpconv.formats.base import continuous_offset
+
+    shift = continuous_offset(_TOOL_ORIGIN[fmt]) if fmt in _TOOL_ORIGIN else 0.0
+    return [(x + shift, y + shift, c) for x, y, c in _tool_points(fmt, text)]
+
+
+def _tool_points(fmt, text):
+    """Every (x, y, confidence) a file of ``fmt`` holds, as written."""
     import csv
 
     if fmt == "jsonl":
@@ -65,8 +75,9 @@ def _points(fmt, text):
 def test_coco_third_value_is_the_confidence():
     res = json.loads(_write("coco", _predictions()))
     assert [r["image_id"] for r in res] == [1, 1, 2]
-    assert res[0]["keypoints"] == [10.123, 20.5, 0.04, 30.0, 40.25, 0.91]
-    assert res[1]["keypoints"] == [50.0, 60.0, 0.2, 70.5, 8.0, 0.0]
+    # x, y in COCO's convention (pixel centres at integers: kpconv's minus 0.5), the confidence third
+    assert res[0]["keypoints"] == [9.623, 20.0, 0.04, 29.5, 39.75, 0.91]
+    assert res[1]["keypoints"] == [49.5, 59.5, 0.2, 70.0, 7.5, 0.0]
     assert res[0]["score"] == pytest.approx((0.04 + 0.91) / 2)     # the ranking score: mean confidence
 
 
@@ -235,7 +246,7 @@ def test_coco_results_score_the_same_whatever_the_confidence(run, tmp_path, monk
     assert len(third) == 6 * len(NAMES) and max(third) < 0.5
     assert _coco_ap(low, gt, NAMES) == ap
     # the same coordinates in jsonl, csv and dlc
-    coco = np.array([r["keypoints"] for r in json.loads(low.read_text())]).reshape(6, -1, 3)
+    coco = np.array(_points("coco", low.read_text())).reshape(6, -1, 3)
     for fmt in ("jsonl", "csv", "dlc"):
         r = CliRunner().invoke(cli, ["predict", str(run), str(folder), "--format", fmt])
         pts = np.array(_points(fmt, r.stdout)).reshape(6, -1, 3)

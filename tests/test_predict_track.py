@@ -40,8 +40,9 @@ def test_track_ids_in_every_format():
     dlc = list(csv.reader(io.StringIO(_write("dlc", _tracked(), **opts))))
     # individuals named by track, tracks first by id; the untracked instance keeps individualN
     assert dlc[1][1::6] == ["track_0", "track_1", "individual1"]
-    assert dlc[4][1:4] == ["50.000", "60.000", "0.8000"] and dlc[4][7:10] == ["10.000", "20.000", "0.9000"]
-    assert dlc[5][1:13] == [""] * 12 and dlc[5][13:16] == ["1.000", "2.000", "0.3000"]
+    # DeepLabCut's pixel convention: kpconv's coordinates - 0.5
+    assert dlc[4][1:4] == ["49.500", "59.500", "0.8000"] and dlc[4][7:10] == ["9.500", "19.500", "0.9000"]
+    assert dlc[5][1:13] == [""] * 12 and dlc[5][13:16] == ["0.500", "1.500", "0.3000"]
 
 
 # ------------------------------------------------------------------ end to end, on a tiny trained run
