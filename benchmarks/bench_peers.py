@@ -294,6 +294,9 @@ def main(argv=None):
 
     from kpconv.formats.sleap import PIXEL_OFFSET
     assert PIXEL_OFFSET == SLEAP_OFFSET, "kpconv's SLEAP offset changed: update SLEAP_OFFSET"
+    names = {part.split("=")[0].strip() for part in args.split.split(",")}
+    if not {"train", "test"} <= names:
+        ap.error(f"--split {args.split}: needs a train and a test split (e.g. train=0.95,test=0.05)")
     peers = [p for p in args.peers.split(",") if p]
     for p in peers:
         if p not in PEERS:
