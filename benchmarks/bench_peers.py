@@ -245,12 +245,11 @@ def score(run: Path, shards: Path, preds: dict) -> dict:
 
     from kpconv import metrics, pipeline
     from kpconv.evaluate import collect
-    from kpconv.train import open_run
+    from kpconv.inference import Inference
 
     batches = list(pipeline.load(shards, "test", 16, include_meta=True))
     order = [s.decode() for _, _, meta in batches for s in meta["source_path"].numpy()]
-    _, _, infer = open_run(run)
-    a = collect(lambda x: infer(x, training=False).numpy(), batches)
+    a = collect(Inference.from_run(run), batches)
     labelled = a["mask"] > 0
 
     def row(pred_px):
