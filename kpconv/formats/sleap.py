@@ -131,8 +131,8 @@ class SleapReader(Reader):
                          for lf_inst in lf.user_instances if lf_inst.track is not None})
         extra = {"tracks": tracks, "frames_dir": frames_dir.as_posix(),
                  "videos": [p.describe() for p in plans.values()]}
-        # read (and frames extracted) here, not lazily: ingest may fork a reader process for the rest of
-        # a generator, and a video decoder's threads do not survive a fork
+        # read (and frames extracted) here, not lazily: ingest may fork a helper while a generator is
+        # open, and a video decoder's threads do not survive a fork
         instances = list(_instances(loaded, plans, ctx, names, set(wanted) if wanted else None))
         return ReadResult(meta, instances, [str(p) for p, _ in loaded], extra)
 
