@@ -1,7 +1,7 @@
 """``kpconv ingest``: any supported annotation format -> one validated, normalized manifest.
 
 The reader (``kpconv.formats.<fmt>``) yields raw instances in its own units; this module does the rest
-once for every format: image sizes from the image headers (in parallel, EXIF orientation applied),
+once for every format: image sizes from the image headers (EXIF orientation applied),
 path checks, normalization to 0..1, coordinate validation with a small clamping tolerance, bbox
 derivation, instance numbering, duplicate detection, the problem report, and an atomic write.
 """
@@ -249,7 +249,7 @@ class _Finalizer:
         else:
             resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
         todo = sorted({p[1] for p in resolved if p}.difference(self.sizes))
-        sizes = read_sizes(todo, 0, self._confine)
+        sizes = read_sizes(todo, self._confine)
         self.sizes.update(sizes)
         dense = self._dense(chunk, resolved) if chunk.__class__ is DenseRows else None
         return chunk, resolved, sizes, dense

@@ -37,10 +37,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, is_hdf5
 
 HINT = "pip install 'kpconv[sleap]' (the sleap-io package)"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 PIXEL_OFFSET = 0.5      # x_kpconv = x_sleap + PIXEL_OFFSET (see the module docstring)
 MARKER = ".kpconv-video.json"
 # PNG zlib level of the extracted frames: 1 writes a 1024x1024 grayscale frame of two-flies in 17 ms
@@ -57,13 +56,7 @@ def import_sleap_io():
 
 
 def _is_slp(path: Path) -> bool:
-    if not (path.is_file() and path.name.lower().endswith(".slp")):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False
+    return path.is_file() and path.name.lower().endswith(".slp") and is_hdf5(path)
 
 
 def load_labels(path: Path):
