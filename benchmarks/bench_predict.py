@@ -11,6 +11,10 @@ mirror-mouse at 320x240 for ``--minutes``):
   time, and the same without its start-up;
 * start-up: the same command on one frame (``--end 1``): command start to first frame predicted.
 
+The exports (``kpconv export --format tflite, tflite-int8, onnx``), each in its own runtime (the TFLite
+interpreter, onnxruntime) on the same batch of prepared frames as the model-only rate: frames/s, and
+the largest keypoint distance from the model (pixels of the stored image; target <= 0.5).
+
 And the JPEG round trip the shards store (``Predictor(run, jpeg=True)``) against predicting on the
 decoded pixels (the default): mean error on mirror-mouse's labelled frames both ways, and the
 largest difference between the two predictions.
@@ -134,6 +138,65 @@ def startup_parts(run: Path) -> str:
     return f"start-up parts (fresh process): import tensorflow {tf_s} s, load the run {load_s} s, first call (XLA compile) {compile_s} s"
 
 
+EXPORTS = ("tflite", "tflite-int8", "onnx")
+
+
+def bench_exports(run: Path, path: str, batch: int, work: Path) -> list:
+    """Each export of ``run`` in its own runtime on ``batch`` prepared frames of ``path``: (format,
+    bytes, frames/s, largest distance from the model in stored-image pixels)."""
+    import warnings
+
+    from kpconv import video
+    from kpconv.inference import Inference
+
+    inf = Inference.from_run(run, batch_size=batch)
+    arrays = []
+    for _, _, frame in video.frames(path):
+        arrays.append(inf.prepare(frame)[0])
+        if len(arrays) == batch:
+            break
+    x = np.stack(arrays).astype(np.float32)
+    ref = inf(x)
+    w, h = inf.options.size
+    rows = []
+    for fmt in EXPORTS:
+        out = work / ("model.onnx" if fmt == "onnx" else f"model-{fmt}.tflite")
+        kpconv("export", run, "--format", fmt, "-o", out, "--check", "0")
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            call = lambda: session.run(["keypoints"], {"image": x})[0]  # noqa: E731
+        else:
+            import tensorflow as tf
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                interp = tf.lite.Interpreter(model_path=str(out), num_threads=os.cpu_count())
+            inp = interp.get_input_details()[0]
+            interp.resize_tensor_input(inp["index"], x.shape)
+            interp.allocate_tensors()
+            index = interp.get_output_details()[0]["index"]
+
+            def call(interp=interp, inp=inp, index=index):
+                interp.set_tensor(inp["index"], x)
+                interp.invoke()
+                return interp.get_tensor(index)
+        try:
+            got = call()
+        except RuntimeError as e:   # a TFLite kernel refusing these frames (int8: a DIV by a zero quantized value)
+            rows.append((fmt, out.stat().st_size, None, str(e).splitlines()[0]))
+            continue
+        reps = 5
+        t = time.perf_counter()
+        for _ in range(reps):
+            call()
+        rate = reps * len(x) / (time.perf_counter() - t)
+        diff = float(np.max(np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)))
+        rows.append((fmt, out.stat().st_size, rate, diff))
+    return rows
+
+
 def jpeg_check(run: Path, work: Path) -> str:
     """Mean error (original pixels) over mirror-mouse's labelled keypoints with and without the JPEG
     round trip, and the largest distance between the two predictions of one keypoint."""
@@ -183,6 +246,14 @@ def main():
             print(f"{r['video']:<24} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} {r['model']:>9.0f} "
                   f"{r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} {r['startup']:>7.1f}",
                   flush=True)
+        print(f"exports on {args.batch} prepared frames of {Path(videos[0]).name}, each in its own runtime "
+              f"(model only above: Inference, compiled):")
+        print(f"{'format':<12} {'bytes':>10} {'f/s':>6} {'max diff px':>11}")
+        for fmt, size, rate, diff in bench_exports(run, videos[0], args.batch, work):
+            if rate is None:
+                print(f"{fmt:<12} {size:>10,} failed: {diff}", flush=True)
+            else:
+                print(f"{fmt:<12} {size:>10,} {rate:>6.0f} {diff:>11.3f}", flush=True)
         print(startup_parts(run))
         print(jpeg_check(run, work))
         print("ratio: predict without start-up / model only (target >= 0.8); start s: command start to the "

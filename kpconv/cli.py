@@ -414,7 +414,7 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--mixed-precision", is_flag=True, help="float16 (GPU) / bfloat16 (CPU) compute.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored"]), default="default", show_default=True,
               help="mirrored: every visible GPU (tf.distribute.MirroredStrategy).")
-@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite", "tflite-fp16", "tflite-int8"]),
+@click.option("--export", "exports", multiple=True, type=click.Choice(["tflite", "tflite-fp16", "tflite-int8", "onnx"]),
               help="Also export the model as 'kpconv export --format ...' does (repeatable; the SavedModel "
                    "is always written).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
@@ -523,10 +523,13 @@ def _bbox(ctx, param, value):
               help="Boxes per image or frame: COCO detection results JSON, or CSV image,x,y,w,h[,score]; "
                    "one prediction per box (runs trained with --crop bbox).")
 @click.option("-o", "--output", default="-", show_default=True, metavar="FILE|-", help="Where to write.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "coco"]), default="jsonl",
-              show_default=True, help="dlc: DeepLabCut's CSV layout (x, y, likelihood).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "dlc", "dlc-h5", "coco", "slp"]),
+              help="Default: from -o's suffix (.h5: dlc-h5, .slp: slp), else jsonl. dlc: DeepLabCut's CSV layout "
+                   "(x, y, likelihood); dlc-h5: the same table as DeepLabCut's .h5 (needs kpconv[h5]); coco: COCO "
+                   "results; slp: SLEAP predictions (needs kpconv[sleap]). Every format writes every keypoint's "
+                   "x, y and confidence.")
 @click.option("--min-confidence", type=_FloatRange(0, 1), default=0.5, show_default=True,
-              help="Keypoints below this confidence are not drawn, and have visibility 0 in --format coco.")
+              help="--draw leaves out keypoints below this confidence (no output format drops or zeroes any).")
 @click.option("--draw", "draw_target", type=click.Path(), metavar="DIR|VIDEO",
               help="Draw the keypoints and skeleton: into DIR (each input at its path relative to the inputs' "
                    "common folder), or for one video input into a video file (out.mp4).")
@@ -540,12 +543,21 @@ def _bbox(ctx, param, value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write every file that could not be predicted, one JSON object per line.")
+@click.option("--track", is_flag=True,
+              help="Videos: link the instances from frame to frame and write each one's track id (every format).")
+@click.option("--track-distance", type=_FloatRange(min=0, min_open=True), metavar="PX",
+              help="--track: the farthest an instance may move between two frames and keep its track "
+                   "(default: a tenth of the frame's longer side).")
+@click.option("--track-memory", type=click.IntRange(min=0), default=5, show_default=True,
+              help="--track: frames an instance may vanish for and keep its track.")
+@click.option("--max-tracks", type=click.IntRange(min=1), metavar="N",
+              help="--track: at most N tracks per video (the number of animals, when known).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
-            start, end, batch_size, report_path):
+            start, end, batch_size, report_path, track, track_distance, track_memory, max_tracks):
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import common_root, expand_inputs
+    from .predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_h5, require_sleap_io
     from .video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
@@ -554,9 +566,17 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     if bbox is not None and boxes_path:
         raise click.BadParameter("give --bbox or --boxes, not both", param_hint="--boxes")
     videos = [p for p in paths if is_video(p)]
-    if fmt == "dlc" and videos and len(paths) > 1:
+    fmt = output_format(output, fmt)
+    if fmt in ("dlc", "dlc-h5") and videos and len(paths) > 1:
         raise click.BadParameter("DeepLabCut's layout holds one video per file: give one video, or images",
-                                 param_hint="--format dlc")
+                                 param_hint=f"--format {fmt}")
+    if fmt in FILE_FORMATS and output == "-":
+        raise click.BadParameter(f"--format {fmt} is written to a file, not to stdout: give -o FILE",
+                                 param_hint="-o")
+    if fmt == "dlc-h5":
+        require_h5()
+    elif fmt == "slp":
+        require_sleap_io()
     if draw_target:
         if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "
@@ -564,10 +584,12 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
         if not is_video(draw_target) and Path(draw_target).is_file():
             raise click.BadParameter(f"'{draw_target}' is a file; expected a folder (or a video name "
                                      "for one video input)", param_hint="--draw")
+    if not track and (track_distance is not None or max_tracks is not None):
+        raise click.BadParameter("--track-distance and --max-tracks are options of --track", param_hint="--track")
     if start is not None and end is not None and type(start) is type(end) and end <= start:
         raise click.BadParameter(f"--end {end} is not after --start {start}", param_hint="--end")
     _quiet_tf(ctx)
-    from .predict import Boxes, Predictor
+    from .predict import Boxes, Predictor, TrackOptions
     from .predict import run_predict
 
     boxes = Boxes.read(boxes_path) if boxes_path else None
@@ -579,7 +601,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
                          min_confidence=min_confidence, draw=draw_target, draw_names=draw_names,
                          frames=FrameSelection(every, start, end), batch_size=batch_size,
                          report_path=report_path, root=common_root(paths),
-                         on_failure=lambda f: click.echo(f"kpconv: error: {f}", err=True))
+                         on_failure=lambda f: click.echo(f"kpconv: error: {f}", err=True),
+                         track=TrackOptions(track_distance, track_memory, max_tracks) if track else None)
     info(ctx, f"predict: {result.predicted} instance(s) in {result.images} image(s) and {result.frames} "
               f"video frame(s)" + (f" -> {output}" if output != "-" else "")
               + (f"; drawn in {draw_target}" if result.drawn else ""))
@@ -593,18 +616,19 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
 
 @command()
 @_run_dir
-@click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite", "tflite-fp16", "tflite-int8"]),
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx"]),
               default="savedmodel", show_default=True,
-              help="tflite-fp16: float16 weights; tflite-int8: int8, calibrated on images of the run's shards.")
+              help="tflite-fp16: float16 weights; tflite-int8: int8, calibrated on images of the run's shards; "
+                   "onnx: through tf2onnx, for onnxruntime (needs kpconv[onnx]).")
 @click.option("-o", "--output", metavar="PATH|-",
               help="Where to write (default: RUN_DIR/saved_model, RUN_DIR/model.tflite, model-fp16.tflite, "
-                   "model-int8.tflite); '-' writes a TFLite model to stdout.")
+                   "model-int8.tflite, model.onnx); '-' writes a TFLite or ONNX model to stdout.")
 @click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR",
               help="Shards for the check and the int8 calibration (default: the ones the run was trained on).")
 @click.option("--check", "check_images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Shard images on which the export is compared with model.keras (0: no check).")
 def export(ctx, run_dir, fmt, output, shard_dir, check_images):
-    """Export a trained run's model.keras as a SavedModel or a TFLite model (float32, float16 or int8),
+    """Export a trained run's model.keras as a SavedModel, a TFLite model (float32, float16 or int8) or ONNX,
     in float32 even when trained with --mixed-precision, and print the largest difference from
     model.keras in pixels of the stored image."""
     if output == "-" and fmt == "savedmodel":

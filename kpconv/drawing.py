@@ -1,5 +1,6 @@
 """Keypoints drawn on images, one style for ``kpconv inspect --grid`` and ``kpconv predict --draw``:
-left keypoints and limbs red, right blue (by the flip pairs), others yellow; names optional.
+left keypoints and limbs red, right blue (by the flip pairs), others yellow; names optional. With
+several instances per image (``by_instance``) each instance, or each track, has a colour of its own.
 
 ``predict --draw`` writes each image under the output folder at its path relative to the inputs'
 common folder (same name and format, so ``a.png`` and ``a.jpg`` never collide) and each video as a
@@ -14,6 +15,14 @@ from typing import List, Optional, Sequence, Tuple
 
 LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
 BOX = (255, 255, 255)
+# one colour per instance or track (Tableau 10, the default colour cycle of matplotlib and SLEAP's GUI)
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def instance_colour(p) -> Tuple[int, int, int]:
+    """The colour of a prediction drawn among others: its track's (``--track``), else its index's."""
+    return PALETTE[(p.track if p.track is not None and p.track >= 0 else p.instance) % len(PALETTE)]
 
 
 def relative_name(path: str, root: Path) -> str:
@@ -55,11 +64,12 @@ class PredictionDrawer:
     ``target`` is a folder, or for a single video input a video file name (``out.mp4``)."""
 
     def __init__(self, target: str, root: Path, names, skeleton, flip_pairs, min_confidence: float,
-                 show_names: bool = False, every: int = 1):
+                 show_names: bool = False, every: int = 1, by_instance: bool = False):
         self.target, self.root = Path(target), root
         self.names, self.skeleton = list(names), [tuple(p) for p in skeleton]
         self.colours = side_colours(len(self.names), flip_pairs)
         self.min_confidence, self.show_names, self.every = min_confidence, show_names, every
+        self.by_instance = by_instance
         self.video = None   # a kpconv.video.VideoWriter
         self.video_source: Optional[str] = None
         self.written: List[str] = []
@@ -85,11 +95,12 @@ class PredictionDrawer:
         d = ImageDraw.Draw(im)
         radius = max(2.0, max(im.size) / 150)
         for p in group:
+            colours = [instance_colour(p)] * len(self.names) if self.by_instance else self.colours
             if p.bbox is not None:
                 x, y, w, h = p.bbox
-                d.rectangle([x, y, x + w, y + h], outline=BOX, width=1)
+                d.rectangle([x, y, x + w, y + h], outline=colours[0] if self.by_instance else BOX, width=1)
             pts = [(x, y, 2 if c >= self.min_confidence else 0) for x, y, c in p.keypoints]
-            draw_keypoints(d, pts, self.names if self.show_names else None, self.skeleton, self.colours,
+            draw_keypoints(d, pts, self.names if self.show_names else None, self.skeleton, colours,
                            radius=radius, width=max(1, int(radius / 2)))
         if first.frame is None:
             self._save_image(im, self._out_path(first.image))

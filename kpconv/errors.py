@@ -131,5 +131,12 @@ class InputsFailed(KpconvError):
         super().__init__(summary)
 
 
+class MissingDependency(KpconvError):
+    """An optional package an option needs is not installed; the message names the extra that brings it
+    (``pip install 'kpconv[h5]'``). Exit code 2: the option cannot be used here."""
+
+    exit_code = 2
+
+
 class ExportError(KpconvError):
     """``kpconv export`` cannot export the run (missing shards for calibration, a converter failure)."""

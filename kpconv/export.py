@@ -1,10 +1,14 @@
-"""``kpconv export``: a trained run's ``model.keras`` as a SavedModel or a TFLite model.
+"""``kpconv export``: a trained run's ``model.keras`` as a SavedModel, a TFLite or an ONNX model.
 
-Formats: ``savedmodel`` (a ``serve`` signature taking float32 ``(None, H, W, 3)`` pixels in
-``[0, 255]``), ``tflite`` (float32), ``tflite-fp16`` (float16 weights, float32 compute and I/O),
+Every format holds the model in its inference form (the heatmap head's decoding and calibrated
+confidence included): float32 ``(None, H, W, 3)`` pixels in ``[0, 255]`` in, ``(None, K, 3)`` out
+(``x, y`` normalized to the stored image, confidence). Formats: ``savedmodel`` (a ``serve``
+signature), ``tflite`` (float32), ``tflite-fp16`` (float16 weights, float32 compute and I/O),
 ``tflite-int8`` (int8 weights and activations, calibrated on images of the run's shards; float32
-input and output). A run trained with mixed precision is rebuilt in float32 before exporting (TFLite
-has no bfloat16 kernels). Every export is checked against ``model.keras`` (run by
+input and output), ``onnx`` (through ``tf2onnx``, opset :data:`ONNX_OPSET`, input ``image``, output
+``keypoints``; ``pip install 'kpconv[onnx]'``). A run trained with mixed precision is rebuilt in
+float32 before exporting (TFLite has no bfloat16 kernels). Every export is checked, in its own
+runtime (TensorFlow, the TFLite interpreter, onnxruntime), against ``model.keras`` (run by
 :class:`kpconv.inference.Inference`) on a few shard images: :attr:`ExportResult.max_diff_px` is the
 largest keypoint distance, in pixels of the stored image.
 
@@ -21,13 +25,17 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ExportError
+from .errors import ExportError, MissingDependency
 from .quiet import stdout_to_stderr
 
-FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8")
+FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
 # in the run directory
 DEFAULT_OUTPUT = {"savedmodel": "saved_model", "tflite": "model.tflite", "tflite-fp16": "model-fp16.tflite",
-                  "tflite-int8": "model-int8.tflite"}
+                  "tflite-int8": "model-int8.tflite", "onnx": "model.onnx"}
+# ONNX opset of the export: 17 is read by every onnxruntime since 1.13 (2022) and holds every op
+# tf2onnx 1.17 emits for these models
+ONNX_OPSET = 17
+ONNX_HINT = "pip install 'kpconv[onnx]' (tf2onnx and onnxruntime)"
 CALIBRATION_IMAGES = 100
 
 
@@ -115,6 +123,18 @@ def _tflite_bytes(model, fmt: str, calibration: Optional[np.ndarray], image_hw) 
         with stdout_to_stderr(), warnings.catch_warnings():
             # "Statistics for quantized inputs were expected": the input stays float32 on purpose
             warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
+            # the debugger's own tf.lite.Interpreter: still the one TensorFlow ships
+            warnings.filterwarnings("ignore", ".*tf.lite.Interpreter is deprecated", UserWarning)
+            if fmt == "tflite-int8":
+                # DIV stays float32 (the heatmap decode's sub-pixel offset): TFLite's int8 DIV kernel
+                # aborts ("div.cc: data[i] != 0 was not true") when a denominator quantizes to 0, which
+                # frames unlike the calibration images give: a heatmap run trained on 32x32 synthetic
+                # shards crashed on mirror-mouse's video frames; with DIV in float it runs them, with the
+                # same difference from the model on its shards (1.4 px) and size (130,936 bytes, 131,472 before)
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter, debug_dataset=representative,
+                    debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["DIV"]))
+                return debugger.get_nondebug_quantized_model()
             return converter.convert()
     except ConverterError as e:
         raise ExportError(f"the TFLite converter failed for --format {fmt}: {str(e).splitlines()[0]}") from e
@@ -133,6 +153,55 @@ def run_tflite(model_content: bytes, images: np.ndarray) -> np.ndarray:
     interp.set_tensor(inp["index"], images.astype(np.float32))
     interp.invoke()
     return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]), np.float32)
+
+
+def require_onnx() -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless tf2onnx and onnxruntime can be imported."""
+    for name in ("tf2onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError as e:
+            raise MissingDependency(f"--format onnx needs tf2onnx and onnxruntime ({e}): {ONNX_HINT}") from None
+
+
+def _onnx_bytes(model, image_hw) -> bytes:
+    """The inference model as an ONNX model: input ``image`` float32 (None, H, W, 3), output
+    ``keypoints`` float32 (None, K, 3).
+
+    Converted from the same traced ``tf.function`` as the SavedModel and TFLite exports (one
+    definition of what is exported) with ``tf2onnx.convert.from_function``, which freezes the
+    variables itself. Checked with tf2onnx 1.17 / TensorFlow 2.21 / Keras 3.15 on the three heads
+    (heatmap with its decoding, spatial, dense): every op converts at opset 17, no workaround needed."""
+    import logging
+
+    import tensorflow as tf
+    import tf2onnx
+
+    h, w = image_hw
+    spec = [tf.TensorSpec((None, h, w, 3), tf.float32, name="image")]
+    tf2onnx.logging.set_level(logging.ERROR)   # its INFO lines ("Using tensorflow=...") on every export
+    try:
+        with stdout_to_stderr():
+            proto, _ = tf2onnx.convert.from_function(_serve_function(model, h, w), input_signature=spec,
+                                                     opset=ONNX_OPSET)
+    except Exception as e:   # noqa: BLE001 - tf2onnx raises bare Exceptions/ValueErrors for unsupported ops
+        raise ExportError(f"tf2onnx could not convert the model (opset {ONNX_OPSET}): "
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from e
+    # the traced function's output is named after its last op (Identity:0): call it what it is
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = ["keypoints" if o == old else o for o in node.output]
+        node.input[:] = ["keypoints" if i == old else i for i in node.input]
+    proto.graph.output[0].name = "keypoints"
+    return proto.SerializeToString()
+
+
+def run_onnx(model_content: bytes, images: np.ndarray) -> np.ndarray:
+    """Run an ONNX export with onnxruntime (CPU) on ``images`` float32 (B, H, W, 3)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_content, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["keypoints"], {"image": images.astype(np.float32)})[0], np.float32)
 
 
 def shard_images(shard_dir, n: int) -> np.ndarray:
@@ -168,6 +237,8 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
         raise ExportError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
     if output == "-" and fmt == "savedmodel":
         raise ExportError("a SavedModel is a directory: it cannot be written to stdout")
+    if fmt == "onnx":
+        require_onnx()
     run = Path(run_dir)
     inference = Inference.from_run(run)
     config = inference.config
@@ -196,11 +267,15 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
             loaded = tf.saved_model.load(str(target))
             run_export = lambda x: loaded.serve(tf.constant(x)).numpy()  # noqa: E731
     else:
-        data = _tflite_bytes(model, fmt, images, (h, w))
+        if fmt == "onnx":
+            data = _onnx_bytes(model, (h, w))
+            run_export = lambda x: run_onnx(data, x)  # noqa: E731
+        else:
+            data = _tflite_bytes(model, fmt, images, (h, w))
+            run_export = lambda x: run_tflite(data, x)  # noqa: E731
         result.bytes = len(data)
         with atomic_output("-" if output == "-" else str(target), "wb") as f:
             f.write(data)
-        run_export = lambda x: run_tflite(data, x)  # noqa: E731
     if check_images and images is not None:
         # the export includes the decoding: its (B, K, 3) output is compared with Inference's
         x = images[:check_images]

@@ -24,6 +24,7 @@ import math
 import os
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -31,12 +32,18 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from .drawing import relative_name
-from .errors import AnnotationError, ImageError, KpconvError, Location, VideoError
+from .errors import AnnotationError, ImageError, KpconvError, Location, MissingDependency, OutputError, VideoError
 from .video import VIDEO_EXTS, FrameSelection, is_video
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-FORMATS = ("jsonl", "csv", "dlc", "coco")
-DEFAULT_MIN_CONFIDENCE = 0.5
+FORMATS = ("jsonl", "csv", "dlc", "dlc-h5", "coco", "slp")
+# formats written whole at the end, by a writer given the output's path; those that need a file (not
+# stdout); the formats an output's suffix names when --format is not given
+PATH_FORMATS = ("dlc-h5", "slp")
+FILE_FORMATS = ("dlc-h5",)
+SUFFIX_FORMATS = {".h5": "dlc-h5", ".hdf5": "dlc-h5", ".slp": "slp"}
+H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables)"
+DEFAULT_MIN_CONFIDENCE = 0.5   # --draw leaves out keypoints below it; no output format applies it
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Prediction:
     time: Optional[float] = None
     instance: int = 0                    # the box's index within its image or frame
     pixels: Any = field(default=None, repr=False, compare=False)  # the decoded frame, RGB uint8 (keep_frames=True)
+    track: Optional[int] = None          # --track: the instance's track id in its video (-1: left untracked)
 
     @property
     def confidence(self) -> float:
@@ -395,46 +403,191 @@ def _r(v: float) -> float:
     return round(float(v), 3)
 
 
+def output_format(output: str, fmt: Optional[str] = None) -> str:
+    """The format of ``kpconv predict``'s output: ``fmt`` when given, else the one ``-o``'s suffix
+    names (:data:`SUFFIX_FORMATS`: ``.h5`` is DeepLabCut's table), else ``jsonl``."""
+    if fmt:
+        return fmt
+    return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl") if output != "-" else "jsonl"
+
+
+def require_h5() -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless pandas and PyTables can be imported."""
+    try:
+        import pandas  # noqa: F401
+        import tables  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(f"--format dlc-h5 (DeepLabCut's .h5) needs pandas and PyTables ({e}): "
+                                f"{H5_HINT}") from None
+
+
+def track_name(track: int) -> str:
+    """A track's name in the outputs that name tracks (DeepLabCut's individuals, SLEAP's tracks):
+    ``track_0``, ``track_1``, ... as SLEAP names the tracks its tracker makes."""
+    return f"track_{track}"
+
+
+def require_sleap_io() -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless sleap-io can be imported."""
+    from .formats.sleap import HINT
+
+    try:
+        import sleap_io  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(f"--format slp (SLEAP's .slp) needs sleap-io ({e}): {HINT}") from None
+
+
+def dlc_individual(p: Prediction) -> str:
+    """The DeepLabCut individual a prediction is written under: its track's name when it has one
+    (:func:`track_name`), else ``individual1``, ``individual2``, ... by its index in the image or
+    frame, the names DeepLabCut gives a new multi-animal project's individuals
+    (DeepLabCut/DeepLabCut, ``deeplabcut/create_project/new.py``: ``cfg_file["individuals"] =
+    ["individual1", "individual2", "individual3"]``)."""
+    if p.track is not None and p.track >= 0:
+        return track_name(p.track)
+    return f"individual{p.instance + 1}"
+
+
+def _individual_order(name: str):
+    """Tracks by id, then individual1, individual2, ..."""
+    kind, _, number = name.rpartition("_") if name.startswith("track_") else ("individual", "", name[10:])
+    return (kind != "track", int(number))
+
+
+class _DlcTable:
+    """DeepLabCut's prediction table, one row per image or video frame: the index (the frame number
+    for a video, the image's path for images) and the columns ``scorer / [individuals /] bodyparts /
+    coords`` (``x, y, likelihood``), an individual absent from a row left empty (NaN).
+
+    This is the layout DeepLabCut's own writer builds (DeepLabCut/DeepLabCut,
+    ``deeplabcut/pose_estimation_pytorch/apis/videos.py``, ``create_df_from_prediction``: columns
+    ``pd.MultiIndex.from_product([[scorer], individuals, bodyparts, ["x", "y", "likelihood"]],
+    names=["scorer", "individuals", "bodyparts", "coords"])``, the ``individuals`` level only for
+    multi-animal projects, ``index=range(n_frames)``, then ``df.to_hdf(path, key="df_with_missing",
+    format="table", mode="w")`` and ``df.to_csv`` for its CSV twin)."""
+
+    def __init__(self, names: Sequence[str], scorer: str, multi: bool, index: str):
+        self.names, self.scorer, self.multi, self.index = list(names), scorer, multi, index
+        self.rows: List[Tuple[Any, Dict[str, List[List[float]]]]] = []
+
+    def row(self, group: Sequence[Prediction]) -> Tuple[Any, Dict[str, List[List[float]]]]:
+        """(index, {individual: keypoints}) of one image or frame's predictions."""
+        first = group[0]
+        if not self.multi and len(group) > 1:
+            raise ValueError(f"{first.image}: {len(group)} instances in one image or frame: DeepLabCut's "
+                             "single-animal layout holds one (a Writer with multi=True)")
+        return (first.frame if self.index == "frame" else first.image,
+                {dlc_individual(p) if self.multi else "individual1": p.keypoints for p in group})
+
+    def individuals(self, rows) -> List[str]:
+        """Every individual of ``rows``, in order of their index."""
+        return sorted({name for _, by in rows for name in by}, key=_individual_order)
+
+    def header(self, individuals: Sequence[str]) -> List[List[str]]:
+        per = len(self.names) * 3
+        rows = [["scorer", *[self.scorer] * (per * len(individuals))]]
+        if self.multi:
+            rows.append(["individuals", *[csv_cell(i) for i in individuals for _ in range(per)]])
+        rows.append(["bodyparts", *[csv_cell(n) for _ in individuals for n in self.names for _ in range(3)]])
+        rows.append(["coords", *["x", "y", "likelihood"] * (len(self.names) * len(individuals))])
+        return rows
+
+    def csv_row(self, row, individuals: Sequence[str]) -> list:
+        key, by = row
+        unknown = sorted(set(by) - set(individuals))
+        if unknown:   # a bug of the caller (individuals given too few, multi not set): never drop a prediction
+            raise ValueError(f"{key}: individual(s) {', '.join(unknown)} beyond the table's {len(individuals)}")
+        cells = [key if self.index == "frame" else csv_cell(key)]
+        for name in individuals:
+            kps = by.get(name)
+            if kps is None:
+                cells += [""] * (3 * len(self.names))
+            else:
+                cells += [s for x, y, c in kps for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]
+        return cells
+
+    def dataframe(self, rows, individuals: Sequence[str]):
+        """The rows as DeepLabCut's pandas DataFrame (float64, NaN where an individual is absent)."""
+        import pandas as pd
+
+        levels = [[self.scorer], *([list(individuals)] if self.multi else []), self.names, ["x", "y", "likelihood"]]
+        columns = pd.MultiIndex.from_product(levels, names=["scorer", *(["individuals"] if self.multi else []),
+                                                            "bodyparts", "coords"])
+        data = np.full((len(rows), len(columns)), np.nan)
+        per = len(self.names) * 3
+        for r, (_, by) in enumerate(rows):
+            for i, name in enumerate(individuals):
+                if name in by:
+                    data[r, i * per:(i + 1) * per] = np.asarray(by[name], np.float64).reshape(-1)
+        index = [key for key, _ in rows]
+        return pd.DataFrame(data, columns=columns, index=pd.Index(index, dtype="int64" if self.index == "frame"
+                                                                 else object))
+
+
 class Writer:
-    """Streams predictions to a text file in one of :data:`FORMATS`.
+    """Streams predictions to a file in one of :data:`FORMATS`.
+
+    Every format writes the x and y of every keypoint of every instance, with its confidence beside
+    them; no threshold drops, zeroes or hides a coordinate (``--min-confidence`` is for ``--draw``).
 
     - ``jsonl``: one object per instance: ``image`` (or ``video``, ``frame``, ``time``), ``width``,
-      ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``score`` and ``instance``
-      with boxes.
-    - ``csv``: one row per instance: ``file, frame, time, width, height``, with boxes ``instance,
-      bbox_x, bbox_y, bbox_w, bbox_h, box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
-    - ``dlc``: DeepLabCut's layout (header rows ``scorer``, [``individuals``,] ``bodyparts``,
-      ``coords`` with ``x, y, likelihood``; one row per frame, indexed by the frame number for a
-      video and by the path for images; with boxes one individual per box).
-    - ``coco``: a COCO results list; ``score`` is the mean keypoint confidence and each keypoint's
-      visibility is 2 when its confidence is at least ``min_confidence``, else the keypoint is
-      written as ``0, 0, 0``.
+      ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``instance`` (``multi``) and
+      ``score`` (the box's) with boxes.
+    - ``csv``: one row per instance: ``file, frame, time, width, height``, ``instance`` (``multi``),
+      with boxes ``bbox_x, bbox_y, bbox_w, bbox_h, box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
+    - ``dlc``: DeepLabCut's CSV (header rows ``scorer``, [``individuals``,] ``bodyparts``,
+      ``coords`` with ``x, y, likelihood``; one row per image or frame, see :class:`_DlcTable`).
+    - ``dlc-h5``: the same table as DeepLabCut's ``.h5`` (pandas, key ``df_with_missing``); ``out``
+      is then the file's path (written to a temporary file and renamed into place by :meth:`close`).
+    - ``slp``: a SLEAP labels file SLEAP opens to proofread (:func:`kpconv.formats.sleap.write_slp`):
+      one ``PredictedInstance`` per prediction with its point scores, tracks named by
+      :func:`track_name`; ``out`` is the file's path (``-``: stdout), written whole by :meth:`close`.
+    - ``coco``: a COCO results list: ``keypoints`` ``[x, y, confidence, ...]`` for every keypoint
+      (the third value of a result is a score, not a visibility flag: COCOeval ignores it), ``score``
+      the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it;
+      ``instance_score``: the prediction's own ``score`` where it has one, as multi-instance runs give).
+
+    ``multi``: several instances per image or frame: an ``instance`` field or column, and DeepLabCut's
+    multi-animal layout (an ``individuals`` level); default with ``boxes``.
+    ``individuals``: how many individuals each DeepLabCut row has, when known before the first
+    prediction (the CSV is then streamed); ``None`` keeps the rows until :meth:`close`.
+    ``tracks``: the predictions carry track ids (``--track``): a ``track`` field (jsonl) or column
+    (csv), ``track_id`` (coco, as in PoseTrack's results), DeepLabCut individuals named by track
+    (``track_0``, ...; an instance left untracked keeps ``individualN``).
     """
 
-    def __init__(self, out, fmt: str, names: Sequence[str], min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                 boxes: bool = False, individuals: int = 1, scorer: str = "kpconv", index: str = "path"):
+    def __init__(self, out, fmt: str, names: Sequence[str], boxes: bool = False,
+                 individuals: Optional[int] = 1, scorer: str = "kpconv", index: str = "path",
+                 multi: Optional[bool] = None, tracks: bool = False, skeleton: Sequence[Sequence[int]] = (),
+                 flip_pairs: Sequence[Sequence[int]] = (), instance_score: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
-        self.out, self.fmt, self.names, self.min_confidence = out, fmt, list(names), min_confidence
-        self.boxes, self.individuals, self.index = boxes, max(1, individuals), index
+        if fmt == "dlc-h5":
+            require_h5()
+        elif fmt == "slp":
+            require_sleap_io()
+        self.out, self.fmt, self.names = out, fmt, list(names)
+        self.boxes, self.index = boxes, index
+        self.multi = boxes if multi is None else multi
+        self.tracks, self.instance_score = tracks, instance_score
+        self.skeleton, self.flip_pairs = [tuple(e) for e in skeleton], [tuple(e) for e in flip_pairs]
         self.count = 0
         self._group: List[Prediction] = []
         self._ids: Dict[Tuple[str, Optional[int]], int] = {}
+        self._dlc = _DlcTable(self.names, scorer, self.multi, index)
+        # the DeepLabCut CSV streams its rows when the individuals are known from the start
+        self._individuals = None
+        if fmt == "dlc" and individuals is not None and not tracks:
+            self._individuals = [f"individual{i + 1}" for i in range(max(1, individuals))]
+        if fmt in ("csv", "dlc"):
+            self._csv = csv.writer(out, lineterminator="\n")
         if fmt == "csv":
-            self._csv = csv.writer(out, lineterminator="\n")
             self._csv.writerow(["file", "frame", "time", "width", "height",
-                                *(["instance", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
+                                *(["instance"] if self.multi else []), *(["track"] if tracks else []),
+                                *(["bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
                                 *[csv_cell(f"{n}_{c}") for n in self.names for c in ("x", "y", "likelihood")]])
-        elif fmt == "dlc":
-            self._csv = csv.writer(out, lineterminator="\n")
-            per = len(self.names) * 3
-            self._csv.writerow(["scorer", *[scorer] * (per * self.individuals)])
-            if boxes:
-                self._csv.writerow(["individuals", *[f"individual{i + 1}" for i in range(self.individuals)
-                                                     for _ in range(per)]])
-            self._csv.writerow(["bodyparts", *[csv_cell(n) for _ in range(self.individuals) for n in self.names
-                                               for _ in range(3)]])
-            self._csv.writerow(["coords", *["x", "y", "likelihood"] * (len(self.names) * self.individuals)])
+        elif fmt == "dlc" and self._individuals is not None:
+            self._csv.writerows(self._dlc.header(self._individuals))
         elif fmt == "coco":
             out.write("[")
 
@@ -446,53 +599,95 @@ class Writer:
                    "keypoints": {n: [_r(x), _r(y), _r(c)] for n, (x, y, c) in zip(self.names, p.keypoints)}}
             if p.bbox is not None:
                 obj["bbox"] = [_r(v) for v in p.bbox]
+            if self.multi:
+                obj["instance"] = p.instance
+            if self.tracks:
+                obj["track"] = p.track
             if self.boxes:
-                obj.update(instance=p.instance, score=p.score)
+                obj["score"] = p.score
             self.out.write(json.dumps(obj) + "\n")
         elif self.fmt == "csv":
-            box = []
+            box = [p.instance] if self.multi else []
+            if self.tracks:
+                box.append("" if p.track is None else p.track)
             if self.boxes:
-                box = [p.instance, *[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
+                box += [*[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
             self._csv.writerow([csv_cell(p.image), "" if p.frame is None else p.frame, "" if p.time is None else f"{p.time:.6g}",
                                 p.width, p.height, *box,
                                 *[s for x, y, c in p.keypoints for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]])
-        elif self.fmt == "dlc":
+        elif self.fmt in ("dlc", "dlc-h5"):
             if self._group and (self._group[0].image, self._group[0].frame) != (p.image, p.frame):
                 self._flush_dlc()
             self._group.append(p)
+        elif self.fmt == "slp":
+            from .formats.sleap import SlpPrediction
+
+            self._group.append(SlpPrediction(p.image, p.keypoints, p.frame, p.confidence,
+                                             track_name(p.track) if p.track is not None and p.track >= 0 else None,
+                                             (p.width, p.height)))
         else:
             key = (p.image, p.frame)
             image_id = self._ids.setdefault(key, len(self._ids) + 1)
-            kps = []
-            for x, y, c in p.keypoints:
-                kps += [_r(x), _r(y), 2] if c >= self.min_confidence else [0, 0, 0]
+            # x, y of every keypoint and its confidence as the third value: a results file is scored
+            # by OKS on x and y alone (pycocotools' COCOeval.computeOks reads d[0::3], d[1::3]), so a
+            # keypoint written 0, 0 would count as a guess at the image's corner
+            kps = [v for x, y, c in p.keypoints for v in (_r(x), _r(y), round(float(c), 5))]
             obj = {"image_id": image_id, "file_name": p.image,
                    **({"frame": p.frame, "time": p.time} if p.frame is not None else {}),
-                   "category_id": 1, "keypoints": kps, "score": round(p.confidence, 5)}
+                   "category_id": 1, "keypoints": kps,
+                   "score": round(p.score if self.instance_score and p.score is not None else p.confidence, 5)}
             if p.bbox is not None:
                 obj["bbox"] = [_r(v) for v in p.bbox]
             if self.boxes:
                 obj["box_score"] = p.score
+            if self.tracks:
+                obj["track_id"] = p.track
             self.out.write(("," if self.count > 1 else "") + "\n" + json.dumps(obj))
 
     def _flush_dlc(self) -> None:
-        first = self._group[0]
-        cells = [first.frame if self.index == "frame" else csv_cell(first.image)]
-        by_instance = {p.instance: p for p in self._group}
-        for i in range(self.individuals):
-            p = by_instance.get(i)
-            if p is None:
-                cells += [""] * (3 * len(self.names))
-            else:
-                cells += [s for x, y, c in p.keypoints for s in (f"{x:.3f}", f"{y:.3f}", f"{c:.4f}")]
-        self._csv.writerow(cells)
+        row = self._dlc.row(self._group)
         self._group = []
+        if self.fmt == "dlc" and self._individuals is not None:
+            self._csv.writerow(self._dlc.csv_row(row, self._individuals))
+        else:
+            self._dlc.rows.append(row)
 
     def close(self) -> None:
-        if self.fmt == "dlc" and self._group:
+        if self.fmt in ("dlc", "dlc-h5") and self._group:
             self._flush_dlc()
+        if self.fmt == "dlc" and self._individuals is None:
+            individuals = self._dlc.individuals(self._dlc.rows) or ["individual1"]
+            self._csv.writerows(self._dlc.header(individuals))
+            self._csv.writerows(self._dlc.csv_row(r, individuals) for r in self._dlc.rows)
+        elif self.fmt == "dlc-h5":
+            individuals = self._dlc.individuals(self._dlc.rows) or ["individual1"]
+            write_h5(self._dlc.dataframe(self._dlc.rows, individuals), self.out)
+        elif self.fmt == "slp":
+            from .formats.sleap import write_slp
+
+            # no min_confidence: every point keeps its x, y and its score
+            write_slp(self.out, self._group, self.names, self.skeleton, self.flip_pairs)
         elif self.fmt == "coco":
             self.out.write("\n]\n")
+
+
+def write_h5(df, path: str) -> None:
+    """``df`` to ``path`` as DeepLabCut writes its tables (key ``df_with_missing``, PyTables' table
+    format), into a temporary file beside it renamed into place: never half a file."""
+    import tables
+
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError("is a directory: expected a file path", Location(str(path)))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        df.to_hdf(tmp, key="df_with_missing", format="table", mode="w")
+        os.replace(tmp, target)
+    except (OSError, tables.HDF5ExtError) as e:
+        raise OutputError(f"cannot write: {getattr(e, 'strerror', None) or e}", Location(str(path))) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ------------------------------------------------------------------------------------------ command
@@ -505,20 +700,66 @@ class PredictResult:
     drawn: List[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrackOptions:
+    """``--track``: link each video's instances from frame to frame (:class:`kpconv.tracking.Tracker`).
+    ``max_distance`` in original pixels (None: a tenth of the frame's longer side); ``memory``: frames
+    a vanished instance keeps its track; ``max_tracks``: at most this many tracks per video."""
+
+    max_distance: Optional[float] = None
+    memory: int = 5
+    max_tracks: Optional[int] = None
+
+
+class _FrameTracker:
+    """Track ids for the predictions of each video frame, one :class:`kpconv.tracking.Tracker` per video;
+    a selected frame that gave no instance (``every`` apart) still ages the tracks."""
+
+    def __init__(self, options: TrackOptions, every: int):
+        self.options, self.every = options, every
+        self.video: Optional[str] = None
+        self.tracker = None
+        self.last: Optional[int] = None
+
+    def assign(self, group: Sequence[Prediction]) -> None:
+        from .tracking import Tracker
+
+        first = group[0]
+        if first.frame is None:       # images are not a sequence: no track
+            return
+        if first.image != self.video:
+            o = self.options
+            distance = o.max_distance or max(first.width, first.height) / 10
+            self.tracker = Tracker(max_distance=distance, memory=o.memory, max_tracks=o.max_tracks)
+            self.video, self.last = first.image, None
+        if self.last is not None:
+            for _ in range(max(0, (first.frame - self.last) // self.every - 1)):
+                self.tracker.step([])
+        self.last = first.frame
+        ids = self.tracker.step([np.asarray(p.keypoints, np.float64) for p in group])
+        for p, track in zip(group, ids):
+            p.track = int(track)
+
+
 def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", fmt: str = "jsonl",
                 bbox=None, boxes: Optional[Boxes] = None, min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                 draw: Optional[str] = None, draw_names: bool = False, frames: FrameSelection = FrameSelection(),
                 batch_size: int = 16, report_path: Optional[str] = None, root: Optional[Path] = None,
-                on_failure: Optional[Callable[[Failure], None]] = None) -> PredictResult:
+                on_failure: Optional[Callable[[Failure], None]] = None,
+                track: Optional[TrackOptions] = None) -> PredictResult:
     """``kpconv predict``: predict ``paths``, stream the predictions to ``output`` (written atomically,
     ``-`` is stdout), draw them into ``draw``, and keep going past unreadable files: each one is
-    passed to ``on_failure``, listed in ``report_path`` and in the result."""
+    passed to ``on_failure``, listed in ``report_path`` and in the result. ``track`` gives each video
+    instance a track id (written in every format, and the drawing's colours)."""
     from .drawing import PredictionDrawer
     from .manifest import atomic_output
 
     root = root or common_root(paths)
     result = PredictResult()
     videos = [p for p in paths if is_video(p)]
+    multi_run = hasattr(predictor, "max_individuals")     # a run that finds every instance by itself
+    multi = boxes is not None or track is not None or multi_run
+    tracker = _FrameTracker(track, frames.every) if track is not None else None
 
     def failed(f: Failure):
         result.failures.append(f)
@@ -528,35 +769,44 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     drawer = None
     if draw:
         drawer = PredictionDrawer(draw, root, predictor.names, predictor.skeleton, predictor.flip_pairs,
-                                  min_confidence, show_names=draw_names, every=frames.every)
-    seen = set()
+                                  min_confidence, show_names=draw_names, every=frames.every, by_instance=multi)
     group: List[Prediction] = []
+
+    def emit(group: List[Prediction], writer: "Writer") -> None:
+        """One image's or frame's predictions: tracked, written, counted, drawn."""
+        if tracker is not None:
+            tracker.assign(group)
+        for p in group:
+            writer.write(p)
+        result.predicted += len(group)
+        if group[0].frame is None:
+            result.images += 1
+        else:
+            result.frames += 1
+        if drawer is not None:
+            drawer.add(group)
+
     try:
-        with atomic_output(output) as out:
-            writer = Writer(out, fmt, predictor.names, min_confidence=min_confidence, boxes=boxes is not None,
-                            individuals=boxes.max_per_item() if boxes is not None else 1,
+        if fmt in FILE_FORMATS and output == "-":
+            raise OutputError(f"--format {fmt} is written to a file, not to stdout: give -o FILE", Location("-"))
+        # the text formats stream into atomic_output; the others write their file (atomically) at close
+        with (nullcontext(output) if fmt in PATH_FORMATS else atomic_output(output)) as out:
+            writer = Writer(out, fmt, predictor.names, boxes=boxes is not None, multi=multi, tracks=track is not None,
+                            individuals=boxes.max_per_item() if boxes is not None else
+                            getattr(predictor, "max_individuals", 1), instance_score=multi_run,
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
-                            index="frame" if videos and len(paths) == 1 else "path")
+                            index="frame" if videos and len(paths) == 1 else "path",
+                            skeleton=predictor.skeleton, flip_pairs=predictor.flip_pairs)
             for p in predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
                                        on_error=failed, keep_frames=drawer is not None, root=root):
-                writer.write(p)
-                result.predicted += 1
-                key = (p.image, p.frame)
-                if key not in seen:
-                    seen.add(key)
-                    if p.frame is None:
-                        result.images += 1
-                    else:
-                        result.frames += 1
-                if drawer is not None:
-                    if group and (group[0].image, group[0].frame) != key:
-                        drawer.add(group)
-                        group = []
-                    group.append(p)
+                if group and (group[0].image, group[0].frame) != (p.image, p.frame):
+                    emit(group, writer)
+                    group = []
+                group.append(p)
+            if group:
+                emit(group, writer)
             writer.close()
         if drawer is not None:
-            if group:
-                drawer.add(group)
             result.drawn = drawer.close()
     except BaseException:
         if drawer is not None:

@@ -41,7 +41,7 @@ from .errors import TrainError
 from .run import (CKPT_DIR, CONFIG_FILE, HISTORY_FILE, LAST_FILE, MODEL_FILE, is_run, read_config, read_state,
                   run_dir_of, state_path, write_config)
 
-EXPORTS = ("tflite", "tflite-fp16", "tflite-int8")   # --export: besides the SavedModel, always written
+EXPORTS = ("tflite", "tflite-fp16", "tflite-int8", "onnx")   # --export: besides the SavedModel, always written
 
 
 @dataclass

@@ -109,7 +109,9 @@ def test_predict_maps_back_to_original_pixels(run, tmp_path):
     assert np.allclose([float(v) for i, v in enumerate(table[1][5:]) if i % 3 != 2], got.ravel(), atol=1e-3)
     r = CliRunner().invoke(cli, ["predict", str(run), str(tmp_path / "a.png"), "--format", "coco"])
     coco = json.loads(r.stdout)
-    assert coco[0]["keypoints"][2::3] == [2] * len(NAMES) and len(coco[0]["keypoints"]) == 3 * len(NAMES)
+    # x, y and the confidence (not a visibility flag) of every keypoint
+    assert coco[0]["keypoints"][2::3] == [1.0] * len(NAMES) and len(coco[0]["keypoints"]) == 3 * len(NAMES)
+    assert np.allclose(np.array(coco[0]["keypoints"]).reshape(-1, 3)[:, :2], got, atol=1e-3)
 
 
 def test_predict_with_bbox_crop(run, tmp_path):

@@ -1,6 +1,8 @@
 """kpconv export: every format runs in TensorFlow / tf.lite.Interpreter and matches model.keras, also
 for a run trained with mixed precision; stdout stays empty unless -o -."""
+import importlib.util
 import json
+import sys
 import warnings
 
 import numpy as np
@@ -55,9 +57,20 @@ def _interpret(path_or_bytes, x):
 TOLERANCE = {"tflite": 1e-3, "tflite-fp16": 0.1, "tflite-int8": 1.5}
 
 
-@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "tflite-fp16", "tflite-int8"])
+def _onnx(path_or_bytes, x):
+    """An ONNX export run by onnxruntime, as its users run it."""
+    ort = pytest.importorskip("onnxruntime")
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"] and [o.name for o in session.get_outputs()] == ["keypoints"]
+    return session.run(None, {"image": x})[0]
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx"])
 def test_export_matches_model_keras(run, shards, tmp_path, fmt):
-    out = tmp_path / ("sm" if fmt == "savedmodel" else f"{fmt}.tflite")
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx")
+    out = tmp_path / ("sm" if fmt == "savedmodel" else f"{fmt}.onnx" if fmt == "onnx" else f"{fmt}.tflite")
     r = CliRunner().invoke(cli, ["export", str(run), "--format", fmt, "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert r.stdout == ""
@@ -71,6 +84,9 @@ def test_export_matches_model_keras(run, shards, tmp_path, fmt):
     if fmt == "savedmodel":
         sm = tf.saved_model.load(str(out))
         got = sm.serve(tf.constant(x)).numpy()
+    elif fmt == "onnx":
+        got = _onnx(out, x)
+        assert not list(tmp_path.glob(".*tmp"))
     else:
         got = _interpret(out, x)
     assert got.shape == (8, len(NAMES), 3) and np.all(got[..., 2] == 1.0)    # x, y, confidence (none: 1)
@@ -88,6 +104,15 @@ def test_export_to_stdout_and_errors(run, tmp_path):
                        atol=1e-4)
     r = CliRunner().invoke(cli, ["export", str(run), "-o", "-"])
     assert r.exit_code == 2 and "a SavedModel is a directory" in r.output
+    if importlib.util.find_spec("tf2onnx"):
+        r = CliRunner().invoke(cli, ["-q", "export", str(run), "--format", "onnx", "-o", "-", "--check", "0"])
+        assert r.exit_code == 0 and r.stderr == "", r.output
+        assert np.allclose(_onnx(r.stdout_bytes, x)[..., :2], load_model(run / "model.keras")(x, training=False).numpy(),
+                           atol=1e-4)
+    with pytest.MonkeyPatch.context() as mp:     # no tf2onnx: exit 2 naming the extra
+        mp.setitem(sys.modules, "tf2onnx", None)
+        r = CliRunner().invoke(cli, ["export", str(run), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
+        assert r.exit_code == 2 and "pip install 'kpconv[onnx]'" in r.output and not (tmp_path / "m.onnx").exists()
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("config.json", "model.keras"):
@@ -117,13 +142,16 @@ def test_mixed_precision_run_exports_in_float32(shards, tmp_path):
 def test_heatmap_head_exports_its_decoded_points_and_confidence(shards, tmp_path):
     """The heatmap head's export holds the decoding and the calibrated confidence: the same
     (B, K, 3) as the run's inference model, at the shards' size."""
-    run = _train(shards, tmp_path / "run", "--head", "heatmap", "--crop-size", "0", "--export", "tflite")
+    pytest.importorskip("tf2onnx")
+    run = _train(shards, tmp_path / "run", "--head", "heatmap", "--crop-size", "0", "--export", "tflite",
+                 "--export", "onnx")
     x = shard_images(shards, 4)
     ref = Inference.from_run(run)(x)
     loaded = tf.saved_model.load(str(run / "saved_model"))    # kept: its variables live as long as it does
     sm = loaded.serve(tf.constant(x)).numpy()
     lite = _interpret(run / "model.tflite", x)
-    for got in (sm, lite):
+    onnx = _onnx(run / "model.onnx", x)
+    for got in (sm, lite, onnx):
         assert got.shape == (4, len(NAMES), 3)
         assert np.max(np.abs(got[..., :2] - ref[..., :2])) * 32 < 0.05 and np.allclose(got[..., 2], ref[..., 2],
                                                                                          atol=1e-3)

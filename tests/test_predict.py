@@ -259,7 +259,9 @@ def test_confidence_reaches_every_output(run, tmp_path, monkeypatch):
     image = tmp_path / "in" / "a.png"
     r = _invoke("predict", run, image, "--format", "coco", "--min-confidence", "0.3")
     kp = json.loads(r.stdout)[0]["keypoints"]
-    assert kp[:3] == [0, 0, 0] and kp[5::3] == [2] * (len(NAMES) - 1)
+    # every keypoint's x and y, its confidence third: the threshold is --draw's, not the results'
+    assert kp[2::3] == [0.2] + [1.0] * (len(NAMES) - 1)
+    assert kp[0::3] == pytest.approx([96 * (i + 1) / (len(NAMES) + 1) for i in range(len(NAMES))], abs=1e-3)
     assert json.loads(r.stdout)[0]["score"] == pytest.approx((0.2 + len(NAMES) - 1) / len(NAMES))
     r = _invoke("predict", run, image, "--format", "csv")
     row = list(csv.DictReader(io.StringIO(r.stdout)))[0]
