@@ -161,6 +161,8 @@ def main(argv=None):
         syn_rows = [] if args.skip_synthetic else synthetic(args, work / "synthetic")
     print(f"\nrandom initialization, CPU ({os.cpu_count()} cores), --time-limit {args.minutes:g} per run; "
           f"total {time.time() - t0:.0f}s")
+    from kpconv.metrics import PCK_REFERENCE     # (what kpconv eval's pck@T, read from its JSON, is relative to)
+    print(f"PCK reference length: {PCK_REFERENCE}")
     if real_rows:
         table(real_rows, f"real: {args.real} (test split 5 % by image, original pixels)")
         med = summary(real_rows)

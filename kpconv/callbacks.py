@@ -103,9 +103,10 @@ class ValMetrics(keras.callbacks.Callback):
     ``mean_error_px`` and ``pck@T`` (through :class:`kpconv.inference.Inference`). No Keras metric
     does this: it needs each record's transform back to original pixels."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, flip_permutation=None):
         super().__init__()
         self.dataset = dataset
+        self.flip_permutation = flip_permutation    # test-time flip, as eval does it by default for the run
         self.inference = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -115,7 +116,7 @@ class ValMetrics(keras.callbacks.Callback):
         if logs is None:
             return
         if self.inference is None:   # holds the model's variables: later epochs' weights are used
-            self.inference = Inference(self.model)
+            self.inference = Inference(self.model, flip_test=self.flip_permutation)
         o = evaluate_dataset(self.inference, self.dataset)["overall"]
         logs["val_px_error"] = o["mean_error_px"]
         logs["val_pck@0.05"] = o["pck@0.05"]

@@ -369,13 +369,18 @@ def _quiet_tf(ctx: click.Context) -> None:
               help="Train as many epochs as fit in MINUTES, the learning-rate schedule laid out over the budget; "
                    "the best model is kept.")
 @click.option("--epochs", type=click.IntRange(min=1),
-              help="Epochs (with pretrained weights: with the backbone frozen). Default: 30, or as many as "
-                   "fit with --time-limit.")
-@click.option("--fine-tune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Epochs after unfreezing the backbone (ImageNet or file weights only).")
+              help="Epochs (with pretrained weights: the warm-up included; with --fine-tune-epochs: with the "
+                   "backbone frozen). Default: 30, or as many as fit with --time-limit.")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=2, show_default=True,
+              help="ImageNet or file weights: epochs training the head with the backbone frozen, before the "
+                   "whole network trains for the rest of --epochs or --time-limit.")
+@click.option("--fine-tune-epochs", type=click.IntRange(min=0),
+              help="ImageNet or file weights: --epochs with the backbone frozen, then this many with it "
+                   "trainable (instead of the warm-up, then the rest).")
 @click.option("--fine-tune-from", metavar="LAYER", help="Unfreeze the backbone from this layer on (default: all).")
 @click.option("--fine-tune-learning-rate", type=_FloatRange(min=0, min_open=True),
-              help="Learning rate of the fine-tuning phase (default: --learning-rate / 10).")
+              help="Learning rate once the backbone trains (ImageNet or file weights; default: --learning-rate "
+                   "/ 10), with --time-limit too.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: 8 (heatmap), 32 (spatial, dense).")
 @click.option("--learning-rate", type=_FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--heatmap-stride", type=click.Choice(["2", "4", "8"]),
@@ -406,8 +411,13 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--augment-contrast", callback=lambda c, p, v: _range(v, "--augment-contrast", 0, 10),
               default="0.75,1.25", show_default=True, metavar="LO,HI", help="Random contrast factor range.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calibration-holdout", type=_FloatRange(min=0, max=0.5), default=0.05, show_default=True,
+              metavar="FRACTION", help="Heatmap head without a validation split: this fraction of the training "
+                                       "images is kept out of training to calibrate the confidence on (0: "
+                                       "calibrate on the training frames).")
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Early stopping: epochs without improvement of the validation loss.")
+              help="Early stopping: epochs without improvement of the validation pixel error (the training "
+                   "loss without a validation split).")
 @click.option("--val-split", default="auto", show_default=True,
               help="Split used for validation ('auto': val if present; 'none': no validation).")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Batches per epoch (default: the whole split).")
@@ -473,7 +483,10 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
                    "truth (rings), a line from each to the other.")
 @click.option("--n", "grid_n", type=click.IntRange(min=1), default=16, show_default=True,
               help="Records on the --grid sheet.")
-def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n):
+@click.option("--flip-test/--no-flip-test", default=None,
+              help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
+                   "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
+def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n, flip_test):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
     _quiet_tf(ctx)
@@ -481,7 +494,7 @@ def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence,
     from .metrics import format_table
 
     result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path,
-                      min_confidence=min_confidence, grid=grid, grid_n=grid_n)
+                      min_confidence=min_confidence, grid=grid, grid_n=grid_n, flip_test=flip_test)
     if json_path != "-":
         click.echo(f"{split}: {result['instances']} instance(s), {result['keypoints']} labelled keypoint(s); "
                    f"masked MSE {result['overall']['masked_mse']:.6f} (normalized units)")
@@ -552,8 +565,11 @@ def _bbox(ctx, param, value):
               help="--track: frames an instance may vanish for and keep its track.")
 @click.option("--max-tracks", type=click.IntRange(min=1), metavar="N",
               help="--track: at most N tracks per video (the number of animals, when known).")
+@click.option("--flip-test/--no-flip-test", default=None,
+              help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
+                   "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
-            start, end, batch_size, report_path, track, track_distance, track_memory, max_tracks):
+            start, end, batch_size, report_path, track, track_distance, track_memory, max_tracks, flip_test):
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
@@ -593,7 +609,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     from .predict import run_predict
 
     boxes = Boxes.read(boxes_path) if boxes_path else None
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, flip_test=flip_test)
     if boxes is not None and not predictor.crops_to_box:
         raise click.BadParameter("this run was trained on whole images (its shards have --crop none): boxes "
                                  "would not change its input", param_hint="--boxes")

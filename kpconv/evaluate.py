@@ -69,16 +69,18 @@ def evaluate_dataset(predict: Callable, dataset, names=None, min_confidence: Opt
 
 
 def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json_path: Optional[str] = None,
-             min_confidence: float = 0.5, grid: Optional[str] = None, grid_n: int = 16) -> Dict:
+             min_confidence: float = 0.5, grid: Optional[str] = None, grid_n: int = 16,
+             flip_test: Optional[bool] = None) -> Dict:
     """Evaluate ``run_dir``'s model on ``split`` of ``shard_dir``; optionally write the JSON, and a
     contact sheet of predictions over the truth (``grid``, ``grid_n`` records; see
-    :func:`kpconv.inspect.contact_sheet`)."""
+    :func:`kpconv.inspect.contact_sheet`). ``flip_test``: test-time flip (None: the run's default,
+    :func:`kpconv.inference.flip_permutation`)."""
     from . import pipeline
     from .dataset_info import read_dataset_info
     from .inference import Inference
 
     run = Path(run_dir)
-    inference = Inference.from_run(run, batch_size=batch_size)
+    inference = Inference.from_run(run, batch_size=batch_size, flip_test=flip_test)
     config = inference.config
     info = read_dataset_info(shard_dir)
     names = config["dataset"]["keypoints"]
@@ -91,7 +93,8 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     has_conf = bool(config.get("calibration")) or config["model"].get("head") == "heatmap"
     result = evaluate_dataset(inference, ds, names,
                               min_confidence=min_confidence if has_conf else None)
-    result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split, **result}
+    result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split,
+              "flip_test": inference.flip_permutation is not None, **result}
     if grid:
         from .inspect import contact_sheet
 
@@ -109,22 +112,40 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
 CALIBRATION_PCK = 0.05   # the confidence is calibrated to P(error <= 0.05 x instance size)
 
 
-def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK) -> dict:
+def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK, holdout=None) -> dict:
     """Fit the heatmap head's confidence on ``split`` (without augmentation): the probability that a
     keypoint is labelled and predicted within ``threshold`` x the instance size (PCK's criterion),
     as a logistic function of the heatmap peak; an unlabelled keypoint counts as a miss, so a low
-    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``)."""
+    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``). ``holdout``
+    ``(fraction, seed)``: only the images of ``split`` that training held out (``pipeline.load``), the
+    frames the model did not train on; when that part is empty (a tiny split) the whole split, recorded
+    as ``held_out: 0``. Predictions as eval and predict make them by default (test-time flip included
+    when the run trained with flips: :func:`kpconv.inference.flip_permutation`)."""
     from . import metrics, pipeline
     from .inference import Inference
     from .run import open_run, write_config
 
     config, model = open_run(run_dir)
     config.pop("calibration", None)
-    arrays = collect(Inference(model), pipeline.load(shard_dir, split, 16, include_meta=True))
+    inference = Inference(model, config=config)
+    held = 0.0
+    arrays = None
+    if holdout:
+        try:
+            arrays = collect(inference, pipeline.load(shard_dir, split, 16, include_meta=True, holdout=holdout,
+                                                      held_out=True))
+            held = float(holdout[0])
+        except TrainError:      # (collect's "no records": no image fell in the held-out part)
+            arrays = None
+    if arrays is None:
+        arrays = collect(inference, pipeline.load(shard_dir, split, 16, include_meta=True))
     err = metrics.errors(arrays["pred_px"], arrays["true_px"])
     correct = (arrays["mask"] > 0) & (err <= threshold * arrays["norm"][:, None])
     params = metrics.fit_calibration(arrays["confidence"], correct)
     config["calibration"] = {"params": params, "split": split, "criterion": f"within {threshold:g} x instance size",
-                             "keypoints": int(correct.size), "hits": int(correct.sum())}
+                             "keypoints": int(correct.size), "hits": int(correct.sum()),
+                             # the fraction of the split's images held out of training (0: frames it trained on)
+                             "held_out": held if split == config["dataset"].get("train_split") else None,
+                             "flip_test": inference.flip_permutation is not None}
     write_config(run_dir, config)
     return config["calibration"]

@@ -14,12 +14,17 @@ Preprocessing (:meth:`Inference.prepare`) is the shards' (the run's ``config.jso
 round trip is kept only as an option (``jpeg=True``, the pixels of kpconv 0.1's predict): on
 mirror-mouse's 90 labelled frames (a 10-minute heatmap run, benchmarks/bench_predict.py) the mean
 error is 11.15 px with it and 11.18 px without (0.3 %).
+
+Test-time flip (``flip_test``, :func:`flip_permutation`): the heatmaps of the frame and of its mirror,
+left/right keypoints swapped, averaged before decoding (:class:`kpconv.model.FlipTestAverage`). On by
+default for a heatmap run trained with flips (flip pairs and ``augment_flip`` > 0): measured better on
+mirror-mouse (docs/training.md, "Test-time flip").
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -34,18 +39,46 @@ def image_options(config: dict):
                         crop=pre.get("crop") or "none", crop_pad=float(pre.get("crop_pad") or 0.0))
 
 
+def flip_permutation(config: Optional[dict], flip_test: Optional[bool] = None) -> Optional[List[int]]:
+    """The keypoint permutation of a test-time flip for a run (``config``: its ``config.json``), or None for
+    none. ``flip_test`` None (the default): on for a heatmap run trained with flips (flip pairs and
+    ``augment_flip`` > 0); True: on (the heatmap head only); False: off."""
+    from .errors import TrainError
+
+    if flip_test is False or (config is None and not flip_test):
+        return None
+    if config is None:
+        raise TrainError("test-time flip: the run's config is needed (its keypoints and flip pairs)")
+    head = config["model"].get("head", "heatmap")
+    pairs = config["dataset"].get("flip_pairs") or []
+    if head != "heatmap":
+        if flip_test:
+            raise TrainError(f"--flip-test: the {head} head has no heatmaps to average (the heatmap head has)")
+        return None
+    opts = config.get("options") or {}
+    if flip_test is None and not (pairs and opts.get("augment", True) and float(opts.get("augment_flip") or 0) > 0):
+        return None
+    perm = list(range(len(config["dataset"]["keypoints"])))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
 class Inference:
     """A model ready for inference.
 
     ``model`` is a Keras model as trained (heatmaps or coordinates out); ``calibration`` the heatmap
     head's confidence parameters (``config.json``'s ``calibration.params``). ``config`` (a run's) is
-    needed only for :meth:`prepare` and :meth:`keypoints`."""
+    needed only for :meth:`prepare` and :meth:`keypoints`, and for the default of ``flip_test``
+    (:func:`flip_permutation`; a list: the permutation itself)."""
 
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
-                 batch_size: int = 16, jpeg: bool = False):
+                 batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None):
         from . import model as kmodel
 
-        self.model = kmodel.inference_model(model, calibration)
+        self.flip_permutation = (list(flip_test) if isinstance(flip_test, (list, tuple))
+                                 else flip_permutation(config, flip_test))
+        self.model = kmodel.inference_model(model, calibration, self.flip_permutation)
         self.config = config
         self.options = image_options(config) if config is not None else None
         self.batch_size = int(batch_size)
@@ -53,12 +86,13 @@ class Inference:
         self._compiled: Dict[Tuple[int, int], object] = {}
 
     @classmethod
-    def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False) -> "Inference":
+    def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False,
+                 flip_test: Optional[bool] = None) -> "Inference":
         from .run import open_run
 
         config, model = open_run(run_dir)
         params = (config.get("calibration") or {}).get("params")
-        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg)
+        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test)
         inf.run_dir = Path(run_dir)
         return inf
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import formats
 from .errors import AnnotationError, ImageError, Location, NothingToWrite, OutputError, ProblemsFound
-from .formats.base import DenseRows, IngestOptions, RawInstance, ReadContext
+from .formats.base import DenseRows, IngestOptions, RawInstance, ReadContext, continuous_offset
 from .imageinfo import read_sizes, real_root
 from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
@@ -108,7 +108,8 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
         ctx = ReadContext(options=options, report=report, images_root=root)
         result = reader_cls().read(paths, ctx)
         header, index = _header(reader_cls.name, result, options, root)
-        finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints)
+        finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints,
+                               continuous_offset(reader_cls.pixel_origin))
         helpers = stack.enter_context(finalizer.helpers)
         prepared = _prepared(finalizer, result.instances)
         failure = None
@@ -201,8 +202,11 @@ class _Finalizer:
     the lines."""
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
-                 report: Report, reader_names: Sequence[str]):
+                 report: Report, reader_names: Sequence[str], offset: float = 0.0):
         self.k = len(header.keypoints)
+        # added to the reader's pixel keypoint coordinates (not to normalized ones, nor to boxes): its source's
+        # pixel convention -> kpconv's continuous one (formats.base.PIXEL_ORIGINS)
+        self.offset = offset
         self.names = list(header.keypoints)
         self.reader_names = list(reader_names)  # the order of DenseRows keypoints
         self.index = index
@@ -343,6 +347,7 @@ class _Finalizer:
             self.report.add(reason, f"image {raw.image!r}: {consts.message}", loc.with_field("image"))
             return None
         w, h, sx, sy, tol_x, tol_y = consts
+        off = 0.0 if raw.normalized else self.offset
         if raw.size is not None and tuple(raw.size) != (w, h):
             if tuple(raw.size) == (h, w):
                 self.report.add("size_swapped", f"annotation states {raw.size[0]}x{raw.size[1]} but image {rel} "
@@ -373,8 +378,12 @@ class _Finalizer:
                 self.report.add("bad_coordinate", f"keypoint {name!r}: expected finite x and y, got ({x!r}, {y!r})",
                                 loc.with_field(name))
                 return None
-            cx = x * sx
-            cy = y * sy
+            if off:
+                cx = (x + off) * sx
+                cy = (y + off) * sy
+            else:
+                cx = x * sx
+                cy = y * sy
             if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0):
                 cx, cy = self._clamp(name, x, y, cx, cy, w, h, tol_x, tol_y, raw.normalized, loc)
                 if cx is None:
@@ -429,7 +438,7 @@ class _Finalizer:
         except OverflowError:   # an int beyond the float range: the exact way
             return [-1] * n, None, None
         s = np.fromiter(chain.from_iterable([sxy or (1.0, 1.0) for sxy in scale]), np.float64, 2 * n).reshape(n, 2)
-        ok, kps, box = _check_dense(a, bb, np.array([b is None for b in boxes]), s[:, 0:1], s[:, 1:2])
+        ok, kps, box = _check_dense(a, bb, np.array([b is None for b in boxes]), s[:, 0:1], s[:, 1:2], self.offset)
         ok &= np.array([bool(sxy) for sxy in scale])
         return np.where(ok, np.arange(n), -1).tolist(), kps, box
 
@@ -567,15 +576,16 @@ def _clip(a):
     return np.where(1.0 < a, 1.0, np.where(0.0 > a, 0.0, a))
 
 
-def _check_dense(a, bb, derived, sx, sy):
+def _check_dense(a, bb, derived, sx, sy, off=0.0):
     """``_finalize`` for ``m`` dense rows ``a`` (m, 3K) with boxes ``bb`` (m, 4) at once: (ok per row, the
     keypoints (m, K, 3) as [x, y, v], the boxes (m, 4); meaningless in rows not ok). A row is ok when it
     has nothing to report, clamp or fix: visibilities 0, 1 or 2, labelled points inside the image, at least
-    one labelled, and a usable given box (or none: the box around the labelled points)."""
+    one labelled, and a usable given box (or none: the box around the labelled points). ``off``: added to the
+    keypoints' pixel coordinates first (the source's pixel convention, ``_Finalizer.offset``)."""
     x, y, v = a[:, 0::3], a[:, 1::3], a[:, 2::3]
     with np.errstate(invalid="ignore", over="ignore"):
         lab = v != 0
-        cx, cy = x * sx, y * sy
+        cx, cy = ((x + off) * sx, (y + off) * sy) if off else (x * sx, y * sy)
         inside = (cx >= 0.0) & (cx <= 1.0) & (cy >= 0.0) & (cy <= 1.0) & ~np.signbit(cx) & ~np.signbit(cy)
         ok = ((v == 0) | (v == 1) | (v == 2)).all(1) & (inside | ~lab).all(1) & lab.any(1)
         cx, cy = np.where(lab, cx, 0.0), np.where(lab, cy, 0.0)

@@ -66,7 +66,11 @@ def get(kind: str, keypoint_weights: Optional[Sequence[float]] = None, delta: fl
 @keras.saving.register_keras_serializable(package="kpconv")
 class HeatmapLoss(keras.losses.Loss):
     """The heatmap head's loss: ``y_pred`` heatmaps ``(B, h, w, K)``, ``y_true`` ``(B, K, 3)`` as
-    above, for an input of ``h * stride`` x ``w * stride`` pixels.
+    above, for an input of ``h * stride`` x ``w * stride`` pixels: ``x, y`` normalized to that extent. The
+    model outputs ``ceil(H / stride) x ceil(W / stride)`` cells for an ``H x W`` frame, so frames whose size is
+    not a multiple of the stride are padded to one first (``kpconv.pipeline.pad_to_multiple``, which
+    renormalizes the keypoints; training crops are multiples): the targets then lie on the pixels that
+    :class:`kpconv.model.HeatmapDecode` maps the cells back to (tests/test_losses.py checks the round trip).
 
     Each labelled keypoint's target is a Gaussian of ``sigma`` heatmap cells (peak 1) centred on it
     (cell ``(i, j)`` at input pixel ``((j + 0.5) * stride, (i + 0.5) * stride)``); a keypoint that is
@@ -86,13 +90,11 @@ class HeatmapLoss(keras.losses.Loss):
         self.pos_weight = float(pos_weight)
         self.keypoint_weights = [float(w) for w in keypoint_weights] if keypoint_weights else None
 
-    def call(self, y_true, y_pred):
+    def targets(self, y_true, h, w):
+        """The target heatmaps ``(B, K, h, w)`` of ``y_true`` on a grid of ``h x w`` cells."""
         from keras import ops
 
-        y_pred = ops.cast(y_pred, "float32")
         y_true = ops.cast(y_true, "float32")
-        shape = ops.shape(y_pred)
-        h, w = shape[1], shape[2]
         s = float(self.stride)
         xs = (ops.cast(ops.arange(w), "float32") + 0.5) * s
         ys = (ops.cast(ops.arange(h), "float32") + 0.5) * s
@@ -101,7 +103,14 @@ class HeatmapLoss(keras.losses.Loss):
         denom = 2.0 * (self.sigma * s) ** 2
         gx = ops.exp(-ops.square(xs[None, None, :] - kx[..., None]) / denom)   # (B, K, w)
         gy = ops.exp(-ops.square(ys[None, None, :] - ky[..., None]) / denom)   # (B, K, h)
-        target = gy[..., :, None] * gx[..., None, :] * y_true[..., 2][..., None, None]   # (B, K, h, w)
+        return gy[..., :, None] * gx[..., None, :] * y_true[..., 2][..., None, None]   # (B, K, h, w)
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        y_pred = ops.cast(y_pred, "float32")
+        shape = ops.shape(y_pred)
+        target = self.targets(y_true, shape[1], shape[2])
         pred = ops.transpose(y_pred, (0, 3, 1, 2))
         el = (1.0 + self.pos_weight * target) * ops.square(pred - target)
         per_kp = ops.mean(el, axis=(2, 3))                                   # (B, K)

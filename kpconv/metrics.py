@@ -18,6 +18,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 PCK_THRESHOLDS = (0.05, 0.1, 0.2)
+# PCK's (and NME's) reference length, the one definition that eval's JSON, training's val_pck@T and the
+# benchmarks report (``summary`` writes it beside the figures): :func:`instance_size`.
+PCK_REFERENCE = ("the longer side of the instance's box in original pixels (the box the annotations give, else "
+                 "the box around the instance's labelled keypoints, made by ingest), or the original image's longer "
+                 "side when that box is empty (one labelled keypoint)")
 
 
 def to_original(points_norm, stored_size, transform):
@@ -118,7 +123,8 @@ def summary(pred_px, true_px, mask, norm, pred_norm=None, true_norm=None,
                   None if true_norm is None else np.asarray(true_norm)[:, i:i + 1])
         b["name"] = names[i]
         per.append(b)
-    return {"instances": int(err.shape[0]), "keypoints": int(mask.sum()), "overall": overall, "per_keypoint": per}
+    return {"instances": int(err.shape[0]), "keypoints": int(mask.sum()), "pck_reference": PCK_REFERENCE,
+            "overall": overall, "per_keypoint": per}
 
 
 def confidence_summary(err, mask, norm, confidence, threshold: float) -> Dict:

@@ -291,6 +291,54 @@ class HeatmapDecode(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
+class MirrorInput(layers.Layer):
+    """``(B, H, W, C)`` -> the mirror image (left and right swapped) of the input padded with zeros at the
+    right to a multiple of ``stride`` (the padding ends up on the left): the heatmap cells of the mirror
+    then fall exactly on the frame's cells reversed (:class:`FlipTestAverage`), for any frame width."""
+
+    def __init__(self, stride: int = 4, **kw):
+        super().__init__(**kw)
+        self.stride = int(stride)
+
+    def call(self, x):
+        import tensorflow as tf
+
+        w = tf.shape(x)[2]
+        return tf.reverse(tf.pad(x, [[0, 0], [0, 0], [0, (-w) % self.stride], [0, 0]]), [2])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], None, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class FlipTestAverage(layers.Layer):
+    """``[heatmaps (B, h, w, K), heatmaps of the mirror image (B, h, w, K)]`` -> their average, the mirror's
+    cells reversed along the width and its keypoints swapped left/right by ``flip_permutation`` (keypoint
+    ``k`` of the frame is keypoint ``flip_permutation[k]`` of its mirror): test-time flip."""
+
+    def __init__(self, flip_permutation: Sequence[int] = (), **kw):
+        kw.setdefault("dtype", "float32")
+        super().__init__(**kw)
+        self.flip_permutation = [int(i) for i in flip_permutation]
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        hm, mirrored = (tf.cast(t, tf.float32) for t in inputs)
+        back = tf.gather(tf.reverse(mirrored, [2]), self.flip_permutation, axis=3)
+        return 0.5 * (hm + back)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "flip_permutation": self.flip_permutation}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
 class UnitConfidence(layers.Layer):
     """``(B, K, 2)`` coordinates -> ``(B, K, 3)`` with a confidence of 1 (heads without one)."""
 
@@ -500,14 +548,23 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_heatmap")
 
 
-def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] = None) -> keras.Model:
+def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] = None,
+                    flip_permutation: Optional[Sequence[int]] = None) -> keras.Model:
     """``model`` with ``(B, K, 3)`` outputs: normalized ``x, y`` and a confidence. Heatmap models get
     :class:`HeatmapDecode` (with ``calibration``); the regression heads (``spatial``, ``dense``)
-    have no confidence of their own and report 1.0."""
+    have no confidence of their own and report 1.0. ``flip_permutation`` (heatmap models only): test-time
+    flip, the heatmaps of the frame and of its mirror averaged (:class:`MirrorInput`, :class:`FlipTestAverage`)
+    before decoding."""
     if len(model.outputs[0].shape) == 4:   # heatmaps
         stride = model.get_layer("heatmaps_crop").stride
-        out = HeatmapDecode(stride, calibration, name="decode")([model.outputs[0], model.inputs[0]])
+        hm = model.outputs[0]
+        if flip_permutation is not None:
+            mirrored = model(MirrorInput(stride, name="mirror")(model.inputs[0]))
+            hm = FlipTestAverage(flip_permutation, name="flip_test")([hm, mirrored])
+        out = HeatmapDecode(stride, calibration, name="decode")([hm, model.inputs[0]])
     else:
+        if flip_permutation is not None:
+            raise TrainError("test-time flip needs a heatmap model (the heatmap head)")
         out = UnitConfidence(name="with_confidence")(model.outputs[0])
     return keras.Model(model.inputs[0], out, name=f"{model.name}_inference")
 
@@ -518,12 +575,17 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 def set_backbone_trainable(model: keras.Model, trainable: bool, from_layer: Optional[str] = None) -> None:
     """Freeze or unfreeze the backbone; with ``from_layer``, only that layer and the ones after it
-    are trainable. BatchNormalization layers stay in inference mode while frozen."""
+    are trainable. The backbone's BatchNormalization layers stay frozen (inference mode, their pretrained
+    statistics) when it is unfrozen too: batches of 8 crops would replace ImageNet's statistics by noisy
+    ones (Keras's transfer-learning guide keeps them in inference mode for fine-tuning)."""
     base = backbone_of(model)
     if not trainable:
         base.trainable = False
         return
     base.trainable = True
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
     if from_layer is None:
         return
     names = [l.name for l in base.layers]
@@ -532,7 +594,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, from_layer: Opti
                          f"(e.g. {', '.join(names[-40::8])})")
     start = names.index(from_layer)
     for i, l in enumerate(base.layers):
-        l.trainable = i >= start
+        l.trainable = i >= start and not isinstance(l, layers.BatchNormalization)
 
 
 def load_model(path, compile: bool = False) -> keras.Model:

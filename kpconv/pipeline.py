@@ -254,6 +254,36 @@ def augment_batch(images, keypoints, visibility, seed, cfg: Optional[Augment] = 
 
 
 # ------------------------------------------------------------------------------------------- load
+HOLDOUT_BUCKETS = 10000
+
+
+def in_holdout(source_path, fraction: float, salt: int):
+    """True for the images (by their path, so all instances of an image together) in the held-out
+    ``fraction``: FarmHash of ``"<salt>:<path>"`` (deterministic on every platform) in the first
+    ``fraction`` of :data:`HOLDOUT_BUCKETS` buckets."""
+    import tensorflow as tf
+
+    key = tf.strings.join([tf.constant(f"{int(salt)}:"), source_path])
+    return tf.strings.to_hash_bucket_fast(key, HOLDOUT_BUCKETS) < int(round(fraction * HOLDOUT_BUCKETS))
+
+
+def pad_to_multiple(image, keypoints, multiple: int):
+    """``image`` (H, W, C) padded with zeros at the right and bottom to the next multiple of ``multiple``
+    (``ceil(H / m) * m`` x ``ceil(W / m) * m``), and ``keypoints`` (K, 2), normalized to the image, normalized to
+    the padded image instead (the same pixels). What the heatmap head's loss needs: its targets are laid on
+    the grid of ``ceil(W / stride)`` cells of ``stride`` pixels that the model outputs, which covers exactly the
+    padded image (:class:`kpconv.losses.HeatmapLoss`), while decoding maps cells to pixels of the unpadded
+    frame (:class:`kpconv.model.HeatmapDecode`): the same pixels either way."""
+    import tensorflow as tf
+
+    sh = tf.shape(image)
+    h, w = sh[0], sh[1]
+    ph, pw = (h + multiple - 1) // multiple * multiple, (w + multiple - 1) // multiple * multiple
+    image = tf.pad(image, [[0, ph - h], [0, pw - w], [0, 0]])
+    scale = tf.stack([tf.cast(w, tf.float32) / tf.cast(pw, tf.float32), tf.cast(h, tf.float32) / tf.cast(ph, tf.float32)])
+    return image, tf.cast(keypoints, tf.float32) * scale
+
+
 def _parse_fn(num_keypoints: int, height: int, width: int):
     import tensorflow as tf
 
@@ -287,13 +317,17 @@ def _parse_fn(num_keypoints: int, height: int, width: int):
 
 def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False, seed: Optional[int] = None,
          shuffle: Optional[bool] = None, cache: Union[str, bool] = "auto", drop_remainder: bool = False,
-         include_meta: bool = False, repeat: bool = False, shuffle_buffer: int = 2048):
+         include_meta: bool = False, repeat: bool = False, shuffle_buffer: int = 2048,
+         pad_multiple: Optional[int] = None, holdout: Optional[Tuple[float, int]] = None, held_out: bool = False):
     """A ``tf.data.Dataset`` over one split of ``shard_dir`` (see the module docstring).
 
     ``augment``: ``False``, ``True`` (default ranges) or an :class:`Augment` / dict of ranges.
     ``shuffle`` defaults to ``bool(augment)``. ``cache``: ``"auto"`` caches decoded records in memory
     when the split needs less than 1 GiB, ``True``/``False`` force it. ``seed`` makes shuffling and
-    augmentation deterministic.
+    augmentation deterministic. ``pad_multiple``: frames padded to a multiple of it (:func:`pad_to_multiple`;
+    not with ``include_meta`` or ``augment``, whose crops set the size). ``holdout`` ``(fraction, seed)``: the
+    split's images divided by a salted hash of their path (:func:`in_holdout`): ``held_out`` False keeps the
+    others, True only those (the frames a run holds out of training to calibrate its confidence on).
     """
     import tensorflow as tf
 
@@ -307,6 +341,8 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     aug = Augment.from_value(augment)
+    if pad_multiple and (include_meta or aug):
+        raise ValueError("pad_multiple: not with include_meta or augment")
     shuffle = bool(aug) if shuffle is None else shuffle
     h, w, k = info.image_height, info.image_width, info.num_keypoints
     autotune = tf.data.AUTOTUNE
@@ -319,6 +355,15 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
                        cycle_length=min(len(files), 8), block_length=1, num_parallel_calls=autotune,
                        deterministic=True)
     ds = ds.map(_parse_fn(k, h, w), num_parallel_calls=autotune)
+    if holdout is not None:
+        fraction, salt = holdout
+        ds = ds.filter(lambda e: tf.equal(in_holdout(e["source_path"], fraction, salt), held_out))
+    if pad_multiple and (h % pad_multiple or w % pad_multiple):
+        def pad(e):
+            img, kp = pad_to_multiple(e["image"], e["keypoints"], pad_multiple)
+            return {**e, "image": img, "keypoints": kp}
+
+        ds = ds.map(pad, num_parallel_calls=autotune)
     if not include_meta:
         ds = ds.map(lambda e: {n: e[n] for n in ("image", "keypoints", "visibility")})
     n_records = info.split(split).num_records
@@ -331,7 +376,7 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
                         reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if not repeat and n_records > 0:
+    if not repeat and n_records > 0 and holdout is None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(n_records))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune)
     perm = info.flip_permutation()
@@ -346,7 +391,10 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
         return img, target
 
     if aug:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        # new augmentation seeds each time the dataset is iterated (each epoch of fit(epochs=N) starts a new
+        # iterator; without rerandomize_each_iteration every epoch drew the same values), the same sequence of
+        # epochs for the same ``seed``
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
 
         def apply(e, s):

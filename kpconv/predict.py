@@ -272,11 +272,11 @@ class Predictor:
     A thin wrapper on :class:`kpconv.inference.Inference` (``inference``) that reads files, boxes
     and videos. ``jpeg=True`` encodes each prepared image as JPEG and back, as the shards store it."""
 
-    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False):
+    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False, flip_test: Optional[bool] = None):
         from .inference import Inference
 
         self.run_dir = Path(run_dir)
-        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg)
+        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test)
         self.config = self.inference.config
         self.names = list(self.config["dataset"]["keypoints"])
         self.skeleton = [tuple(p) for p in self.config["dataset"].get("skeleton") or []]

@@ -5,7 +5,7 @@ Layout::
 
     config.json          every option, the model config, the dataset (sha256 of every file, keypoint
                          names, skeleton, the shard preprocessing), versions, the confidence calibration
-    model.keras          the best model so far (lowest validation loss, or training loss without a
+    model.keras          the best model so far (lowest validation pixel error, or training loss without a
                          validation split)
     saved_model/         the best model exported as a TensorFlow SavedModel (at the end)
     model.tflite         with export=["tflite"]

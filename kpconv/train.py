@@ -3,9 +3,12 @@
 The run directory (``config.json``, ``model.keras``, ``history.csv``, ``checkpoints/``...) is
 :mod:`kpconv.run`'s; the callbacks are :mod:`kpconv.callbacks`'.
 
-Training runs in two phases when the backbone starts from pretrained weights: the backbone frozen
-(``epochs``), then fine-tuned (``fine_tune_epochs``, from ``fine_tune_from`` on, at
-``fine_tune_learning_rate``). From random weights (``weights="none"``) or from another kpconv run
+Training runs in two phases when the backbone starts from pretrained weights (ImageNet or a weights
+file): a short warm-up of the new head with the backbone frozen (``warmup_epochs``, 2), then the whole
+network (from ``fine_tune_from`` on, default all of it) at ``fine_tune_learning_rate`` for the rest of
+``epochs`` or of the ``time_limit`` (the schedule of the second phase laid out over the time left). With
+``fine_tune_epochs`` given, the phases are ``epochs`` frozen, then ``fine_tune_epochs``. From random
+weights (``weights="none"``) or from another kpconv run
 (``weights=RUN_DIR``: every layer whose name and shape match is copied, the output layer is new when
 the keypoints differ) the whole model trains from the start and there is no second phase. Each
 phase follows a cosine learning-rate schedule and stops early after ``patience`` epochs without
@@ -60,7 +63,8 @@ class TrainOptions:
     huber_delta: float = 0.05
     augment: bool = True
     seed: int = 0
-    fine_tune_epochs: int = 0
+    fine_tune_epochs: Optional[int] = None            # pretrained: None = the rest after the warm-up
+    warmup_epochs: int = 2                            # pretrained: epochs with the backbone frozen first
     fine_tune_from: Optional[str] = None
     fine_tune_learning_rate: Optional[float] = None   # default: learning_rate / 10
     patience: int = 10
@@ -82,6 +86,9 @@ class TrainOptions:
     augment_translate: Optional[float] = None          # fraction of the size; heatmap with crops: 0, others: 0.08
     augment_brightness: float = 0.15
     augment_contrast: Tuple[float, float] = (0.75, 1.25)
+    # heatmap head without a validation split: this fraction of the training images (by a salted hash of the
+    # path) is kept out of training and calibrates the confidence; 0: calibrated on the training frames
+    calibration_holdout: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +105,7 @@ class TrainResult:
     options: Optional[TrainOptions] = None
     shard_dir: Optional[Path] = None
     calibration_split: Optional[str] = None   # the validation split, else the training split
+    calibration_holdout: Optional[tuple] = None   # (fraction, seed) of the training images held out for it
     final_state: dict = field(default_factory=dict)
 
 
@@ -249,7 +257,7 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
     res = fit(shard_dir, run_dir, options, resume, callbacks)
     run = res.run_dir
     if res.options.head == "heatmap":
-        calibrate(run, res.shard_dir, res.calibration_split)
+        calibrate(run, res.shard_dir, res.calibration_split, holdout=res.calibration_holdout)
     write_state(run, **res.final_state)
     res.outputs = {"model": str(run / MODEL_FILE)}
     for fmt in ("savedmodel", *res.options.export):
@@ -421,15 +429,20 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     if timed and steps is None:  # epochs of at least 50 steps: the per-epoch work stays small
         steps = max(50, -(-info.split(options.train_split).num_records // bs))
     aug = _augment_config(options, info)
-    if heat and aug is None and (info.image_width % options.heatmap_stride or info.image_height % options.heatmap_stride):
-        raise TrainError(f"--no-augment with the heatmap head needs an image size that is a multiple of "
-                         f"--heatmap-stride {options.heatmap_stride} (the shards are {info.image_width}x"
-                         f"{info.image_height})")
+    # the heatmap loss's frames padded to a multiple of the stride (the grid the model outputs; crops are)
+    pad = options.heatmap_stride if heat else None
+    hold = _holdout(options, val_split)
     train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=aug if aug else False, seed=options.seed,
-                             shuffle=True, repeat=steps is not None)
-    val_ds = pipeline.load(shard_dir, val_split, bs) if val_split else None
+                             shuffle=True, repeat=steps is not None, pad_multiple=None if aug else pad,
+                             holdout=hold)
+    val_ds = pipeline.load(shard_dir, val_split, bs, pad_multiple=pad) if val_split else None
     val_meta = pipeline.load(shard_dir, val_split, bs, include_meta=True) if val_split else None
-    monitor = "val_loss" if val_ds is not None else "loss"
+    # the checkpoint (and early stopping) follow the validation pixel error (ValMetrics) when there is a
+    # validation split: what eval reports, not the heatmap loss
+    monitor = "val_px_error" if val_ds is not None else "loss"
+    # the validation predictions as eval makes them by default for this run (inference.flip_permutation)
+    flip_perm = (info.flip_permutation() if heat and info.flip_pairs and options.augment and options.augment_flip > 0
+                 else None)
 
     def compile_(m, lr):
         if heat:
@@ -439,12 +452,17 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         m.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=True if heat else "auto")
 
     unbounded = 10 ** 6
-    phase1 = options.epochs if options.epochs is not None else unbounded
-    phase2 = options.fine_tune_epochs if pretrained else 0
+    if pretrained and options.fine_tune_epochs is None:   # a warm-up of the head, then the whole network
+        phase1 = options.warmup_epochs if options.epochs is None else min(options.warmup_epochs, options.epochs - 1)
+        phase2 = unbounded if options.epochs is None else options.epochs - phase1
+    else:
+        phase1 = options.epochs if options.epochs is not None else unbounded
+        phase2 = (options.fine_tune_epochs or 0) if pretrained else 0
     ft_lr = options.fine_tune_learning_rate or options.learning_rate / 10
     start_epoch = state["epoch"] if state else 0
     start_phase = state["phase"] if state else 1
-    best = state.get("best") if state else None
+    # (a run checkpointed on another monitor, e.g. val_loss before val_px_error: its best value is not comparable)
+    best = state.get("best") if state and state.get("monitor", monitor) == monitor else None
     if start_phase == 1 and start_epoch >= phase1:
         start_phase, loaded_phase = 2, 1
     else:
@@ -476,6 +494,9 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             begin, end, lr0 = phase1, phase1 + phase2, ft_lr
             if end <= begin:
                 break
+            if budget is not None:  # the rest of the budget, on the fine-tuning learning rate's schedule
+                left = max(1e-3, budget.seconds - (time.monotonic() - budget.started))
+                budget = TimeBudget(left, time.monotonic(), ft_lr, ft_lr * options.min_learning_rate_factor)
             if loaded_phase != 2:
                 with strategy.scope():
                     kmodel.set_backbone_trainable(model, True, options.fine_tune_from)
@@ -490,8 +511,8 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         else:
             sched = [epoch_cosine(lr0, lr0 * options.min_learning_rate_factor, begin, end - begin),
                      keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
-        cbs = [nan, *sched, *([ValMetrics(val_meta)] if val_meta is not None else []),
-               History(run / HISTORY_FILE, epoch), ckpt, *extra]
+        cbs = [nan, *([ValMetrics(val_meta, flip_perm)] if val_meta is not None else []),  # (before what reads its logs)
+               *sched, History(run / HISTORY_FILE, epoch), ckpt, *extra]
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
                          steps_per_epoch=steps, callbacks=cbs, verbose=options.verbose, shuffle=False)
         if nan.where is not None:
@@ -508,5 +529,14 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             epoch = phase1
     return TrainResult(run, history_rows, best, monitor, resumed_from=start_epoch, options=options,
                        shard_dir=Path(shard_dir), calibration_split=val_split or options.train_split,
+                       calibration_holdout=hold,
                        final_state={"phase": 2 if phase2 else 1, "epoch": epoch, "best": best, "monitor": monitor,
                                     "finished": True})
+
+
+def _holdout(options: TrainOptions, val_split: Optional[str]):
+    """``(fraction, seed)`` of the training images held out of training to calibrate the heatmap head's
+    confidence (no validation split), else None (see ``pipeline.load``'s ``holdout``)."""
+    if options.head != "heatmap" or val_split or not options.calibration_holdout:
+        return None
+    return (float(options.calibration_holdout), int(options.seed))

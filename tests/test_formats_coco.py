@@ -166,7 +166,8 @@ def test_keypoints_option_selects_a_subset(dataset, tmp_path):
     ingest([dataset(doc())], output=str(out), options=IngestOptions(keypoints=["left_eye", "nose"]))
     header, recs = read_manifest(str(out))
     assert header.keypoints == ["left_eye", "nose"] and header.skeleton == [(1, 0)]  # nose-left_eye, renumbered
-    assert recs[0].keypoints == [[0.2, 0.1, 2], [0.1, 0.166667, 2]]
+    # COCO keypoints are pixel indices: + 0.5 to kpconv's continuous pixels (40x30 image)
+    assert recs[0].keypoints == [[round(8.5 / 40, 6), round(3.5 / 30, 6), 2], [round(4.5 / 40, 6), round(5.5 / 30, 6), 2]]
     with pytest.raises(AnnotationError, match="'tail' not among the COCO keypoint names"):
         read([dataset(doc())], keypoints=["tail"])
 
@@ -409,9 +410,10 @@ def test_a_size_stated_turned_by_90_degrees_is_an_error_naming_the_file(dataset,
         "the image file (or its EXIF orientation) to match the annotation")
 
 
-@pytest.mark.parametrize("x, counts", [(40.9, {"clamped": 1}), (41.5, {"out_of_image": 1})])
+@pytest.mark.parametrize("x, counts", [(40.4, {"clamped": 1}), (41.0, {"out_of_image": 1})])
 def test_the_clamping_tolerance_is_one_pixel_whatever_the_image_size(dataset, tmp_path, x, counts):
-    """1 px, not 1 % of the size (40 px on a 4000-px photo)."""
+    """1 px, not 1 % of the size (40 px on a 4000-px photo). (COCO's x is a pixel index: 40.4 is 40.9 px,
+    41.0 is 41.5 px in kpconv's continuous pixels of this 40-px-wide image.)"""
     d = doc()
     d["annotations"][1]["keypoints"][0] = x
     result = ingest([str(dataset(d))], output=str(tmp_path / "m.jsonl"))

@@ -77,7 +77,9 @@ def test_single_animal(tmp_path, text):
     assert header.flip_pairs == [(1, 2)]
     assert [r.image for r in records] == ["labeled-data/video1/img001.png"]
     r = records[0]
-    assert approx(r.keypoints) == [[0.5, 0.5, 2], [round(10.5 / W, 4), round(8 / H, 4), 2], [round(50 / W, 4), round(8 / H, 4), 2]]
+    # DeepLabCut's pixel centres are at integer coordinates: + 0.5 to kpconv's continuous pixels
+    assert approx(r.keypoints) == [[round(32.5 / W, 4), round(24.5 / H, 4), 2], [round(11 / W, 4), round(8.5 / H, 4), 2],
+                                   [round(50.5 / W, 4), round(8.5 / H, 4), 2]]
     assert r.group == "video1" and r.instance == "0"
     assert r.source == {"file": "labeled-data/video1/CollectedData_alice.csv", "line": 4}
     # img002: right_ear has x but its y is NaN -> a labelled point with a bad coordinate, record skipped
@@ -104,7 +106,8 @@ def test_multi_animal_instances_are_individuals(tmp_path):
         ("f0.png", "mouse1"), ("f1.png", "mouse1"), ("f1.png", "mouse2")]
     # mouse2 in f0 has no labelled point: counted as a note, not written
     assert result.report.counts == {"no_keypoints": 1}
-    assert approx(records[2].keypoints) == [[round(9 / W, 4), round(10 / H, 4), 2], [round(11 / W, 4), round(12 / H, 4), 2]]
+    assert approx(records[2].keypoints) == [[round(9.5 / W, 4), round(10.5 / H, 4), 2],
+                                            [round(11.5 / W, 4), round(12.5 / H, 4), 2]]
 
 
 def test_project_folder_several_videos_and_skeleton(tmp_path):
@@ -172,7 +175,7 @@ def test_keypoints_option_selects_a_subset(tmp_path):
     assert header.keypoints == ["left_ear", "snout"]
     assert result.report.counts == {}
     assert [r.keypoints[0][2] for r in records] == [2, 0]
-    assert approx(records[1].keypoints)[1] == [0.25, 0.25, 2]
+    assert approx(records[1].keypoints)[1] == [round(16.5 / W, 4), round(12.5 / H, 4), 2]
 
 
 def test_detect_is_by_content(tmp_path):
@@ -213,7 +216,7 @@ def test_likelihood_columns_and_backslash_paths(tmp_path):
     _, header, records = run(tmp_path, [root])
     assert header.keypoints == ["snout", "tail"]
     assert [(r.image, r.group) for r in records] == [("labeled-data/video1/img001.png", "video1")]
-    assert records[0].keypoints == [[0.5, 0.5, 2], [0.125, 0.25, 2]]
+    assert records[0].keypoints == [[round(32.5 / W, 6), round(24.5 / H, 6), 2], [round(8.5 / W, 6), round(12.5 / H, 6), 2]]
 
 
 def test_project_without_tables(tmp_path):

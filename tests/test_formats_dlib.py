@@ -42,7 +42,9 @@ def test_boxes_parts_and_numeric_names(tmp_path):
            "</image>\n")
     result, header, records = run(tmp_path, [write(tmp_path, xml)])
     assert header.keypoints == ["00", "02", "10"]                  # numeric order, names kept
-    assert records[0].keypoints == [[0.1, 0.1, 2], [0.3, 0.3, 2], [0.2, 0.2, 2]]
+    # dlib's parts are pixel indices: + 0.5 to kpconv's continuous pixels; boxes are unchanged
+    assert records[0].keypoints == [[round(4.5 / W, 6), round(3.5 / H, 6), 2], [round(12.5 / W, 6), round(9.5 / H, 6), 2],
+                                    [round(8.5 / W, 6), round(6.5 / H, 6), 2]]
     assert records[0].bbox == [0.1, 0.1, 0.5, 0.5]                  # the box
     assert [r.instance for r in records] == ["0", "1"]
     assert result.report.counts == {"crowd": 1}

@@ -68,3 +68,34 @@ def test_heatmap_loss_targets_gaussians_and_zero_for_absent_keypoints():
     assert ratio == pytest.approx((1 + 9 * 1.0) / (1 + 9 * target0[3, 0]), rel=1e-3)
     again = losses.HeatmapLoss.from_config(loss.get_config())
     assert again.sigma == 1.0 and again.stride == 4
+
+
+@pytest.mark.parametrize("size", [(30, 22), (33, 17), (32, 24)])
+def test_heatmap_target_decodes_back_to_the_labelled_point_for_any_frame_size(size):
+    """Targets and decoding on the same grid: a frame whose size is not a multiple of the stride is padded
+    (pipeline.pad_to_multiple) for the loss; the loss's target heatmap, decoded on the unpadded frame as
+    inference does (model.HeatmapDecode), gives back the labelled point within 0.1 px."""
+    import tensorflow as tf
+
+    from kpconv.model import HeatmapDecode
+    from kpconv.pipeline import pad_to_multiple
+
+    w, h = size
+    stride = 4
+    points = np.array([[13.3, 9.7], [6.1, 11.6], [w - 6.2, 5.4]], np.float32)   # pixels, off the border cells
+    image = tf.zeros((h, w, 3))
+    padded, kp = pad_to_multiple(image, points / [w, h], stride)
+    assert padded.shape == (-(-h // stride) * stride, -(-w // stride) * stride, 3)
+    loss = losses.HeatmapLoss(stride=stride, sigma=2.0)
+    cells = (-(-h // stride), -(-w // stride))
+    y_true = np.concatenate([kp.numpy(), np.ones((3, 1), np.float32)], -1)[None]
+    target = loss.targets(y_true, *cells)                                      # (1, K, h, w)
+    heatmaps = tf.transpose(target, (0, 2, 3, 1))
+    assert float(loss(y_true, heatmaps)) == pytest.approx(0.0, abs=1e-7)       # the target is a perfect prediction
+    decoded = HeatmapDecode(stride)([heatmaps, image[None]]).numpy()[0]
+    assert np.abs(decoded[:, :2] * [w, h] - points).max() < 0.1
+    if w % stride:      # without the padding (what the loss did before) the target lies off the labelled point
+        unpadded = tf.transpose(loss.targets(np.concatenate([points / [w, h], np.ones((3, 1))], -1)[None], *cells),
+                                (0, 2, 3, 1))
+        off = HeatmapDecode(stride)([unpadded, image[None]]).numpy()[0]
+        assert np.abs(off[:, 0] * w - points[:, 0]).max() > 0.1

@@ -56,6 +56,7 @@ def test_summary_perfect_predictor_and_table():
     assert (o["mean_error_px"], o["median_error_px"], o["nme"], o["masked_mse"]) == (0, 0, 0, 0)
     assert o["pck@0.05"] == o["pck@0.1"] == o["pck@0.2"] == 1.0
     assert o["count"] == 11 and s["per_keypoint"][1]["count"] == 3
+    assert s["pck_reference"] == metrics.PCK_REFERENCE and "longer side of the instance's box" in s["pck_reference"]
     json.dumps(s)
     table = metrics.format_table(s).splitlines()
     assert table[0].split() == ["keypoint", "n", "mean", "px", "median", "px", "PCK@0.05", "PCK@0.1",

@@ -54,6 +54,44 @@ def test_same_seed_same_batches_other_seed_differs(shards):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_each_epoch_draws_new_augmentation_the_same_seed_the_same_epochs(shards):
+    out, _ = shards
+
+    def epochs(seed, n=2):
+        ds = pipeline.load(out, "train", 4, augment=True, seed=seed, shuffle=False)
+        return [np.concatenate([t.numpy() for _, t in ds]) for _ in range(n)]     # one iteration per epoch
+
+    first, second = epochs(7)
+    assert not np.allclose(first, second)        # a fresh draw in epoch 2 (not the same flips and warps)
+    again = epochs(7)
+    assert np.array_equal(first, again[0]) and np.array_equal(second, again[1])
+
+
+def test_pad_multiple_pads_frames_and_renormalizes_keypoints(shards):
+    out, recs = shards
+    images, targets = next(iter(pipeline.load(out, "train", 10, pad_multiple=5)))
+    assert images.shape == (10, 25, 35, 3)
+    assert np.array_equal(images[0, :24, :32].numpy(), recs["train"][0]["_array"].astype(np.float32))
+    assert not images[:, 24:].numpy().any() and not images[:, :, 32:].numpy().any()
+    assert np.allclose(targets[0, :, 0] * 35, np.array(recs["train"][0]["keypoints/x"]) * 32, atol=1e-4)
+    assert np.allclose(targets[0, :, 1] * 25, np.array(recs["train"][0]["keypoints/y"]) * 24, atol=1e-4)
+    with pytest.raises(ValueError, match="pad_multiple"):
+        pipeline.load(out, "train", 2, pad_multiple=5, include_meta=True)
+
+
+def test_holdout_splits_the_images_in_two_by_a_salted_hash(shards):
+    out, recs = shards
+
+    def paths(held_out, salt=0):
+        ds = pipeline.load(out, "train", 4, include_meta=True, holdout=(0.3, salt), held_out=held_out)
+        return [p.decode() for _, _, m in ds for p in m["source_path"].numpy()]
+
+    kept, held = paths(False), paths(True)
+    assert sorted(kept + held) == sorted(r["image/source_path"].decode() for r in recs["train"]) and not set(kept) & set(held)
+    assert 0 < len(held) < len(kept) and paths(True) == held      # deterministic
+    assert any(paths(True, salt) != held for salt in (1, 2, 3))   # the seed salts the choice
+
+
 def test_unknown_split_and_missing_info(shards, tmp_path):
     out, _ = shards
     with pytest.raises(DatasetInfoError, match="no split 'test'.*train, val"):
@@ -100,6 +138,24 @@ def test_flip_twice_is_identity_and_flip_swaps_pairs():
     img2, kp2, vis2 = _aug(img1, kp1, vis1, [3, 4], **flip)
     assert np.allclose(img2, img, atol=1e-3) and np.allclose(kp2, kp, atol=1e-6)
     assert vis2.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("crop", [None, (11, 9)])
+def test_a_flipped_keypoint_lands_on_the_flipped_pixel(crop):
+    """One bright pixel (column 7, row 5 of a 16x12 frame) labelled at its centre (7.5, 5.5): after a flip (about
+    the frame's centre, or about the keypoint for a crop) the keypoint is the centre of the bright pixel."""
+    w, h = 16, 12
+    img = np.zeros((1, h, w, 3), np.float32)
+    img[0, 5, 7] = 255.0
+    kp = np.array([[[7.5 / w, 5.5 / h]]], np.float32)
+    out, kp2, vis2 = _aug(img, kp, np.array([[2]]), [1, 2], flip=1.0, rotation=0.0, scale=(1.0, 1.0), translate=0.0,
+                          crop=crop)
+    ow, oh = crop or (w, h)
+    assert out.shape[1:3] == (oh, ow) and vis2[0, 0] == 1
+    row, col = np.unravel_index(np.argmax(out[0, ..., 0]), (oh, ow))
+    assert np.isclose(out[0, row, col, 0], 255.0, atol=1e-3) and np.isclose(out[0, ..., 0].sum(), 255.0, atol=1e-2)
+    assert (col, row) == ((w - 1 - 7, 5) if crop is None else (ow // 2, oh // 2))
+    assert np.allclose(kp2[0, 0] * [ow, oh], [col + 0.5, row + 0.5], atol=1e-5)
 
 
 def test_dot_stays_under_its_keypoint_after_random_affine():

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Type
 
 from ..errors import FormatDetectionError
-from .base import Reader
+from .base import PIXEL_ORIGINS, Reader
 
 _REGISTRY: Dict[str, Type[Reader]] = {}
 # The format names, for option choices without importing every reader (a test keeps it in step).
@@ -22,6 +22,8 @@ _MODULES = ("sleap", "kpconv_json", "coco", "cvat", "dlib", "label_studio", "dlc
 def register(cls: Type[Reader]) -> Type[Reader]:
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no format name")
+    if cls.pixel_origin not in PIXEL_ORIGINS:   # (each reader states its source's convention, see base.py)
+        raise TypeError(f"{cls.__name__}: pixel_origin {cls.pixel_origin!r} is not one of {', '.join(PIXEL_ORIGINS)}")
     _REGISTRY[cls.name] = cls
     return cls
 

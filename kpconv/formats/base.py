@@ -24,6 +24,34 @@ from ..problems import Report
 # (x, y, v): pixel (or normalized, see RawInstance.normalized) coordinates and COCO visibility.
 Point = Tuple[float, float, int]
 
+# Where a source format puts pixel centres (each reader's ``PIXEL_ORIGIN``, with its evidence in the reader
+# module and in docs/formats.md), and what is added to its pixel coordinates to reach kpconv's continuous
+# convention (``records.CONVENTIONS``: x = 0 is the left edge of the image, pixel i's centre is at i + 0.5):
+# - "center": pixel i's centre is at coordinate i (pixel indices; the "midpoint" system of matplotlib, napari,
+#   DeepLabCut, COCO keypoints, dlib, SLEAP): + 0.5;
+# - "corner": coordinate 0 is the left/top edge of the image, pixel i's centre at i + 0.5 (continuous, what
+#   Qt/SVG canvases and normalized coordinates give): unchanged.
+# Ingest adds the offset to keypoints only (boxes are continuous in every format read) and never to
+# normalized coordinates (YOLO), which are continuous by definition.
+PIXEL_ORIGINS = {"center": 0.5, "corner": 0.0}
+
+
+def continuous_offset(origin: str) -> float:
+    """What ingest adds to a source's pixel coordinates whose pixel centres are at ``origin`` (see
+    :data:`PIXEL_ORIGINS`) to put them in kpconv's continuous convention."""
+    try:
+        return PIXEL_ORIGINS[origin]
+    except KeyError:
+        raise ValueError(f"pixel origin {origin!r}: expected one of {', '.join(PIXEL_ORIGINS)}") from None
+
+
+def from_continuous(value, origin: str):
+    """kpconv's continuous pixel coordinate(s) ``value`` (a number or a numpy array) as a tool whose pixel
+    centres are at ``origin`` writes them: what a writer of that format (predict's DeepLabCut or COCO output)
+    must call, e.g. ``from_continuous(x_px, kpconv.formats.dlc.PIXEL_ORIGIN)``. The inverse of ingest's
+    conversion."""
+    return value - continuous_offset(origin)
+
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -124,6 +152,7 @@ class Reader:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     expects: ClassVar[str] = ""     # what detect() looks for, for the message when no format matches
+    pixel_origin: ClassVar[str] = ""  # the source's PIXEL_ORIGIN ("center" or "corner", see PIXEL_ORIGINS)
     # True: the reader writes the frames it labels as image files into IngestOptions.frames_dir, which
     # is then the default images root (SLEAP: frames of videos)
     extracts_frames: ClassVar[bool] = False

@@ -268,9 +268,18 @@ def _numeric_blocks(anns: list) -> List[bool]:
     return out
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# COCO keypoints are pixel indices: pixel i's centre at i. detectron2 (detectron2/data/datasets/coco.py,
+# load_coco_json) adds 0.5 to every COCO keypoint coordinate on loading ("keypoint coordinates are
+# integers in [0, H-1 or W-1] ... pixel indices") and subtracts it again when writing COCO results
+# (evaluation/coco_evaluation.py, instances_to_coco_json); boxes and polygons are continuous (unchanged).
+PIXEL_ORIGIN = "center"
+
+
 @register
 class CocoReader(Reader):
     name = "coco"
+    pixel_origin = PIXEL_ORIGIN
     description = "COCO keypoints JSON (one or several files, e.g. train + val)"
     expects = ("a JSON object with 'annotations' and 'categories' lists, and keypoints (categories[].keypoints "
                "or annotations[].keypoints)")

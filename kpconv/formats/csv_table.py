@@ -178,9 +178,16 @@ def _find(cols: List[str], name: str) -> Optional[int]:
     return cols.index(name) if name in cols else None
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# kpconv's own table: pixels in kpconv's continuous convention, as docs/formats.md states (a table written
+# from pixel indices, e.g. exported from DeepLabCut, is 0.5 px off: convert it first or use the tool's format).
+PIXEL_ORIGIN = "corner"
+
+
 @register
 class CsvReader(Reader):
     name = "csv"
+    pixel_origin = PIXEL_ORIGIN
     expects = ("a CSV/TSV table whose header has 'image' and '<name>_x', '<name>_y' columns (wide) or 'keypoint', "
                "'x', 'y' (long)")
     description = "CSV table, wide (one row per instance) or long (one row per keypoint)"

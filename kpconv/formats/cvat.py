@@ -115,9 +115,16 @@ def _svg_edges(svg: str) -> List[Tuple[str, str]]:
     return out
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# CVAT's canvas (cvat-canvas, SVG) draws the frame at (0, 0) with its natural size and maps clicks through
+# the SVG's screen matrix (translateFromSVG): continuous coordinates, the left edge at 0, stored as floats.
+PIXEL_ORIGIN = "corner"
+
+
 @register
 class CvatReader(Reader):
     name = "cvat"
+    pixel_origin = PIXEL_ORIGIN
     description = "CVAT for images / CVAT for video 1.1 XML (skeletons or points)"
     expects = "an XML file whose root is <annotations> (CVAT for images or video 1.1)"
 

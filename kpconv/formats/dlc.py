@@ -144,9 +144,18 @@ def _first_image(path: Path) -> Optional[str]:
     return None
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# DeepLabCut labels in a viewer whose pixel centres are at integer coordinates: matplotlib's imshow (the
+# labelling GUI before 2.3: "Unless extent is used, pixel centers will be located at integer coordinates",
+# matplotlib Axes.imshow notes) and napari since 2.3 (napari issue #310: "The coordinates at the center of
+# pixel [0, 0] should be [0, 0]"; napari-deeplabcut stores the Points layer's data coordinates as they are).
+PIXEL_ORIGIN = "center"
+
+
 @register
 class DlcReader(Reader):
     name = "dlc"
+    pixel_origin = PIXEL_ORIGIN
     description = "DeepLabCut CollectedData_<scorer>.csv (single- or multi-animal)"
 
     expects = ("a DeepLabCut project folder (labeled-data/*/CollectedData*.csv, or a CollectedData*.csv at "

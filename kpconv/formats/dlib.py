@@ -38,9 +38,17 @@ def _sorted_names(names) -> List[str]:
     return sorted(names)
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# dlib's part locations are dlib::point (integer pixel indices, long x, y) in full_object_detection, and
+# imglab writes integer part coordinates: pixel i's centre at i. Boxes are inclusive pixel rectangles
+# (left .. left + width - 1), i.e. the continuous span left .. left + width: unchanged.
+PIXEL_ORIGIN = "center"
+
+
 @register
 class DlibReader(Reader):
     name = "dlib"
+    pixel_origin = PIXEL_ORIGIN
     description = "dlib imglab XML (<dataset><images><image file><box><part name x y>)"
     expects = "an XML file whose root is <dataset> with <images><image file=...> (dlib imglab)"
 

@@ -159,9 +159,15 @@ def _is_kpconv(path: Path) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and _MARK in head
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# kpconv's own format: continuous pixels (docs/formats.md: the centre of the top-left pixel is (0.5, 0.5)).
+PIXEL_ORIGIN = "corner"
+
+
 @register
 class KpconvJsonReader(Reader):
     name = "kpconv-json"
+    pixel_origin = PIXEL_ORIGIN
     expects = "a JSON (Lines) file whose first object has 'kpconv_annotations'"
     description = "kpconv JSON / JSON Lines (schemas/kpconv-annotations.schema.json)"
 

@@ -119,9 +119,16 @@ def image_path(url: str, root: Path) -> str:
     return url
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# Label Studio stores value.x / value.y as a percentage (0-100) of the image width / height (labelstud.io,
+# KeyPointLabels result parameters): 0 is the left edge, 100 the right edge, i.e. continuous.
+PIXEL_ORIGIN = "corner"
+
+
 @register
 class LabelStudioReader(Reader):
     name = "label-studio"
+    pixel_origin = PIXEL_ORIGIN
     description = "Label Studio JSON or JSON-MIN export (keypointlabels)"
     expects = ("a JSON list of Label Studio tasks with 'keypointlabels' results (JSON or JSON-MIN export)")
 

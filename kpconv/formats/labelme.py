@@ -57,9 +57,16 @@ def _load(path: Path):
         raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# Labelme's canvas (labelme/widgets/canvas.py) paints the pixmap at (0, 0) after scaling and stores
+# transformPos(pos) = pos / scale - offsetToCenter() as floats: pixel i spans i .. i + 1 (continuous).
+PIXEL_ORIGIN = "corner"
+
+
 @register
 class LabelmeReader(Reader):
     name = "labelme"
+    pixel_origin = PIXEL_ORIGIN
     expects = "Labelme JSON files (objects with a 'shapes' list), or a folder of them"
     description = "Labelme JSON files (point shapes; group_id separates instances)"
 

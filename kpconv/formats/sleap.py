@@ -37,10 +37,12 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, is_hdf5
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, from_continuous, is_hdf5
 
 HINT = "pip install 'kpconv[sleap]' (the sleap-io package)"
-PIXEL_OFFSET = 0.5      # x_kpconv = x_sleap + PIXEL_OFFSET (see the module docstring)
+# Pixel convention (base.PIXEL_ORIGINS, see the module docstring): pixel i's centre at i; ingest adds 0.5, the
+# .slp writer converts back (from_continuous)
+PIXEL_ORIGIN = "center"
 MARKER = ".kpconv-video.json"
 # PNG zlib level of the extracted frames: 1 writes a 1024x1024 grayscale frame of two-flies in 17 ms
 # (275 KB), the default 6 in 58 ms (216 KB), measured in the same run; shard re-encodes them anyway.
@@ -80,6 +82,7 @@ def load_labels(path: Path):
 @register
 class SleapReader(Reader):
     name = "sleap"
+    pixel_origin = PIXEL_ORIGIN
     description = "SLEAP labels (.slp / .pkg.slp, HDF5), via sleap-io"
     expects = "a SLEAP labels file: HDF5 content, name ending in .slp"
     extracts_frames = True
@@ -386,7 +389,6 @@ def _instances(loaded, plans: Dict[Tuple[int, int], _VideoPlan], ctx: ReadContex
                         report.add("not_visible", "point(s) marked not visible in SLEAP taken as not labelled: "
                                    + ", ".join(n_ for n_, h in zip(names, hidden) if h), loc)
                     take = finite & visible & keep
-                    xy = xy + PIXEL_OFFSET
                     points = {names[k]: (float(xy[k, 0]), float(xy[k, 1]), 2) for k in np.flatnonzero(take)}
                     yield RawInstance(image=image, keypoints=points, location=loc, instance=instance,
                                       group=plan.folder)
@@ -457,7 +459,7 @@ def write_slp(path: str, predictions: Iterable[SlpPrediction], keypoints: Sequen
         if kp.shape != (len(names), 3):
             raise ValueError(f"prediction {n} ({p.source}): expected {len(names)} x (x, y, confidence) keypoints, "
                              f"got shape {kp.shape}")
-        xy = kp[:, :2] - PIXEL_OFFSET
+        xy = from_continuous(kp[:, :2], PIXEL_ORIGIN)
         conf = kp[:, 2]
         missing = ~np.isfinite(xy).all(1) | ~np.isfinite(conf)
         if min_confidence is not None:

@@ -81,9 +81,16 @@ def _root(yaml_path: Path, data: dict) -> Path:
     return stated if stated.is_dir() else base
 
 
+# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
+# YOLO pose coordinates are normalized by the image width / height (0 the left edge, 1 the right edge,
+# continuous, like its box centres); Ultralytics' converter (convert_coco) divides pixels by w, h with no offset.
+PIXEL_ORIGIN = "corner"
+
+
 @register
 class YoloReader(Reader):
     name = "yolo"
+    pixel_origin = PIXEL_ORIGIN
     expects = "a YOLO dataset folder or its data.yaml, with 'kpt_shape'"
     description = "YOLO pose dataset (Ultralytics data.yaml with kpt_shape, labels/*.txt)"
 
