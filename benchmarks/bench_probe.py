@@ -73,7 +73,7 @@ def main() -> None:
                 imageinfo._probe = fn
                 try:
                     t = time.perf_counter()
-                    sizes[name] = imageinfo.read_sizes(paths, processes=0)
+                    sizes[name] = imageinfo.read_sizes(paths)
                     best[name, "probe"] = min(best[name, "probe"], time.perf_counter() - t)
                     t = time.perf_counter()
                     for i, f in enumerate(files):

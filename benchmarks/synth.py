@@ -56,13 +56,16 @@ def _colour(name):
 
 def make_coco(out_dir, n_images, size=(640, 480), instances_per_image=1, seed=0, ext="jpg",
               quality=90, draw=True, split_name="annotations"):
-    """Write a synthetic COCO keypoints dataset; returns the annotation file path."""
+    """Write a synthetic COCO keypoints dataset; returns the annotation file path.
+    ``instances_per_image``: figures on every image, or a list of one count per image."""
     out = Path(out_dir)
+    counts = [instances_per_image] * n_images if isinstance(instances_per_image, int) else list(instances_per_image)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     w, h = size
     images, anns = [], []
     for i in range(n_images):
+        instances_per_image = counts[i]
         fname = f"img_{i:06d}.{ext}"
         if draw:
             base = rng.integers(0, 120, size=3)

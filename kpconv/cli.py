@@ -166,8 +166,8 @@ def _format_choices():
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
 @click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
-              help="0 (default): when there are many instances, a reader process and a helper writing lines; "
-                   "1: everything in this process; N > 1: a reader and N helpers.")
+              help="0 (default): when there are many instances, a helper process writing lines; "
+                   "1: everything in this process; N > 1: N helpers.")
 @click.option("--frames-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="SLEAP: folder the labelled video frames are extracted to (once, as PNG), and the default "
                    "images root. Default: <manifest stem>-frames beside the manifest.")

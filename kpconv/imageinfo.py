@@ -14,8 +14,7 @@ does), and what a user waits for, ``ingest()`` of the 20,000 images, 2.59 s agai
 Pillow versions: ``setup.cfg`` pins the range the tests ran with; the tests compare every probe with
 ``ImageOps.exif_transpose(Image.open(p)).size``.
 
-``read_sizes(paths)`` probes many files, serially or in a process pool, and returns each size or its
-:class:`BadImage`.
+``read_sizes(paths)`` probes many files and returns each size or its :class:`BadImage`.
 """
 from __future__ import annotations
 
@@ -26,10 +25,9 @@ import struct
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 from .errors import ImageError, Location
-from .workers import Helpers
 
 # reason -> meaning (skipped.jsonl, the problem report and the docs)
 REASONS = {
@@ -57,7 +55,7 @@ class BadImage(ImageError):
         self.reason = reason
         super().__init__(message, location)
 
-    def __reduce__(self):       # (pickled by the process pool of read_sizes)
+    def __reduce__(self):       # (pickled by worker processes)
         return BadImage, (self.reason, self.message, self.location)
 
 
@@ -212,21 +210,11 @@ def max_pixels() -> int:
     return limit or 0
 
 
-def read_sizes(paths: Iterable[str], processes: int = 0, root: Optional[str] = None
-               ) -> Dict[str, Union[Size, BadImage]]:
+def read_sizes(paths: Iterable[str], root: Optional[str] = None) -> Dict[str, Union[Size, BadImage]]:
     """Sizes of many images; problems are returned (as :class:`BadImage`), not raised. ``root``: the
-    images root each image must resolve into (:func:`open_image`); None accepts any path. ``processes``:
-    0 reads them in this process, N in N others (header parsing is pure Python: threads would only
-    contend for the GIL)."""
-    paths = list(dict.fromkeys(paths))
+    images root each image must resolve into (:func:`open_image`); None accepts any path."""
     root = real_root(root)
-    if processes < 1 or not paths:
-        return {p: _one(p, root) for p in paths}
-    n = max(64, -(-len(paths) // (processes * 4)))
-    batches = [paths[i:i + n] for i in range(0, len(paths), n)]
-    with Helpers(processes) as helpers:
-        waits = [helpers.run(_one_batch, batch, root) for batch in batches]
-        return {p: size for batch, wait in zip(batches, waits) for p, size in zip(batch, wait())}
+    return {p: _one(p, root) for p in dict.fromkeys(paths)}
 
 
 def _one(path: str, root: Optional[str] = None) -> Union[Size, BadImage]:
@@ -234,10 +222,6 @@ def _one(path: str, root: Optional[str] = None) -> Union[Size, BadImage]:
         return read_size(path, root)
     except BadImage as e:
         return e
-
-
-def _one_batch(paths: Sequence[str], root: Optional[str] = None) -> List[Union[Size, BadImage]]:
-    return [_one(p, root) for p in paths]
 
 
 # ------------------------------------------------------------------------------------------ probe

@@ -1,7 +1,7 @@
 """``kpconv ingest``: any supported annotation format -> one validated, normalized manifest.
 
 The reader (``kpconv.formats.<fmt>``) yields raw instances in its own units; this module does the rest
-once for every format: image sizes from the image headers (in parallel, EXIF orientation applied),
+once for every format: image sizes from the image headers (EXIF orientation applied),
 path checks, normalization to 0..1, coordinate validation with a small clamping tolerance, bbox
 derivation, instance numbering, duplicate detection, the problem report, and an atomic write.
 """
@@ -28,7 +28,7 @@ from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
 from .problems import Report
 from .progress import progress
-from .workers import Helpers, WorkerDied, can_fork, die_with_parent
+from .workers import Helpers, can_fork
 
 CHUNK = 4096
 
@@ -111,7 +111,7 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
         finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints,
                                continuous_offset(reader_cls.pixel_origin))
         helpers = stack.enter_context(finalizer.helpers)
-        prepared = stack.enter_context(_prepared(finalizer, result.instances, report))
+        prepared = _prepared(finalizer, result.instances)
         failure = None
         try:
             with atomic_output(output, "wb") as out:
@@ -198,8 +198,8 @@ class _Finalizer:
     skipping bad ones.
 
     Everything that depends only on the image (path checks, size, scale, tolerances) is computed once
-    per image and cached; image sizes are read a chunk at a time (:meth:`prepare`, in the reader process
-    when there is one: :func:`_prepared`), and ``helpers`` write the lines."""
+    per image and cached; image sizes are read a chunk at a time (:meth:`prepare`), and ``helpers`` write
+    the lines."""
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
                  report: Report, reader_names: Sequence[str], offset: float = 0.0):
@@ -243,8 +243,8 @@ class _Finalizer:
             bar.close()
 
     def prepare(self, chunk: Union[DenseRows, List[RawInstance]]) -> tuple:
-        """What a chunk needs before it is turned into records, worked out without reporting anything (in the
-        reader process when there is one: :func:`_prepared`): ``(chunk, resolved, sizes, dense)``, the chunk,
+        """What a chunk needs before it is turned into records, worked out without reporting anything:
+        ``(chunk, resolved, sizes, dense)``, the chunk,
         its image paths (:meth:`_resolve`), the sizes of its images not seen before, and for a DenseRows block
         the rows valid as they are (:meth:`_dense`)."""
         if chunk.__class__ is DenseRows:
@@ -253,7 +253,7 @@ class _Finalizer:
         else:
             resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
         todo = sorted({p[1] for p in resolved if p}.difference(self.sizes))
-        sizes = read_sizes(todo, 0, self._confine)
+        sizes = read_sizes(todo, self._confine)
         self.sizes.update(sizes)
         dense = self._dense(chunk, resolved) if chunk.__class__ is DenseRows else None
         return chunk, resolved, sizes, dense
@@ -411,8 +411,9 @@ class _Finalizer:
         and (4) of normalized numbers, -1 where ``_finalize`` decides (Nones when none is).
 
         The same float operations as ``_finalize`` (IEEE-exact), so the records are the same.
-        ``benchmarks/bench_ingest.py`` measures it against taking every instance the exact way: 1.79 s
-        against 4.27 s for its 100,000 COCO instances (--workers 1)."""
+        Kept with the RecordBatch serializer of :mod:`kpconv.manifest` (they pay together): on 150,000 COCO
+        instances (``bench_ingest.py --images 57000 --instances 150000 --fast-paths c550b99``, 2 shared
+        cores, load ~6) without both ingest took 18.6 s more, without this alone 1.7 s more."""
         n, n3 = len(rows), 3 * self.k
         if self.reader_names != self.names:     # (not in the manifest's keypoint order)
             return [-1] * n, None, None
@@ -516,14 +517,13 @@ _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derive
 _PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
 
 
-# --workers 0 (automatic) starts a reader process and a helper when the first chunk has this many instances
-# or names this many images: on the 20,000 images and 100,000 instances of benchmarks/bench_ingest.py they
-# take reading, image headers and validation (the reader), and line writing (the helper) off this process.
+# --workers 0 (automatic) starts a helper writing the manifest's lines when the first chunk has this many
+# instances or names this many images.
 HELPER_MIN_INSTANCES, HELPER_MIN_IMAGES = 1000, 256
 
 
 def _processes(workers: int, instances: int, images: int) -> int:
-    """Helper processes writing manifest lines (0: none, and no reader process either) for ``--workers``: 1
+    """Helper processes writing manifest lines (0: none) for ``--workers``: 1
     none, N > 1 that many; 0 (automatic) one when the first chunk has many instances or images, the machine
     2 CPUs or more, and the process can be forked (a fork server would re-import a script's ``__main__``)."""
     if workers == 0:
@@ -532,86 +532,17 @@ def _processes(workers: int, instances: int, images: int) -> int:
     return 0 if workers == 1 else workers
 
 
-@contextlib.contextmanager
-def _prepared(finalizer: "_Finalizer", instances, report: Report):
-    """The prepared chunks (:meth:`_Finalizer.prepare`) of ``instances``. The first is read and prepared
-    here; when it is big (:func:`_processes`), the rest are read and prepared by a reader process forked
-    then, while this process turns the ones before into records and a helper (``finalizer.helpers``)
-    writes their lines. The reader's problems are added to ``report`` with each chunk: in the same order
-    as when everything is done here, one chunk after the other."""
+def _prepared(finalizer: "_Finalizer", instances) -> Iterator[tuple]:
+    """The prepared chunks (:meth:`_Finalizer.prepare`) of ``instances``; the first decides how many helpers
+    write lines (:func:`_processes`)."""
     chunks = _chunks(instances)
     first = next(chunks, None)
     if first is None:
-        yield iter(())
         return
     first = finalizer.prepare(first)
     finalizer.helpers.processes = _processes(finalizer.options.workers, len(first[0]), len(first[2]))
-    if not finalizer.helpers.processes:
-        yield chain([first], map(finalizer.prepare, chunks))
-        return
-    import multiprocessing
-
-    receive, send = multiprocessing.Pipe(duplex=False)
-    reader = multiprocessing.get_context("fork").Process(target=_read_ahead, args=(finalizer, chunks, report, send,
-                                                                                    os.getpid()))
-    reader.start()
-    send.close()    # (this process's copy: the reader's end is then seen here)
-    try:
-        yield chain([first], _received(receive, report))
-    finally:
-        reader.kill()       # (done, or not needed any more: an error, Ctrl-C)
-        reader.join()
-        receive.close()
-
-
-def _read_ahead(finalizer: "_Finalizer", chunks, report: Report, send, owner: int) -> None:
-    """The reader process: sends each prepared chunk with the problems reported while reading it, then
-    ``(None, problems)``, or ``(the exception, problems)``."""
-    import pickle
-
-    die_with_parent(owner)
-    problems: list = []
-    report.add = lambda reason, message, location=Location(): problems.append((reason, message, location))
-    try:
-        for chunk in chunks:
-            send.send((_lean(finalizer.prepare(chunk)), problems))
-            problems.clear()
-        send.send((None, problems))
-    except BaseException as e:      # (sent as it is when it can be pickled: an AnnotationError keeps its text)
-        try:
-            pickle.dumps(e)
-        except Exception:
-            e = RuntimeError(f"reading the annotations failed: {e!r}")
-        send.send((e, problems))
-    finally:
-        os._exit(0)     # (nothing of the parent's to flush or clean up here)
-
-
-def _lean(prepared: tuple) -> tuple:
-    """A prepared chunk without the keypoints and boxes of the rows valid as they are (not needed any more:
-    less to send)."""
-    chunk, resolved, sizes, dense = prepared
-    if dense is not None:
-        take = dense[0]
-        chunk = replace(chunk, keypoints=[None if t >= 0 else kp for t, kp in zip(take, chunk.keypoints)],
-                        bbox=[None if t >= 0 else b for t, b in zip(take, chunk.bbox)])
-    return chunk, resolved, sizes, dense
-
-
-def _received(receive, report: Report) -> Iterator[tuple]:
-    while True:
-        try:
-            prepared, problems = receive.recv()
-        except EOFError:
-            raise WorkerDied("the reader process of kpconv died (killed, or out of memory); run again, or with "
-                             "--workers 1 to do without helpers") from None
-        for problem in problems:
-            report.add(*problem)
-        if prepared is None:
-            return
-        if isinstance(prepared, BaseException):
-            raise prepared
-        yield prepared
+    yield first
+    yield from map(finalizer.prepare, chunks)
 
 
 def _chunks(instances: Iterable[Union[RawInstance, DenseRows]]) -> Iterator[Union[DenseRows, List[RawInstance]]]:

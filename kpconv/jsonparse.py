@@ -13,8 +13,6 @@ that walks the result (schema validation, printing).
 from __future__ import annotations
 
 import json
-import re
-from typing import Iterator, Optional, Sequence, Tuple
 
 try:
     import orjson as _orjson
@@ -62,92 +60,6 @@ def loads(data):
     if deep and depth(obj) > MAX_DEPTH:
         raise TooDeep(data)
     return obj
-
-
-
-# The sentinel put in place of the streamed array while the rest of the object is parsed.
-_SENTINEL_TEXT = "\x00kpconv: streamed array\x00"
-_SENTINEL = b'"\\u0000kpconv: streamed array\\u0000"'
-_OBJECT_END = re.compile(rb"\}\s*\]")        # a last element (an object) and the array's end
-_OBJECT_SPLIT = re.compile(rb"\}\s*,\s*\{")   # between two elements that are objects
-
-
-def loads_streaming(data: bytes, key: str, required: Sequence[str] = (),
-                    chunk_bytes: int = 1 << 20) -> Tuple[object, Optional[Iterator[list]]]:
-    """``loads(data)`` of a JSON object whose ``key`` holds a big array of objects (COCO's
-    ``annotations``), without holding all of the array's objects at once: ``(doc, chunks)`` where
-    ``doc[key]`` is None and ``chunks`` yields the array's elements, a list of about ``chunk_bytes``
-    of text at a time, parsed by orjson. Where that cannot be done exactly (no orjson, text that json
-    reads differently, an escaped quote anywhere, an array not found, not of objects, or the rest of
-    the object without one of the ``required`` keys) it returns ``(loads(data), None)``. Raises what
-    :func:`loads` raises; ``chunks`` raises it too when the array itself is not valid JSON.
-
-    Measured on the 43 MiB COCO file of 100,000 annotations of ``benchmarks/bench_ingest.py``: peak RSS
-    of the parse 448 MiB for the whole document at once (orjson builds its own tree beside Python's
-    objects), 101 MiB a chunk at a time, in about the same CPU time (+0.1 s for the checks of the text).
-
-    Exactness: the array's end ``q`` (an object's ``}`` then ``]``, outside every string: quote parity,
-    exact without escaped quotes) is found before the first chunk, as the rest of the object must be
-    parsed first; the rest parses with a sentinel in place of the array as the value of its top-level
-    ``key`` only when the brackets after ``q`` close the object, which rules out a ``q`` inside the
-    array. A ``q`` after the array's end closes a later top-level array, whose key the rest then
-    lacks (``required``) or nothing reads. Each chunk is a slice from a known element boundary that
-    must parse as elements up to the next boundary or to ``q``; when none does, json parses the
-    whole text and decides (its error, or the rest of its array)."""
-    start = _array_start(data, key)
-    if start is None:
-        return loads(data), None
-    for tries, m in enumerate(_OBJECT_END.finditer(data, start)):
-        end = m.end() - 1
-        if tries == 3 or data.count(b'"', start, end) % 2 == 0:
-            break                                      # (an odd count: inside a string)
-    else:
-        return loads(data), None
-    doc = None
-    if tries < 3:
-        try:
-            doc = _orjson.loads(data[:start - 1] + _SENTINEL + data[end + 1:])
-        except _orjson.JSONDecodeError:
-            pass
-    if not (isinstance(doc, dict) and doc.get(key) == _SENTINEL_TEXT and all(k in doc for k in required)):
-        return loads(data), None
-    doc[key] = None
-    return doc, _chunks(data, start, end, key, chunk_bytes)
-
-
-def _array_start(data: bytes, key: str) -> Optional[int]:
-    """Just after the ``[`` of ``"key": [`` when streaming may be tried, else None."""
-    if _orjson is None or b'\\"' in data or _SENTINEL in data or has_long_digit_run(data) or _may_be_deep(data):
-        return None
-    m = re.search(rb'"' + re.escape(key.encode()) + rb'"\s*:\s*\[', data)
-    if m is None or data[m.end():m.end() + 64].lstrip()[:1] != b"{":
-        return None
-    return m.end()
-
-
-def _chunks(data: bytes, start: int, q: int, key: str, chunk_bytes: int) -> Iterator[list]:
-    pos, done = start, 0
-    while pos <= q:
-        part = None
-        for tries, m in enumerate(_OBJECT_SPLIT.finditer(data, min(pos + chunk_bytes, q), q)):
-            if tries == 4:
-                break
-            try:
-                part = _orjson.loads(b"[" + data[pos:m.start() + 1] + b"]")
-            except _orjson.JSONDecodeError:
-                continue
-            nxt = m.end() - 1
-            break
-        if part is None:                               # the rest at once
-            try:
-                part = _orjson.loads(b"[" + data[pos:q + 1])
-            except _orjson.JSONDecodeError:         # json decides: its error, or (where it reads
-                yield loads(data)[key][done:]       # what orjson refuses) the rest of its array
-                return
-            nxt = q + 1
-        done += len(part)
-        yield part
-        pos = nxt
 
 
 def _may_be_deep(data) -> bool:

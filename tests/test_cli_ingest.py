@@ -223,12 +223,12 @@ def test_pipe_closed_early_is_quiet(tmp_path):
     assert "Traceback" not in (tmp_path / "err").read_text()
 
 
-def test_a_reader_process_and_helpers_give_the_same_manifest_report_and_errors(tmp_path):
-    """Over a big first chunk, --workers 0 reads and prepares the later chunks in a forked reader process and
-    writes lines in a helper, while this process turns chunks into records: the manifest, the report (the
-    reader's problems, forwarded, and ingest's, in the same order) and a failure late in the file are those
-    of --workers 1 (everything in one process) and of --workers 2, byte for byte. (Run as commands: in
-    this process TensorFlow may be loaded, and then nothing is forked.)"""
+def test_helpers_give_the_same_manifest_report_and_errors(tmp_path):
+    """Over a big first chunk, --workers 0 writes lines in a helper process while this process turns the
+    next chunks into records: the manifest, the report (the reader's problems and ingest's, in the same
+    order) and a failure late in the file are those of --workers 1 (everything in one process) and of
+    --workers 2, byte for byte. (Run as commands: in this process TensorFlow may be loaded, and then
+    nothing is forked.)"""
     import kpconv.ingest as ingest_mod
     from kpconv.workers import can_fork
 

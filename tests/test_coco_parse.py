@@ -94,57 +94,7 @@ def test_plain_files_are_parsed_by_orjson(monkeypatch):
     assert jsonparse.loads(b'{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}
 
 
-def _streamed(text: bytes, chunk_bytes: int):
-    doc, chunks = jsonparse.loads_streaming(text, "annotations", ("images", "categories"), chunk_bytes=chunk_bytes)
-    if chunks is not None:
-        assert doc["annotations"] is None
-        doc["annotations"] = [a for part in chunks for a in part]
-    return doc, chunks is not None
-
-
-_ANN = '{"id": %d, "keypoints": [1.5, 2, 2], "name": "%s", "seg": [[1, 2]], "rle": {"size": [1, 2], "c": {}}}'
-
-
-@pytest.mark.parametrize("names, layout, streamed", [
-    (["x"] * 5, "images,annotations,categories", True),
-    (["},{", "}]", "} ]", "}, {\\n", "x"], "images,annotations,categories", True),   # look like structure
-    (["x"] * 5, "annotations,categories,images", True),
-    (["x"] * 5, "categories,images,annotations", True),
-    (["q\\\"uote"] * 5, "images,annotations,categories", False),       # an escaped quote: the whole file
-])
-@pytest.mark.parametrize("chunk_bytes", [1, 50, 1 << 20])
-def test_streamed_array_is_what_json_gives(names, layout, streamed, chunk_bytes):
-    parts = {"images": '"images": [{"id": 1, "file_name": "a}]b.png"}]',
-             "annotations": '"annotations": [' + ", ".join(_ANN % (i, n) for i, n in enumerate(names)) + "]",
-             "categories": '"categories": [{"id": 1, "keypoints": ["a"], "skeleton": [[1, 1]]}, {"id": 2}]'}
-    text = ("{" + ", ".join(parts[k] for k in layout.split(",")) + "}").encode()
-    for t in (text, json.dumps(json.loads(text), indent=2).encode()):
-        doc, was_streamed = _streamed(t, chunk_bytes)
-        assert _same(doc, json.loads(t)) and was_streamed == streamed
-
-
-@pytest.mark.parametrize("text", [
-    b'{"images": [], "annotations": [{"a": 1}, 5], "categories": [{"b": 2}, {"c": 3}]}',  # last not an object
-    b'{"images": [], "annotations": [{"a": 1}, {"a": NaN}, {"a": 2}], "categories": []}',  # json reads NaN
-    b'{"images": [], "annotations": [{"a": [{"b": 1}]}, {"a": 2}], "categories": []}',     # objects nested
-    b'{"images": [], "annotations": [], "categories": []}',
-    b'{"images": [], "annotations": [{"a": 1}], "annotations": [{"a": 2}], "categories": []}',
-])
-def test_streamed_odd_arrays_are_what_json_gives(text):
-    for chunk_bytes in (1, 1 << 20):
-        assert _same(_streamed(text, chunk_bytes)[0], json.loads(text))
-
-
-def test_streamed_invalid_array_raises_jsons_error_while_reading():
-    text = b'{"images": [],\n "annotations": [{"a": 1}, {"a": 1,, "b": 2}, {"a": 3}],\n "categories": []}'
-    with pytest.raises(json.JSONDecodeError) as want:
-        json.loads(text)
-    with pytest.raises(json.JSONDecodeError) as got:
-        _streamed(text, 1)
-    assert str(got.value) == str(want.value)
-
-
-def test_invalid_json_in_a_streamed_array_fails_ingest_with_jsons_message(tmp_path):
+def test_invalid_json_late_in_the_annotations_fails_ingest_with_jsons_message(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
     ann = '{"id": %d, "image_id": 1, "category_id": 1, "keypoints": [1, 2, 2, 3, 4, 2]}'
     text = ('{"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],\n"annotations": ['
@@ -155,7 +105,6 @@ def test_invalid_json_in_a_streamed_array_fails_ingest_with_jsons_message(tmp_pa
     p.write_text(text)
     with pytest.raises(json.JSONDecodeError) as want:
         json.loads(text)
-    assert jsonparse.loads_streaming(text.encode(), "annotations")[1] is not None     # it is streamed
     with pytest.raises(AnnotationError) as got:
         ingest([p], output=str(tmp_path / "m.jsonl"), fmt="coco")
     e = want.value

@@ -871,31 +871,6 @@ def test_ctrl_c_stops_workers_at_once_without_tracebacks(tmp_path, command):
     assert not _alive(kids) and not out.exists()
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_ingest_reader_process_killed_is_a_clear_error(tmp_path):
-    """The reader process of ingest killed (the OOM killer) while it reads: exit 1, a message that says so,
-    no manifest, no traceback."""
-    import signal
-    import subprocess
-    import time
-
-    from synth import make_coco     # (benchmarks/, on the path through test_shard_helpers)
-
-    ann = make_coco(tmp_path / "data", 1000, size=(64, 48), instances_per_image=16, seed=0, ext="png")
-    out = tmp_path / "m.jsonl"
-    p = subprocess.Popen([*KPCONV, "ingest", str(ann), "--images", str(tmp_path / "data" / "images"), "-o", str(out)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and p.poll() is None and not _children(p.pid):
-        time.sleep(0.002)
-    kids = sorted(_children(p.pid))
-    assert kids, "no reader process started"
-    os.kill(kids[0], signal.SIGKILL)            # (the reader: forked first)
-    err = p.communicate(timeout=30)[1].decode()
-    assert p.returncode == 1 and "the reader process of kpconv died" in err and "Traceback" not in err, err
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("body, line, message", [
     (b"skeleton: " + b"[" * 2000 + b"]" * 2000 + b"\n", 1, "invalid YAML: nested deeper than 64 levels"),
     (b"a: &a [x, y]\nskeleton: [*a]\n", 2, "invalid YAML: YAML aliases (*name) are not accepted"),

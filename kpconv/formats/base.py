@@ -53,6 +53,18 @@ def from_continuous(value, origin: str):
     return value - continuous_offset(origin)
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether ``path`` starts with HDF5's signature (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == _HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
 @dataclass
 class RawInstance:
     image: str                          # as written in the annotation: relative to images_root, or absolute

@@ -5,8 +5,7 @@ What is read: ``categories[].keypoints`` (names) and ``skeleton`` (1-based, made
 ``annotations[]`` (``keypoints`` flat ``[x, y, v] * K`` in pixels, or nested ``[[x, y, v], ...]`` /
 ``[[x, y], ...]``, ``bbox`` ``[x, y, w, h]``, ``iscrowd``, ``category_id``). Crowd annotations are
 skipped (a note, as COCO intends) and so are annotations of other categories. Each file is parsed
-once (the annotations a part at a time: :func:`kpconv.jsonparse.loads_streaming`); nothing is indexed
-twice.
+once; nothing is indexed twice.
 
 COCO as real datasets bend it:
 
@@ -91,25 +90,24 @@ def _looks_like_coco(path: Path) -> bool:
         return False
 
 
-def _load(path: Path) -> Tuple[dict, Iterator[list]]:
-    """The file's object and its annotations, a list at a time (parsed as they are read: see
-    :func:`kpconv.jsonparse.loads_streaming`; ``doc["annotations"]`` is then None)."""
+def _load(path: Path) -> dict:
+    """The file's object, checked to have COCO's three lists."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
     with _json_errors(path):
-        doc, chunks = jsonparse.loads_streaming(data, "annotations", ("images", "categories"))
+        doc = jsonparse.loads(data)
     if not isinstance(doc, dict):
         raise AnnotationError(f"expected a JSON object with 'images', 'annotations' and 'categories', "
                               f"got {type(doc).__name__}", Location(str(path)))
     for key in ("images", "annotations", "categories"):
         if key not in doc:
             raise AnnotationError("missing top-level field of a COCO file", Location(str(path), field=key))
-        if not isinstance(doc[key], list) and not (key == "annotations" and chunks is not None):
+        if not isinstance(doc[key], list):
             raise AnnotationError(f"expected a list, got {type(doc[key]).__name__}",
                                   Location(str(path), field=key))
-    return doc, (iter([doc["annotations"]]) if chunks is None else _located(path, chunks))
+    return doc
 
 
 @contextmanager
@@ -121,11 +119,6 @@ def _json_errors(path: Path):
                               Location(str(path), e.lineno)) from None
     except UnicodeDecodeError as e:
         raise AnnotationError(f"not UTF-8 text: {e.reason} at byte {e.start}", Location(str(path))) from None
-
-
-def _located(path: Path, chunks: Iterator[list]) -> Iterator[list]:
-    with _json_errors(path):
-        yield from chunks
 
 
 def _describe(cat: dict) -> str:
@@ -313,10 +306,7 @@ class CocoReader(Reader):
         generated = False
         wanted = ctx.options.keypoints
         for path in files:
-            doc, chunks = _load(path)
-            if not any(_named(c) for c in doc["categories"]):    # the annotations are needed first
-                doc["annotations"] = list(chain.from_iterable(chunks))
-                chunks = iter([doc["annotations"]])
+            doc = _load(path)
             cats = _choose_categories(path, doc, ctx.options.category)
             ids = {_hashable(c.get("id")) for c in cats}
             cat_names = cats[0]["keypoints"] if _named(cats[0]) else None
@@ -342,7 +332,7 @@ class CocoReader(Reader):
                 ctx.report.add("several_categories", f"{len(cats)} categories with the same keypoints read "
                                f"together: {', '.join(map(_describe, cats))}; each record keeps its 'category' "
                                "(choose one with --category)", Location(str(path), field="categories"))
-            loaded.append((path, doc, ids, by_id, chunks))
+            loaded.append((path, doc, ids, by_id))
         assert names is not None
         if wanted:
             missing = [n for n in wanted if n not in names]
@@ -368,103 +358,100 @@ class CocoReader(Reader):
         every = None not in slots  # all keypoints read (no --keypoints subset)
         in_split: Dict[str, Tuple[Optional[str], str]] = {}    # file_name -> (split, file) first annotated in
         seen_content = set()    # (file_name, category, keypoints): an annotation given twice
-        for path, doc, cat_ids, by_id, chunks in loaded:
+        for path, doc, cat_ids, by_id in loaded:
             shown_ids = ", ".join(map(repr, sorted(cat_ids, key=str)))
             one, only = len(cat_ids) == 1, next(iter(cat_ids))     # one category: a plain comparison (hot)
             file = str(path)
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
             seen_ids = set()
-            first = 0
             rows = []       # a block's rows: (record, image, size, keypoints, bbox, category)
-            for anns in chunks:     # (the whole list, or a part of it at a time: see _load)
-                numeric = _numeric_blocks(anns)
-                for i, ann in enumerate(anns, first):
-                    if not isinstance(ann, dict):
-                        report.add("malformed_record", f"expected an annotation object, got {type(ann).__name__}",
-                                   Location(file, record=f"annotations[{i}]"))
+            anns = doc["annotations"]
+            numeric = _numeric_blocks(anns)
+            for i, ann in enumerate(anns):
+                if not isinstance(ann, dict):
+                    report.add("malformed_record", f"expected an annotation object, got {type(ann).__name__}",
+                               Location(file, record=f"annotations[{i}]"))
+                    continue
+                aid = ann.get("id")
+                rec = str(aid) if aid is not None else f"annotations[{i}]"
+                if aid is not None and _hashable(aid) is not None:
+                    if aid in seen_ids:
+                        report.add("duplicate_annotation", f"annotation id {aid!r} is given twice; keeping the "
+                                   "first", Location(file, None, f"annotations[{i}]", "id"))
                         continue
-                    aid = ann.get("id")
-                    rec = str(aid) if aid is not None else f"annotations[{i}]"
-                    if aid is not None and _hashable(aid) is not None:
-                        if aid in seen_ids:
-                            report.add("duplicate_annotation", f"annotation id {aid!r} is given twice; keeping the "
-                                       "first", Location(file, None, f"annotations[{i}]", "id"))
-                            continue
-                        seen_ids.add(aid)
-                    if "category_id" not in ann:
-                        report.add("missing_field", "annotation has no category_id", Location(file, None, rec, "category_id"))
+                    seen_ids.add(aid)
+                if "category_id" not in ann:
+                    report.add("missing_field", "annotation has no category_id", Location(file, None, rec, "category_id"))
+                    continue
+                cid = ann["category_id"]
+                if (cid != only) if one else (_hashable(cid) not in cat_ids):
+                    report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
+                               f"category {shown_ids}", Location(file, None, rec, "category_id"))
+                    continue
+                if ann.get("iscrowd"):
+                    report.add("crowd", "iscrowd=1 annotation skipped", Location(file, None, rec, "iscrowd"))
+                    continue
+                if "image_id" not in ann:
+                    report.add("missing_field", "annotation has no image_id", Location(file, None, rec, "image_id"))
+                    continue
+                image_id = ann["image_id"]
+                try:
+                    image = images.get(image_id, False)
+                except TypeError:  # unhashable (a list, an object)
+                    image = False
+                if not image:
+                    why = "is not in images[]" if image is False else "refers to an invalid images[] entry"
+                    report.add("malformed_record", f"image_id {image_id!r} {why}", Location(file, None, rec, "image_id"))
+                    continue
+                kp = ann.get("keypoints")
+                if kp is None:
+                    report.add("missing_field", "annotation has no keypoints", Location(file, None, rec, "keypoints"))
+                    continue
+                if type(kp) is list and kp and type(kp[0]) is list:     # nested [[x, y, v], ...]
+                    flat = _flatten(kp, k)
+                    if flat.__class__ is str:
+                        report.add("wrong_type", f"expected {k} points [[x, y, v], ...] or [[x, y], ...], got "
+                                   f"{flat}", Location(file, None, rec, "keypoints"))
                         continue
-                    cid = ann["category_id"]
-                    if (cid != only) if one else (_hashable(cid) not in cat_ids):
-                        report.add("other_category", f"category_id {ann.get('category_id')!r} is not the chosen "
-                                   f"category {shown_ids}", Location(file, None, rec, "category_id"))
-                        continue
-                    if ann.get("iscrowd"):
-                        report.add("crowd", "iscrowd=1 annotation skipped", Location(file, None, rec, "iscrowd"))
-                        continue
-                    if "image_id" not in ann:
-                        report.add("missing_field", "annotation has no image_id", Location(file, None, rec, "image_id"))
-                        continue
-                    image_id = ann["image_id"]
-                    try:
-                        image = images.get(image_id, False)
-                    except TypeError:  # unhashable (a list, an object)
-                        image = False
-                    if not image:
-                        why = "is not in images[]" if image is False else "refers to an invalid images[] entry"
-                        report.add("malformed_record", f"image_id {image_id!r} {why}", Location(file, None, rec, "image_id"))
-                        continue
-                    kp = ann.get("keypoints")
-                    if kp is None:
-                        report.add("missing_field", "annotation has no keypoints", Location(file, None, rec, "keypoints"))
-                        continue
-                    if type(kp) is list and kp and type(kp[0]) is list:     # nested [[x, y, v], ...]
-                        flat = _flatten(kp, k)
-                        if flat.__class__ is str:
-                            report.add("wrong_type", f"expected {k} points [[x, y, v], ...] or [[x, y], ...], got "
-                                       f"{flat}", Location(file, None, rec, "keypoints"))
-                            continue
-                        kp = flat
-                    if (type(kp) is not list or len(kp) != n3
-                            or not (numeric[(i - first) >> _BLOCK_BITS] or _all_numbers(kp))):
-                        got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
-                        if isinstance(kp, list) and len(kp) == n3:
-                            bad = next(x for x in kp if not _is_number(x))
-                            got = f"a non-number {bad!r}"
-                        report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
-                                   Location(file, None, rec, "keypoints"))
-                        continue
-                    first_split, first_file = in_split.setdefault(image[0], (split, file))
-                    if first_split != split:
-                        report.add("image_in_two_splits", f"image {image[0]} is in split {first_split!r} ({first_file}) "
-                                   f"and again in {split!r}; keeping it in {first_split!r}: this annotation is skipped",
-                                   Location(file, None, rec, "image_id"))
-                        continue
-                    key = (image[0], _hashable(cid), tuple(kp))
-                    if key in seen_content and any(kp[2::3]):   # (no keypoint labelled: not a duplicate)
-                        report.add("duplicate_annotation", f"the same keypoints on image {image[0]} as an earlier "
-                                   "annotation; keeping the first", Location(file, None, rec, "keypoints"))
-                        continue
-                    seen_content.add(key)
-                    # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
-                    category = by_id[cid] if by_id else None
-                    if dense:   # all keypoints in the reader's order: the flat list as it is
-                        rows.append((rec, image[0], image[1], kp, ann.get("bbox"), category))
-                        if len(rows) == _ROWS:
-                            yield DenseRows(file, *map(list, zip(*rows)), split)
-                            rows = []
-                        continue
-                    # (dict/compress/zip run in C: this is the per-annotation hot spot)
-                    vs = kp[2::3]
-                    points = dict(compress(zip(slots, zip(kp[0::3], kp[1::3], vs)),
-                                           vs if every else [v and n is not None for n, v in zip(slots, vs)]))
-                    yield RawInstance(image[0], points, Location(file, record=rec), bbox=ann.get("bbox"),
-                                      size=image[1], split=split, category=category)
-                first += len(anns)
-                if rows:        # (a block never waits for the next part's parse)
-                    yield DenseRows(file, *map(list, zip(*rows)), split)
-                    rows = []
+                    kp = flat
+                if (type(kp) is not list or len(kp) != n3
+                        or not (numeric[i >> _BLOCK_BITS] or _all_numbers(kp))):
+                    got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
+                    if isinstance(kp, list) and len(kp) == n3:
+                        bad = next(x for x in kp if not _is_number(x))
+                        got = f"a non-number {bad!r}"
+                    report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
+                               Location(file, None, rec, "keypoints"))
+                    continue
+                first_split, first_file = in_split.setdefault(image[0], (split, file))
+                if first_split != split:
+                    report.add("image_in_two_splits", f"image {image[0]} is in split {first_split!r} ({first_file}) "
+                               f"and again in {split!r}; keeping it in {first_split!r}: this annotation is skipped",
+                               Location(file, None, rec, "image_id"))
+                    continue
+                key = (image[0], _hashable(cid), tuple(kp))
+                if key in seen_content and any(kp[2::3]):   # (no keypoint labelled: not a duplicate)
+                    report.add("duplicate_annotation", f"the same keypoints on image {image[0]} as an earlier "
+                               "annotation; keeping the first", Location(file, None, rec, "keypoints"))
+                    continue
+                seen_content.add(key)
+                # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
+                category = by_id[cid] if by_id else None
+                if dense:   # all keypoints in the reader's order: the flat list as it is
+                    rows.append((rec, image[0], image[1], kp, ann.get("bbox"), category))
+                    if len(rows) == _ROWS:
+                        yield DenseRows(file, *map(list, zip(*rows)), split)
+                        rows = []
+                    continue
+                # (dict/compress/zip run in C: this is the per-annotation hot spot)
+                vs = kp[2::3]
+                points = dict(compress(zip(slots, zip(kp[0::3], kp[1::3], vs)),
+                                       vs if every else [v and n is not None for n, v in zip(slots, vs)]))
+                yield RawInstance(image[0], points, Location(file, record=rec), bbox=ann.get("bbox"),
+                                  size=image[1], split=split, category=category)
+            if rows:
+                yield DenseRows(file, *map(list, zip(*rows)), split)
 
     @staticmethod
     def _images(file: str, entries: list, report) -> Dict[object, Optional[Tuple[str, Optional[Tuple[int, int]]]]]:
@@ -521,7 +508,7 @@ def _mark_bad(images: dict, image_id) -> None:
 
 def _category_name(loaded):
     """The name of the category read, or the list of names when several were read together."""
-    path, doc, cat_ids, by_id, _ = loaded[0]
+    path, doc, cat_ids, by_id = loaded[0]
     if by_id:
         return list(by_id.values())
     for c in doc["categories"]:

@@ -29,10 +29,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import AnnotationError, Location
 from . import register
 from ._yaml import load_yaml
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, is_hdf5
 
 _MISSING = {"", "nan", "NaN", "NAN"}
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables), or read the CSV twin DeepLabCut writes beside it"
 
 
@@ -51,13 +50,7 @@ def _is_dlc_csv(path: Path) -> bool:
 
 def _is_dlc_h5(path: Path) -> bool:
     """An HDF5 file named like DeepLabCut's labels (``CollectedData_<scorer>.h5``)."""
-    if not path.name.startswith("CollectedData"):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == _HDF5_SIGNATURE
-    except OSError:
-        return False
+    return path.name.startswith("CollectedData") and is_hdf5(path)
 
 
 def _is_dlc_file(path: Path) -> bool:

@@ -37,10 +37,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, from_continuous
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, from_continuous, is_hdf5
 
 HINT = "pip install 'kpconv[sleap]' (the sleap-io package)"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Pixel convention (base.PIXEL_ORIGINS, see the module docstring): pixel i's centre at i; ingest adds 0.5, the
 # .slp writer converts back (from_continuous)
 PIXEL_ORIGIN = "center"
@@ -59,13 +58,7 @@ def import_sleap_io():
 
 
 def _is_slp(path: Path) -> bool:
-    if not (path.is_file() and path.name.lower().endswith(".slp")):
-        return False
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False
+    return path.is_file() and path.name.lower().endswith(".slp") and is_hdf5(path)
 
 
 def load_labels(path: Path):
@@ -134,8 +127,8 @@ class SleapReader(Reader):
                          for lf_inst in lf.user_instances if lf_inst.track is not None})
         extra = {"tracks": tracks, "frames_dir": frames_dir.as_posix(),
                  "videos": [p.describe() for p in plans.values()]}
-        # read (and frames extracted) here, not lazily: ingest may fork a reader process for the rest of
-        # a generator, and a video decoder's threads do not survive a fork
+        # read (and frames extracted) here, not lazily: ingest may fork a helper while a generator is
+        # open, and a video decoder's threads do not survive a fork
         instances = list(_instances(loaded, plans, ctx, names, set(wanted) if wanted else None))
         return ReadResult(meta, instances, [str(p) for p, _ in loaded], extra)
 
