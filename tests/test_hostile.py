@@ -410,7 +410,8 @@ def test_csv_formula_injection_in_predict_output():
         assert rows[name_row] == header
         body = rows[1:] if fmt == "csv" else rows[3:]
         assert [r[0] for r in body] == ["'=SUM(1+2).jpg", "'@x.png", "ok.png"]
-        assert "-1.000" in body[0]                   # numbers stay numbers
+        # numbers stay numbers (dlc in DeepLabCut's pixel convention: kpconv's x - 0.5)
+        assert ("-1.000" if fmt == "csv" else "-1.500") in body[0]
 
 
 # ------------------------------------------------------------------------------- 3. processes and files
