@@ -1,0 +1,568 @@
+"""Multi-instance pose, top-down (SLEAP's centroid + centred-instance pair): training both stages into one
+run directory, and predicting every instance of a frame without boxes (docs/multi-instance.md).
+
+* **Centroid stage** (``centroid.keras``): the U-Net heatmap model with one channel, on whole frames
+  resized by ``scale`` (:func:`kpconv.centroid.centroid_scale`: the median instance keeps about 32 px); its
+  target is the maximum of Gaussians at every instance centre (:class:`kpconv.losses.CentroidLoss`);
+  instances are its peaks (:func:`kpconv.centroid.find_peaks`). Trained on windows of at most
+  ``CENTROID_MAX_INPUT`` pixels of the resized frames, so its cost does not grow with the frame size.
+* **Instance stage** (``model.keras``): the usual keypoint heatmap model on ``crop`` x ``crop`` crops centred
+  on one instance (:func:`kpconv.centroid.instance_crop`), whose targets are that instance's keypoints only.
+
+Training (:func:`train_multi`) reads shards of record spec 2 of any image size (``--image-size none``):
+``image/instances/center`` gives every centre of a record's image. ``time_limit`` is split: a third for
+the centroid stage, two thirds for the instance stage (:data:`CENTROID_SHARE`). ``config.json`` holds
+``"stages"``: how the two models are chained.
+
+Prediction (:class:`MultiPredictor`): frames -> centroid model -> peaks (``max_instances``, threshold) ->
+crops around each peak, batched across instances and frames -> instance model -> keypoints in original
+pixels with confidences. Each instance's ``score`` is ``centroid peak x mean keypoint confidence``
+(:data:`SCORES`; the ranking kept after measuring both with COCO AP, see docs/multi-instance.md). With
+``boxes`` the first stage is skipped: each box's centre is an instance centre.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import centroid as cgeom
+from .errors import ImageError, KpconvError, TrainError, VideoError
+
+CENTROID_FILE = "centroid.keras"
+INSTANCE_FILE = "model.keras"
+CENTROID_SHARE = 1.0 / 3.0          # of --time-limit for the centroid stage; the rest for the instance stage
+CENTROID_MAX_INPUT = 384            # the centroid stage trains on windows of at most this many (resized) pixels
+CENTROID_STRIDE = 4
+CENTROID_SIGMA = 1.0                # cells: touching instances keep separate peaks
+CENTROID_BATCH = 4
+PEAK_THRESHOLD = 0.2                # a centroid peak below this is no instance
+STEPS_PER_EPOCH = 50
+SCORES = ("product", "centroid", "keypoints")   # instance score: peak x mean confidence, peak, mean confidence
+DEFAULT_SCORE = "product"
+
+
+def is_multi(config: dict) -> bool:
+    """Whether a run's ``config.json`` describes a multi-instance (two-stage) run."""
+    return bool(config.get("stages"))
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def instance_stats(shard_dir, split: str) -> dict:
+    """What the stage sizes are chosen from, read from the records without TensorFlow: every instance box's
+    longer side (stored pixels), instances per image, images."""
+    from .dataset_info import DatasetInfo
+    from .records import decode_record
+    from .tfrecord import read_records
+
+    info = DatasetInfo.read(shard_dir)
+    sides, counts = [], []
+    for path in info.files(split):
+        for data in read_records(path, info.compression_name):
+            r = decode_record(data, info.num_keypoints)
+            w, h = r["image/width"], r["image/height"]
+            b = r["instance/bbox"]
+            sides.append(max(b[2] * w, b[3] * h))
+            if r["instance/index"] == 0:
+                counts.append(len(r["image/instances/center"]) // 2)
+    return {"sides": sides, "max_instances": max(counts) if counts else 0, "images": len(counts),
+            "records": len(sides)}
+
+
+# ----------------------------------------------------------------------------------------- tf pipeline
+def crop_boxes_tf(centres, region, out, image_size):
+    """:func:`kpconv.centroid.crop_boxes` in the graph: ``centres`` (M, 2), ``region`` (2,) or (M, 2) ``[rw, rh]``
+    stored pixels, ``out`` ``(ow, oh)`` ints, ``image_size`` (M, 2) ``[w, h]``."""
+    import tensorflow as tf
+
+    c = tf.cast(centres, tf.float32)
+    reg = tf.broadcast_to(tf.cast(region, tf.float32), tf.shape(c))
+    size = tf.cast(image_size, tf.float32)
+    ow, oh = tf.cast(out[0], tf.float32), tf.cast(out[1], tf.float32)
+    x0 = c[:, 0] - reg[:, 0] / 2.0
+    y0 = c[:, 1] - reg[:, 1] / 2.0
+    ax = x0 + 0.5 * reg[:, 0] / ow - 0.5
+    bx = x0 + (ow - 0.5) * reg[:, 0] / ow - 0.5
+    ay = y0 + 0.5 * reg[:, 1] / oh - 0.5
+    by = y0 + (oh - 0.5) * reg[:, 1] / oh - 0.5
+    wm1 = tf.maximum(size[:, 0] - 1.0, 1.0)
+    hm1 = tf.maximum(size[:, 1] - 1.0, 1.0)
+    return tf.stack([ay / hm1, ax / wm1, by / hm1, bx / wm1], -1)
+
+
+def _parse(num_keypoints: int):
+    import tensorflow as tf
+
+    from .records import feature_description
+
+    desc = feature_description(num_keypoints)
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, desc)
+        img = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
+        wh = tf.cast(tf.stack([ex["image/width"], ex["image/height"]]), tf.float32)
+        centres = tf.reshape(tf.sparse.to_dense(ex["image/instances/center"]), (-1, 2)) * wh
+        return {"image": img, "size": wh, "keypoints": tf.stack([ex["keypoints/x"], ex["keypoints/y"]], -1) * wh,
+                "visibility": ex["keypoints/visibility"], "index": ex["instance/index"], "centres": centres}
+
+    return parse
+
+
+def _records(shard_dir, split: str, info, seed: int, shuffle: bool):
+    import tensorflow as tf
+
+    files = info.files(split)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or ""),
+                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.cache()       # the encoded records (decoded frames of any size would not fit)
+
+
+def _augment(options, crop: bool):
+    from .pipeline import Augment
+
+    if not options.augment:
+        return None
+    return Augment(flip=0.0 if not crop else options.augment_flip, rotation=options.augment_rotate,
+                   scale=tuple(options.augment_scale), translate=0.05, brightness=options.augment_brightness,
+                   contrast=tuple(options.augment_contrast), crop=None)
+
+
+def _finish(ds, batch: int, aug, perm, seed):
+    """Batched ``(images, targets (B, N, 3))`` with the pipeline's augmentation (whole batches, one warp)."""
+    import tensorflow as tf
+
+    from .pipeline import augment_batch
+
+    ds = ds.batch(batch, drop_remainder=True)
+    if aug is None:
+        return ds.map(lambda e: (tf.cast(e["image"], tf.float32),
+                                 tf.concat([e["keypoints"], tf.cast(e["visibility"] > 0, tf.float32)[..., None]], -1)))
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def apply(e, s):
+        img, kp, vis = augment_batch(e["image"], e["keypoints"], e["visibility"], s, aug, perm)
+        return img, tf.concat([kp, vis[..., None]], -1)
+
+    return tf.data.Dataset.zip((ds, seeds)).map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm):
+    """The instance stage's training batches: ``crop`` x ``crop`` crops (covering ``crop / scale`` stored pixels)
+    centred on each record's instance centre, its keypoints normalized to the crop (outside: unlabelled)."""
+    import tensorflow as tf
+
+    region = crop / scale
+
+    def to_crop(e):
+        c = e["centres"][e["index"]]
+        box = crop_boxes_tf(c[None], [region, region], (crop, crop), e["size"][None])
+        img = tf.image.crop_and_resize(tf.cast(e["image"][None], tf.float32), box, [0], (crop, crop))[0]
+        kp = (e["keypoints"] - (c - region / 2.0)) / region
+        inside = tf.reduce_all((kp >= 0.0) & (kp < 1.0), -1)
+        vis = tf.where(inside & (e["visibility"] > 0), 1.0, 0.0)
+        return {"image": tf.clip_by_value(tf.round(img), 0, 255), "keypoints": tf.where(inside[:, None], kp, 0.0),
+                "visibility": vis}
+
+    ds = _records(shard_dir, split, info, seed, True).shuffle(2048, seed=seed).repeat()
+    ds = ds.map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(to_crop, num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(ds, batch, aug, perm, seed).prefetch(tf.data.AUTOTUNE)
+
+
+def centroid_input_size(frame_size: Tuple[int, int], scale: float) -> Tuple[int, int]:
+    """(w, h) of a whole frame of ``frame_size`` at the centroid stage's ``scale``."""
+    return max(1, int(round(frame_size[0] * scale))), max(1, int(round(frame_size[1] * scale)))
+
+
+def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
+                     seed: int, aug):
+    """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
+    ``scale``, a ``window`` x ``window`` part of it (the whole frame, padded, when it fits; else around a
+    random instance centre), with every centre (padded to ``max_instances``, mask 0)."""
+    import tensorflow as tf
+
+    region = window / scale
+
+    def to_window(e, s):
+        n = tf.shape(e["centres"])[0]
+        size = e["size"]
+        fits = tf.reduce_all(size * scale <= window)
+        pick = tf.random.stateless_uniform((), s, 0, n, tf.int32)
+        jitter = tf.random.stateless_uniform((2,), s + 1, -0.25, 0.25) * region
+        half = tf.minimum(size / 2.0, region / 2.0)
+        around = tf.clip_by_value(e["centres"][pick] + jitter, half, size - half)
+        c = tf.where(fits, size / 2.0, around)
+        box = crop_boxes_tf(c[None], [region, region], (window, window), size[None])
+        img = tf.image.crop_and_resize(tf.cast(e["image"][None], tf.float32), box, [0], (window, window))[0]
+        cen = (e["centres"] - (c - region / 2.0)) / region
+        inside = tf.reduce_all((cen >= 0.0) & (cen < 1.0), -1)
+        cen = tf.pad(cen[:max_instances], [[0, max_instances - tf.minimum(n, max_instances)], [0, 0]])
+        vis = tf.pad(tf.cast(inside, tf.float32)[:max_instances], [[0, max_instances - tf.minimum(n, max_instances)]])
+        return {"image": tf.clip_by_value(tf.round(img), 0, 255), "keypoints": tf.ensure_shape(cen, (max_instances, 2)),
+                "visibility": tf.ensure_shape(vis, (max_instances,))}
+
+    ds = _records(shard_dir, split, info, seed, True)
+    ds = ds.map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(lambda e: tf.equal(e["index"], 0)).shuffle(1024, seed=seed).repeat()
+    seeds = tf.data.Dataset.random(seed=seed + 1).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(to_window, num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(ds, batch, aug, None, seed).prefetch(tf.data.AUTOTUNE)
+
+
+# -------------------------------------------------------------------------------------------- training
+@dataclass
+class StagePlan:
+    centroid_scale: float
+    centroid_window: int
+    crop: int
+    crop_scale: float
+    max_instances: int
+
+
+def plan_stages(stats: dict, frame_sizes: Sequence[Tuple[int, int]] = ()) -> StagePlan:
+    """The stage sizes for the instance statistics of :func:`instance_stats` (see :mod:`kpconv.centroid`)."""
+    s = cgeom.centroid_scale(stats["sides"])
+    biggest = max((max(w, h) for w, h in frame_sizes), default=CENTROID_MAX_INPUT / s)
+    window = min(CENTROID_MAX_INPUT, int(math.ceil(biggest * s / 32)) * 32)
+    crop, crop_scale = cgeom.instance_crop(stats["sides"])
+    return StagePlan(s, max(32, window), crop, crop_scale, max(1, stats["max_instances"]))
+
+
+def _frame_sizes(shard_dir, split: str, info) -> List[Tuple[int, int]]:
+    from .records import decode_record
+    from .tfrecord import read_records
+
+    sizes = set()
+    for path in info.files(split):
+        for data in read_records(path, info.compression_name):
+            r = decode_record(data, info.num_keypoints)
+            sizes.add((r["image/width"], r["image/height"]))
+    return sorted(sizes)
+
+
+def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, label: str, log: Callable):
+    import keras
+
+    from .train import _callbacks_module
+
+    _, NanGuard, _, TimeBudget, _, _ = _callbacks_module()
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss, jit_compile=True)
+    lr0 = options.learning_rate
+    nan = NanGuard()
+    cbs = [nan]
+    if seconds is not None:
+        cbs.append(TimeBudget(seconds, time.monotonic(), lr0, lr0 * options.min_learning_rate_factor))
+        epochs = 10 ** 6
+    else:
+        from .train import _epoch_cosine
+
+        cbs.append(keras.callbacks.LearningRateScheduler(
+            _epoch_cosine(lr0, lr0 * options.min_learning_rate_factor, 0, epochs)))
+    hist = model.fit(ds, epochs=epochs, steps_per_epoch=options.steps_per_epoch or STEPS_PER_EPOCH, callbacks=cbs,
+                     verbose=options.verbose, shuffle=False)
+    if nan.where is not None:
+        raise TrainError(f"{label} stage: loss became NaN at epoch {nan.where[0] + 1}, batch {nan.where[1] + 1} "
+                         "(try a lower --learning-rate or check the shards with 'kpconv inspect')")
+    losses = hist.history.get("loss", [])
+    log(f"{label} stage: {len(losses)} epoch(s), final loss {losses[-1]:.5f}" if losses else f"{label}: no epoch")
+    return len(losses), (float(losses[-1]) if losses else None)
+
+
+def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Train the centroid and the centred-instance stage on ``shard_dir`` (record spec 2, any image size) into
+    ``run_dir`` (which must not hold a run). ``options`` a :class:`kpconv.train.TrainOptions` (heatmap head,
+    ``unet`` from random weights: pretrained backbones and ``--resume`` are for single-instance runs);
+    ``options.time_limit`` minutes are shared by the stages (:data:`CENTROID_SHARE`). Returns config.json."""
+    import keras
+
+    from . import losses, model as kmodel
+    from .dataset_info import DatasetInfo, dataset_sha256, verify_shards
+    from .train import CONFIG_FILE, TrainOptions, _save_model, _versions, _write_json, resolve_recipe
+
+    started = time.monotonic()
+    run, shard_dir = Path(run_dir), Path(shard_dir)
+    info = DatasetInfo.read(shard_dir)
+    verify_shards(info)
+    options = options or TrainOptions(weights="none")
+    if options.head != "heatmap":
+        raise TrainError(f"--head {options.head}: multi-instance training uses the heatmap head")
+    if options.weights not in (None, "", "none"):
+        raise TrainError(f"--weights {options.weights}: multi-instance training starts from random weights "
+                         "(--weights none)")
+    if (run / CONFIG_FILE).exists():
+        raise TrainError(f"{run}: already holds a run; choose another -o")
+    options = resolve_recipe(TrainOptions(**{**options.to_dict(), "weights": "none"}), info)
+    if info.split(options.train_split).num_records == 0:
+        raise TrainError(f"{info.path}: split '{options.train_split}' has no records")
+    if options.time_limit is not None and not (options.time_limit > 0 and math.isfinite(options.time_limit)):
+        raise TrainError(f"time limit {options.time_limit}: expected a positive number of minutes")
+    stats = instance_stats(shard_dir, options.train_split)
+    plan = plan_stages(stats, _frame_sizes(shard_dir, options.train_split, info))
+    log(f"multi-instance: {stats['images']} image(s), up to {plan.max_instances} instance(s) each; centroid stage "
+        f"at scale {plan.centroid_scale:g} ({plan.centroid_window} px windows), instance stage on {plan.crop} px "
+        f"crops (scale {plan.crop_scale:g})")
+    stride = options.heatmap_stride
+    c_cfg = kmodel.ModelConfig(num_keypoints=1, image_size=(plan.centroid_window, plan.centroid_window),
+                               backbone="unet", alpha=options.alpha, head="heatmap", weights="none",
+                               heatmap_stride=CENTROID_STRIDE, bn_momentum=0.9)
+    i_cfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(plan.crop, plan.crop),
+                               backbone=options.backbone if options.backbone == "unet" else "unet",
+                               alpha=options.alpha, head="heatmap", weights="none", heatmap_stride=stride,
+                               bn_momentum=0.9)
+    total = options.time_limit * 60.0 if options.time_limit is not None else None
+    epochs = options.epochs or 30
+    config = {
+        "options": options.to_dict(),
+        "model": i_cfg.to_dict(),
+        "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": dataset_sha256(shard_dir, info),
+                    "keypoints": info.keypoint_names, "skeleton": [list(p) for p in info.skeleton],
+                    "flip_pairs": [list(p) for p in info.flip_pairs], "image_size": None,
+                    "preprocessing": info.preprocessing(),
+                    "splits": {n: s.num_records for n, s in info.splits.items()},
+                    "train_split": options.train_split, "val_split": None,
+                    "instances": {"max_per_image": plan.max_instances, "images": stats["images"],
+                                  "median_box_px": float(np.median(stats["sides"])) if stats["sides"] else None,
+                                  "p90_box_px": float(np.percentile(stats["sides"], 90)) if stats["sides"] else None}},
+        "stages": [
+            {"name": "centroid", "model": CENTROID_FILE, "scale": plan.centroid_scale, "window": plan.centroid_window,
+             "stride": CENTROID_STRIDE, "sigma": CENTROID_SIGMA, "peak_threshold": PEAK_THRESHOLD,
+             "max_instances": plan.max_instances, "model_config": c_cfg.to_dict(),
+             "time_share": CENTROID_SHARE if total else None},
+            {"name": "instance", "model": INSTANCE_FILE, "crop": plan.crop, "scale": plan.crop_scale,
+             "stride": stride, "sigma": options.sigma, "time_share": 1 - CENTROID_SHARE if total else None}],
+        "score": DEFAULT_SCORE,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        keras.utils.set_random_seed(options.seed)
+        spent = time.monotonic() - started
+        c_seconds = max(1.0, (total - spent) * CENTROID_SHARE) if total else None
+        c_model = kmodel.build_model(c_cfg, None)
+        c_ds = centroid_dataset(shard_dir, options.train_split, info, plan.centroid_scale, plan.centroid_window,
+                                plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False))
+        c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
+                                      c_seconds, epochs, "centroid", log)
+        _save_model(c_model, run / CENTROID_FILE)
+        i_seconds = max(1.0, total - (time.monotonic() - started)) if total else None
+        i_model = kmodel.build_model(i_cfg, None)
+        i_ds = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
+                                options.seed, _augment(options, True), info.flip_permutation())
+        i_epochs, i_loss = _fit_stage(i_model, losses.HeatmapLoss(stride, options.sigma), i_ds, options, i_seconds,
+                                      epochs, "instance", log)
+        _save_model(i_model, run / INSTANCE_FILE)
+        config["stages"][0].update(epochs=c_epochs, final_loss=c_loss)
+        config["stages"][1].update(epochs=i_epochs, final_loss=i_loss)
+        config["train_seconds"] = round(time.monotonic() - started, 1)
+        _write_json(run / CONFIG_FILE, config)
+    except BaseException:
+        for name in (CENTROID_FILE, INSTANCE_FILE, CONFIG_FILE):
+            (run / name).unlink(missing_ok=True)
+        raise
+    return config
+
+
+# ------------------------------------------------------------------------------------------ prediction
+@dataclass
+class Found:
+    """One instance found in one frame (stored == original pixels for ``--image-size none`` runs)."""
+
+    centre: Tuple[float, float]
+    peak: float
+    keypoints: np.ndarray           # (K, 3): x, y px, confidence
+    score: float
+
+
+class MultiPredictor:
+    """A multi-instance run, ready to predict every instance of images and video frames::
+
+        p = kpconv.multi.MultiPredictor("run/")
+        for pred in p.predict("clip.mp4"):        # one Prediction per instance, ``instance`` 0, 1, ...
+            print(pred.frame, pred.instance, pred.score, pred.keypoints)
+
+    ``max_instances`` (default: the most seen in training) and ``min_score`` bound what is returned;
+    ``peak_threshold`` the centroid peaks; ``score`` one of :data:`SCORES`."""
+
+    def __init__(self, run_dir, max_instances: Optional[int] = None, min_score: float = 0.0,
+                 peak_threshold: Optional[float] = None, score: Optional[str] = None):
+        import tensorflow as tf
+
+        from . import model as kmodel
+        from .train import CONFIG_FILE
+
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / CONFIG_FILE).is_file():
+            raise TrainError(f"{self.run_dir}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
+        self.config = json.loads((self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not is_multi(self.config):
+            raise TrainError(f"{self.run_dir}: a single-instance run (no 'stages' in {CONFIG_FILE})")
+        stages = {s["name"]: s for s in self.config["stages"]}
+        self.cstage, self.istage = stages["centroid"], stages["instance"]
+        self.names = list(self.config["dataset"]["keypoints"])
+        self.skeleton = [tuple(p) for p in self.config["dataset"].get("skeleton") or []]
+        self.flip_pairs = [tuple(p) for p in self.config["dataset"].get("flip_pairs") or []]
+        self.max_instances = int(max_instances or self.cstage["max_instances"])
+        self.max_individuals = self.max_instances
+        self.min_score = float(min_score)
+        self.peak_threshold = float(self.cstage["peak_threshold"] if peak_threshold is None else peak_threshold)
+        self.score = score or self.config.get("score", DEFAULT_SCORE)
+        if self.score not in SCORES:
+            raise TrainError(f"unknown instance score '{self.score}' (known: {', '.join(SCORES)})")
+        for st in (self.cstage, self.istage):
+            if not (self.run_dir / st["model"]).is_file():
+                raise TrainError(f"{self.run_dir / st['model']}: missing (the {st['name']} stage's model)")
+        cmodel = kmodel.load_model(self.run_dir / self.cstage["model"])
+        imodel = kmodel.inference_model(kmodel.load_model(self.run_dir / self.istage["model"]),
+                                        (self.config.get("calibration") or {}).get("params"))
+        crop, region = int(self.istage["crop"]), float(self.istage["crop"]) / float(self.istage["scale"])
+        self.crop, self.region = crop, region
+
+        @tf.function(reduce_retracing=True)
+        def centroid_fn(frames, out_w, out_h):
+            n = tf.shape(frames)[0]
+            size = tf.tile(tf.cast(tf.shape(frames)[2:0:-1], tf.float32)[None], (n, 1))
+            out_wh = tf.cast(tf.stack([out_w, out_h]), tf.float32)
+            boxes = crop_boxes_tf(size / 2.0, out_wh[None] / self.cstage["scale"], (out_w, out_h), size)
+            small = tf.image.crop_and_resize(tf.cast(frames, tf.float32), boxes, tf.range(n), tf.stack([out_h, out_w]))
+            return cmodel(tf.clip_by_value(tf.round(small), 0.0, 255.0), training=False)
+
+        @tf.function(reduce_retracing=True)
+        def instance_fn(frames, centres, index):
+            size = tf.cast(tf.shape(frames)[1:3][::-1], tf.float32)
+            m = tf.shape(centres)[0]
+            boxes = crop_boxes_tf(centres, [region, region], (crop, crop), tf.tile(size[None], (m, 1)))
+            crops = tf.image.crop_and_resize(tf.cast(frames, tf.float32), boxes, index, (crop, crop))
+            return imodel(tf.clip_by_value(tf.round(crops), 0.0, 255.0), training=False)
+
+        self._centroid_fn, self._instance_fn = centroid_fn, instance_fn
+
+    # the model calls: the only places the two stages run
+    def centroid_heatmaps(self, frames: np.ndarray) -> np.ndarray:
+        """``frames`` uint8 (B, H, W, 3) of one size -> the centroid heatmaps (B, h, w) at the stage's scale."""
+        h, w = frames.shape[1:3]
+        ow, oh = centroid_input_size((w, h), self.cstage["scale"])
+        return np.asarray(self._centroid_fn(frames, ow, oh))[..., 0]
+
+    def poses(self, frames: np.ndarray, centres: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Keypoints (M, K, 3) (x, y original px, confidence) of the instances centred on ``centres`` (M, 2) px
+        of ``frames[index]``, one batch across instances and frames."""
+        if len(centres) == 0:
+            return np.zeros((0, len(self.names), 3), np.float32)
+        out = np.array(self._instance_fn(frames, np.asarray(centres, np.float32), np.asarray(index, np.int32)))
+        origin = np.asarray(centres, np.float32)[:, None, :] - self.region / 2.0
+        out[..., :2] = origin + out[..., :2] * self.region
+        return out
+
+    def find(self, frames: np.ndarray, boxes: Optional[Sequence[Sequence[Sequence[float]]]] = None
+             ) -> List[List[Found]]:
+        """Every instance of each frame (``frames`` uint8 (B, H, W, 3)), best score first. ``boxes``: per frame,
+        the boxes (x, y, w, h px) whose centres replace the centroid stage."""
+        h, w = frames.shape[1:3]
+        per_frame: List[List[Tuple[Tuple[float, float], float]]] = []
+        if boxes is None:
+            heat = self.centroid_heatmaps(frames)
+            scale = float(self.cstage["scale"])
+            ow, oh = centroid_input_size((w, h), scale)
+            # the resized frame covers (ow, oh) / scale pixels centred on the frame (crop_boxes' convention)
+            x0, y0 = w / 2.0 - ow / (2.0 * scale), h / 2.0 - oh / (2.0 * scale)
+            stride = float(self.cstage["stride"])
+            for hm in heat:
+                xy, val = cgeom.find_peaks(hm, self.peak_threshold, self.max_instances)
+                per_frame.append([((x0 + x * stride / scale, y0 + y * stride / scale), float(v))
+                                  for (x, y), v in zip(xy, val)])
+        else:
+            per_frame = [[((b[0] + b[2] / 2.0, b[1] + b[3] / 2.0), 1.0) for b in fb] for fb in boxes]
+        centres = [c for f in per_frame for c, _ in f]
+        index = [i for i, f in enumerate(per_frame) for _ in f]
+        kps = self.poses(frames, np.asarray(centres, np.float32).reshape(-1, 2), np.asarray(index, np.int32))
+        out, j = [], 0
+        for f in per_frame:
+            found = []
+            for c, peak in f:
+                k = kps[j]
+                j += 1
+                mean_conf = float(np.mean(k[:, 2])) if len(k) else 0.0
+                score = {"product": peak * mean_conf, "centroid": peak, "keypoints": mean_conf}[self.score]
+                if score >= self.min_score:
+                    found.append(Found(c, peak, k, float(score)))
+            found.sort(key=lambda f_: -f_.score)
+            out.append(found)
+        return out
+
+    def predict(self, inputs, bbox=None, boxes=None, batch_size: int = 8, frames=None,
+                on_error: Optional[Callable] = None, keep_frames: bool = False, root: Optional[Path] = None):
+        """Yield one :class:`kpconv.predict.Prediction` per instance found, per image and selected video frame
+        in input order (``instance`` 0, 1, ... by decreasing score). The interface of
+        :meth:`kpconv.predict.Predictor.predict`; ``bbox``: one box for every input (its centre is the one
+        instance), ``boxes`` per image or frame (skip the centroid stage)."""
+        from .images import SourceImage, to_rgb
+        from .predict import (Failure, FrameSelection, Prediction, common_root, expand_inputs, is_video, video_frames,
+                              video_info)
+        from .progress import progress
+
+        frames = frames or FrameSelection()
+        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+        root = root or common_root(paths)
+        single_video = sum(is_video(p) for p in paths) == 1
+        batch: list = []
+
+        def flush():
+            arr = np.stack([b["array"] for b in batch])
+            given = None
+            if boxes is not None or bbox is not None:
+                given = [b["boxes"] for b in batch]
+            for b, found in zip(batch, self.find(arr, given)):
+                h, w = b["array"].shape[:2]
+                for i, f in enumerate(found):
+                    k = f.keypoints
+                    x0, y0 = float(k[:, 0].min()), float(k[:, 1].min())
+                    box = [x0, y0, float(k[:, 0].max()) - x0, float(k[:, 1].max()) - y0]
+                    yield Prediction(b["file"], w, h, [[float(v[0]), float(v[1]), float(v[2])] for v in k],
+                                     box, round(f.score, 6), b["frame"], b["time"], i, b["pixels"])
+            batch.clear()
+
+        def fail(e: KpconvError, file: str, frame=None):
+            if on_error is None:
+                raise e
+            on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
+
+        def given_boxes(path, frame):
+            if boxes is not None:
+                return [list(b) for b, _ in boxes.lookup(path, root, frame, single_video)]
+            return [list(bbox)] if bbox is not None else None
+
+        def items(path):
+            if is_video(path):
+                fps, count, _ = video_info(path)
+                decoded = progress(video_frames(path, frames), total=frames.expected(count, fps),
+                                   desc=Path(path).name, unit="frame")
+                for index, t, im in decoded:
+                    yield dict(file=path, array=np.asarray(im.convert("RGB")), frame=index, time=round(t, 6),
+                               pixels=im if keep_frames else None, boxes=given_boxes(path, index))
+            else:
+                im, _ = SourceImage(path).load()
+                yield dict(file=path, array=np.asarray(to_rgb(im)), frame=None, time=None, pixels=None,
+                           boxes=given_boxes(path, None))
+
+        for path in paths:
+            last = None
+            try:
+                for item in items(path):
+                    last = item["frame"]
+                    if batch and (len(batch) >= batch_size or batch[0]["array"].shape != item["array"].shape):
+                        yield from flush()
+                    batch.append(item)
+            except (ImageError, VideoError) as e:
+                fail(e, path, getattr(e, "frame", None) if last is None else getattr(e, "frame", last + 1))
+        if batch:
+            yield from flush()
