@@ -566,3 +566,96 @@ class MultiPredictor:
                 fail(e, path, getattr(e, "frame", None) if last is None else getattr(e, "frame", last + 1))
         if batch:
             yield from flush()
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def labelled_images(shard_dir, split: str) -> Tuple[list, dict]:
+    """The images of ``split`` with every labelled instance: ``[(key, stored image bytes, transform)]`` and
+    ``{key: [{"keypoints": (K, 3) original px and visibility, "bbox": original px, "id": instance id}]}``."""
+    from .dataset_info import DatasetInfo
+    from .records import decode_record
+    from .tfrecord import read_records
+
+    info = DatasetInfo.read(shard_dir)
+    images, truth = {}, {}
+    for path in info.files(split):
+        for data in read_records(path, info.compression_name):
+            r = decode_record(data, info.num_keypoints)
+            key = r["image/source_path"]
+            a, _, c, _, e, f = r["transform/stored_to_original"]
+            w, h = r["image/width"], r["image/height"]
+            x = np.asarray(r["keypoints/x"]) * w * a + c
+            y = np.asarray(r["keypoints/y"]) * h * e + f
+            v = np.asarray(r["keypoints/visibility"], np.float64)
+            b = r["instance/bbox"]
+            truth.setdefault(key, []).append({"keypoints": np.stack([x, y, v], -1), "id": r["instance/id"],
+                                              "bbox": [b[0] * w * a + c, b[1] * h * e + f, b[2] * w * a, b[3] * h * e]})
+            if key not in images:
+                images[key] = (r["image/encoded"], (a, c, e, f))
+    return [(k, d, t) for k, (d, t) in sorted(images.items())], truth
+
+
+def evaluate_multi(run_dir, shard_dir, split: str = "test", oks_sigma: Optional[float] = None,
+                   predictor: Optional[MultiPredictor] = None, batch_size: int = 8,
+                   json_path: Optional[str] = None) -> Dict:
+    """``kpconv eval`` for a multi-instance run: every image of ``split`` predicted without boxes, scored by
+    :func:`kpconv.metrics.multi_instance_summary` (COCO OKS AP/AR, recall, precision, pixel errors)."""
+    import io
+
+    from PIL import Image
+
+    from . import metrics
+    from .dataset_info import DatasetInfo
+    from .images import to_rgb
+
+    predictor = predictor or MultiPredictor(run_dir)
+    info = DatasetInfo.read(shard_dir)
+    names = predictor.names
+    if info.keypoint_names != names:
+        raise TrainError(f"{info.path}: keypoints {info.keypoint_names} differ from the run's {names}")
+    images, truth = labelled_images(shard_dir, split)
+    preds: Dict[str, list] = {}
+    started = time.monotonic()
+    i = 0
+    while i < len(images):
+        arr0 = np.asarray(to_rgb(Image.open(io.BytesIO(images[i][1]))))
+        group, arrays = [images[i]], [arr0]
+        i += 1
+        while i < len(images) and len(group) < batch_size:
+            arr = np.asarray(to_rgb(Image.open(io.BytesIO(images[i][1]))))
+            if arr.shape != arr0.shape:
+                break
+            group.append(images[i])
+            arrays.append(arr)
+            i += 1
+        for (key, _, (a, c, e, f)), found in zip(group, predictor.find(np.stack(arrays))):
+            preds[key] = [{"keypoints": np.stack([f_.keypoints[:, 0] * a + c, f_.keypoints[:, 1] * e + f,
+                                                  f_.keypoints[:, 2]], -1), "score": f_.score} for f_ in found]
+    seconds = time.monotonic() - started
+    result = metrics.multi_instance_summary(truth, preds, metrics.oks_sigmas(names, oks_sigma), names)
+    result = {"run_dir": str(run_dir), "shard_dir": str(shard_dir), "split": split, "score": predictor.score,
+              **result, "predict_seconds": round(seconds, 2)}
+    if json_path:
+        from .manifest import atomic_output
+
+        with atomic_output(json_path) as fh:
+            fh.write(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_multi(result: Dict) -> str:
+    """The multi-instance evaluation as the lines ``kpconv eval`` prints."""
+    def f(v, spec=".3f"):
+        return "-" if v is None else format(v, spec)
+
+    lines = [f"{result['split']}: {result['images']} image(s), {result['instances']} labelled instance(s), "
+             f"{result['predictions']} predicted (OKS sigmas {', '.join(map(str, sorted(set(result['oks_sigmas']))))})",
+             f"OKS mAP {f(result['mAP'])}  AP@0.5 {f(result['AP@0.5'])}  AP@0.75 {f(result['AP@0.75'])}  "
+             f"mAR {f(result['mAR'])}",
+             f"instances: recall {f(result['recall'])}  precision {f(result['precision'])} (OKS >= "
+             f"{result['match_oks']:g})",
+             f"matched instances: mean error {f(result['mean_error_px'], '.2f')} px, median "
+             f"{f(result['median_error_px'], '.2f')} px"]
+    if result.get("per_keypoint"):
+        lines.append("per keypoint (mean px): " + ", ".join(f"{k} {f(v, '.2f')}" for k, v in result["per_keypoint"].items()))
+    return "\n".join(lines)
