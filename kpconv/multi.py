@@ -53,6 +53,16 @@ def is_multi(config: dict) -> bool:
     return bool(config.get("stages"))
 
 
+def run_is_multi(run_dir) -> bool:
+    """Whether ``run_dir`` holds a multi-instance run (False when it holds no readable config.json: the
+    single-instance code then names the problem)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return is_multi(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
+
+
 # ------------------------------------------------------------------------------------------ statistics
 def instance_stats(shard_dir, split: str) -> dict:
     """What the stage sizes are chosen from, read from the records without TensorFlow: every instance box's

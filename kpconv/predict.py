@@ -501,17 +501,20 @@ class Writer:
     - ``dlc``: DeepLabCut's layout (header rows ``scorer``, [``individuals``,] ``bodyparts``,
       ``coords`` with ``x, y, likelihood``; one row per frame, indexed by the frame number for a
       video and by the path for images; with boxes one individual per box).
-    - ``coco``: a COCO results list; ``score`` is the mean keypoint confidence and each keypoint's
+    - ``coco``: a COCO results list; ``score`` is the mean keypoint confidence (``instance_score``: the
+      instance's score, as multi-instance runs give it) and each keypoint's
       visibility is 2 when its confidence is at least ``min_confidence``, else the keypoint is
       written as ``0, 0, 0``.
     """
 
     def __init__(self, out, fmt: str, names: Sequence[str], min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-                 boxes: bool = False, individuals: int = 1, scorer: str = "kpconv", index: str = "path"):
+                 boxes: bool = False, individuals: int = 1, scorer: str = "kpconv", index: str = "path",
+                 instance_score: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
         self.out, self.fmt, self.names, self.min_confidence = out, fmt, list(names), min_confidence
         self.boxes, self.individuals, self.index = boxes, max(1, individuals), index
+        self.instance_score = instance_score     # coco: "score" is the instance's (multi-instance runs)
         self.count = 0
         self._group: List[Prediction] = []
         self._ids: Dict[Tuple[str, Optional[int]], int] = {}
@@ -563,7 +566,8 @@ class Writer:
                 kps += [_r(x), _r(y), 2] if c >= self.min_confidence else [0, 0, 0]
             obj = {"image_id": image_id, "file_name": p.image,
                    **({"frame": p.frame, "time": p.time} if p.frame is not None else {}),
-                   "category_id": 1, "keypoints": kps, "score": round(p.confidence, 5)}
+                   "category_id": 1, "keypoints": kps,
+                   "score": round(p.score if self.instance_score and p.score is not None else p.confidence, 5)}
             if p.bbox is not None:
                 obj["bbox"] = [_r(v) for v in p.bbox]
             if self.boxes:
@@ -628,8 +632,11 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     group: List[Prediction] = []
     try:
         with atomic_output(output) as out:
-            writer = Writer(out, fmt, predictor.names, min_confidence=min_confidence, boxes=boxes is not None,
-                            individuals=boxes.max_per_item() if boxes is not None else 1,
+            multi = hasattr(predictor, "max_individuals")     # a multi-instance run (kpconv.multi.MultiPredictor)
+            writer = Writer(out, fmt, predictor.names, min_confidence=min_confidence, boxes=boxes is not None or multi,
+                            instance_score=multi,
+                            individuals=boxes.max_per_item() if boxes is not None else
+                            getattr(predictor, "max_individuals", 1),
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
                             index="frame" if videos and len(paths) == 1 else "path")
             for p in predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
