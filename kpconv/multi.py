@@ -502,7 +502,8 @@ class MultiPredictor:
                 k = kps[j]
                 j += 1
                 mean_conf = float(np.mean(k[:, 2])) if len(k) else 0.0
-                score = {"product": peak * mean_conf, "centroid": peak, "keypoints": mean_conf}[self.score]
+                peak1 = min(1.0, max(0.0, peak))        # (a heatmap peak may overshoot 1)
+                score = {"product": peak1 * mean_conf, "centroid": peak1, "keypoints": mean_conf}[self.score]
                 if score >= self.min_score:
                     found.append(Found(c, peak, k, float(score)))
             found.sort(key=lambda f_: -f_.score)
