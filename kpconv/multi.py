@@ -38,10 +38,12 @@ from .errors import ImageError, KpconvError, TrainError, VideoError
 CENTROID_FILE = "centroid.keras"
 INSTANCE_FILE = "model.keras"
 CENTROID_SHARE = 1.0 / 3.0          # of --time-limit for the centroid stage; the rest for the instance stage
-CENTROID_MAX_INPUT = 384            # the centroid stage trains on windows of at most this many (resized) pixels
+CENTROID_MAX_INPUT = 192            # the centroid stage trains on windows of at most this many (resized) pixels
 CENTROID_STRIDE = 4
 CENTROID_SIGMA = 1.0                # cells: touching instances keep separate peaks
-CENTROID_BATCH = 4
+CENTROID_BATCH = 8
+CENTROID_ALPHA = 0.5                # width of the centroid U-Net (finding blobs needs fewer channels than poses)
+CENTROID_RANDOM_WINDOWS = 0.25      # share of training windows placed anywhere (the others around an instance)
 PEAK_THRESHOLD = 0.2                # a centroid peak below this is no instance
 STEPS_PER_EPOCH = 50
 SCORES = ("product", "centroid", "keypoints")   # instance score: peak x mean confidence, peak, mean confidence
@@ -197,7 +199,8 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
                      seed: int, aug):
     """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
     ``scale``, a ``window`` x ``window`` part of it (the whole frame, padded, when it fits; else around a
-    random instance centre), with every centre (padded to ``max_instances``, mask 0)."""
+    random instance centre, or anywhere for :data:`CENTROID_RANDOM_WINDOWS` of them), with every centre (padded to
+    ``max_instances``, mask 0)."""
     import tensorflow as tf
 
     region = window / scale
@@ -207,10 +210,12 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
         size = e["size"]
         fits = tf.reduce_all(size * scale <= window)
         pick = tf.random.stateless_uniform((), s, 0, n, tf.int32)
-        jitter = tf.random.stateless_uniform((2,), s + 1, -0.25, 0.25) * region
+        jitter = tf.random.stateless_uniform((2,), s + 1, -0.3, 0.3) * region
+        anywhere = tf.random.stateless_uniform((2,), s + 2) * size
         half = tf.minimum(size / 2.0, region / 2.0)
-        around = tf.clip_by_value(e["centres"][pick] + jitter, half, size - half)
-        c = tf.where(fits, size / 2.0, around)
+        chosen = tf.where(tf.random.stateless_uniform((), s + 3) < CENTROID_RANDOM_WINDOWS, anywhere,
+                          e["centres"][pick] + jitter)
+        c = tf.where(fits, size / 2.0, tf.clip_by_value(chosen, half, size - half))
         box = crop_boxes_tf(c[None], [region, region], (window, window), size[None])
         img = tf.image.crop_and_resize(tf.cast(e["image"][None], tf.float32), box, [0], (window, window))[0]
         cen = (e["centres"] - (c - region / 2.0)) / region
@@ -322,7 +327,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         f"crops (scale {plan.crop_scale:g})")
     stride = options.heatmap_stride
     c_cfg = kmodel.ModelConfig(num_keypoints=1, image_size=(plan.centroid_window, plan.centroid_window),
-                               backbone="unet", alpha=options.alpha, head="heatmap", weights="none",
+                               backbone="unet", alpha=CENTROID_ALPHA * options.alpha, head="heatmap", weights="none",
                                heatmap_stride=CENTROID_STRIDE, bn_momentum=0.9)
     i_cfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(plan.crop, plan.crop),
                                backbone=options.backbone if options.backbone == "unet" else "unet",
