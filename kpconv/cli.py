@@ -168,14 +168,18 @@ def _format_choices():
 @click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
               help="0 (default): when there are many instances, a reader process and a helper writing lines; "
                    "1: everything in this process; N > 1: a reader and N helpers.")
+@click.option("--frames-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="SLEAP: folder the labelled video frames are extracted to (once, as PNG), and the default "
+                   "images root. Default: <manifest stem>-frames beside the manifest.")
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
-           skeleton, allow_outside_root, workers):
+           skeleton, allow_outside_root, workers, frames_dir):
     """Read keypoint annotations and write one canonical manifest (JSON Lines).
 
     SOURCES are annotation files or a dataset folder (Labelme folder, YOLO dataset, DeepLabCut
     project, CVAT export). Formats: COCO keypoints JSON, CSV tables (wide or long), CVAT XML (images
     or video), DeepLabCut CollectedData CSV or .h5, dlib imglab XML, kpconv JSON / JSON Lines, Label
-    Studio JSON / JSON-MIN, Labelme JSON, YOLO pose. See docs/readers.md.
+    Studio JSON / JSON-MIN, Labelme JSON, SLEAP .slp (frames extracted to --frames-dir), YOLO pose.
+    See docs/readers.md.
 
     Bad records are skipped and counted (summary on stderr, full list in --report); the exit code
     is 0 when at least one record was written. The output is written atomically.
@@ -184,7 +188,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     from .ingest import ingest as run_ingest
 
     options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs, skeleton=skeleton,
-                            allow_outside_root=allow_outside_root, workers=workers)
+                            allow_outside_root=allow_outside_root, workers=workers, frames_dir=frames_dir)
     try:
         result = run_ingest(sources, output=output, fmt=fmt, images=images, options=options,
                             strict=strict, report_path=report_path)

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from . import formats
-from .errors import AnnotationError, ImageError, Location, NothingToWrite, ProblemsFound
+from .errors import AnnotationError, ImageError, Location, NothingToWrite, OutputError, ProblemsFound
 from .formats.base import DenseRows, IngestOptions, RawInstance, ReadContext
 from .imageinfo import read_sizes, real_root
 from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
@@ -62,11 +62,42 @@ def ingest(sources: Sequence[Union[str, Path]], output: str = "-", fmt: str = "a
             raise AnnotationError("no such file or directory", Location(str(p)))
     reader_cls = formats.detect(paths) if fmt == "auto" else formats.get(fmt)
     root = Path(images) if images is not None else reader_cls.default_images_root(paths)
+    frames = created = None
+    if reader_cls.extracts_frames:
+        options, frames, created = _frames_dir(options, output, paths)
+        if images is None:
+            root = frames
     if not root.is_dir():
         raise AnnotationError("images root is not a directory (set it with --images)", Location(str(root)))
     root = Path(os.path.abspath(root))
-    with _gc_paused():      # (what _ingest made is freed before the collector runs again)
-        return _ingest(paths, output, reader_cls, root, options, strict, report_path)
+    try:
+        with _gc_paused():      # (what _ingest made is freed before the collector runs again)
+            return _ingest(paths, output, reader_cls, root, options, strict, report_path)
+    except BaseException:
+        if created is not None:     # a frames folder made for nothing goes again (extracted frames stay)
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
+
+
+def _frames_dir(options: IngestOptions, output: str, paths: List[Path]
+                ) -> Tuple[IngestOptions, Path, Optional[Path]]:
+    """For a reader that extracts video frames: the options with ``frames_dir`` set (default
+    ``<manifest stem>-frames`` beside the manifest, ``<source stem>-frames`` for ``-o -``; a ``.pkg`` before
+    the suffix goes too), that folder, created, and the folder when this call created it (else None)."""
+    if options.frames_dir is not None:
+        frames = Path(options.frames_dir)
+    else:
+        base = paths[0] if output == "-" else Path(output)
+        stem = Path(base.stem).stem if base.stem.lower().endswith(".pkg") else base.stem
+        frames = base.parent / f"{stem or base.name}-frames"
+    frames = Path(os.path.abspath(frames))
+    created = None if frames.is_dir() else frames
+    try:
+        frames.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the frames folder: {e.strerror or e}", Location(str(frames))) from None
+    return replace(options, frames_dir=str(frames)), frames, created
 
 
 def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: IngestOptions, strict: bool,

@@ -14,6 +14,7 @@ _SIDE_RULES = [
     re.compile(r"^(?P<s>L)(?=[A-Z])"),                                    # LEye (OpenPose style)
     re.compile(r"^(?P<s>L)(?=[a-z])"),                                    # Lknee
     re.compile(r"(?<=[a-z])(?P<s>L)$"),                                   # earL
+    re.compile(r"(?<=[a-z])(?P<s>L)(?=\d+$)"),                            # forelegL4 (SLEAP's fly skeleton)
     re.compile(rf"(?:^|(?<={_SEP}))[A-Z](?P<s>L)(?={_SEP}|$)"),           # FL_paw, paw_HL
     re.compile(rf"(?:^|(?<={_SEP}))(?P<s>L)[A-Z](?={_SEP}|$)"),           # LF_paw, paw_LH
 ]
@@ -31,7 +32,7 @@ def _swap_case_like(src: str, word: str) -> str:
 def infer_flip_pairs(names: Sequence[str]) -> List[Tuple[int, int]]:
     """Pairs (left index, right index) found from names such as ``left_eye``/``right_eye``,
     ``front_left``/``front_right``, ``l_knee``/``r_knee``, ``LeftHand``/``RightHand``,
-    ``ear_L``/``ear_R``, ``earL``/``earR``, ``Lknee``/``Rknee``, ``FL_paw``/``FR_paw``
+    ``ear_L``/``ear_R``, ``earL``/``earR``, ``forelegL4``/``forelegR4``, ``Lknee``/``Rknee``, ``FL_paw``/``FR_paw``
     (case-insensitive)."""
     lower = {n.lower(): i for i, n in enumerate(names)}
     pairs = []

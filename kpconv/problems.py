@@ -44,6 +44,8 @@ REASONS = {
     "skeleton_0_based": (NOTE, "0-based skeleton recognised and converted"),
     "generated_names": (NOTE, "no keypoint names in the source: named kp0, kp1, ..."),
     "several_categories": (NOTE, "categories read together, each record keeps its category"),
+    "predicted": (NOTE, "SLEAP predicted instance (skipped: user-labelled instances only)"),
+    "not_visible": (NOTE, "SLEAP point marked not visible, taken as not labelled"),
 }
 
 
@@ -59,7 +61,7 @@ class Problem:
 
     @property
     def skips_record(self) -> bool:
-        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category")
+        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category", "predicted")
 
     def __str__(self) -> str:
         where = str(self.location)

@@ -19,8 +19,11 @@ from kpconv.keypoints import infer_flip_pairs, parse_edges
     (["paw_LF", "paw_RF"], [(0, 1)]),
     (["earL", "earR", "nose"], [(0, 1)]),
     (["Lknee", "Rknee"], [(0, 1)]),
+    # SLEAP's fly skeleton (two-flies): a side letter before the segment number
+    (["head", "wingL", "wingR", "forelegL4", "forelegR4", "hindlegL4", "hindlegR4"], [(1, 2), (3, 4), (5, 6)]),
     # no partner, or markers that only look like sides: nothing
     (["Lip", "nose", "FL_paw"], []),
+    (["segL12", "segM12", "LL4"], []),
     (["paw1LH_top", "paw4RH_top", "paw2LF_top", "paw3RF_top"], []),
 ])
 def test_flip_pairs_inferred_from_names(names, pairs):

@@ -14,9 +14,9 @@ from .base import Reader
 
 _REGISTRY: Dict[str, Type[Reader]] = {}
 # The format names, for option choices without importing every reader (a test keeps it in step).
-KNOWN = ("coco", "csv", "cvat", "dlc", "dlib", "kpconv-json", "label-studio", "labelme", "yolo")
+KNOWN = ("coco", "csv", "cvat", "dlc", "dlib", "kpconv-json", "label-studio", "labelme", "sleap", "yolo")
 # Modules imported on first use, in detection order (most specific first).
-_MODULES = ("kpconv_json", "coco", "cvat", "dlib", "label_studio", "dlc", "labelme", "yolo", "csv_table")
+_MODULES = ("sleap", "kpconv_json", "coco", "cvat", "dlib", "label_studio", "dlc", "labelme", "yolo", "csv_table")
 
 
 def register(cls: Type[Reader]) -> Type[Reader]:

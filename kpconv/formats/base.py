@@ -95,6 +95,9 @@ class IngestOptions:
     tolerance_px: float = 1.0               # coordinates this far outside the image are clamped
     tolerance_frac: float = 0.01            # ... or this fraction of the image size, whichever is larger
     workers: int = 0                        # processes reading image headers; 0 or 1: none (serial)
+    # readers that extract video frames to image files (SLEAP): the folder they go to; ingest sets it
+    # (``<manifest stem>-frames`` beside the manifest) when not given
+    frames_dir: Optional[str] = None
 
 
 @dataclass
@@ -110,6 +113,10 @@ class Reader:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     expects: ClassVar[str] = ""     # what detect() looks for, for the message when no format matches
+    # True: the reader writes the frames it labels as image files into IngestOptions.frames_dir, which
+    # is then the default images root (SLEAP: frames of videos)
+    extracts_frames: ClassVar[bool] = False
+
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
         """True when ``sources`` (files or directories, as given on the command line) look like this
