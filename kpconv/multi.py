@@ -135,7 +135,7 @@ def _records(shard_dir, split: str, info, seed: int, shuffle: bool):
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or ""),
                        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.cache()       # the encoded records (decoded frames of any size would not fit)
+    return ds
 
 
 def _augment(options, crop: bool):
@@ -167,9 +167,17 @@ def _finish(ds, batch: int, aug, perm, seed):
     return tf.data.Dataset.zip((ds, seeds)).map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _cached(ds, nbytes: float):
+    """``ds.cache()`` when its elements need less than :data:`kpconv.pipeline.CACHE_LIMIT_BYTES` in memory."""
+    from .pipeline import CACHE_LIMIT_BYTES
+
+    return ds.cache() if nbytes < CACHE_LIMIT_BYTES else ds
+
+
 def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm):
     """The instance stage's training batches: ``crop`` x ``crop`` crops (covering ``crop / scale`` stored pixels)
-    centred on each record's instance centre, its keypoints normalized to the crop (outside: unlabelled)."""
+    centred on each record's instance centre, its keypoints normalized to the crop (outside: unlabelled). The
+    crops are cut once (each frame decoded once) and kept in memory when they fit; augmentation follows."""
     import tensorflow as tf
 
     region = crop / scale
@@ -181,12 +189,13 @@ def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch
         kp = (e["keypoints"] - (c - region / 2.0)) / region
         inside = tf.reduce_all((kp >= 0.0) & (kp < 1.0), -1)
         vis = tf.where(inside & (e["visibility"] > 0), 1.0, 0.0)
-        return {"image": tf.clip_by_value(tf.round(img), 0, 255), "keypoints": tf.where(inside[:, None], kp, 0.0),
-                "visibility": vis}
+        return {"image": tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8),
+                "keypoints": tf.where(inside[:, None], kp, 0.0), "visibility": vis}
 
-    ds = _records(shard_dir, split, info, seed, True).shuffle(2048, seed=seed).repeat()
-    ds = ds.map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(to_crop, num_parallel_calls=tf.data.AUTOTUNE)
+    n = info.split(split).num_records
+    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _cached(ds.map(to_crop, num_parallel_calls=tf.data.AUTOTUNE), n * crop * crop * 3)
+    ds = ds.shuffle(min(n, 4096), seed=seed, reshuffle_each_iteration=True).repeat()
     return _finish(ds, batch, aug, perm, seed).prefetch(tf.data.AUTOTUNE)
 
 
@@ -195,39 +204,67 @@ def centroid_input_size(frame_size: Tuple[int, int], scale: float) -> Tuple[int,
     return max(1, int(round(frame_size[0] * scale))), max(1, int(round(frame_size[1] * scale)))
 
 
-def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
-                     seed: int, aug):
-    """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
-    ``scale``, a ``window`` x ``window`` part of it (the whole frame, padded, when it fits; else around a
-    random instance centre, or anywhere for :data:`CENTROID_RANDOM_WINDOWS` of them), with every centre (padded to
-    ``max_instances``, mask 0)."""
+def resize_frames(frames, scale: float):
+    """Whole frames (B, H, W, 3) -> the centroid stage's input (B, oh, ow, 3) float32 in [0, 255], as training
+    and prediction both make it: ``crop_and_resize`` over ``(ow, oh) / scale`` pixels centred on the frame
+    (:func:`crop_boxes_tf`), so a resized pixel ``j`` samples ``w / 2 - ow / (2 scale) + (j + 0.5) / scale``."""
     import tensorflow as tf
 
-    region = window / scale
+    n = tf.shape(frames)[0]
+    hw = tf.shape(frames)[1:3]
+    size = tf.tile(tf.cast(tf.stack([hw[1], hw[0]]), tf.float32)[None], (n, 1))
+    ow = tf.maximum(1, tf.cast(tf.round(tf.cast(hw[1], tf.float32) * scale), tf.int32))
+    oh = tf.maximum(1, tf.cast(tf.round(tf.cast(hw[0], tf.float32) * scale), tf.int32))
+    out_wh = tf.cast(tf.stack([ow, oh]), tf.float32)
+    boxes = crop_boxes_tf(size / 2.0, out_wh[None] / scale, (ow, oh), size)
+    small = tf.image.crop_and_resize(tf.cast(frames, tf.float32), boxes, tf.range(n), tf.stack([oh, ow]))
+    return tf.clip_by_value(tf.round(small), 0.0, 255.0)
+
+
+def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
+                     seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = ()):
+    """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
+    ``scale`` once (kept in memory when the resized frames fit), then a ``window`` x ``window`` part of it (the
+    whole frame, padded, when it fits; else around a random instance centre, or anywhere for
+    :data:`CENTROID_RANDOM_WINDOWS` of them), with every centre (padded to ``max_instances``, mask 0)."""
+    import tensorflow as tf
+
+    def resized(e):
+        small = resize_frames(e["image"][None], scale)[0]
+        sh = tf.shape(small)
+        rsize = tf.cast(tf.stack([sh[1], sh[0]]), tf.float32)
+        # stored px -> resized px: x_r = (x - (w / 2 - ow / (2 scale))) * scale
+        origin = e["size"] / 2.0 - rsize / (2.0 * scale)
+        return {"image": tf.cast(small, tf.uint8), "size": rsize, "centres": (e["centres"] - origin) * scale}
 
     def to_window(e, s):
         n = tf.shape(e["centres"])[0]
         size = e["size"]
-        fits = tf.reduce_all(size * scale <= window)
+        region = float(window)
+        fits = tf.reduce_all(size <= region)
         pick = tf.random.stateless_uniform((), s, 0, n, tf.int32)
         jitter = tf.random.stateless_uniform((2,), s + 1, -0.3, 0.3) * region
         anywhere = tf.random.stateless_uniform((2,), s + 2) * size
         half = tf.minimum(size / 2.0, region / 2.0)
         chosen = tf.where(tf.random.stateless_uniform((), s + 3) < CENTROID_RANDOM_WINDOWS, anywhere,
                           e["centres"][pick] + jitter)
-        c = tf.where(fits, size / 2.0, tf.clip_by_value(chosen, half, size - half))
+        c = tf.round(tf.where(fits, size / 2.0, tf.clip_by_value(chosen, half, size - half)))   # whole pixels
         box = crop_boxes_tf(c[None], [region, region], (window, window), size[None])
         img = tf.image.crop_and_resize(tf.cast(e["image"][None], tf.float32), box, [0], (window, window))[0]
         cen = (e["centres"] - (c - region / 2.0)) / region
         inside = tf.reduce_all((cen >= 0.0) & (cen < 1.0), -1)
-        cen = tf.pad(cen[:max_instances], [[0, max_instances - tf.minimum(n, max_instances)], [0, 0]])
-        vis = tf.pad(tf.cast(inside, tf.float32)[:max_instances], [[0, max_instances - tf.minimum(n, max_instances)]])
-        return {"image": tf.clip_by_value(tf.round(img), 0, 255), "keypoints": tf.ensure_shape(cen, (max_instances, 2)),
+        m = tf.minimum(n, max_instances)
+        cen = tf.pad(cen[:max_instances], [[0, max_instances - m], [0, 0]])
+        vis = tf.pad(tf.cast(inside, tf.float32)[:max_instances], [[0, max_instances - m]])
+        return {"image": img, "keypoints": tf.ensure_shape(cen, (max_instances, 2)),
                 "visibility": tf.ensure_shape(vis, (max_instances,))}
 
-    ds = _records(shard_dir, split, info, seed, True)
-    ds = ds.map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.filter(lambda e: tf.equal(e["index"], 0)).shuffle(1024, seed=seed).repeat()
+    images = info.split(split).num_records      # (an upper bound: records, not images)
+    biggest = max((w * h for w, h in frame_sizes), default=1 << 22)
+    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(lambda e: tf.equal(e["index"], 0)).map(resized, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _cached(ds, images * biggest * scale * scale * 3)
+    ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True).repeat()
     seeds = tf.data.Dataset.random(seed=seed + 1).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(to_window, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds, batch, aug, None, seed).prefetch(tf.data.AUTOTUNE)
@@ -321,7 +358,8 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
     if options.time_limit is not None and not (options.time_limit > 0 and math.isfinite(options.time_limit)):
         raise TrainError(f"time limit {options.time_limit}: expected a positive number of minutes")
     stats = instance_stats(shard_dir, options.train_split)
-    plan = plan_stages(stats, _frame_sizes(shard_dir, options.train_split, info))
+    frame_sizes = _frame_sizes(shard_dir, options.train_split, info)
+    plan = plan_stages(stats, frame_sizes)
     log(f"multi-instance: {stats['images']} image(s), up to {plan.max_instances} instance(s) each; centroid stage "
         f"at scale {plan.centroid_scale:g} ({plan.centroid_window} px windows), instance stage on {plan.crop} px "
         f"crops (scale {plan.crop_scale:g})")
@@ -365,7 +403,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         c_seconds = max(1.0, (total - spent) * CENTROID_SHARE) if total else None
         c_model = kmodel.build_model(c_cfg, None)
         c_ds = centroid_dataset(shard_dir, options.train_split, info, plan.centroid_scale, plan.centroid_window,
-                                plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False))
+                                plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False), frame_sizes)
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
                                       c_seconds, epochs, "centroid", log)
         _save_model(c_model, run / CENTROID_FILE)
@@ -443,13 +481,8 @@ class MultiPredictor:
         self.crop, self.region = crop, region
 
         @tf.function(reduce_retracing=True)
-        def centroid_fn(frames, out_w, out_h):
-            n = tf.shape(frames)[0]
-            size = tf.tile(tf.cast(tf.shape(frames)[2:0:-1], tf.float32)[None], (n, 1))
-            out_wh = tf.cast(tf.stack([out_w, out_h]), tf.float32)
-            boxes = crop_boxes_tf(size / 2.0, out_wh[None] / self.cstage["scale"], (out_w, out_h), size)
-            small = tf.image.crop_and_resize(tf.cast(frames, tf.float32), boxes, tf.range(n), tf.stack([out_h, out_w]))
-            return cmodel(tf.clip_by_value(tf.round(small), 0.0, 255.0), training=False)
+        def centroid_fn(frames):
+            return cmodel(resize_frames(frames, float(self.cstage["scale"])), training=False)
 
         @tf.function(reduce_retracing=True)
         def instance_fn(frames, centres, index):
@@ -464,9 +497,7 @@ class MultiPredictor:
     # the model calls: the only places the two stages run
     def centroid_heatmaps(self, frames: np.ndarray) -> np.ndarray:
         """``frames`` uint8 (B, H, W, 3) of one size -> the centroid heatmaps (B, h, w) at the stage's scale."""
-        h, w = frames.shape[1:3]
-        ow, oh = centroid_input_size((w, h), self.cstage["scale"])
-        return np.asarray(self._centroid_fn(frames, ow, oh))[..., 0]
+        return np.asarray(self._centroid_fn(frames))[..., 0]
 
     def poses(self, frames: np.ndarray, centres: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Keypoints (M, K, 3) (x, y original px, confidence) of the instances centred on ``centres`` (M, 2) px
