@@ -35,6 +35,7 @@ import numpy as np
 from . import centroid as cgeom
 from .errors import ImageError, KpconvError, TrainError, VideoError
 
+CALIBRATION_PCK = 0.05             # as kpconv.train's: P(error <= 0.05 x instance size)
 CENTROID_FILE = "centroid.keras"
 INSTANCE_FILE = "model.keras"
 CENTROID_SHARE = 1.0 / 3.0          # of --time-limit for the centroid stage; the rest for the instance stage
@@ -46,6 +47,7 @@ CENTROID_ALPHA = 0.5                # width of the centroid U-Net (finding blobs
 CENTROID_RANDOM_WINDOWS = 0.25      # share of training windows placed anywhere (the others around an instance)
 PEAK_THRESHOLD = 0.2                # a centroid peak below this is no instance
 STEPS_PER_EPOCH = 50
+ANCHOR_MIN_LABELLED = 0.8           # an anchor keypoint is labelled in at least this share of the instances
 SCORES = ("product", "centroid", "keypoints")   # instance score: peak x mean confidence, peak, mean confidence
 DEFAULT_SCORE = "product"
 
@@ -74,17 +76,40 @@ def instance_stats(shard_dir, split: str) -> dict:
     from .tfrecord import read_records
 
     info = DatasetInfo.read(shard_dir)
+    k = info.num_keypoints
     sides, counts = [], []
+    labelled, spread = np.zeros(k), np.zeros(k)
     for path in info.files(split):
         for data in read_records(path, info.compression_name):
-            r = decode_record(data, info.num_keypoints)
+            r = decode_record(data, k)
             w, h = r["image/width"], r["image/height"]
             b = r["instance/bbox"]
-            sides.append(max(b[2] * w, b[3] * h))
+            side = max(b[2] * w, b[3] * h)
+            sides.append(side)
             if r["instance/index"] == 0:
                 counts.append(len(r["image/instances/center"]) // 2)
+            m = np.asarray(r["keypoints/visibility"]) > 0
+            if m.any() and side > 0:
+                xy = np.stack([np.asarray(r["keypoints/x"]) * w, np.asarray(r["keypoints/y"]) * h], -1)
+                d = np.hypot(*(xy - xy[m].mean(0)).T) / side
+                labelled += m
+                spread += np.where(m, d, 0.0)
     return {"sides": sides, "max_instances": max(counts) if counts else 0, "images": len(counts),
-            "records": len(sides)}
+            "records": len(sides), "labelled": labelled, "spread": spread}
+
+
+def choose_anchor(stats: dict, names: Sequence[str], min_labelled: float = ANCHOR_MIN_LABELLED) -> Optional[int]:
+    """The keypoint the stages centre instances on (SLEAP's anchor part): of the keypoints labelled in at least
+    ``min_labelled`` of the instances, the one closest on average to the mean of its instance's labelled
+    keypoints (relative to the instance size), the most central body part; None when none qualifies (then the
+    middle of the labelled keypoints' box, ``image/instances/center``, is the centre)."""
+    n = max(1, stats["records"])
+    lab, spread = np.asarray(stats["labelled"], np.float64), np.asarray(stats["spread"], np.float64)
+    ok = lab >= min_labelled * n
+    if not ok.any():
+        return None
+    mean = np.where(ok, spread / np.maximum(lab, 1), np.inf)
+    return int(np.argmin(mean))
 
 
 # ----------------------------------------------------------------------------------------- tf pipeline
@@ -108,7 +133,7 @@ def crop_boxes_tf(centres, region, out, image_size):
     return tf.stack([ay / hm1, ax / wm1, by / hm1, bx / wm1], -1)
 
 
-def _parse(num_keypoints: int):
+def _parse(num_keypoints: int, anchor: Optional[int] = None):
     import tensorflow as tf
 
     from .records import feature_description
@@ -120,6 +145,9 @@ def _parse(num_keypoints: int):
         img = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
         wh = tf.cast(tf.stack([ex["image/width"], ex["image/height"]]), tf.float32)
         centres = tf.reshape(tf.sparse.to_dense(ex["image/instances/center"]), (-1, 2)) * wh
+        kps = tf.reshape(tf.sparse.to_dense(ex["image/instances/keypoints"]), (-1, num_keypoints, 3))
+        if anchor is not None:      # the anchor keypoint where it is labelled, else the box's middle
+            centres = tf.where(kps[:, anchor, 2:3] > 0, kps[:, anchor, :2] * wh, centres)
         return {"image": img, "size": wh, "keypoints": tf.stack([ex["keypoints/x"], ex["keypoints/y"]], -1) * wh,
                 "visibility": ex["keypoints/visibility"], "index": ex["instance/index"], "centres": centres}
 
@@ -174,7 +202,8 @@ def _cached(ds, nbytes: float):
     return ds.cache() if nbytes < CACHE_LIMIT_BYTES else ds
 
 
-def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm):
+def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm,
+                     anchor: Optional[int] = None):
     """The instance stage's training batches: ``crop`` x ``crop`` crops (covering ``crop / scale`` stored pixels)
     centred on each record's instance centre, its keypoints normalized to the crop (outside: unlabelled). The
     crops are cut once (each frame decoded once) and kept in memory when they fit; augmentation follows."""
@@ -193,7 +222,8 @@ def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch
                 "keypoints": tf.where(inside[:, None], kp, 0.0), "visibility": vis}
 
     n = info.split(split).num_records
-    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints, anchor),
+                                                           num_parallel_calls=tf.data.AUTOTUNE)
     ds = _cached(ds.map(to_crop, num_parallel_calls=tf.data.AUTOTUNE), n * crop * crop * 3)
     ds = ds.shuffle(min(n, 4096), seed=seed, reshuffle_each_iteration=True).repeat()
     return _finish(ds, batch, aug, perm, seed).prefetch(tf.data.AUTOTUNE)
@@ -222,7 +252,7 @@ def resize_frames(frames, scale: float):
 
 
 def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
-                     seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = ()):
+                     seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = (), anchor: Optional[int] = None):
     """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
     ``scale`` once (kept in memory when the resized frames fit), then a ``window`` x ``window`` part of it (the
     whole frame, padded, when it fits; else around a random instance centre, or anywhere for
@@ -261,7 +291,8 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
 
     images = info.split(split).num_records      # (an upper bound: records, not images)
     biggest = max((w * h for w, h in frame_sizes), default=1 << 22)
-    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints, anchor),
+                                                           num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.filter(lambda e: tf.equal(e["index"], 0)).map(resized, num_parallel_calls=tf.data.AUTOTUNE)
     ds = _cached(ds, images * biggest * scale * scale * 3)
     ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -329,6 +360,31 @@ def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, 
     return len(losses), (float(losses[-1]) if losses else None)
 
 
+def calibrate_instance(model, ds, batches: int = 25, threshold: float = CALIBRATION_PCK) -> dict:
+    """The instance stage's confidence calibration (as ``kpconv train`` calibrates single-instance runs): on
+    ``batches`` batches of unaugmented training crops, P(keypoint labelled and within ``threshold`` x the
+    instance's size, the longer side of its labelled keypoints' box) as a logistic function of the heatmap peak."""
+    from . import metrics, model as kmodel
+
+    infer = kmodel.inference_model(model)
+    conf, correct = [], []
+    for images, target in ds.take(batches):
+        out = np.asarray(infer(images, training=False))
+        t = np.asarray(target)
+        m = t[..., 2] > 0
+        err = np.hypot(out[..., 0] - t[..., 0], out[..., 1] - t[..., 1])
+        big = np.where(m, 1.0, np.nan)
+        size = np.fmax(np.nanmax(t[..., 0] * big, 1) - np.nanmin(t[..., 0] * big, 1),
+                       np.nanmax(t[..., 1] * big, 1) - np.nanmin(t[..., 1] * big, 1))
+        size = np.nan_to_num(size, nan=0.0)
+        conf.append(out[..., 2])
+        correct.append(m & (err <= threshold * size[:, None]))
+    conf, correct = np.concatenate(conf), np.concatenate(correct)
+    return {"params": metrics.fit_calibration(conf, correct), "split": "train crops (unaugmented)",
+            "criterion": f"within {threshold:g} x instance size", "keypoints": int(correct.size),
+            "hits": int(correct.sum())}
+
+
 def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train the centroid and the centred-instance stage on ``shard_dir`` (record spec 2, any image size) into
     ``run_dir`` (which must not hold a run). ``options`` a :class:`kpconv.train.TrainOptions` (heatmap head,
@@ -360,9 +416,11 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
     stats = instance_stats(shard_dir, options.train_split)
     frame_sizes = _frame_sizes(shard_dir, options.train_split, info)
     plan = plan_stages(stats, frame_sizes)
+    anchor = choose_anchor(stats, info.keypoint_names)
     log(f"multi-instance: {stats['images']} image(s), up to {plan.max_instances} instance(s) each; centroid stage "
         f"at scale {plan.centroid_scale:g} ({plan.centroid_window} px windows), instance stage on {plan.crop} px "
-        f"crops (scale {plan.crop_scale:g})")
+        f"crops (scale {plan.crop_scale:g}); instances centred on "
+        f"{repr(info.keypoint_names[anchor]) if anchor is not None else 'the middle of their labelled keypoints'}")
     stride = options.heatmap_stride
     c_cfg = kmodel.ModelConfig(num_keypoints=1, image_size=(plan.centroid_window, plan.centroid_window),
                                backbone="unet", alpha=CENTROID_ALPHA * options.alpha, head="heatmap", weights="none",
@@ -385,6 +443,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
                     "instances": {"max_per_image": plan.max_instances, "images": stats["images"],
                                   "median_box_px": float(np.median(stats["sides"])) if stats["sides"] else None,
                                   "p90_box_px": float(np.percentile(stats["sides"], 90)) if stats["sides"] else None}},
+        "anchor": info.keypoint_names[anchor] if anchor is not None else None,
         "stages": [
             {"name": "centroid", "model": CENTROID_FILE, "scale": plan.centroid_scale, "window": plan.centroid_window,
              "stride": CENTROID_STRIDE, "sigma": CENTROID_SIGMA, "peak_threshold": PEAK_THRESHOLD,
@@ -403,17 +462,21 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         c_seconds = max(1.0, (total - spent) * CENTROID_SHARE) if total else None
         c_model = kmodel.build_model(c_cfg, None)
         c_ds = centroid_dataset(shard_dir, options.train_split, info, plan.centroid_scale, plan.centroid_window,
-                                plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False), frame_sizes)
+                                plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False), frame_sizes,
+                                anchor)
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
                                       c_seconds, epochs, "centroid", log)
         _save_model(c_model, run / CENTROID_FILE)
         i_seconds = max(1.0, total - (time.monotonic() - started)) if total else None
         i_model = kmodel.build_model(i_cfg, None)
         i_ds = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
-                                options.seed, _augment(options, True), info.flip_permutation())
+                                options.seed, _augment(options, True), info.flip_permutation(), anchor)
         i_epochs, i_loss = _fit_stage(i_model, losses.HeatmapLoss(stride, options.sigma), i_ds, options, i_seconds,
                                       epochs, "instance", log)
         _save_model(i_model, run / INSTANCE_FILE)
+        plain = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, 16, options.seed,
+                                 None, None, anchor)
+        config["calibration"] = calibrate_instance(i_model, plain)
         config["stages"][0].update(epochs=c_epochs, final_loss=c_loss)
         config["stages"][1].update(epochs=i_epochs, final_loss=i_loss)
         config["train_seconds"] = round(time.monotonic() - started, 1)

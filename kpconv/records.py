@@ -1,6 +1,6 @@
 """The TFRecord record spec (version ``SPEC_VERSION``): one ``tf.train.Example`` per instance, with the features
 of :data:`FEATURES` (version 2 added ``image/instances/*`` and ``instance/index``: every record also knows the
-centre and box of every instance of its source image, what the multi-instance centroid stage trains on), from which the encoder (:func:`to_example`), the decoders (:func:`decode_record`,
+centre, box and keypoints of every instance of its source image, what the multi-instance centroid stage trains on), from which the encoder (:func:`to_example`), the decoders (:func:`decode_record`,
 :func:`feature_description` for ``tf.io``) and ``schemas/record-spec.json`` (:func:`spec_json`) derive.
 Records are serialized with ``SerializeToString(deterministic=True)`` (the bytes TensorFlow writes); nothing
 here imports TensorFlow at module import time."""
@@ -35,6 +35,9 @@ FEATURES = {
     "keypoints/visibility": ("int64", ("K",), "0 not labelled / outside, 1 occluded, 2 visible"),
     "transform/stored_to_original": ("float", (6,), "[a, b, c, d, e, f]: stored pixel coordinates -> original "
                                                     "pixel coordinates"),
+    "image/instances/keypoints": ("float", ("N", "K", 3), "[x, y, v] of every keypoint of every instance of the "
+                                                          "source image, as keypoints/* (normalized to the stored "
+                                                          "image, 0, 0, 0 when not labelled or outside)"),
 }
 
 CONVENTIONS = {
@@ -79,19 +82,21 @@ def feature_description(num_keypoints: int) -> dict:
 
 def to_example(*, image: bytes, image_format: str, height: int, width: int, source_path: str,
                original_height: int, original_width: int, instance_id: str, bbox, keypoints, transform,
-               instance_index: int = 0, centers=None, boxes=None) -> bytes:
+               instance_index: int = 0, centers=None, boxes=None, instance_keypoints=None) -> bytes:
     """One serialized record (deterministic ``tf.train.Example`` bytes). ``keypoints`` is K x (x, y, v)
     normalized to the stored image; ``bbox`` and ``transform`` as in :data:`FEATURES`; ``centers`` (N x 2) and
-    ``boxes`` (N x 4) the image's instances (default: this one alone, its box's centre), ``instance_index``
-    this record's position among them."""
+    ``boxes`` (N x 4) the image's instances (default: this one alone, its box's centre), ``instance_keypoints``
+    (N x K x 3) their keypoints (default: this record's), ``instance_index`` this record's position among them."""
     from .proto import Example
 
     if boxes is None:
         boxes = [list(bbox)]
         centers = [[bbox[0] + bbox[2] / 2.0, bbox[1] + bbox[3] / 2.0]]
-    if len(centers) != len(boxes) or not 0 <= instance_index < len(boxes):
+    if instance_keypoints is None:
+        instance_keypoints = [keypoints] * len(boxes)
+    if len(centers) != len(boxes) or len(instance_keypoints) != len(boxes) or not 0 <= instance_index < len(boxes):
         raise ValueError(f"instance_index {instance_index}: expected one of {len(boxes)} instance(s) "
-                         f"({len(centers)} centre(s))")
+                         f"({len(centers)} centre(s), {len(instance_keypoints)} keypoint set(s))")
     values = {
         "image/encoded": [image],
         "image/format": [image_format.encode()],
@@ -105,6 +110,7 @@ def to_example(*, image: bytes, image_format: str, height: int, width: int, sour
         "instance/index": [instance_index],
         "image/instances/center": [float(v) for c in centers for v in c],
         "image/instances/bbox": [float(v) for b in boxes for v in b],
+        "image/instances/keypoints": [float(v) for kps in instance_keypoints for p in kps for v in p],
         "keypoints/x": [p[0] for p in keypoints],
         "keypoints/y": [p[1] for p in keypoints],
         "keypoints/visibility": [int(p[2]) for p in keypoints],
@@ -137,8 +143,11 @@ def decode_record(data: bytes, num_keypoints: int) -> dict:
             raise ValueError(f"feature {name!r}: expected {dtype}, got {kind and kind[:-5]}")
         values = list(getattr(feature[name], kind).value)
         if _per_instance(shape):
-            if not values or len(values) % shape[1]:
-                raise ValueError(f"feature {name!r}: expected a positive multiple of {shape[1]} values, got "
+            each = 1
+            for d in _shape(shape[1:], num_keypoints):
+                each *= d
+            if not values or len(values) % each:
+                raise ValueError(f"feature {name!r}: expected a positive multiple of {each} values, got "
                                  f"{len(values)}")
             out[name] = values
             continue
@@ -154,6 +163,10 @@ def decode_record(data: bytes, num_keypoints: int) -> dict:
     if len(out["image/instances/bbox"]) != 4 * n:
         raise ValueError(f"feature 'image/instances/bbox': expected {4 * n} values (4 per centre), got "
                          f"{len(out['image/instances/bbox'])}")
+    if len(out["image/instances/keypoints"]) != 3 * num_keypoints * n:
+        raise ValueError(f"feature 'image/instances/keypoints': expected {3 * num_keypoints * n} values (3 per "
+                         f"keypoint, {num_keypoints} keypoints, {n} instance(s)), got "
+                         f"{len(out['image/instances/keypoints'])}")
     if not 0 <= out["instance/index"] < n:
         raise ValueError(f"feature 'instance/index': {out['instance/index']} is not one of the {n} instance(s)")
     return out

@@ -26,7 +26,9 @@ def test_round_trip():
 
 def test_every_instance_of_the_image_round_trips():
     r = decode_record(to_example(**FIELDS, instance_index=1, centers=[(0.1, 0.2), (0.6, 0.7)],
-                                 boxes=[(0, 0, 0.2, 0.4), (0.5, 0.5, 0.2, 0.4)]), 2)
+                                 boxes=[(0, 0, 0.2, 0.4), (0.5, 0.5, 0.2, 0.4)],
+                                 instance_keypoints=[[(0.1, 0.2, 2), (0, 0, 0)], FIELDS["keypoints"]]), 2)
+    assert r["image/instances/keypoints"] == pytest.approx([0.1, 0.2, 2, 0, 0, 0, 0.5, 0.25, 2, 0, 0, 0])
     assert r["instance/index"] == 1
     assert r["image/instances/center"] == pytest.approx([0.1, 0.2, 0.6, 0.7])
     assert r["image/instances/bbox"] == pytest.approx([0, 0, 0.2, 0.4, 0.5, 0.5, 0.2, 0.4])
@@ -85,7 +87,8 @@ def test_bytes_and_messages_identical_to_tensorflow():
               "image/original_width": [30], "instance/id": [b"7"], "instance/bbox": FIELDS["bbox"],
               "keypoints/x": [0.5, 0.0], "keypoints/y": [0.25, 0.0], "keypoints/visibility": [2, 0],
               "transform/stored_to_original": FIELDS["transform"], "instance/index": [0],
-              "image/instances/center": [0.25, 0.4000000059604645], "image/instances/bbox": FIELDS["bbox"]}
+              "image/instances/center": [0.25, 0.4000000059604645], "image/instances/bbox": FIELDS["bbox"],
+              "image/instances/keypoints": [0.5, 0.25, 2, 0.0, 0.0, 0]}
     ex = tf.train.Example()
     for name, (dtype, _, _) in reversed(FEATURES.items()):   # inserted in reverse: the order must not matter
         lst = getattr(ex.features.feature[name], f"{dtype}_list")

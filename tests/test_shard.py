@@ -120,6 +120,10 @@ def test_records_know_every_instance_of_their_image(synth, tmp_path, crop):
         sibs = by_image[r["image/source_path"]]
         assert len(r["image/instances/center"]) == 2 * len(sibs) and len(r["image/instances/bbox"]) == 4 * len(sibs)
         assert sibs[r["instance/index"]].instance == r["instance/id"]
+        k = len(r["keypoints/x"])
+        own = r["image/instances/keypoints"][3 * k * r["instance/index"]:3 * k * (r["instance/index"] + 1)]
+        assert own == pytest.approx([v for p in zip(r["keypoints/x"], r["keypoints/y"], r["keypoints/visibility"])
+                                     for v in p])
         a, _, c, _, e, f = r["transform/stored_to_original"]
         w, h = r["image/width"], r["image/height"]
         for i, m in enumerate(sibs):

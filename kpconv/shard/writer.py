@@ -163,9 +163,10 @@ def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCA
         stored = render(src, rec.bbox, opts)
     lay = stored.layout
     kps = map_keypoints(rec.keypoints, rec.width, rec.height, lay)
-    centers, boxes = [], []
+    centers, boxes, sib_kps = [], [], []
     for sib in siblings or [rec]:
         centers.append(_to_stored(*instance_center(sib), rec, lay))
+        sib_kps.append(kps if sib is rec else map_keypoints(sib.keypoints, rec.width, rec.height, lay))
         bx, by, bw, bh = sib.bbox
         x0, y0 = _to_stored(bx, by, rec, lay)
         x1, y1 = _to_stored(bx + bw, by + bh, rec, lay)
@@ -173,4 +174,5 @@ def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCA
     return to_example(image=stored.data, image_format=stored.format, height=lay.out[1], width=lay.out[0],
                       source_path=rec.image, original_height=rec.height, original_width=rec.width,
                       instance_id=rec.instance, bbox=map_bbox(rec.bbox, rec.width, rec.height, lay), keypoints=kps,
-                      transform=lay.transform, instance_index=index, centers=centers, boxes=boxes), kps
+                      transform=lay.transform, instance_index=index, centers=centers, boxes=boxes,
+                      instance_keypoints=sib_kps), kps
