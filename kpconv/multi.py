@@ -47,6 +47,11 @@ CENTROID_ALPHA = 0.5                # width of the centroid U-Net (finding blobs
 CENTROID_RANDOM_WINDOWS = 0.25      # share of training windows placed anywhere (the others around an instance)
 PEAK_THRESHOLD = 0.2                # a centroid peak below this is no instance
 STEPS_PER_EPOCH = 50
+# Animals are mostly filmed from above and face every way, and a clip's training frames may show only some
+# headings (two-flies: the flies of frames 0-1199 face one way, those of 1300-1499 turn): both stages train with
+# rotations of up to +-ROTATION_ANY degrees (SLEAP's setting for such data) unless --augment-rotate is given or the
+# keypoints are COCO's 17 person keypoints (upright subjects: the recipe's +-25).
+ROTATION_ANY = 180.0
 ANCHOR_MIN_LABELLED = 0.8           # an anchor keypoint is labelled in at least this share of the instances
 SCORES = ("product", "centroid", "keypoints")   # instance score: peak x mean confidence, peak, mean confidence
 DEFAULT_SCORE = "product"
@@ -360,7 +365,7 @@ def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, 
     return len(losses), (float(losses[-1]) if losses else None)
 
 
-def calibrate_instance(model, ds, batches: int = 25, threshold: float = CALIBRATION_PCK) -> dict:
+def calibrate_instance(model, ds, batches: int = 10, threshold: float = CALIBRATION_PCK) -> dict:
     """The instance stage's confidence calibration (as ``kpconv train`` calibrates single-instance runs): on
     ``batches`` batches of unaugmented training crops, P(keypoint labelled and within ``threshold`` x the
     instance's size, the longer side of its labelled keypoints' box) as a logistic function of the heatmap peak."""
@@ -408,6 +413,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
                          "(--weights none)")
     if (run / CONFIG_FILE).exists():
         raise TrainError(f"{run}: already holds a run; choose another -o")
+    rotate_given = options.augment_rotate
     options = resolve_recipe(TrainOptions(**{**options.to_dict(), "weights": "none"}), info)
     if info.split(options.train_split).num_records == 0:
         raise TrainError(f"{info.path}: split '{options.train_split}' has no records")
@@ -417,10 +423,15 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
     frame_sizes = _frame_sizes(shard_dir, options.train_split, info)
     plan = plan_stages(stats, frame_sizes)
     anchor = choose_anchor(stats, info.keypoint_names)
+    from .metrics import COCO_SIGMAS
+
+    if rotate_given is None and not (info.keypoint_names and all(n in COCO_SIGMAS for n in info.keypoint_names)):
+        options.augment_rotate = ROTATION_ANY
     log(f"multi-instance: {stats['images']} image(s), up to {plan.max_instances} instance(s) each; centroid stage "
         f"at scale {plan.centroid_scale:g} ({plan.centroid_window} px windows), instance stage on {plan.crop} px "
         f"crops (scale {plan.crop_scale:g}); instances centred on "
-        f"{repr(info.keypoint_names[anchor]) if anchor is not None else 'the middle of their labelled keypoints'}")
+        f"{repr(info.keypoint_names[anchor]) if anchor is not None else 'the middle of their labelled keypoints'}; "
+        f"rotations up to {options.augment_rotate:g} degrees")
     stride = options.heatmap_stride
     c_cfg = kmodel.ModelConfig(num_keypoints=1, image_size=(plan.centroid_window, plan.centroid_window),
                                backbone="unet", alpha=CENTROID_ALPHA * options.alpha, head="heatmap", weights="none",
@@ -467,7 +478,8 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
                                       c_seconds, epochs, "centroid", log)
         _save_model(c_model, run / CENTROID_FILE)
-        i_seconds = max(1.0, total - (time.monotonic() - started)) if total else None
+        # (the calibration and saving after the instance stage are kept inside the budget)
+        i_seconds = max(1.0, total - (time.monotonic() - started) - min(30.0, 0.05 * total)) if total else None
         i_model = kmodel.build_model(i_cfg, None)
         i_ds = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
                                 options.seed, _augment(options, True), info.flip_permutation(), anchor)
