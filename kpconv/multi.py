@@ -408,7 +408,10 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
     options = options or TrainOptions(weights="none")
     if options.head != "heatmap":
         raise TrainError(f"--head {options.head}: multi-instance training uses the heatmap head")
-    if options.weights not in (None, "", "none"):
+    if options.weights == "imagenet":       # (kpconv train's default)
+        log("multi-instance: both stages start from random weights (the unet backbone); --weights imagenet is "
+            "for single-instance runs")
+    elif options.weights not in (None, "", "none"):
         raise TrainError(f"--weights {options.weights}: multi-instance training starts from random weights "
                          "(--weights none)")
     if (run / CONFIG_FILE).exists():

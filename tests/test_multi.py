@@ -95,7 +95,7 @@ def test_multi_instance_options(multi_shards, tmp_path):
     assert r.exit_code == 1 and "needs one image size" in r.output
     r = CliRunner().invoke(cli, ["train", str(s), "-o", str(tmp_path / "r"), "--multi-instance", "yes", "--resume"])
     assert r.exit_code == 2 and "cannot be resumed" in r.output
-    r = CliRunner().invoke(cli, ["train", str(s), "-o", str(tmp_path / "r"), "--weights", "imagenet",
+    r = CliRunner().invoke(cli, ["train", str(s), "-o", str(tmp_path / "r"), "--weights", str(s),
                                  "--multi-instance", "yes"])
     assert r.exit_code == 1 and "random weights" in r.output
     assert not (tmp_path / "r").exists()
