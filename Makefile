@@ -36,6 +36,7 @@ golden: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_shard.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 # The model on a real project and on synthetic data (about 2 hours with the defaults: 15 minutes a run).
 bench-accuracy: $(STAMP)

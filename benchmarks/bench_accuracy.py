@@ -56,10 +56,9 @@ def within_px(run: Path, shards: Path, px: float) -> float:
     """Fraction of the test split's labelled keypoints predicted within ``px`` original pixels."""
     from kpconv import metrics, pipeline
     from kpconv.evaluate import collect
-    from kpconv.train import open_run
+    from kpconv.inference import Inference
 
-    _, _, infer = open_run(run)
-    a = collect(lambda x: infer(x, training=False).numpy(), pipeline.load(shards, "test", 16, include_meta=True))
+    a = collect(Inference.from_run(run), pipeline.load(shards, "test", 16, include_meta=True))
     err = metrics.errors(a["pred_px"], a["true_px"])
     m = a["mask"] > 0
     return float((err[m] <= px).mean()) if m.any() else float("nan")

@@ -49,7 +49,7 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     if not name.startswith("_"):
-        try:   # any submodule, imported on first use: kpconv.predict.FrameSelection
+        try:   # any submodule, imported on first use: kpconv.video.FrameSelection
             return importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{name}":

@@ -179,7 +179,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     project, CVAT export). Formats: COCO keypoints JSON, CSV tables (wide or long), CVAT XML (images
     or video), DeepLabCut CollectedData CSV or .h5, dlib imglab XML, kpconv JSON / JSON Lines, Label
     Studio JSON / JSON-MIN, Labelme JSON, SLEAP .slp (frames extracted to --frames-dir), YOLO pose.
-    See docs/readers.md.
+    See docs/formats.md.
 
     Bad records are skipped and counted (summary on stderr, full list in --report); the exit code
     is 0 when at least one record was written. The output is written atomically.
@@ -260,7 +260,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     """Convert a manifest (a file, or '-' for stdin) into TFRecord shards.
 
     Writes OUT_DIR/<split>.tfrecord-NNNNN-of-NNNNN, skipped.jsonl (records whose image could not be
-    converted, with the reason) and, last, dataset_info.json. The shards are byte-identical for any
+    converted, with the reason), changed.jsonl (records whose keypoints outside the stored image were
+    made unlabelled, which ones) and, last, dataset_info.json. The shards are byte-identical for any
     --workers and any run. Exit code 0 when at least one record was written.
     """
     from .images import ImageOptions
@@ -290,7 +291,9 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
         info(ctx, f"kpconv: warning: {warning}")
     parts = ", ".join(f"{name} {s['records']} in {len(s['shards'])} shard(s)" for name, s in result.info["splits"].items())
     info(ctx, f"shard: wrote {result.written} record(s) to {out_dir} ({parts}); skipped {result.skipped}"
-              + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else ""))
+              + (f" (see {out_dir}/skipped.jsonl)" if result.skipped else "")
+              + (f"; {result.changed} record(s) with keypoints outside the stored image, made unlabelled (see "
+                 f"{out_dir}/changed.jsonl)" if result.changed else ""))
     if resume:
         info(ctx, f"resume: kept {result.kept_shards} complete shard(s), wrote {result.written_shards}")
 
@@ -348,7 +351,7 @@ def _quiet_tf(ctx: click.Context) -> None:
 @command()
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False), metavar="SHARD_DIR")
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False), metavar="RUN_DIR",
-              help="Run directory: config.json, model.keras, saved_model/, history.csv, logs/, checkpoints/.")
+              help="Run directory: config.json, model.keras, saved_model/, history.csv, checkpoints/.")
 @click.option("--head", type=click.Choice(["heatmap", "spatial", "dense"]), default="heatmap", show_default=True,
               help="heatmap: Gaussian heatmaps at --heatmap-stride, sub-pixel peak and a calibrated confidence; "
                    "spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
@@ -560,9 +563,9 @@ def _bbox(ctx, param, value):
 @click.option("--draw-names", is_flag=True, help="Write the keypoint names beside the drawn points.")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Videos: predict every N-th frame.")
-@click.option("--start", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
+@click.option("--start", callback=_parsed_by("video", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: first frame (an index, e.g. 300, or a time, e.g. 10s).")
-@click.option("--end", callback=_parsed_by("predict", "parse_frame_bound"), metavar="FRAME|SECONDSs",
+@click.option("--end", callback=_parsed_by("video", "parse_frame_bound"), metavar="FRAME|SECONDSs",
               help="Videos: stop before this frame (index or time).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -578,7 +581,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import FrameSelection, common_root, expand_inputs, is_video
+    from .predict import common_root, expand_inputs
+    from .video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
     if not paths:

@@ -16,6 +16,11 @@ LEFT, RIGHT, MIDDLE = (235, 64, 52), (52, 120, 235), (245, 215, 40)
 BOX = (255, 255, 255)
 
 
+def relative_name(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` (POSIX separators): what drawn outputs and box keys are named after."""
+    return Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
+
+
 def side_colours(num_keypoints: int, flip_pairs: Sequence[Sequence[int]]) -> List[Tuple[int, int, int]]:
     """The colour of each keypoint: the first of each flip pair is left (red), the second right (blue)."""
     colours = [MIDDLE] * num_keypoints
@@ -55,19 +60,19 @@ class PredictionDrawer:
         self.names, self.skeleton = list(names), [tuple(p) for p in skeleton]
         self.colours = side_colours(len(self.names), flip_pairs)
         self.min_confidence, self.show_names, self.every = min_confidence, show_names, every
-        self.video: Optional[_VideoOut] = None
+        self.video = None   # a kpconv.video.VideoWriter
         self.video_source: Optional[str] = None
         self.written: List[str] = []
 
     def _out_path(self, source: str) -> Path:
-        from .predict import is_video, relative_name
+        from .video import is_video
 
         if is_video(self.target):
             return self.target
         return self.target / relative_name(source, self.root)
 
     def add(self, group) -> None:
-        from PIL import ImageDraw
+        from PIL import Image, ImageDraw
 
         first = group[0]
         if first.frame is None:
@@ -76,7 +81,7 @@ class PredictionDrawer:
             im, _ = SourceImage(first.image).load()
             im = to_rgb(im).copy()
         else:
-            im = first.pixels
+            im = Image.fromarray(first.pixels)
         d = ImageDraw.Draw(im)
         radius = max(2.0, max(im.size) / 150)
         for p in group:
@@ -91,10 +96,10 @@ class PredictionDrawer:
         else:
             if self.video_source != first.image:
                 self._close_video()
-                from .predict import video_info
+                from . import video
 
-                fps = video_info(first.image)[0] or 25.0
-                self.video = _VideoOut(self._out_path(first.image), fps / self.every, im.size)
+                fps = video.info(first.image)[0] or 25.0
+                self.video = video.VideoWriter(self._out_path(first.image), fps / self.every, im.size)
                 self.video_source = first.image
             self.video.write(im)
 
@@ -124,47 +129,3 @@ class PredictionDrawer:
         if self.video is not None:
             self.video.abort()
             self.video = None
-
-
-class _VideoOut:
-    """A video written frame by frame with PyAV into a temporary file, renamed into place by close()."""
-
-    def __init__(self, path: Path, fps: float, size: Tuple[int, int]):
-        import av
-        from fractions import Fraction
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        codec = "libvpx-vp9" if self.path.suffix.lower() == ".webm" else \
-            "mpeg4" if self.path.suffix.lower() in (".avi", ".wmv", ".flv", ".mpg", ".mpeg") else "libx264"
-        self.container = av.open(str(self.tmp), "w")
-        self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        # yuv420p needs even sizes: odd ones get one row/column of padding
-        self.size = (size[0] + size[0] % 2, size[1] + size[1] % 2)
-        self.stream.width, self.stream.height = self.size
-        self.stream.pix_fmt = "yuv420p"
-
-    def write(self, im) -> None:
-        import av
-        from PIL import Image
-
-        if im.size != self.size:
-            canvas = Image.new("RGB", self.size)
-            canvas.paste(im, (0, 0))
-            im = canvas
-        for packet in self.stream.encode(av.VideoFrame.from_image(im)):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()

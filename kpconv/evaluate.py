@@ -4,6 +4,9 @@ Predictions (normalized to the stored image) and targets are mapped back through
 ``transform/stored_to_original``; PCK and NME are normalized by the instance's box (its longer side,
 mapped to original pixels) or the original image's longer side when the record has no box. See
 ``kpconv.metrics`` for the definitions.
+
+The confidence calibration (:func:`calibrate`) lives here too: it is an evaluation of the model on a
+split, stored in the run's ``config.json``.
 """
 from __future__ import annotations
 
@@ -72,10 +75,11 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     :func:`kpconv.inspect.contact_sheet`)."""
     from . import pipeline
     from .dataset_info import read_dataset_info
-    from .train import open_run
+    from .inference import Inference
 
     run = Path(run_dir)
-    config, _, infer = open_run(run)
+    inference = Inference.from_run(run, batch_size=batch_size)
+    config = inference.config
     info = read_dataset_info(shard_dir)
     names = config["dataset"]["keypoints"]
     if info.keypoint_names != names:
@@ -85,15 +89,14 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
                          f"run's {config['dataset']['image_size'][0]}x{config['dataset']['image_size'][1]}")
     ds = pipeline.load(shard_dir, split, batch_size, include_meta=True)
     has_conf = bool(config.get("calibration")) or config["model"].get("head") == "heatmap"
-    result = evaluate_dataset(lambda x: infer(x, training=False).numpy(), ds, names,
+    result = evaluate_dataset(inference, ds, names,
                               min_confidence=min_confidence if has_conf else None)
     result = {"run_dir": str(run), "shard_dir": str(shard_dir), "split": split, **result}
     if grid:
         from .inspect import contact_sheet
-        from .model import infer as run_inference
 
         result["grid"] = {"path": str(grid), "records": contact_sheet(shard_dir, info, grid, grid_n, split=split,
-                                                                      predict=lambda x: run_inference(infer, x),
+                                                                      predict=inference.infer,
                                                                       min_confidence=min_confidence)}
     if json_path:
         from .manifest import atomic_output
@@ -101,3 +104,27 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
         with atomic_output(json_path) as f:
             f.write(json.dumps(_no_nan(result), indent=2) + "\n")
     return result
+
+
+CALIBRATION_PCK = 0.05   # the confidence is calibrated to P(error <= 0.05 x instance size)
+
+
+def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK) -> dict:
+    """Fit the heatmap head's confidence on ``split`` (without augmentation): the probability that a
+    keypoint is labelled and predicted within ``threshold`` x the instance size (PCK's criterion),
+    as a logistic function of the heatmap peak; an unlabelled keypoint counts as a miss, so a low
+    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``)."""
+    from . import metrics, pipeline
+    from .inference import Inference
+    from .run import open_run, write_config
+
+    config, model = open_run(run_dir)
+    config.pop("calibration", None)
+    arrays = collect(Inference(model), pipeline.load(shard_dir, split, 16, include_meta=True))
+    err = metrics.errors(arrays["pred_px"], arrays["true_px"])
+    correct = (arrays["mask"] > 0) & (err <= threshold * arrays["norm"][:, None])
+    params = metrics.fit_calibration(arrays["confidence"], correct)
+    config["calibration"] = {"params": params, "split": split, "criterion": f"within {threshold:g} x instance size",
+                             "keypoints": int(correct.size), "hits": int(correct.sum())}
+    write_config(run_dir, config)
+    return config["calibration"]

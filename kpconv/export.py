@@ -4,15 +4,14 @@ Formats: ``savedmodel`` (a ``serve`` signature taking float32 ``(None, H, W, 3)`
 ``[0, 255]``), ``tflite`` (float32), ``tflite-fp16`` (float16 weights, float32 compute and I/O),
 ``tflite-int8`` (int8 weights and activations, calibrated on images of the run's shards; float32
 input and output). A run trained with mixed precision is rebuilt in float32 before exporting (TFLite
-has no bfloat16 kernels). Every export is checked against ``model.keras`` on a few shard images, both
-read through :meth:`kpconv.predict.Predictor.infer`: :attr:`ExportResult.max_diff_px` is the largest
-keypoint distance, in pixels of the stored image.
+has no bfloat16 kernels). Every export is checked against ``model.keras`` (run by
+:class:`kpconv.inference.Inference`) on a few shard images: :attr:`ExportResult.max_diff_px` is the
+largest keypoint distance, in pixels of the stored image.
 
 ``kpconv train --export`` calls :func:`export_run` at the end of training.
 """
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import warnings
@@ -55,16 +54,10 @@ def _float32_policies(obj):
 
 def float32_model(model):
     """``model`` itself when it computes in float32, else the same model rebuilt in float32 with its weights."""
-    import keras
-
-    from . import model as kmodel
-
     if all(getattr(layer, "dtype_policy", None) is None or layer.dtype_policy.name == "float32"
            for layer in model._flatten_layers()):
         return model
-    config = _float32_policies(model.get_config())
-    with keras.saving.custom_object_scope(kmodel.custom_objects()):
-        clone = model.__class__.from_config(config)
+    clone = model.__class__.from_config(_float32_policies(model.get_config()))
     clone.set_weights(model.get_weights())
     return clone
 
@@ -168,17 +161,17 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
     """Export ``run_dir/model.keras`` as ``fmt`` (see :data:`FORMATS`) to ``output`` (default in the run
     directory; ``-``: a TFLite model to stdout) and compare it with ``model.keras`` on
     ``check_images`` images of the run's shards (or ``shard_dir``)."""
+    from .inference import Inference
     from .manifest import atomic_output
-    from .predict import Predictor
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}' (known: {', '.join(FORMATS)})")
     if output == "-" and fmt == "savedmodel":
         raise ExportError("a SavedModel is a directory: it cannot be written to stdout")
     run = Path(run_dir)
-    predictor = Predictor(run)
-    config = predictor.config
-    model = float32_model(predictor.model)
+    inference = Inference.from_run(run)
+    config = inference.config
+    model = float32_model(inference.model)
     # the shards' size: the heatmap head takes any size, an export has one input shape
     w, h = config["dataset"]["image_size"]
 
@@ -209,13 +202,9 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
             f.write(data)
         run_export = lambda x: run_tflite(data, x)  # noqa: E731
     if check_images and images is not None:
-        # both through Predictor.infer, the one place model outputs become keypoints: the export
-        # stands in for model.keras there
+        # the export includes the decoding: its (B, K, 3) output is compared with Inference's
         x = images[:check_images]
-        ref, _ = predictor.infer(x)
-        exported = copy.copy(predictor)
-        exported.model = lambda batch, training=False: run_export(np.asarray(batch, np.float32))
-        got, _ = exported.infer(x)
+        ref, got = inference(x), run_export(np.asarray(x, np.float32))
         result.max_diff_px = float(np.max(np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)))
         result.checked = len(x)
     return result

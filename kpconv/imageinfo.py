@@ -4,10 +4,12 @@ decoding it, and the one family of typed image problems (:class:`BadImage` with 
 ``probe(data)`` / ``probe_file(path)`` give a :class:`Probe`. Plain JPEG and PNG files (the formats of
 nearly every keypoint dataset) are read by the short header parsers below; anything they do not fully
 understand (another format, XMP metadata that may hold an orientation, a second EXIF block, a chunk or
-segment they do not know, a structure cut short) goes to Pillow, which then decides. Measured on
-20,000 64x48 PNGs (``benchmarks/bench_ingest.py``): the parser reads them in 0.2-0.4 s, Pillow
-(``Image.open`` + ``load``, which a PNG needs because its ``eXIf`` chunk may follow the pixel data)
-several times longer; and ``kpconv shard`` stores a plain JPEG as it is from its header alone.
+segment they do not know, a structure cut short) goes to Pillow, which then decides. The parsers earn
+their place (``benchmarks/bench_probe.py``, same run, 10,000 JPEG + 10,000 PNG of 64x48, Pillow 12.3,
+2 shared cores): ``read_sizes`` 0.47 s against 3.86 s through Pillow (``Image.open`` + size + EXIF
+orientation, loading a PNG, whose ``eXIf`` chunk may follow the pixel data, as Pillow's ``getexif``
+does), and what a user waits for, ``ingest()`` of the 20,000 images, 2.59 s against 7.03 s (2.7x); and
+``kpconv shard`` stores a plain JPEG as it is from its header alone.
 
 Pillow versions: ``setup.cfg`` pins the range the tests ran with; the tests compare every probe with
 ``ImageOps.exif_transpose(Image.open(p)).size``.
@@ -37,6 +39,7 @@ REASONS = {
     "decompression_bomb": "image has more pixels than the limit (Pillow's MAX_IMAGE_PIXELS)",
     "size_mismatch": "image size differs from the manifest (the image changed since ingest)",
     "path_outside_root": "image path resolves (symlinks followed) outside the images root",
+    "degenerate_crop": "--crop bbox on an instance whose box is under a pixel wide or high",
 }
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = frozenset((5, 6, 7, 8))       # orientations that turn the image by 90 degrees

@@ -326,8 +326,8 @@ class _Finalizer:
             return size
         w, h = size
         sx, sy = (1.0, 1.0) if normalized else (1.0 / w, 1.0 / h)
-        tol_x = max(self.options.tolerance_px / w, self.options.tolerance_frac)
-        tol_y = max(self.options.tolerance_px / h, self.options.tolerance_frac)
+        tol_x = self.options.tolerance_px / w
+        tol_y = self.options.tolerance_px / h
         consts = self._images[(full, normalized)] = (w, h, sx, sy, tol_x, tol_y)
         return consts
 
@@ -344,6 +344,12 @@ class _Finalizer:
             return None
         w, h, sx, sy, tol_x, tol_y = consts
         if raw.size is not None and tuple(raw.size) != (w, h):
+            if tuple(raw.size) == (h, w):
+                self.report.add("size_swapped", f"annotation states {raw.size[0]}x{raw.size[1]} but image {rel} "
+                                f"is {w}x{h} (EXIF orientation applied): the annotation was made on the image "
+                                "turned by 90 degrees, its coordinates cannot be placed on this one; rotate the "
+                                "image file (or its EXIF orientation) to match the annotation", loc.with_field("image"))
+                return None
             self.report.add("size_mismatch", f"annotation states {raw.size[0]}x{raw.size[1]} but image "
                             f"{rel} is {w}x{h} (EXIF orientation applied); using the image's size", loc)
         kps = [[0.0, 0.0, 0] for _ in range(self.k)]

@@ -132,7 +132,7 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
     keypoints, names and skeleton; left keypoints/limbs in red, right in blue, others yellow.
 
     With ``predict`` (``images float32 (1, H, W, 3) -> (xy (1, K, 2) normalized, confidence (1, K))``,
-    e.g. :meth:`kpconv.predict.Predictor.infer`): the predictions are drawn as filled dots with the
+    e.g. :meth:`kpconv.inference.Inference.infer`): the predictions are drawn as filled dots with the
     skeleton (those under ``min_confidence`` left out), the labelled truth as rings, and a white line
     joins each labelled keypoint to its prediction. Returns the number drawn."""
     import numpy as np

@@ -135,6 +135,13 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------------- layers
+def _per_keypoint(x):
+    """``(B, H, W, K)`` -> ``(B, K, H * W)`` float32 (the heatmap of each keypoint as one row)."""
+    x = ops.cast(x, "float32")
+    shape = ops.shape(x)
+    return ops.reshape(ops.transpose(x, (0, 3, 1, 2)), (shape[0], shape[3], shape[1] * shape[2]))
+
+
 @keras.saving.register_keras_serializable(package="kpconv")
 class SoftArgmax(layers.Layer):
     """Heatmap logits ``(B, H, W, K)`` -> expected positions ``(B, K, 2)`` normalized to ``[0, 1]``
@@ -145,11 +152,9 @@ class SoftArgmax(layers.Layer):
         super().__init__(**kw)
 
     def call(self, x):
-        x = ops.cast(x, "float32")
         shape = ops.shape(x)
         h, w, k = shape[1], shape[2], shape[3]
-        flat = ops.reshape(ops.transpose(x, (0, 3, 1, 2)), (-1, k, h * w))
-        p = ops.softmax(flat, axis=-1)
+        p = ops.softmax(_per_keypoint(x), axis=-1)
         p = ops.reshape(p, (-1, k, h, w))
         xs = (ops.cast(ops.arange(w), "float32") + 0.5) / ops.cast(w, "float32")
         ys = (ops.cast(ops.arange(h), "float32") + 0.5) / ops.cast(h, "float32")
@@ -248,10 +253,9 @@ class HeatmapDecode(layers.Layer):
         import tensorflow as tf
 
         hm, image = inputs
-        hm = tf.cast(hm, tf.float32)
         sh = tf.shape(hm)
-        b, h, w, k = sh[0], sh[1], sh[2], sh[3]
-        flat = tf.reshape(tf.transpose(hm, (0, 3, 1, 2)), (b, k, h * w))
+        h, w = sh[1], sh[2]
+        flat = _per_keypoint(hm)
         idx = tf.argmax(flat, axis=-1, output_type=tf.int32)
         peak = tf.reduce_max(flat, axis=-1)
         iy, ix = idx // w, idx % w
@@ -357,7 +361,11 @@ def build_model(cfg: ModelConfig, weights=None) -> keras.Model:
     k = cfg.num_keypoints
     inputs = keras.Input((h, w, 3), name="image")
     base = _build_backbone(bb, (h, w, 3), cfg, weights)
-    skips = _skip_layers(base, (h, w), cfg.upsample) if cfg.head == "spatial" else []
+    skips = []
+    if cfg.head == "spatial":   # the skip connections, fine to coarse (stride 8, 16 for two steps)
+        total = _output_stride(base, h)
+        strides = [total >> i for i in range(1, cfg.upsample + 1) if total >> i >= 1]
+        skips = [l for l in _layers_at_strides(base, (h, w), strides) if l is not None][::-1]
     base = _backbone_model(base, [l.output for l in skips] + [base.output] if skips else base.output, cfg)
 
     feats = base(_rescaled(inputs, bb))
@@ -404,11 +412,24 @@ def _bn(cfg: ModelConfig, name: str):
     return layers.BatchNormalization(momentum=0.99 if cfg.bn_momentum is None else cfg.bn_momentum, name=name)
 
 
-def _last_layer_at(model, size):
-    """The last layer of ``model`` whose output is a feature map of ``size`` (height, width), or None."""
-    cands = [l for l in model.layers if len(getattr(l.output, "shape", ())) == 4
-             and tuple(l.output.shape[1:3]) == tuple(size) and not isinstance(l, layers.InputLayer)]
-    return cands[-1] if cands else None
+def _layers_at_strides(model, size, strides) -> list:
+    """For each stride, the last layer of ``model`` (built for ``size``, height and width) whose output
+    is a feature map at that stride, or None: the decoders' skip connections, found from the layers'
+    output shapes so any registered backbone works."""
+    found = []
+    for s in strides:
+        cells = (-(-size[0] // s), -(-size[1] // s))
+        cands = [l for l in model.layers if len(getattr(l.output, "shape", ())) == 4
+                 and tuple(l.output.shape[1:3]) == cells and not isinstance(l, layers.InputLayer)]
+        found.append(cands[-1] if cands else None)
+    return found
+
+
+def _output_stride(model, height: int) -> int:
+    stride = 1
+    while -(-height // stride) > model.output.shape[1]:
+        stride *= 2
+    return stride
 
 
 def _build_backbone(bb: Backbone, shape, cfg: ModelConfig, weights):
@@ -434,20 +455,19 @@ def _build_backbone(bb: Backbone, shape, cfg: ModelConfig, weights):
 
 def _stride_layers(bb: Backbone, cfg: ModelConfig):
     """``(names, total stride)``: for each stride from ``heatmap_stride`` up to (not including) the
-    backbone's output stride, the name of the backbone's last layer at that stride (fine to coarse).
-    Found from the output shapes of a probe built at a fixed size, so any registered backbone works."""
+    backbone's output stride, the name of the backbone's last layer at that stride (fine to coarse),
+    from a probe built at a fixed size."""
     probe_size = 256
     probe = bb.build((probe_size, probe_size, 3), cfg.alpha, None)
-    total = probe_size // probe.output.shape[1]
-    names = []
-    stride = cfg.heatmap_stride
-    while stride < total:
-        layer = _last_layer_at(probe, (probe_size // stride,) * 2)
+    total = _output_stride(probe, probe_size)
+    strides = []
+    while cfg.heatmap_stride * 2 ** len(strides) < total:
+        strides.append(cfg.heatmap_stride * 2 ** len(strides))
+    found = _layers_at_strides(probe, (probe_size, probe_size), strides)
+    for stride, layer in zip(strides, found):
         if layer is None:
             raise TrainError(f"{cfg.backbone}: no layer at stride {stride} for the heatmap decoder")
-        names.append(layer.name)
-        stride *= 2
-    return names, total
+    return [l.name for l in found], total
 
 
 def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model:
@@ -492,30 +512,6 @@ def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] =
     return keras.Model(model.inputs[0], out, name=f"{model.name}_inference")
 
 
-def infer(inference: keras.Model, batch):
-    """Run an :func:`inference_model` on float32 ``(B, H, W, 3)`` pixels: ``(xy (B, K, 2)`` normalized,
-    ``confidence (B, K))`` as writable numpy arrays."""
-    import numpy as np
-
-    out = np.array(inference(np.asarray(batch, np.float32), training=False), np.float32)
-    return out[..., :2], out[..., 2]
-
-
-def _skip_layers(base, size, steps: int):
-    """The last layer at each of the ``steps`` strides below the output's (stride 16 and 8 for
-    two steps): the spatial head's skip connections, found from the layers' output shapes so any
-    registered backbone works."""
-    out_h = base.output.shape[1]
-    sizes = []
-    h, w = size
-    while h > out_h:
-        sizes.append((h, w))
-        h, w = -(-h // 2), -(-w // 2)
-    wanted = sizes[::-1][:steps]   # e.g. stride 16, then 8
-    found = [_last_layer_at(base, target) for target in wanted]
-    return [l for l in found if l is not None][::-1]   # fine to coarse
-
-
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer("backbone")
 
@@ -539,17 +535,10 @@ def set_backbone_trainable(model: keras.Model, trainable: bool, from_layer: Opti
         l.trainable = i >= start
 
 
-def custom_objects() -> dict:
-    from . import losses
-
-    return {"SoftArgmax": SoftArgmax, "PadToMultiple": PadToMultiple, "Upsample2x": Upsample2x,
-            "CropToInput": CropToInput,
-            "HeatmapDecode": HeatmapDecode, "UnitConfidence": UnitConfidence, "MaskedKeypointLoss": losses.MaskedKeypointLoss,
-            "HeatmapLoss": losses.HeatmapLoss}
-
-
 def load_model(path, compile: bool = False) -> keras.Model:
     """Load a ``model.keras`` written by ``kpconv train``."""
+    from . import losses  # noqa: F401  (registers the losses with Keras, for compile=True)
+
     if not Path(path).is_file():
         raise TrainError(f"{path}: no model file")
-    return keras.saving.load_model(str(path), custom_objects=custom_objects(), compile=compile)
+    return keras.saving.load_model(str(path), compile=compile)

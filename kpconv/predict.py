@@ -1,17 +1,19 @@
 """``kpconv predict``: keypoints in original image pixels for new images and videos.
 
-Each image, or each decoded video frame, goes through the same preprocessing as the shards the run
-was trained on (recorded in ``config.json`` at train time from ``dataset_info.json``): the crop
-(``none``, or ``bbox`` with the shard's padding around a box; without a box a ``bbox`` run uses the
-whole image), the resize (``stretch`` or ``pad``) and EXIF orientation, all by ``kpconv.images``
-(the code ``kpconv shard`` uses). The model's output is mapped back through the same transform.
+Each image (EXIF orientation applied), or each decoded video frame, goes through the same
+preprocessing as the shards the run was trained on (recorded in ``config.json`` at train time from
+``dataset_info.json``), done on the decoded array by :meth:`kpconv.inference.Inference.prepare`: the
+crop (``none``, or ``bbox`` with the shard's padding around a box; without a box a ``bbox`` run uses
+the whole image) and the resize (``stretch`` or ``pad``). The model's output is mapped back through
+the same transform.
 
-Every model call goes through :meth:`Predictor.infer`, which returns the normalized coordinates and a
-confidence in ``[0, 1]`` per keypoint; everything downstream (the writers, the drawing) carries it.
+Every model call goes through :meth:`Predictor.infer` (:class:`kpconv.inference.Inference`: one
+compiled function per input size), which returns the normalized coordinates and a confidence in
+``[0, 1]`` per keypoint; everything downstream (the writers, the drawing) carries it.
 
-Videos are decoded with PyAV (FFmpeg's libraries, shipped in its wheel) frame by frame and predicted
-in batches, so memory stays bounded whatever the video's length. A file that cannot be read is
-reported (``on_error``) and skipped; the others are predicted.
+Files are read, video frames decoded (:mod:`kpconv.video`) and prepared in a producer thread into a
+bounded queue (four batches) while the model runs, so memory stays bounded whatever the video's
+length. A file that cannot be read is reported (``on_error``) and skipped; the others are predicted.
 """
 from __future__ import annotations
 
@@ -20,22 +22,21 @@ import io
 import json
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .drawing import relative_name
 from .errors import AnnotationError, ImageError, KpconvError, Location, VideoError
+from .video import VIDEO_EXTS, FrameSelection, is_video
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 FORMATS = ("jsonl", "csv", "dlc", "coco")
 DEFAULT_MIN_CONFIDENCE = 0.5
-
-
-def is_video(path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTS
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Prediction:
     frame: Optional[int] = None          # video frames: index (0-based, in decoding order) and time in seconds
     time: Optional[float] = None
     instance: int = 0                    # the box's index within its image or frame
-    pixels: Any = field(default=None, repr=False, compare=False)  # the decoded frame (keep_frames=True)
+    pixels: Any = field(default=None, repr=False, compare=False)  # the decoded frame, RGB uint8 (keep_frames=True)
 
     @property
     def confidence(self) -> float:
@@ -95,124 +96,6 @@ def common_root(paths: Sequence[str]) -> Path:
     if not paths:
         return Path(".")
     return Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
-
-
-def relative_name(path: str, root: Path) -> str:
-    """``path`` relative to ``root`` (POSIX separators): what drawn outputs and box keys are named after."""
-    return Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
-
-
-@dataclass(frozen=True)
-class FrameSelection:
-    """Which video frames to predict: every ``every``-th from ``start`` (inclusive) to ``end``
-    (exclusive). ``start`` and ``end`` are frame indices (int) or times in seconds (float)."""
-
-    every: int = 1
-    start: Union[int, float, None] = None
-    end: Union[int, float, None] = None
-
-    def _pos(self, bound, index: int, time: float):
-        return index if isinstance(bound, int) else time
-
-    def before_start(self, index: int, time: float) -> bool:
-        return self.start is not None and self._pos(self.start, index, time) < self.start
-
-    def past_end(self, index: int, time: float) -> bool:
-        return self.end is not None and self._pos(self.end, index, time) >= self.end
-
-    def expected(self, count: int, fps: Optional[float]) -> Optional[int]:
-        """About how many frames of a video of ``count`` frames are selected (for a progress bar)."""
-        if not count:
-            return None
-
-        def frame(bound, default):
-            if bound is None:
-                return default
-            return bound if isinstance(bound, int) else int(bound * (fps or 0)) if fps else default
-        first, stop = frame(self.start, 0), min(count, frame(self.end, count))
-        return max(0, -(-(stop - first) // self.every))
-
-
-def parse_frame_bound(text: str) -> Union[int, float]:
-    """``"120"`` -> frame 120; ``"4.5s"`` -> 4.5 seconds. Raises ValueError."""
-    t = text.strip()
-    if t.endswith("s"):
-        v = float(t[:-1])
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"expected a time >= 0 in seconds, got '{text}'")
-        return v
-    try:
-        v = int(t)
-    except ValueError:
-        raise ValueError(f"expected a frame index (e.g. 120) or a time in seconds (e.g. 4.5s), got '{text}'") from None
-    if v < 0:
-        raise ValueError(f"expected a frame index >= 0, got '{text}'")
-    return v
-
-
-def video_frames(path: str, selection: FrameSelection = FrameSelection()) -> Iterator[Tuple[int, float, Any]]:
-    """Decode the selected frames of a video: ``(index, time in seconds, PIL RGB image)``, lazily.
-
-    ``time`` counts from the first frame. Raises VideoError (located) when the file cannot be opened or
-    a frame cannot be decoded."""
-    import av
-
-    container, stream, fps = _open_video(path)
-    with container:
-        stream.thread_type = "AUTO"
-        index, t0, kept = -1, None, -1
-        frames = container.decode(stream)
-        while True:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                break
-            except (av.error.FFmpegError, OSError) as e:
-                err = VideoError("unreadable_video", f"cannot decode: {_av_message(e)}", Location(path))
-                err.frame = index + 1
-                raise err from None
-            index += 1
-            t = frame.time
-            if t is None:
-                t = index / fps if fps else float(index)
-            if t0 is None:
-                t0 = t
-            t = float(t - t0)
-            if selection.past_end(index, t):
-                break
-            if selection.before_start(index, t):
-                continue
-            kept += 1
-            if kept % selection.every:
-                continue
-            yield index, t, frame.to_image()
-
-
-def video_info(path: str) -> Tuple[Optional[float], int, Tuple[int, int]]:
-    """(frames per second or None, frame count or 0 when the header does not say, (width, height))."""
-    container, s, fps = _open_video(path)
-    with container:
-        return fps, int(s.frames or 0), (s.codec_context.width, s.codec_context.height)
-
-
-def _open_video(path: str):
-    """``(container, its first video stream, frames per second or None)``; VideoError when unreadable."""
-    import av
-
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as e:
-        raise VideoError("unreadable_video", f"cannot open video: {_av_message(e)}", Location(path)) from None
-    if not container.streams.video:
-        container.close()
-        raise VideoError("unreadable_video", "no video stream in the file", Location(path))
-    stream = container.streams.video[0]
-    rate = stream.average_rate or stream.guessed_rate
-    return container, stream, float(rate) if rate else None
-
-
-def _av_message(e) -> str:
-    return getattr(e, "strerror", None) or str(e)
 
 
 # -------------------------------------------------------------------------------------------- boxes
@@ -327,43 +210,48 @@ def _csv_boxes(text: str, path: str):
 
 
 # -------------------------------------------------------------------------------------- predictor
-def _image_options(config: dict):
-    from .images import ImageOptions
+def read_ahead(items: Iterable, maxsize: int) -> Iterator:
+    """``items``, produced in a thread into a queue of ``maxsize`` while the caller works on the
+    previous ones. An exception of the producer is raised here, where its item would have come;
+    leaving the loop early stops the producer (and closes ``items``)."""
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+    done = object()
 
-    pre = config["dataset"].get("preprocessing") or {}
-    size = pre.get("size") or config["dataset"]["image_size"]
-    return ImageOptions(size=(int(size[0]), int(size[1])), resize=pre.get("resize") or "stretch",
-                        crop=pre.get("crop") or "none", crop_pad=float(pre.get("crop_pad") or 0.0))
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
+    def produce():
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((None, x)):
+                    return
+            put((done, None))
+        except BaseException as e:   # handed to the consumer, raised there with its traceback
+            put((e, None))
+        finally:
+            getattr(it, "close", lambda: None)()
 
-def prepare(source, opts, bbox_px: Optional[Sequence[float]] = None):
-    """(stored image array (H, W, 3) uint8, stored_to_original transform, original (w, h)) for an image
-    path or an opened :class:`kpconv.images.SourceImage`."""
-    from .images import SourceImage, decode, render, to_rgb
-
-    src = source if isinstance(source, SourceImage) else SourceImage(source)
-    w, h = src.size
-    if bbox_px is not None:
-        bx, by, bw, bh = bbox_px
-        bbox = [bx / w, by / h, bw / w, bh / h]
-    else:
-        bbox = [0.0, 0.0, 1.0, 1.0]
-    stored = render(src, bbox, opts)
-    arr = np.asarray(to_rgb(decode(stored.data)), np.uint8)
-    if arr.shape[:2] != (opts.size[1], opts.size[0]):
-        raise ImageError(f"stored image is {arr.shape[1]}x{arr.shape[0]}, expected {opts.size[0]}x{opts.size[1]}",
-                         Location(src.path))
-    return arr, stored.layout.transform, (w, h)
-
-
-def _frame_source(name: str, im):
-    """A decoded video frame as a :class:`SourceImage` (BMP bytes: lossless and cheap to write), so
-    frames take exactly the images' path through ``kpconv.images.render``."""
-    from .images import SourceImage
-
-    buf = io.BytesIO()
-    im.save(buf, "BMP")
-    return SourceImage(name, data=buf.getvalue())
+    thread = threading.Thread(target=produce, name="kpconv-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            err, x = q.get()
+            if err is done:
+                return
+            if err is not None:
+                raise err
+            yield x
+    finally:
+        stop.set()
+        thread.join()
 
 
 class Predictor:
@@ -372,30 +260,29 @@ class Predictor:
         p = kpconv.Predictor("run/")
         for pred in p.predict("clip.mp4"):          # or an image, a folder, a list of them
             print(pred.frame, pred.keypoints)       # K x [x, y, confidence] in original pixels
-    """
 
-    def __init__(self, run_dir):
-        from .train import open_run
+    A thin wrapper on :class:`kpconv.inference.Inference` (``inference``) that reads files, boxes
+    and videos. ``jpeg=True`` encodes each prepared image as JPEG and back, as the shards store it."""
+
+    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False):
+        from .inference import Inference
 
         self.run_dir = Path(run_dir)
-        # the model in its inference form: (B, K, 3) x, y normalized and a confidence (the heatmap
-        # head's, calibrated; 1.0 for the regression heads)
-        self.config, _, self.model = open_run(self.run_dir)
+        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg)
+        self.config = self.inference.config
         self.names = list(self.config["dataset"]["keypoints"])
         self.skeleton = [tuple(p) for p in self.config["dataset"].get("skeleton") or []]
         self.flip_pairs = [tuple(p) for p in self.config["dataset"].get("flip_pairs") or []]
-        self.options = _image_options(self.config)
+        self.options = self.inference.options
 
     @property
     def crops_to_box(self) -> bool:
         return self.options.crop == "bbox"
 
     def infer(self, batch) -> Tuple[np.ndarray, np.ndarray]:
-        """The one place the model runs: ``batch`` float32 (B, H, W, 3) pixels in [0, 255] as the model
-        takes them -> ``xy`` (B, K, 2) normalized to the stored image, ``confidence`` (B, K) in [0, 1]."""
-        from .model import infer
-
-        return infer(self.model, batch)
+        """The one place predict runs the model: ``batch`` (B, H, W, 3) pixels in [0, 255] -> ``xy``
+        (B, K, 2) normalized to the stored image, ``confidence`` (B, K) in [0, 1]."""
+        return self.inference.infer(batch)
 
     def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,
                 batch_size: int = 16, frames: FrameSelection = FrameSelection(),
@@ -407,12 +294,13 @@ class Predictor:
         ``inputs`` is a path or a list of paths: images, videos, folders of them. ``bbox`` is one box
         (original pixels) for every input; ``boxes`` gives boxes per image or frame. A file that cannot
         be read raises its located error, or, with ``on_error``, is passed to it as a
-        :class:`Failure` and skipped. ``keep_frames`` puts each decoded video frame in ``pixels``."""
+        :class:`Failure` and skipped. ``keep_frames`` puts each decoded frame in ``pixels``."""
         from .metrics import to_original
         from .progress import progress
 
         paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
         root = root or common_root(paths)
+        self.inference.batch_size = batch_size   # the model runs on the batches formed here
         single_video = sum(is_video(p) for p in paths) == 1
         batch: list = []
         size = self.options.size
@@ -435,37 +323,46 @@ class Predictor:
             on_error(Failure(file, reason, message, frame))
 
         def items(path) -> Iterator[dict]:
-            """The instances of one file, prepared."""
-            if is_video(path):
-                fps, count, _ = video_info(path)
-                decoded = progress(video_frames(path, frames), total=frames.expected(count, fps),
-                                   desc=Path(path).name, unit="frame")
-                sources = ((index, round(t, 6), _frame_source(f"{path}#{index}", im), im) for index, t, im in decoded)
-            else:
-                from .images import SourceImage
+            """The instances of one file, prepared (in the producer thread)."""
+            from . import video
 
-                sources = [(None, None, SourceImage(path), None)]
-            for frame, t, src, im in sources:
+            if is_video(path):
+                fps, count, _ = video.info(path)
+                sources = progress(video.frames(path, frames), total=frames.expected(count, fps),
+                                   desc=Path(path).name, unit="frame")
+            else:
+                sources = [(None, None, _read_image(path))]
+            for frame, t, arr in sources:
                 for box, score, instance in self._instances(path, root, frame, single_video, bbox, boxes):
-                    arr, transform, wh = prepare(src, self.options, box)
-                    yield dict(file=path, array=arr, transform=transform, size=wh, bbox=box, score=score,
-                               frame=frame, time=t, instance=instance, pixels=im if keep_frames else None)
+                    stored, transform, wh = self.inference.prepare(arr, box)
+                    yield dict(file=path, array=stored, transform=transform, size=wh, bbox=box, score=score,
+                               frame=frame, time=None if t is None else round(t, 6), instance=instance,
+                               pixels=arr if keep_frames else None)
+
+        def produce():
+            """Every file's items, then ("end", path); a file that fails gives ("failed", ...)."""
+            for path in paths:
+                last_frame = None
+                try:
+                    for item in items(path):
+                        last_frame = item["frame"]
+                        yield "item", item
+                except (ImageError, VideoError) as e:
+                    # a video that breaks after some frames keeps those; the failure names the frame
+                    yield "failed", (e, path, getattr(e, "frame", None) if last_frame is None else
+                                     getattr(e, "frame", last_frame + 1))
+                yield "end", path
 
         images = [p for p in paths if not is_video(p)]
         bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
-        for path in paths:
-            last_frame = None
-            try:
-                for item in items(path):
-                    last_frame = item["frame"]
-                    batch.append(item)
-                    if len(batch) >= batch_size:
-                        yield from flush()
-            except (ImageError, VideoError) as e:
-                # a video that breaks after some frames keeps those; the failure names the frame
-                fail(e, path, getattr(e, "frame", None) if last_frame is None else
-                     getattr(e, "frame", last_frame + 1))
-            if bar is not None and not is_video(path):
+        for kind, x in read_ahead(produce(), maxsize=4 * batch_size):
+            if kind == "item":
+                batch.append(x)
+                if len(batch) >= batch_size:
+                    yield from flush()
+            elif kind == "failed":
+                fail(*x)
+            elif bar is not None and not is_video(x):
                 bar.update(1)
         if batch:
             yield from flush()
@@ -477,6 +374,14 @@ class Predictor:
         if boxes is None:
             return [(list(bbox) if bbox is not None else None, None, 0)]
         return [(list(b), s, i) for i, (b, s) in enumerate(boxes.lookup(path, root, frame, single_video))]
+
+
+def _read_image(path: str) -> np.ndarray:
+    """An image file as an RGB uint8 array, EXIF orientation applied (kpconv.images' rules)."""
+    from .images import SourceImage, to_rgb
+
+    im, _ = SourceImage(path).load()
+    return np.asarray(to_rgb(im), np.uint8)
 
 
 def csv_cell(text: str) -> str:

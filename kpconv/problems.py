@@ -33,14 +33,21 @@ REASONS = {
     "unreadable_image": (ERROR, "image file cannot be read as an image"),
     "path_outside_root": (ERROR, "image path escapes the images root"),
     "duplicate_instance": (ERROR, "same image and instance id seen before"),
+    "duplicate_image_id": (ERROR, "an image id given twice for different images (its annotations skipped)"),
+    "duplicate_annotation": (ERROR, "an annotation given twice (same id, or same image and keypoints)"),
+    "ambiguous_label": (ERROR, "a keypoint label repeats in one instance (points cannot be told apart)"),
     "no_keypoints": (NOTE, "instance has no labelled keypoint (skipped)"),
     "crowd": (NOTE, "COCO iscrowd=1 annotation (skipped)"),
     "other_category": (NOTE, "annotation of another category (skipped)"),
+    "size_swapped": (ERROR, "stated image size is the file's size turned by 90 degrees (a rotated photo)"),
     "size_mismatch": (WARNING, "stated image size differs from the image file"),
-    "clamped": (NOTE, "coordinate just outside the image, clamped"),
+    "clamped": (NOTE, "coordinate at most 1 px outside the image, clamped"),
     "bad_bbox": (WARNING, "given bbox unusable, derived from keypoints"),
+    "duplicate_box": (WARNING, "several boxes for one instance: none used, derived from keypoints"),
+    "no_label_file": (WARNING, "YOLO image without a label file (no instance read)"),
+    "other_annotation": (WARNING, "a task's other annotators' annotations not read (one is)"),
     "bad_skeleton": (WARNING, "skeleton edges out of range, dropped"),
-    "image_in_two_splits": (WARNING, "image listed in two splits, kept in the first"),
+    "image_in_two_splits": (WARNING, "image listed in two splits, kept in the first (the later listing skipped)"),
     "skeleton_0_based": (NOTE, "0-based skeleton recognised and converted"),
     "generated_names": (NOTE, "no keypoint names in the source: named kp0, kp1, ..."),
     "several_categories": (NOTE, "categories read together, each record keeps its category"),
@@ -61,7 +68,8 @@ class Problem:
 
     @property
     def skips_record(self) -> bool:
-        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category", "predicted")
+        return self.severity == ERROR or self.reason in ("no_keypoints", "crowd", "other_category", "predicted",
+                                                         "image_in_two_splits")
 
     def __str__(self) -> str:
         where = str(self.location)

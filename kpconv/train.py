@@ -1,17 +1,7 @@
 """``kpconv train``: fit a keypoint regressor on the shards, streaming them through tf.data.
 
-RUN_DIR layout::
-
-    config.json          every option, the model config, the dataset (sha256 of every file, keypoint
-                         names, skeleton, the shard preprocessing), versions
-    model.keras          the best model so far (lowest validation loss, or training loss without a
-                         validation split)
-    saved_model/         the best model exported as a TensorFlow SavedModel (at the end)
-    model.tflite         with export=["tflite"]
-    history.csv          one row per epoch (loss, metrics, validation metrics, learning rate)
-    logs/                TensorBoard logs
-    checkpoints/         last.keras (model and optimizer after the last finished epoch) and
-                         state.json (phase, epoch, best value): what ``resume`` continues from
+The run directory (``config.json``, ``model.keras``, ``history.csv``, ``checkpoints/``...) is
+:mod:`kpconv.run`'s; the callbacks are :mod:`kpconv.callbacks`'.
 
 Training runs in two phases when the backbone starts from pretrained weights: the backbone frozen
 (``epochs``), then fine-tuned (``fine_tune_epochs``, from ``fine_tune_from`` on, at
@@ -28,35 +18,30 @@ The small-data recipe (the defaults of the ``heatmap`` head, see :func:`resolve_
 ``unet`` backbone from random weights (``mobilenet_v2`` with pretrained weights), heatmap stride 4,
 Gaussian sigma 2 cells, random 128x128 training crops around the keypoints, rotation up to 25
 degrees, scale 0.8-1.2, flip when the keypoints have left/right pairs, batch 8, Adam 1e-3,
-batch-norm momentum 0.9 from scratch, an XLA-compiled training step. After training, the heatmap
-head's confidence is calibrated (:func:`kpconv.metrics.fit_calibration`) and stored in
-``config.json``.
+batch-norm momentum 0.9 from scratch, an XLA-compiled training step. 
+:func:`fit` is the fit loop. :func:`train` is the workflow ``kpconv train`` runs: fit, then calibrate
+the heatmap head's confidence (:func:`kpconv.evaluate.calibrate`, stored in ``config.json``), then
+export (:func:`kpconv.export.export_run`). It lives here, as a short function calling out to those
+owners, because ``kpconv.train(...)`` is the public API and must give the same finished run as the
+command; neither owner imports this module.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import platform
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from . import __version__
 from .errors import TrainError
-from .manifest import atomic_output
+from .run import (CKPT_DIR, CONFIG_FILE, HISTORY_FILE, LAST_FILE, MODEL_FILE, is_run, read_config, read_state,
+                  run_dir_of, state_path, write_config)
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.csv"
-LOG_DIR = "logs"
-CKPT_DIR = "checkpoints"
 EXPORTS = ("tflite", "tflite-fp16", "tflite-int8")   # --export: besides the SavedModel, always written
-CALIBRATION_PCK = 0.05   # the confidence is calibrated to P(error <= 0.05 x instance size)
 
 
 @dataclass
@@ -110,6 +95,10 @@ class TrainResult:
     monitor: str
     resumed_from: int = 0
     outputs: dict = field(default_factory=dict)
+    options: Optional[TrainOptions] = None
+    shard_dir: Optional[Path] = None
+    calibration_split: Optional[str] = None   # the validation split, else the training split
+    final_state: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -120,28 +109,6 @@ def _versions() -> dict:
 
     return {"kpconv": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "numpy": numpy.__version__, "python": platform.python_version()}
-
-
-def _write_json(path: Path, obj) -> None:
-    with atomic_output(str(path)) as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _save_model(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(str(tmp))
-    os.replace(tmp, path)
-
-
-def _cosine(lr0: float, floor: float, t: float) -> float:
-    """The learning rate at the fraction ``t`` of a cosine schedule from ``lr0`` down to ``floor``."""
-    return float(floor + 0.5 * (lr0 - floor) * (1 + math.cos(math.pi * t)))
-
-
-def _epoch_cosine(lr0: float, floor: float, start: int, n: int) -> Callable[[int, float], float]:
-    def schedule(epoch, lr=None):
-        return _cosine(lr0, floor, min(max(epoch - start, 0), max(n - 1, 1)) / max(n - 1, 1))
-    return schedule
 
 
 def _val_split(info, wanted: Optional[str]) -> Optional[str]:
@@ -156,164 +123,14 @@ def _val_split(info, wanted: Optional[str]) -> Optional[str]:
     return wanted
 
 
-def _callbacks_module():
-    import keras
-
-    class Checkpoint(keras.callbacks.Callback):
-        """After every epoch: the best model (model.keras), the last one and the state to resume."""
-
-        def __init__(self, run_dir: Path, phase: int, monitor: str, best: Optional[float]):
-            super().__init__()
-            self.run_dir, self.phase, self.monitor, self.best = run_dir, phase, monitor, best
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            value = logs.get(self.monitor)
-            if value is None:
-                return
-            value = float(value)
-            if math.isnan(value):
-                return
-            if self.best is None or value < self.best:
-                self.best = value
-                _save_model(self.model, self.run_dir / MODEL_FILE)
-            _save_model(self.model, self.run_dir / CKPT_DIR / "last.keras")
-            _write_json(self.run_dir / CKPT_DIR / "state.json",
-                        {"phase": self.phase, "epoch": epoch + 1, "best": self.best, "monitor": self.monitor,
-                         "finished": False})
-
-    class NanGuard(keras.callbacks.Callback):
-        """Stops at the first NaN or infinite loss and remembers where."""
-
-        def __init__(self):
-            super().__init__()
-            self.epoch = 0
-            self.where = None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                self.where = (self.epoch, batch)
-                self.model.stop_training = True
-
-    class LearningRateLog(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    class TimeBudget(keras.callbacks.Callback):
-        """``time_limit``: the cosine learning rate follows the fraction of the budget spent (set
-        before every batch), training stops when it is spent, and each epoch's line shows the
-        minutes left."""
-
-        def __init__(self, seconds: float, started: float, lr0: float, floor: float):
-            super().__init__()
-            self.seconds, self.started, self.lr0, self.floor = seconds, started, lr0, floor
-            self.spent = False
-
-        def fraction(self) -> float:
-            return min(1.0, (time.monotonic() - self.started) / self.seconds)
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self.model.optimizer.learning_rate = _cosine(self.lr0, self.floor, self.fraction())
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.fraction() >= 1.0:
-                self.spent = True
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["time_left_min"] = round((1.0 - self.fraction()) * self.seconds / 60.0, 2)
-
-    class ValMetrics(keras.callbacks.Callback):
-        """After every epoch, the validation split's ``val_px_error`` (mean error in original
-        pixels) and ``val_pck@0.05`` / ``val_pck@0.1`` (box-normalized), computed exactly as
-        ``kpconv eval`` computes ``mean_error_px`` and ``pck@T``."""
-
-        def __init__(self, dataset):
-            super().__init__()
-            self.dataset = dataset
-            self.infer = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            from . import model as kmodel
-            from .evaluate import evaluate_dataset
-
-            if logs is None:
-                return
-            if self.infer is None:
-                self.infer = kmodel.inference_model(self.model)
-            o = evaluate_dataset(lambda x: self.infer(x, training=False).numpy(), self.dataset)["overall"]
-            logs["val_px_error"] = o["mean_error_px"]
-            logs["val_pck@0.05"] = o["pck@0.05"]
-            logs["val_pck@0.1"] = o["pck@0.1"]
-
-    class HistoryLog(keras.callbacks.Callback):
-        """history.csv: one row per finished epoch, val_* columns only with a validation split. Rows of
-        epochs from ``start`` on (written before an interruption that the checkpoint missed) are dropped
-        first, so a resumed run has each epoch once."""
-
-        def __init__(self, path: Path, validation: bool, start: int):
-            super().__init__()
-            self.path, self.validation = path, validation
-            self.columns = _trim_history(path, start)
-
-        def on_epoch_end(self, epoch, logs=None):
-            row = {"epoch": epoch}
-            row.update((k, float(v)) for k, v in sorted((logs or {}).items())
-                       if self.validation or not k.startswith("val_"))
-            new = self.columns is None
-            if new:
-                self.columns = list(row)
-            with open(self.path, "a", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, lineterminator="\n")
-                if new:
-                    w.writerow(self.columns)
-                w.writerow([row.get(c, "") for c in self.columns])
-
-    return Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics, HistoryLog
-
-
-def _trim_history(path: Path, start: int) -> Optional[List[str]]:
-    """Keep the rows of epochs before ``start`` in history.csv; returns its columns (None: no file)."""
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return None
-    kept = [r for r in rows[1:] if r and int(float(r[0])) < start]
-    if len(kept) != len(rows) - 1:
-        with atomic_output(str(path)) as f:
-            csv.writer(f, lineterminator="\n").writerows([rows[0], *kept])
-    return rows[0]
-
-
-def _is_run(weights: Optional[str]) -> bool:
-    """``weights`` names a kpconv run (its directory or its ``model.keras``)."""
-    if not weights or weights in ("none", "imagenet"):
-        return False
-    p = Path(weights)
-    return (p.is_dir() and (p / CONFIG_FILE).is_file()) or (p.suffix == ".keras" and p.is_file())
-
-
-def _run_dir_of(weights: str) -> Path:
-    p = Path(weights)
-    return p if p.is_dir() else p.parent
-
-
 def resolve_recipe(options: TrainOptions, info) -> TrainOptions:
     """``options`` with every ``None`` replaced by the recipe's value for its head and weights (the
     result is what ``config.json`` records)."""
     o = TrainOptions(**options.to_dict())
     heat = o.head == "heatmap"
     src = None
-    if _is_run(o.weights):   # the architecture of the run to fine-tune from, unless given
-        src = json.loads((_run_dir_of(o.weights) / CONFIG_FILE).read_text(encoding="utf-8"))["model"]
+    if is_run(o.weights):   # the architecture of the run to fine-tune from, unless given
+        src = read_config(run_dir_of(o.weights))["model"]
     if o.backbone is None:
         o.backbone = src["backbone"] if src else ("unet" if o.weights in (None, "", "none") else "mobilenet_v2")
     if o.alpha is None:
@@ -420,25 +237,33 @@ def _float(v, whole):
 
 
 # -------------------------------------------------------------------------------------------- train
-def export(run_dir, formats: Sequence[str] = ()) -> dict:
-    """The SavedModel and the ``formats`` asked for, by :func:`kpconv.export.export_run` (the code of
-    ``kpconv export``); returns the paths by name."""
-    from .export import export_run
-
-    run = Path(run_dir)
-    out = {"model": str(run / MODEL_FILE)}
-    for fmt in ("savedmodel", *formats):
-        res = export_run(run, fmt, check_images=0 if fmt == "savedmodel" else 8)
-        out["saved_model" if fmt == "savedmodel" else fmt] = res.path
-        if res.max_diff_px is not None:
-            out[f"{fmt} check"] = (f"largest difference from {MODEL_FILE}: {res.max_diff_px:.3g} px on "
-                                   f"{res.checked} shard image(s)")
-    return out
-
-
 def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bool = False,
           callbacks: Sequence = ()) -> TrainResult:
-    """Train on ``shard_dir`` into ``run_dir`` (see the module docstring). With ``resume``, the
+    """``kpconv train``: :func:`fit`, then calibrate the heatmap head's confidence, mark the run
+    finished, then export the SavedModel and ``options.export`` (each export checked against the
+    model). Returns the paths written in ``outputs``."""
+    from .evaluate import calibrate
+    from .export import export_run
+    from .run import write_state
+
+    res = fit(shard_dir, run_dir, options, resume, callbacks)
+    run = res.run_dir
+    if res.options.head == "heatmap":
+        calibrate(run, res.shard_dir, res.calibration_split)
+    write_state(run, **res.final_state)
+    res.outputs = {"model": str(run / MODEL_FILE)}
+    for fmt in ("savedmodel", *res.options.export):
+        ex = export_run(run, fmt, check_images=0 if fmt == "savedmodel" else 8)
+        res.outputs["saved_model" if fmt == "savedmodel" else fmt] = ex.path
+        if ex.max_diff_px is not None:
+            res.outputs[f"{fmt} check"] = (f"largest difference from {MODEL_FILE}: {ex.max_diff_px:.3g} px on "
+                                           f"{ex.checked} shard image(s)")
+    return res
+
+
+def fit(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bool = False,
+        callbacks: Sequence = ()) -> TrainResult:
+    """Fit on ``shard_dir`` into ``run_dir`` (see the module docstring). With ``resume``, the
     options come from ``run_dir/config.json`` and training continues after the last finished epoch.
 
     A new run that fails before its first epoch is saved (bad weights file, corrupt shards, bad
@@ -449,7 +274,7 @@ def train(shard_dir, run_dir, options: Optional[TrainOptions] = None, resume: bo
     try:
         return _train(shard_dir, run_dir, options, resume, callbacks)
     except BaseException as e:
-        if not resume and not (run / CKPT_DIR / "state.json").exists():
+        if not resume and not state_path(run).exists():
             if not existed:
                 shutil.rmtree(run, ignore_errors=True)
             elif run.is_dir():
@@ -482,11 +307,10 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
     if resume:
         if not (run / CONFIG_FILE).is_file():
             raise TrainError(f"{run}: --resume: no {CONFIG_FILE} here (not a kpconv run directory)")
-        config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = read_config(run)
         options = TrainOptions(**config["options"])
-        state_path = run / CKPT_DIR / "state.json"
-        if state_path.is_file():
-            state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = read_state(run)
+        if state is not None:
             if state.get("finished"):
                 raise TrainError(f"{run}: --resume: this run already finished ({state['epoch']} epochs); "
                                  f"start a new run with another -o")
@@ -527,7 +351,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
         raise TrainError(f"{info.path}: split '{options.train_split}' has no records")
     val_split = _val_split(info, options.val_split)
 
-    from_run = _is_run(options.weights)
+    from_run = is_run(options.weights)
     mcfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(info.image_height, info.image_width),
                               backbone=options.backbone, alpha=options.alpha, head=options.head,
                               weights=options.weights, heatmap_stride=options.heatmap_stride,
@@ -535,8 +359,8 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
                               else 0.9)
     source = None
     if from_run and state is None:
-        src_dir = _run_dir_of(options.weights)
-        src_cfg = json.loads((src_dir / CONFIG_FILE).read_text(encoding="utf-8"))["model"]
+        src_dir = run_dir_of(options.weights)
+        src_cfg = read_config(src_dir)["model"]
         for key in ("backbone", "head", "alpha", "heatmap_stride"):
             if src_cfg.get(key, getattr(mcfg, key)) != getattr(mcfg, key):
                 raise TrainError(f"--weights {options.weights}: that run has {key} {src_cfg.get(key)}, this one "
@@ -563,7 +387,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
             "versions": _versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_json(run / CONFIG_FILE, config)
+        write_config(run, config)
 
     keras.utils.set_random_seed(options.seed)
     policy = keras.mixed_precision.global_policy().name
@@ -589,8 +413,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     import keras
 
     from . import losses, model as kmodel, pipeline
-
-    Checkpoint, NanGuard, LearningRateLog, TimeBudget, ValMetrics, HistoryLog = _callbacks_module()
+    from .callbacks import Checkpoint, History, NanGuard, TimeBudget, ValMetrics, epoch_cosine
     heat = options.head == "heatmap"
     bs = options.batch_size * strategy.num_replicas_in_sync
     timed = options.time_limit is not None
@@ -629,7 +452,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
 
     with strategy.scope():
         if state:
-            model = kmodel.load_model(run / CKPT_DIR / "last.keras", compile=True)
+            model = kmodel.load_model(run / CKPT_DIR / LAST_FILE, compile=True)
         else:
             model = kmodel.build_model(mcfg, weights)
             if source is not None:
@@ -665,14 +488,10 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
         if budget is not None:   # the schedule follows the clock; no early stop before the budget ends
             sched = [budget]
         else:
-            sched = [keras.callbacks.LearningRateScheduler(_epoch_cosine(lr0, lr0 * options.min_learning_rate_factor,
-                                                                   begin, end - begin)),
+            sched = [epoch_cosine(lr0, lr0 * options.min_learning_rate_factor, begin, end - begin),
                      keras.callbacks.EarlyStopping(monitor=monitor, patience=options.patience, mode="min")]
-        cbs = [nan, *sched, LearningRateLog(),
-               *([ValMetrics(val_meta)] if val_meta is not None else []),
-               HistoryLog(run / HISTORY_FILE, val_ds is not None, epoch),
-               keras.callbacks.TensorBoard(log_dir=str(run / LOG_DIR), profile_batch=0),
-               ckpt, *extra]
+        cbs = [nan, *sched, *([ValMetrics(val_meta)] if val_meta is not None else []),
+               History(run / HISTORY_FILE, epoch), ckpt, *extra]
         hist = model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=epoch,
                          steps_per_epoch=steps, callbacks=cbs, verbose=options.verbose, shuffle=False)
         if nan.where is not None:
@@ -687,47 +506,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
             break
         if phase == 1 and epoch < end:  # stopped early: the fine-tuning phase starts at its own epoch
             epoch = phase1
-    if heat:
-        calibrate(run, shard_dir, val_split or options.train_split)
-    state_path = run / CKPT_DIR / "state.json"
-    _write_json(state_path, {"phase": 2 if phase2 else 1, "epoch": epoch, "best": best, "monitor": monitor,
-                             "finished": True})
-    outputs = export(run, options.export)
-    return TrainResult(run, history_rows, best, monitor, resumed_from=start_epoch, outputs=outputs)
-
-
-def open_run(run_dir):
-    """``(config, model, inference model)`` of a run directory: the model as trained (``model.keras``)
-    and its ``(B, K, 3)`` inference form (normalized ``x, y``, confidence) with the run's confidence
-    calibration (:func:`kpconv.model.inference_model`)."""
-    from . import model as kmodel
-
-    run = Path(run_dir)
-    if not (run / CONFIG_FILE).is_file():
-        raise TrainError(f"{run}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
-    config = json.loads((run / CONFIG_FILE).read_text(encoding="utf-8"))
-    model = kmodel.load_model(run / MODEL_FILE)
-    params = (config.get("calibration") or {}).get("params")
-    return config, model, kmodel.inference_model(model, params)
-
-
-def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK) -> dict:
-    """Fit the heatmap head's confidence on ``split`` (without augmentation): the probability that a
-    keypoint is labelled and predicted within ``threshold`` x the instance size (PCK's criterion),
-    as a logistic function of the heatmap peak; an unlabelled keypoint counts as a miss, so a low
-    confidence also flags a keypoint that is absent. Stored in ``config.json`` (``calibration``)."""
-    from . import metrics, pipeline
-    from .evaluate import collect
-
-    run = Path(run_dir)
-    config, _, infer = open_run(run)
-    config.pop("calibration", None)
-    arrays = collect(lambda x: infer(x, training=False).numpy(), pipeline.load(shard_dir, split, 16, include_meta=True))
-    err = metrics.errors(arrays["pred_px"], arrays["true_px"])
-    correct = (arrays["mask"] > 0) & (err <= threshold * arrays["norm"][:, None])
-    params = metrics.fit_calibration(arrays["confidence"], correct)
-    config["calibration"] = {"params": params, "split": split, "criterion": f"within {threshold:g} x instance size",
-                             "keypoints": int(correct.size), "hits": int(correct.sum())}
-    _write_json(run / CONFIG_FILE, config)
-    return config["calibration"]
-
+    return TrainResult(run, history_rows, best, monitor, resumed_from=start_epoch, options=options,
+                       shard_dir=Path(shard_dir), calibration_split=val_split or options.train_split,
+                       final_state={"phase": 2 if phase2 else 1, "epoch": epoch, "best": best, "monitor": monitor,
+                                    "finished": True})

@@ -59,7 +59,7 @@ def _coco(tmp_path: Path, keypoints, ann_id=10) -> Path:
     p = tmp_path / "ann.json"
     p.write_text('{"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], '
                  f'"annotations": [{{"id": {ann_id}, "image_id": 1, "category_id": 1, "keypoints": [{kp}]}}, '
-                 '{"id": 11, "image_id": 1, "category_id": 1, "keypoints": [1, 2, 2, 3, 4, 2]}], '
+                 '{"id": 11, "image_id": 1, "category_id": 1, "keypoints": [1, 2, 2, 3, 5, 2]}], '
                  '"categories": [{"id": 1, "name": "p", "keypoints": ["a", "b"]}]}')
     return p
 

@@ -14,7 +14,7 @@ DOCS = REPO / "docs"
 
 
 def _docs_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(DOCS.glob("*.md")))
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(DOCS.rglob("*.md")))
 
 
 def _commands():
@@ -44,7 +44,21 @@ def test_readme_is_a_short_tour_that_links_the_reference():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 250
     for page in ("docs/index.md", "docs/ingest.md", "docs/formats.md", "docs/shard.md", "docs/commands.md",
-                 "docs/benchmarks.md", "docs/readers.md", "docs/predict.md", "docs/training.md"):
+                 "docs/benchmarks.md", "docs/predict.md", "docs/training.md"):
         assert f"({page}" in readme, f"README does not link {page}"
     for name, _ in _commands():
         assert f"`kpconv {name}`" in readme, f"README command table lacks kpconv {name}"
+
+
+def test_every_format_has_its_page():
+    """docs/formats/<name>.md for every registered reader, linked from docs/formats.md."""
+    from kpconv import formats
+
+    index = (DOCS / "formats.md").read_text(encoding="utf-8")
+    for name in formats.names():
+        page = DOCS / "formats" / f"{name}.md"
+        assert page.is_file(), f"no docs/formats/{name}.md"
+        assert f"(formats/{name}.md)" in index, f"docs/formats.md does not link formats/{name}.md"
+        text = page.read_text(encoding="utf-8")
+        for part in ("## What is read", "## Grouping", "## What is reported"):
+            assert part in text or name == "kpconv-json", f"docs/formats/{name}.md lacks '{part}'"

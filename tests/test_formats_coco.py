@@ -340,3 +340,79 @@ def test_every_record_skipped(dataset, tmp_path):
     with pytest.raises(NothingToWrite):
         ingest([dataset(d)], output=str(tmp_path / "m.jsonl"))
     assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_several_categories_sharing_a_0_based_skeleton(dataset):
+    """A 0-based skeleton shared by several categories (AP-10K style): noted and converted, and every
+    record of every category read (none skipped)."""
+    cats = [{"id": i, "name": n, "keypoints": NAMES, "skeleton": [[0, 1], [0, 2]]} for i, n in ((0, "cat"), (1, "dog"))]
+    anns = [{"id": 10, "image_id": 1, "category_id": 0, "keypoints": [4, 5, 2, 8, 3, 2, 0, 0, 0]},
+            {"id": 11, "image_id": 2, "category_id": 1, "keypoints": [20, 10, 2, 24, 8, 1, 16, 8, 2]}]
+    p = dataset(doc(categories=cats, annotations=anns))
+    result, insts, report = read([p])
+    assert result.meta.skeleton == [(0, 1), (0, 2)]
+    assert [(i.category, i.image) for i in insts] == [("cat", "a.png"), ("dog", "b.png")]
+    assert report.counts == {"skeleton_0_based": 1, "several_categories": 1} and report.skipped == 0
+    for name, image in (("dog", "b.png"), ("1", "b.png"), ("cat", "a.png")):
+        result, insts, report = read([p], category=name)
+        assert result.meta.skeleton == [(0, 1), (0, 2)] and [i.image for i in insts] == [image]
+        assert report.counts == {"skeleton_0_based": 1, "other_category": 1}
+
+
+def test_an_image_id_given_twice_is_reported_not_chosen(dataset):
+    d = doc()
+    d["images"].append({"id": 1, "file_name": "b.png", "width": 40, "height": 30})
+    _, insts, report = read([dataset(d)])
+    assert [i.image for i in insts] == ["b.png"] and report.counts == {"duplicate_image_id": 1, "malformed_record": 1}
+    assert str(report.first[0]).endswith("record image 1: field 'id': image id 1 is given twice in images[] ('a.png' "
+                                         "and 'b.png'); its annotations are skipped: they could belong to either")
+    d = doc()
+    d["images"].append(dict(d["images"][0]))        # the same entry twice: nothing to choose
+    _, insts, report = read([dataset(d)])
+    assert len(insts) == 2 and not report.counts
+
+
+def test_duplicate_annotations_are_reported(dataset):
+    d = doc()
+    d["annotations"].append(dict(d["annotations"][0]))                        # the same id again
+    d["annotations"].append({**d["annotations"][1], "id": 12})                # the same keypoints, another id
+    d["annotations"].append({**d["annotations"][1], "id": 13, "keypoints": [0] * 9})   # nothing labelled: kept
+    _, insts, report = read([dataset(d)])
+    assert len(insts) == 3 and report.counts == {"duplicate_annotation": 2}
+    assert [str(p).split(": ", 1)[1] for p in report.first] == [
+        "record annotations[2]: field 'id': annotation id 10 is given twice; keeping the first",
+        "record 12: field 'keypoints': the same keypoints on image b.png as an earlier annotation; keeping the first"]
+
+
+def test_an_image_in_two_split_files_is_reported(dataset):
+    d = doc()
+    train = dataset(d, "person_keypoints_train.json")
+    val = dataset({**d, "annotations": [{**d["annotations"][0], "id": 20, "keypoints": [5, 5, 2, 0, 0, 0, 0, 0, 0]}]},
+                  "person_keypoints_val.json")
+    _, insts, report = read([train, val])
+    assert [(i.image, i.split) for i in insts] == [("a.png", "train"), ("b.png", "train")]
+    assert report.counts == {"image_in_two_splits": 1} and report.skipped == 1
+    assert str(report.first[0]).endswith(f"person_keypoints_val.json: record 20: field 'image_id': image a.png is in "
+                                         f"split 'train' ({train}) and again in 'val'; keeping it in 'train': this "
+                                         "annotation is skipped")
+
+
+def test_a_size_stated_turned_by_90_degrees_is_an_error_naming_the_file(dataset, tmp_path):
+    """A rotated phone photo: the annotation says 30x40, the file (EXIF applied) is 40x30."""
+    d = doc()
+    d["images"][0].update(width=30, height=40)
+    result = ingest([str(dataset(d))], output=str(tmp_path / "m.jsonl"))
+    assert result.report.counts == {"size_swapped": 1} and result.written == 1
+    assert str(result.report.first[0]).endswith(
+        "record 10: field 'image': annotation states 30x40 but image a.png is 40x30 (EXIF orientation applied): the "
+        "annotation was made on the image turned by 90 degrees, its coordinates cannot be placed on this one; rotate "
+        "the image file (or its EXIF orientation) to match the annotation")
+
+
+@pytest.mark.parametrize("x, counts", [(40.9, {"clamped": 1}), (41.5, {"out_of_image": 1})])
+def test_the_clamping_tolerance_is_one_pixel_whatever_the_image_size(dataset, tmp_path, x, counts):
+    """1 px, not 1 % of the size (40 px on a 4000-px photo)."""
+    d = doc()
+    d["annotations"][1]["keypoints"][0] = x
+    result = ingest([str(dataset(d))], output=str(tmp_path / "m.jsonl"))
+    assert result.report.counts == counts

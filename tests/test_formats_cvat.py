@@ -82,10 +82,11 @@ def test_several_skeleton_labels(tmp_path):
     p = write(tmp_path, xml(body, more))
     result, header, records = run(tmp_path, [p])
     assert [r.category for r in records] == ["cat", "dog"] and result.report.counts == {"several_categories": 1}
-    _, _, records = run(tmp_path, [p], category="dog")
+    result, _, records = run(tmp_path, [p], category="dog")
     assert [(r.category, r.keypoints[1]) for r in records] == [(None, [0.125, 0.166667, 2])]
-    with pytest.raises(AnnotationError, match="--category 'cow': no skeleton label of that name; skeleton labels: "
-                                              "cat, dog"):
+    assert result.report.counts == {"other_category": 1}
+    with pytest.raises(AnnotationError, match="--category 'cow': no skeleton label, points label or box label of "
+                                              "that name; skeleton labels: cat, dog; points labels: none"):
         run(tmp_path, [p], category="cow")
     p.write_text(xml(body, more.replace("<name>tail</name><type>points</type><parent>dog",
                                         "<name>paw</name><type>points</type><parent>dog")))
@@ -116,7 +117,9 @@ def test_bad_points_are_located(tmp_path):
     assert [str(p).replace(f"{tmp_path}/", "") for p in result.report.first] == [
         "annotations.xml: record image a.png skeleton 0: field 'nose': point 'nose': expected points=\"x,y\" "
         "(one point), got '10;12'",
-        "annotations.xml: record image a.png skeleton 1: field 'nose': label 'nose' appears twice in one instance"]
+        "annotations.xml: record image a.png skeleton 1: field 'nose': label 'nose' appears twice in one instance: "
+        "its points cannot be told apart; give them distinct labels in CVAT (e.g. 'nose_left', 'nose_right') and "
+        "read them with --keypoints NAME,..., or leave 'nose' out with --keypoints"]
 
 
 def test_malformed_xml_stops_with_its_line(tmp_path):
@@ -147,3 +150,88 @@ def test_points_shapes_with_several_points_are_one_instance_each(tmp_path):
     assert [r.keypoints for r in records] == [[[0.1, 0.1, 2], [0.2, 0.2, 2], [0.3, 0.3, 2]],
                                               [[0.5, 0.5, 1], [0.6, 0.6, 1], [0.0, 0.0, 0]]]
     assert [r.instance for r in records] == ["0", "1"] and not result.report.counts
+
+
+POINTS_META = ("<meta><task><labels><label><name>person</name><type>rectangle</type></label>"
+               "<label><name>LBlade</name><type>points</type></label><label><name>RBlade</name><type>points</type>"
+               "</label></labels></task></meta>")
+
+
+def box(label, xtl, ytl, xbr, ybr, **attrs):
+    extra = "".join(f' {k}="{v}"' for k, v in attrs.items())
+    return f'<box label="{label}" xtl="{xtl}" ytl="{ytl}" xbr="{xbr}" ybr="{ybr}"{extra}></box>'
+
+
+def points_doc(body: str, meta: str = POINTS_META) -> str:
+    return f'<?xml version="1.0"?><annotations><version>1.1</version>{meta}{body}</annotations>'
+
+
+def test_points_grouped_by_the_smallest_box_that_holds_them(tmp_path):
+    """No group_id: each point goes to the smallest <box> around it, which is the instance's bbox."""
+    body = ('<image id="0" name="a.png">' + box("person", 0, 0, 40, 30) + box("person", 20, 10, 30, 20)
+            + pt("LBlade", "4,4") + pt("RBlade", "8,8") + pt("LBlade", "22,12") + pt("RBlade", "28,18")
+            + "</image>")
+    result, header, records = run(tmp_path, [write(tmp_path, points_doc(body))])
+    assert header.keypoints == ["LBlade", "RBlade"] and not result.report.counts
+    assert [(r.instance, r.keypoints, r.bbox) for r in records] == [
+        ("box0", [[0.1, 0.133333, 2], [0.2, 0.266667, 2]], [0.0, 0.0, 1.0, 1.0]),
+        ("box1", [[0.55, 0.4, 2], [0.7, 0.6, 2]], [0.5, 0.333333, 0.25, 0.333333])]
+
+
+def test_points_grouped_by_group_id_pose_grouping(tmp_path):
+    body = ('<image id="0" name="a.png">' + pt("LBlade", "4,4", group_id="1") + pt("LBlade", "22,12", group_id="2")
+            + pt("RBlade", "8,8", group_id="1") + box("person", 2, 2, 12, 10, group_id="1") + "</image>")
+    result, _, records = run(tmp_path, [write(tmp_path, points_doc(body))])
+    assert [(r.instance, r.keypoints) for r in records] == [
+        ("1", [[0.1, 0.133333, 2], [0.2, 0.266667, 2]]), ("2", [[0.55, 0.4, 2], [0.0, 0.0, 0]])]
+    assert records[0].bbox == [0.05, 0.066667, 0.25, 0.266667] and not result.report.counts
+
+
+def test_a_repeated_label_without_grouping_is_a_clear_error(tmp_path):
+    """Two shoulders both labelled 'LBlade', nothing groups them: ambiguous, said so, never a choice."""
+    body = ('<image id="0" name="a.png">' + pt("LBlade", "4,4") + pt("LBlade", "22,12") + pt("RBlade", "8,8")
+            + '</image><image id="1" name="b.png">' + pt("LBlade", "4,4") + "</image>")
+    p = write(tmp_path, points_doc(body), images=("a.png", "b.png"))
+    result, _, records = run(tmp_path, [p])
+    assert len(records) == 1 and result.report.counts == {"ambiguous_label": 1}
+    msg = str(result.report.first[0])
+    assert "record image a.png: field 'LBlade': label 'LBlade' appears twice in one instance (points with no " \
+           "group_id and in no <box> are one instance per image" in msg
+    assert "distinct labels in CVAT (e.g. 'LBlade_left', 'LBlade_right') and read them with --keypoints" in msg
+    result, header, records = run(tmp_path, [p], keypoints=["RBlade"])
+    assert header.keypoints == ["RBlade"] and [r.image for r in records] == ["a.png"]      # the suggested way out works
+
+
+def test_skeletons_and_points_in_one_file_are_both_read(tmp_path):
+    body = ('<image id="0" name="a.png"><skeleton label="cat">' + pt("nose", "4,4", outside="0")
+            + pt("tail", "8,8", outside="0") + "</skeleton>" + box("dog", 20, 10, 30, 20) + pt("paw", "22,12")
+            + "</image>")
+    more = '<label><name>paw</name><type>points</type></label><label><name>dog</name><type>rectangle</type></label>'
+    p = write(tmp_path, xml(body, more))
+    result, header, records = run(tmp_path, [p])
+    assert header.keypoints == ["nose", "tail", "paw"] and header.source["mode"] == "mixed"
+    assert [(r.category, r.keypoints) for r in records] == [
+        ("cat", [[0.1, 0.133333, 2], [0.2, 0.266667, 2], [0.0, 0.0, 0]]),
+        ("dog", [[0.0, 0.0, 0], [0.0, 0.0, 0], [0.55, 0.4, 2]])]
+    assert result.report.counts == {"several_categories": 1}
+    for category in ("paw", "dog", "points"):      # --category picks the points by their label or box label
+        _, header, records = run(tmp_path, [p], category=category)
+        assert header.keypoints == ["paw"] and [r.keypoints for r in records] == [[[0.55, 0.4, 2]]]
+    result, header, records = run(tmp_path, [p], category="cat")
+    assert header.keypoints == ["nose", "tail"] and len(records) == 1
+    assert result.report.counts == {"other_category": 1}       # the points not read: counted, located
+    assert str(result.report.first[0]).endswith("annotations.xml: record image 0: 1 plain <points> shape(s) not "
+                                                "read: the chosen category is a skeleton (choose them with "
+                                                "--category points)")
+    result, _, _ = run(tmp_path, [p], category="points")
+    assert result.report.counts == {"other_category": 1}
+    assert str(result.report.first[0]).endswith("record image a.png skeleton 0: skeleton 'cat' is not the chosen "
+                                                "category")
+
+
+def test_ungrouped_points_beside_groups_get_an_id_of_their_own(tmp_path):
+    """group_id 0 and the image's ungrouped points: two instances, not a duplicate instance '0'."""
+    body = ('<image id="0" name="a.png">' + pt("LBlade", "4,4", group_id="0") + pt("RBlade", "8,8", group_id="0")
+            + pt("LBlade", "22,12") + "</image>")
+    result, _, records = run(tmp_path, [write(tmp_path, points_doc(body))])
+    assert [r.instance for r in records] == ["0", "ungrouped"] and not result.report.counts

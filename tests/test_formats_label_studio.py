@@ -74,11 +74,16 @@ def test_ground_truth_then_first_not_cancelled(tmp_path):
     t["annotations"] = [{"id": 1, "result": [kp("nose", 20, 20)], "was_cancelled": True},
                         {"id": 2, "result": [kp("nose", 30, 30)]},
                         {"id": 3, "result": [kp("nose", 40, 40)], "ground_truth": True}]
-    _, _, records = run(tmp_path, [write(tmp_path, [t])])
+    result, _, records = run(tmp_path, [write(tmp_path, [t])])
     assert records[0].keypoints[0] == [0.4, 0.4, 2]
+    assert result.report.counts == {"other_annotation": 1}      # annotation 2 not read: counted and located
+    assert str(result.report.first[0]).endswith(
+        "export.json: record task 1: field 'annotations': 1 other annotation(s) with keypoints not read (ids 2): of "
+        "several annotators' annotations of a task, one is read, the ground truth one (annotation 3); mark the one "
+        "to read as ground truth in Label Studio")
     t["annotations"].pop()
-    _, _, records = run(tmp_path, [write(tmp_path, [t])])
-    assert records[0].keypoints[0] == [0.3, 0.3, 2]
+    result, _, records = run(tmp_path, [write(tmp_path, [t])])
+    assert records[0].keypoints[0] == [0.3, 0.3, 2] and not result.report.counts    # (1 was cancelled)
 
 
 @pytest.mark.parametrize("url, files, rel", [

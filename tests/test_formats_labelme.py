@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import ingest_records
 from kpconv import formats
 from kpconv.errors import AnnotationError
 from kpconv.formats.base import IngestOptions
@@ -148,3 +149,18 @@ def test_detect(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert not cls.detect([empty])
+
+
+def test_two_rectangles_in_one_group_are_reported_and_neither_used(tmp_path):
+    shapes = [{"label": "nose", "points": [[10, 10]], "group_id": 1, "shape_type": "point"},
+              {"label": "cat", "points": [[0, 0], [20, 20]], "group_id": 1, "shape_type": "rectangle"},
+              {"label": "cat", "points": [[5, 5], [30, 25]], "group_id": 1, "shape_type": "rectangle"}]
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({"version": "5.2.1", "flags": {}, "shapes": shapes,
+                                                 "imagePath": "a.png", "imageData": None,
+                                                 "imageHeight": 30, "imageWidth": 40}))
+    result, _, records = ingest_records(tmp_path, [tmp_path / "a.json"])
+    assert len(records) == 1 and result.report.counts == {"duplicate_box": 1}
+    assert str(result.report.first[0]).endswith("a.json: record shapes[2]: field 'points': 2 rectangles in instance "
+                                                "group_id 1: none is used, the box is derived from the keypoints "
+                                                "(give each instance its own group_id)")

@@ -72,7 +72,11 @@ def test_dataset_folder(tmp_path):
     assert a0.source == {"file": "labels/train/a.txt", "line": 1}
     assert records[1].keypoints[2] == [0.3, 0.3, 2] and records[1].source["line"] == 2
     assert records[2].keypoints[0] == [0.75, 0.25, 2]
-    assert result.report.counts == {}
+    assert result.report.counts == {"no_label_file": 1}     # the unlabelled image: counted and located
+    assert str(result.report.first[0]) == (f"{root}/images/train/unlabelled.png: image images/train/unlabelled.png "
+                                           "has no label file labels/train/unlabelled.txt: no instance read from it "
+                                           "(a background image to YOLO; kpconv's records are instances, so it adds "
+                                           "nothing)")
 
 
 def test_yaml_given_flip_idx_overrides_names(tmp_path):

@@ -780,6 +780,18 @@ def shard_bytes_of(out: Path) -> dict:
     return digests(out)
 
 
+def test_xml_external_entity_is_refused(tmp_path):
+    """XXE: defusedxml refuses the declaration; nothing is read from the file it names."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET")
+    xml = tmp_path / "annotations.xml"
+    xml.write_text(f'<?xml version="1.0"?>\n<!DOCTYPE a [\n<!ENTITY x SYSTEM "file://{secret}">\n]>\n'
+                   "<annotations><meta>&x;</meta></annotations>\n")
+    res = run("ingest", xml, "-f", "cvat", "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 1 and f"{xml}:3: invalid XML: entity declaration <!ENTITY x ...> refused" in res.output
+    assert "SECRET" not in res.output and not (tmp_path / "m.jsonl").exists()
+
+
 def test_xml_entity_expansion_is_refused(tmp_path):
     entities = ['<!ENTITY lol0 "lol">'] + [
         f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">' for i in range(1, 10)]
@@ -787,7 +799,9 @@ def test_xml_entity_expansion_is_refused(tmp_path):
     xml.write_text('<?xml version="1.0"?>\n<!DOCTYPE lolz [\n' + "\n".join(entities) + "\n]>\n"
                    "<annotations><meta>&lol9;</meta></annotations>\n")
     res = run("ingest", xml, "-f", "cvat", "-o", tmp_path / "m.jsonl")
-    assert res.exit_code == 1 and f"{xml}:14: invalid XML: limit on input amplification factor" in res.output
+    assert res.exit_code == 1, res.output
+    assert f"{xml}:3: invalid XML: entity declaration <!ENTITY lol0 ...> refused (entities can expand without " \
+           "bound; annotation files need none)" in res.output
     assert not (tmp_path / "m.jsonl").exists()
 
 
@@ -880,3 +894,20 @@ def test_ingest_reader_process_killed_is_a_clear_error(tmp_path):
     err = p.communicate(timeout=30)[1].decode()
     assert p.returncode == 1 and "the reader process of kpconv died" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("body, line, message", [
+    (b"skeleton: " + b"[" * 2000 + b"]" * 2000 + b"\n", 1, "invalid YAML: nested deeper than 64 levels"),
+    (b"a: &a [x, y]\nskeleton: [*a]\n", 2, "invalid YAML: YAML aliases (*name) are not accepted"),
+    (b"Task: m\nscorer: \xe9ric\n", 2, "not a UTF-8 text file (invalid continuation byte at byte 16)"),
+    (b"# " + b"x" * (5 << 20) + b"\n", None, "larger than 4 MiB: not a dataset configuration file"),
+], ids=["deep", "alias", "latin-1", "huge"])
+def test_hostile_deeplabcut_config_yaml(tmp_path, body, line, message):
+    """DeepLabCut's config.yaml goes through the one hardened YAML loader (as YOLO's data.yaml)."""
+    shutil.copytree(FIXTURES / "dlc", tmp_path / "p")
+    config = tmp_path / "p" / "config.yaml"
+    config.write_bytes(body)
+    res = run("ingest", tmp_path / "p", "-o", tmp_path / "m.jsonl")
+    assert res.exit_code == 1, res.output
+    assert (f"{config}:{line}: " if line else f"{config}: ") + message in res.output
+    assert not (tmp_path / "m.jsonl").exists()

@@ -20,7 +20,7 @@ def test_shapes_and_config_round_trip(head, tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 48, 3)).astype("float32")
     y = m(x, training=False).numpy()
     assert y.shape == (2, 5, 2) and np.isfinite(y).all()
-    again = keras.Model.from_config(m.get_config(), custom_objects=kmodel.custom_objects())
+    again = keras.Model.from_config(m.get_config())
     assert again.output_shape == m.output_shape and again.count_params() == m.count_params()
     bn = [l for l in kmodel.backbone_of(m).layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bn and all(l.momentum == 0.9 for l in bn)

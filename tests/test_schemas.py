@@ -121,9 +121,9 @@ def test_fixture_kpconv_json_validates():
 
 
 def readme_example() -> str:
-    text = (REPO / "docs" / "formats.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "formats" / "kpconv-json.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- kpconv-json example -->\s*```json\n(.*?)```", text, re.S)
-    assert m, "docs/formats.md lost its kpconv JSON example"
+    assert m, "docs/formats/kpconv-json.md lost its kpconv JSON example"
     return m.group(1)
 
 

@@ -243,6 +243,42 @@ def test_bad_images_are_skipped_and_listed(tmp_path):
         "decompression_bomb": 1, "missing_image": 1, "size_mismatch": 1, "truncated_image": 1, "unreadable_image": 1}}
 
 
+def _crop_manifest(tmp_path):
+    img = tmp_path / "imgs"
+    img.mkdir()
+    Image.effect_noise((64, 48), 40).convert("RGB").save(img / "a.jpg")
+    recs = [Record("a.jpg", 64, 48, [[0.2, 0.2, 2], [0.9, 0.9, 1], [0.0, 0.0, 0]], [0.1, 0.1, 0.3, 0.3], "0",
+                   split="train"),                                    # the second point is outside its box
+            Record("a.jpg", 64, 48, [[0.5, 0.5, 2], [0.0, 0.0, 0], [0.0, 0.0, 0]], [0.5, 0.5, 0.0, 0.0], "1",
+                   split="train"),                                    # one point: a box of 0 x 0 px
+            Record("a.jpg", 64, 48, [[0.2, 0.2, 2], [0.4, 0.4, 2], [0.0, 0.0, 0]], [0.1, 0.1, 0.5, 0.5], "2",
+                   split="train")]
+    write_manifest(str(tmp_path / "m.jsonl"), Header(["nose", "tail", "paw"], images_root=str(img)), recs)
+    return tmp_path / "m.jsonl"
+
+
+def test_crop_bbox_reports_keypoints_it_drops_and_refuses_degenerate_boxes(tmp_path):
+    """Keypoints outside a --crop bbox box become unlabelled: counted per record in changed.jsonl; a
+    box under a pixel (a one-keypoint instance) is skipped as degenerate_crop, not cropped to 1 px."""
+    manifest = _crop_manifest(tmp_path)
+    opts = ShardOptions(image=ImageOptions(size=(16, 16), crop="bbox", crop_pad=0.0), workers=1)
+    result = shard(str(manifest), tmp_path / "out", opts)
+    assert (result.written, result.skipped, result.changed) == (2, 1, 1)
+    changed = [json.loads(line) for line in (tmp_path / "out" / "changed.jsonl").read_text().splitlines()]
+    assert changed == [{"image": "a.jpg", "instance": "0", "split": "train", "shard": changed[0]["shard"],
+                        "reason": "outside_crop", "keypoints": ["tail"],
+                        "message": "1 labelled keypoint(s) outside the --crop bbox box made unlabelled: tail"}]
+    assert result.info["changed"] == {"records": 1, "keypoints": 1, "reasons": {"outside_crop": 1},
+                                      "file": "changed.jsonl"}
+    skipped = json.loads((tmp_path / "out" / "skipped.jsonl").read_text())
+    assert (skipped["instance"], skipped["reason"]) == ("1", "degenerate_crop")
+    assert skipped["message"].startswith("--crop bbox: the instance's box is 0x0 px (a box derived from one keypoint")
+    assert sorted(list(r["keypoints/visibility"]) for _, _, r in records(tmp_path / "out")) == [[2, 0, 0], [2, 2, 0]]
+    r = CliRunner().invoke(cli, ["shard", str(manifest), "-o", str(tmp_path / "cli2"), "--crop", "bbox",
+                                 "--crop-pad", "0", "--image-size", "16"])
+    assert r.exit_code == 0 and "1 record(s) with keypoints outside the stored image, made unlabelled (see " in r.output
+
+
 def test_bad_images_through_the_cli(tmp_path):
     manifest = _bad_images_manifest(tmp_path)
     r = CliRunner().invoke(cli, ["shard", str(manifest), "-o", str(tmp_path / "out"), "--image-size", "32"])

@@ -25,10 +25,11 @@ def synth_manifest(tmp_path, n_images=12, size=(160, 120), instances=1, ext="jpg
 
 
 def shard_bytes(out_dir) -> dict:
-    """{file name: sha256} of every shard and of dataset_info.json / skipped.jsonl."""
+    """{file name: sha256} of every shard and of dataset_info.json / skipped.jsonl / changed.jsonl."""
     out = Path(out_dir)
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
-            if p.is_file() and (".tfrecord-" in p.name or p.name in ("dataset_info.json", "skipped.jsonl"))}
+            if p.is_file() and (".tfrecord-" in p.name or p.name in ("dataset_info.json", "skipped.jsonl",
+                                                                       "changed.jsonl"))}
 
 
 def records(out_dir, split=None):

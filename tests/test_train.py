@@ -48,7 +48,6 @@ def test_tiny_model_trains_loss_decreases_and_run_dir(shards, tmp_path):
     assert cfg["dataset"]["preprocessing"]["resize"] == "stretch" and "tensorflow" in cfg["versions"]
     assert (run / "checkpoints" / "last.keras").is_file()
     assert json.loads((run / "checkpoints" / "state.json").read_text())["finished"] is True
-    assert list((run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event files"
 
     # save, load and predict give the same numbers: model.keras and the exported SavedModel
     from kpconv.model import load_model
@@ -186,11 +185,11 @@ def test_heatmap_recipe_learns_the_dots(tmp_path):
 def test_time_limit_plans_the_schedule_over_the_budget(tmp_path, monkeypatch):
     """The TimeBudget callback on a fake clock: the cosine learning rate follows the fraction of the
     budget spent, each epoch reports the minutes left, training stops when it is spent."""
-    import kpconv.train as ktrain
+    import kpconv.callbacks as kcallbacks
 
     clock = [100.0]
-    monkeypatch.setattr(ktrain.time, "monotonic", lambda: clock[0])
-    TimeBudget = ktrain._callbacks_module()[3]
+    monkeypatch.setattr(kcallbacks.time, "monotonic", lambda: clock[0])
+    TimeBudget = kcallbacks.TimeBudget
     budget = TimeBudget(60.0, 100.0, 1e-3, 1e-5)
     model = SimpleNamespace(optimizer=SimpleNamespace(learning_rate=None), stop_training=False)
     budget.set_model(model)

@@ -92,8 +92,7 @@ class IngestOptions:
     flip_pairs: Optional[List[Tuple[str, str]]] = None
     skeleton: Optional[List[Tuple[str, str]]] = None   # edges by name; replaces the source's skeleton
     allow_outside_root: bool = False
-    tolerance_px: float = 1.0               # coordinates this far outside the image are clamped
-    tolerance_frac: float = 0.01            # ... or this fraction of the image size, whichever is larger
+    tolerance_px: float = 1.0               # coordinates at most this far (pixels) outside the image are clamped
     workers: int = 0                        # processes reading image headers; 0 or 1: none (serial)
     # readers that extract video frames to image files (SLEAP): the folder they go to; ingest sets it
     # (``<manifest stem>-frames`` beside the manifest) when not given

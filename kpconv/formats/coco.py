@@ -357,12 +357,15 @@ class CocoReader(Reader):
         report = ctx.report
         n3 = 3 * k
         every = None not in slots  # all keypoints read (no --keypoints subset)
+        in_split: Dict[str, Tuple[Optional[str], str]] = {}    # file_name -> (split, file) first annotated in
+        seen_content = set()    # (file_name, category, keypoints): an annotation given twice
         for path, doc, cat_ids, by_id, chunks in loaded:
             shown_ids = ", ".join(map(repr, sorted(cat_ids, key=str)))
             one, only = len(cat_ids) == 1, next(iter(cat_ids))     # one category: a plain comparison (hot)
             file = str(path)
             split = split_from_name(path)
             images = self._images(file, doc["images"], report)
+            seen_ids = set()
             first = 0
             rows = []       # a block's rows: (record, image, size, keypoints, bbox, category)
             for anns in chunks:     # (the whole list, or a part of it at a time: see _load)
@@ -374,6 +377,12 @@ class CocoReader(Reader):
                         continue
                     aid = ann.get("id")
                     rec = str(aid) if aid is not None else f"annotations[{i}]"
+                    if aid is not None and _hashable(aid) is not None:
+                        if aid in seen_ids:
+                            report.add("duplicate_annotation", f"annotation id {aid!r} is given twice; keeping the "
+                                       "first", Location(file, None, f"annotations[{i}]", "id"))
+                            continue
+                        seen_ids.add(aid)
                     if "category_id" not in ann:
                         report.add("missing_field", "annotation has no category_id", Location(file, None, rec, "category_id"))
                         continue
@@ -417,6 +426,18 @@ class CocoReader(Reader):
                         report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
                                    Location(file, None, rec, "keypoints"))
                         continue
+                    first_split, first_file = in_split.setdefault(image[0], (split, file))
+                    if first_split != split:
+                        report.add("image_in_two_splits", f"image {image[0]} is in split {first_split!r} ({first_file}) "
+                                   f"and again in {split!r}; keeping it in {first_split!r}: this annotation is skipped",
+                                   Location(file, None, rec, "image_id"))
+                        continue
+                    key = (image[0], _hashable(cid), tuple(kp))
+                    if key in seen_content and any(kp[2::3]):   # (no keypoint labelled: not a duplicate)
+                        report.add("duplicate_annotation", f"the same keypoints on image {image[0]} as an earlier "
+                                   "annotation; keeping the first", Location(file, None, rec, "keypoints"))
+                        continue
+                    seen_content.add(key)
                     # v = 0: not labelled; any other v (also a bad one) goes on to ingest, which checks it.
                     category = by_id[cid] if by_id else None
                     if dense:   # all keypoints in the reader's order: the flat list as it is
@@ -468,7 +489,15 @@ class CocoReader(Reader):
                         continue
                     size = (w, h)
                 try:
-                    images[im["id"]] = (name, size)
+                    before = images.get(im["id"], False)
+                    if before is False or before == (name, size):   # (the same entry twice: no choice to make)
+                        images[im["id"]] = (name, size)
+                    else:
+                        shown = before[0] if before else "an entry reported above"
+                        report.add("duplicate_image_id", f"image id {im['id']!r} is given twice in images[] "
+                                   f"({shown!r} and {name!r}); its annotations are skipped: they could belong to "
+                                   "either", at("id"))
+                        images[im["id"]] = None
                 except TypeError:
                     report.add("wrong_type", f"expected a number or string id, got {im['id']!r}", at("id"))
         return images

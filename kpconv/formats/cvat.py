@@ -8,11 +8,18 @@ Keypoints are stored by CVAT in one of two ways, both read:
   of ``<meta>`` (``<label><parent>skeleton</parent>``), the skeleton edges come from the label's
   ``<svg>`` (``data-node-from``/``data-node-to``). Several skeleton labels with the same sublabels
   are read together (each record keeps its ``category``); with different ones, ``--category``.
-- **Plain points**: ``<points label=KP points="x,y">`` shapes; one instance per ``group_id`` in an
-  image, or one per image when ungrouped; a ``<box>`` with the same ``group_id`` gives the bbox.
+- **Plain points**: ``<points label=KP points="x,y">`` shapes, grouped into instances by, in turn:
+  the ``group_id`` (a ``<box>`` with the same ``group_id`` gives the bbox); else the smallest
+  ``<box>`` without ``group_id`` that contains the point (that box is the instance's bbox; with
+  ``--category BOXLABEL`` only boxes of that label); else one instance per image. A label twice in
+  one instance is ambiguous: an ``ambiguous_label`` problem naming it (never a silent choice).
   Keypoint names: the labels used by points, in ``<meta>`` order (then order of appearance). A label
   whose shapes hold several points (``points="x1,y1;x2,y2"``, face landmarks as one shape) gives
   ``label_0``, ``label_1``, ...; each such ungrouped shape is one instance.
+- **Both in one file**: skeletons and plain points are read together (keypoints: the skeleton's,
+  then the points labels not among them); each record keeps its ``category`` (the skeleton label;
+  for points the label of their box, else ``points``). ``--category`` picks a skeleton label, a
+  points label or box label (the plain points), or ``points``.
 
 "CVAT for images": ``<image id name width height [subset]>``, ``name`` relative to the XML's folder
 (or ``--images``), also found under ``images/`` as CVAT's dataset export lays it out; the stated
@@ -27,11 +34,12 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from ._xml import number, parse, root_tag
+from ._xml import fromstring, number, parse, root_tag
 from .base import DatasetMeta, Point, RawInstance, ReadContext, Reader, ReadResult
 
 _SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -95,8 +103,8 @@ def _svg_edges(svg: str) -> List[Tuple[str, str]]:
     """Skeleton edges, as pairs of sublabel names, from the label's SVG (``<line data-type="edge"
     data-node-from data-node-to>`` between ``<circle data-node-id data-label-name>``)."""
     try:
-        doc = ET.fromstring(f"<svg>{svg}</svg>")
-    except ET.ParseError:
+        doc = fromstring(f"<svg>{svg}</svg>")
+    except (ET.ParseError, ValueError):     # (ValueError: defusedxml refused it)
         return []
     nodes = {c.get("data-node-id"): c.get("data-label-name") for c in doc.iter("circle")}
     out = []
@@ -134,7 +142,9 @@ class CvatReader(Reader):
                                       Location(str(path)))
             docs.append((path, root, _Labels(root)))
         path0, root0, labels0 = docs[0]
-        skel_labels = self._skeleton_labels(docs, ctx)
+        skel_labels, read_points, box_label = self._choose(docs, ctx)
+        names: List[str] = []
+        skeleton: List[Tuple[int, int]] = []
         multi: Dict[str, int] = {}
         if skel_labels:
             names = list(labels0.children.get(skel_labels[0]) or
@@ -143,15 +153,13 @@ class CvatReader(Reader):
             index = {n: i for i, n in enumerate(names)}
             skeleton = sorted({(index[a], index[b]) for a, b in labels0.edges.get(skel_labels[0], [])
                                if a in index and b in index and a != b})
-            mode = "skeleton"
-        else:
-            used = list(dict.fromkeys(p.get("label") for _, r, _ in docs for p in r.iter("points")
-                                      if p.get("label")))
-            names = [n for n in labels0.order if n in set(used)] + [n for n in used if n not in labels0.order]
+        if read_points:
+            used = _points_labels(docs)
+            plain = [n for n in labels0.order if n in set(used)] + [n for n in used if n not in labels0.order]
             multi = _multi(docs)
-            names = [m for n in names for m in ([multi_name(n, i) for i in range(multi[n])] if n in multi else [n])]
-            skeleton = []
-            mode = "points"
+            plain = [m for n in plain for m in ([multi_name(n, i) for i in range(multi[n])] if n in multi else [n])]
+            names += [n for n in plain if n not in set(names)]
+        mode = "mixed" if skel_labels and read_points else "skeleton" if skel_labels else "points"
         if not names:
             raise AnnotationError("no keypoints: no <skeleton> and no <points> shape (expected CVAT skeletons or "
                                   "points)", Location(str(path0)))
@@ -160,35 +168,51 @@ class CvatReader(Reader):
         if missing:
             raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the CVAT keypoint "
                                   f"labels ({', '.join(names)})", Location(str(path0), field="labels"))
-        several = len(skel_labels) > 1
+        several = len(skel_labels) + bool(read_points) > 1
         if several:
-            ctx.report.add("several_categories", f"{len(skel_labels)} skeleton labels with the same keypoints read "
-                           f"together: {', '.join(skel_labels)}; each record keeps its 'category' (choose one "
-                           "with --category)", Location(str(path0), field="labels"))
+            read = skel_labels + (["points"] if read_points else [])
+            what = ("skeleton labels with the same keypoints" if not read_points else
+                    "skeleton labels and plain <points> (category 'points', or the label of the <box> that "
+                    "groups them)")
+            ctx.report.add("several_categories", f"{len(read)} categories read together ({what}): "
+                           f"{', '.join(read)}; each record keeps its 'category' (choose one with --category)",
+                           Location(str(path0), field="labels"))
         extra = {"mode": mode}
         if skel_labels:
             extra["category"] = skel_labels if several else skel_labels[0]
-        gen = _instances(docs, ctx, mode, set(skel_labels), several, wanted, multi)
+        how = _How(set(skel_labels), read_points, box_label, several, wanted, multi)
+        gen = _instances(docs, ctx, how)
         return ReadResult(DatasetMeta(keypoints=names, skeleton=skeleton), gen, [str(p) for p, _, _ in docs],
                           extra)
 
     @staticmethod
-    def _skeleton_labels(docs, ctx: ReadContext) -> List[str]:
-        """The skeleton labels to read: ``--category``, else all (same sublabels), else ask."""
+    def _choose(docs, ctx: ReadContext) -> Tuple[List[str], bool, Optional[str]]:
+        """What to read: (skeleton labels, whether plain points are read, the box label that groups
+        them or None for any). ``--category`` names a skeleton label, a label of plain points or of
+        the boxes that group them, or ``points``; else every skeleton label (same sublabels) and the
+        plain points, read together."""
         path0, root0, labels = docs[0]
         skels = labels.skeletons() or list(dict.fromkeys(
             sk.get("label") for _, r, _ in docs for sk in r.iter("skeleton") if sk.get("label")))
+        points = _points_labels(docs)
+        boxes = list(dict.fromkeys(b.get("label") for _, r, _ in docs for b in _box_shapes(r) if b.get("label")))
         wanted = ctx.options.category
         if wanted is not None:
-            if wanted not in skels:
-                raise AnnotationError(f"--category {wanted!r}: no skeleton label of that name; skeleton labels: "
-                                      f"{', '.join(skels) or 'none'}", Location(str(path0), field="labels"))
-            return [wanted]
+            if wanted in skels:
+                return [wanted], False, None
+            if points and (wanted in points or wanted == "points"):
+                return [], True, None
+            if points and wanted in boxes:
+                return [], True, wanted
+            raise AnnotationError(f"--category {wanted!r}: no skeleton label, points label or box label of that "
+                                  f"name; skeleton labels: {', '.join(skels) or 'none'}; points labels: "
+                                  f"{', '.join(points) or 'none'}; box labels: {', '.join(boxes) or 'none'}",
+                                  Location(str(path0), field="labels"))
         kinds = {tuple(labels.children.get(s, [])) for s in skels}
         if len(kinds) > 1:
             raise AnnotationError(f"several skeleton labels with different keypoints: {', '.join(skels)}; "
                                   "choose one with --category NAME", Location(str(path0), field="labels"))
-        return skels
+        return skels, bool(points), None
 
 
 def multi_name(label: str, i: int) -> str:
@@ -217,7 +241,12 @@ def _points(p: ET.Element, loc: Location, report, multi: Dict[str, int]) -> Opti
 
 
 def _gather(points: Sequence[ET.Element], loc: Location, report, wanted,
-            multi: Optional[Dict[str, int]] = None) -> Optional[Dict[str, Point]]:
+            multi: Optional[Dict[str, int]] = None, ungrouped: bool = False) -> Optional[Dict[str, Point]]:
+    """One instance's keypoints from its ``<points>``; None after reporting a problem (a label twice
+    is ambiguous: reported, never a silent choice). ``ungrouped``: the points of an image that no
+    group_id or <box> groups (the message says so)."""
+    how = (" (points with no group_id and in no <box> are one instance per image; with several objects per "
+           "image, group them by group_id or by a <box> around each)") if ungrouped else ""
     out: Dict[str, Point] = {}
     for p in points:
         label = p.get("label")
@@ -231,7 +260,10 @@ def _gather(points: Sequence[ET.Element], loc: Location, report, wanted,
             if wanted is not None and name not in wanted:
                 continue
             if name in out:
-                report.add("malformed_record", f"label {name!r} appears twice in one instance", loc.with_field(name))
+                report.add("ambiguous_label", f"label {name!r} appears twice in one instance{how}: its points cannot "
+                           f"be told apart; give them distinct labels in CVAT (e.g. '{name}_left', '{name}_right') "
+                           f"and read them with --keypoints NAME,..., or leave {name!r} out with --keypoints",
+                           loc.with_field(name))
                 return None
             out[name] = pt
     return out
@@ -275,8 +307,99 @@ def _multi(docs) -> Dict[str, int]:
     return {k: n for k, n in most.items() if n > 1}
 
 
-def _instances(docs, ctx: ReadContext, mode: str, skel_labels: set, several: bool, wanted,
-               multi: Dict[str, int]) -> Iterator[RawInstance]:
+def _points_labels(docs) -> List[str]:
+    """The labels of plain ``<points>`` shapes (an image's, a track's), not skeleton sublabels."""
+    out: Dict[str, None] = {}
+    for _, root, _ in docs:
+        for image in root.iter("image"):
+            for p in image.findall("points"):
+                if p.get("label"):
+                    out[p.get("label")] = None
+        for track in root.iter("track"):
+            if track.get("label") and track.find("points") is not None:
+                out[track.get("label")] = None
+    return list(out)
+
+
+def _box_shapes(root: ET.Element) -> Iterator[ET.Element]:
+    for image in root.iter("image"):
+        yield from image.findall("box")
+
+
+@dataclass
+class _How:
+    """What to read: the skeleton labels, whether plain points are, the box label that groups them
+    (None: any), whether records keep their category, the keypoints wanted, the multi-point labels."""
+    skel_labels: set
+    points: bool
+    box_label: Optional[str]
+    several: bool
+    wanted: Optional[set]
+    multi: Dict[str, int]
+
+
+def _box(shape: ET.Element) -> Optional[Tuple[float, float, float, float]]:
+    """A <box> as (x, y, w, h), or None when a corner is missing or not a number."""
+    c = [number(shape, a) for a in ("xtl", "ytl", "xbr", "ybr")]
+    return None if None in c else (c[0], c[1], c[2] - c[0], c[3] - c[1])
+
+
+def _inside(xy: Tuple[float, float], box: Tuple[float, float, float, float]) -> bool:
+    return box[0] <= xy[0] <= box[0] + box[2] and box[1] <= xy[1] <= box[1] + box[3]
+
+
+def _image_points(image: ET.Element, how: _How, name: str, iname: str, report
+                  ) -> Iterator[Tuple[Location, List[ET.Element], Optional[str], Optional[tuple], Optional[str],
+                                      bool]]:
+    """The plain-points instances of one image: (location, shapes, instance id, bbox, box label,
+    ungrouped). Shapes with a ``group_id`` form one instance per group (a <box> of that group gives
+    its bbox); the others go to the smallest <box> (without group_id, of the chosen box label) that
+    contains them, which becomes the instance's bbox; the rest are one instance per image. A shape
+    of several points (face landmarks as one shape) is an instance of its own."""
+    groups: Dict[str, List[ET.Element]] = {}
+    gboxes: Dict[str, Tuple[tuple, Optional[str]]] = {}
+    free_boxes: List[Tuple[tuple, Optional[str]]] = []
+    loose: List[ET.Element] = []
+    alone: List[ET.Element] = []
+    for shape in image:
+        gid = shape.get("group_id")
+        if shape.tag == "points" and gid is None and shape.get("label") in how.multi:
+            alone.append(shape)
+        elif shape.tag == "points":
+            (groups.setdefault(gid, []) if gid is not None else loose).append(shape)
+        elif shape.tag == "box" and (how.box_label is None or shape.get("label") == how.box_label):
+            b = _box(shape)
+            if b is None:
+                continue
+            if gid is not None:
+                gboxes[gid] = (b, shape.get("label"))
+            else:
+                free_boxes.append((b, shape.get("label")))
+    for gid, shapes in groups.items():
+        b = gboxes.get(gid)
+        yield (Location(name, record=f"image {iname} group_id {gid}"), shapes, gid, b[0] if b else None,
+               b[1] if b else None, False)
+    in_box: Dict[int, List[ET.Element]] = {}
+    rest = []
+    for shape in loose:
+        pts = _xy(shape.get("points"))
+        hits = [] if not pts or len(pts) != 1 else [
+            (b[2] * b[3], k) for k, (b, _) in enumerate(free_boxes) if _inside(pts[0], b)]
+        if hits:
+            in_box.setdefault(min(hits)[1], []).append(shape)      # the smallest box (the first of equals)
+        else:
+            rest.append(shape)
+    for k in sorted(in_box):
+        b, label = free_boxes[k]
+        yield (Location(name, record=f"image {iname} box {k}"), in_box[k], f"box{k}", b, label, False)
+    if rest:    # (named when group_id or box instances share the image: a number could be taken)
+        yield (Location(name, record=f"image {iname}"), rest, "ungrouped" if groups or in_box else None, None, None,
+               True)
+    for k, shape in enumerate(alone):
+        yield Location(name, record=f"image {iname} points {k}"), [shape], None, None, None, False
+
+
+def _instances(docs, ctx: ReadContext, how: _How) -> Iterator[RawInstance]:
     report = ctx.report
     images = _Images(ctx.images_root)
     for path, root, _labels in docs:
@@ -299,47 +422,34 @@ def _instances(docs, ctx: ReadContext, mode: str, skel_labels: set, several: boo
                     continue
             split = _split(image.get("subset")) if image.get("subset") is not None else meta_subset
             rel = images.path(iname)
-            if mode == "skeleton":
-                for k, sk in enumerate(image.findall("skeleton")):
-                    if sk.get("label") not in skel_labels or sk.get("outside") == "1":
-                        continue
-                    loc = Location(name, record=f"image {iname} skeleton {k}")
-                    points = _gather(sk.findall("points"), loc, report, wanted)
-                    if points is None:
-                        continue
-                    yield RawInstance(rel, points, loc, size=size, split=split,
-                                      category=sk.get("label") if several else None)
-                continue
-            groups: Dict[Optional[str], List[ET.Element]] = {}
-            boxes: Dict[str, Tuple[float, float, float, float]] = {}
-            alone = []      # ungrouped shapes of several points: an instance each
-            for shape in image:
-                gid = shape.get("group_id")
-                if shape.tag == "points" and gid is None and shape.get("label") in multi:
-                    alone.append(shape)
-                elif shape.tag == "points":
-                    groups.setdefault(gid, []).append(shape)
-                elif shape.tag == "box" and gid is not None:
-                    c = [number(shape, a) for a in ("xtl", "ytl", "xbr", "ybr")]
-                    if None not in c:
-                        boxes[gid] = (c[0], c[1], c[2] - c[0], c[3] - c[1])
-            for gid, shapes in groups.items():
-                loc = Location(name, record=f"image {iname}" + (f" group_id {gid}" if gid is not None else ""))
-                points = _gather(shapes, loc, report, wanted, multi)
+            for k, sk in enumerate(image.findall("skeleton")):
+                if sk.get("outside") == "1":
+                    continue
+                loc = Location(name, record=f"image {iname} skeleton {k}")
+                if sk.get("label") not in how.skel_labels:      # (--category chose another)
+                    report.add("other_category", f"skeleton {sk.get('label')!r} is not the chosen category", loc)
+                    continue
+                points = _gather(sk.findall("points"), loc, report, how.wanted)
                 if points is None:
                     continue
-                yield RawInstance(rel, points, loc, instance=gid, bbox=boxes.get(gid) if gid else None, size=size,
-                                  split=split)
-            for k, shape in enumerate(alone):
-                loc = Location(name, record=f"image {iname} points {k}")
-                points = _gather([shape], loc, report, wanted, multi)
-                if points is not None:
-                    yield RawInstance(rel, points, loc, size=size, split=split)
-        yield from _tracks(path, root, ctx, mode, skel_labels, several, wanted, images, multi)
+                yield RawInstance(rel, points, loc, size=size, split=split,
+                                  category=sk.get("label") if how.several else None)
+            if not how.points:
+                n = len(image.findall("points"))
+                if n:       # (--category chose a skeleton)
+                    report.add("other_category", f"{n} plain <points> shape(s) not read: the chosen category is a "
+                               "skeleton (choose them with --category points)", iloc)
+                continue
+            for loc, shapes, iid, bbox, label, ungrouped in _image_points(image, how, name, iname, report):
+                points = _gather(shapes, loc, report, how.wanted, how.multi, ungrouped)
+                if points is None:
+                    continue
+                yield RawInstance(rel, points, loc, instance=None if how.skel_labels else iid, bbox=bbox,
+                                  size=size, split=split, category=(label or "points") if how.several else None)
+        yield from _tracks(path, root, ctx, how, images)
 
 
-def _tracks(path: Path, root: ET.Element, ctx: ReadContext, mode: str, skel_labels: set, several: bool,
-            wanted, images: _Images, multi: Dict[str, int]) -> Iterator[RawInstance]:
+def _tracks(path: Path, root: ET.Element, ctx: ReadContext, how: _How, images: _Images) -> Iterator[RawInstance]:
     """CVAT for video: one instance per track per frame where the track is not outside."""
     report = ctx.report
     name = str(path)
@@ -366,22 +476,25 @@ def _tracks(path: Path, root: ET.Element, ctx: ReadContext, mode: str, skel_labe
                            Location(name, record=f"track {tid}", field="frame"))
                 continue
             loc = Location(name, record=f"track {tid} frame {n}")
-            if mode == "skeleton" and shape.tag == "skeleton" and label in skel_labels:
+            if shape.tag == "skeleton" and label in how.skel_labels:
                 if shape.get("outside") == "1":
                     continue
-                points = _gather(shape.findall("points"), loc, report, wanted)
+                points = _gather(shape.findall("points"), loc, report, how.wanted)
                 if points is None:
                     continue
                 yield RawInstance(images.frame(n), points, loc, instance=tid, size=size, group=group, split=split,
-                                  category=label if several else None)
-            elif mode == "points" and shape.tag == "points":
+                                  category=label if how.several else None)
+            elif how.points and shape.tag == "points":
                 if shape.get("outside") == "1":
                     continue
                 el = ET.Element("points", {**shape.attrib, "label": label or ""})
                 by_frame.setdefault((n, track.get("group_id")), []).append((el, tid))
+            elif shape.tag in ("skeleton", "points") and shape.get("outside") != "1":     # (--category chose)
+                report.add("other_category", f"{shape.tag} track {label!r} is not the chosen category", loc)
     for (n, gid), shapes in sorted(by_frame.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         loc = Location(name, record=f"frame {n}" + (f" group_id {gid}" if gid is not None else ""))
-        points = _gather([el for el, _ in shapes], loc, report, wanted, multi)
+        points = _gather([el for el, _ in shapes], loc, report, how.wanted, how.multi, gid is None)
         if points is None:
             continue
-        yield RawInstance(images.frame(n), points, loc, instance=gid, size=size, group=group, split=split)
+        yield RawInstance(images.frame(n), points, loc, instance=None if how.skel_labels else gid, size=size,
+                          group=group, split=split, category="points" if how.several else None)

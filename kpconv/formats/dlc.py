@@ -28,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
+from ._yaml import load_yaml
 from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
 
 _MISSING = {"", "nan", "NaN", "NAN"}
@@ -386,15 +387,7 @@ def _skeleton(project: Path, bodyparts: List[str]) -> Tuple[List[Tuple[int, int]
     config = project / "config.yaml"
     if not config.is_file():
         return [], None
-    import yaml
-
-    try:
-        with open(config, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise AnnotationError(f"invalid YAML: {getattr(e, 'problem', None) or e}",
-                              Location(str(config), mark.line + 1 if mark else None)) from None
+    data = load_yaml(config)
     if not isinstance(data, dict):
         return [], config
     pairs = data.get("skeleton") or []

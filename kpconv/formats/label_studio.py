@@ -7,7 +7,8 @@ JSON: each task has ``data`` (the image: ``data.image``, or the one string value
 Keypoints with a ``parentID`` naming a ``rectanglelabels`` result of the same annotation form one
 instance per rectangle, which gives the bbox (``x``, ``y``, ``width``, ``height`` in percent);
 the others form one instance per annotation. Of several annotations of a task, the ground truth one
-is read, else the first that was not cancelled. Label Studio has no "occluded": every point is v = 2.
+is read, else the first that was not cancelled; the others with keypoints are counted and located (an
+``other_annotation`` warning per task). Label Studio has no "occluded": every point is v = 2.
 
 JSON-MIN: one object per task with the image path and, under the keypoint tag's name, a list of
 ``{x, y, width, keypointlabels, original_width, original_height}``. Without ``parentID`` the
@@ -218,6 +219,15 @@ def _instances(docs, ctx: ReadContext, wanted) -> Iterator[RawInstance]:
             image = image_path(url, root)
             if kind == "json":
                 ann = _chosen(task)
+                others = [a for a in task.get("annotations") or [] if isinstance(a, dict) and a is not ann
+                          and not a.get("was_cancelled") and any(isinstance(r, dict) and r.get("type") ==
+                                                                 "keypointlabels" for r in a.get("result") or [])]
+                if others:
+                    why = "the ground truth one" if ann.get("ground_truth") else "the first not cancelled"
+                    report.add("other_annotation", f"{len(others)} other annotation(s) with keypoints not read (ids "
+                               f"{', '.join(str(a.get('id')) for a in others)}): of several annotators' annotations "
+                               f"of a task, one is read, {why} (annotation {ann.get('id')}); mark the one to read as "
+                               "ground truth in Label Studio", tloc.with_field("annotations"))
                 results = [r for r in (ann.get("result") or []) if isinstance(r, dict)] if ann else []
                 boxes = {r.get("id"): r for r in results if r.get("type") == "rectanglelabels"
                          and isinstance(r.get("value"), dict)}

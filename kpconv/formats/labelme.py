@@ -4,7 +4,8 @@
   is visible (v = 2) unless the shape's ``flags`` say ``"occluded": true`` (v = 1).
 - ``group_id`` separates instances: instance id = ``str(group_id)``; all points with a null
   ``group_id`` form one instance (numbered by ingest).
-- A ``rectangle`` shape with the same ``group_id`` gives that instance's bbox. Other shape types
+- A ``rectangle`` shape with the same ``group_id`` gives that instance's bbox (two or more: none is
+  used, a ``duplicate_box`` warning, the box derived from the keypoints). Other shape types
   (polygon, line, circle, ...) are ignored; their counts are kept in the manifest header
   (``source.ignored_shapes``).
 - ``imagePath`` is relative to the JSON file's folder; ``imageWidth``/``imageHeight`` are the stated
@@ -189,7 +190,12 @@ def _instances(docs, ctx: ReadContext, wanted, ignored: Counter) -> Iterator[Raw
                     g["bad"] = True
                     continue
                 (x1, y1), (x2, y2) = corners
-                g["bbox"] = (min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1))
+                g["boxes"] = g.get("boxes", 0) + 1
+                if g["boxes"] == 1:
+                    g["bbox"] = (min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1))
+                else:       # (which one is the instance's? neither: the box around its keypoints)
+                    g["bbox"] = None
+                    g["second_box"] = sloc
             else:
                 ignored[str(kind)] += 1
         if file_bad:
@@ -199,6 +205,11 @@ def _instances(docs, ctx: ReadContext, wanted, ignored: Counter) -> Iterator[Raw
             if g["bad"] or not g["points"]:
                 continue  # reported above, or a box without keypoints (not a keypoint instance)
             loc = Location(name, record=None if key is None else f"group_id {key}")
+            if g.get("second_box"):
+                report.add("duplicate_box", f"{g['boxes']} rectangles in instance "
+                           f"{'group_id ' + key if key is not None else 'with null group_id'}: none is used, the box "
+                           "is derived from the keypoints (give each instance its own group_id)",
+                           g["second_box"].with_field("points"))
             yield RawInstance(image=image, keypoints=g["points"], location=loc, instance=key,
                               bbox=g["bbox"], size=size, image_base=base)
 

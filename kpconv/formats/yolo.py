@@ -12,7 +12,7 @@ path becomes ``/labels/`` and the extension ``.txt``. Each row is one instance,
 ``cls cx cy w h x1 y1 [v1] ... xK yK [vK]``, normalized to 0..1; the bbox becomes
 ``(cx - w/2, cy - h/2, w, h)``. With ``kpt_shape [K, 3]`` a point with v = 0 is not labelled; with
 ``kpt_shape [K, 2]`` a point at x = y = 0 is not labelled and every other point is visible
-(v = 2). An image without a label file has no instance (not an error).
+(v = 2). An image without a label file has no instance (a ``no_label_file`` warning, located).
 
 Several classes (``names`` lists more than one): ``--category`` (class name or id) keeps one; without
 it every class is read, each record keeping its class name (``category``), and a
@@ -28,6 +28,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
+from ._yaml import load_yaml
 from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
 
 IMAGE_EXTENSIONS = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
@@ -60,47 +61,10 @@ def _has_kpt_shape(path: Path) -> bool:
     return b"kpt_shape" in head
 
 
-def _loader():
-    """PyYAML's safe loader without aliases (``*name``: nested ones expand exponentially, the "billion
-    laughs") and with at most :data:`kpconv.jsonparse.MAX_DEPTH` levels of nesting (no RecursionError)."""
-    import yaml
-
-    from ..jsonparse import MAX_DEPTH
-
-    class Loader(yaml.SafeLoader):
-        _depth = 0
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not accepted",
-                                                  self.peek_event().start_mark)
-            self._depth += 1
-            try:
-                if self._depth > MAX_DEPTH:
-                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                      self.peek_event().start_mark)
-                return super().compose_node(parent, index)
-            finally:
-                self._depth -= 1
-
-    return Loader
-
-
 def _load_yaml(path: Path) -> dict:
-    import yaml
-
-    name = str(path)
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            data = yaml.load(f, Loader=_loader())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise AnnotationError(f"invalid YAML: {getattr(e, 'problem', None) or e}",
-                              Location(name, mark.line + 1 if mark else None)) from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
-        raise AnnotationError("expected a YAML mapping with 'kpt_shape' and 'train'/'val'/'test'", Location(name))
+        raise AnnotationError("expected a YAML mapping with 'kpt_shape' and 'train'/'val'/'test'", Location(str(path)))
     return data
 
 
@@ -306,8 +270,12 @@ def _instances(splits, root: Path, k: int, ndim: int, names: List[str], wanted, 
             lname = _shown(lp, base, root)
             try:   # (bytes that are not UTF-8 become U+FFFD: a located "expected numbers" problem)
                 f = open(lp, "r", encoding="utf-8-sig", errors="replace")
-            except FileNotFoundError:
-                continue  # an image without labels: no instances
+            except FileNotFoundError:     # (Ultralytics: a background image) counted, located
+                report.add("no_label_file", f"image {rel} has no label file {os.path.relpath(str(lp), base)}: no "
+                           "instance read from it (a background image to YOLO; kpconv's records are instances, so it "
+                           "adds nothing)",
+                           Location(_shown(img, base, root)))
+                continue
             except OSError as e:
                 raise AnnotationError(f"cannot read label file: {e.strerror}", Location(lname)) from None
             with f:

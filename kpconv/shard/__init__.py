@@ -28,6 +28,7 @@ class ShardResult:
     info: dict                  # what dataset_info.json holds
     written: int = 0            # records in the dataset
     skipped: int = 0
+    changed: int = 0            # records written with keypoints made unlabelled (changed.jsonl)
     kept_shards: int = 0        # shards kept by --resume
     written_shards: int = 0
     notes: List[str] = field(default_factory=list)      # decisions worth saying (e.g. --split-by auto)
@@ -93,5 +94,5 @@ def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
         if spool_path:
             os.unlink(spool_path)
     return ShardResult(out if is_url(out) else Path(out), info, written=info["records"],
-                       skipped=info["skipped"]["records"], kept_shards=len(plan.tasks) - len(todo),
+                       skipped=info["skipped"]["records"], changed=info["changed"]["records"], kept_shards=len(plan.tasks) - len(todo),
                        written_shards=len(todo), notes=plan.notes, warnings=plan.warnings)

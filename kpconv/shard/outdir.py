@@ -1,5 +1,6 @@
 """The life of OUT_DIR (docs/shard.md, *Output* and *Safety*): prepared once the plan is frozen, shards committed
-one by one (state file in ``.kpconv-shard/``, then the rename), ``skipped.jsonl`` then ``dataset_info.json`` last."""
+one by one (state file in ``.kpconv-shard/``, then the rename), ``skipped.jsonl`` and ``changed.jsonl``, then
+``dataset_info.json`` last."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from .plan import Plan, ShardTask
 
 STATE_DIR = ".kpconv-shard"
 SKIPPED_FILE = "skipped.jsonl"
+CHANGED_FILE = "changed.jsonl"
 
 
 def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> None:
@@ -28,7 +30,7 @@ def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> N
         raise ShardError(f"{out}: output directory exists and is not empty "
                          "(use --overwrite to replace it, or --resume to finish an interrupted run)")
     if not files.is_remote(out):
-        for name in (INFO_FILE, SKIPPED_FILE, *(t.name for t in plan.tasks)):
+        for name in (INFO_FILE, SKIPPED_FILE, CHANGED_FILE, *(t.name for t in plan.tasks)):
             if os.path.isdir(files.join(out, name)):
                 raise ShardError(f"{files.join(out, name)}: a directory is in the way of an output file "
                                  "(remove it)")
@@ -37,6 +39,7 @@ def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> N
     state = files.join(out, STATE_DIR)
     if options.overwrite:
         files.delete(files.join(out, SKIPPED_FILE))
+        files.delete(files.join(out, CHANGED_FILE))
         files.delete_tree(state)
     wanted = {t.name for t in plan.tasks}
     for name in names:
@@ -52,16 +55,17 @@ def prepare(out: str, plan: Plan, options: ShardOptions, files: LocalFiles) -> N
 def _leftover(name: str) -> bool:
     """What a run that stopped before writing any shard leaves: the state directory, temporary files."""
     return name == STATE_DIR or (name.startswith(".") and name.endswith(".tmp") or ".tmp-" in name) and (
-        ".tfrecord-" in name or name.startswith((f".{SKIPPED_FILE}.", f".{INFO_FILE}.")))
+        ".tfrecord-" in name or name.startswith((f".{SKIPPED_FILE}.", f".{CHANGED_FILE}.", f".{INFO_FILE}.")))
 
 
 def discard(out: str, plan: Plan, created: bool, files: LocalFiles) -> None:
     """After a run that can never finish (every record skipped): remove its shards, their states and
-    ``skipped.jsonl``, and OUT_DIR itself when this run created it and nothing else is left, so that
+    ``skipped.jsonl``/``changed.jsonl``, and OUT_DIR itself when this run created it and nothing else is left, so that
     nothing blocks the next run."""
     for task in plan.tasks:
         files.delete(files.join(out, task.name))
     files.delete(files.join(out, SKIPPED_FILE))
+    files.delete(files.join(out, CHANGED_FILE))
     files.delete_tree(files.join(out, STATE_DIR))
     remove_temporaries(out, files)
     if created and not files.list_dir(out) and not files.is_remote(out):
@@ -115,12 +119,15 @@ def commit_shard(out: str, state: dict, files: LocalFiles) -> None:
 
 
 def finish(out: str, plan: Plan, states: Dict[str, dict], options: ShardOptions, files: LocalFiles) -> dict:
-    """Write ``skipped.jsonl`` then ``dataset_info.json``; returns the dataset info (a dict)."""
+    """Write ``skipped.jsonl``, ``changed.jsonl`` (records written with keypoints the stored image does
+    not show, made unlabelled: per record, which) then ``dataset_info.json``; returns the dataset info."""
     header = plan.header
     k = len(header.keypoints)
     splits: Dict[str, dict] = {}
     skipped: List[dict] = []
+    changed: List[dict] = []
     reasons: Counter = Counter()
+    changed_reasons: Counter = Counter()
     for task in plan.tasks:
         st = states[task.name]
         s = splits.setdefault(task.split, {"records": 0, "bytes": 0, "shards": [],
@@ -135,6 +142,12 @@ def finish(out: str, plan: Plan, states: Dict[str, dict], options: ShardOptions,
         for item in st["skipped"]:
             skipped.append(item)
             reasons[item["reason"]] += 1
+        for item in st.get("changed", ()):
+            names = [header.keypoints[i] for i in item["keypoints"]]
+            where = "outside the --crop bbox box" if item["reason"] == "outside_crop" else "outside the stored image"
+            changed.append({**item, "keypoints": names, "message": f"{len(names)} labelled keypoint(s) {where} "
+                            f"made unlabelled: {', '.join(names)}"})
+            changed_reasons[item["reason"]] += 1
     written = sum(s["records"] for s in splits.values())
     if written == 0:
         first = skipped[0] if skipped else None
@@ -155,6 +168,8 @@ def finish(out: str, plan: Plan, states: Dict[str, dict], options: ShardOptions,
         "splits": splits,
         "records": written,
         "skipped": {"records": len(skipped), "reasons": dict(sorted(reasons.items())), "file": SKIPPED_FILE},
+        "changed": {"records": len(changed), "keypoints": sum(len(c["keypoints"]) for c in changed),
+                    "reasons": dict(sorted(changed_reasons.items())), "file": CHANGED_FILE},
         "warnings": list(plan.warnings),
         "instances": {"max_per_image": max(st.get("max_instances", 1) for st in states.values())},
         "options": {"image_size": list(img.size) if img.size else None, "resize": img.resize, "crop": img.crop,
@@ -167,6 +182,8 @@ def finish(out: str, plan: Plan, states: Dict[str, dict], options: ShardOptions,
     }
     files.write_atomic(files.join(out, SKIPPED_FILE),
                        "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in skipped).encode())
+    files.write_atomic(files.join(out, CHANGED_FILE),
+                       "".join(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n" for item in changed).encode())
     path = files.join(out, INFO_FILE)
     files.write_atomic(path, DatasetInfo.from_json(info, path).to_bytes())
     files.sync_dir(out)

@@ -61,7 +61,7 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
     tmp_name = f".{task.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     tmp = files.join(job.out_dir, tmp_name)
     kill_after = int(os.environ.get("KPCONV_TEST_KILL_AFTER_RECORDS", "0") or 0)
-    skipped, vis, digests = [], [[0, 0, 0] for _ in range(job.num_keypoints)], []
+    skipped, changed, vis, digests = [], [], [[0, 0, 0] for _ in range(job.num_keypoints)], []
     max_instances = 0
     confine = None if options.allow_outside_root else \
         job.images_root if files.is_remote(job.images_root) else real_root(job.images_root)
@@ -107,6 +107,11 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
                 max_instances = max(max_instances, len(sibs))
                 for i, (_, _, v) in enumerate(kps):
                     vis[i][v] += 1
+                lost = [i for i, (p, q) in enumerate(zip(rec.keypoints, kps)) if p[2] and not q[2]]
+                if lost:        # labelled in the manifest, outside what the stored image shows
+                    changed.append({"image": rec.image, "instance": rec.instance, "split": task.split,
+                                    "shard": task.name, "reason": "outside_crop" if options.image.crop == "bbox"
+                                    else "outside_content", "keypoints": lost})
                 if kill_after:
                     _killed_after[0] += 1
                     if _killed_after[0] >= kill_after:
@@ -120,7 +125,8 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
         files.delete(tmp)
         raise
     return {"file": task.name, "split": task.split, "fingerprint": task.fingerprint, "records": writer.count,
-            "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped, "tmp": tmp_name, "max_instances": max_instances}
+            "bytes": hf.bytes, "sha256": hf.sha.hexdigest(), "visibility": vis, "skipped": skipped, "changed": changed,
+            "tmp": tmp_name, "max_instances": max_instances}
 
 
 def instance_center(rec: Record) -> Tuple[float, float]:
@@ -155,6 +161,12 @@ def convert(rec: Record, root: str, opts: ImageOptions, files: LocalFiles = LOCA
         data = read_image_bytes(path, opener)
         if passthrough_size(data, opts.max_pixels) == (rec.width, rec.height):
             stored = Stored(data, "jpeg", layout(rec.width, rec.height, (0, 0, rec.width, rec.height), opts))
+    if opts.crop == "bbox" and (rec.bbox[2] * rec.width < 1 or rec.bbox[3] * rec.height < 1):
+        bw, bh = rec.bbox[2] * rec.width, rec.bbox[3] * rec.height
+        raise BadImage("degenerate_crop", f"--crop bbox: the instance's box is {bw:.3g}x{bh:.3g} px (a box derived "
+                                          "from one keypoint, or from points on one line): a crop around it would "
+                                          "be a pixel wide; give the instance a box, or shard without --crop bbox",
+                       Location(path))
     if stored is None:
         src = SourceImage(path, opts.max_pixels, opener=opener, data=data)
         if src.size != (rec.width, rec.height):

@@ -1,0 +1,193 @@
+"""Video inference benchmark (issue 17): how close ``kpconv predict`` comes to the model's own speed.
+
+On each video (default: ``../shared/datasets/mirror-mouse/videos/*.mp4`` and a synthetic 640x480 clip
+made here with PyAV), all in one run with one trained run (``--run``, or a heatmap run trained here on
+mirror-mouse at 320x240 for ``--minutes``):
+
+* decode only: PyAV to RGB arrays (:func:`kpconv.video.frames`), frames/s;
+* model only: :class:`kpconv.inference.Inference` (compiled, batch ``--batch``) on prepared frames
+  already in memory, frames/s;
+* ``kpconv predict RUN VIDEO -o out.jsonl``, the whole command in a subprocess: frames/s over its wall
+  time, and the same without its start-up;
+* start-up: the same command on one frame (``--end 1``): command start to first frame predicted.
+
+And the JPEG round trip the shards store (``Predictor(run, jpeg=True)``) against predicting on the
+decoded pixels (the default): mean error on mirror-mouse's labelled frames both ways, and the
+largest difference between the two predictions.
+
+Targets: predict (without start-up) >= 0.8x model only; start-up < 5 s.
+
+::
+
+    python benchmarks/bench_predict.py [--run RUN] [--minutes 1] [--frames 600] [--batch 16] [--video V ...]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# ../shared next to the checkout (or next to the folder of worktrees)
+MIRROR = next((p / "shared" / "datasets" / "mirror-mouse" for p in (ROOT.parent, ROOT.parent.parent)
+               if (p / "shared" / "datasets" / "mirror-mouse").is_dir()), ROOT.parent / "shared" / "datasets" / "mirror-mouse")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def kpconv(*args) -> float:
+    """Run ``kpconv ARGS`` as a user does; returns its wall time in seconds."""
+    cmd = [sys.executable, "-c", "from kpconv.cli import main; main()", "-q", *map(str, args)]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    took = time.perf_counter() - t
+    if r.returncode != 0:
+        sys.exit(f"kpconv {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-3000:]}")
+    return took
+
+
+def synthetic_video(path: Path, frames: int, size=(640, 480), fps=30) -> Path:
+    """A moving bright disc on a textured background, H.264."""
+    import av
+
+    w, h = size
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            cx, cy = w / 2 + w / 3 * np.cos(i / 20), h / 2 + h / 3 * np.sin(i / 15)
+            arr = background.copy()
+            arr[(xx - cx) ** 2 + (yy - cy) ** 2 < 30 ** 2] = 230
+            for p in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def train_run(work: Path, minutes: float) -> Path:
+    kpconv("ingest", MIRROR, "-o", work / "m.jsonl")   # (all 93 frames: a speed benchmark)
+    kpconv("shard", work / "m.jsonl", "-o", work / "shards", "--image-size", "320x240", "--resize", "pad")
+    kpconv("train", work / "shards", "-o", work / "run", "--weights", "none", "--time-limit", minutes)
+    return work / "run"
+
+
+def bench(run: Path, path: str, batch: int, work: Path) -> dict:
+    from kpconv import video
+    from kpconv.inference import Inference
+
+    fps, count, size = video.info(path)
+    t = time.perf_counter()
+    n = sum(1 for _ in video.frames(path))
+    decode = n / (time.perf_counter() - t)
+
+    inf = Inference.from_run(run, batch_size=batch)
+    first = next(video.frames(path))[2]
+    prepared = np.stack([inf.prepare(first)[0]] * batch).astype(np.float32)
+    inf(prepared)   # compiled once
+    reps = max(3, min(50, n // batch))
+    t = time.perf_counter()
+    for _ in range(reps):
+        inf(prepared)
+    model = reps * batch / (time.perf_counter() - t)
+
+    startup = kpconv("predict", run, path, "--end", "1", "-o", work / "one.jsonl")
+    whole = kpconv("predict", run, path, "-o", work / "all.jsonl", "--batch-size", batch)
+    lines = sum(1 for _ in open(work / "all.jsonl"))
+    assert lines == n, (lines, n)
+    steady = n / max(whole - startup, 1e-9)
+    return {"video": Path(path).name, "size": f"{size[0]}x{size[1]}", "frames": n, "decode": decode,
+            "model": model, "predict": n / whole, "predict_steady": steady, "ratio": steady / model,
+            "startup": startup}
+
+
+STARTUP = """
+import time, sys
+t0 = time.perf_counter()
+import numpy as np, tensorflow, keras
+t1 = time.perf_counter()
+from kpconv.inference import Inference
+inf = Inference.from_run(sys.argv[1])
+t2 = time.perf_counter()
+w, h = inf.options.size
+inf(np.zeros((1, h, w, 3), np.float32))
+t3 = time.perf_counter()
+print(f"{t1 - t0:.1f} {t2 - t1:.1f} {t3 - t2:.1f}")
+"""
+
+
+def startup_parts(run: Path) -> str:
+    """Where a fresh process spends its start-up: importing TensorFlow, loading the run, compiling."""
+    r = subprocess.run([sys.executable, "-c", STARTUP, str(run)], env=ENV, capture_output=True, text=True, check=True)
+    tf_s, load_s, compile_s = r.stdout.split()
+    return f"start-up parts (fresh process): import tensorflow {tf_s} s, load the run {load_s} s, first call (XLA compile) {compile_s} s"
+
+
+def jpeg_check(run: Path, work: Path) -> str:
+    """Mean error (original pixels) over mirror-mouse's labelled keypoints with and without the JPEG
+    round trip, and the largest distance between the two predictions of one keypoint."""
+    import json
+
+    from kpconv.predict import Predictor
+
+    manifest = work / "m.jsonl"
+    if not manifest.exists():
+        kpconv("ingest", MIRROR, "-o", manifest)
+    lines = [json.loads(x) for x in open(manifest)][1:]
+    paths = [str(MIRROR / r["image"]) for r in lines]
+    true = np.array([[(x * r["width"], y * r["height"]) for x, y, v in r["keypoints"]] for r in lines])
+    mask = np.array([[v > 0 for x, y, v in r["keypoints"]] for r in lines])
+    out = {}
+    for jpeg in (False, True):
+        preds = list(Predictor(run, jpeg=jpeg).predict(paths))
+        out[jpeg] = np.array([[k[:2] for k in p.keypoints] for p in preds])
+    err = {j: float(np.hypot(*(out[j] - true)[mask].T).mean()) for j in out}
+    diff = float(np.hypot(*(out[True] - out[False]).reshape(-1, 2).T).max())
+    return (f"JPEG round trip: mean error {err[True]:.3f} px with, {err[False]:.3f} px without (decoded pixels); "
+            f"largest difference between the two {diff:.3f} px ({int(mask.sum())} labelled keypoints, "
+            f"{len(paths)} frames)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="a trained run (default: train one on mirror-mouse here)")
+    ap.add_argument("--minutes", type=float, default=1.0, help="training time when no --run is given")
+    ap.add_argument("--frames", type=int, default=600, help="frames of the synthetic 640x480 video")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--video", action="append", help="videos (default: mirror-mouse's and the synthetic one)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
+        work = Path(tmp)
+        run = Path(args.run) if args.run else train_run(work, args.minutes)
+        videos = args.video or sorted(glob.glob(str(MIRROR / "videos" / "*.mp4")))
+        if not args.video:
+            videos.append(str(synthetic_video(work / "synthetic_640x480.mp4", args.frames)))
+        print(f"run: {run if args.run else f'trained here for {args.minutes:g} min on mirror-mouse (320x240)'}; "
+              f"batch {args.batch}; {os.cpu_count()} CPUs")
+        print(f"{'video':<24} {'size':>9} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} {'predict f/s':>11} "
+              f"{'w/o start':>9} {'ratio':>6} {'start s':>7}")
+        for v in videos:
+            r = bench(run, v, args.batch, work)
+            print(f"{r['video']:<24} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} {r['model']:>9.0f} "
+                  f"{r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} {r['startup']:>7.1f}",
+                  flush=True)
+        print(startup_parts(run))
+        print(jpeg_check(run, work))
+        print("ratio: predict without start-up / model only (target >= 0.8); start s: command start to the "
+              "first frame predicted, on one frame (target < 5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The one inference owner: frames in, keypoints with a calibrated confidence out.
+
+:class:`Inference` holds a model in its inference form (``(B, K, 3)``: ``x, y`` normalized to the
+stored image and a confidence, :func:`kpconv.model.inference_model`) and runs it through one compiled
+function per input size (``tf.function(jit_compile=True, reduce_retracing=True)``), in batches of
+``batch_size`` (a shorter one padded to a power of two, so few shapes ever compile). ``kpconv predict``, ``kpconv
+eval``, the per-epoch validation metrics, the calibration, export's check and the benchmarks all call
+it; nothing else calls the Keras model for inference.
+
+Preprocessing (:meth:`Inference.prepare`) is the shards' (the run's ``config.json`` records it from
+``dataset_info.json``): the crop (``bbox`` with the shard's padding, or the whole frame), the resize
+(``stretch`` or ``pad``) by :func:`kpconv.images.layout` and the same Pillow calls as
+:func:`kpconv.images.render`, done on the decoded array. The shards store JPEG (quality 95); the JPEG
+round trip is kept only as an option (``jpeg=True``, the pixels of kpconv 0.1's predict): on
+mirror-mouse's 90 labelled frames (a 10-minute heatmap run, benchmarks/bench_predict.py) the mean
+error is 11.15 px with it and 11.18 px without (0.3 %).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def image_options(config: dict):
+    """The shards' :class:`kpconv.images.ImageOptions`, from a run's ``config.json``."""
+    from .images import ImageOptions
+
+    pre = config["dataset"].get("preprocessing") or {}
+    size = pre.get("size") or config["dataset"]["image_size"]
+    return ImageOptions(size=(int(size[0]), int(size[1])), resize=pre.get("resize") or "stretch",
+                        crop=pre.get("crop") or "none", crop_pad=float(pre.get("crop_pad") or 0.0))
+
+
+class Inference:
+    """A model ready for inference.
+
+    ``model`` is a Keras model as trained (heatmaps or coordinates out); ``calibration`` the heatmap
+    head's confidence parameters (``config.json``'s ``calibration.params``). ``config`` (a run's) is
+    needed only for :meth:`prepare` and :meth:`keypoints`."""
+
+    def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
+                 batch_size: int = 16, jpeg: bool = False):
+        from . import model as kmodel
+
+        self.model = kmodel.inference_model(model, calibration)
+        self.config = config
+        self.options = image_options(config) if config is not None else None
+        self.batch_size = int(batch_size)
+        self.jpeg = jpeg
+        self._compiled: Dict[Tuple[int, int], object] = {}
+
+    @classmethod
+    def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False) -> "Inference":
+        from .run import open_run
+
+        config, model = open_run(run_dir)
+        params = (config.get("calibration") or {}).get("params")
+        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg)
+        inf.run_dir = Path(run_dir)
+        return inf
+
+    # ---------------------------------------------------------------------------------- the model
+    def _function(self, hw: Tuple[int, int]):
+        fn = self._compiled.get(hw)
+        if fn is None:
+            import tensorflow as tf
+
+            model = self.model
+            fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
+            self._compiled[hw] = fn
+        return fn
+
+    def __call__(self, images) -> np.ndarray:
+        """``images`` (B, H, W, 3) pixels in [0, 255] (any dtype, a tensor or an array) -> (B, K, 3)
+        float32: ``x, y`` normalized to the image and the confidence."""
+        x = np.asarray(images, np.float32)
+        n = len(x)
+        if n == 0:
+            raise ValueError("no images")
+        fn = self._function(x.shape[1:3])
+        bs = self.batch_size
+        out = []
+        for i in range(0, n, bs):
+            chunk = x[i:i + bs]
+            m = len(chunk)
+            if m < bs:   # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size
+                full = min(bs, 1 << (m - 1).bit_length())
+                chunk = np.concatenate([chunk, np.zeros((full - m,) + chunk.shape[1:], np.float32)])
+            out.append(np.asarray(fn(chunk), np.float32)[:m])
+        return np.concatenate(out)
+
+    def infer(self, images) -> Tuple[np.ndarray, np.ndarray]:
+        """``(xy (B, K, 2)`` normalized to the image, ``confidence (B, K))``."""
+        out = self(images)
+        return out[..., :2], out[..., 2]
+
+    # ---------------------------------------------------------------------------- preprocessing
+    def prepare(self, frame: np.ndarray, bbox_px: Optional[Sequence[float]] = None):
+        """``(stored image (h, w, 3) uint8, stored_to_original transform, original (w, h))`` for an RGB
+        uint8 frame (H, W, 3), cropped to ``bbox_px`` (x, y, w, h in its pixels) with a ``bbox`` run."""
+        from PIL import Image
+
+        from .images import BACKGROUND, layout
+
+        opts = self.options
+        h, w = frame.shape[:2]
+        lay = layout(w, h, list(bbox_px) if bbox_px is not None else [0.0, 0.0, w, h], opts)
+        x0, y0, x1, y1 = lay.crop
+        ox, oy, rw, rh = lay.placed
+        if (rw, rh) == (x1 - x0, y1 - y0) and lay.placed == (0, 0) + lay.out and not self.jpeg:
+            return np.ascontiguousarray(frame[y0:y1, x0:x1]), lay.transform, (w, h)
+        im = Image.fromarray(frame)
+        if (rw, rh) == (x1 - x0, y1 - y0):
+            content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0, w, h) else im
+        else:
+            content = im.resize((rw, rh), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
+        if lay.placed != (0, 0) + lay.out:
+            canvas = Image.new("RGB", lay.out, BACKGROUND)
+            canvas.paste(content, (ox, oy))
+            content = canvas
+        if self.jpeg:   # the shards' encoding, as kpconv.images.render writes it
+            buf = io.BytesIO()
+            content.save(buf, "JPEG", quality=opts.quality)
+            content = Image.open(io.BytesIO(buf.getvalue()))
+        return np.asarray(content.convert("RGB"), np.uint8), lay.transform, (w, h)
+
+    def keypoints(self, stored: np.ndarray, transforms) -> Tuple[np.ndarray, np.ndarray]:
+        """Prepared images (B, h, w, 3) and their transforms -> ``(xy (B, K, 2)`` in original pixels,
+        ``confidence (B, K))``."""
+        from .metrics import to_original
+
+        xy, conf = self.infer(stored)
+        size = self.options.size
+        px = to_original(xy, np.tile([[size[0], size[1]]], (len(stored), 1)), np.asarray(transforms))
+        return px, conf
