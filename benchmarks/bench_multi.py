@@ -100,11 +100,11 @@ def flies_manifest(work: Path, every: int) -> Path:
 def throughput(run: Path, n: int = 200) -> dict:
     """frames/s on clip.mp4: decoding alone, the two models alone (frames decoded before), and predict."""
     from kpconv.multi import MultiPredictor
-    from kpconv.predict import FrameSelection, video_frames
+    from kpconv.video import FrameSelection, frames as video_frames
 
     video = str(FLIES / "clip.mp4")
     t = time.perf_counter()
-    frames = [np.asarray(im.convert("RGB")) for _, _, im in video_frames(video, FrameSelection(end=n))]
+    frames = [arr for _, _, arr in video_frames(video, FrameSelection(end=n))]
     decode = len(frames) / (time.perf_counter() - t)
     p = MultiPredictor(run)
     p.find(np.stack(frames[:8]))                  # compile
@@ -131,7 +131,7 @@ def id_switches(run: Path, max_distance: float = 40.0, memory: int = 5) -> str:
     from scipy.optimize import linear_sum_assignment
 
     from kpconv.multi import MultiPredictor
-    from kpconv.predict import FrameSelection
+    from kpconv.video import FrameSelection
 
     labels = sio.load_slp(str(FLIES / "clip.slp"))
     truth = {lf.frame_idx: [(i.track.name, i.numpy() + 0.5) for i in lf.instances] for lf in labels.labeled_frames}

@@ -42,10 +42,12 @@ class Inference:
     needed only for :meth:`prepare` and :meth:`keypoints`."""
 
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
-                 batch_size: int = 16, jpeg: bool = False):
+                 batch_size: int = 16, jpeg: bool = False, heatmaps: bool = False):
         from . import model as kmodel
 
-        self.model = kmodel.inference_model(model, calibration)
+        # heatmaps=True: the model's heatmaps as they are, (B, h, w, K) (the multi-instance centroid stage finds
+        # several peaks in one heatmap, kpconv.centroid.find_peaks)
+        self.model = model if heatmaps else kmodel.inference_model(model, calibration)
         self.config = config
         self.options = image_options(config) if config is not None else None
         self.batch_size = int(batch_size)
@@ -75,7 +77,7 @@ class Inference:
 
     def __call__(self, images) -> np.ndarray:
         """``images`` (B, H, W, 3) pixels in [0, 255] (any dtype, a tensor or an array) -> (B, K, 3)
-        float32: ``x, y`` normalized to the image and the confidence."""
+        float32: ``x, y`` normalized to the image and the confidence (``heatmaps=True``: the heatmaps)."""
         x = np.asarray(images, np.float32)
         n = len(x)
         if n == 0:

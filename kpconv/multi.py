@@ -340,9 +340,7 @@ def _frame_sizes(shard_dir, split: str, info) -> List[Tuple[int, int]]:
 def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, label: str, log: Callable):
     import keras
 
-    from .train import _callbacks_module
-
-    _, NanGuard, _, TimeBudget, _, _ = _callbacks_module()
+    from .callbacks import NanGuard, TimeBudget, epoch_cosine
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss, jit_compile=True)
     lr0 = options.learning_rate
     nan = NanGuard()
@@ -351,10 +349,7 @@ def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, 
         cbs.append(TimeBudget(seconds, time.monotonic(), lr0, lr0 * options.min_learning_rate_factor))
         epochs = 10 ** 6
     else:
-        from .train import _epoch_cosine
-
-        cbs.append(keras.callbacks.LearningRateScheduler(
-            _epoch_cosine(lr0, lr0 * options.min_learning_rate_factor, 0, epochs)))
+        cbs.append(epoch_cosine(lr0, lr0 * options.min_learning_rate_factor, 0, epochs))
     hist = model.fit(ds, epochs=epochs, steps_per_epoch=options.steps_per_epoch or STEPS_PER_EPOCH, callbacks=cbs,
                      verbose=options.verbose, shuffle=False)
     if nan.where is not None:
@@ -369,12 +364,13 @@ def calibrate_instance(model, ds, batches: int = 10, threshold: float = CALIBRAT
     """The instance stage's confidence calibration (as ``kpconv train`` calibrates single-instance runs): on
     ``batches`` batches of unaugmented training crops, P(keypoint labelled and within ``threshold`` x the
     instance's size, the longer side of its labelled keypoints' box) as a logistic function of the heatmap peak."""
-    from . import metrics, model as kmodel
+    from . import metrics
+    from .inference import Inference
 
-    infer = kmodel.inference_model(model)
+    infer = Inference(model, batch_size=16)
     conf, correct = [], []
     for images, target in ds.take(batches):
-        out = np.asarray(infer(images, training=False))
+        out = infer(images)
         t = np.asarray(target)
         m = t[..., 2] > 0
         err = np.hypot(out[..., 0] - t[..., 0], out[..., 1] - t[..., 1])
@@ -399,7 +395,8 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
 
     from . import losses, model as kmodel
     from .dataset_info import DatasetInfo, dataset_sha256, verify_shards
-    from .train import CONFIG_FILE, TrainOptions, _save_model, _versions, _write_json, resolve_recipe
+    from .run import CONFIG_FILE, save_model, write_json
+    from .train import TrainOptions, _versions, resolve_recipe
 
     started = time.monotonic()
     run, shard_dir = Path(run_dir), Path(shard_dir)
@@ -480,7 +477,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
                                 anchor)
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
                                       c_seconds, epochs, "centroid", log)
-        _save_model(c_model, run / CENTROID_FILE)
+        save_model(c_model, run / CENTROID_FILE)
         # (the calibration and saving after the instance stage are kept inside the budget)
         i_seconds = max(1.0, total - (time.monotonic() - started) - min(30.0, 0.05 * total)) if total else None
         i_model = kmodel.build_model(i_cfg, None)
@@ -488,14 +485,14 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
                                 options.seed, _augment(options, True), info.flip_permutation(), anchor)
         i_epochs, i_loss = _fit_stage(i_model, losses.HeatmapLoss(stride, options.sigma), i_ds, options, i_seconds,
                                       epochs, "instance", log)
-        _save_model(i_model, run / INSTANCE_FILE)
+        save_model(i_model, run / INSTANCE_FILE)
         plain = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, 16, options.seed,
                                  None, None, anchor)
         config["calibration"] = calibrate_instance(i_model, plain)
         config["stages"][0].update(epochs=c_epochs, final_loss=c_loss)
         config["stages"][1].update(epochs=i_epochs, final_loss=i_loss)
         config["train_seconds"] = round(time.monotonic() - started, 1)
-        _write_json(run / CONFIG_FILE, config)
+        write_json(run / CONFIG_FILE, config)
     except BaseException:
         for name in (CENTROID_FILE, INSTANCE_FILE, CONFIG_FILE):
             (run / name).unlink(missing_ok=True)
@@ -525,11 +522,12 @@ class MultiPredictor:
     ``peak_threshold`` the centroid peaks; ``score`` one of :data:`SCORES`."""
 
     def __init__(self, run_dir, max_instances: Optional[int] = None, min_score: float = 0.0,
-                 peak_threshold: Optional[float] = None, score: Optional[str] = None):
+                 peak_threshold: Optional[float] = None, score: Optional[str] = None, batch_size: int = 8):
         import tensorflow as tf
 
         from . import model as kmodel
-        from .train import CONFIG_FILE
+        from .inference import Inference
+        from .run import CONFIG_FILE
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / CONFIG_FILE).is_file():
@@ -552,37 +550,40 @@ class MultiPredictor:
         for st in (self.cstage, self.istage):
             if not (self.run_dir / st["model"]).is_file():
                 raise TrainError(f"{self.run_dir / st['model']}: missing (the {st['name']} stage's model)")
-        cmodel = kmodel.load_model(self.run_dir / self.cstage["model"])
-        imodel = kmodel.inference_model(kmodel.load_model(self.run_dir / self.istage["model"]),
-                                        (self.config.get("calibration") or {}).get("params"))
+        # both stages run through kpconv.inference.Inference (one compiled function per input size); the
+        # resizing and the crops around each instance are this chain's preprocessing, one graph each
+        self.centroid = Inference(kmodel.load_model(self.run_dir / self.cstage["model"]), heatmaps=True,
+                                  batch_size=batch_size)
+        self.instance = Inference(kmodel.load_model(self.run_dir / self.istage["model"]),
+                                  (self.config.get("calibration") or {}).get("params"), batch_size=4 * batch_size)
         crop, region = int(self.istage["crop"]), float(self.istage["crop"]) / float(self.istage["scale"])
         self.crop, self.region = crop, region
+        scale = float(self.cstage["scale"])
 
         @tf.function(reduce_retracing=True)
-        def centroid_fn(frames):
-            return cmodel(resize_frames(frames, float(self.cstage["scale"])), training=False)
+        def resize(frames):
+            return resize_frames(frames, scale)
 
         @tf.function(reduce_retracing=True)
-        def instance_fn(frames, centres, index):
-            size = tf.cast(tf.shape(frames)[1:3][::-1], tf.float32)
+        def crops(frames, centres, index):
+            size = tf.cast(tf.shape(frames)[2:0:-1], tf.float32)
             m = tf.shape(centres)[0]
             boxes = crop_boxes_tf(centres, [region, region], (crop, crop), tf.tile(size[None], (m, 1)))
-            crops = tf.image.crop_and_resize(tf.cast(frames, tf.float32), boxes, index, (crop, crop))
-            return imodel(tf.clip_by_value(tf.round(crops), 0.0, 255.0), training=False)
+            out = tf.image.crop_and_resize(tf.cast(frames, tf.float32), boxes, index, (crop, crop))
+            return tf.clip_by_value(tf.round(out), 0.0, 255.0)
 
-        self._centroid_fn, self._instance_fn = centroid_fn, instance_fn
+        self._resize, self._crops = resize, crops
 
-    # the model calls: the only places the two stages run
     def centroid_heatmaps(self, frames: np.ndarray) -> np.ndarray:
         """``frames`` uint8 (B, H, W, 3) of one size -> the centroid heatmaps (B, h, w) at the stage's scale."""
-        return np.asarray(self._centroid_fn(frames))[..., 0]
+        return self.centroid(self._resize(frames))[..., 0]
 
     def poses(self, frames: np.ndarray, centres: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Keypoints (M, K, 3) (x, y original px, confidence) of the instances centred on ``centres`` (M, 2) px
         of ``frames[index]``, one batch across instances and frames."""
         if len(centres) == 0:
             return np.zeros((0, len(self.names), 3), np.float32)
-        out = np.array(self._instance_fn(frames, np.asarray(centres, np.float32), np.asarray(index, np.int32)))
+        out = np.array(self.instance(self._crops(frames, np.asarray(centres, np.float32), np.asarray(index, np.int32))))
         origin = np.asarray(centres, np.float32)[:, None, :] - self.region / 2.0
         out[..., :2] = origin + out[..., :2] * self.region
         return out
@@ -630,10 +631,11 @@ class MultiPredictor:
         in input order (``instance`` 0, 1, ... by decreasing score). The interface of
         :meth:`kpconv.predict.Predictor.predict`; ``bbox``: one box for every input (its centre is the one
         instance), ``boxes`` per image or frame (skip the centroid stage)."""
+        from . import video
         from .images import SourceImage, to_rgb
-        from .predict import (Failure, FrameSelection, Prediction, common_root, expand_inputs, is_video, video_frames,
-                              video_info)
+        from .predict import Failure, Prediction, common_root, expand_inputs
         from .progress import progress
+        from .video import FrameSelection, is_video
 
         frames = frames or FrameSelection()
         paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
@@ -668,12 +670,12 @@ class MultiPredictor:
 
         def items(path):
             if is_video(path):
-                fps, count, _ = video_info(path)
-                decoded = progress(video_frames(path, frames), total=frames.expected(count, fps),
+                fps, count, _ = video.info(path)
+                decoded = progress(video.frames(path, frames), total=frames.expected(count, fps),
                                    desc=Path(path).name, unit="frame")
-                for index, t, im in decoded:
-                    yield dict(file=path, array=np.asarray(im.convert("RGB")), frame=index, time=round(t, 6),
-                               pixels=im if keep_frames else None, boxes=given_boxes(path, index))
+                for index, t, arr in decoded:
+                    yield dict(file=path, array=arr, frame=index, time=round(t, 6),
+                               pixels=arr if keep_frames else None, boxes=given_boxes(path, index))
             else:
                 im, _ = SourceImage(path).load()
                 yield dict(file=path, array=np.asarray(to_rgb(im)), frame=None, time=None, pixels=None,
