@@ -560,11 +560,14 @@ class MultiPredictor:
         self.crop, self.region = crop, region
         scale = float(self.cstage["scale"])
 
-        @tf.function(reduce_retracing=True)
+        frames_spec = tf.TensorSpec((None, None, None, 3), tf.uint8)
+
+        @tf.function(input_signature=[frames_spec])      # (one trace for every frame size and count)
         def resize(frames):
             return resize_frames(frames, scale)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=[frames_spec, tf.TensorSpec((None, 2), tf.float32),
+                                      tf.TensorSpec((None,), tf.int32)])
         def crops(frames, centres, index):
             size = tf.cast(tf.shape(frames)[2:0:-1], tf.float32)
             m = tf.shape(centres)[0]
@@ -576,14 +579,15 @@ class MultiPredictor:
 
     def centroid_heatmaps(self, frames: np.ndarray) -> np.ndarray:
         """``frames`` uint8 (B, H, W, 3) of one size -> the centroid heatmaps (B, h, w) at the stage's scale."""
-        return self.centroid(self._resize(frames))[..., 0]
+        return self.centroid(self._resize(np.asarray(frames, np.uint8)))[..., 0]
 
     def poses(self, frames: np.ndarray, centres: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Keypoints (M, K, 3) (x, y original px, confidence) of the instances centred on ``centres`` (M, 2) px
         of ``frames[index]``, one batch across instances and frames."""
         if len(centres) == 0:
             return np.zeros((0, len(self.names), 3), np.float32)
-        out = np.array(self.instance(self._crops(frames, np.asarray(centres, np.float32), np.asarray(index, np.int32))))
+        out = np.array(self.instance(self._crops(np.asarray(frames, np.uint8), np.asarray(centres, np.float32),
+                                                 np.asarray(index, np.int32))))
         origin = np.asarray(centres, np.float32)[:, None, :] - self.region / 2.0
         out[..., :2] = origin + out[..., :2] * self.region
         return out
