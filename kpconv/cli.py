@@ -574,8 +574,8 @@ def _bbox(ctx, param, value):
               help="Multi-instance runs: at most N instances per image or frame (default: the most seen in "
                    "training).")
 @click.option("--min-score", type=_FloatRange(0, 1), default=0.0, show_default=True,
-              help="Multi-instance runs: leave out instances scored below this (score: centroid peak x mean "
-                   "keypoint confidence).")
+              help="Multi-instance runs: leave out instances scored below this (score: the mean keypoint "
+                   "confidence, docs/multi-instance.md).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
             start, end, batch_size, report_path, max_instances, min_score):
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
