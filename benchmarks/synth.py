@@ -55,9 +55,13 @@ def _colour(name):
 
 
 def make_coco(out_dir, n_images, size=(640, 480), instances_per_image=1, seed=0, ext="jpg",
-              quality=90, draw=True, split_name="annotations"):
+              quality=90, draw=True, split_name="annotations", figures=None):
     """Write a synthetic COCO keypoints dataset; returns the annotation file path.
-    ``instances_per_image``: figures on every image, or a list of one count per image."""
+
+    ``instances_per_image``: figures on every image, or a list of one count per image.
+    ``figures=(lo, hi)``: each image holds between lo and hi figures (drawn uniformly) of random sizes at
+    random places, free to overlap (the multi-instance benchmark); otherwise ``instances_per_image``
+    figures side by side, as before (the same bytes for the same arguments)."""
     out = Path(out_dir)
     counts = [instances_per_image] * n_images if isinstance(instances_per_image, int) else list(instances_per_image)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -77,15 +81,23 @@ def make_coco(out_dir, n_images, size=(640, 480), instances_per_image=1, seed=0,
                 x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
                 r = rng.uniform(5, 0.08 * w)
                 d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], outline=tuple(int(c) for c in rng.integers(60, 200, 3)), width=2)
-        for j in range(instances_per_image):
-            s = rng.uniform(0.55, 0.85) * h / max(1.0, instances_per_image ** 0.5)
-            cx = rng.uniform(0.2 * w, 0.8 * w) if instances_per_image == 1 else (j + 0.5) * w / instances_per_image
-            cy = rng.uniform(0.45 * h, 0.55 * h)
+        count = instances_per_image if figures is None else int(rng.integers(figures[0], figures[1] + 1))
+        for j in range(count):
+            if figures is None:
+                s = rng.uniform(0.55, 0.85) * h / max(1.0, instances_per_image ** 0.5)
+                cx = rng.uniform(0.2 * w, 0.8 * w) if instances_per_image == 1 else (j + 0.5) * w / instances_per_image
+                cy = rng.uniform(0.45 * h, 0.55 * h)
+            else:   # overlapping figures: random size and place (the centre kept 0.1 x the size inside)
+                s = rng.uniform(0.3, 0.55) * h
+                cx = rng.uniform(0.15 * w, 0.85 * w)
+                cy = rng.uniform(0.35 * h, 0.65 * h)
             pts = _pose(rng, cx, cy, s)
             kps, xs, ys = [], [], []
             for (x, y) in pts:
                 inside = 0 <= x < w and 0 <= y < h
-                kps += [round(x, 2), round(y, 2), 2] if inside else [0, 0, 0]
+                # written as COCO labels them (pixel centres at integers: the drawing's continuous
+                # coordinate - 0.5); ingest's +0.5 (the COCO reader's PIXEL_ORIGIN) gives the drawn point back
+                kps += [round(x - 0.5, 2), round(y - 0.5, 2), 2] if inside else [0, 0, 0]
                 if inside:
                     xs.append(x)
                     ys.append(y)

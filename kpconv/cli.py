@@ -428,7 +428,12 @@ def _quiet_tf(ctx: click.Context) -> None:
               help="Also export the model as 'kpconv export --format ...' does (repeatable; the SavedModel "
                    "is always written).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in RUN_DIR with its own options.")
-def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, resume, **options):
+@click.option("--multi-instance", "multi_instance", type=click.Choice(["auto", "yes", "no"]), default="auto",
+              show_default=True,
+              help="Train the multi-instance pair (a centroid model on downscaled frames and a centred-instance "
+                   "model on crops, docs/multi-instance.md). auto: when an image of the shards holds several "
+                   "instances, or the shards keep each image's size (--image-size none).")
+def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, resume, multi_instance, **options):
     """Train a keypoint model on the shards of SHARD_DIR (written by 'kpconv shard').
 
     About 100 labelled frames, no pretrained weights, a CPU (the small-data recipe: a small
@@ -444,8 +449,15 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
     """
     _quiet_tf(ctx)
     from .errors import TrainError
-    from .dataset_info import read_dataset_info
+    from .dataset_info import DatasetInfo, read_dataset_info
     from .train import TrainOptions, parse_keypoint_weights, train as run_train
+
+    ds_info = DatasetInfo.read(shard_dir)
+    multi = multi_instance == "yes" or (multi_instance == "auto" and not resume and
+                                        (ds_info.max_instances > 1 or ds_info.image_size is None))
+    if multi and resume:
+        raise click.BadParameter("multi-instance runs cannot be resumed; train again into a new RUN_DIR",
+                                 param_hint="--resume")
 
     kw = None
     if keypoint_weights:
@@ -459,6 +471,14 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
     # every other option has the name of its TrainOptions field
     options = TrainOptions(**options, keypoint_weights=kw, export=list(exports), verbose=verbose,
                            heatmap_stride=None if heatmap_stride is None else int(heatmap_stride))
+    if multi:
+        from .multi import train_multi
+
+        config = train_multi(shard_dir, run_dir, options, log=lambda m: info(ctx, m))
+        for st in config["stages"]:
+            info(ctx, f"train: {st['name']} stage: {st['epochs']} epoch(s), final loss {st['final_loss']:.5g} "
+                      f"-> {Path(run_dir) / st['model']}")
+        return
     result = run_train(shard_dir, run_dir, None if resume else options, resume=resume)
     best = "-" if result.best is None else f"{result.best:.5g}"
     info(ctx, f"train: {result.epochs_run} epoch(s)"
@@ -486,12 +506,22 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
 @click.option("--flip-test/--no-flip-test", default=None,
               help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
                    "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
-def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n, flip_test):
+@click.option("--oks-sigma", type=_FloatRange(min=0, min_open=True), metavar="SIGMA",
+              help="Multi-instance runs: one OKS sigma for every keypoint (default: COCO's per-keypoint sigmas "
+                   "for the 17 COCO person keypoints, else 0.07).")
+def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence, grid, grid_n, flip_test, oks_sigma):
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
     _quiet_tf(ctx)
     from .evaluate import evaluate
     from .metrics import format_table
+    from .multi import evaluate_multi, format_multi, run_is_multi
+
+    if run_is_multi(run_dir):
+        result = evaluate_multi(run_dir, shard_dir, split=split, oks_sigma=oks_sigma, json_path=json_path)
+        if json_path != "-":
+            click.echo(format_multi(result))
+        return
 
     result = evaluate(run_dir, shard_dir, split=split, batch_size=batch_size, json_path=json_path,
                       min_confidence=min_confidence, grid=grid, grid_n=grid_n, flip_test=flip_test)
@@ -568,8 +598,15 @@ def _bbox(ctx, param, value):
 @click.option("--flip-test/--no-flip-test", default=None,
               help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
                    "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
+@click.option("--max-instances", type=click.IntRange(min=1), metavar="N",
+              help="Multi-instance runs: at most N instances per image or frame (default: the most seen in "
+                   "training).")
+@click.option("--min-score", type=_FloatRange(0, 1), default=0.0, show_default=True,
+              help="Multi-instance runs: leave out instances scored below this (score: the mean keypoint "
+                   "confidence, docs/multi-instance.md).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
-            start, end, batch_size, report_path, track, track_distance, track_memory, max_tracks, flip_test):
+            start, end, batch_size, report_path, track, track_distance, track_memory, max_tracks, flip_test,
+            max_instances, min_score):
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
@@ -608,9 +645,13 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     from .predict import Boxes, Predictor, TrackOptions
     from .predict import run_predict
 
+    from .multi import MultiPredictor, run_is_multi
+
     boxes = Boxes.read(boxes_path) if boxes_path else None
-    predictor = Predictor(run_dir, flip_test=flip_test)
-    if boxes is not None and not predictor.crops_to_box:
+    multi = run_is_multi(run_dir)
+    predictor = MultiPredictor(run_dir, max_instances=max_instances, min_score=min_score, flip_test=flip_test) \
+        if multi else Predictor(run_dir, flip_test=flip_test)
+    if boxes is not None and not multi and not predictor.crops_to_box:
         raise click.BadParameter("this run was trained on whole images (its shards have --crop none): boxes "
                                  "would not change its input", param_hint="--boxes")
     result = run_predict(predictor, paths, output=output, fmt=fmt, bbox=bbox, boxes=boxes,

@@ -68,7 +68,9 @@ class DatasetInfo:
             raise DatasetInfoError(f"{e.message} (schemas/{SCHEMA_FILE})", Location(str(path), field=where))
         if raw["spec_version"] != SPEC_VERSION:
             raise DatasetInfoError(f"record spec version {raw['spec_version']}, this kpconv reads version "
-                                   f"{SPEC_VERSION}", Location(str(path), field="spec_version"))
+                                   f"{SPEC_VERSION}: write the shards again from the manifest (kpconv shard "
+                                   f"MANIFEST -o NEW_DIR, with the options of before)",
+                                   Location(str(path), field="spec_version"))
         _check_consistent(raw, str(path))
         return cls(Path(path), raw)
 
@@ -118,6 +120,11 @@ class DatasetInfo:
     @property
     def image_height(self) -> Optional[int]:
         return self.image_size[1] if self.image_size else None
+
+    @property
+    def max_instances(self) -> int:
+        """The most instances one image of the shards holds (1 for single-instance data)."""
+        return int((self.raw.get("instances") or {}).get("max_per_image", 1))
 
     @property
     def compression(self) -> Optional[str]:

@@ -73,12 +73,15 @@ class Inference:
     (:func:`flip_permutation`; a list: the permutation itself)."""
 
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
-                 batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None):
+                 batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None,
+                 heatmaps: bool = False):
         from . import model as kmodel
 
         self.flip_permutation = (list(flip_test) if isinstance(flip_test, (list, tuple))
                                  else flip_permutation(config, flip_test))
-        self.model = kmodel.inference_model(model, calibration, self.flip_permutation)
+        # heatmaps=True: the model's heatmaps as they are, (B, h, w, K) (the multi-instance centroid stage finds
+        # several peaks in one heatmap, kpconv.centroid.find_peaks); no flip test there
+        self.model = model if heatmaps else kmodel.inference_model(model, calibration, self.flip_permutation)
         self.config = config
         self.options = image_options(config) if config is not None else None
         self.batch_size = int(batch_size)
@@ -109,7 +112,7 @@ class Inference:
 
     def __call__(self, images) -> np.ndarray:
         """``images`` (B, H, W, 3) pixels in [0, 255] (any dtype, a tensor or an array) -> (B, K, 3)
-        float32: ``x, y`` normalized to the image and the confidence."""
+        float32: ``x, y`` normalized to the image and the confidence (``heatmaps=True``: the heatmaps)."""
         x = np.asarray(images, np.float32)
         n = len(x)
         if n == 0:

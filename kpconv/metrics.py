@@ -186,3 +186,120 @@ def format_table(result: Dict, thresholds=PCK_THRESHOLDS) -> str:
             lines.append("-" * len(lines[0]))
         lines.append(f"{r[0]:<{width}}" + "".join(fmt(v, c) for v, c in zip(r[1:], cols)))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ multi-instance (OKS)
+# COCO's per-keypoint OKS sigmas (pycocotools' COCOeval defaults), by COCO person keypoint name
+COCO_SIGMAS = {"nose": .026, "left_eye": .025, "right_eye": .025, "left_ear": .035, "right_ear": .035,
+               "left_shoulder": .079, "right_shoulder": .079, "left_elbow": .072, "right_elbow": .072,
+               "left_wrist": .062, "right_wrist": .062, "left_hip": .107, "right_hip": .107,
+               "left_knee": .087, "right_knee": .087, "left_ankle": .089, "right_ankle": .089}
+# Keypoints that are not COCO's: one sigma for all, the mean of COCO's (about 0.07; SLEAP and DeepLabCut
+# also score animals with one uniform sigma). ``kpconv eval --oks-sigma`` sets another.
+DEFAULT_OKS_SIGMA = 0.07
+OKS_MATCH = 0.5         # an instance is found when a prediction matches it with OKS >= this
+
+
+def oks_sigmas(names: Sequence[str], sigma: Optional[float] = None) -> np.ndarray:
+    """Per-keypoint OKS sigmas: ``sigma`` for all when given; COCO's when every name is a COCO person
+    keypoint name; else :data:`DEFAULT_OKS_SIGMA` for all."""
+    if sigma is not None:
+        return np.full(len(names), float(sigma))
+    if names and all(n in COCO_SIGMAS for n in names):
+        return np.asarray([COCO_SIGMAS[n] for n in names])
+    return np.full(len(names), DEFAULT_OKS_SIGMA)
+
+
+def multi_instance_summary(truth: Dict[object, List[dict]], predictions: Dict[object, List[dict]],
+                           sigmas: Sequence[float], names: Optional[Sequence[str]] = None,
+                           match_oks: float = OKS_MATCH) -> Dict:
+    """OKS-based AP/AR (pycocotools' ``COCOeval``, iouType ``keypoints``), instance recall and precision and
+    the pixel error of matched instances, for images keyed alike in ``truth`` and ``predictions``.
+
+    ``truth[image]``: ``{"keypoints": (K, 3) x, y px and visibility, "bbox": [x, y, w, h] px}`` per labelled
+    instance (its area, for OKS, is the box's); ``predictions[image]``: ``{"keypoints": (K, 3) x, y px and
+    confidence, "score": float}``. Matching (recall, precision, errors): per image, the assignment of
+    predictions to labelled instances that maximizes the total OKS (:func:`scipy.optimize.linear_sum_assignment`
+    on COCOeval's OKS matrix), pairs with OKS >= ``match_oks`` kept."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from scipy.optimize import linear_sum_assignment
+
+    sigmas = np.asarray(sigmas, np.float64)
+    k = len(sigmas)
+    keys = sorted(set(truth) | set(predictions), key=str)
+    ids = {key: i + 1 for i, key in enumerate(keys)}
+    gt_anns, dt_anns = [], []
+    for key in keys:
+        for t in truth.get(key, []):
+            kp = np.asarray(t["keypoints"], np.float64).reshape(k, 3)
+            v = np.where(kp[:, 2] > 0, 2, 0)
+            flat = np.stack([np.where(v > 0, kp[:, 0], 0), np.where(v > 0, kp[:, 1], 0), v], -1).reshape(-1)
+            x, y, w, h = (float(b) for b in t["bbox"])
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": ids[key], "category_id": 1, "iscrowd": 0,
+                            "keypoints": flat.tolist(), "num_keypoints": int((v > 0).sum()), "bbox": [x, y, w, h],
+                            "area": max(w * h, 1.0)})
+        for p in predictions.get(key, []):
+            kp = np.asarray(p["keypoints"], np.float64).reshape(k, 3)
+            dt_anns.append({"image_id": ids[key], "category_id": 1, "score": float(p["score"]),
+                            "keypoints": np.stack([kp[:, 0], kp[:, 1], np.ones(k)], -1).reshape(-1).tolist()})
+    n_gt = sum(a["num_keypoints"] > 0 for a in gt_anns)
+    out: Dict = {"images": len(keys), "instances": n_gt, "predictions": len(dt_anns),
+                 "oks_sigmas": [round(float(s), 4) for s in sigmas], "match_oks": match_oks}
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        gt = COCO()
+        gt.dataset = {"images": [{"id": i} for i in ids.values()], "annotations": gt_anns,
+                      "categories": [{"id": 1, "name": "instance"}]}
+        gt.createIndex()
+        stats = [float("nan")] * 10
+        ious = {}
+        if dt_anns and n_gt:
+            dt = gt.loadRes(dt_anns)
+            ev = COCOeval(gt, dt, "keypoints")
+            ev.params.kpt_oks_sigmas = sigmas
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            stats = [float(s) for s in ev.stats]
+            ious = ev.ious
+    labels = ["mAP", "AP@0.5", "AP@0.75", "AP_medium", "AP_large", "mAR", "AR@0.5", "AR@0.75", "AR_medium",
+              "AR_large"]
+    out.update({name: (None if not np.isfinite(v) or v < 0 else round(v, 4)) for name, v in zip(labels, stats)})
+    matched_gt = matched_dt = 0
+    errs, masks = [], []
+    for key in keys:
+        gts = [a for a in gt.imgToAnns.get(ids[key], []) if a["num_keypoints"] > 0]
+        preds = sorted(predictions.get(key, []), key=lambda p: -float(p["score"]))
+        m = ious.get((ids[key], 1))
+        if not gts or not preds or m is None or len(m) == 0:
+            continue
+        m = np.asarray(m)       # (detections by decreasing score, all ground truths of the image)
+        all_gts = gt.imgToAnns[ids[key]]
+        cols = [all_gts.index(a) for a in gts]
+        m = m[:, cols]
+        rows, cs = linear_sum_assignment(-m)
+        for r, c in zip(rows, cs):
+            if m[r, c] >= match_oks:
+                matched_dt += 1
+                matched_gt += 1
+                tk = np.asarray(gts[c]["keypoints"], np.float64).reshape(k, 3)
+                pk = np.asarray(preds[r]["keypoints"], np.float64).reshape(k, 3)
+                errs.append(np.hypot(pk[:, 0] - tk[:, 0], pk[:, 1] - tk[:, 1]))
+                masks.append(tk[:, 2] > 0)
+    out["recall"] = round(matched_gt / n_gt, 4) if n_gt else None
+    out["precision"] = round(matched_dt / len(dt_anns), 4) if dt_anns else None
+    out["matched"] = matched_gt
+    if errs:
+        e, mk = np.asarray(errs), np.asarray(masks)
+        out["mean_error_px"] = round(float(e[mk].mean()), 3) if mk.any() else None
+        out["median_error_px"] = round(float(np.median(e[mk])), 3) if mk.any() else None
+        out["per_keypoint"] = {(names[i] if names else str(i)): (round(float(e[mk[:, i], i].mean()), 3)
+                                                                  if mk[:, i].any() else None) for i in range(k)}
+    else:
+        out["mean_error_px"] = out["median_error_px"] = None
+        out["per_keypoint"] = {}
+    return out

@@ -1,5 +1,6 @@
 """The TFRecord record spec (version ``SPEC_VERSION``): one ``tf.train.Example`` per instance, with the features
-of :data:`FEATURES`, from which the encoder (:func:`to_example`), the decoders (:func:`decode_record`,
+of :data:`FEATURES` (version 2 added ``image/instances/*`` and ``instance/index``: every record also knows the
+centre, box and keypoints of every instance of its source image, what the multi-instance centroid stage trains on), from which the encoder (:func:`to_example`), the decoders (:func:`decode_record`,
 :func:`feature_description` for ``tf.io``) and ``schemas/record-spec.json`` (:func:`spec_json`) derive.
 Records are serialized with ``SerializeToString(deterministic=True)`` (the bytes TensorFlow writes); nothing
 here imports TensorFlow at module import time."""
@@ -7,9 +8,10 @@ from __future__ import annotations
 
 import json
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
-# name -> (dtype, shape, meaning); shape "K" means one value per keypoint.
+# name -> (dtype, shape, meaning); shape "K" means one value per keypoint, "N" one per instance of the source image
+# (variable length: N >= 1, stored flat, instance after instance).
 FEATURES = {
     "image/encoded": ("bytes", (), "encoded image bytes (JPEG or PNG)"),
     "image/format": ("bytes", (), "'jpeg' or 'png'"),
@@ -21,11 +23,21 @@ FEATURES = {
     "instance/id": ("bytes", (), "instance id, unique within the source image"),
     "instance/bbox": ("float", (4,), "[x, y, w, h] of the instance, normalized to the stored image, clipped to "
                                      "the image content"),
+    "instance/index": ("int64", (), "position of this record's instance in image/instances/* (manifest order)"),
+    "image/instances/center": ("float", ("N", 2), "[x, y] centre of every instance of the source image (this one "
+                                                  "included), normalized to the stored image: the middle of the box "
+                                                  "of its labelled keypoints (of its box without any); may lie "
+                                                  "outside [0, 1] in a crop"),
+    "image/instances/bbox": ("float", ("N", 4), "[x, y, w, h] of every instance of the source image, normalized to "
+                                                "the stored image (not clipped)"),
     "keypoints/x": ("float", ("K",), "keypoint x, normalized to the stored image width"),
     "keypoints/y": ("float", ("K",), "keypoint y, normalized to the stored image height"),
     "keypoints/visibility": ("int64", ("K",), "0 not labelled / outside, 1 occluded, 2 visible"),
     "transform/stored_to_original": ("float", (6,), "[a, b, c, d, e, f]: stored pixel coordinates -> original "
                                                     "pixel coordinates"),
+    "image/instances/keypoints": ("float", ("N", "K", 3), "[x, y, v] of every keypoint of every instance of the "
+                                                          "source image, as keypoints/* (normalized to the stored "
+                                                          "image, 0, 0, 0 when not labelled or outside)"),
 }
 
 CONVENTIONS = {
@@ -45,7 +57,8 @@ def spec_json() -> str:
     """The text of ``schemas/record-spec.json``, generated from :data:`FEATURES`."""
     spec = {
         "$comment": "Generated from kpconv/records.py (FEATURES) by kpconv.records.spec_json(): do not edit. "
-                    "Each record is one tf.train.Example for one instance. Keypoint names, skeleton and flip "
+                    "Each record is one tf.train.Example for one instance; "
+                    "shape N: one entry per instance of the source image, stored flat. Keypoint names, skeleton and flip "
                     "pairs are in dataset_info.json, not in the records.",
         "name": "kpconv-record",
         "spec_version": SPEC_VERSION,
@@ -57,20 +70,33 @@ def spec_json() -> str:
 
 
 def feature_description(num_keypoints: int) -> dict:
-    """``{name: tf.io.FixedLenFeature}`` for ``tf.io.parse_single_example`` / ``parse_example``."""
+    """``{name: tf.io.FixedLenFeature}`` for ``tf.io.parse_single_example`` / ``parse_example``; the per-instance
+    features (shape ``("N", ...)``) are ``tf.io.VarLenFeature`` (flat ``SparseTensor``)."""
     import tensorflow as tf
 
     dtypes = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
-    return {name: tf.io.FixedLenFeature(_shape(shape, num_keypoints), dtypes[dtype])
+    return {name: tf.io.VarLenFeature(dtypes[dtype]) if _per_instance(shape) else
+            tf.io.FixedLenFeature(_shape(shape, num_keypoints), dtypes[dtype])
             for name, (dtype, shape, _) in FEATURES.items()}
 
 
 def to_example(*, image: bytes, image_format: str, height: int, width: int, source_path: str,
-               original_height: int, original_width: int, instance_id: str, bbox, keypoints, transform) -> bytes:
+               original_height: int, original_width: int, instance_id: str, bbox, keypoints, transform,
+               instance_index: int = 0, centers=None, boxes=None, instance_keypoints=None) -> bytes:
     """One serialized record (deterministic ``tf.train.Example`` bytes). ``keypoints`` is K x (x, y, v)
-    normalized to the stored image; ``bbox`` and ``transform`` as in :data:`FEATURES`."""
+    normalized to the stored image; ``bbox`` and ``transform`` as in :data:`FEATURES`; ``centers`` (N x 2) and
+    ``boxes`` (N x 4) the image's instances (default: this one alone, its box's centre), ``instance_keypoints``
+    (N x K x 3) their keypoints (default: this record's), ``instance_index`` this record's position among them."""
     from .proto import Example
 
+    if boxes is None:
+        boxes = [list(bbox)]
+        centers = [[bbox[0] + bbox[2] / 2.0, bbox[1] + bbox[3] / 2.0]]
+    if instance_keypoints is None:
+        instance_keypoints = [keypoints] * len(boxes)
+    if len(centers) != len(boxes) or len(instance_keypoints) != len(boxes) or not 0 <= instance_index < len(boxes):
+        raise ValueError(f"instance_index {instance_index}: expected one of {len(boxes)} instance(s) "
+                         f"({len(centers)} centre(s), {len(instance_keypoints)} keypoint set(s))")
     values = {
         "image/encoded": [image],
         "image/format": [image_format.encode()],
@@ -81,6 +107,10 @@ def to_example(*, image: bytes, image_format: str, height: int, width: int, sour
         "image/original_width": [original_width],
         "instance/id": [instance_id.encode("utf-8")],
         "instance/bbox": bbox,
+        "instance/index": [instance_index],
+        "image/instances/center": [float(v) for c in centers for v in c],
+        "image/instances/bbox": [float(v) for b in boxes for v in b],
+        "image/instances/keypoints": [float(v) for kps in instance_keypoints for p in kps for v in p],
         "keypoints/x": [p[0] for p in keypoints],
         "keypoints/y": [p[1] for p in keypoints],
         "keypoints/visibility": [int(p[2]) for p in keypoints],
@@ -112,6 +142,15 @@ def decode_record(data: bytes, num_keypoints: int) -> dict:
         if kind != _LISTS[dtype]:
             raise ValueError(f"feature {name!r}: expected {dtype}, got {kind and kind[:-5]}")
         values = list(getattr(feature[name], kind).value)
+        if _per_instance(shape):
+            each = 1
+            for d in _shape(shape[1:], num_keypoints):
+                each *= d
+            if not values or len(values) % each:
+                raise ValueError(f"feature {name!r}: expected a positive multiple of {each} values, got "
+                                 f"{len(values)}")
+            out[name] = values
+            continue
         n = 1 if shape == () else _shape(shape, num_keypoints)[0]
         if len(values) != n:
             raise ValueError(f"feature {name!r}: expected {n} value(s), got {len(values)}")
@@ -120,7 +159,21 @@ def decode_record(data: bytes, num_keypoints: int) -> dict:
             out[name] = value.decode("utf-8") if dtype == "bytes" and name != "image/encoded" else value
         else:
             out[name] = values
+    n = len(out["image/instances/center"]) // 2
+    if len(out["image/instances/bbox"]) != 4 * n:
+        raise ValueError(f"feature 'image/instances/bbox': expected {4 * n} values (4 per centre), got "
+                         f"{len(out['image/instances/bbox'])}")
+    if len(out["image/instances/keypoints"]) != 3 * num_keypoints * n:
+        raise ValueError(f"feature 'image/instances/keypoints': expected {3 * num_keypoints * n} values (3 per "
+                         f"keypoint, {num_keypoints} keypoints, {n} instance(s)), got "
+                         f"{len(out['image/instances/keypoints'])}")
+    if not 0 <= out["instance/index"] < n:
+        raise ValueError(f"feature 'instance/index': {out['instance/index']} is not one of the {n} instance(s)")
     return out
+
+
+def _per_instance(shape) -> bool:
+    return bool(shape) and shape[0] == "N"
 
 
 def _shape(shape, num_keypoints: int) -> tuple:

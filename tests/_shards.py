@@ -42,7 +42,9 @@ def make_example(rng, size, transform=None, bbox=None, fmt="png", original=None,
         "image/encoded": buf.getvalue(), "image/format": fmt.encode(), "image/height": h, "image/width": w,
         "image/source_path": f"img_{rng.integers(1 << 30)}.{fmt}".encode(),
         "image/original_height": oh, "image/original_width": ow, "instance/id": b"0",
-        "instance/bbox": list(bbox or [0.1, 0.1, 0.8, 0.8]),
+        "instance/bbox": list(bbox or [0.1, 0.1, 0.8, 0.8]), "instance/index": 0,
+        "image/instances/center": [0.5, 0.5], "image/instances/bbox": list(bbox or [0.1, 0.1, 0.8, 0.8]),
+        "image/instances/keypoints": [float(v) for i in range(k) for v in (xs[i], ys[i], vis[i])],
         "keypoints/x": [float(x) for x in xs], "keypoints/y": [float(y) for y in ys],
         "keypoints/visibility": [int(v) for v in vis],
         "transform/stored_to_original": list(transform or [ow / w, 0.0, 0.0, 0.0, oh / h, 0.0]),
@@ -61,7 +63,7 @@ def to_example(rec):
             feats[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
         elif isinstance(value, int):
             feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-        elif name == "keypoints/visibility":
+        elif name in ("keypoints/visibility",):
             feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=value))
         else:
             feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
@@ -89,7 +91,9 @@ def write_shards(out_dir, splits, size=(32, 32), num_shards=2, seed=0, **kw):
                                          for i, f in enumerate(files)], "records": n}
         written[split] = recs
     k = kw.get("num_keypoints") or len(NAMES)
-    info = {"spec_version": 1, "keypoints": NAMES[:k], "skeleton": [list(p) for p in SKELETON if max(p) < k],
+    from kpconv.records import SPEC_VERSION
+
+    info = {"spec_version": SPEC_VERSION, "keypoints": NAMES[:k], "skeleton": [list(p) for p in SKELETON if max(p) < k],
             "flip_pairs": [list(p) for p in FLIP_PAIRS if max(p) < k],
             "image": {"size": [size[0], size[1]], "resize": "stretch", "crop": "none", "crop_pad": None},
             "compression": "none", "splits": info_splits}

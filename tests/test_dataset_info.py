@@ -54,7 +54,7 @@ def _broken(out, tmp_path, change):
     (lambda d: d.update(keypoint_names=d.pop("keypoints")), None, "'keypoints' is a required property"),
     (lambda d: d.update(compression="zip"), "compression", "is not one of"),
     (lambda d: d.update(flip_pairs=[[0, 5]]), "flip_pairs", "refers to keypoint 5; there are 2"),
-    (lambda d: d.update(spec_version=99), "spec_version", "record spec version 99, this kpconv reads version 1"),
+    (lambda d: d.update(spec_version=99), "spec_version", "record spec version 99, this kpconv reads version 2"),
 ])
 def test_bad_files_are_located(out, tmp_path, change, field, message):
     bad = _broken(out, tmp_path, change)

@@ -24,6 +24,24 @@ def test_round_trip():
     assert r["transform/stored_to_original"] == [10, 0, 0.5, 0, 10, -1.5]
 
 
+def test_every_instance_of_the_image_round_trips():
+    r = decode_record(to_example(**FIELDS, instance_index=1, centers=[(0.1, 0.2), (0.6, 0.7)],
+                                 boxes=[(0, 0, 0.2, 0.4), (0.5, 0.5, 0.2, 0.4)],
+                                 instance_keypoints=[[(0.1, 0.2, 2), (0, 0, 0)], FIELDS["keypoints"]]), 2)
+    assert r["image/instances/keypoints"] == pytest.approx([0.1, 0.2, 2, 0, 0, 0, 0.5, 0.25, 2, 0, 0, 0])
+    assert r["instance/index"] == 1
+    assert r["image/instances/center"] == pytest.approx([0.1, 0.2, 0.6, 0.7])
+    assert r["image/instances/bbox"] == pytest.approx([0, 0, 0.2, 0.4, 0.5, 0.5, 0.2, 0.4])
+    with pytest.raises(ValueError, match="instance_index 2: expected one of 2"):
+        to_example(**FIELDS, instance_index=2, centers=[(0, 0)] * 2, boxes=[(0, 0, 1, 1)] * 2)
+    from kpconv.proto import Example
+
+    ex = Example.FromString(to_example(**FIELDS))
+    ex.features.feature["image/instances/bbox"].float_list.value.append(1.0)
+    with pytest.raises(ValueError, match="'image/instances/bbox': expected a positive multiple of 4"):
+        decode_record(ex.SerializeToString(), 2)
+
+
 def test_records_that_do_not_follow_the_spec_are_named():
     data = to_example(**FIELDS)
     with pytest.raises(ValueError, match="feature 'keypoints/x': expected 3 value"):
@@ -68,7 +86,9 @@ def test_bytes_and_messages_identical_to_tensorflow():
               "image/width": [3], "image/source_path": ["a/é.jpg".encode()], "image/original_height": [20],
               "image/original_width": [30], "instance/id": [b"7"], "instance/bbox": FIELDS["bbox"],
               "keypoints/x": [0.5, 0.0], "keypoints/y": [0.25, 0.0], "keypoints/visibility": [2, 0],
-              "transform/stored_to_original": FIELDS["transform"]}
+              "transform/stored_to_original": FIELDS["transform"], "instance/index": [0],
+              "image/instances/center": [0.25, 0.4000000059604645], "image/instances/bbox": FIELDS["bbox"],
+              "image/instances/keypoints": [0.5, 0.25, 2, 0.0, 0.0, 0]}
     ex = tf.train.Example()
     for name, (dtype, _, _) in reversed(FEATURES.items()):   # inserted in reverse: the order must not matter
         lst = getattr(ex.features.feature[name], f"{dtype}_list")
@@ -76,3 +96,4 @@ def test_bytes_and_messages_identical_to_tensorflow():
     assert to_example(**FIELDS) == ex.SerializeToString(deterministic=True)
     parsed = tf.io.parse_single_example(to_example(**FIELDS), feature_description(2))
     assert parsed["keypoints/visibility"].numpy().tolist() == [2, 0]
+    assert tf.sparse.to_dense(parsed["image/instances/center"]).numpy().tolist() == pytest.approx([0.25, 0.4])

@@ -104,6 +104,39 @@ def test_records_follow_the_manifest(synth, tmp_path):
     assert seen == set(by_key)
 
 
+@pytest.mark.parametrize("crop", ["none", "bbox"])
+def test_records_know_every_instance_of_their_image(synth, tmp_path, crop):
+    """Record spec 2: image/instances/* hold the centre and box of each instance of the source image (in
+    manifest order), instance/index the record's own; dataset_info.json says the most per image."""
+    from kpconv.shard.writer import instance_center
+
+    assert run("shard", synth, "-o", tmp_path / "out", "--image-size", "none", "--crop", crop).exit_code == 0
+    header, recs = read_manifest(str(synth))
+    by_image = {}
+    for m in recs:
+        by_image.setdefault(m.image, []).append(m)
+    assert json.loads((tmp_path / "out" / "dataset_info.json").read_text())["instances"] == {"max_per_image": 2}
+    for split, _, r in records(tmp_path / "out"):
+        sibs = by_image[r["image/source_path"]]
+        assert len(r["image/instances/center"]) == 2 * len(sibs) and len(r["image/instances/bbox"]) == 4 * len(sibs)
+        assert sibs[r["instance/index"]].instance == r["instance/id"]
+        k = len(r["keypoints/x"])
+        own = r["image/instances/keypoints"][3 * k * r["instance/index"]:3 * k * (r["instance/index"] + 1)]
+        assert own == pytest.approx([v for p in zip(r["keypoints/x"], r["keypoints/y"], r["keypoints/visibility"])
+                                     for v in p])
+        a, _, c, _, e, f = r["transform/stored_to_original"]
+        w, h = r["image/width"], r["image/height"]
+        for i, m in enumerate(sibs):
+            cx, cy = instance_center(m)
+            x, y = r["image/instances/center"][2 * i:2 * i + 2]
+            assert a * x * w + c == pytest.approx(cx * m.width, abs=1e-3)
+            assert e * y * h + f == pytest.approx(cy * m.height, abs=1e-3)
+            bx, by, bw, bh = r["image/instances/bbox"][4 * i:4 * i + 4]
+            assert a * bw * w == pytest.approx(m.bbox[2] * m.width, abs=1e-3)
+            assert a * bx * w + c == pytest.approx(m.bbox[0] * m.width, abs=1e-3)
+
+
+
 def test_splits_keep_images_and_groups_together(tmp_path):
     """All instances of one image, and all images of one group, land in the same split."""
     img = tmp_path / "imgs"

@@ -47,6 +47,9 @@ class ShardTask:
     name: str
     offsets: List[int]          # the lines of its records, in order
     fingerprint: str
+    # per record, the lines of every record of its source image (itself included), in manifest order: the
+    # writer stores their centres and boxes in each record (image/instances/*, record spec 2)
+    siblings: List[List[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,7 +89,8 @@ def line_digest(line: bytes) -> bytes:
 
 
 def fingerprint(options: ShardOptions, digests: Iterable[bytes]) -> str:
-    """What a shard's bytes depend on: the options that change records and the lines of its records."""
+    """What a shard's bytes depend on: the options that change records and the lines of its records (for
+    each record, its own line's digest and then those of its image's records, :func:`record_digests`)."""
     d = {"spec": SPEC_VERSION, "kpconv": __version__, "image": asdict(options.image), "seed": options.seed,
          "compression": options.compression}
     if options.allow_outside_root:      # (changes which records are skipped; absent: the fingerprints of before)
@@ -95,6 +99,12 @@ def fingerprint(options: ShardOptions, digests: Iterable[bytes]) -> str:
     for digest in digests:
         h.update(digest)
     return h.hexdigest()
+
+
+def record_digests(own: bytes, siblings: Iterable[bytes]) -> Iterable[bytes]:
+    """The digests one record adds to its shard's :func:`fingerprint`: its line's, then its image's lines'."""
+    yield own
+    yield from siblings
 
 
 def shard_name(split: str, index: int, count: int, compression: str) -> str:
@@ -123,6 +133,8 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions, files: Lo
     """Scan the manifest and freeze the shard plan. Raises ManifestError on a malformed line."""
     entries: List[_Entry] = []
     sizes: Dict[str, int] = {}
+    by_image: Dict[tuple, List[RecordRef]] = {}     # (image, category) -> its records, in manifest order
+    image_of: Dict[int, tuple] = {}
     with files.open_read(manifest) as f:
         header, lines = scan(f, display_name)
         root = _images_root(header, manifest, display_name, files)
@@ -134,6 +146,9 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions, files: Lo
                     raise ManifestError(f"split name {split!r} cannot be used in a file name (letters, digits, "
                                         "'_', '-'); override it with --split", Location(display_name, lineno, field="split"))
             ref = RecordRef(order_key(rec.key, options.seed), offset, line_digest(line))
+            image_key = (rec.image, rec.category)
+            by_image.setdefault(image_key, []).append(ref)
+            image_of[offset] = image_key
             size = 0.0 if options.num_shards else _estimate(rec, options, root, sizes, files)
             entries.append(_Entry(split, rec.group, rec.image, ref, size))
     plan = Plan(header, manifest, root, [], "hash", None)
@@ -146,8 +161,11 @@ def make_plan(manifest: str, display_name: str, options: ShardOptions, files: Lo
         bounds = [round(i * n / count) for i in range(count + 1)]
         for i in range(count):
             chunk = refs[bounds[i]:bounds[i + 1]]
+            sibs = [by_image[image_of[r.offset]] for r in chunk]
+            digests = (d for r, sib in zip(chunk, sibs) for d in record_digests(r.digest, (s.digest for s in sib)))
             plan.tasks.append(ShardTask(split, shard_name(split, i, count, options.compression),
-                                        [r.offset for r in chunk], fingerprint(options, (r.digest for r in chunk))))
+                                        [r.offset for r in chunk], fingerprint(options, digests),
+                                        [[s.offset for s in sib] for sib in sibs]))
     return plan
 
 

@@ -1,0 +1,257 @@
+"""Multi-instance benchmark (issue 16): the top-down pair trained from random weights under a time limit, on
+
+* **two-flies** (``../shared/datasets/two-flies``: SLEAP clip.slp + clip.mp4, 1024x1024, two flies per frame):
+  split by time, train on frames 0-1199 (every ``--train-every``-th), test on 1300-1499. Prints OKS mAP,
+  AP@0.5, instance recall, mean/median pixel error of matched instances, identity switches with tracking
+  over the 200 test frames (when ``kpconv.tracking`` is there), and predict throughput on clip.mp4 with
+  both stages beside the decode-only and model-only rates of the same run;
+* **synthetic** (``benchmarks/synth.py``, 2-5 overlapping stick figures per image): mAP and recall of the
+  whole user chain ``kpconv ingest -> shard --image-size none -> train -> predict --format coco`` (no boxes)
+  scored with pycocotools against the held-out annotations, and the instance scores compared
+  (centroid peak x mean keypoint confidence, the peak alone, the confidence alone) by COCO AP.
+
+    python benchmarks/bench_multi.py [--minutes 15] [--synth-minutes 5] [--work DIR] [--only flies|synth]
+
+The two-flies labels are read with sleap-io (``kpconv ingest clip.slp`` once the SLEAP reader is in);
+SLEAP's coordinates (pixel centres at integers) are shifted by half a pixel into kpconv's convention.
+The points were most likely predicted by a model and proofread (see the dataset's README): errors measure
+agreement with those poses. Targets: two-flies mAP >= 0.9, recall >= 0.98, <= 2 identity switches,
+>= 20 frames/s; synthetic mAP >= 0.9.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+FLIES = REPO.parent / "shared" / "datasets" / "two-flies"
+if not FLIES.is_dir():
+    FLIES = Path("/work/shared/datasets/two-flies")
+TRAIN_FRAMES = range(0, 1200)
+TEST_FRAMES = range(1300, 1500)
+
+
+def kpconv(*args) -> str:
+    """Run the kpconv CLI of this checkout in a subprocess; its stdout (stderr passed through)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    p = subprocess.run([sys.executable, "-c", "from kpconv.cli import main; main()", *map(str, args)],
+                       env=env, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"kpconv {' '.join(map(str, args))}: exit {p.returncode}")
+    return p.stdout
+
+
+# ------------------------------------------------------------------------------------------- two-flies
+def flies_manifest(work: Path, every: int) -> Path:
+    """Frames (JPEG, quality 95) and a kpconv manifest of the train and test frames, split by time."""
+    import av
+    import sleap_io as sio
+
+    from kpconv.manifest import Header, Record, write_manifest
+
+    out = work / "flies"
+    manifest = out / f"manifest-every{every}.jsonl"
+    if manifest.is_file():
+        return manifest
+    frames_dir = out / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    labels = sio.load_slp(str(FLIES / "clip.slp"))
+    names = list(labels.skeletons[0].node_names)
+    edges = [(names.index(e.source.name), names.index(e.destination.name)) for e in labels.skeletons[0].edges]
+    flips = [(i, names.index(n[:-1] + "R" if n.endswith("L") else n.replace("L4", "R4")))
+             for i, n in enumerate(names) if (n.endswith("L") or n.endswith("L4"))
+             and (n[:-1] + "R" if n.endswith("L") else n.replace("L4", "R4")) in names]
+    wanted = {i: "train" for i in TRAIN_FRAMES[::every]}
+    wanted.update({i: "test" for i in TEST_FRAMES})
+    with av.open(str(FLIES / "clip.mp4")) as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            if i in wanted and not (frames_dir / f"f{i:05d}.jpg").is_file():
+                frame.to_image().save(frames_dir / f"f{i:05d}.jpg", quality=95)
+    records = []
+    for lf in labels.labeled_frames:
+        split = wanted.get(lf.frame_idx)
+        if split is None:
+            continue
+        w = h = 1024
+        for inst in lf.instances:
+            pts = inst.numpy() + 0.5                    # SLEAP: pixel centres at integers
+            ok = np.isfinite(pts).all(1)
+            kps = [[float(x / w), float(y / h), 2] if v else [0.0, 0.0, 0] for (x, y), v in zip(pts, ok)]
+            lo, hi = pts[ok].min(0) - 4, pts[ok].max(0) + 4
+            lo, hi = np.maximum(lo, 0), np.minimum(hi, [w, h])
+            records.append(Record(f"frames/f{lf.frame_idx:05d}.jpg", w, h, kps,
+                                  [float(lo[0] / w), float(lo[1] / h), float((hi - lo)[0] / w), float((hi - lo)[1] / h)],
+                                  inst.track.name if inst.track else str(len(records)), split=split,
+                                  source={"file": "clip.slp", "id": lf.frame_idx}))
+    write_manifest(str(manifest), Header(names, edges, flips, images_root=".", source={"format": "sleap"}), records)
+    return manifest
+
+
+def throughput(run: Path, n: int = 200) -> dict:
+    """frames/s on clip.mp4: decoding alone, the two models alone (frames decoded before), and predict."""
+    from kpconv.multi import MultiPredictor
+    from kpconv.video import FrameSelection, frames as video_frames
+
+    video = str(FLIES / "clip.mp4")
+    t = time.perf_counter()
+    frames = [arr for _, _, arr in video_frames(video, FrameSelection(end=n))]
+    decode = len(frames) / (time.perf_counter() - t)
+    p = MultiPredictor(run)
+    p.find(np.stack(frames[:8]))                  # compile
+    t = time.perf_counter()
+    for i in range(0, len(frames), 8):
+        p.find(np.stack(frames[i:i + 8]))
+    model = len(frames) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    found = sum(1 for _ in p.predict(video, frames=FrameSelection(end=n), batch_size=8))
+    full = len(frames) / (time.perf_counter() - t)
+    return {"decode_fps": decode, "model_fps": model, "predict_fps": full, "frames": len(frames), "instances": found}
+
+
+def id_switches(run: Path, max_distance: float = 40.0, memory: int = 5) -> str:
+    """Identity switches of kpconv.tracking.Tracker (2 tracks, the gate ``max_distance`` px) over the test
+    frames of clip.mp4, predicted without boxes: per frame the predictions are matched to the labelled flies
+    (mean distance over the labelled keypoints, linear_sum_assignment, matches under 30 px), and the
+    (fly, track) pairs counted by kpconv.tracking.identity_switches."""
+    try:
+        from kpconv.tracking import Tracker, identity_switches
+    except ImportError:
+        return "n/a: tracker not merged"
+    import sleap_io as sio
+    from scipy.optimize import linear_sum_assignment
+
+    from kpconv.multi import MultiPredictor
+    from kpconv.video import FrameSelection
+
+    labels = sio.load_slp(str(FLIES / "clip.slp"))
+    truth = {lf.frame_idx: [(i.track.name, i.numpy() + 0.5) for i in lf.instances] for lf in labels.labeled_frames}
+    p = MultiPredictor(run, max_instances=2)
+    tracker = Tracker(max_distance=max_distance, memory=memory, max_tracks=2)
+    frames, by_frame = [], {}
+    for pred in p.predict(str(FLIES / "clip.mp4"), frames=FrameSelection(1, TEST_FRAMES.start, TEST_FRAMES.stop)):
+        by_frame.setdefault(pred.frame, []).append(np.asarray(pred.keypoints))
+    missed = 0
+    for f in TEST_FRAMES:
+        kps = by_frame.get(f, [])
+        ids = tracker.step(kps)
+        gts = truth.get(f, [])
+        if not kps or not gts:
+            missed += len(gts)
+            frames.append([])
+            continue
+        cost = np.array([[np.nanmean(np.hypot(*(k[:, :2] - g).T)) for k in kps] for _, g in gts])
+        rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=1e9))
+        pairs = [(gts[r][0], ids[c]) for r, c in zip(rows, cols) if cost[r, c] < 30.0]
+        missed += len(gts) - len(pairs)
+        frames.append(pairs)
+    return f"{identity_switches(frames)} (Tracker max_distance {max_distance:g} px, memory {memory}, 2 tracks; " \
+           f"{missed} labelled fly-frames unmatched)"
+
+
+def bench_flies(work: Path, minutes: float, every: int) -> None:
+    from kpconv.multi import evaluate_multi
+
+    manifest = flies_manifest(work, every)
+    shards = work / "flies" / f"shards-every{every}"
+    if not (shards / "dataset_info.json").is_file():
+        kpconv("-q", "shard", manifest, "-o", shards, "--image-size", "none", "--workers", "2", "--overwrite")
+    run = work / "flies" / f"run-{minutes:g}min-{time.strftime('%H%M%S')}"
+    t = time.monotonic()
+    kpconv("train", shards, "-o", run, "--weights", "none", "--time-limit", minutes)
+    train_s = time.monotonic() - t
+    r = evaluate_multi(run, shards, "test")
+    tp = throughput(run)
+    print(f"two-flies: train frames {len(TRAIN_FRAMES[::every])} (0-1199 every {every}), test frames 1300-1499; "
+          f"--time-limit {minutes:g} min (train took {train_s / 60:.1f} min)")
+    print(f"  OKS mAP {r['mAP']}  AP@0.5 {r['AP@0.5']}  recall {r['recall']}  precision {r['precision']}  "
+          f"(target mAP >= 0.9, recall >= 0.98)")
+    print(f"  matched instances: mean error {r['mean_error_px']} px, median {r['median_error_px']} px")
+    print(f"  identity switches over frames 1300-1499: {id_switches(run)} (target <= 2)")
+    print(f"  clip.mp4 ({tp['frames']} frames, {tp['instances']} instances found): predict {tp['predict_fps']:.1f} frames/s (both stages; target >= 20), "
+          f"decode only {tp['decode_fps']:.1f}, models only {tp['model_fps']:.1f}")
+    (run / "bench.json").write_text(json.dumps({"eval": r, "throughput": tp}, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- synthetic
+def bench_synth(work: Path, minutes: float, n_train: int, n_test: int) -> None:
+    import contextlib
+    import io
+
+    import synth
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from kpconv.metrics import oks_sigmas
+    from kpconv.multi import MultiPredictor, evaluate_multi
+
+    out = work / "synth"
+    train_json = out / "train" / "annotations.json"
+    if not train_json.is_file():
+        synth.make_coco(out / "train", n_train, size=(320, 240), figures=(2, 5), seed=1)
+        synth.make_coco(out / "test", n_test, size=(320, 240), figures=(2, 5), seed=2)
+    manifest = out / "train.jsonl"
+    if not manifest.is_file():
+        kpconv("-q", "ingest", train_json, "--images", out / "train" / "images", "-o", manifest)
+        kpconv("-q", "shard", manifest, "-o", out / "shards", "--image-size", "none", "--split", "train=1",
+               "--workers", "2", "--overwrite")
+        kpconv("-q", "ingest", out / "test" / "annotations.json", "--images", out / "test" / "images", "-o",
+               out / "test.jsonl")
+        kpconv("-q", "shard", out / "test.jsonl", "-o", out / "test-shards", "--image-size", "none", "--split",
+               "test=1", "--workers", "2", "--overwrite")
+    run = out / f"run-{minutes:g}min-{time.strftime('%H%M%S')}"
+    kpconv("train", out / "shards", "-o", run, "--weights", "none", "--time-limit", minutes)
+    pred = run / "pred.json"
+    kpconv("-q", "predict", run, out / "test" / "images", "--format", "coco", "-o", pred)
+    gt_data = json.loads((out / "test" / "annotations.json").read_text())
+    by_name = {im["file_name"]: im["id"] for im in gt_data["images"]}
+    dts = json.loads(pred.read_text())
+    for d in dts:
+        d["image_id"] = by_name[Path(d["file_name"]).name]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_data
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dts), "keypoints")
+        ev.params.kpt_oks_sigmas = oks_sigmas(synth.NAMES)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    print(f"synthetic: {n_train} train / {n_test} test images of 320x240, 2-5 overlapping figures each; "
+          f"--time-limit {minutes:g} min")
+    print(f"  kpconv predict --format coco (no boxes), pycocotools: OKS mAP {ev.stats[0]:.3f}  AP@0.5 "
+          f"{ev.stats[1]:.3f}  AR {ev.stats[5]:.3f} (target mAP >= 0.9)")
+    for score in ("product", "centroid", "keypoints"):
+        r = evaluate_multi(run, out / "test-shards", "test", predictor=MultiPredictor(run, score=score))
+        print(f"  instance score '{score}': mAP {r['mAP']}  AP@0.5 {r['AP@0.5']}  recall {r['recall']}  "
+              f"precision {r['precision']}  mean error {r['mean_error_px']} px")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=15.0, help="--time-limit of the two-flies training")
+    ap.add_argument("--synth-minutes", type=float, default=5.0, help="--time-limit of the synthetic training")
+    ap.add_argument("--train-every", type=int, default=3, help="two-flies: every N-th frame of 0-1199")
+    ap.add_argument("--synth-images", type=int, nargs=2, default=(300, 60), metavar=("TRAIN", "TEST"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kpconv-bench-multi"))
+    ap.add_argument("--only", choices=["flies", "synth"])
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    print(f"bench_multi: {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU(s)")
+    if a.only in (None, "synth"):
+        bench_synth(a.work, a.synth_minutes, *a.synth_images)
+    if a.only in (None, "flies"):
+        bench_flies(a.work, a.minutes, a.train_every)
+
+
+if __name__ == "__main__":
+    main()

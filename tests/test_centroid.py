@@ -1,0 +1,129 @@
+"""Multi-instance geometry (kpconv.centroid) and OKS metrics (kpconv.metrics): peaks, centre targets, crop
+planning, crop boxes, COCOeval-based AP, recall, precision and errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kpconv import centroid as cg
+from kpconv.metrics import COCO_SIGMAS, DEFAULT_OKS_SIGMA, multi_instance_summary, oks_sigmas
+
+
+# ------------------------------------------------------------------------------------------- peaks
+def test_peaks_of_touching_centres_are_found_to_sub_cell_precision():
+    centres = np.array([[40.3, 30.9], [53.1, 33.4], [100.0, 80.0]])     # the first two 3.3 cells apart
+    hm = cg.centre_targets(centres, [1, 1, 1], (128, 96), stride=4, sigma=1.0)
+    xy, val = cg.find_peaks(hm, threshold=0.2)
+    assert len(xy) == 3 and np.all(val > 0.5)
+    got = sorted((xy * 4).tolist())
+    for g, want in zip(got, sorted(centres.tolist())):
+        assert np.hypot(g[0] - want[0], g[1] - want[1]) < 0.5     # px (a cell is 4 px)
+
+
+def test_peaks_threshold_max_peaks_order_and_plateau():
+    hm = np.zeros((20, 20))
+    hm[5, 5], hm[12, 14], hm[2, 17] = 0.9, 0.5, 0.1
+    hm[15, 3:5] = 0.7                                      # a plateau of two cells: one peak
+    xy, val = cg.find_peaks(hm, threshold=0.2)
+    assert val.tolist() == pytest.approx([0.9, 0.7, 0.5])                 # strongest first, 0.1 below the threshold
+    assert xy[0].tolist() == [5.5, 5.5]                    # cell centre (continuous convention)
+    assert cg.find_peaks(hm, threshold=0.2, max_peaks=2)[1].tolist() == pytest.approx([0.9, 0.7])
+    assert len(cg.find_peaks(np.zeros((8, 8)), threshold=0.2)[0]) == 0
+    with pytest.raises(ValueError, match="one heatmap"):
+        cg.find_peaks(np.zeros((2, 8, 8)))
+
+
+def test_centre_targets_are_the_maximum_of_gaussians():
+    hm = cg.centre_targets([[10, 10], [30, 10]], [1, 1], (40, 20), stride=2, sigma=1.0)
+    assert hm.shape == (10, 20)
+    assert hm.max() == pytest.approx(np.exp(-0.25), rel=1e-6)   # centre half a cell from the nearest cells in x and y
+    assert hm[4, 4] == pytest.approx(hm[4, 14])                    # max, not sum: both equal
+    assert cg.centre_targets([[10, 10]], [0], (40, 20), 2, 1.0).max() == 0.0   # padding contributes nothing
+
+
+# --------------------------------------------------------------------------------------- planning
+def test_centroid_scale_keeps_small_instances_big_enough():
+    assert cg.centroid_scale([100] * 5) == pytest.approx(21 / 64)          # 32 / 100 rounded up to 1/64
+    assert cg.centroid_scale([25, 12, 30]) == 1.0                          # never upscaled
+    assert cg.centroid_scale([]) == 1.0
+    # the median instance keeps at least the target size
+    for sides in ([60, 70, 80], [300, 500], [1000]):
+        assert cg.centroid_scale(sides) * np.median(sides) >= cg.CENTROID_TARGET_PX
+
+
+def test_instance_crop_covers_the_90th_percentile_box():
+    crop, scale = cg.instance_crop([80] * 10)
+    assert (crop, scale) == (128, 1.0)                     # 80 * 1.2 + 16 = 112 -> 128
+    crop, scale = cg.instance_crop([400] * 10)             # 496 px: downscaled to at most 192
+    assert crop == 192 and scale == pytest.approx(192 / 496, rel=1e-5)
+    assert crop / scale >= 400 * cg.CROP_MARGIN
+    crop, _ = cg.instance_crop([10] * 19 + [1000])          # one outlier does not set the size
+    assert crop == 32
+
+
+@pytest.mark.slow
+def test_crop_boxes_sample_the_stated_pixels():
+    """crop_and_resize with crop_boxes (numpy) and crop_boxes_tf (graph) samples input x at
+    cx - rw/2 + (j + 0.5) * rw / ow (continuous convention)."""
+    import tensorflow as tf
+
+    from kpconv.multi import crop_boxes_tf
+
+    w, h = 50, 40
+    xs = np.tile(np.arange(w, dtype=np.float32) + 0.5, (h, 1))          # each pixel holds its x centre
+    ys = np.tile((np.arange(h, dtype=np.float32) + 0.5)[:, None], (1, w))
+    img = np.stack([xs, ys, np.zeros_like(xs)], -1)[None]
+    centres = np.array([[20.0, 15.0], [31.5, 22.25]])
+    for region, out in (((16.0, 8.0), (16, 8)), ((24.0, 24.0), (12, 12))):
+        boxes = cg.crop_boxes(centres, region, out, (w, h))
+        np.testing.assert_allclose(boxes, crop_boxes_tf(centres, region, out, np.tile([[w, h]], (2, 1))).numpy(),
+                                   rtol=1e-6)
+        crops = tf.image.crop_and_resize(np.repeat(img, 2, 0), boxes, [0, 1], (out[1], out[0])).numpy()
+        for c, crop in zip(centres, crops):
+            jx = c[0] - region[0] / 2 + (np.arange(out[0]) + 0.5) * region[0] / out[0]
+            jy = c[1] - region[1] / 2 + (np.arange(out[1]) + 0.5) * region[1] / out[1]
+            np.testing.assert_allclose(crop[0, :, 0], jx, atol=1e-3)
+            np.testing.assert_allclose(crop[:, 0, 1], jy, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ OKS metrics
+def _instances(rng, n_images=4, per=3, k=5):
+    truth, preds = {}, {}
+    for i in range(n_images):
+        truth[i], preds[i] = [], []
+        for _ in range(per):
+            kp = np.c_[rng.uniform(0, 300, (k, 2)), np.full(k, 2)]
+            box = [kp[:, 0].min(), kp[:, 1].min(), np.ptp(kp[:, 0]), np.ptp(kp[:, 1])]
+            truth[i].append({"keypoints": kp, "bbox": box})
+            preds[i].append({"keypoints": np.c_[kp[:, :2] + 1.0, np.ones(k)], "score": 0.9})
+    return truth, preds
+
+
+def test_oks_summary_perfect_missed_and_false_instances():
+    truth, preds = _instances(np.random.default_rng(0))
+    r = multi_instance_summary(truth, preds, oks_sigmas(["a"] * 5))
+    assert r["mAP"] == 1.0 and r["AP@0.5"] == 1.0 and r["recall"] == 1.0 and r["precision"] == 1.0
+    assert r["mean_error_px"] == pytest.approx(np.sqrt(2), abs=1e-3) and r["instances"] == 12
+    assert set(r["per_keypoint"]) == {"0", "1", "2", "3", "4"}
+    preds[0] = preds[0][:1]                                                  # two instances missed
+    preds[1] = preds[1] + [{"keypoints": np.c_[np.full((5, 2), 1000.0), np.ones(5)], "score": 0.1}]   # one false
+    r = multi_instance_summary(truth, preds, oks_sigmas(["a"] * 5))
+    assert r["recall"] == pytest.approx(10 / 12, abs=1e-4) and r["precision"] == pytest.approx(10 / 11, abs=1e-4)
+    assert r["AP@0.5"] < 1.0 and r["matched"] == 10
+    # a confident false instance ranks above the true ones: AP falls further
+    preds[1][-1]["score"] = 0.99
+    assert multi_instance_summary(truth, preds, oks_sigmas(["a"] * 5))["mAP"] < r["mAP"]
+
+
+def test_oks_matching_pairs_each_prediction_with_its_own_instance():
+    truth, preds = _instances(np.random.default_rng(1), n_images=1, per=2)
+    preds[0] = preds[0][::-1]                        # order does not matter
+    r = multi_instance_summary(truth, preds, oks_sigmas(["a"] * 5))
+    assert r["matched"] == 2 and r["mean_error_px"] == pytest.approx(np.sqrt(2), abs=1e-3)
+
+
+def test_oks_sigmas():
+    names = list(COCO_SIGMAS)
+    assert oks_sigmas(names).tolist() == list(COCO_SIGMAS.values())
+    assert oks_sigmas(["head", "thorax"]).tolist() == [DEFAULT_OKS_SIGMA] * 2
+    assert oks_sigmas(names[:3], 0.1).tolist() == [0.1] * 3
