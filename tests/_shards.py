@@ -99,3 +99,20 @@ def write_shards(out_dir, splits, size=(32, 32), num_shards=2, seed=0, **kw):
             "compression": "none", "splits": info_splits}
     (out / "dataset_info.json").write_text(json.dumps(info, indent=1))
     return written
+
+
+def tiny_run(base) -> Path:
+    """A tiny trained run (dense head, one epoch on 16 records of 32x32) in ``base/run``, its shards in
+    ``base/shards``: the predict and output tests' model."""
+    from click.testing import CliRunner
+
+    from kpconv.cli import cli
+
+    base = Path(base)
+    write_shards(base / "shards", {"train": 16, "val": 4}, size=(32, 32))
+    run = base / "run"
+    r = CliRunner().invoke(cli, ["-q", "train", str(base / "shards"), "-o", str(run), "--weights", "none",
+                                 "--alpha", "0.35", "--epochs", "1", "--batch-size", "8", "--head", "dense",
+                                 "--no-augment"])
+    assert r.exit_code == 0, r.output
+    return run

@@ -22,7 +22,7 @@ from kpconv.formats.dlc import DlcReader  # noqa: E402
 from kpconv.predict import Predictor  # noqa: E402
 from kpconv.problems import Report  # noqa: E402
 
-from _shards import NAMES, write_shards  # noqa: E402
+from _shards import NAMES, tiny_run  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +32,7 @@ FRAMES, FPS = 7, 10
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("pred")
-    write_shards(base / "shards", {"train": 16, "val": 4}, size=(32, 32))
-    run = base / "run"
-    r = CliRunner().invoke(cli, ["-q", "train", str(base / "shards"), "-o", str(run), "--weights", "none",
-                                 "--alpha", "0.35", "--epochs", "1", "--batch-size", "8", "--head", "dense",
-                                 "--no-augment"])
-    assert r.exit_code == 0, r.output
+    run = tiny_run(base)
     return run
 
 

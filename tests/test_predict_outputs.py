@@ -165,15 +165,10 @@ def test_every_format_is_documented():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     pytest.importorskip("tensorflow")
-    from _shards import write_shards
+    from _shards import tiny_run
 
     base = tmp_path_factory.mktemp("outputs")
-    write_shards(base / "shards", {"train": 16, "val": 4}, size=(32, 32))
-    run = base / "run"
-    r = CliRunner().invoke(cli, ["-q", "train", str(base / "shards"), "-o", str(run), "--weights", "none",
-                                 "--alpha", "0.35", "--epochs", "1", "--batch-size", "8", "--head", "dense",
-                                 "--no-augment"])
-    assert r.exit_code == 0, r.output
+    run = tiny_run(base)
     return run
 
 

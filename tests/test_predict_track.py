@@ -50,15 +50,10 @@ def test_track_ids_in_every_format():
 def crop_run(tmp_path_factory):
     """A tiny run, as if its shards had been cut to each instance's box (--crop bbox, no padding)."""
     pytest.importorskip("tensorflow")
-    from _shards import write_shards
+    from _shards import tiny_run
 
     base = tmp_path_factory.mktemp("track")
-    write_shards(base / "shards", {"train": 16, "val": 4}, size=(32, 32))
-    run = base / "run"
-    r = CliRunner().invoke(cli, ["-q", "train", str(base / "shards"), "-o", str(run), "--weights", "none",
-                                 "--alpha", "0.35", "--epochs", "1", "--batch-size", "8", "--head", "dense",
-                                 "--no-augment"])
-    assert r.exit_code == 0, r.output
+    run = tiny_run(base)
     cfg = json.loads((run / "config.json").read_text())
     cfg["dataset"]["preprocessing"].update(crop="bbox", crop_pad=0.0)
     (run / "config.json").write_text(json.dumps(cfg))
