@@ -539,9 +539,10 @@ class Writer:
 
     - ``jsonl``: one object per instance: ``image`` (or ``video``, ``frame``, ``time``), ``width``,
       ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``instance`` (``multi``) and
-      ``score`` (the box's) with boxes.
+      ``score`` (the box's with boxes; the instance's with ``instance_score``, a run that finds them).
     - ``csv``: one row per instance: ``file, frame, time, width, height``, ``instance`` (``multi``),
-      with boxes ``bbox_x, bbox_y, bbox_w, bbox_h, box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
+      ``score`` (``instance_score`` without boxes), with boxes ``bbox_x, bbox_y, bbox_w, bbox_h,
+      box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
     - ``dlc``: DeepLabCut's CSV (header rows ``scorer``, [``individuals``,] ``bodyparts``,
       ``coords`` with ``x, y, likelihood``; one row per image or frame, see :class:`_DlcTable`).
     - ``dlc-h5``: the same table as DeepLabCut's ``.h5`` (pandas, key ``df_with_missing``); ``out``
@@ -577,6 +578,8 @@ class Writer:
         self.boxes, self.index = boxes, index
         self.multi = boxes if multi is None else multi
         self.tracks, self.instance_score = tracks, instance_score
+        # a run that finds the instances itself scores each one: jsonl's "score", csv's "score" column
+        self._instance_scores = instance_score and not boxes
         self.skeleton, self.flip_pairs = [tuple(e) for e in skeleton], [tuple(e) for e in flip_pairs]
         self.count = 0
         self._group: List[Prediction] = []
@@ -591,6 +594,7 @@ class Writer:
         if fmt == "csv":
             self._csv.writerow(["file", "frame", "time", "width", "height",
                                 *(["instance"] if self.multi else []), *(["track"] if tracks else []),
+                                *(["score"] if self._instance_scores else []),
                                 *(["bbox_x", "bbox_y", "bbox_w", "bbox_h", "box_score"] if boxes else []),
                                 *[csv_cell(f"{n}_{c}") for n in self.names for c in ("x", "y", "likelihood")]])
         elif fmt == "dlc" and self._individuals is not None:
@@ -613,13 +617,15 @@ class Writer:
                 obj["instance"] = p.instance
             if self.tracks:
                 obj["track"] = p.track
-            if self.boxes:
+            if self.boxes or self._instance_scores:
                 obj["score"] = p.score
             self.out.write(json.dumps(obj) + "\n")
         elif self.fmt == "csv":
             box = [p.instance] if self.multi else []
             if self.tracks:
                 box.append("" if p.track is None else p.track)
+            if self._instance_scores:
+                box.append("" if p.score is None else f"{p.score:.5g}")
             if self.boxes:
                 box += [*[f"{v:.3f}" for v in p.bbox], "" if p.score is None else f"{p.score:.5g}"]
             self._csv.writerow([csv_cell(p.image), "" if p.frame is None else p.frame, "" if p.time is None else f"{p.time:.6g}",
