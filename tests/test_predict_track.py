@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from kpconv.cli import cli
-from kpconv.predict import Prediction, Writer
+from kpconv.predict import Prediction
 
-NAMES2 = ["head", "tail"]
+from test_predict_outputs import NAMES2, _write  # noqa: E402  (one writer helper for the output tests)
 
 
 def _tracked():
@@ -21,13 +21,6 @@ def _tracked():
             Prediction("clip.mp4", 100, 80, [[1, 2, 0.3], [3, 4, 0.2]], frame=1, time=0.1, instance=0, track=-1)]
 
 
-def _write(fmt, preds, **options):
-    out = io.StringIO()
-    w = Writer(out, fmt, NAMES2, **options)
-    for p in preds:
-        w.write(p)
-    w.close()
-    return out.getvalue()
 
 
 def test_track_ids_in_every_format():
