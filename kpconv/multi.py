@@ -67,7 +67,9 @@ def is_multi(config: dict) -> bool:
 def run_is_multi(run_dir) -> bool:
     """Whether ``run_dir`` holds a multi-instance run (False when it holds no readable config.json: the
     single-instance code then names the problem)."""
-    path = Path(run_dir) / "config.json"
+    from .run import CONFIG_FILE
+
+    path = Path(run_dir) / CONFIG_FILE
     try:
         return is_multi(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
@@ -530,12 +532,10 @@ class MultiPredictor:
 
         from . import model as kmodel
         from .inference import Inference, flip_permutation
-        from .run import CONFIG_FILE
+        from .run import CONFIG_FILE, read_config
 
         self.run_dir = Path(run_dir)
-        if not (self.run_dir / CONFIG_FILE).is_file():
-            raise TrainError(f"{self.run_dir}: no {CONFIG_FILE} (not a directory written by 'kpconv train')")
-        self.config = json.loads((self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.config = read_config(self.run_dir)
         if not is_multi(self.config):
             raise TrainError(f"{self.run_dir}: a single-instance run (no 'stages' in {CONFIG_FILE})")
         stages = {s["name"]: s for s in self.config["stages"]}
