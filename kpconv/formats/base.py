@@ -13,12 +13,14 @@ all. They never print.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from itertools import compress
 from pathlib import Path
-from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from ..errors import Location
+from .. import jsonparse
+from ..errors import AnnotationError, Location
 from ..problems import Report
 
 # (x, y, v): pixel (or normalized, see RawInstance.normalized) coordinates and COCO visibility.
@@ -54,6 +56,40 @@ def from_continuous(value, origin: str):
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def load_json(path: Path):
+    """The JSON document in ``path``; a located AnnotationError when it cannot be read or parsed."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
+    try:
+        return jsonparse.loads(data)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+                              Location(str(path), e.lineno)) from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"not UTF-8 text: {e.reason} at byte {e.start}", Location(str(path))) from None
+
+
+def first_lines(path: Path, n: int) -> Optional[List[str]]:
+    """The first ``n`` lines of a UTF-8 text file (64 KiB each at most), or None when it is not one."""
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            return [f.readline(1 << 16) for _ in range(n)]
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def wanted_keypoints(wanted: Optional[Sequence[str]], names: Sequence[str], what: str,
+                     loc: Location) -> Optional[Set[str]]:
+    """``--keypoints`` as a set (None: every keypoint), each checked to be one of ``names`` (``what`` they are)."""
+    missing = [n for n in wanted or [] if n not in names]
+    if missing:
+        raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the {what} "
+                              f"({', '.join(names)})", loc)
+    return set(wanted) if wanted else None
 
 
 def is_hdf5(path: Path) -> bool:
@@ -150,7 +186,6 @@ class Reader:
     """Base class of the annotation readers. Subclasses register themselves with ``@register``."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
     expects: ClassVar[str] = ""     # what detect() looks for, for the message when no format matches
     pixel_origin: ClassVar[str] = ""  # the source's PIXEL_ORIGIN ("center" or "corner", see PIXEL_ORIGINS)
     # True: the reader writes the frames it labels as image files into IngestOptions.frames_dir, which

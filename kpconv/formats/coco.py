@@ -1,27 +1,9 @@
-"""COCO keypoints JSON (``person_keypoints_*.json``), one file or several (train + val).
-
-What is read: ``categories[].keypoints`` (names) and ``skeleton`` (1-based, made 0-based), ``images[]``
-(``id``, ``file_name``, ``width``/``height`` = the stated size, checked against the file), and
-``annotations[]`` (``keypoints`` flat ``[x, y, v] * K`` in pixels, or nested ``[[x, y, v], ...]`` /
-``[[x, y], ...]``, ``bbox`` ``[x, y, w, h]``, ``iscrowd``, ``category_id``). Crowd annotations are
-skipped (a note, as COCO intends) and so are annotations of other categories. Each file is parsed
-once; nothing is indexed twice.
-
-COCO as real datasets bend it:
-
-- Categories with identical keypoint lists (AP-10K: one category per species) are read together,
-  each record keeping its category name (``category``); ``--category`` still selects one.
-- Categories without keypoint names (face landmark sets): the names are ``kp0..kp{K-1}`` from the
-  annotations' length (a ``generated_names`` note), or ``--keypoints`` naming all K.
-- A 0-based skeleton (a 0 and no K) is recognised and converted (a note); edges out of range are
-  dropped (a ``bad_skeleton`` warning naming them). A skeleton never fails the file.
-"""
+"""COCO keypoints JSON (``person_keypoints_*.json``), one file or several (train + val); each file parsed once.
+What is read and how real datasets bend COCO: docs/formats/coco.md."""
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from contextlib import contextmanager
 from itertools import chain, compress
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -29,7 +11,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, DenseRows, RawInstance, ReadContext, ReadResult, Reader
+from .base import DatasetMeta, DenseRows, RawInstance, ReadContext, ReadResult, Reader, load_json, wanted_keypoints
 
 # Files up to this size are parsed completely by detect(); larger ones are scanned for the keys.
 _DETECT_PARSE_LIMIT = 4 << 20
@@ -92,12 +74,7 @@ def _looks_like_coco(path: Path) -> bool:
 
 def _load(path: Path) -> dict:
     """The file's object, checked to have COCO's three lists."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
-    with _json_errors(path):
-        doc = jsonparse.loads(data)
+    doc = load_json(path)
     if not isinstance(doc, dict):
         raise AnnotationError(f"expected a JSON object with 'images', 'annotations' and 'categories', "
                               f"got {type(doc).__name__}", Location(str(path)))
@@ -108,17 +85,6 @@ def _load(path: Path) -> dict:
             raise AnnotationError(f"expected a list, got {type(doc[key]).__name__}",
                                   Location(str(path), field=key))
     return doc
-
-
-@contextmanager
-def _json_errors(path: Path):
-    try:
-        yield
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
-                              Location(str(path), e.lineno)) from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"not UTF-8 text: {e.reason} at byte {e.start}", Location(str(path))) from None
 
 
 def _describe(cat: dict) -> str:
@@ -268,19 +234,13 @@ def _numeric_blocks(anns: list) -> List[bool]:
     return out
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# COCO keypoints are pixel indices: pixel i's centre at i. detectron2 (detectron2/data/datasets/coco.py,
-# load_coco_json) adds 0.5 to every COCO keypoint coordinate on loading ("keypoint coordinates are
-# integers in [0, H-1 or W-1] ... pixel indices") and subtracts it again when writing COCO results
-# (evaluation/coco_evaluation.py, instances_to_coco_json); boxes and polygons are continuous (unchanged).
-PIXEL_ORIGIN = "center"
+PIXEL_ORIGIN = "center"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/coco.md)
 
 
 @register
 class CocoReader(Reader):
     name = "coco"
     pixel_origin = PIXEL_ORIGIN
-    description = "COCO keypoints JSON (one or several files, e.g. train + val)"
     expects = ("a JSON object with 'annotations' and 'categories' lists, and keypoints (categories[].keypoints "
                "or annotations[].keypoints)")
 
@@ -321,7 +281,6 @@ class CocoReader(Reader):
                                    "points (name them with --keypoints)", Location(str(path), field="categories"))
             if names is None:
                 _, skeleton = _category_meta(path, cats[0], len(cat_names), ctx.report)
-            if names is None:
                 names, first_file = list(cat_names), path
             elif list(cat_names) != names:
                 raise AnnotationError(f"keypoint names differ between {first_file} ({', '.join(names)}) and "
@@ -334,14 +293,8 @@ class CocoReader(Reader):
                                "(choose one with --category)", Location(str(path), field="categories"))
             loaded.append((path, doc, ids, by_id))
         assert names is not None
-        if wanted:
-            missing = [n for n in wanted if n not in names]
-            if missing:
-                raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the COCO keypoint "
-                                      f"names ({', '.join(names)})", Location(str(files[0]), field="keypoints"))
-            slots = [n if n in set(wanted) else None for n in names]  # None: not read
-        else:
-            slots = list(names)
+        keep = wanted_keypoints(wanted, names, "COCO keypoint names", Location(str(files[0]), field="keypoints"))
+        slots = [n if keep is None or n in keep else None for n in names]  # None: not read
         meta = DatasetMeta(keypoints=names, skeleton=skeleton)
         extra = {"category": _category_name(loaded)}
         if generated:

@@ -1,33 +1,15 @@
-"""CSV tables of keypoints (format name ``csv``), in one of two layouts told apart by the header.
-
-Wide: one row per instance::
-
-    image,instance,nose_x,nose_y,nose_v,left_eye_x,left_eye_y,...
-
-Long: one row per keypoint::
-
-    image,instance,keypoint,x,y,visible
-
-Column names are matched case-insensitively. Required: ``image`` and, wide, a ``<name>_x`` /
-``<name>_y`` pair per keypoint (``<name>_v`` optional), or, long, ``keypoint``, ``x``, ``y``.
-Optional: ``instance`` (default: numbered per image in order), ``group``, ``split``, ``width`` and
-``height`` (the stated image size, checked against the file), and, wide only, a box
-``bbox_x,bbox_y,bbox_w,bbox_h`` (pixels; all four or none). Long: ``visible`` (also ``v`` or
-``visibility``). Other columns are ignored. An empty cell, ``NaN`` or ``nan`` means "not labelled";
-a missing visibility means 2 (visible) for a labelled point. Coordinates are pixels, continuous
-(x = 0 is the left edge of the image). A ``.tsv`` file is read tab-separated.
-"""
+"""CSV/TSV tables of keypoints (format ``csv``): wide (a row per instance, ``<name>_x``/``_y``/``_v`` columns) or
+long (a row per keypoint), told apart by the header; columns: docs/formats/csv.md."""
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, ReadResult, Reader
+from .base import DatasetMeta, RawInstance, ReadContext, ReadResult, Reader, first_lines
 
 _BBOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 _LONG_VISIBLE = ("visible", "visibility", "v")
@@ -40,22 +22,16 @@ def _delimiter(path: Path) -> str:
     """Tab for ``.tsv``, or a first line with tabs and no comma (whatever the extension); else comma."""
     if path.suffix.lower() == ".tsv":
         return "\t"
-    try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            first = f.readline(1 << 16)
-    except (OSError, UnicodeDecodeError):
-        return ","
+    first = (first_lines(path, 1) or [""])[0]
     return "\t" if "\t" in first and "," not in first else ","
 
 
 def _header_of(path: Path) -> Optional[List[str]]:
     """The first row, lower-cased and stripped, or None when the file is not readable text."""
-    try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            first = f.readline(1 << 16)
-    except (OSError, UnicodeDecodeError):
+    first = first_lines(path, 1)
+    if first is None:
         return None
-    rows = list(csv.reader([first], delimiter=_delimiter(path)))
+    rows = list(csv.reader(first, delimiter=_delimiter(path)))
     return [c.strip().lower() for c in rows[0]] if rows else None
 
 
@@ -156,12 +132,6 @@ class _Cells:
         return size
 
 
-@dataclass
-class _Columns:
-    image: int
-    optional: Dict[str, Optional[int]] = field(default_factory=dict)
-
-
 def _complete_rows(rows, ncols: int, file: str, report):
     """(line, row) of the non-blank rows with as many cells as the header; others are reported."""
     for line, row in rows:
@@ -178,10 +148,7 @@ def _find(cols: List[str], name: str) -> Optional[int]:
     return cols.index(name) if name in cols else None
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# kpconv's own table: pixels in kpconv's continuous convention, as docs/formats.md states (a table written
-# from pixel indices, e.g. exported from DeepLabCut, is 0.5 px off: convert it first or use the tool's format).
-PIXEL_ORIGIN = "corner"
+PIXEL_ORIGIN = "corner"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/csv.md)
 
 
 @register
@@ -190,7 +157,6 @@ class CsvReader(Reader):
     pixel_origin = PIXEL_ORIGIN
     expects = ("a CSV/TSV table whose header has 'image' and '<name>_x', '<name>_y' columns (wide) or 'keypoint', "
                "'x', 'y' (long)")
-    description = "CSV table, wide (one row per instance) or long (one row per keypoint)"
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:

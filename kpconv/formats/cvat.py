@@ -1,34 +1,5 @@
-"""CVAT XML: "CVAT for images 1.1" and "CVAT for video 1.1" (``annotations.xml``).
-
-Keypoints are stored by CVAT in one of two ways, both read:
-
-- **Skeletons** (CVAT 2.3+): a ``<skeleton label=...>`` element per instance with one
-  ``<points label=KP points="x,y">`` child per keypoint; ``outside="1"`` means not labelled,
-  ``occluded="1"`` means v = 1, else v = 2. Keypoint names are the skeleton's sublabels in the order
-  of ``<meta>`` (``<label><parent>skeleton</parent>``), the skeleton edges come from the label's
-  ``<svg>`` (``data-node-from``/``data-node-to``). Several skeleton labels with the same sublabels
-  are read together (each record keeps its ``category``); with different ones, ``--category``.
-- **Plain points**: ``<points label=KP points="x,y">`` shapes, grouped into instances by, in turn:
-  the ``group_id`` (a ``<box>`` with the same ``group_id`` gives the bbox); else the smallest
-  ``<box>`` without ``group_id`` that contains the point (that box is the instance's bbox; with
-  ``--category BOXLABEL`` only boxes of that label); else one instance per image. A label twice in
-  one instance is ambiguous: an ``ambiguous_label`` problem naming it (never a silent choice).
-  Keypoint names: the labels used by points, in ``<meta>`` order (then order of appearance). A label
-  whose shapes hold several points (``points="x1,y1;x2,y2"``, face landmarks as one shape) gives
-  ``label_0``, ``label_1``, ...; each such ungrouped shape is one instance.
-- **Both in one file**: skeletons and plain points are read together (keypoints: the skeleton's,
-  then the points labels not among them); each record keeps its ``category`` (the skeleton label;
-  for points the label of their box, else ``points``). ``--category`` picks a skeleton label, a
-  points label or box label (the plain points), or ``points``.
-
-"CVAT for images": ``<image id name width height [subset]>``, ``name`` relative to the XML's folder
-(or ``--images``), also found under ``images/`` as CVAT's dataset export lays it out; the stated
-width/height are checked against the file; ``subset`` (``Train``, ``Validation``, ...) becomes the
-split. "CVAT for video": ``<track id label>`` elements with one shape per frame (``frame``; a frame
-where the track is ``outside`` has no instance); frame N is the image ``frame_NNNNNN.*`` in the images
-root or its ``images/`` folder; instance id = the track id; group = the task (its ``<source>``), so
-the frames of one video stay in one split.
-"""
+"""CVAT XML, "CVAT for images 1.1" and "CVAT for video 1.1": skeletons, plain points grouped into instances
+(group_id, else the smallest containing box, else one per image), or both; rules: docs/formats/cvat.md."""
 from __future__ import annotations
 
 import os
@@ -40,7 +11,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import AnnotationError, Location
 from . import register
 from ._xml import fromstring, number, parse, root_tag
-from .base import DatasetMeta, Point, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, Point, RawInstance, ReadContext, Reader, ReadResult, wanted_keypoints
 
 _SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
            "test": "test", "testing": "test", "default": None, "": None}
@@ -115,17 +86,13 @@ def _svg_edges(svg: str) -> List[Tuple[str, str]]:
     return out
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# CVAT's canvas (cvat-canvas, SVG) draws the frame at (0, 0) with its natural size and maps clicks through
-# the SVG's screen matrix (translateFromSVG): continuous coordinates, the left edge at 0, stored as floats.
-PIXEL_ORIGIN = "corner"
+PIXEL_ORIGIN = "corner"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/cvat.md)
 
 
 @register
 class CvatReader(Reader):
     name = "cvat"
     pixel_origin = PIXEL_ORIGIN
-    description = "CVAT for images / CVAT for video 1.1 XML (skeletons or points)"
     expects = "an XML file whose root is <annotations> (CVAT for images or video 1.1)"
 
     @classmethod
@@ -170,11 +137,8 @@ class CvatReader(Reader):
         if not names:
             raise AnnotationError("no keypoints: no <skeleton> and no <points> shape (expected CVAT skeletons or "
                                   "points)", Location(str(path0)))
-        wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
-        missing = [n for n in ctx.options.keypoints or [] if n not in names]
-        if missing:
-            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the CVAT keypoint "
-                                  f"labels ({', '.join(names)})", Location(str(path0), field="labels"))
+        wanted = wanted_keypoints(ctx.options.keypoints, names, "CVAT keypoint labels",
+                                  Location(str(path0), field="labels"))
         several = len(skel_labels) + bool(read_points) > 1
         if several:
             read = skel_labels + (["points"] if read_points else [])

@@ -1,35 +1,17 @@
-"""DeepLabCut labelled data: ``labeled-data/<video>/CollectedData_<scorer>.csv``.
-
-The CSV has three header rows (``scorer``, ``bodyparts``, ``coords``) or, in multi-animal projects,
-four (``scorer``, ``individuals``, ``bodyparts``, ``coords``). The image path is one index column
-(``labeled-data/video1/img001.png``) or several (``labeled-data,video1,img001.png``, joined with
-``/``). Each bodypart has an ``x`` and a ``y`` column (a ``likelihood`` column, as in machine-labelled
-files, is ignored). Empty cells and ``NaN`` are points that are not labelled; every labelled point is
-visible (v = 2). Image paths are relative to the project folder, the default images root.
-
-SOURCE is one or several CSV (or ``.h5``) files or the project folder: ``labeled-data/*/CollectedData*.csv``,
-or a ``CollectedData*.csv`` at its top level with paths ``labeled-data/imgNN.png`` (the layout of
-lightning-pose and DeepLabCut's newer tools). The images root is where the listed paths exist: the
-CSV's folder, the project folder above ``labeled-data/<video>/``, or the CSV's grandparent. The
-project's ``config.yaml``, when present, gives the skeleton (pairs of bodypart names).
-
-``CollectedData_*.h5`` (the pandas twin DeepLabCut writes) is read through pandas with PyTables
-(``pip install 'kpconv[h5]'``) and gives the same records as its CSV twin; where both exist the CSV is
-read and the ``.h5`` is not read twice.
-"""
+"""DeepLabCut labelled data: ``CollectedData_<scorer>.csv`` (single- or multi-animal header) or its ``.h5`` twin
+(through pandas), a project folder or tables; layout and images root: docs/formats/dlc.md."""
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
 from ._yaml import load_yaml
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, is_hdf5
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, first_lines, is_hdf5, wanted_keypoints
 
 _MISSING = {"", "nan", "NaN", "NAN"}
 H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables), or read the CSV twin DeepLabCut writes beside it"
@@ -38,12 +20,7 @@ H5_HINT = "pip install 'kpconv[h5]' (pandas and PyTables), or read the CSV twin 
 def _is_dlc_csv(path: Path) -> bool:
     """Cheap content check, whatever the extension: first cell 'scorer', second row starts with
     'bodyparts' or 'individuals'."""
-    try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            first = f.readline(1 << 16)
-            second = f.readline(1 << 16)
-    except (OSError, UnicodeDecodeError):
-        return False
+    first, second = first_lines(path, 2) or ("", "")
     return (first.split(",", 1)[0].strip() == "scorer"
             and second.split(",", 1)[0].strip() in ("bodyparts", "individuals"))
 
@@ -144,20 +121,13 @@ def _first_image(path: Path) -> Optional[str]:
     return None
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# DeepLabCut labels in a viewer whose pixel centres are at integer coordinates: matplotlib's imshow (the
-# labelling GUI before 2.3: "Unless extent is used, pixel centers will be located at integer coordinates",
-# matplotlib Axes.imshow notes) and napari since 2.3 (napari issue #310: "The coordinates at the center of
-# pixel [0, 0] should be [0, 0]"; napari-deeplabcut stores the Points layer's data coordinates as they are).
-PIXEL_ORIGIN = "center"
+PIXEL_ORIGIN = "center"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/dlc.md)
 
 
 @register
 class DlcReader(Reader):
     name = "dlc"
     pixel_origin = PIXEL_ORIGIN
-    description = "DeepLabCut CollectedData_<scorer>.csv (single- or multi-animal)"
-
     expects = ("a DeepLabCut project folder (labeled-data/*/CollectedData*.csv, or a CollectedData*.csv at "
                "its top), or CollectedData tables: first cell 'scorer', second row 'bodyparts' or 'individuals'")
 
@@ -189,11 +159,8 @@ class DlcReader(Reader):
         bodyparts = list(dict.fromkeys(bp for _, bp in first.columns))
         skeleton, config = _skeleton(root if (root / "config.yaml").is_file() else _project_dir(sources), bodyparts)
         meta = DatasetMeta(keypoints=bodyparts, skeleton=skeleton)
-        wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
-        missing = [n for n in ctx.options.keypoints or [] if n not in bodyparts]
-        if missing:
-            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the bodyparts "
-                                  f"({', '.join(bodyparts)})", Location(str(first.path), first.header_rows - 1))
+        wanted = wanted_keypoints(ctx.options.keypoints, bodyparts, "bodyparts",
+                                  Location(str(first.path), first.header_rows - 1))
         scorers = sorted({t.scorer for t in tables})
         extra = {"scorer": scorers[0] if len(scorers) == 1 else scorers,
                  "multi_animal": first.multi_animal}

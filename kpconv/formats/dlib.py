@@ -1,25 +1,5 @@
-"""dlib imglab XML (``training_with_face_landmarks.xml``): the files ``imglab`` writes and dlib's
-shape-predictor trainer reads.
-
-::
-
-    <dataset>
-      <images>
-        <image file='2008_002470.jpg'>
-          <box top='181' left='274' width='52' height='53'>
-            <part name='00' x='276' y='198'/>
-            ...
-
-- Each ``<box>`` with at least one ``<part>`` is one instance; its ``top``/``left``/``width``/``height``
-  is the instance's bbox (pixels). A box with ``ignore='1'`` is skipped (a ``crowd`` note, as dlib
-  ignores it in training); a box without parts is a detection box, not a keypoint instance (ignored,
-  counted in the header's ``source.boxes_without_parts``).
-- ``<part name x y>``: the keypoint ``name`` (``00``, ``01``, ... keep their names) at (x, y) pixels,
-  visible (v = 2). A part dlib did not label is simply absent (not labelled).
-- Keypoint names: ``--keypoints``, else the part names sorted (numerically when they are all numbers,
-  as imglab numbers them), so ``00..67`` keep dlib's order.
-- ``file`` is relative to the XML file's folder (the default images root) or ``--images``.
-"""
+"""dlib imglab XML (``training_with_face_landmarks.xml``): a ``<box>`` with ``<part>`` s per instance;
+docs/formats/dlib.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,18 +18,13 @@ def _sorted_names(names) -> List[str]:
     return sorted(names)
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# dlib's part locations are dlib::point (integer pixel indices, long x, y) in full_object_detection, and
-# imglab writes integer part coordinates: pixel i's centre at i. Boxes are inclusive pixel rectangles
-# (left .. left + width - 1), i.e. the continuous span left .. left + width: unchanged.
-PIXEL_ORIGIN = "center"
+PIXEL_ORIGIN = "center"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/dlib.md)
 
 
 @register
 class DlibReader(Reader):
     name = "dlib"
     pixel_origin = PIXEL_ORIGIN
-    description = "dlib imglab XML (<dataset><images><image file><box><part name x y>)"
     expects = "an XML file whose root is <dataset> with <images><image file=...> (dlib imglab)"
 
     @classmethod

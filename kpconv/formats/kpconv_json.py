@@ -1,20 +1,6 @@
-"""kpconv JSON / JSON Lines: kpconv's own documented annotation format, version 1.
-
-Schema: ``schemas/kpconv-annotations.schema.json`` (shipped in the package). As one JSON document::
-
-    {"kpconv_annotations": 1, "keypoints": ["nose", "left_eye", "right_eye"],
-     "skeleton": [["nose", "left_eye"]], "flip_pairs": [["left_eye", "right_eye"]],
-     "images": [{"file": "images/a.png", "width": 64, "height": 48, "group": null, "split": null,
-                 "instances": [{"id": "0", "bbox": [4, 5, 30, 20],
-                                "keypoints": {"nose": [10.5, 12, 2], "left_eye": [8, 9], "right_eye": null}}]}]}
-
-or as JSON Lines: the first line is the header (the same object without ``images``), then one image
-object per line. Coordinates are pixels, continuous convention (x = 0 is the left edge). A point is
-``[x, y]`` (visible), ``[x, y, v]`` or ``null`` (not labelled); keypoints left out are not labelled.
-
-A malformed header (or a whole file that is not valid JSON) stops the ingest; an image entry that
-does not follow the schema is reported with its JSON path and skipped.
-"""
+"""kpconv JSON / JSON Lines, kpconv's own annotation format (``schemas/kpconv-annotations.schema.json``): a
+malformed header stops the ingest, an image entry off the schema is reported with its JSON path and skipped;
+docs/formats/kpconv-json.md."""
 from __future__ import annotations
 
 import json
@@ -159,9 +145,7 @@ def _is_kpconv(path: Path) -> bool:
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and _MARK in head
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# kpconv's own format: continuous pixels (docs/formats.md: the centre of the top-left pixel is (0.5, 0.5)).
-PIXEL_ORIGIN = "corner"
+PIXEL_ORIGIN = "corner"  # kpconv's own: continuous, the top-left pixel's centre at (0.5, 0.5) (base.PIXEL_ORIGINS)
 
 
 @register
@@ -169,7 +153,6 @@ class KpconvJsonReader(Reader):
     name = "kpconv-json"
     pixel_origin = PIXEL_ORIGIN
     expects = "a JSON (Lines) file whose first object has 'kpconv_annotations'"
-    description = "kpconv JSON / JSON Lines (schemas/kpconv-annotations.schema.json)"
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:

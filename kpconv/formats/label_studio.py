@@ -1,28 +1,7 @@
-"""Label Studio exports: "JSON" (a list of tasks) and "JSON-MIN".
-
-JSON: each task has ``data`` (the image: ``data.image``, or the one string value of ``data``) and
-``annotations[].result[]``. A result of ``type: "keypointlabels"`` is a keypoint: its
-``value.keypointlabels[0]`` is the name, ``value.x``/``value.y`` the position in percent of
-``original_width``/``original_height`` (pixels = percent / 100 * size; the continuous convention).
-Keypoints with a ``parentID`` naming a ``rectanglelabels`` result of the same annotation form one
-instance per rectangle, which gives the bbox (``x``, ``y``, ``width``, ``height`` in percent);
-the others form one instance per annotation. Of several annotations of a task, the ground truth one
-is read, else the first that was not cancelled; the others with keypoints are counted and located (an
-``other_annotation`` warning per task). Label Studio has no "occluded": every point is v = 2.
-
-JSON-MIN: one object per task with the image path and, under the keypoint tag's name, a list of
-``{x, y, width, keypointlabels, original_width, original_height}``. Without ``parentID`` the
-instances cannot be told apart: a task with one point per name is one instance; a task naming a
-keypoint twice is reported (``malformed_record``) and skipped.
-
-Image paths: ``/data/upload/<project>/<file>`` -> ``<file>`` (and, when only the file without the
-8-character prefix Label Studio adds to uploads exists, that one); ``/data/local-files/?d=<path>`` ->
-``<path>``; a URL -> its path. They are relative to ``--images`` (default: the JSON file's folder).
-Keypoint names: ``--keypoints``, else in order of first appearance.
-"""
+"""Label Studio exports, "JSON" (tasks with ``annotations[].result[]``) and "JSON-MIN"; instances, image
+paths and the annotation read: docs/formats/label-studio.md."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -31,25 +10,11 @@ from urllib.parse import parse_qs, unquote, urlparse
 from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, load_json
 
 _UPLOAD = re.compile(r"^/?data/upload/\d+/(?P<file>.+)$")
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(?P<rest>.+)$")
 _IMAGE_EXT = re.compile(r"\.(?:jpe?g|png|bmp|gif|tiff?|webp)$", re.I)
-
-
-def _load(path: Path):
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AnnotationError(f"cannot read file: {e.strerror}", Location(str(path))) from None
-    try:
-        return jsonparse.loads(data)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
-                              Location(str(path), e.lineno)) from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"not UTF-8 text: {e.reason} at byte {e.start}", Location(str(path))) from None
 
 
 def _kind(doc) -> Optional[str]:
@@ -119,17 +84,13 @@ def image_path(url: str, root: Path) -> str:
     return url
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# Label Studio stores value.x / value.y as a percentage (0-100) of the image width / height (labelstud.io,
-# KeyPointLabels result parameters): 0 is the left edge, 100 the right edge, i.e. continuous.
-PIXEL_ORIGIN = "corner"
+PIXEL_ORIGIN = "corner"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/label-studio.md)
 
 
 @register
 class LabelStudioReader(Reader):
     name = "label-studio"
     pixel_origin = PIXEL_ORIGIN
-    description = "Label Studio JSON or JSON-MIN export (keypointlabels)"
     expects = ("a JSON list of Label Studio tasks with 'keypointlabels' results (JSON or JSON-MIN export)")
 
     @classmethod
@@ -140,7 +101,7 @@ class LabelStudioReader(Reader):
         docs = []
         for s in sources:
             path = Path(s)
-            doc = _load(path)
+            doc = load_json(path)
             kind = _kind(doc)
             if kind is None:
                 raise AnnotationError("expected a Label Studio JSON export: a list of tasks with "

@@ -1,33 +1,14 @@
-"""Labelme JSON: one ``<image>.json`` per image, keypoints as ``point`` shapes.
-
-- A ``point`` shape's ``label`` is the keypoint name; ``points[0]`` its (x, y) in pixels; every point
-  is visible (v = 2) unless the shape's ``flags`` say ``"occluded": true`` (v = 1).
-- ``group_id`` separates instances: instance id = ``str(group_id)``; all points with a null
-  ``group_id`` form one instance (numbered by ingest).
-- A ``rectangle`` shape with the same ``group_id`` gives that instance's bbox (two or more: none is
-  used, a ``duplicate_box`` warning, the box derived from the keypoints). Other shape types
-  (polygon, line, circle, ...) are ignored; their counts are kept in the manifest header
-  (``source.ignored_shapes``).
-- ``imagePath`` is relative to the JSON file's folder; ``imageWidth``/``imageHeight`` are the stated
-  image size (checked against the image).
-- Keypoint names: ``--keypoints``, else the labels in order of first appearance, reading the files
-  sorted by path. With ``--keypoints``, point labels not in the list are ignored.
-
-SOURCE is a folder (its ``*.json`` files, not recursive) or JSON files. In a folder, JSON files that
-are not Labelme files are reported (``malformed_record``) and skipped; a file given by name that is
-not a Labelme file, or malformed JSON anywhere, stops the ingest.
-"""
+"""Labelme JSON: one ``<image>.json`` per image, keypoints as ``point`` shapes, ``group_id`` separating
+instances; docs/formats/labelme.md."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, load_json
 
 _HEAD = 16384
 
@@ -46,21 +27,7 @@ def _json_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.glob("*.json") if p.is_file())
 
 
-def _load(path: Path):
-    name = str(path)
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            return jsonparse.loads(f.read())
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"invalid JSON: {e.msg} (column {e.colno})", Location(name, e.lineno)) from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"not a UTF-8 text file ({e.reason})", Location(name)) from None
-
-
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# Labelme's canvas (labelme/widgets/canvas.py) paints the pixmap at (0, 0) after scaling and stores
-# transformPos(pos) = pos / scale - offsetToCenter() as floats: pixel i spans i .. i + 1 (continuous).
-PIXEL_ORIGIN = "corner"
+PIXEL_ORIGIN = "corner"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/labelme.md)
 
 
 @register
@@ -68,7 +35,6 @@ class LabelmeReader(Reader):
     name = "labelme"
     pixel_origin = PIXEL_ORIGIN
     expects = "Labelme JSON files (objects with a 'shapes' list), or a folder of them"
-    description = "Labelme JSON files (point shapes; group_id separates instances)"
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
@@ -97,7 +63,7 @@ class LabelmeReader(Reader):
         files = sorted(dict(files).items(), key=lambda kv: str(kv[0]))
         docs = []
         for path, named in files:
-            data = _load(path)
+            data = load_json(path)
             if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
                 msg = "not a Labelme file: expected a JSON object with a 'shapes' list"
                 if named:

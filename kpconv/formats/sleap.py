@@ -1,31 +1,5 @@
-"""SLEAP labels (``.slp``, HDF5), read through the ``sleap-io`` library (``pip install 'kpconv[sleap]'``).
-
-- User-labelled instances only: a ``PredictedInstance`` is skipped and counted (``predicted`` note).
-- Keypoints: the skeleton's nodes, in order; edges -> skeleton; declared symmetries -> flip pairs
-  (none declared: inferred from the names, as for every format: ``wingL``/``wingR``, ``forelegL4``/...).
-- A NaN point, or a point SLEAP marks not visible (its training ignores those too), is not labelled;
-  every other point is visible (v = 2). Not-visible points with coordinates are counted
-  (``not_visible`` note), NaN points are simply unlabelled.
-- Instance id: the instance's track name (SLEAP's identity, e.g. ``male``/``female``), so identities
-  carry into the manifest; an instance without a track is numbered ``0``, ``1``, ... within its frame
-  (skipping numbers a track of that frame is named).
-- Images: SLEAP labels frames of videos (or images embedded in a ``.pkg.slp``). Each labelled frame is
-  decoded once (sleap-io, with PyAV for media files) and written as a PNG,
-  ``<frames dir>/<video stem>/frame_000123.png``, only frames with a user instance; the frames dir is
-  ``IngestOptions.frames_dir`` (``--frames-dir``; default ``<manifest stem>-frames/`` beside the
-  manifest) and is the default images root. A frame already extracted from the same video (same
-  path, size and modification time, recorded in ``<video stem>/.kpconv-video.json``) is not written
-  again. Nothing is written outside the frames dir.
-- Group = the video folder name, so frames of one video split together.
-
-Pixel convention: sleap-io returns points with the *centre* of the top-left pixel at (0, 0): its reader
-(``sleap_io/io/slp.py``, ``read_instances``) converts files older than format 1.1 with
-``points_array["xy"] -= 0.5`` under the comment "Legacy coordinate system: top-left of pixel is (0, 0).
-Adjust to new system: center of pixel is (0, 0)" (SLEAP issue talmolab/sleap#296: the ``sleap.nn`` code
-and stored points use the "midpoint" system; SLEAP's confidence maps sample pixel ``i`` at coordinate
-``i``, ``make_grid_vectors``). kpconv's pixel ``i`` has its centre at ``i + 0.5``, so ``x_kpconv =
-x_sleap + 0.5`` (and the writer subtracts it again).
-"""
+"""SLEAP labels (``.slp``, HDF5), read and written through ``sleap-io`` (``pip install 'kpconv[sleap]'``): user
+instances only, tracks as instance ids, labelled frames extracted once to PNG; docs/formats/sleap.md."""
 from __future__ import annotations
 
 import json
@@ -37,12 +11,10 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, from_continuous, is_hdf5
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, from_continuous, is_hdf5, wanted_keypoints
 
 HINT = "pip install 'kpconv[sleap]' (the sleap-io package)"
-# Pixel convention (base.PIXEL_ORIGINS, see the module docstring): pixel i's centre at i; ingest adds 0.5, the
-# .slp writer converts back (from_continuous)
-PIXEL_ORIGIN = "center"
+PIXEL_ORIGIN = "center"  # ingest adds 0.5, write_slp takes it off (evidence: docs/formats/sleap.md)
 MARKER = ".kpconv-video.json"
 # PNG zlib level of the extracted frames: 1 writes a 1024x1024 grayscale frame of two-flies in 17 ms
 # (275 KB), the default 6 in 58 ms (216 KB), measured in the same run; shard re-encodes them anyway.
@@ -83,18 +55,12 @@ def load_labels(path: Path):
 class SleapReader(Reader):
     name = "sleap"
     pixel_origin = PIXEL_ORIGIN
-    description = "SLEAP labels (.slp / .pkg.slp, HDF5), via sleap-io"
     expects = "a SLEAP labels file: HDF5 content, name ending in .slp"
     extracts_frames = True
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
         return bool(sources) and all(_is_slp(Path(s)) for s in sources)
-
-    @classmethod
-    def default_images_root(cls, sources: Sequence[Path]) -> Path:
-        first = Path(sources[0])
-        return first if first.is_dir() else first.parent
 
     def read(self, sources: Sequence[Path], ctx: ReadContext) -> ReadResult:
         for s in sources:
@@ -109,11 +75,7 @@ class SleapReader(Reader):
             if list(other.node_names) != names:
                 raise AnnotationError(f"skeleton nodes {other.node_names} differ from those of {first_path} "
                                       f"({names}): expected the same nodes in the same order", Location(str(path)))
-        wanted = ctx.options.keypoints
-        missing = [n for n in wanted or [] if n not in names]
-        if missing:
-            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the skeleton's nodes "
-                                  f"({', '.join(names)})", Location(str(first_path)))
+        wanted = wanted_keypoints(ctx.options.keypoints, names, "skeleton's nodes", Location(str(first_path)))
         meta = DatasetMeta(keypoints=names, skeleton=sorted({tuple(e) for e in skeleton.edge_inds if e[0] != e[1]}),
                            flip_pairs=sorted(set(skeleton.symmetry_inds)),
                            flip_pairs_given=bool(skeleton.symmetries))
@@ -129,7 +91,7 @@ class SleapReader(Reader):
                  "videos": [p.describe() for p in plans.values()]}
         # read (and frames extracted) here, not lazily: ingest may fork a helper while a generator is
         # open, and a video decoder's threads do not survive a fork
-        instances = list(_instances(loaded, plans, ctx, names, set(wanted) if wanted else None))
+        instances = list(_instances(loaded, plans, ctx, names, wanted))
         return ReadResult(meta, instances, [str(p) for p, _ in loaded], extra)
 
 
@@ -429,8 +391,7 @@ def write_slp(path: str, predictions: Iterable[SlpPrediction], keypoints: Sequen
       coordinate, or with a confidence below ``min_confidence`` when given, is written missing.
     - The skeleton: the node names ``keypoints``, edges ``skeleton`` and symmetries ``flip_pairs``
       (0-based index pairs, as in the manifest header and the run's config).
-    - Coordinates: kpconv's (pixel ``i``'s centre at ``i + 0.5``) minus 0.5, SLEAP's convention (see
-      the module docstring).
+    - Coordinates: kpconv's minus 0.5, SLEAP's convention (:data:`PIXEL_ORIGIN`).
     - Atomic: sleap-io writes a temporary file, which is then copied to ``path`` by
       :func:`kpconv.manifest.atomic_output` (so ``-`` is stdout; a failure leaves no output).
 

@@ -1,24 +1,5 @@
-"""YOLO pose (Ultralytics): a ``data.yaml`` plus one ``.txt`` label file per image.
-
-``data.yaml`` gives ``kpt_shape: [K, 2 or 3]``, optionally ``flip_idx`` (the keypoint permutation of
-a horizontal flip), ``kpt_names`` (``{0: [names]}`` or a list), ``names`` (classes), ``path`` (the
-dataset root, relative to the YAML's folder; that folder when ``path`` is absent or names a folder
-that does not exist here) and ``train``/``val``/``test``: each an image folder (searched
-recursively), a ``.txt`` list of image paths, or a list of those, relative to ``path``. In a ``.txt`` list, ``./x.jpg`` is relative to the list's folder and other
-relative paths to ``path`` (as Ultralytics does).
-
-The label file of an image is found with the Ultralytics rule: the last ``/images/`` of the image
-path becomes ``/labels/`` and the extension ``.txt``. Each row is one instance,
-``cls cx cy w h x1 y1 [v1] ... xK yK [vK]``, normalized to 0..1; the bbox becomes
-``(cx - w/2, cy - h/2, w, h)``. With ``kpt_shape [K, 3]`` a point with v = 0 is not labelled; with
-``kpt_shape [K, 2]`` a point at x = y = 0 is not labelled and every other point is visible
-(v = 2). An image without a label file has no instance (a ``no_label_file`` warning, located).
-
-Several classes (``names`` lists more than one): ``--category`` (class name or id) keeps one; without
-it every class is read, each record keeping its class name (``category``), and a
-``several_categories`` note says so: classes are never merged silently. An image listed in two
-splits is an ``image_in_two_splits`` warning, located at the second listing, and kept in the first.
-"""
+"""YOLO pose (Ultralytics): a ``data.yaml`` (``kpt_shape``, splits) plus one ``.txt`` label file per image,
+found by the Ultralytics rule; docs/formats/yolo.md."""
 from __future__ import annotations
 
 import math
@@ -29,7 +10,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from ..errors import AnnotationError, Location
 from . import register
 from ._yaml import load_yaml
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, wanted_keypoints
 
 IMAGE_EXTENSIONS = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
                     ".heic"}
@@ -81,10 +62,7 @@ def _root(yaml_path: Path, data: dict) -> Path:
     return stated if stated.is_dir() else base
 
 
-# Pixel convention (base.PIXEL_ORIGINS, docs/formats.md):
-# YOLO pose coordinates are normalized by the image width / height (0 the left edge, 1 the right edge,
-# continuous, like its box centres); Ultralytics' converter (convert_coco) divides pixels by w, h with no offset.
-PIXEL_ORIGIN = "corner"
+PIXEL_ORIGIN = "corner"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/yolo.md)
 
 
 @register
@@ -92,7 +70,6 @@ class YoloReader(Reader):
     name = "yolo"
     pixel_origin = PIXEL_ORIGIN
     expects = "a YOLO dataset folder or its data.yaml, with 'kpt_shape'"
-    description = "YOLO pose dataset (Ultralytics data.yaml with kpt_shape, labels/*.txt)"
 
     @classmethod
     def detect(cls, sources: Sequence[Path]) -> bool:
@@ -136,11 +113,7 @@ class YoloReader(Reader):
         if not splits:
             raise AnnotationError("no 'train', 'val' or 'test' entry", Location(name))
         meta = DatasetMeta(keypoints=names, flip_pairs=flips, flip_pairs_given="flip_idx" in data)
-        wanted = set(ctx.options.keypoints) if ctx.options.keypoints else None
-        missing = [n for n in ctx.options.keypoints or [] if n not in names]
-        if missing:
-            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the keypoint names "
-                                  f"({', '.join(names)})", Location(name, field="kpt_names"))
+        wanted = wanted_keypoints(ctx.options.keypoints, names, "keypoint names", Location(name, field="kpt_names"))
         extra = {"kpt_shape": [k, ndim], "splits": list(dict.fromkeys(s for s, _ in splits))}
         if data.get("path") and root == y.parent and not (y.parent / str(data["path"])).is_dir():
             extra["path_not_found"] = str(data["path"])  # stated root missing here: the YAML's folder was used
