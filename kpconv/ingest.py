@@ -1,10 +1,6 @@
-"""``kpconv ingest``: any supported annotation format -> one validated, normalized manifest.
-
-The reader (``kpconv.formats.<fmt>``) yields raw instances in its own units; this module does the rest
-once for every format: image sizes from the image headers (EXIF orientation applied),
-path checks, normalization to 0..1, coordinate validation with a small clamping tolerance, bbox
-derivation, instance numbering, duplicate detection, the problem report, and an atomic write.
-"""
+"""``kpconv ingest``: any supported annotation format -> one validated, normalized manifest. The reader yields
+raw instances in its own units; everything else (image sizes, path checks, normalization, clamping, boxes,
+instance numbers, duplicates, the problem report, the atomic write) is done here, once for every format."""
 from __future__ import annotations
 
 import contextlib
@@ -142,12 +138,8 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
 
 @contextlib.contextmanager
 def _gc_paused():
-    """No cyclic garbage collection while ingesting (restored afterwards).
-
-    A parsed annotation file is millions of objects, and each collection walks them all while
-    ingest creates next to no reference cycles; pausing the collector saved ~13% of the time of
-    100,000 COCO instances (``benchmarks/bench_ingest.py``). Objects made meanwhile are all in the
-    youngest generation: they should be gone before the collector runs again."""
+    """No cyclic garbage collection while ingesting: each collection walks the millions of objects of a parsed
+    annotation file, and ingest makes next to no cycles (~13% of the time of 100,000 COCO instances)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -194,12 +186,8 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
 
 
 class _Finalizer:
-    """Turns raw instances (RawInstances and DenseRows blocks) into :class:`RecordBatch` es, reporting and
-    skipping bad ones.
-
-    Everything that depends only on the image (path checks, size, scale, tolerances) is computed once
-    per image and cached; image sizes are read a chunk at a time (:meth:`prepare`), and ``helpers`` write
-    the lines."""
+    """Turns RawInstances and DenseRows blocks into :class:`RecordBatch` es, reporting and skipping bad ones; what
+    depends only on the image (path, size, scale, tolerances) is computed once per image."""
 
     def __init__(self, header: Header, index: Dict[str, int], root: Path, options: IngestOptions,
                  report: Report, reader_names: Sequence[str], offset: float = 0.0):
@@ -243,10 +231,7 @@ class _Finalizer:
             bar.close()
 
     def prepare(self, chunk: Union[DenseRows, List[RawInstance]]) -> tuple:
-        """What a chunk needs before it is turned into records, worked out without reporting anything:
-        ``(chunk, resolved, sizes, dense)``, the chunk,
-        its image paths (:meth:`_resolve`), the sizes of its images not seen before, and for a DenseRows block
-        the rows valid as they are (:meth:`_dense`)."""
+        """``(chunk, resolved paths, sizes of its new images, a DenseRows block's valid rows)``, reporting nothing."""
         if chunk.__class__ is DenseRows:
             paths = {name: self._resolve(None, name) for name in set(chunk.image)}
             resolved = [paths[name] for name in chunk.image]
@@ -406,14 +391,9 @@ class _Finalizer:
                       None if raw.category is None else str(raw.category))
 
     def _dense(self, rows: DenseRows, resolved: list):
-        """The rows that are valid as they are, with nothing to report, clamp or fix, validated all at
-        once with numpy: ``(take, keypoints, bbox)``, ``take[i]`` = ``i`` for such a row of the arrays (K, 3)
-        and (4) of normalized numbers, -1 where ``_finalize`` decides (Nones when none is).
-
-        The same float operations as ``_finalize`` (IEEE-exact), so the records are the same.
-        Kept with the RecordBatch serializer of :mod:`kpconv.manifest` (they pay together): on 150,000 COCO
-        instances (``bench_ingest.py --images 57000 --instances 150000 --fast-paths c550b99``, 2 shared
-        cores, load ~6) without both ingest took 18.6 s more, without this alone 1.7 s more."""
+        """The rows with nothing to report, clamp or fix, validated at once with numpy by the same float operations
+        as ``_finalize``: ``(take, keypoints, bbox)``, ``take[i]`` = ``i`` for such a row, -1 where ``_finalize``
+        decides. Kept with the RecordBatch serializer (see :func:`kpconv.manifest.dumps_records`)."""
         n, n3 = len(rows), 3 * self.k
         if self.reader_names != self.names:     # (not in the manifest's keypoint order)
             return [-1] * n, None, None

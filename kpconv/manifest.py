@@ -1,12 +1,5 @@
-"""The canonical manifest: JSON Lines, one header line, then one line per instance.
-
-Schema: ``schemas/manifest.schema.json`` (shipped as ``kpconv/schemas/manifest.schema.json``).
-
-Coordinates are normalized to 0..1 with the *continuous pixel* convention used by COCO: x = 0 is the
-left edge of the image and x = 1 the right edge, so the centre of pixel column ``i`` of a ``W`` pixels
-wide image is ``(i + 0.5) / W``. Visibility ``v`` has the COCO meaning: 0 not labelled (x = y = 0),
-1 labelled but occluded, 2 visible. ``bbox`` is ``[x, y, w, h]`` in the same normalized units.
-"""
+"""The canonical manifest: JSON Lines, one header line, then one line per instance
+(``schemas/manifest.schema.json``; fields and the continuous, normalized coordinates: docs/ingest.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -149,13 +142,9 @@ class Record:
 
 @dataclass
 class RecordBatch:
-    """Records in columns, as ingest builds them a chunk at a time: the numbers of all in two float
-    arrays (``keypoints`` (n, K, 3): normalized x, y and v; ``bbox`` (n, 4), not yet rounded), every
-    other field a list with one value per record. :func:`dumps_records` writes it as it writes the
-    same :class:`Record` s (``batch.record(i)``). Measured on the 100,000 COCO instances of
-    ``benchmarks/bench_ingest.py`` (each version in its own process, alternating): ``ingest()`` building
-    a RecordBatch per chunk takes 2.27 s of CPU, building Records (each point a list, read back by the
-    serializer) 3.04 s."""
+    """Records in columns, as ingest builds them a chunk at a time: ``keypoints`` (n, K, 3) and ``bbox`` (n, 4)
+    float arrays (not yet rounded), every other field a list; written as the same :class:`Record` s
+    (``batch.record(i)``) would be. Part of the DenseRows fast path (see :func:`dumps_records`)."""
 
     image: List[str]
     width: List[int]
@@ -198,23 +187,14 @@ class RecordBatch:
 
 
 def dumps_records(records: Union[Sequence[Record], RecordBatch]) -> bytes:
-    """The manifest lines of ``records`` (a list of :class:`Record` or a :class:`RecordBatch`): the one
-    place that decides the manifest's bytes.
+    """The manifest lines of ``records`` (Records or a RecordBatch): the one place that decides the manifest's
+    bytes, exactly what the reference :func:`_json_line` (``json.dumps``, coordinates ``round(c, 6)``) writes.
 
-    Keypoint coordinates and the bbox are floats rounded to ``DECIMALS`` (what ``round(c, 6)`` gives),
-    visibilities ints, and each line is compact JSON, UTF-8, not ASCII-escaped: exactly what
-    ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes (:func:`_json_line`).
-
-    Most records (every record ingest writes) have all coordinates in 0..1: their numbers are rounded
-    together with numpy (:func:`_round_unit`) and written by one orjson call per batch, whose text is
-    json's there except for values in (0, 1e-4) (``0.00005`` for ``5e-05``), and the line is put
-    together with one ``%`` format (strings JSON-escaped once per distinct value). A record with a value
-    in (0, 1e-4), -0.0, a visibility that is not 0, 1 or 2, a coordinate outside 0..1 or a field that is
-    not a plain string, and any list of records whose numbers do not fill one array, is written by
-    :func:`_json_line` (which raises ValueError for NaN or infinity). Kept with ingest's DenseRows blocks
-    (they pay together): on 150,000 COCO instances (``bench_ingest.py --images 57000 --instances 150000
-    --fast-paths c550b99``, 2 shared cores, load ~6) ingest without both took 18.6 s more, without this
-    alone (every line by :func:`_json_line`) 1.6 s more."""
+    Records with every number in 0..1 (all that ingest writes) are rounded together with numpy
+    (:func:`_round_unit`) and written by one orjson call per batch and one ``%`` format per line; a value
+    in (0, 1e-4) (orjson writes ``0.00005``), -0.0, a bad visibility or a field that is not a plain string
+    sends the record to :func:`_json_line`. Kept with ingest's DenseRows blocks (they pay together): on
+    150,000 COCO instances (``bench_ingest.py --fast-paths c550b99``) ingest without both took 18.6 s more."""
     if not len(records):
         return b""
     batch = records if isinstance(records, RecordBatch) else RecordBatch.from_records(records)
@@ -287,15 +267,10 @@ def _unit_numbers(batch: RecordBatch) -> list:
 
 
 def _round_unit(c):
-    """``c * 10**6`` rounded to an integer exactly as ``round(c, 6)`` rounds (the exact binary value of
-    ``c``, ties to even), for ``c`` in 0..1, elementwise; ``n / 1e6`` is then ``round(c, 6)`` (both are
-    the float nearest to the decimal ``n * 10**-6``).
-
-    ``p = c * 1e6`` is the product rounded to the nearest float; when ``p`` is not a half-integer,
-    ``rint(p)`` is right (the exact product lies on the same side of every half-integer, which is a
-    float here). When it is one, the exact product may be just above or below it: its rounding error
-    (exactly, with Dekker's product: ``1e6`` has 14 significant bits, the halves of ``c`` 26) decides,
-    and only an exact tie goes to even, like ``rint``."""
+    """``c * 10**6`` (``c`` in 0..1) rounded to an integer exactly as ``round(c, 6)`` rounds; ``n / 1e6`` is then
+    ``round(c, 6)``. ``rint(c * 1e6)`` is right unless the float product is a half-integer; there the exact
+    product's rounding error (Dekker's product: ``1e6`` has 14 significant bits, the halves of ``c`` 26)
+    decides, and only an exact tie goes to even."""
     import numpy as np
 
     p = c * 1e6
@@ -317,16 +292,9 @@ def dumps_header(header: Header) -> bytes:
 
 @contextmanager
 def atomic_output(path: str, mode: str = "w"):
-    """Write to a temporary file beside ``path`` and rename it into place only on success.
-
-    ``path == "-"`` writes to stdout, but only after the whole output exists (it is spooled to a
-    temporary file first), so a failure never leaves half an output in a pipe either. A path that
-    is a device or a pipe (``/dev/null``, a FIFO) is written the same way, never replaced.
-
-    The temporary file is named ``.<name>.<pid>.<random>.tmp``; those of the same output left by a
-    process that no longer runs (killed) are removed first. Filesystem errors of the output (a directory
-    at ``path``, a read-only folder, a full disk, a file-size limit) raise :class:`OutputError`.
-    """
+    """Write to ``.<name>.<pid>.<random>.tmp`` beside ``path``, renamed into place only on success (those left by
+    a dead process removed first). ``-`` (stdout), a device or a pipe get the output spooled, only once
+    complete. Filesystem errors of the output raise :class:`OutputError`."""
     with _output_errors(path):
         with _atomic_output(path, mode) as f:
             yield f
@@ -479,10 +447,8 @@ def scan(stream: IO[bytes], name: str) -> Tuple[Header, Iterator[Tuple[int, int,
 
 
 def open_manifest(path: str) -> Tuple[Header, Iterator[Record]]:
-    """Read a manifest from a file path or ``-`` (stdin). Returns the header and a lazy record iterator.
-
-    Raises :class:`ManifestError` with the file and line number on any malformed line.
-    """
+    """The header and a lazy record iterator of the manifest at a path or ``-`` (stdin); ManifestError located
+    at the file and line of a malformed line."""
     name = "<stdin>" if path == "-" else str(path)
     if path == "-":
         stream = sys.stdin.buffer
