@@ -1,11 +1,6 @@
-"""Keypoints drawn on images, one style for ``kpconv inspect --grid`` and ``kpconv predict --draw``:
-left keypoints and limbs red, right blue (by the flip pairs), others yellow; names optional. With
-several instances per image (``by_instance``) each instance, or each track, has a colour of its own.
-
-``predict --draw`` writes each image under the output folder at its path relative to the inputs'
-common folder (same name and format, so ``a.png`` and ``a.jpg`` never collide) and each video as a
-video (H.264, or VP9 for ``.webm``), written to a temporary file and renamed into place.
-"""
+"""Keypoints drawn on images, one style for ``kpconv inspect --grid`` and ``kpconv predict --draw`` (docs/predict.md):
+left keypoints and limbs red, right blue (by the flip pairs), others yellow; with ``by_instance`` a colour per
+instance or track."""
 from __future__ import annotations
 
 import io

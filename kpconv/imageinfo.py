@@ -29,7 +29,8 @@ REASONS = {
     "degenerate_crop": "--crop bbox on an instance whose box is under a pixel wide or high",
 }
 EXIF_ORIENTATION = 0x0112
-_TRANSPOSED = frozenset((5, 6, 7, 8))       # orientations that turn the image by 90 degrees
+TRANSPOSED = frozenset((5, 6, 7, 8))        # orientations that turn the image by 90 degrees
+UNIDENTIFIED = "cannot read image: not an image file Pillow can identify"
 _HEAD = 1 << 16                             # first read of a file: the whole header of nearly every image
 _DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)   # PIL.Image.MAX_IMAGE_PIXELS default
 MAX_IMAGE_BYTES = 256 * 1024 * 1024         # an image file larger than this is refused (bounded memory)
@@ -241,7 +242,7 @@ def _probe(src: _Src, name: str, limit: Optional[int]) -> Probe:
         fmt, w, h, orientation, components = parsed
         if w > 0 and h > 0 and not (limit and w * h > limit):
             complete = ends_complete(head, fmt) if src.f is None else None
-            if orientation in _TRANSPOSED:
+            if orientation in TRANSPOSED:
                 w, h = h, w
             return Probe(fmt, w, h, orientation, components, complete, "header")
     return _pillow(src, name, limit)
@@ -278,13 +279,13 @@ def _pillow(src: _Src, name: str, limit: int) -> Probe:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage("decompression_bomb", str(e), loc) from None
     except UnidentifiedImageError:
-        raise BadImage("unreadable_image", "cannot read image: not an image file Pillow can identify", loc) from None
+        raise BadImage("unreadable_image", UNIDENTIFIED, loc) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, zlib.error) as e:
         raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
     if w <= 0 or h <= 0:
         raise BadImage("unreadable_image", f"cannot read image: it is {w}x{h} pixels", loc)
     complete = ends_complete(src.head, fmt) if src.f is None and fmt in ("JPEG", "PNG") else None
-    if orientation in _TRANSPOSED:
+    if orientation in TRANSPOSED:
         w, h = h, w
     return Probe(fmt, w, h, orientation, components, complete, "pillow")
 

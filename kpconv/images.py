@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import Location
-from .imageinfo import BadImage, ends_complete, file_problems, max_pixels as pillow_limit, open_image, probe
+from .imageinfo import EXIF_ORIENTATION, TRANSPOSED, UNIDENTIFIED, BadImage, ends_complete, file_problems, \
+    max_pixels as pillow_limit, open_image, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
-EXIF_ORIENTATION = 0x0112
-
-UNIDENTIFIED = "cannot read image: not an image file Pillow can identify"   # (the probe's words)
 
 
 @dataclass(frozen=True)
@@ -180,7 +178,7 @@ class SourceImage:
                 self.orientation = int(self.im.getexif().get(EXIF_ORIENTATION, 1))
             except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
                 self.orientation = 1  # a broken EXIF block does not make the image unreadable
-        self.size = (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
+        self.size = (h, w) if self.orientation in TRANSPOSED else (w, h)
         self.loc = loc
 
     def load(self, draft_size: Optional[Tuple[int, int]] = None):

@@ -63,28 +63,21 @@ def parse_names(text: str) -> List[str]:
     return names
 
 
-def parse_pairs(text: str) -> List[Tuple[str, str]]:
-    """``a:b,c:d`` -> [("a", "b"), ("c", "d")]"""
+def parse_pairs(text: str, dash: bool = False,
+                expected: str = "pairs like 'left_eye:right_eye,left_ear:right_ear'") -> List[Tuple[str, str]]:
+    """``a:b,c:d`` (with ``dash`` also ``a-b``, where no ``:`` is given) -> [("a", "b"), ("c", "d")]"""
     pairs = []
     for item in text.split(","):
-        parts = [p.strip() for p in item.split(":")]
+        parts = [p.strip() for p in item.split("-" if dash and ":" not in item else ":")]
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"expected pairs like 'left_eye:right_eye,left_ear:right_ear', got {item!r}")
+            raise ValueError(f"expected {expected}, got {item!r}")
         pairs.append((parts[0], parts[1]))
     return pairs
 
 
 def parse_edges(text: str) -> List[Tuple[str, str]]:
     """``a-b,b-c`` (or ``a:b,b:c``, for names that hold a ``-``) -> [("a", "b"), ("b", "c")]"""
-    pairs = []
-    for item in text.split(","):
-        sep = ":" if ":" in item else "-"
-        parts = [p.strip() for p in item.split(sep)]
-        if len(parts) != 2 or not all(parts):
-            raise ValueError(f"expected edges like 'nose-left_eye,nose-right_eye' (or 'a:b' when a name holds "
-                             f"a '-'), got {item!r}")
-        pairs.append((parts[0], parts[1]))
-    return pairs
+    return parse_pairs(text, True, "edges like 'nose-left_eye,nose-right_eye' (or 'a:b' when a name holds a '-')")
 
 
 def pairs_to_indices(pairs: Sequence[Tuple[str, str]], names: Sequence[str]) -> List[Tuple[int, int]]:

@@ -1,14 +1,5 @@
-"""Per-record problems found while ingesting, and the report that counts them.
-
-A problem has a ``reason`` (a short code, counted in the summary table), a located message and a
-severity:
-
-- ``error``: the record is skipped; ``--strict`` fails.
-- ``warning``: the record is kept (e.g. the annotation states an image size that disagrees with the
-  image file, which wins); ``--strict`` fails.
-- ``note``: counted only (a crowd annotation skipped as COCO intends, a coordinate clamped by less
-  than the tolerance); ``--strict`` does not fail.
-"""
+"""Per-record problems found while ingesting (a ``reason``, a located message, a severity: ``error`` skips the
+record, ``warning`` keeps it, ``note`` is counted, not failed on by ``--strict``), and the report."""
 from __future__ import annotations
 
 import json

@@ -1,12 +1,6 @@
-"""A quiet terminal for the TensorFlow commands: no TensorFlow, absl, CUDA or oneDNN start-up lines.
-
-:func:`quiet_tensorflow` sets the log levels before TensorFlow is imported. TensorFlow's C++ code
-still writes some lines straight to file descriptor 2 before its logging is initialised
-(``WARNING: All log messages before absl::InitializeLog() ...``, ``I0000 ... port.cc] oneDNN custom
-operations are on``, ``cudart_stub.cc] Could not find cuda drivers``, ``E0000 ... cuInit``), so
-:func:`filter_stderr` puts a pipe on descriptor 2 and a thread forwards every other line to the
-real stderr. ``kpconv -v`` keeps everything.
-"""
+"""A quiet terminal for the TensorFlow commands: :func:`quiet_tensorflow` sets the log levels before TensorFlow is
+imported; as its C++ code still writes start-up lines straight to descriptor 2, :func:`filter_stderr` puts a
+pipe there and a thread forwards every other line. ``kpconv -v`` keeps everything."""
 from __future__ import annotations
 
 import atexit
@@ -47,12 +41,9 @@ def quiet_tensorflow(verbose: bool = False) -> None:
 
 
 def filter_stderr(python_logs: bool = False) -> bool:
-    """Filter TensorFlow's C++ start-up lines (and with ``python_logs`` also Python log lines below
-    ERROR, of this process and its children) out of file descriptor 2 for the rest of the process.
-
-    Only when ``sys.stderr`` is descriptor 2 itself (not under a test runner that captures it);
-    returns whether the filter is on. Progress bars keep their terminal: the decision whether
-    stderr is a terminal is taken before the pipe replaces it."""
+    """Filter TensorFlow's start-up lines (with ``python_logs`` also Python log lines below ERROR, children's too)
+    out of descriptor 2 for the rest of the process, when ``sys.stderr`` is descriptor 2 itself; returns
+    whether the filter is on. Whether stderr is a terminal (progress bars) is decided before."""
     global _installed
     if _installed is not None:
         _installed.python_logs = _installed.python_logs or python_logs

@@ -1,7 +1,5 @@
-"""Worker processes that never outlive the process that owns their pool (docs/safety.md): every pool passes
-:func:`die_with_parent` as its ``initializer``, so that a ``kill -9`` of the command leaves no worker waiting on
-its task queue forever, and ignores Ctrl-C (the owner stops it: :func:`stop`). :class:`Helpers` runs functions in
-helper processes for one job."""
+"""Worker processes that never outlive the process owning their pool (docs/safety.md: :func:`die_with_parent`)
+and leave Ctrl-C to it (:func:`stop`); :class:`Helpers` runs functions in helper processes for one job."""
 from __future__ import annotations
 
 import os
@@ -81,13 +79,9 @@ def process_pool(processes: int, preload: Sequence[str] = ()):
 
 
 class Helpers:
-    """Helper processes for one job: ``run(fn, *args)`` starts ``fn(*args)`` in one of ``processes``
-    processes (a :func:`process_pool` made on first use) and returns the function that waits for
-    its result, or raises its exception (:class:`WorkerDied` when a helper died). With ``processes`` 0
-    nothing starts: ``fn`` runs in this process when waited for. Used as a context manager: at the end,
-    also after an error or an interrupt (Ctrl-C, which the helpers ignore), the helpers finish the task
-    they run, the others are cancelled, and they exit. (A forked helper keeps the pages of its parent at
-    the fork: it must not outlive its job in a long-lived process.)"""
+    """``run(fn, *args)`` starts ``fn(*args)`` in one of ``processes`` helper processes (0: in this process, when
+    waited for) and returns the function that waits for its result (:class:`WorkerDied` when a helper died).
+    As a context manager the helpers end with the job (a forked helper holds its parent's pages)."""
 
     def __init__(self, processes: int = 0):
         self.processes = processes
@@ -120,9 +114,8 @@ class Helpers:
 
 
 def stop(pool, kill: bool = False) -> None:
-    """Shut a process pool down: its workers finish the tasks they run (the others are cancelled) and exit,
-    or, with ``kill``, are killed first (only for workers whose results are small: a worker killed while it
-    writes a result longer than a pipe's atomic write leaves the pool waiting for its end)."""
+    """Shut a process pool down: running tasks finish, the others are cancelled; ``kill`` kills the workers first
+    (only where results are small: one killed while writing a long result leaves the pool waiting)."""
     if kill:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             try:

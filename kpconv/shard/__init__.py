@@ -37,15 +37,9 @@ class ShardResult:
 
 def shard(manifest: str, out_dir, options: ShardOptions = ShardOptions(), *,
           executor: Optional[Executor] = None) -> ShardResult:
-    """Convert the manifest at ``manifest`` (a path, or ``-`` for stdin) into shards under ``out_dir``.
-
-    ``executor`` runs the shard tasks (default: :class:`LocalExecutor` with ``options.workers``; the Beam
-    runner passes :class:`kpconv.shard.beam.BeamExecutor`). The manifest is validated and the plan frozen
-    before OUT_DIR is touched.
-
-    Raises ShardError (existing output, failed worker), ManifestError (malformed manifest) or
-    NothingToWrite (every record skipped); in each case ``dataset_info.json`` is not written.
-    """
+    """Convert the manifest (a path, or ``-``: stdin) into shards under ``out_dir``, the plan frozen before
+    ``out_dir`` is touched; ``executor`` runs the tasks (default :class:`LocalExecutor`). Raises ShardError,
+    ManifestError or NothingToWrite, and then writes no ``dataset_info.json``."""
     executor = executor or LocalExecutor(options.workers)
     files: LocalFiles = executor.files
     out = str(out_dir)

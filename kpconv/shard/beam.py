@@ -1,12 +1,7 @@
-"""``kpconv shard --runner beam``: the shard tasks of :func:`kpconv.shard.shard` (same plan, ``--resume`` and
-``dataset_info.json``) run as the Apache Beam pipeline ``Create(task numbers) | Reshuffle | Map(write)``.
-
-Each element writes one whole shard with :func:`~kpconv.shard.writer.write_shard` under a temporary name, and a
-``<shard>.pending.json`` state beside it; the tasks travel in ``.kpconv-shard/beam-plan-<id>.jsonl`` (the graph
-holds only task numbers). Once the pipeline has succeeded, the driver commits each shard; a failed pipeline
-leaves no shard under a final name. Paths with a scheme (``gs://``...) go through Beam's FileSystems
-(:class:`BeamFiles`); ``apache_beam`` is imported only when a pipeline runs (an optional extra).
-"""
+"""``kpconv shard --runner beam``: the shard tasks of :func:`kpconv.shard.shard` run as the Beam pipeline
+``Create(task numbers) | Reshuffle | Map(write)``; each element writes a shard under a temporary name and a
+``.pending.json`` state, and the driver commits them once the pipeline succeeded (docs/shard.md). Paths with a
+scheme go through Beam's FileSystems (:class:`BeamFiles`)."""
 from __future__ import annotations
 
 import atexit
@@ -273,10 +268,6 @@ class BeamExecutor:
 
 def shard_beam(manifest: str, out_dir, options: ShardOptions = ShardOptions(), beam_options: Sequence[str] = (),
                *, force_filesystems: bool = False) -> ShardResult:
-    """:func:`kpconv.shard.shard` with the shard tasks run as an Apache Beam pipeline.
-
-    ``beam_options``: ``KEY=VALUE`` pipeline options (``runner=FlinkRunner``, ``temp_location=gs://...``);
-    by default the DirectRunner in multi-processing mode with ``options.workers`` processes. Raises
-    BeamMissing when Apache Beam is not installed, and what :func:`kpconv.shard.shard` raises.
-    """
+    """:func:`kpconv.shard.shard` run as an Apache Beam pipeline; ``beam_options``: ``KEY=VALUE`` pipeline options
+    (default: the DirectRunner, ``options.workers`` processes). Raises BeamMissing without Apache Beam."""
     return shard(manifest, out_dir, options, executor=BeamExecutor(beam_options, options.workers, force_filesystems))
