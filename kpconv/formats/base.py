@@ -1,16 +1,8 @@
-"""What every annotation reader produces, and the interface it implements.
-
-A reader turns one dataset in its format into :class:`RawInstance` objects in *pixel* coordinates
-(or already-normalized ones, for formats such as YOLO that store them so) plus the dataset's keypoint
-metadata; a reader of many instances with all keypoints in one flat list each (COCO) may yield them in
-:class:`DenseRows` blocks instead, which ingest validates a block at a time. Everything shared (image
-sizes, normalization, validation of coordinates and paths, bbox derivation, duplicate detection, the
-manifest) happens once, in :mod:`kpconv.ingest`.
-
-Readers report problems with single records through ``ctx.report.add(reason, message, location)``
-and skip the record; they raise :class:`kpconv.errors.AnnotationError` when a file cannot be read at
-all. They never print.
-"""
+"""What every annotation reader produces (:class:`RawInstance` s in the source's pixels, or COCO's
+:class:`DenseRows` blocks, and the keypoint metadata), the :class:`Reader` interface, and the helpers readers
+share. Everything else happens once, in :mod:`kpconv.ingest`. Readers report a bad record with
+``ctx.report.add(reason, message, location)`` and skip it, raise AnnotationError for a file that cannot be
+read at all, and never print."""
 from __future__ import annotations
 
 import json
@@ -26,21 +18,14 @@ from ..problems import Report
 # (x, y, v): pixel (or normalized, see RawInstance.normalized) coordinates and COCO visibility.
 Point = Tuple[float, float, int]
 
-# Where a source format puts pixel centres (each reader's ``PIXEL_ORIGIN``, with its evidence in the reader
-# module and in docs/formats.md), and what is added to its pixel coordinates to reach kpconv's continuous
-# convention (``records.CONVENTIONS``: x = 0 is the left edge of the image, pixel i's centre is at i + 0.5):
-# - "center": pixel i's centre is at coordinate i (pixel indices; the "midpoint" system of matplotlib, napari,
-#   DeepLabCut, COCO keypoints, dlib, SLEAP): + 0.5;
-# - "corner": coordinate 0 is the left/top edge of the image, pixel i's centre at i + 0.5 (continuous, what
-#   Qt/SVG canvases and normalized coordinates give): unchanged.
-# Ingest adds the offset to keypoints only (boxes are continuous in every format read) and never to
-# normalized coordinates (YOLO), which are continuous by definition.
+# Where a source puts pixel centres (each reader's ``PIXEL_ORIGIN``) -> what ingest adds to its pixel keypoints
+# (never to boxes or normalized coordinates) to reach kpconv's continuous convention, pixel i's centre at i + 0.5:
+# "center" (pixel i's centre at i: COCO, DeepLabCut, dlib, SLEAP) + 0.5, "corner" (continuous) 0 (docs/formats.md).
 PIXEL_ORIGINS = {"center": 0.5, "corner": 0.0}
 
 
 def continuous_offset(origin: str) -> float:
-    """What ingest adds to a source's pixel coordinates whose pixel centres are at ``origin`` (see
-    :data:`PIXEL_ORIGINS`) to put them in kpconv's continuous convention."""
+    """What ingest adds to the pixel coordinates of a source whose pixel centres are at ``origin``."""
     try:
         return PIXEL_ORIGINS[origin]
     except KeyError:
@@ -48,10 +33,8 @@ def continuous_offset(origin: str) -> float:
 
 
 def from_continuous(value, origin: str):
-    """kpconv's continuous pixel coordinate(s) ``value`` (a number or a numpy array) as a tool whose pixel
-    centres are at ``origin`` writes them: what a writer of that format (predict's DeepLabCut or COCO output)
-    must call, e.g. ``from_continuous(x_px, kpconv.formats.dlc.PIXEL_ORIGIN)``. The inverse of ingest's
-    conversion."""
+    """kpconv's continuous pixel coordinate(s) ``value`` as a tool whose pixel centres are at ``origin`` writes
+    them (the inverse of ingest's conversion), e.g. ``from_continuous(x_px, kpconv.formats.dlc.PIXEL_ORIGIN)``."""
     return value - continuous_offset(origin)
 
 
