@@ -75,13 +75,23 @@ def wanted_keypoints(wanted: Optional[Sequence[str]], names: Sequence[str], what
     return set(wanted) if wanted else None
 
 
-def is_hdf5(path: Path) -> bool:
-    """Whether ``path`` starts with HDF5's signature (False when it cannot be read)."""
+def head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of a file (b"" when it cannot be read): what ``detect`` looks at."""
     try:
         with open(path, "rb") as f:
-            return f.read(8) == _HDF5_SIGNATURE
+            return f.read(size)
     except OSError:
-        return False
+        return b""
+
+
+def opens_with(data: bytes, char: bytes) -> bool:
+    """Whether a text's first character after a byte order mark and white space is ``char`` (``{``, ``[``)."""
+    return data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(char)
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether ``path`` starts with HDF5's signature."""
+    return head(path, 8) == _HDF5_SIGNATURE
 
 
 @dataclass

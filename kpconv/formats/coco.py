@@ -11,7 +11,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, DenseRows, RawInstance, ReadContext, ReadResult, Reader, load_json, wanted_keypoints
+from .base import DatasetMeta, DenseRows, RawInstance, ReadContext, ReadResult, Reader, head, load_json, opens_with, \
+    wanted_keypoints
 
 # Files up to this size are parsed completely by detect(); larger ones are scanned for the keys.
 _DETECT_PARSE_LIMIT = 4 << 20
@@ -59,12 +60,9 @@ def _scan_for_keys(path: Path) -> bool:
 
 def _looks_like_coco(path: Path) -> bool:
     """By content, whatever the extension (a COCO file named ``.txt`` is one too)."""
-    if not path.is_file():
+    if not path.is_file() or not opens_with(head(path, 4096), b"{"):
         return False
     try:
-        with open(path, "rb") as f:
-            if not f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
-                return False
         if path.stat().st_size > _DETECT_PARSE_LIMIT:
             return _scan_for_keys(path)
         return _is_coco_doc(jsonparse.loads(path.read_bytes()))

@@ -11,7 +11,7 @@ from typing import Iterator, List, Sequence, Tuple
 from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, head, opens_with
 
 VERSION = 1
 SCHEMA = "kpconv-annotations.schema.json"
@@ -135,14 +135,8 @@ def quick_valid(img) -> bool:
 
 
 def _is_kpconv(path: Path) -> bool:
-    if path.is_dir():
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and _MARK in head
+    data = b"" if path.is_dir() else head(path, 4096)
+    return opens_with(data, b"{") and _MARK in data
 
 
 PIXEL_ORIGIN = "corner"  # kpconv's own: continuous, the top-left pixel's centre at (0.5, 0.5) (base.PIXEL_ORIGINS)

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from .. import jsonparse
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, load_json
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, head, load_json, opens_with
 
 _UPLOAD = re.compile(r"^/?data/upload/\d+/(?P<file>.+)$")
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(?P<rest>.+)$")
@@ -44,20 +44,14 @@ _DETECT_PARSE_LIMIT = 64 << 20     # larger files: a JSON list that names keypoi
 
 
 def _looks_like(path: Path) -> bool:
-    if not path.is_file():
+    if not path.is_file() or not opens_with(head(path, 4096), b"["):
+        return False
+    data = head(path, _DETECT_PARSE_LIMIT + 1)
+    if b'"keypointlabels"' not in data:
         return False
     try:
-        with open(path, "rb") as f:
-            if not f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-                return False
-            f.seek(0)
-            head = f.read(_DETECT_PARSE_LIMIT + 1)
-        if b'"keypointlabels"' not in head:
-            return False
-        if len(head) > _DETECT_PARSE_LIMIT:
-            return True
-        return _kind(jsonparse.loads(head)) is not None
-    except (OSError, ValueError):
+        return len(data) > _DETECT_PARSE_LIMIT or _kind(jsonparse.loads(data)) is not None
+    except ValueError:
         return False
 
 

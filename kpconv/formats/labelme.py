@@ -8,19 +8,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, load_json
-
-_HEAD = 16384
-
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, head, load_json, opens_with
 
 def _looks_like_labelme(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEAD)
-    except OSError:
-        return False
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    return text.startswith(b"{") and b'"shapes"' in head and b'"kpconv_annotations"' not in head
+    data = head(path, 16384)
+    return opens_with(data, b"{") and b'"shapes"' in data and b'"kpconv_annotations"' not in data
 
 
 def _json_files(folder: Path) -> List[Path]:

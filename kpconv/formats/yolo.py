@@ -10,7 +10,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from ..errors import AnnotationError, Location
 from . import register
 from ._yaml import load_yaml
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, wanted_keypoints
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, head, wanted_keypoints
 
 IMAGE_EXTENSIONS = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm",
                     ".heic"}
@@ -34,12 +34,7 @@ def _yaml_of(sources: Sequence[Path]) -> Optional[Path]:
 
 
 def _has_kpt_shape(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(65536)
-    except OSError:
-        return False
-    return b"kpt_shape" in head
+    return b"kpt_shape" in head(path, 65536)
 
 
 def _load_yaml(path: Path) -> dict:
