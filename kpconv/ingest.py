@@ -163,18 +163,16 @@ def _header(fmt: str, result, options: IngestOptions, root: Path) -> Tuple[Heade
     if not names:
         raise AnnotationError("no keypoint names found in the annotations; give them with --keypoints",
                               Location(", ".join(str(f) for f in result.source_files) or None))
-    if options.skeleton:
+    def given(pairs, option: str):
         try:
-            skeleton = pairs_to_indices(options.skeleton, names)
+            return pairs_to_indices(pairs, names)
         except ValueError as e:
-            raise AnnotationError(f"--skeleton: {e}") from None
-    else:
-        skeleton = remap_pairs(meta.skeleton, meta.keypoints, names)
+            raise AnnotationError(f"{option}: {e}") from None
+
+    skeleton = given(options.skeleton, "--skeleton") if options.skeleton else \
+        remap_pairs(meta.skeleton, meta.keypoints, names)
     if options.flip_pairs:
-        try:
-            flips = pairs_to_indices(options.flip_pairs, names)
-        except ValueError as e:
-            raise AnnotationError(f"--flip-pairs: {e}") from None
+        flips = given(options.flip_pairs, "--flip-pairs")
     elif meta.flip_pairs_given:
         flips = remap_pairs(meta.flip_pairs, meta.keypoints, names)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from itertools import chain, compress
+from itertools import compress
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -206,30 +206,7 @@ def _flatten(kp: list, k: int):
 
 
 _NUMBER_TYPES = frozenset((int, float))  # exact types: bool is not a number here
-
-
-def _is_number(v) -> bool:
-    return type(v) in _NUMBER_TYPES
-
-
-def _all_numbers(values: list) -> bool:
-    return set(map(type, values)) <= _NUMBER_TYPES
-
-
-_BLOCK_BITS = 10
 _ROWS = 4096      # annotations per DenseRows block at most
-
-
-def _numeric_blocks(anns: list) -> List[bool]:
-    """Per block of 1024 annotations: True when every ``keypoints`` list in it holds numbers only
-    (exact int/float), so that the per-annotation check can be skipped; one C-speed pass per block
-    instead of a set per annotation."""
-    out = []
-    size = 1 << _BLOCK_BITS
-    for start in range(0, len(anns), size):
-        kps = [a.get("keypoints") for a in anns[start:start + size] if a.__class__ is dict]
-        out.append(set(map(type, chain.from_iterable(k for k in kps if k.__class__ is list))) <= _NUMBER_TYPES)
-    return out
 
 
 PIXEL_ORIGIN = "center"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/coco.md)
@@ -318,7 +295,6 @@ class CocoReader(Reader):
             seen_ids = set()
             rows = []       # a block's rows: (record, image, size, keypoints, bbox, category)
             anns = doc["annotations"]
-            numeric = _numeric_blocks(anns)
             for i, ann in enumerate(anns):
                 if not isinstance(ann, dict):
                     report.add("malformed_record", f"expected an annotation object, got {type(ann).__name__}",
@@ -367,10 +343,10 @@ class CocoReader(Reader):
                         continue
                     kp = flat
                 if (type(kp) is not list or len(kp) != n3
-                        or not (numeric[i >> _BLOCK_BITS] or _all_numbers(kp))):
+                        or not set(map(type, kp)) <= _NUMBER_TYPES):
                     got = f"a list of {len(kp)}" if isinstance(kp, list) else type(kp).__name__
                     if isinstance(kp, list) and len(kp) == n3:
-                        bad = next(x for x in kp if not _is_number(x))
+                        bad = next(x for x in kp if type(x) not in _NUMBER_TYPES)
                         got = f"a non-number {bad!r}"
                     report.add("wrong_type", f"expected a flat list of {n3} numbers [x, y, v] * {k}, got {got}",
                                Location(file, None, rec, "keypoints"))
