@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import re
 from collections import deque
 from dataclasses import dataclass, replace
 from itertools import chain
@@ -198,10 +197,6 @@ class _Finalizer:
         self.index = index
         self.root = root
         self.root_str = str(root)
-        # root + "/" when it is a normalized absolute path: joined with a plain relative path (see
-        # _PLAIN_PATH) that is the normalized full path, and the path is its own relative path
-        self._plain_root = self.root_str + "/" if (os.path.isabs(self.root_str) and self.root_str != "/"
-                                                   and os.path.normpath(self.root_str) == self.root_str) else None
         self.options = options
         self.report = report
         self.sizes: Dict[str, Union[Tuple[int, int], ImageError]] = {}
@@ -291,14 +286,11 @@ class _Finalizer:
         res = self._paths.get(key)
         if res is not None:
             return res
-        if base is None and self._plain_root and image.__class__ is str and _PLAIN_PATH(image):
-            res = (image, self._plain_root + image)     # what the below gives
-        else:
-            given = image.replace("\\", "/")
-            full = os.path.normpath(os.path.join(base or self.root_str, given))
-            rel = os.path.relpath(full, self.root_str)
-            outside = os.path.isabs(given) or rel == ".." or rel.startswith("../") or os.path.isabs(rel)
-            res = False if outside and not self.options.allow_outside_root else (Path(rel).as_posix(), full)
+        given = image.replace("\\", "/")
+        full = os.path.normpath(os.path.join(base or self.root_str, given))
+        rel = os.path.relpath(full, self.root_str)
+        outside = os.path.isabs(given) or rel == ".." or rel.startswith("../") or os.path.isabs(rel)
+        res = False if outside and not self.options.allow_outside_root else (Path(rel).as_posix(), full)
         self._paths[key] = res
         return res
 
@@ -491,8 +483,6 @@ _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset((int, float))   # exact types: bool is not a number here
 _LIST_TYPES = frozenset((list, tuple))
 _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
-# a relative path of plain names: no empty, "." or ".." part, no backslash
-_PLAIN_PATH = re.compile(r"(?:(?!\.\.?(?:/|$))[^/\\]+/)*(?!\.\.?$)[^/\\]+").fullmatch
 
 
 # --workers 0 (automatic) starts a helper writing the manifest's lines when the first chunk has this many

@@ -14,8 +14,6 @@ from .base import DatasetMeta, RawInstance, ReadContext, ReadResult, Reader, fir
 _BBOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 _LONG_VISIBLE = ("visible", "visibility", "v")
 _OPTIONAL = ("instance", "group", "split", "width", "height")
-_INF = math.inf
-_PLAIN_V = {"0": 0, "1": 1, "2": 2}
 
 
 def _delimiter(path: Path) -> str:
@@ -264,17 +262,6 @@ class CsvReader(Reader):
                     continue
                 points = {}
                 for name, ix, iy, iv, cx, cy, cv in kp_cols:
-                    # fast path: two finite numbers and a plain visibility; anything else (empty, NaN,
-                    # text, inf, odd visibility) takes the checked path, which reports problems
-                    try:
-                        x, y = float(row[ix]), float(row[iy])
-                    except ValueError:
-                        x = y = _INF
-                    v = 2 if iv is None else _PLAIN_V.get(row[iv])
-                    if v is not None and -_INF < x < _INF and -_INF < y < _INF:
-                        if v:
-                            points[name] = (x, y, v)
-                        continue
                     p = c.point(ix, iy, iv, name, cx, cy, cv)
                     if p is not None:
                         points[name] = p

@@ -33,12 +33,6 @@ def spool(src: IO[bytes], prefix: str) -> str:
     return path
 
 
-def _plain(path: str) -> bool:
-    """A POSIX path that pathlib keeps as it is: no empty or '.' component, no trailing '/'."""
-    return (os.sep == "/" and bool(path) and not path.endswith(("/", "/.")) and "//" not in path[1:]
-            and "/./" not in path and not path.startswith(("./", "//")) and path != ".")
-
-
 class LocalFiles:
     """The local filesystem. ``handles_urls``: whether paths with a scheme can be read and written."""
 
@@ -51,8 +45,6 @@ class LocalFiles:
     def join(self, base: str, *parts: str) -> str:
         if is_url(base):
             return "/".join([base.rstrip("/"), *parts])
-        if len(parts) == 1 and _plain(base) and _plain(parts[0]) and not parts[0].startswith("/"):
-            return base + "/" + parts[0] if base != "/" else "/" + parts[0]   # what Path gives, cheaper
         return str(Path(base, *parts))
 
     def dirname(self, path: str) -> str:

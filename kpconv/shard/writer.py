@@ -69,16 +69,7 @@ def write_shard(task: ShardTask, job: ShardJob) -> dict:
         with files.open_read(job.manifest) as mf, files.create(tmp) as raw:
             hf = _HashingFile(raw)
             writer = TFRecordWriter(hf, options.compression)
-            try:
-                fd = mf.fileno()
-            except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
-                fd = None
             def read_line(offset):
-                # one pread of the line instead of a seek and an 8 KB buffered read
-                chunk = os.pread(fd, 4096, offset) if fd is not None else b""
-                end = chunk.find(b"\n") + 1
-                if end:
-                    return chunk[:end]
                 mf.seek(offset)
                 return mf.readline()
 
