@@ -381,23 +381,11 @@ class SlpPrediction:
 def write_slp(path: str, predictions: Iterable[SlpPrediction], keypoints: Sequence[str],
               skeleton: Sequence[Tuple[int, int]] = (), flip_pairs: Sequence[Tuple[int, int]] = (),
               min_confidence: Optional[float] = None) -> int:
-    """Write ``predictions`` as a SLEAP labels file SLEAP opens for proofreading; returns how many.
-
-    - One SLEAP video per video file (stored by its absolute path, opened once here to record its
-      shape, as SLEAP does); images become image-sequence videos, one per image size (``size``; all
-      images in one when no size is given), frame index = the image's position in it.
-    - Each prediction is a ``PredictedInstance`` with per-point scores (the confidences) and its
-      score; predictions with the same track name share one ``Track``. A keypoint with a NaN
-      coordinate, or with a confidence below ``min_confidence`` when given, is written missing.
-    - The skeleton: the node names ``keypoints``, edges ``skeleton`` and symmetries ``flip_pairs``
-      (0-based index pairs, as in the manifest header and the run's config).
-    - Coordinates: kpconv's minus 0.5, SLEAP's convention (:data:`PIXEL_ORIGIN`).
-    - Atomic: sleap-io writes a temporary file, which is then copied to ``path`` by
-      :func:`kpconv.manifest.atomic_output` (so ``-`` is stdout; a failure leaves no output).
-
-    Raises :class:`AnnotationError` (located) when a video or image cannot be opened, ValueError when a
-    prediction does not have ``len(keypoints)`` keypoints, OutputError when ``path`` cannot be written.
-    """
+    """Write ``predictions`` as a SLEAP labels file for proofreading, atomically (``-``: stdout); returns how many.
+    Videos by absolute path, images as image-sequence videos (one per ``size``); each prediction a
+    ``PredictedInstance`` (tracks shared by name; a NaN point or one under ``min_confidence`` missing), in SLEAP's
+    pixel convention (docs/sleap.md). Raises AnnotationError (a video or image that cannot be opened),
+    ValueError (a prediction without ``len(keypoints)`` keypoints), OutputError."""
     import shutil
     import tempfile
 
