@@ -1,8 +1,5 @@
-"""Typed errors. Library code raises these; only ``kpconv.cli`` prints them and exits.
-
-Every message says where (file, line or record id, field), what was found and what was expected,
-e.g. ``labels.csv:7: column 'elbow_x': expected a number, got 'abc'``.
-"""
+"""Typed errors: library code raises these, only ``kpconv.cli`` prints them and exits. A message says where,
+what was found and what was expected: ``labels.csv:7: column 'elbow_x': expected a number, got 'abc'``."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,8 +1,5 @@
-"""``kpconv inspect``: what a ``kpconv shard`` directory holds, a full verification, a contact sheet.
-
-No TensorFlow: records are read with :mod:`kpconv.tfrecord` and decoded with
-:func:`kpconv.records.decode_record`.
-"""
+"""``kpconv inspect``: what a ``kpconv shard`` directory holds, a full verification, a contact sheet; no
+TensorFlow (:mod:`kpconv.tfrecord`, :func:`kpconv.records.decode_record`)."""
 from __future__ import annotations
 
 import io
@@ -128,13 +125,10 @@ def _records(path: Path, name: str, compression: str) -> Iterator[bytes]:
 
 def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: int = 256,
                   split: Optional[str] = None, predict=None, min_confidence: float = 0.5) -> int:
-    """Draw up to ``n`` records (in shard order, train first; only ``split`` when given) with
-    keypoints, names and skeleton; left keypoints/limbs in red, right in blue, others yellow.
-
-    With ``predict`` (``images float32 (1, H, W, 3) -> (xy (1, K, 2) normalized, confidence (1, K))``,
-    e.g. :meth:`kpconv.inference.Inference.infer`): the predictions are drawn as filled dots with the
-    skeleton (those under ``min_confidence`` left out), the labelled truth as rings, and a white line
-    joins each labelled keypoint to its prediction. Returns the number drawn."""
+    """Draw up to ``n`` records (shard order; only ``split`` when given) with keypoints, names and skeleton;
+    returns the number drawn. With ``predict`` (``images (1, H, W, 3) -> (xy (1, K, 2), confidence (1, K))``,
+    e.g. :meth:`kpconv.inference.Inference.infer`) the predictions are dots (those of ``min_confidence`` and
+    more), the truth rings, a white line joining the two."""
     import numpy as np
     from PIL import Image, ImageDraw
 

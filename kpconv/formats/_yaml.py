@@ -1,11 +1,6 @@
-"""The one YAML loader of the readers (YOLO ``data.yaml``, DeepLabCut ``config.yaml``): PyYAML's safe
-loader, hardened for files from anywhere, every failure a located :class:`AnnotationError`.
-
-- no aliases (``*name``: nested ones expand exponentially, the "billion laughs");
-- at most :data:`kpconv.jsonparse.MAX_DEPTH` levels of nesting (no ``RecursionError``);
-- UTF-8 only (a byte order mark allowed): other bytes are an error, not a ``UnicodeDecodeError``;
-- at most :data:`MAX_BYTES` (a dataset config is a few KiB; a larger file is not one).
-"""
+"""The one YAML loader of the readers (YOLO ``data.yaml``, DeepLabCut ``config.yaml``): PyYAML's safe loader
+without aliases (the "billion laughs"), at most ``MAX_DEPTH`` levels, UTF-8 only, at most :data:`MAX_BYTES`;
+every failure a located :class:`AnnotationError`."""
 from __future__ import annotations
 
 from pathlib import Path
