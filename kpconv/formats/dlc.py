@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from itertools import islice
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -96,29 +97,23 @@ def _project_dir(sources: Sequence[Path]) -> Path:
 
 
 def _first_image(path: Path) -> Optional[str]:
-    """The first data row's image path (CSV only, cheaply), or None."""
+    """The first data row's image path (CSV only), or None."""
     if path.suffix.lower() == ".h5":
         return None
     try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            n_index = None
-            for i, row in enumerate(reader):
-                if not row:
-                    continue
-                if row[0].strip() == "coords":
-                    n_index = 1
-                    while n_index < len(row) and not row[n_index].strip():
-                        n_index += 1
-                    continue
-                if n_index is not None:
-                    parts = [c.strip() for c in row[:n_index] if c.strip()]
-                    return "/".join(p.replace("\\", "/") for p in parts) or None
-                if i > 5:
-                    return None
-    except (OSError, UnicodeDecodeError, csv.Error):
+        table = _Table(path)
+        with table.open() as f:
+            for row in islice(csv.reader(f), table.header_rows, None):
+                if any(c.strip() for c in row):
+                    return _image_path(row, table.n_index)
+    except (AnnotationError, OSError, csv.Error):
         return None
     return None
+
+
+def _image_path(row: List[str], n_index: int) -> Optional[str]:
+    """A data row's image path: its index cells joined with ``/`` (None when they are empty)."""
+    return "/".join(c.strip().replace("\\", "/") for c in row[:n_index] if c.strip()) or None
 
 
 PIXEL_ORIGIN = "center"  # (base.PIXEL_ORIGINS; the evidence: docs/formats/dlc.md)
@@ -308,11 +303,10 @@ def _instances(tables: List[_Table], ctx: ReadContext, wanted) -> Iterator[RawIn
                     if not row or all(not c.strip() for c in row):
                         continue
                     loc = t.location(line)
-                    parts = [c.strip() for c in row[:t.n_index] if c.strip()]
-                    if not parts:
+                    image = _image_path(row, t.n_index)
+                    if image is None:
                         report.add("missing_field", "empty image path", loc.with_field("image"))
                         continue
-                    image = "/".join(p.replace("\\", "/") for p in parts)
                     folder = image.rsplit("/", 2)
                     group = folder[-2] if len(folder) >= 2 else t.path.parent.name
                     if group == "labeled-data":
