@@ -60,15 +60,17 @@ class _Cells:
         self.ok = False
 
     def text(self, i: Optional[int]) -> Optional[str]:
-        if i is None:
-            return None
-        s = self.row[i].strip()
-        return s or None
+        return (self.row[i].strip() or None) if i is not None else None
+
+    def _value(self, i: Optional[int]) -> Optional[str]:
+        """The cell's text, None for no column or an empty / NaN cell (not labelled)."""
+        s = self.text(i)
+        return None if s is None or s.lower() == "nan" else s
 
     def number(self, i: int, col: str) -> Optional[float]:
         """A finite float, or None for an empty / NaN cell (not labelled)."""
-        s = self.row[i].strip()
-        if not s or s.lower() == "nan":
+        s = self._value(i)
+        if s is None:
             return None
         try:
             x = float(s)
@@ -81,10 +83,8 @@ class _Cells:
         return x
 
     def visibility(self, i: Optional[int], col: str) -> Optional[int]:
-        if i is None:
-            return None
-        s = self.row[i].strip()
-        if not s or s.lower() == "nan":
+        s = self._value(i)
+        if s is None:
             return None
         try:
             v = float(s)
