@@ -35,11 +35,7 @@ def _load_all() -> None:
 
 def names() -> List[str]:
     _load_all()
-    return [cls.name for cls in _ordered()]
-
-
-def _ordered() -> List[Type[Reader]]:
-    return list(_REGISTRY.values())  # import order of _MODULES
+    return list(_REGISTRY)      # in the import order of _MODULES
 
 
 def get(name: str) -> Type[Reader]:
@@ -54,10 +50,10 @@ def get(name: str) -> Type[Reader]:
 def detect(sources: Sequence[Path]) -> Type[Reader]:
     """The one reader whose ``detect`` accepts ``sources``; a clear error when none or several do."""
     _load_all()
-    hits = [cls for cls in _ordered() if cls.detect(sources)]
+    hits = [cls for cls in _REGISTRY.values() if cls.detect(sources)]
     shown = ", ".join(str(s) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
     if not hits:
-        expected = "; ".join(f"{cls.name}: {cls.expects}" for cls in _ordered())
+        expected = "; ".join(f"{cls.name}: {cls.expects}" for cls in _REGISTRY.values())
         raise FormatDetectionError(
             f"cannot tell the annotation format of {shown}; use --format with one of: {', '.join(names())}. "
             f"Each format expects: {expected}")
