@@ -213,10 +213,9 @@ class _Finalizer:
     def run(self, prepared: Iterable[tuple]) -> Iterator[RecordBatch]:
         """The records of each chunk that :meth:`prepare` made ready."""
         bar = progress(desc="ingest", unit="inst")      # (None when not shown)
-        for chunk, resolved, sizes, dense in prepared:
+        for chunk, resolved, _, dense in prepared:
             if bar is not None:
                 bar.update(len(chunk))
-            self.sizes.update(sizes)
             batch = self._batch(chunk, resolved, dense)
             if batch is not None:
                 yield batch
