@@ -221,11 +221,9 @@ _VERIFIED: Dict[Tuple[str, int, int, str], bool] = {}     # (path, size, mtime_n
 
 
 def verify_shards(info: DatasetInfo) -> None:
-    """Check every shard file of ``info`` before TensorFlow reads it: its size and sha256 against
-    ``dataset_info.json`` (or, for a file written without them, its TFRecord CRCs), so that a damaged or
-    truncated shard is named instead of failing deep inside TensorFlow (``DataLossError``). Raises
-    DatasetInfoError located at the shard file. A file is hashed once per process (keyed by its size and
-    modification time)."""
+    """Check every shard's size and sha256 (or, written without them, its TFRecord CRCs) before TensorFlow reads
+    it, so that a damaged shard is named, not a ``DataLossError`` deep inside TensorFlow; DatasetInfoError
+    located at the file. A file is hashed once per process (keyed by its size and modification time)."""
     for split, entry in info.shards():
         path = info.path.parent / entry["file"]
         loc = Location(str(path))
