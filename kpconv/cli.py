@@ -165,14 +165,11 @@ def _format_choices():
                    "(for CSV, Labelme, YOLO, ... that state none).")
 @click.option("--allow-outside-root", is_flag=True,
               help="Accept image paths outside the images root ('../', absolute paths).")
-@click.option("--workers", type=click.IntRange(min=0, max=MAX_WORKERS), default=0,
-              help="0 (default): when there are many instances, a helper process writing lines; "
-                   "1: everything in this process; N > 1: N helpers.")
 @click.option("--frames-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="SLEAP: folder the labelled video frames are extracted to (once, as PNG), and the default "
                    "images root. Default: <manifest stem>-frames beside the manifest.")
 def ingest(ctx, sources, fmt, images, output, report_path, strict, category, keypoints, flip_pairs,
-           skeleton, allow_outside_root, workers, frames_dir):
+           skeleton, allow_outside_root, frames_dir):
     """Read keypoint annotations and write one canonical manifest (JSON Lines).
 
     SOURCES are annotation files or a dataset folder (Labelme folder, YOLO dataset, DeepLabCut
@@ -188,7 +185,7 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     from .ingest import ingest as run_ingest
 
     options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs, skeleton=skeleton,
-                            allow_outside_root=allow_outside_root, workers=workers, frames_dir=frames_dir)
+                            allow_outside_root=allow_outside_root, frames_dir=frames_dir)
     try:
         result = run_ingest(sources, output=output, fmt=fmt, images=images, options=options,
                             strict=strict, report_path=report_path)

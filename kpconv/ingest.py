@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections import deque
 from dataclasses import dataclass, replace
 from itertools import chain
 from math import isfinite
@@ -23,7 +22,6 @@ from .keypoints import infer_flip_pairs, pairs_to_indices, remap_pairs
 from .manifest import Header, Record, RecordBatch, atomic_output, dumps_header, dumps_records
 from .problems import Report
 from .progress import progress
-from .workers import Helpers, can_fork
 
 CHUNK = 4096
 
@@ -105,19 +103,12 @@ def _ingest(paths: List[Path], output: str, reader_cls, root: Path, options: Ing
         header, index = _header(reader_cls.name, result, options, root)
         finalizer = _Finalizer(header, index, root, options, report, result.meta.keypoints,
                                continuous_offset(reader_cls.pixel_origin))
-        helpers = stack.enter_context(finalizer.helpers)
-        prepared = _prepared(finalizer, result.instances)
         failure = None
         try:
             with atomic_output(output, "wb") as out:
                 out.write(dumps_header(header))
-                lines = deque()     # (the lines of up to 2 batches are made meanwhile by the helpers)
-                for batch in finalizer.run(prepared):
-                    lines.append(helpers.run(dumps_records, batch))
-                    if len(lines) > 2:
-                        out.write(lines.popleft()())
-                for wait in lines:
-                    out.write(wait())
+                for batch in finalizer.run(_chunks(result.instances)):
+                    out.write(dumps_records(batch))
                 if strict and report.fails_strict:
                     first = report.first_failing()
                     raise ProblemsFound(report.first, f"--strict: {report.count('error') + report.count('warning')} "
@@ -203,37 +194,36 @@ class _Finalizer:
         self.seen: set = set()
         self.next_instance: Dict[str, int] = {}
         self.written = 0
-        self.helpers = Helpers()        # writing manifest lines; how many decided on the first chunk (_prepared)
         self._confine = None if options.allow_outside_root else real_root(self.root_str)  # (resolved once)
         self._paths: Dict[Tuple[Optional[str], str], Union[Tuple[str, str], bool]] = {}
         self._images: Dict[Tuple[str, bool], tuple] = {}     # (full path, normalized) -> per-image constants
         self._shown: Dict[Optional[str], str] = {}            # source file -> as shown in the manifest
         self._dense_scale: Dict[tuple, Union[Tuple[float, float], bool]] = {}  # (full path, stated size) -> (sx, sy)
 
-    def run(self, prepared: Iterable[tuple]) -> Iterator[RecordBatch]:
-        """The records of each chunk that :meth:`prepare` made ready."""
+    def run(self, chunks: Iterable[Union[DenseRows, List[RawInstance]]]) -> Iterator[RecordBatch]:
+        """The records of each chunk (:func:`_chunks`)."""
         bar = progress(desc="ingest", unit="inst")      # (None when not shown)
-        for chunk, resolved, _, dense in prepared:
+        for chunk in chunks:
             if bar is not None:
                 bar.update(len(chunk))
+            resolved, dense = self._prepare(chunk)
             batch = self._batch(chunk, resolved, dense)
             if batch is not None:
                 yield batch
         if bar is not None:
             bar.close()
 
-    def prepare(self, chunk: Union[DenseRows, List[RawInstance]]) -> tuple:
-        """``(chunk, resolved paths, sizes of its new images, a DenseRows block's valid rows)``, reporting nothing."""
+    def _prepare(self, chunk: Union[DenseRows, List[RawInstance]]) -> tuple:
+        """``(resolved paths, a DenseRows block's valid rows)`` of a chunk, its new images' sizes read; reports
+        nothing."""
         if chunk.__class__ is DenseRows:
             paths = {name: self._resolve(None, name) for name in set(chunk.image)}
             resolved = [paths[name] for name in chunk.image]
         else:
             resolved = [self._resolve(raw.image_base, raw.image) for raw in chunk]
         todo = sorted({p[1] for p in resolved if p}.difference(self.sizes))
-        sizes = read_sizes(todo, self._confine)
-        self.sizes.update(sizes)
-        dense = self._dense(chunk, resolved) if chunk.__class__ is DenseRows else None
-        return chunk, resolved, sizes, dense
+        self.sizes.update(read_sizes(todo, self._confine))
+        return resolved, self._dense(chunk, resolved) if chunk.__class__ is DenseRows else None
 
     def _batch(self, chunk: Union[DenseRows, List[RawInstance]], resolved: list, valid) -> Optional[RecordBatch]:
         """The records of a chunk whose image sizes are known (``valid``: what :meth:`_dense` made of a
@@ -482,34 +472,6 @@ _NUMBER = (int, float)
 _NUMBER_TYPES = frozenset((int, float))   # exact types: bool is not a number here
 _LIST_TYPES = frozenset((list, tuple))
 _UNIT_BOX = (0.0, 0.0, 1.0, 1.0)          # placeholder where the bbox is derived from the keypoints
-
-
-# --workers 0 (automatic) starts a helper writing the manifest's lines when the first chunk has this many
-# instances or names this many images.
-HELPER_MIN_INSTANCES, HELPER_MIN_IMAGES = 1000, 256
-
-
-def _processes(workers: int, instances: int, images: int) -> int:
-    """Helper processes writing manifest lines (0: none) for ``--workers``: 1
-    none, N > 1 that many; 0 (automatic) one when the first chunk has many instances or images, the machine
-    2 CPUs or more, and the process can be forked (a fork server would re-import a script's ``__main__``)."""
-    if workers == 0:
-        many = instances >= HELPER_MIN_INSTANCES or images >= HELPER_MIN_IMAGES
-        return 1 if many and (os.cpu_count() or 1) >= 2 and can_fork() else 0
-    return 0 if workers == 1 else workers
-
-
-def _prepared(finalizer: "_Finalizer", instances) -> Iterator[tuple]:
-    """The prepared chunks (:meth:`_Finalizer.prepare`) of ``instances``; the first decides how many helpers
-    write lines (:func:`_processes`)."""
-    chunks = _chunks(instances)
-    first = next(chunks, None)
-    if first is None:
-        return
-    first = finalizer.prepare(first)
-    finalizer.helpers.processes = _processes(finalizer.options.workers, len(first[0]), len(first[2]))
-    yield first
-    yield from map(finalizer.prepare, chunks)
 
 
 def _chunks(instances: Iterable[Union[RawInstance, DenseRows]]) -> Iterator[Union[DenseRows, List[RawInstance]]]:

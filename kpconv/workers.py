@@ -1,5 +1,5 @@
 """Worker processes that never outlive the process owning their pool (docs/safety.md: :func:`die_with_parent`)
-and leave Ctrl-C to it (:func:`stop`); :class:`Helpers` runs functions in helper processes for one job."""
+and leave Ctrl-C to it (:func:`stop`)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Sequence
-
-from .errors import KpconvError
+from typing import Sequence
 
 _PR_SET_PDEATHSIG = 1
 
@@ -78,41 +76,6 @@ def process_pool(processes: int, preload: Sequence[str] = ()):
     return ProcessPoolExecutor(processes, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
-class Helpers:
-    """``run(fn, *args)`` starts ``fn(*args)`` in one of ``processes`` helper processes (0: in this process, when
-    waited for) and returns the function that waits for its result (:class:`WorkerDied` when a helper died).
-    As a context manager the helpers end with the job (a forked helper holds its parent's pages)."""
-
-    def __init__(self, processes: int = 0):
-        self.processes = processes
-        self._pool = None
-
-    def run(self, fn: Callable, *args) -> Callable[[], object]:
-        if self.processes < 1:
-            return lambda: fn(*args)
-        if self._pool is None:
-            self._pool = process_pool(self.processes)
-        future = self._pool.submit(fn, *args)
-
-        def wait():
-            from concurrent.futures.process import BrokenProcessPool
-
-            try:
-                return future.result()
-            except BrokenProcessPool:
-                raise WorkerDied(f"a helper process of kpconv died while running {fn.__name__} (killed, or out "
-                                 "of memory); run again, or with --workers 1 to do without helpers") from None
-        return wait
-
-    def __enter__(self) -> "Helpers":
-        return self
-
-    def __exit__(self, kind, error, tb) -> None:
-        if self._pool is not None:      # (their tasks are short: the running ones are waited for, the rest
-            stop(self._pool)            # cancelled; a helper killed while it sends a result would hang the pool)
-            self._pool = None
-
-
 def stop(pool, kill: bool = False) -> None:
     """Shut a process pool down: running tasks finish, the others are cancelled; ``kill`` kills the workers first
     (only where results are small: one killed while writing a long result leaves the pool waiting)."""
@@ -124,6 +87,3 @@ def stop(pool, kill: bool = False) -> None:
                 pass
     pool.shutdown(wait=True, cancel_futures=True)
 
-
-class WorkerDied(KpconvError):
-    """A helper process (:class:`Helpers`) ended without finishing its work."""

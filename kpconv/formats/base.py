@@ -162,7 +162,6 @@ class IngestOptions:
     skeleton: Optional[List[Tuple[str, str]]] = None   # edges by name; replaces the source's skeleton
     allow_outside_root: bool = False
     tolerance_px: float = 1.0               # coordinates at most this far (pixels) outside the image are clamped
-    workers: int = 0                        # processes writing manifest lines: 0 automatic, 1 none (ingest._processes)
     # readers that extract video frames to image files (SLEAP): the folder they go to; ingest sets it
     # (``<manifest stem>-frames`` beside the manifest) when not given
     frames_dir: Optional[str] = None
