@@ -132,7 +132,6 @@ def test_explicit_format_skips_detection():
 
 @pytest.mark.parametrize("args, message", [
     (["--format", "xml", COCO], "Invalid value for '-f' / '--format'"),
-    (["--workers", "-2", COCO], "Invalid value for '--workers'"),
     (["--keypoints", "a,,b", COCO], "Invalid value for '--keypoints'"),
     (["--flip-pairs", "a-b", COCO], "Invalid value for '--flip-pairs'"),
     (["/no/such/file.json"], "does not exist"),
@@ -221,51 +220,3 @@ def test_pipe_closed_early_is_quiet(tmp_path):
     assert json.loads(first)["source"]["format"] == "coco"
     assert status in ("status=0", "status=1")
     assert "Traceback" not in (tmp_path / "err").read_text()
-
-
-def test_helpers_give_the_same_manifest_report_and_errors(tmp_path):
-    """Over a big first chunk, --workers 0 writes lines in a helper process while this process turns the
-    next chunks into records: the manifest, the report (the reader's problems and ingest's, in the same
-    order) and a failure late in the file are those of --workers 1 (everything in one process) and of
-    --workers 2, byte for byte. (Run as commands: in this process TensorFlow may be loaded, and then
-    nothing is forked.)"""
-    import kpconv.ingest as ingest_mod
-    from kpconv.workers import can_fork
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from synth import make_coco
-
-    ann = make_coco(tmp_path / "data", 1500, size=(64, 48), instances_per_image=4, seed=3, ext="png")
-    for i in range(0, 1500, 97):
-        (tmp_path / "data" / "images" / f"img_{i:06d}.png").unlink()
-    doc = json.loads(ann.read_text())
-    for a in doc["annotations"][::301]:         # reader problems all along the file, in every chunk
-        del a["image_id"]
-    for a in doc["annotations"][7::503]:
-        a["keypoints"][4] = "x"
-    for a in doc["annotations"][11::401]:       # ingest's (the exact way)
-        a["keypoints"][0] = -50
-    ann.write_text(json.dumps(doc))
-    broken = tmp_path / "broken.json"           # invalid JSON near the end: the error of a later chunk
-    text = ann.read_text()
-    broken.write_text(text[:len(text) - 3000] + "," + text[len(text) - 3000:])
-
-    def run_with(workers, source):
-        out, rep = tmp_path / f"m{workers}{source.stem}.jsonl", tmp_path / f"r{workers}{source.stem}.jsonl"
-        p = subprocess.run([sys.executable, "-c", "from kpconv.cli import main; main()", "ingest", str(source),
-                            "-f", "coco", "--images", str(tmp_path / "data" / "images"), "--workers", workers,
-                            "-o", str(out), "--report", str(rep)], capture_output=True, text=True, timeout=120)
-        return (p.returncode, p.stderr.replace(str(out), "OUT"), out.read_bytes() if out.exists() else None,
-                rep.read_bytes() if rep.exists() else None)
-
-    outs = {w: run_with(w, ann) for w in ("1", "0", "2")}
-    assert outs["0"] == outs["1"] == outs["2"] and outs["1"][0] == 0
-    assert all(r in outs["1"][3] for r in (b"missing_image", b"missing_field", b"wrong_type", b"out_of_image"))
-    fails = {w: run_with(w, broken) for w in ("1", "0")}
-    assert fails["0"] == fails["1"] and fails["1"][0] == 1 and "invalid JSON" in fails["1"][1]
-    assert fails["1"][2] is None and "Traceback" not in fails["1"][1]
-    insts, ims = ingest_mod.HELPER_MIN_INSTANCES, ingest_mod.HELPER_MIN_IMAGES
-    helper = 1 if can_fork() and (os.cpu_count() or 1) >= 2 else 0
-    assert ingest_mod._processes(0, insts, 1) == ingest_mod._processes(0, 1, ims) == helper
-    assert ingest_mod._processes(0, insts - 1, ims - 1) == 0
-    assert ingest_mod._processes(1, 10 ** 6, 10 ** 6) == 0 and ingest_mod._processes(3, 1, 1) == 3

@@ -483,15 +483,36 @@ def test_shard_workers_die_with_their_parent(synth, tmp_path):
     assert not _alive(kids)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_ingest_workers_die_with_their_parent(tmp_path):
+def _when_writing(p, target: Path, deadline_s: float = 60.0) -> None:
+    """Wait until the running command ``p`` has begun writing ``target`` (its temporary file exists)."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and p.poll() is None:
+        if any(n.startswith(f".{target.name}.") for n in os.listdir(target.parent)):
+            return
+        time.sleep(0.005)
+    pytest.fail(f"the command never began writing {target} (exit {p.poll()})")
+
+
+def test_ingest_killed_while_writing_leaves_no_manifest(tmp_path):
+    """kill -9 while the manifest is written: nothing under its name; the next run writes it and removes the
+    dead run's temporary file."""
+    import signal
+    import subprocess
+
     from synth import make_coco     # (benchmarks/, on the path through test_shard_helpers)
 
-    ann = make_coco(tmp_path / "data", 3000, size=(64, 48), instances_per_image=1, seed=0, ext="png")
-    kids = _kill_main_when_workers_run(["ingest", ann, "-f", "coco", "--images", tmp_path / "data" / "images",
-                                        "--workers", "2", "-o", tmp_path / "m.jsonl"], n=2)
-    assert not _alive(kids)
-    assert not (tmp_path / "m.jsonl").exists()
+    ann = make_coco(tmp_path / "data", 3000, size=(64, 48), instances_per_image=10, seed=0, ext="png", draw=False)
+    out = tmp_path / "m.jsonl"
+    args = [*KPCONV, "-q", "ingest", str(ann), "-f", "coco", "--images", str(tmp_path / "data" / "images"), "-o", str(out)]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _when_writing(p, out)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not out.exists() and [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert subprocess.run(args, capture_output=True, timeout=120).returncode == 0
+    assert out.exists() and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 def test_killed_ingest_leaves_no_temporary_file(data, tmp_path):
@@ -826,22 +847,12 @@ def test_shard_file_size_limit(data, tmp_path, workers):
     assert run("shard", m, "-o", out, "--image-size", "64", "--split", "train=1").exit_code == 0   # not blocked
 
 
-def test_a_helper_process_that_dies_is_a_clear_error():
-    """A helper killed while it works (the OOM killer, kill -9) is reported as such."""
-    from kpconv.workers import Helpers, WorkerDied
-
-    with pytest.raises(WorkerDied, match="helper process of kpconv died while running _exit"):
-        with Helpers(1) as helpers:
-            helpers.run(os._exit, 9)()
-    with Helpers(1) as helpers:
-        assert helpers.run(abs, -3)() == 3
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("command", ["ingest", "shard"])
-def test_ctrl_c_stops_workers_at_once_without_tracebacks(tmp_path, command):
-    """Ctrl-C (SIGINT to the whole process group) while workers run: the command says 'Aborted!' and exits 1
-    at once, no worker prints a traceback or outlives it, and no output is left."""
+def test_ctrl_c_stops_at_once_without_tracebacks(tmp_path, command):
+    """Ctrl-C (SIGINT to the whole process group) while ingest writes its manifest, or while shard's workers
+    run: the command says 'Aborted!' and exits 1 at once, no worker prints a traceback or outlives it, and no
+    output is left, not even a temporary file."""
     import signal
     import subprocess
     import time
@@ -857,12 +868,16 @@ def test_ctrl_c_stops_workers_at_once_without_tracebacks(tmp_path, command):
         out = tmp_path / "shards" / "dataset_info.json"
     p = subprocess.Popen([*KPCONV, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and p.poll() is None and not _children(p.pid):
-        time.sleep(0.005)
-    kids = _children(p.pid)
-    assert kids, "no worker started"
-    time.sleep(0.05)
+    kids = set()
+    if command == "ingest":
+        _when_writing(p, out)
+    else:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and p.poll() is None and not _children(p.pid):
+            time.sleep(0.005)
+        kids = _children(p.pid)
+        assert kids, "no worker started"
+    time.sleep(0.05)    # (not while atomic_output creates its temporary file, before it guards it)
     os.killpg(p.pid, signal.SIGINT)
     err = p.communicate(timeout=20)[1].decode()
     assert p.returncode == 1 and "Aborted!" in err and "Traceback" not in err, err
@@ -870,6 +885,8 @@ def test_ctrl_c_stops_workers_at_once_without_tracebacks(tmp_path, command):
     while _alive(kids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(kids) and not out.exists()
+    if command == "ingest":
+        assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("body, line, message", [
