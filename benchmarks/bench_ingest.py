@@ -7,7 +7,11 @@ the peak memory of each in one more run, as sampling it takes CPU time):
 - the baseline, wall time including interpreter start;
 - ``kpconv ingest annotations.json --images DIR -o out.jsonl`` as a user runs it (the console script),
   wall time including interpreter start, and its peak memory (the process tree's PSS, sampled, or
-  its own peak RSS from ``os.wait4`` if larger); the same with ``--workers 1`` (no helper process);
+  its own peak RSS from ``os.wait4`` if larger);
+- with ``--helper REV``: the CLI of kpconv at git revision ``REV`` (305364a, the last with ingest's helper
+  process writing manifest lines) as it ran by default (the helper) and with ``--workers 1`` (without it);
+  both must write this tree's manifest, byte for byte; the helper saves what the second takes more (removed:
+  it saved under the 10 s a fast path must save on train2017's size);
 - with ``--fast-paths REV``: the CLI of kpconv at git revision ``REV`` (c550b99, the last with the
   hand-written fast paths) with every fast path, without each in turn, and without all four; each must
   write this tree's manifest and report, byte for byte, and a fast path pays only when it saves 10 s
@@ -25,6 +29,7 @@ the ratio, not the absolute times.
     python benchmarks/bench_ingest.py                 # 20,000 images, 100,000 instances
     python benchmarks/bench_ingest.py --images 2000   # quick look
     python benchmarks/bench_ingest.py --images 57000 --instances 150000 --fast-paths c550b99 --repeat 1
+    python benchmarks/bench_ingest.py --images 57000 --instances 150000 --helper 305364a --repeat 2 --no-headers
 """
 from __future__ import annotations
 
@@ -197,8 +202,8 @@ SAMPLE = [True]     # whether run_measured samples the memory of the process tre
 def run_measured(cmd, env=None, cwd=None):
     """(wall seconds of the command itself, its peak memory MiB, its own JSON output or None). The
     memory is the peak sum of PSS over the command's process tree, sampled every 20 ms while ``SAMPLE[0]``
-    (kpconv ingest may read in a forked reader process and write lines in a forked helper, whose pages
-    shared with their parent PSS counts once), or the command's own peak RSS (os.wait4) when larger."""
+    (kpconv at an older revision may read in a forked reader process or write lines in a forked helper,
+    whose pages shared with their parent PSS counts once), or the command's own peak RSS (os.wait4) when larger."""
     from bench_shard import _tree_memory
 
     proc = subprocess.Popen([sys.executable, "-c", WRAP, *map(str, cmd)], stdout=subprocess.PIPE,
@@ -262,6 +267,9 @@ def main(argv=None) -> None:
                     help="also time the CLI of kpconv at git revision REV (c550b99: the last with the fast paths) "
                          "with each fast path turned off in turn, and compare its manifest and report with this "
                          "tree's (sha256)")
+    ap.add_argument("--helper", metavar="REV", default=None,
+                    help="also time the CLI of kpconv at git revision REV (305364a: the last with ingest's helper "
+                         "process) with the helper (its default) and without it (--workers 1)")
     ap.add_argument("--no-headers", action="store_true", help="skip the image headers' comparison")
     args = ap.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -276,6 +284,8 @@ def main(argv=None) -> None:
         for d in (full, small):
             warm(d)
         rev_tree = export_rev(args.fast_paths, work / "rev") if args.fast_paths else None
+        helper_tree = export_rev(args.helper, work / "helper-rev") if args.helper else None
+        helper_steps = ["helper", "nohelper"] if helper_tree else []
         # the fast paths' variants: none off, each off alone, all off; and without the reader process (which
         # pickles what it sends: a fast path's saving may be in part the reader's cost it avoids), each other off
         variants = ["-", *FAST_PATHS, ",".join(FAST_PATHS),
@@ -292,15 +302,14 @@ def main(argv=None) -> None:
                                 cwd=rev_tree)   # (python -c puts the working directory first on the path)
 
         res = {k: [] for k in ("base_wall", "base_rss", "base_in", "cli_wall", "cli_rss", "lib", "lib_rss",
-                               "small_wall", "small_rss", "serial_wall", "serial_rss")}
-        res.update({f"{k}_{v}": [] for v in variants for k in ("wall", "rss")})
+                               "small_wall", "small_rss")}
+        res.update({f"{k}_{v}": [] for v in [*variants, *helper_steps] for k in ("wall", "rss")})
         out_full, out_small, out_lib = work / "full.jsonl", work / "small.jsonl", work / "lib.jsonl"
-        out_serial = work / "serial.jsonl"
         for i in range(args.repeat + 1):
             # run 0 samples memory (the sampler takes CPU that two cores miss); the times are of the others
             SAMPLE[0] = i == 0
             print(f"run {i}/{args.repeat} ({'memory' if i == 0 else 'time'}) ...", file=sys.stderr, flush=True)
-            steps = ["base", "cli", "lib", "small", "serial", *variants]
+            steps = ["base", "cli", "lib", "small", *helper_steps, *variants]
             if i % 2:
                 steps.reverse()   # alternate the order: a noisy neighbour hurts both sides alike
             for step in steps:
@@ -319,10 +328,13 @@ def main(argv=None) -> None:
                                                 full / "images", out_lib])
                     res["lib"].append(inner["seconds"])
                     res["lib_rss"].append(r)
-                elif step == "serial":
-                    w, r, _ = cli(full, out_serial, "--workers", "1")
-                    res["serial_wall"].append(w)
-                    res["serial_rss"].append(r)
+                elif step in helper_steps:
+                    w, r, _ = run_measured([sys.executable, "-c", "from kpconv.cli import main; main()", "-q", "ingest",
+                                            full / "annotations.json", "--images", full / "images",
+                                            "-o", work / f"{step}.jsonl", *(["--workers", "1"] if step == "nohelper" else [])],
+                                           env={**os.environ, "PYTHONPATH": str(helper_tree)}, cwd=helper_tree)
+                    res[f"wall_{step}"].append(w)
+                    res[f"rss_{step}"].append(r)
                 elif step == "small":
                     w, r, _ = cli(small, out_small)
                     res["small_wall"].append(w)
@@ -331,8 +343,11 @@ def main(argv=None) -> None:
                     w, r, _ = variant(step, work / f"v{variants.index(step)}.jsonl", work / f"v{variants.index(step)}.report")
                     res[f"wall_{step}"].append(w)
                     res[f"rss_{step}"].append(r)
-        if not out_full.read_bytes() == out_lib.read_bytes() == out_serial.read_bytes():
-            raise SystemExit("CLI, --workers 1 and library wrote different manifests")
+        if not out_full.read_bytes() == out_lib.read_bytes():
+            raise SystemExit("CLI and library wrote different manifests")
+        for step in helper_steps:
+            if sha256(work / f"{step}.jsonl") != sha256(out_full):
+                raise SystemExit(f"kpconv at {args.helper} ({step}) wrote another manifest")
         for j, v in enumerate(variants):
             if sha256(work / f"v{j}.jsonl") != sha256(out_full) or sha256(work / f"v{j}.report") != sha256(work / "full.report"):
                 raise SystemExit(f"kpconv at {args.fast_paths} (fast paths off: {v}) wrote another manifest or report")
@@ -352,17 +367,22 @@ def main(argv=None) -> None:
         print(f"{'':48s}{'seconds':>9s}{'peak MiB':>14s}")
         print(f"{'baseline: COCO() + PIL .size, CLI-style run':48s}{best['base_wall']:9.2f}{best['base_rss']:14.0f}")
         print(f"{'kpconv ingest (CLI, incl. interpreter start)':48s}{best['cli_wall']:9.2f}{best['cli_rss']:14.0f}")
-        print(f"{'kpconv ingest --workers 1 (all in one process)':48s}{best['serial_wall']:9.2f}"
-              f"{best['serial_rss']:14.0f}")
         print(f"{'baseline, in-process time':48s}{best['base_in']:9.2f}")
         print(f"{'kpconv.ingest.ingest() call':48s}{best['lib']:9.2f}{best['lib_rss']:14.0f}")
+        for v in helper_steps:
+            name = f"kpconv at {args.helper}, " + ("helper process" if v == "helper" else "--workers 1")
+            print(f"{name:48s}{best[f'wall_{v}']:9.2f}{best[f'rss_{v}']:14.0f}")
         for v in variants:
             name = f"kpconv at {args.fast_paths}, " + ("all fast paths" if v == "-" else "without " + v.replace(",", ", "))
             print(f"{name:48s}{best[f'wall_{v}']:9.2f}{best[f'rss_{v}']:14.0f}")
         print()
         print(f"ratio kpconv/baseline: CLI {best['cli_wall'] / best['base_wall']:.2f}x (target at most 2x), "
-              f"library {best['lib'] / best['base_in']:.2f}x, --workers 1 {best['serial_wall'] / best['base_wall']:.2f}x "
-              "(below 1: kpconv faster)")
+              f"library {best['lib'] / best['base_in']:.2f}x (below 1: kpconv faster)")
+        if helper_steps:
+            print(f"helper process saves {best['wall_nohelper'] - best['wall_helper']:.1f} s on {n_full:,} instances "
+                  f"(kpconv at {args.helper}; kept only from 10 s); this tree takes "
+                  f"{best['cli_wall'] - best['wall_helper']:+.1f} s against it with the helper, "
+                  f"{best['cli_wall'] - best['wall_nohelper']:+.1f} s without; same manifest, sha256 {sha256(out_full)}")
         if variants:
             every = best["wall_-"]
             for v in FAST_PATHS:
