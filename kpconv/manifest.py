@@ -8,8 +8,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,8 +349,11 @@ def _atomic_output(path: str, mode: str):
             break
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=str(target.parent))
+    tmp = None
     try:
+        with _interrupts_held():   # a Ctrl-C right after mkstemp would leave the file behind
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
+                                       dir=str(target.parent))
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would give
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
             yield f
@@ -357,10 +362,24 @@ def _atomic_output(path: str, mode: str):
         os.replace(tmp, target)
     except BaseException:
         try:
-            os.unlink(tmp)
+            if tmp is not None:
+                os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+@contextmanager
+def _interrupts_held():
+    """SIGINT held back (main thread, POSIX) for the duration: its KeyboardInterrupt comes at the end."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _remove_stale_temporaries(target: Path) -> None:

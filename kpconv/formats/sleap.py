@@ -89,8 +89,7 @@ class SleapReader(Reader):
                          for lf_inst in lf.user_instances if lf_inst.track is not None})
         extra = {"tracks": tracks, "frames_dir": frames_dir.as_posix(),
                  "videos": [p.describe() for p in plans.values()]}
-        # read (and frames extracted) here, not lazily: ingest may fork a helper while a generator is
-        # open, and a video decoder's threads do not survive a fork
+        # read (and frames extracted) here, in one pass over each video
         instances = list(_instances(loaded, plans, ctx, names, wanted))
         return ReadResult(meta, instances, [str(p) for p, _ in loaded], extra)
 
