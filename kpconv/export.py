@@ -25,17 +25,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ExportError, MissingDependency
+from .errors import ExportError
+from .onnxrt import ONNX_HINT, ONNX_OPSET, OnnxFunction, require_onnx, to_onnx  # noqa: F401 (re-exported)
 from .quiet import stdout_to_stderr
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
 # in the run directory
 DEFAULT_OUTPUT = {"savedmodel": "saved_model", "tflite": "model.tflite", "tflite-fp16": "model-fp16.tflite",
                   "tflite-int8": "model-int8.tflite", "onnx": "model.onnx"}
-# ONNX opset of the export: 17 is read by every onnxruntime since 1.13 (2022) and holds every op
-# tf2onnx 1.17 emits for these models
-ONNX_OPSET = 17
-ONNX_HINT = "pip install 'kpconv[onnx]' (tf2onnx and onnxruntime)"
 CALIBRATION_IMAGES = 100
 
 
@@ -155,53 +152,16 @@ def run_tflite(model_content: bytes, images: np.ndarray) -> np.ndarray:
     return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]), np.float32)
 
 
-def require_onnx() -> None:
-    """Raise :class:`MissingDependency` (exit 2) unless tf2onnx and onnxruntime can be imported."""
-    for name in ("tf2onnx", "onnxruntime"):
-        try:
-            __import__(name)
-        except ImportError as e:
-            raise MissingDependency(f"--format onnx needs tf2onnx and onnxruntime ({e}): {ONNX_HINT}") from None
-
-
 def _onnx_bytes(model, image_hw) -> bytes:
     """The inference model as an ONNX model: input ``image`` float32 (None, H, W, 3), output
-    ``keypoints`` float32 (None, K, 3).
-
-    Converted from the same traced ``tf.function`` as the SavedModel and TFLite exports (one
-    definition of what is exported) with ``tf2onnx.convert.from_function``, which freezes the
-    variables itself. Checked with tf2onnx 1.17 / TensorFlow 2.21 / Keras 3.15 on the three heads
-    (heatmap with its decoding, spatial, dense): every op converts at opset 17, no workaround needed."""
-    import logging
-
-    import tensorflow as tf
-    import tf2onnx
-
-    h, w = image_hw
-    spec = [tf.TensorSpec((None, h, w, 3), tf.float32, name="image")]
-    tf2onnx.logging.set_level(logging.ERROR)   # its INFO lines ("Using tensorflow=...") on every export
-    try:
-        with stdout_to_stderr():
-            proto, _ = tf2onnx.convert.from_function(_serve_function(model, h, w), input_signature=spec,
-                                                     opset=ONNX_OPSET)
-    except Exception as e:   # noqa: BLE001 - tf2onnx raises bare Exceptions/ValueErrors for unsupported ops
-        raise ExportError(f"tf2onnx could not convert the model (opset {ONNX_OPSET}): "
-                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from e
-    # the traced function's output is named after its last op (Identity:0): call it what it is
-    old = proto.graph.output[0].name
-    for node in proto.graph.node:
-        node.output[:] = ["keypoints" if o == old else o for o in node.output]
-        node.input[:] = ["keypoints" if i == old else i for i in node.input]
-    proto.graph.output[0].name = "keypoints"
-    return proto.SerializeToString()
+    ``keypoints`` float32 (None, K, 3), converted from the same traced ``tf.function`` as the SavedModel
+    and TFLite exports (one definition of what is exported) by :func:`kpconv.onnxrt.to_onnx`."""
+    return to_onnx(_serve_function(model, *image_hw), image_hw, "keypoints")
 
 
 def run_onnx(model_content: bytes, images: np.ndarray) -> np.ndarray:
     """Run an ONNX export with onnxruntime (CPU) on ``images`` float32 (B, H, W, 3)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model_content, providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(["keypoints"], {"image": images.astype(np.float32)})[0], np.float32)
+    return OnnxFunction(model_content)(images)
 
 
 def shard_images(shard_dir, n: int) -> np.ndarray:

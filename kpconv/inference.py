@@ -15,6 +15,12 @@ round trip is kept only as an option (``jpeg=True``, the pixels of kpconv 0.1's 
 mirror-mouse's 90 labelled frames (a 10-minute heatmap run, benchmarks/bench_predict.py) the mean
 error is 11.15 px with it and 11.18 px without (0.3 %).
 
+Runtimes (``runtime``): ``"tf"`` (the default) compiles the model with XLA; ``"onnx"`` converts the
+same traced function once per input size with ``tf2onnx`` and runs it in ``onnxruntime``
+(:mod:`kpconv.onnxrt`; ``kpconv predict --runtime onnx``, needs ``kpconv[onnx]``): faster on CPUs
+(docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference.py). Never
+chosen silently: a missing ``onnxruntime`` is an error, not a switch back to TensorFlow.
+
 Test-time flip (``flip_test``, :func:`flip_permutation`): the heatmaps of the frame and of its mirror,
 left/right keypoints swapped, averaged before decoding (:class:`kpconv.model.FlipTestAverage`). On by
 default for a heatmap run trained with flips (flip pairs and ``augment_flip`` > 0): measured better on
@@ -64,6 +70,9 @@ def flip_permutation(config: Optional[dict], flip_test: Optional[bool] = None) -
     return perm
 
 
+RUNTIMES = ("tf", "onnx")
+
+
 class Inference:
     """A model ready for inference.
 
@@ -74,8 +83,17 @@ class Inference:
 
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
                  batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None,
-                 heatmaps: bool = False):
+                 heatmaps: bool = False, runtime: str = "tf"):
         from . import model as kmodel
+        from .errors import TrainError
+
+        if runtime not in RUNTIMES:
+            raise TrainError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+        if runtime == "onnx":
+            from .onnxrt import require_onnx
+
+            require_onnx("--runtime onnx")
+        self.runtime = runtime
 
         self.flip_permutation = (list(flip_test) if isinstance(flip_test, (list, tuple))
                                  else flip_permutation(config, flip_test))
@@ -90,12 +108,12 @@ class Inference:
 
     @classmethod
     def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False,
-                 flip_test: Optional[bool] = None) -> "Inference":
+                 flip_test: Optional[bool] = None, runtime: str = "tf") -> "Inference":
         from .run import open_run
 
         config, model = open_run(run_dir)
         params = (config.get("calibration") or {}).get("params")
-        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test)
+        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test, runtime=runtime)
         inf.run_dir = Path(run_dir)
         return inf
 
@@ -106,7 +124,14 @@ class Inference:
             import tensorflow as tf
 
             model = self.model
-            fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
+            if self.runtime == "onnx":
+                from .onnxrt import OnnxFunction, to_onnx
+
+                spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
+                traced = tf.function(lambda x: model(x, training=False), input_signature=spec)
+                fn = OnnxFunction(to_onnx(traced, hw, "output"))
+            else:
+                fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
             self._compiled[hw] = fn
         return fn
 
@@ -123,7 +148,9 @@ class Inference:
         for i in range(0, n, bs):
             chunk = x[i:i + bs]
             m = len(chunk)
-            if m < bs:   # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size
+            if m < bs and self.runtime == "tf":
+                # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size (onnxruntime
+                # takes any batch without compiling)
                 full = min(bs, 1 << (m - 1).bit_length())
                 chunk = np.concatenate([chunk, np.zeros((full - m,) + chunk.shape[1:], np.float32)])
             out.append(np.asarray(fn(chunk), np.float32)[:m])

@@ -277,13 +277,16 @@ class Predictor:
             print(pred.frame, pred.keypoints)       # K x [x, y, confidence] in original pixels
 
     A thin wrapper on :class:`kpconv.inference.Inference` (``inference``) that reads files, boxes
-    and videos. ``jpeg=True`` encodes each prepared image as JPEG and back, as the shards store it."""
+    and videos. ``jpeg=True`` encodes each prepared image as JPEG and back, as the shards store it;
+    ``runtime``: ``"tf"`` or ``"onnx"`` (:data:`kpconv.inference.RUNTIMES`)."""
 
-    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False, flip_test: Optional[bool] = None):
+    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False, flip_test: Optional[bool] = None,
+                 runtime: str = "tf"):
         from .inference import Inference
 
         self.run_dir = Path(run_dir)
-        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test)
+        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test,
+                                            runtime=runtime)
         self.config = self.inference.config
         self.names = list(self.config["dataset"]["keypoints"])
         self.skeleton = [tuple(p) for p in self.config["dataset"].get("skeleton") or []]
