@@ -116,6 +116,40 @@ def bench(run: Path, path: str, batch: int, work: Path) -> dict:
             "startup": startup}
 
 
+def resize_check(run: Path, path: str, n: int = 64) -> str:
+    """The video reader's two ways to resize whole frames to the shards' size: FFmpeg's swscale as frames
+    are converted to RGB (predict's default) against full-size RGB then Pillow (as images and the shards
+    are resized): reader frames/s (decode + prepare, one thread) and the keypoint distance between the two
+    predictions over the first ``n`` frames (original pixels)."""
+    from kpconv import video
+    from kpconv.predict import Predictor
+    from kpconv.video import FrameSelection
+
+    p = Predictor(run)
+    inf = p.inference
+    _, _, wh = video.info(path)
+    scaled = inf.scaled_size(*wh)
+    if scaled is None:
+        return f"{Path(path).name}: frames are not resized (the shards' size)"
+    rates = {}
+    for way, size in (("swscale", scaled), ("Pillow", None)):
+        t = time.perf_counter()
+        k = sum(1 for _, _, a in video.frames(path, size=size) if inf.prepare(a, None, wh if size else None))
+        rates[way] = k / (time.perf_counter() - t)
+    out = {}
+    for way in (True, False):
+        p.decoder_resize = way
+        out[way] = np.array([q.keypoints for q in p.predict(path, frames=FrameSelection(end=n))])
+    d = np.hypot(*(out[True][..., :2] - out[False][..., :2]).reshape(-1, 2).T)
+    sure = (np.minimum(out[True][..., 2], out[False][..., 2]) >= 0.5).reshape(-1)
+    ds = d[sure] if sure.any() else np.zeros(1)
+    return (f"{Path(path).name}: reader (decode + resize + pad) swscale {rates['swscale']:.0f} f/s, Pillow "
+            f"{rates['Pillow']:.0f} f/s; keypoints swscale vs Pillow over {len(out[True])} frames: all {d.size}: "
+            f"median {np.median(d):.3f} px, mean {d.mean():.3f}, max {d.max():.3f}, over 5 px {int((d > 5).sum())}; "
+            f"confidence >= 0.5 in both ({int(sure.sum())}): median {np.median(ds):.3f}, p99 "
+            f"{np.percentile(ds, 99):.3f}, max {ds.max():.3f}")
+
+
 STARTUP = """
 import time, sys
 t0 = time.perf_counter()
@@ -254,6 +288,9 @@ def main():
                 print(f"{fmt:<12} {size:>10,} failed: {diff}", flush=True)
             else:
                 print(f"{fmt:<12} {size:>10,} {rate:>6.0f} {diff:>11.3f}", flush=True)
+        print("whole frames resized by the video decoder (swscale, predict's default) or by Pillow:")
+        for v in videos:
+            print("  " + resize_check(run, v), flush=True)
         print(startup_parts(run))
         print(jpeg_check(run, work))
         print("ratio: predict without start-up / model only (target >= 0.8); start s: command start to the "

@@ -162,23 +162,49 @@ class Inference:
         return out[..., :2], out[..., 2]
 
     # ---------------------------------------------------------------------------- preprocessing
-    def prepare(self, frame: np.ndarray, bbox_px: Optional[Sequence[float]] = None):
+    def scaled_size(self, width: int, height: int) -> Optional[Tuple[int, int]]:
+        """The size (w, h) that whole frames of ``width`` x ``height`` are resized to before the shards'
+        padding, or None when they are not resized. A video reader can deliver frames at that size
+        (:func:`kpconv.video.frames`'s ``size``, FFmpeg's swscale) for :meth:`prepare`'s ``original``."""
+        from .images import layout
+
+        lay = layout(width, height, [0.0, 0.0, width, height], self.options)
+        rw, rh = lay.placed[2:]
+        x0, y0, x1, y1 = lay.crop
+        return None if (rw, rh) == (x1 - x0, y1 - y0) else (int(rw), int(rh))
+
+    def prepare(self, frame: np.ndarray, bbox_px: Optional[Sequence[float]] = None,
+                original: Optional[Tuple[int, int]] = None):
         """``(stored image (h, w, 3) uint8, stored_to_original transform, original (w, h))`` for an RGB
-        uint8 frame (H, W, 3), cropped to ``bbox_px`` (x, y, w, h in its pixels) with a ``bbox`` run."""
+        uint8 frame (H, W, 3), cropped to ``bbox_px`` (x, y, w, h in its pixels) with a ``bbox`` run.
+        ``original`` (w, h): ``frame`` is a whole frame of that size already resized to
+        :meth:`scaled_size` (by the video decoder): only the padding is left to do."""
         from PIL import Image
 
         from .images import BACKGROUND, layout
 
         opts = self.options
         h, w = frame.shape[:2]
+        if original is not None:
+            if bbox_px is not None or self.scaled_size(*original) != (w, h):
+                raise ValueError(f"a frame resized to {w}x{h} is not the whole-frame resize of "
+                                 f"{original[0]}x{original[1]} for these shards")
+            w, h = original
         lay = layout(w, h, list(bbox_px) if bbox_px is not None else [0.0, 0.0, w, h], opts)
         x0, y0, x1, y1 = lay.crop
         ox, oy, rw, rh = lay.placed
+        if original is not None:
+            x0, y0, x1, y1 = 0, 0, rw, rh      # the content is the frame as it is
         if (rw, rh) == (x1 - x0, y1 - y0) and lay.placed == (0, 0) + lay.out and not self.jpeg:
             return np.ascontiguousarray(frame[y0:y1, x0:x1]), lay.transform, (w, h)
+        if (rw, rh) == (x1 - x0, y1 - y0) and not self.jpeg:   # padding only: numpy, no image copies
+            canvas = np.empty((lay.out[1], lay.out[0], 3), np.uint8)
+            canvas[...] = np.asarray(BACKGROUND, np.uint8)
+            canvas[oy:oy + rh, ox:ox + rw] = frame[y0:y1, x0:x1]
+            return canvas, lay.transform, (w, h)
         im = Image.fromarray(frame)
         if (rw, rh) == (x1 - x0, y1 - y0):
-            content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0, w, h) else im
+            content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0) + im.size else im
         else:
             content = im.resize((rw, rh), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
         if lay.placed != (0, 0) + lay.out:

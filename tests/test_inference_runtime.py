@@ -143,3 +143,66 @@ def test_predict_runtime_onnx_without_onnxruntime_exits_2(multi_run, tmp_path, m
     Image.fromarray(_frames(1, (64, 64))[0]).save(img)
     r = CliRunner().invoke(cli, ["predict", str(multi_run), str(img), "--runtime", "onnx"])
     assert r.exit_code == 2 and "pip install 'kpconv[onnx]'" in r.output
+
+
+# ---------------------------------------------------------------- whole frames resized by the video decoder
+def _pil_resize(a, size):
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR), np.float32)
+
+
+def test_video_frames_scaled_by_the_decoder_match_pillow(tmp_path):
+    from kpconv import video
+
+    frames = _frames(3, (96, 128), seed=4)
+    path = _video(tmp_path / "v.mp4", frames)
+    full = [a for _, _, a in video.frames(str(path))]
+    small = [a for _, _, a in video.frames(str(path), size=(64, 48))]
+    assert [a.shape for a in small] == [(48, 64, 3)] * 3 and small[0].dtype == np.uint8
+    for f, s in zip(full, small):
+        # swscale's bilinear (antialiased when shrinking) against Pillow's: within a few levels of 255
+        assert np.abs(s.astype(np.float32) - _pil_resize(f, (64, 48))).mean() < 3.0
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    from _shards import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("dense"))
+
+
+def test_prepare_a_frame_the_decoder_resized(dense_run):
+    from kpconv.inference import image_options
+
+    inf = Inference.from_run(dense_run)
+    inf.config["dataset"]["preprocessing"].update(resize="pad", size=[32, 32])
+    inf.options = image_options(inf.config)
+    frame = _frames(1, (64, 96), seed=5)[0]
+    assert inf.scaled_size(96, 64) == (32, 21)
+    ref, t_ref, wh = inf.prepare(frame)
+    small = _pil_resize(frame, (32, 21)).round().astype(np.uint8)
+    got, t_got, wh2 = inf.prepare(small, None, (96, 64))
+    assert wh == wh2 == (96, 64) and got.shape == ref.shape == (32, 32, 3)
+    assert np.allclose(t_got, t_ref)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1          # the same Pillow resize; padding 128
+    assert (got[:5] == 128).all() and (got[-5:] == 128).all()
+    with pytest.raises(ValueError, match="not the whole-frame resize"):
+        inf.prepare(small[:, :30], None, (96, 64))
+
+
+@pytest.mark.slow
+def test_predict_video_decoder_resize_agrees_with_pillow(dense_run, tmp_path):
+    from kpconv.predict import Predictor
+
+    video = _video(tmp_path / "v.mp4", _frames(6, (96, 128), seed=6))
+    p = Predictor(dense_run)
+    assert p.inference.scaled_size(128, 96) == (32, 32)      # (the tiny run's 32x32 shards, stretched)
+    out = {}
+    for way in (True, False):
+        p.decoder_resize = way
+        out[way] = np.array([q.keypoints for q in p.predict(str(video))])
+    assert out[True].shape == out[False].shape == (6, 5, 3)
+    d = np.hypot(*(out[True][..., :2] - out[False][..., :2]).reshape(-1, 2).T)
+    # a regression head (continuous in its input): frames of 128x96, keypoints within 0.1 px (0.011 measured)
+    assert d.max() < 0.1, d
