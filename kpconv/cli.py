@@ -706,7 +706,8 @@ def export(ctx, run_dir, fmt, output, shard_dir, check_images):
               + (f" ({result.bytes:,} bytes)" if result.bytes else ""))
     if result.max_diff_px is not None:
         info(ctx, f"  largest difference from model.keras on {result.checked} shard image(s): "
-                  f"{result.max_diff_px:.3g} px (stored {result.image_size[0]}x{result.image_size[1]} image)")
+                  f"{result.max_diff_px:.3g} px (median {result.median_diff_px:.3g}, mean {result.mean_diff_px:.3g}; "
+                  f"stored {result.image_size[0]}x{result.image_size[1]} image)")
 
 
 def main(argv=None):
