@@ -98,7 +98,7 @@ def flies_manifest(work: Path, every: int) -> Path:
     return manifest
 
 
-def throughput(run: Path, n: int = 200, runtimes=("tf", "onnx")) -> dict:
+def throughput(run: Path, n: int = 200, runtimes=("tf", "onnx"), rounds: int = 2) -> dict:
     """frames/s on clip.mp4: decoding alone, the two models alone (frames decoded before), and predict (the
     library call, decoding in its producer thread), for each runtime (``--runtime``: TensorFlow with XLA,
     onnxruntime when installed); the largest keypoint distance between the runtimes' predictions."""
@@ -111,22 +111,29 @@ def throughput(run: Path, n: int = 200, runtimes=("tf", "onnx")) -> dict:
     t = time.perf_counter()
     frames = [arr for _, _, arr in video_frames(video, FrameSelection(end=n))]
     decode = len(frames) / (time.perf_counter() - t)
-    out = {"decode_fps": decode, "frames": len(frames)}
+    out = {"decode_fps": decode, "frames": len(frames), "rounds": rounds}
     kps = {}
+    predictors = {}
     for runtime in runtimes:
         if runtime == "onnx" and not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("tf2onnx")):
             continue
-        p = MultiPredictor(run, runtime=runtime)
-        p.find(np.stack(frames[:8]))                  # compile / convert
-        t = time.perf_counter()
-        for i in range(0, len(frames), 8):
-            p.find(np.stack(frames[i:i + 8]))
-        model = len(frames) / (time.perf_counter() - t)
-        t = time.perf_counter()
-        preds = list(p.predict(video, frames=FrameSelection(end=n), batch_size=8))
-        full = len(frames) / (time.perf_counter() - t)
-        kps[runtime] = {(q.frame, q.instance): np.asarray(q.keypoints)[:, :2] for q in preds}
-        out[runtime] = {"model_fps": model, "predict_fps": full, "instances": len(preds)}
+        predictors[runtime] = MultiPredictor(run, runtime=runtime)
+        predictors[runtime].find(np.stack(frames[:8]))                  # compile / convert
+    # the runtimes take turns, ``rounds`` times; the best round of each counts (a shared machine's load
+    # changes from minute to minute)
+    for _ in range(rounds):
+        for runtime, p in predictors.items():
+            t = time.perf_counter()
+            for i in range(0, len(frames), 8):
+                p.find(np.stack(frames[i:i + 8]))
+            model = len(frames) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            preds = list(p.predict(video, frames=FrameSelection(end=n), batch_size=8))
+            full = len(frames) / (time.perf_counter() - t)
+            kps[runtime] = {(q.frame, q.instance): np.asarray(q.keypoints)[:, :2] for q in preds}
+            best = out.get(runtime, {"model_fps": 0.0, "predict_fps": 0.0})
+            out[runtime] = {"model_fps": max(model, best["model_fps"]), "predict_fps": max(full, best["predict_fps"]),
+                            "instances": len(preds)}
     if len(kps) == 2:
         a, b = kps["tf"], kps["onnx"]
         same = [k for k in a if k in b]
@@ -142,7 +149,7 @@ def throughput_lines(tp: dict) -> list:
             r = tp[runtime]
             lines.append(f"  clip.mp4 ({tp['frames']} frames, {r['instances']} instances found), --runtime {runtime}: "
                          f"predict {r['predict_fps']:.1f} frames/s (both stages; target >= 20), decode only "
-                         f"{tp['decode_fps']:.1f}, models only {r['model_fps']:.1f}")
+                         f"{tp['decode_fps']:.1f}, models only {r['model_fps']:.1f} (best of {tp['rounds']} rounds)")
     if "onnx_vs_tf_max_px" in tp:
         lines.append(f"  onnx vs tf: largest keypoint distance {tp['onnx_vs_tf_max_px']:.4f} px, instances found by "
                      f"one runtime only {tp['onnx_vs_tf_unmatched']}")

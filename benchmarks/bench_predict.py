@@ -19,6 +19,10 @@ And the JPEG round trip the shards store (``Predictor(run, jpeg=True)``) against
 decoded pixels (the default): mean error on mirror-mouse's labelled frames both ways, and the
 largest difference between the two predictions.
 
+Each with ``--runtime tf`` and ``--runtime onnx`` (when onnxruntime is installed), the model-only rate in
+the same runtime. Whole frames are resized by the video decoder (swscale); the reader's rate that way
+and with Pillow, and the keypoint distances between the two, are printed per video.
+
 Targets: predict (without start-up) >= 0.8x model only; start-up < 5 s.
 
 ::
@@ -87,7 +91,7 @@ def train_run(work: Path, minutes: float) -> Path:
     return work / "run"
 
 
-def bench(run: Path, path: str, batch: int, work: Path) -> dict:
+def bench(run: Path, path: str, batch: int, work: Path, runtime: str = "tf") -> dict:
     from kpconv import video
     from kpconv.inference import Inference
 
@@ -96,7 +100,7 @@ def bench(run: Path, path: str, batch: int, work: Path) -> dict:
     n = sum(1 for _ in video.frames(path))
     decode = n / (time.perf_counter() - t)
 
-    inf = Inference.from_run(run, batch_size=batch)
+    inf = Inference.from_run(run, batch_size=batch, runtime=runtime)
     first = next(video.frames(path))[2]
     prepared = np.stack([inf.prepare(first)[0]] * batch).astype(np.float32)
     inf(prepared)   # compiled once
@@ -106,12 +110,13 @@ def bench(run: Path, path: str, batch: int, work: Path) -> dict:
         inf(prepared)
     model = reps * batch / (time.perf_counter() - t)
 
-    startup = kpconv("predict", run, path, "--end", "1", "-o", work / "one.jsonl")
-    whole = kpconv("predict", run, path, "-o", work / "all.jsonl", "--batch-size", batch)
+    startup = kpconv("predict", run, path, "--end", "1", "-o", work / "one.jsonl", "--runtime", runtime)
+    whole = kpconv("predict", run, path, "-o", work / "all.jsonl", "--batch-size", batch, "--runtime", runtime)
     lines = sum(1 for _ in open(work / "all.jsonl"))
     assert lines == n, (lines, n)
-    steady = n / max(whole - startup, 1e-9)
-    return {"video": Path(path).name, "size": f"{size[0]}x{size[1]}", "frames": n, "decode": decode,
+    # (nan when the one-frame run took about as long as the whole one: a machine too loaded to tell)
+    steady = n / (whole - startup) if whole > 1.1 * startup else float("nan")
+    return {"video": Path(path).name, "runtime": runtime, "size": f"{size[0]}x{size[1]}", "frames": n, "decode": decode,
             "model": model, "predict": n / whole, "predict_steady": steady, "ratio": steady / model,
             "startup": startup}
 
@@ -267,8 +272,16 @@ def main():
     ap.add_argument("--frames", type=int, default=600, help="frames of the synthetic 640x480 video")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--exports", type=int, default=64, help="frames the exports are compared on")
+    ap.add_argument("--runtime", action="append", choices=["tf", "onnx"],
+                    help="predict's --runtime, each measured against the model alone in the same runtime "
+                         "(default: tf, and onnx when onnxruntime is installed)")
     ap.add_argument("--video", action="append", help="videos (default: mirror-mouse's and the synthetic one)")
     args = ap.parse_args()
+    if not args.runtime:
+        import importlib.util
+
+        args.runtime = ["tf"] + (["onnx"] if importlib.util.find_spec("onnxruntime") and
+                                 importlib.util.find_spec("tf2onnx") else [])
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         work = Path(tmp)
@@ -278,13 +291,14 @@ def main():
             videos.append(str(synthetic_video(work / "synthetic_640x480.mp4", args.frames)))
         print(f"run: {run if args.run else f'trained here for {args.minutes:g} min on mirror-mouse (320x240)'}; "
               f"batch {args.batch}; {os.cpu_count()} CPUs")
-        print(f"{'video':<24} {'size':>9} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} {'predict f/s':>11} "
-              f"{'w/o start':>9} {'ratio':>6} {'start s':>7}")
+        print(f"{'video':<24} {'runtime':>7} {'size':>9} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} "
+              f"{'predict f/s':>11} {'w/o start':>9} {'ratio':>6} {'start s':>7}")
         for v in videos:
-            r = bench(run, v, args.batch, work)
-            print(f"{r['video']:<24} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} {r['model']:>9.0f} "
-                  f"{r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} {r['startup']:>7.1f}",
-                  flush=True)
+            for runtime in args.runtime:
+                r = bench(run, v, args.batch, work, runtime)
+                print(f"{r['video']:<24} {runtime:>7} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} "
+                      f"{r['model']:>9.0f} {r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} "
+                      f"{r['startup']:>7.1f}", flush=True)
         print(f"exports on {args.exports} prepared frames of {Path(videos[0]).name} (every 10th), each in its own "
               f"runtime (model only above: Inference, compiled); distance from the model in stored-image pixels, "
               f"all keypoints and those the model gives confidence >= 0.5:")
