@@ -18,7 +18,7 @@ error is 11.15 px with it and 11.18 px without (0.3 %).
 Runtimes (``runtime``): ``"tf"`` (the default) compiles the model with XLA; ``"onnx"`` converts the
 same traced function once per input size with ``tf2onnx`` and runs it in ``onnxruntime``
 (:mod:`kpconv.onnxrt`; ``kpconv predict --runtime onnx``, needs ``kpconv[onnx]``): faster on CPUs
-(docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference.py). Never
+(docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference_runtime.py). Never
 chosen silently: a missing ``onnxruntime`` is an error, not a switch back to TensorFlow.
 
 Test-time flip (``flip_test``, :func:`flip_permutation`): the heatmaps of the frame and of its mirror,
