@@ -11,6 +11,7 @@
   (centroid peak x mean keypoint confidence, the peak alone, the confidence alone) by COCO AP.
 
     python benchmarks/bench_multi.py [--minutes 15] [--synth-minutes 5] [--work DIR] [--only flies|synth]
+    python benchmarks/bench_multi.py --throughput RUN     # the predict throughput only, with a trained run
 
 The two-flies labels are read with sleap-io (``kpconv ingest clip.slp`` once the SLEAP reader is in);
 SLEAP's coordinates (pixel centres at integers) are shifted by half a pixel into kpconv's convention.
@@ -97,8 +98,12 @@ def flies_manifest(work: Path, every: int) -> Path:
     return manifest
 
 
-def throughput(run: Path, n: int = 200) -> dict:
-    """frames/s on clip.mp4: decoding alone, the two models alone (frames decoded before), and predict."""
+def throughput(run: Path, n: int = 200, runtimes=("tf", "onnx"), rounds: int = 2) -> dict:
+    """frames/s on clip.mp4: decoding alone, the two models alone (frames decoded before), and predict (the
+    library call, decoding in its producer thread), for each runtime (``--runtime``: TensorFlow with XLA,
+    onnxruntime when installed); the largest keypoint distance between the runtimes' predictions."""
+    import importlib.util
+
     from kpconv.multi import MultiPredictor
     from kpconv.video import FrameSelection, frames as video_frames
 
@@ -106,16 +111,49 @@ def throughput(run: Path, n: int = 200) -> dict:
     t = time.perf_counter()
     frames = [arr for _, _, arr in video_frames(video, FrameSelection(end=n))]
     decode = len(frames) / (time.perf_counter() - t)
-    p = MultiPredictor(run)
-    p.find(np.stack(frames[:8]))                  # compile
-    t = time.perf_counter()
-    for i in range(0, len(frames), 8):
-        p.find(np.stack(frames[i:i + 8]))
-    model = len(frames) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    found = sum(1 for _ in p.predict(video, frames=FrameSelection(end=n), batch_size=8))
-    full = len(frames) / (time.perf_counter() - t)
-    return {"decode_fps": decode, "model_fps": model, "predict_fps": full, "frames": len(frames), "instances": found}
+    out = {"decode_fps": decode, "frames": len(frames), "rounds": rounds}
+    kps = {}
+    predictors = {}
+    for runtime in runtimes:
+        if runtime == "onnx" and not (importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("tf2onnx")):
+            continue
+        predictors[runtime] = MultiPredictor(run, runtime=runtime)
+        predictors[runtime].find(np.stack(frames[:8]))                  # compile / convert
+    # the runtimes take turns, ``rounds`` times; the best round of each counts (a shared machine's load
+    # changes from minute to minute)
+    for _ in range(rounds):
+        for runtime, p in predictors.items():
+            t = time.perf_counter()
+            for i in range(0, len(frames), 8):
+                p.find(np.stack(frames[i:i + 8]))
+            model = len(frames) / (time.perf_counter() - t)
+            t = time.perf_counter()
+            preds = list(p.predict(video, frames=FrameSelection(end=n), batch_size=8))
+            full = len(frames) / (time.perf_counter() - t)
+            kps[runtime] = {(q.frame, q.instance): np.asarray(q.keypoints)[:, :2] for q in preds}
+            best = out.get(runtime, {"model_fps": 0.0, "predict_fps": 0.0})
+            out[runtime] = {"model_fps": max(model, best["model_fps"]), "predict_fps": max(full, best["predict_fps"]),
+                            "instances": len(preds)}
+    if len(kps) == 2:
+        a, b = kps["tf"], kps["onnx"]
+        same = [k for k in a if k in b]
+        out["onnx_vs_tf_max_px"] = max((float(np.max(np.hypot(*(a[k] - b[k]).T))) for k in same), default=0.0)
+        out["onnx_vs_tf_unmatched"] = len(set(a) ^ set(b))
+    return out
+
+
+def throughput_lines(tp: dict) -> list:
+    lines = []
+    for runtime in ("tf", "onnx"):
+        if runtime in tp:
+            r = tp[runtime]
+            lines.append(f"  clip.mp4 ({tp['frames']} frames, {r['instances']} instances found), --runtime {runtime}: "
+                         f"predict {r['predict_fps']:.1f} frames/s (both stages; target >= 20), decode only "
+                         f"{tp['decode_fps']:.1f}, models only {r['model_fps']:.1f} (best of {tp['rounds']} rounds)")
+    if "onnx_vs_tf_max_px" in tp:
+        lines.append(f"  onnx vs tf: largest keypoint distance {tp['onnx_vs_tf_max_px']:.4f} px, instances found by "
+                     f"one runtime only {tp['onnx_vs_tf_unmatched']}")
+    return lines
 
 
 def id_switches(run: Path, max_distance: float = 40.0, memory: int = 5) -> str:
@@ -177,8 +215,7 @@ def bench_flies(work: Path, minutes: float, every: int) -> None:
           f"(target mAP >= 0.9, recall >= 0.98)")
     print(f"  matched instances: mean error {r['mean_error_px']} px, median {r['median_error_px']} px")
     print(f"  identity switches over frames 1300-1499: {id_switches(run)} (target <= 2)")
-    print(f"  clip.mp4 ({tp['frames']} frames, {tp['instances']} instances found): predict {tp['predict_fps']:.1f} frames/s (both stages; target >= 20), "
-          f"decode only {tp['decode_fps']:.1f}, models only {tp['model_fps']:.1f}")
+    print("\n".join(throughput_lines(tp)))
     (run / "bench.json").write_text(json.dumps({"eval": r, "throughput": tp}, indent=2))
 
 
@@ -244,9 +281,15 @@ def main(argv=None):
     ap.add_argument("--synth-images", type=int, nargs=2, default=(300, 60), metavar=("TRAIN", "TEST"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/kpconv-bench-multi"))
     ap.add_argument("--only", choices=["flies", "synth"])
+    ap.add_argument("--throughput", type=Path, metavar="RUN",
+                    help="only the predict throughput on clip.mp4, with this trained two-flies run")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     print(f"bench_multi: {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU(s)")
+    if a.throughput:
+        print(f"two-flies run {a.throughput}:")
+        print("\n".join(throughput_lines(throughput(a.throughput))))
+        return
     if a.only in (None, "synth"):
         bench_synth(a.work, a.synth_minutes, *a.synth_images)
     if a.only in (None, "flies"):

@@ -19,6 +19,10 @@ And the JPEG round trip the shards store (``Predictor(run, jpeg=True)``) against
 decoded pixels (the default): mean error on mirror-mouse's labelled frames both ways, and the
 largest difference between the two predictions.
 
+Each with ``--runtime tf`` and ``--runtime onnx`` (when onnxruntime is installed), the model-only rate in
+the same runtime. Whole frames are resized by the video decoder (swscale); the reader's rate that way
+and with Pillow, and the keypoint distances between the two, are printed per video.
+
 Targets: predict (without start-up) >= 0.8x model only; start-up < 5 s.
 
 ::
@@ -87,7 +91,7 @@ def train_run(work: Path, minutes: float) -> Path:
     return work / "run"
 
 
-def bench(run: Path, path: str, batch: int, work: Path) -> dict:
+def bench(run: Path, path: str, batch: int, work: Path, runtime: str = "tf") -> dict:
     from kpconv import video
     from kpconv.inference import Inference
 
@@ -96,7 +100,7 @@ def bench(run: Path, path: str, batch: int, work: Path) -> dict:
     n = sum(1 for _ in video.frames(path))
     decode = n / (time.perf_counter() - t)
 
-    inf = Inference.from_run(run, batch_size=batch)
+    inf = Inference.from_run(run, batch_size=batch, runtime=runtime)
     first = next(video.frames(path))[2]
     prepared = np.stack([inf.prepare(first)[0]] * batch).astype(np.float32)
     inf(prepared)   # compiled once
@@ -106,14 +110,49 @@ def bench(run: Path, path: str, batch: int, work: Path) -> dict:
         inf(prepared)
     model = reps * batch / (time.perf_counter() - t)
 
-    startup = kpconv("predict", run, path, "--end", "1", "-o", work / "one.jsonl")
-    whole = kpconv("predict", run, path, "-o", work / "all.jsonl", "--batch-size", batch)
+    startup = kpconv("predict", run, path, "--end", "1", "-o", work / "one.jsonl", "--runtime", runtime)
+    whole = kpconv("predict", run, path, "-o", work / "all.jsonl", "--batch-size", batch, "--runtime", runtime)
     lines = sum(1 for _ in open(work / "all.jsonl"))
     assert lines == n, (lines, n)
-    steady = n / max(whole - startup, 1e-9)
-    return {"video": Path(path).name, "size": f"{size[0]}x{size[1]}", "frames": n, "decode": decode,
+    # (nan when the one-frame run took about as long as the whole one: a machine too loaded to tell)
+    steady = n / (whole - startup) if whole > 1.1 * startup else float("nan")
+    return {"video": Path(path).name, "runtime": runtime, "size": f"{size[0]}x{size[1]}", "frames": n, "decode": decode,
             "model": model, "predict": n / whole, "predict_steady": steady, "ratio": steady / model,
             "startup": startup}
+
+
+def resize_check(run: Path, path: str, n: int = 64) -> str:
+    """The video reader's two ways to resize whole frames to the shards' size: FFmpeg's swscale as frames
+    are converted to RGB (predict's default) against full-size RGB then Pillow (as images and the shards
+    are resized): reader frames/s (decode + prepare, one thread) and the keypoint distance between the two
+    predictions over the first ``n`` frames (original pixels)."""
+    from kpconv import video
+    from kpconv.predict import Predictor
+    from kpconv.video import FrameSelection
+
+    p = Predictor(run)
+    inf = p.inference
+    _, _, wh = video.info(path)
+    scaled = inf.scaled_size(*wh)
+    if scaled is None:
+        return f"{Path(path).name}: frames are not resized (the shards' size)"
+    rates = {}
+    for way, size in (("swscale", scaled), ("Pillow", None)):
+        t = time.perf_counter()
+        k = sum(1 for _, _, a in video.frames(path, size=size) if inf.prepare(a, None, wh if size else None))
+        rates[way] = k / (time.perf_counter() - t)
+    out = {}
+    for way in (True, False):
+        p.decoder_resize = way
+        out[way] = np.array([q.keypoints for q in p.predict(path, frames=FrameSelection(end=n))])
+    d = np.hypot(*(out[True][..., :2] - out[False][..., :2]).reshape(-1, 2).T)
+    sure = (np.minimum(out[True][..., 2], out[False][..., 2]) >= 0.5).reshape(-1)
+    ds = d[sure] if sure.any() else np.zeros(1)
+    return (f"{Path(path).name}: reader (decode + resize + pad) swscale {rates['swscale']:.0f} f/s, Pillow "
+            f"{rates['Pillow']:.0f} f/s; keypoints swscale vs Pillow over {len(out[True])} frames: all {d.size}: "
+            f"median {np.median(d):.3f} px, mean {d.mean():.3f}, max {d.max():.3f}, over 5 px {int((d > 5).sum())}; "
+            f"confidence >= 0.5 in both ({int(sure.sum())}): median {np.median(ds):.3f}, p99 "
+            f"{np.percentile(ds, 99):.3f}, max {ds.max():.3f}")
 
 
 STARTUP = """
@@ -141,19 +180,21 @@ def startup_parts(run: Path) -> str:
 EXPORTS = ("tflite", "tflite-int8", "onnx")
 
 
-def bench_exports(run: Path, path: str, batch: int, work: Path) -> list:
-    """Each export of ``run`` in its own runtime on ``batch`` prepared frames of ``path``: (format,
-    bytes, frames/s, largest distance from the model in stored-image pixels)."""
+def bench_exports(run: Path, path: str, batch: int, work: Path, n: int = 64) -> list:
+    """Each export of ``run`` in its own runtime on ``n`` prepared frames of ``path`` (every 10th): (format,
+    bytes, frames/s, (mean, median, max distance from the model, max where the model's confidence >= 0.5)
+    in stored-image pixels)."""
     import warnings
 
     from kpconv import video
     from kpconv.inference import Inference
+    from kpconv.video import FrameSelection
 
     inf = Inference.from_run(run, batch_size=batch)
     arrays = []
-    for _, _, frame in video.frames(path):
+    for _, _, frame in video.frames(path, FrameSelection(every=10)):
         arrays.append(inf.prepare(frame)[0])
-        if len(arrays) == batch:
+        if len(arrays) == n:
             break
     x = np.stack(arrays).astype(np.float32)
     ref = inf(x)
@@ -187,13 +228,15 @@ def bench_exports(run: Path, path: str, batch: int, work: Path) -> list:
         except RuntimeError as e:   # a TFLite kernel refusing these frames (int8: a DIV by a zero quantized value)
             rows.append((fmt, out.stat().st_size, None, str(e).splitlines()[0]))
             continue
-        reps = 5
+        reps = 2
         t = time.perf_counter()
         for _ in range(reps):
             call()
         rate = reps * len(x) / (time.perf_counter() - t)
-        diff = float(np.max(np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)))
-        rows.append((fmt, out.stat().st_size, rate, diff))
+        d = np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)
+        sure = ref[..., 2] >= 0.5
+        rows.append((fmt, out.stat().st_size, rate, (float(np.mean(d)), float(np.median(d)), float(np.max(d)),
+                                                     float(np.max(d[sure])) if sure.any() else float("nan"))))
     return rows
 
 
@@ -228,8 +271,17 @@ def main():
     ap.add_argument("--minutes", type=float, default=1.0, help="training time when no --run is given")
     ap.add_argument("--frames", type=int, default=600, help="frames of the synthetic 640x480 video")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--exports", type=int, default=64, help="frames the exports are compared on")
+    ap.add_argument("--runtime", action="append", choices=["tf", "onnx"],
+                    help="predict's --runtime, each measured against the model alone in the same runtime "
+                         "(default: tf, and onnx when onnxruntime is installed)")
     ap.add_argument("--video", action="append", help="videos (default: mirror-mouse's and the synthetic one)")
     args = ap.parse_args()
+    if not args.runtime:
+        import importlib.util
+
+        args.runtime = ["tf"] + (["onnx"] if importlib.util.find_spec("onnxruntime") and
+                                 importlib.util.find_spec("tf2onnx") else [])
     sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         work = Path(tmp)
@@ -239,21 +291,27 @@ def main():
             videos.append(str(synthetic_video(work / "synthetic_640x480.mp4", args.frames)))
         print(f"run: {run if args.run else f'trained here for {args.minutes:g} min on mirror-mouse (320x240)'}; "
               f"batch {args.batch}; {os.cpu_count()} CPUs")
-        print(f"{'video':<24} {'size':>9} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} {'predict f/s':>11} "
-              f"{'w/o start':>9} {'ratio':>6} {'start s':>7}")
+        print(f"{'video':<24} {'runtime':>7} {'size':>9} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} "
+              f"{'predict f/s':>11} {'w/o start':>9} {'ratio':>6} {'start s':>7}")
         for v in videos:
-            r = bench(run, v, args.batch, work)
-            print(f"{r['video']:<24} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} {r['model']:>9.0f} "
-                  f"{r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} {r['startup']:>7.1f}",
-                  flush=True)
-        print(f"exports on {args.batch} prepared frames of {Path(videos[0]).name}, each in its own runtime "
-              f"(model only above: Inference, compiled):")
-        print(f"{'format':<12} {'bytes':>10} {'f/s':>6} {'max diff px':>11}")
-        for fmt, size, rate, diff in bench_exports(run, videos[0], args.batch, work):
+            for runtime in args.runtime:
+                r = bench(run, v, args.batch, work, runtime)
+                print(f"{r['video']:<24} {runtime:>7} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} "
+                      f"{r['model']:>9.0f} {r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} "
+                      f"{r['startup']:>7.1f}", flush=True)
+        print(f"exports on {args.exports} prepared frames of {Path(videos[0]).name} (every 10th), each in its own "
+              f"runtime (model only above: Inference, compiled); distance from the model in stored-image pixels, "
+              f"all keypoints and those the model gives confidence >= 0.5:")
+        print(f"{'format':<12} {'bytes':>10} {'f/s':>6} {'mean px':>8} {'median px':>9} {'max px':>8} {'max conf>=0.5':>13}")
+        for fmt, size, rate, diff in bench_exports(run, videos[0], args.batch, work, args.exports):
             if rate is None:
                 print(f"{fmt:<12} {size:>10,} failed: {diff}", flush=True)
             else:
-                print(f"{fmt:<12} {size:>10,} {rate:>6.0f} {diff:>11.3f}", flush=True)
+                print(f"{fmt:<12} {size:>10,} {rate:>6.0f} {diff[0]:>8.3f} {diff[1]:>9.3f} {diff[2]:>8.3f} {diff[3]:>13.3f}",
+                      flush=True)
+        print("whole frames resized by the video decoder (swscale, predict's default) or by Pillow:")
+        for v in videos:
+            print("  " + resize_check(run, v), flush=True)
         print(startup_parts(run))
         print(jpeg_check(run, work))
         print("ratio: predict without start-up / model only (target >= 0.8); start s: command start to the "

@@ -15,6 +15,12 @@ round trip is kept only as an option (``jpeg=True``, the pixels of kpconv 0.1's 
 mirror-mouse's 90 labelled frames (a 10-minute heatmap run, benchmarks/bench_predict.py) the mean
 error is 11.15 px with it and 11.18 px without (0.3 %).
 
+Runtimes (``runtime``): ``"tf"`` (the default) compiles the model with XLA; ``"onnx"`` converts the
+same traced function once per input size with ``tf2onnx`` and runs it in ``onnxruntime``
+(:mod:`kpconv.onnxrt`; ``kpconv predict --runtime onnx``, needs ``kpconv[onnx]``): faster on CPUs
+(docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference_runtime.py). Never
+chosen silently: a missing ``onnxruntime`` is an error, not a switch back to TensorFlow.
+
 Test-time flip (``flip_test``, :func:`flip_permutation`): the heatmaps of the frame and of its mirror,
 left/right keypoints swapped, averaged before decoding (:class:`kpconv.model.FlipTestAverage`). On by
 default for a heatmap run trained with flips (flip pairs and ``augment_flip`` > 0): measured better on
@@ -64,6 +70,9 @@ def flip_permutation(config: Optional[dict], flip_test: Optional[bool] = None) -
     return perm
 
 
+RUNTIMES = ("tf", "onnx")
+
+
 class Inference:
     """A model ready for inference.
 
@@ -74,8 +83,17 @@ class Inference:
 
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
                  batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None,
-                 heatmaps: bool = False):
+                 heatmaps: bool = False, runtime: str = "tf"):
         from . import model as kmodel
+        from .errors import TrainError
+
+        if runtime not in RUNTIMES:
+            raise TrainError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+        if runtime == "onnx":
+            from .onnxrt import require_onnx
+
+            require_onnx("--runtime onnx")
+        self.runtime = runtime
 
         self.flip_permutation = (list(flip_test) if isinstance(flip_test, (list, tuple))
                                  else flip_permutation(config, flip_test))
@@ -90,12 +108,12 @@ class Inference:
 
     @classmethod
     def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False,
-                 flip_test: Optional[bool] = None) -> "Inference":
+                 flip_test: Optional[bool] = None, runtime: str = "tf") -> "Inference":
         from .run import open_run
 
         config, model = open_run(run_dir)
         params = (config.get("calibration") or {}).get("params")
-        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test)
+        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test, runtime=runtime)
         inf.run_dir = Path(run_dir)
         return inf
 
@@ -106,7 +124,14 @@ class Inference:
             import tensorflow as tf
 
             model = self.model
-            fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
+            if self.runtime == "onnx":
+                from .onnxrt import OnnxFunction, to_onnx
+
+                spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
+                traced = tf.function(lambda x: model(x, training=False), input_signature=spec)
+                fn = OnnxFunction(to_onnx(traced, hw, "output"))
+            else:
+                fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
             self._compiled[hw] = fn
         return fn
 
@@ -123,7 +148,9 @@ class Inference:
         for i in range(0, n, bs):
             chunk = x[i:i + bs]
             m = len(chunk)
-            if m < bs:   # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size
+            if m < bs and self.runtime == "tf":
+                # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size (onnxruntime
+                # takes any batch without compiling)
                 full = min(bs, 1 << (m - 1).bit_length())
                 chunk = np.concatenate([chunk, np.zeros((full - m,) + chunk.shape[1:], np.float32)])
             out.append(np.asarray(fn(chunk), np.float32)[:m])
@@ -135,23 +162,49 @@ class Inference:
         return out[..., :2], out[..., 2]
 
     # ---------------------------------------------------------------------------- preprocessing
-    def prepare(self, frame: np.ndarray, bbox_px: Optional[Sequence[float]] = None):
+    def scaled_size(self, width: int, height: int) -> Optional[Tuple[int, int]]:
+        """The size (w, h) that whole frames of ``width`` x ``height`` are resized to before the shards'
+        padding, or None when they are not resized. A video reader can deliver frames at that size
+        (:func:`kpconv.video.frames`'s ``size``, FFmpeg's swscale) for :meth:`prepare`'s ``original``."""
+        from .images import layout
+
+        lay = layout(width, height, [0.0, 0.0, width, height], self.options)
+        rw, rh = lay.placed[2:]
+        x0, y0, x1, y1 = lay.crop
+        return None if (rw, rh) == (x1 - x0, y1 - y0) else (int(rw), int(rh))
+
+    def prepare(self, frame: np.ndarray, bbox_px: Optional[Sequence[float]] = None,
+                original: Optional[Tuple[int, int]] = None):
         """``(stored image (h, w, 3) uint8, stored_to_original transform, original (w, h))`` for an RGB
-        uint8 frame (H, W, 3), cropped to ``bbox_px`` (x, y, w, h in its pixels) with a ``bbox`` run."""
+        uint8 frame (H, W, 3), cropped to ``bbox_px`` (x, y, w, h in its pixels) with a ``bbox`` run.
+        ``original`` (w, h): ``frame`` is a whole frame of that size already resized to
+        :meth:`scaled_size` (by the video decoder): only the padding is left to do."""
         from PIL import Image
 
         from .images import BACKGROUND, layout
 
         opts = self.options
         h, w = frame.shape[:2]
+        if original is not None:
+            if bbox_px is not None or self.scaled_size(*original) != (w, h):
+                raise ValueError(f"a frame resized to {w}x{h} is not the whole-frame resize of "
+                                 f"{original[0]}x{original[1]} for these shards")
+            w, h = original
         lay = layout(w, h, list(bbox_px) if bbox_px is not None else [0.0, 0.0, w, h], opts)
         x0, y0, x1, y1 = lay.crop
         ox, oy, rw, rh = lay.placed
+        if original is not None:
+            x0, y0, x1, y1 = 0, 0, rw, rh      # the content is the frame as it is
         if (rw, rh) == (x1 - x0, y1 - y0) and lay.placed == (0, 0) + lay.out and not self.jpeg:
             return np.ascontiguousarray(frame[y0:y1, x0:x1]), lay.transform, (w, h)
+        if (rw, rh) == (x1 - x0, y1 - y0) and not self.jpeg:   # padding only: numpy, no image copies
+            canvas = np.empty((lay.out[1], lay.out[0], 3), np.uint8)
+            canvas[...] = np.asarray(BACKGROUND, np.uint8)
+            canvas[oy:oy + rh, ox:ox + rw] = frame[y0:y1, x0:x1]
+            return canvas, lay.transform, (w, h)
         im = Image.fromarray(frame)
         if (rw, rh) == (x1 - x0, y1 - y0):
-            content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0, w, h) else im
+            content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0) + im.size else im
         else:
             content = im.resize((rw, rh), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
         if lay.placed != (0, 0) + lay.out:

@@ -277,13 +277,20 @@ class Predictor:
             print(pred.frame, pred.keypoints)       # K x [x, y, confidence] in original pixels
 
     A thin wrapper on :class:`kpconv.inference.Inference` (``inference``) that reads files, boxes
-    and videos. ``jpeg=True`` encodes each prepared image as JPEG and back, as the shards store it."""
+    and videos. ``jpeg=True`` encodes each prepared image as JPEG and back, as the shards store it;
+    ``runtime``: ``"tf"`` or ``"onnx"`` (:data:`kpconv.inference.RUNTIMES`). ``decoder_resize``: whole video
+    frames are resized by the video decoder (FFmpeg's swscale) instead of Pillow (False: Pillow, as
+    images and ``kpconv shard`` do)."""
 
-    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False, flip_test: Optional[bool] = None):
+    decoder_resize = True
+
+    def __init__(self, run_dir, batch_size: int = 16, jpeg: bool = False, flip_test: Optional[bool] = None,
+                 runtime: str = "tf"):
         from .inference import Inference
 
         self.run_dir = Path(run_dir)
-        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test)
+        self.inference = Inference.from_run(self.run_dir, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test,
+                                            runtime=runtime)
         self.config = self.inference.config
         self.names = list(self.config["dataset"]["keypoints"])
         self.skeleton = [tuple(p) for p in self.config["dataset"].get("skeleton") or []]
@@ -341,15 +348,21 @@ class Predictor:
             """The instances of one file, prepared (in the producer thread)."""
             from . import video
 
+            original = None
             if is_video(path):
-                fps, count, _ = video.info(path)
-                sources = progress(video.frames(path, frames), total=frames.expected(count, fps),
+                fps, count, wh = video.info(path)
+                # whole frames resized in the decoder (swscale, as they are converted to RGB) unless the
+                # frames themselves are kept or cut to boxes: docs/predict.md, "Videos"
+                scaled = (self.inference.scaled_size(*wh) if self.decoder_resize and not keep_frames
+                          and bbox is None and boxes is None else None)
+                original = wh if scaled is not None else None
+                sources = progress(video.frames(path, frames, size=scaled), total=frames.expected(count, fps),
                                    desc=Path(path).name, unit="frame")
             else:
                 sources = [(None, None, _read_image(path))]
             for frame, t, arr in sources:
                 for box, score, instance in self._instances(path, root, frame, single_video, bbox, boxes):
-                    stored, transform, wh = self.inference.prepare(arr, box)
+                    stored, transform, wh = self.inference.prepare(arr, box, original)
                     yield dict(file=path, array=stored, transform=transform, size=wh, bbox=box, score=score,
                                frame=frame, time=None if t is None else round(t, 6), instance=instance,
                                pixels=arr if keep_frames else None)

@@ -155,3 +155,21 @@ def test_heatmap_head_exports_its_decoded_points_and_confidence(shards, tmp_path
         assert got.shape == (4, len(NAMES), 3)
         assert np.max(np.abs(got[..., :2] - ref[..., :2])) * 32 < 0.05 and np.allclose(got[..., 2], ref[..., 2],
                                                                                          atol=1e-3)
+    # int8: the body quantized, the decoding (argmax, sub-pixel fit, confidence) kept in float32
+    r = CliRunner().invoke(cli, ["export", str(run), "--format", "tflite-int8", "-o", str(tmp_path / "q.tflite")])
+    assert r.exit_code == 0, r.output
+    assert "(median " in r.stderr and ", mean " in r.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        interp = tf.lite.Interpreter(model_path=str(tmp_path / "q.tflite"))
+    types = {}
+    for op in interp._get_ops_details():
+        for t in op["outputs"]:
+            d = interp._get_tensor_details(t, 0)
+            # the int8 heatmaps may be moved (QUANTIZE requantizes, RESHAPE, GATHER) without loss; every
+            # computation of the decoding and the op that packs x, y, confidence are in float32
+            kind = ("decode" if "/decode" in d["name"] and op["op_name"] not in ("QUANTIZE", "RESHAPE", "GATHER")
+                    else "pack" if op["op_name"] == "PACK" else "body")
+            types.setdefault(kind, set()).add(np.dtype(d["dtype"]).name)
+    assert types["decode"] <= {"float32", "int32", "bool"} and types["pack"] == {"float32"} and "int8" in types["body"]
+    assert _interpret(tmp_path / "q.tflite", x).shape == (4, len(NAMES), 3)

@@ -88,10 +88,11 @@ def test_video_every_frame_jsonl_and_dlc_read_back(run, video, tmp_path):
     assert [x["frame"] for x in rows] == list(range(FRAMES))
     assert [x["time"] for x in rows] == pytest.approx([i / FPS for i in range(FRAMES)])
     assert {(x["video"], x["width"], x["height"]) for x in rows} == {(str(video), 96, 64)}
-    # the numbers are the model's on each decoded frame (decoded again here with PyAV)
+    # the numbers are the model's on each decoded frame (decoded again here with PyAV), resized to the
+    # shards' 32x32 by the decoder (swscale bilinear, predict's way for whole video frames)
     with av.open(str(video)) as c:
-        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    # each decoded frame resized as the shards are (Pillow bilinear), then the model
+        decoded = [f.to_ndarray(format="rgb24", width=32, height=32, interpolation="BILINEAR")
+                   for f in c.decode(video=0)]
     expected = _model_on(run, decoded) * [96, 64]
     got = np.array([[x["keypoints"][n][:2] for n in NAMES] for x in rows])
     assert np.allclose(got, expected, atol=0.01)
