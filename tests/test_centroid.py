@@ -57,8 +57,22 @@ def test_instance_crop_covers_the_90th_percentile_box():
     crop, scale = cg.instance_crop([400] * 10)             # 496 px: downscaled to at most 192
     assert crop == 192 and scale == pytest.approx(192 / 496, rel=1e-5)
     assert crop / scale >= 400 * cg.CROP_MARGIN
-    crop, _ = cg.instance_crop([10] * 19 + [1000])          # one outlier does not set the size
-    assert crop == 32
+    crop, scale = cg.instance_crop([40] * 19 + [1000])      # one outlier does not set the size
+    assert scale == pytest.approx(64 / 40) and crop == 128  # (40 * 1.2 + 16) * 1.6 = 102.4 -> 128
+
+
+def test_instance_crop_upscales_small_instances():
+    """Animals of 25x12 px in full-HD frames: the 90th-percentile box keeps CROP_MIN_INSTANCE_PX pixels at the
+    instance model's input (never more than CROP_MAX_UPSCALE times, never over CROP_MAX_INPUT)."""
+    sides = [25, 27, 30, 24, 32] * 4
+    crop, scale = cg.instance_crop(sides)
+    side = float(np.percentile(sides, 90))
+    assert scale * side == pytest.approx(cg.CROP_MIN_INSTANCE_PX, rel=1e-5)
+    assert crop / scale >= side * cg.CROP_MARGIN + cg.CROP_PAD and crop <= cg.CROP_MAX_INPUT
+    assert cg.instance_crop([4] * 10)[1] == cg.CROP_MAX_UPSCALE           # at most 4x
+    assert cg.instance_crop([64] * 10)[1] == 1.0                          # big enough: not resized
+    crop, scale = cg.instance_crop([60] * 10, pad=200)                  # the context would exceed the input
+    assert crop == cg.CROP_MAX_INPUT and scale < 1.0
 
 
 @pytest.mark.slow
