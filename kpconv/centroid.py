@@ -15,8 +15,13 @@ import numpy as np
 
 # The centroid stage: frames are downscaled so that the median instance (its box's longer side) is
 # CENTROID_TARGET_PX pixels at the model's input (never upscaled): small animals in wide frames keep
-# enough pixels to be found, large ones do not make the first stage expensive.
+# enough pixels to be found, large ones do not make the first stage expensive. Neighbours must stay apart
+# too: the 5th-percentile distance between an instance's centre and its nearest neighbour's in the same
+# frame keeps CENTROID_MIN_SEPARATION_PX (3 heatmap cells of stride 4: two peaks, not one, under the 3x3
+# non-maximum suppression), so touching animals among bigger ones are not merged by the downscale.
 CENTROID_TARGET_PX = 32.0
+CENTROID_MIN_SEPARATION_PX = 12.0
+CENTROID_SEPARATION_PERCENTILE = 5
 # The centred-instance stage: crops cover the 90th-percentile instance box times CROP_MARGIN plus
 # CROP_PAD pixels, rounded up to CROP_MULTIPLE; crops larger than CROP_MAX_INPUT pixels are downscaled to it.
 # Small instances are upscaled (at most CROP_MAX_UPSCALE times) so that the 90th-percentile box keeps
@@ -31,13 +36,21 @@ CROP_MIN_INSTANCE_PX = 64.0
 CROP_MAX_UPSCALE = 4.0
 
 
-def centroid_scale(box_sides: Sequence[float], target: float = CENTROID_TARGET_PX) -> float:
+def centroid_scale(box_sides: Sequence[float], target: float = CENTROID_TARGET_PX,
+                   neighbour_distances: Sequence[float] = (), separation: float = CENTROID_MIN_SEPARATION_PX
+                   ) -> float:
     """The factor whole frames are resized by for the centroid stage: the median of ``box_sides`` (each
-    instance box's longer side, in stored pixels) becomes ``target`` pixels, at most 1. Rounded to 1/64."""
+    instance box's longer side, in stored pixels) becomes ``target`` pixels, and the
+    :data:`CENTROID_SEPARATION_PERCENTILE` of ``neighbour_distances`` (each instance centre's distance to the
+    nearest other centre of its frame) at least ``separation`` pixels; at most 1. Rounded up to 1/64."""
     sides = np.asarray([s for s in box_sides if s > 0], np.float64)
     if sides.size == 0:
         return 1.0
-    s = min(1.0, target / float(np.median(sides)))
+    s = target / float(np.median(sides))
+    near = np.asarray([d for d in neighbour_distances if d > 0], np.float64)
+    if near.size:
+        s = max(s, separation / float(np.percentile(near, CENTROID_SEPARATION_PERCENTILE)))
+    s = min(1.0, s)
     return max(1.0 / 64, math.ceil(s * 64) / 64)
 
 

@@ -51,6 +51,18 @@ def test_centroid_scale_keeps_small_instances_big_enough():
         assert cg.centroid_scale(sides) * np.median(sides) >= cg.CENTROID_TARGET_PX
 
 
+def test_centroid_scale_keeps_touching_neighbours_apart():
+    """Big instances that often touch small ones: the downscale that suits the median size would put two
+    neighbouring centres in one heatmap cell; the close neighbours keep CENTROID_MIN_SEPARATION_PX."""
+    sides = [100] * 20
+    near = [200.0] * 18 + [20.0, 24.0]                 # two instances of twenty touch a neighbour
+    s = cg.centroid_scale(sides, neighbour_distances=near)
+    assert s > cg.centroid_scale(sides)
+    assert s * np.percentile(near, cg.CENTROID_SEPARATION_PERCENTILE) >= cg.CENTROID_MIN_SEPARATION_PX
+    assert cg.centroid_scale(sides, neighbour_distances=[200.0] * 20) == cg.centroid_scale(sides)   # apart: as before
+    assert cg.centroid_scale([25] * 4, neighbour_distances=[5.0] * 4) == 1.0                     # never upscaled
+
+
 def test_instance_crop_covers_the_90th_percentile_box():
     crop, scale = cg.instance_crop([80] * 10)
     assert (crop, scale) == (128, 1.0)                     # 80 * 1.2 + 16 = 112 -> 128
@@ -141,3 +153,28 @@ def test_oks_sigmas():
     assert oks_sigmas(names).tolist() == list(COCO_SIGMAS.values())
     assert oks_sigmas(["head", "thorax"]).tolist() == [DEFAULT_OKS_SIGMA] * 2
     assert oks_sigmas(names[:3], 0.1).tolist() == [0.1] * 3
+
+
+@pytest.mark.slow
+def test_window_at_is_crop_and_resize_at_the_same_size():
+    """The centroid stage's training windows are sliced (kpconv.multi.window_at), not resampled: the same
+    pixels as crop_and_resize with crop_boxes_tf, inside the frame, across its edges and larger than it."""
+    import tensorflow as tf
+
+    from kpconv.multi import crop_boxes_tf, window_at
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (50, 70, 3)).astype(np.uint8)
+    for centre, window in (((35, 25), 32), ((3, 47), 32), ((69, 0), 16), ((35, 25), 96), ((10, 10), 64)):
+        got = window_at(tf.constant(img), tf.constant(centre, tf.float32), window).numpy()
+        box = crop_boxes_tf(np.float32([centre]), [window, window], (window, window), np.float32([[70, 50]]))
+        want = tf.image.crop_and_resize(img[None].astype(np.float32), box, [0], (window, window),
+                                        extrapolation_value=0.0)[0].numpy()
+        # (crop_and_resize may extrapolate a sample that falls on the frame's first or last pixel by float error:
+        # those are compared as "inside the frame" only)
+        xs = centre[0] - window // 2 + np.arange(window)
+        ys = centre[1] - window // 2 + np.arange(window)
+        inner = ((xs >= 1) & (xs <= 68))[None, :] & ((ys >= 1) & (ys <= 48))[:, None]
+        outside = ~(((xs >= 0) & (xs <= 69))[None, :] & ((ys >= 0) & (ys <= 49))[:, None])
+        np.testing.assert_allclose(got[inner], np.round(want[inner]), atol=1e-3)
+        assert (got[outside] == 0).all() and (got[~outside] == img[ys.clip(0, 49)][:, xs.clip(0, 69)][~outside]).all()
