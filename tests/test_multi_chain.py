@@ -6,7 +6,6 @@ writer's), a writer that zeroes low-confidence keypoints, or image names that do
 (the benchmark's synthetic chain once printed mAP 0.000)."""
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 from pathlib import Path
@@ -16,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from kpconv.cli import cli
-from kpconv.metrics import oks_sigmas
 from kpconv.multi import labelled_images
 from kpconv.predict import Prediction, Writer
 from test_shard_helpers import make_coco  # noqa: F401  (puts benchmarks/ on the path)
 import synth  # noqa: E402
+from bench_multi import coco_scores  # noqa: E402
 
 
 def run(*args):
@@ -44,23 +43,10 @@ def perfect_predictions(shards: Path, root: Path, names) -> list:
     return json.loads(out.getvalue())
 
 
-def coco_map(gt_data: dict, dts: list, names) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    by_name = {Path(im["file_name"]).name: im["id"] for im in gt_data["images"]}
-    dts = [dict(d, image_id=by_name[Path(d["file_name"]).name]) for d in dts]
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = gt_data
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dts), "keypoints")
-        ev.params.kpt_oks_sigmas = oks_sigmas(names)
-        ev.params.imgIds = sorted({d["image_id"] for d in dts})
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0])
+def only_predicted(gt: dict, dts: list) -> dict:
+    """``gt`` with only the images predicted (the test split)."""
+    names = {Path(d["file_name"]).name for d in dts}
+    return dict(gt, images=[im for im in gt["images"] if Path(im["file_name"]).name in names])
 
 
 def test_coco_figures_chain_scores_a_perfect_model_1(tmp_path):
@@ -81,7 +67,8 @@ def test_coco_figures_chain_scores_a_perfect_model_1(tmp_path):
         best = min(np.nanmax(np.where(g[:, 2] > 0, np.abs(k[:, :2] - g[:, :2]).max(1), 0))
                    for g in by_img[ids[Path(d["file_name"]).name]])
         assert best < 0.011
-    assert coco_map(gt, dts, synth.NAMES) == pytest.approx(1.0)
+    m, ap50, _, recall = coco_scores(only_predicted(gt, dts), dts, synth.NAMES)
+    assert m == pytest.approx(1.0) and ap50 == pytest.approx(1.0) and recall == 1.0
 
 
 def test_small_animal_dlc_project_chain_scores_a_perfect_model_1(tmp_path):
@@ -96,7 +83,12 @@ def test_small_animal_dlc_project_chain_scores_a_perfect_model_1(tmp_path):
     gt = json.loads((project / "coco.json").read_text())
     dts = perfect_predictions(tmp_path / "s", project, synth.MOUSE_PARTS)
     assert dts
-    assert coco_map(gt, dts, synth.MOUSE_PARTS) == pytest.approx(1.0)
+    gt = only_predicted(gt, dts)
+    m, _, _, recall = coco_scores(gt, dts, synth.MOUSE_PARTS)
+    assert m == pytest.approx(1.0) and recall == 1.0
+    # the benchmark's recall counts the labelled animals left unmatched: every other prediction dropped
+    m, _, _, recall = coco_scores(gt, dts[::2], synth.MOUSE_PARTS)
+    assert recall == pytest.approx(len(dts[::2]) / len(dts)) and m < 1.0
     # the animals are as small as the check's: bodies of about 25x12 px
     sides = [max(a["bbox"][2:]) for a in gt["annotations"]]
     assert 20 < np.median(sides) < 45
