@@ -19,9 +19,12 @@ import numpy as np
 # too: the 5th-percentile distance between an instance's centre and its nearest neighbour's in the same
 # frame keeps CENTROID_MIN_SEPARATION_PX (3 heatmap cells of stride 4: two peaks, not one, under the 3x3
 # non-maximum suppression), so touching animals among bigger ones are not merged by the downscale.
+# The neighbour rule enlarges the size rule's scale at most CENTROID_MAX_SEPARATION_GAIN times (instances that
+# overlap almost entirely, as the synthetic benchmark's figures may, would otherwise ask for full resolution).
 CENTROID_TARGET_PX = 32.0
 CENTROID_MIN_SEPARATION_PX = 12.0
 CENTROID_SEPARATION_PERCENTILE = 5
+CENTROID_MAX_SEPARATION_GAIN = 2.0
 # The centred-instance stage: crops cover the 90th-percentile instance box times CROP_MARGIN plus
 # CROP_PAD pixels, rounded up to CROP_MULTIPLE; crops larger than CROP_MAX_INPUT pixels are downscaled to it.
 # Small instances are upscaled (at most CROP_MAX_UPSCALE times) so that the 90th-percentile box keeps
@@ -42,14 +45,16 @@ def centroid_scale(box_sides: Sequence[float], target: float = CENTROID_TARGET_P
     """The factor whole frames are resized by for the centroid stage: the median of ``box_sides`` (each
     instance box's longer side, in stored pixels) becomes ``target`` pixels, and the
     :data:`CENTROID_SEPARATION_PERCENTILE` of ``neighbour_distances`` (each instance centre's distance to the
-    nearest other centre of its frame) at least ``separation`` pixels; at most 1. Rounded up to 1/64."""
+    nearest other centre of its frame) at least ``separation`` pixels (enlarging the first factor at most
+    :data:`CENTROID_MAX_SEPARATION_GAIN` times); at most 1. Rounded up to 1/64."""
     sides = np.asarray([s for s in box_sides if s > 0], np.float64)
     if sides.size == 0:
         return 1.0
     s = target / float(np.median(sides))
     near = np.asarray([d for d in neighbour_distances if d > 0], np.float64)
     if near.size:
-        s = max(s, separation / float(np.percentile(near, CENTROID_SEPARATION_PERCENTILE)))
+        s = max(s, min(CENTROID_MAX_SEPARATION_GAIN * s,
+                       separation / float(np.percentile(near, CENTROID_SEPARATION_PERCENTILE))))
     s = min(1.0, s)
     return max(1.0 / 64, math.ceil(s * 64) / 64)
 

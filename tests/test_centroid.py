@@ -61,6 +61,9 @@ def test_centroid_scale_keeps_touching_neighbours_apart():
     assert s * np.percentile(near, cg.CENTROID_SEPARATION_PERCENTILE) >= cg.CENTROID_MIN_SEPARATION_PX
     assert cg.centroid_scale(sides, neighbour_distances=[200.0] * 20) == cg.centroid_scale(sides)   # apart: as before
     assert cg.centroid_scale([25] * 4, neighbour_distances=[5.0] * 4) == 1.0                     # never upscaled
+    # instances that overlap almost entirely: at most CENTROID_MAX_SEPARATION_GAIN x the size rule's scale
+    s = cg.centroid_scale([320] * 10, neighbour_distances=[2.0] * 10)
+    assert s == pytest.approx(cg.CENTROID_MAX_SEPARATION_GAIN * 32 / 320, abs=1 / 64)
 
 
 def test_instance_crop_covers_the_90th_percentile_box():
