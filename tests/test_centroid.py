@@ -181,3 +181,18 @@ def test_window_at_is_crop_and_resize_at_the_same_size():
         outside = ~(((xs >= 0) & (xs <= 69))[None, :] & ((ys >= 0) & (ys <= 49))[:, None])
         np.testing.assert_allclose(got[inner], np.round(want[inner]), atol=1e-3)
         assert (got[outside] == 0).all() and (got[~outside] == img[ys.clip(0, 49)][:, xs.clip(0, 69)][~outside]).all()
+
+
+
+def test_plan_stages_sizes_small_touching_animals_and_flies():
+    """Small animals (25-30 px) in full-HD frames: the centroid stage at full resolution on 192 px windows, the
+    instance stage upscaled; flies of 100 px far apart: a third of their size, crops not resized."""
+    from kpconv.multi import plan_stages
+
+    small = {"sides": [28.0] * 40, "neighbour_distances": [8.0] * 5 + [60.0] * 35, "max_instances": 7}
+    plan = plan_stages(small, [(1920, 1080)])
+    assert (plan.centroid_scale, plan.centroid_window, plan.max_instances) == (1.0, 192, 7)
+    assert plan.crop_scale > 2 and plan.crop <= 192
+    flies = {"sides": [100.0] * 40, "neighbour_distances": [90.0] * 40, "max_instances": 2}
+    plan = plan_stages(flies, [(1024, 1024)])
+    assert plan.centroid_scale == pytest.approx(21 / 64) and plan.crop_scale == 1.0
