@@ -137,3 +137,114 @@ if __name__ == "__main__":  # python benchmarks/synth.py OUT_DIR [N_IMAGES [WIDT
     a = sys.argv[1:]
     print(make_coco(a[0], int(a[1]) if len(a) > 1 else 8,
                     size=(int(a[2]), int(a[3])) if len(a) > 3 else (640, 480), seed=int(a[4]) if len(a) > 4 else 0))
+
+
+# ----------------------------------------------------------------------- small animals, multi-animal DLC
+MOUSE_PARTS = ["snout", "leftear", "rightear", "spine", "tailbase", "tailtip"]
+MOUSE_SKELETON = [("snout", "leftear"), ("snout", "rightear"), ("leftear", "spine"), ("rightear", "spine"),
+                  ("spine", "tailbase"), ("tailbase", "tailtip")]
+# (along the heading, across it to the animal's left) in units of the body length (snout to tail base)
+_MOUSE_SHAPE = {"snout": (0.5, 0.0), "leftear": (0.22, 0.2), "rightear": (0.22, -0.2), "spine": (0.0, 0.0),
+                "tailbase": (-0.5, 0.0), "tailtip": (-0.85, 0.12)}
+
+
+def _mouse(cx, cy, heading, length):
+    """The keypoints {part: (x, y)} of a top-view animal of ``length`` px (snout to tail base) at (cx, cy)."""
+    c, s = math.cos(heading), math.sin(heading)
+    return {p: (cx + length * (u * c - v * s), cy + length * (u * s + v * c)) for p, (u, v) in _MOUSE_SHAPE.items()}
+
+
+def make_dlc_multi(project_dir, n_images: int, size=(1920, 1080), animals=(3, 7), length=(22.0, 30.0),
+                   touching: float = 0.5, seed: int = 0, quality: int = 90) -> Path:
+    """A multi-animal DeepLabCut project of small top-view animals in wide frames (issue 16's hidden check, in
+    small): ``project_dir/config.yaml`` and ``labeled-data/arena/CollectedData_synth.csv`` (four header rows,
+    individuals ``animal1``...) with ``img_NNNN.jpg`` frames of ``size``, each with ``animals`` (lo, hi) animals
+    of ``length`` (lo, hi) px (bodies about length x length/2, e.g. 25x12 px), ``touching`` of them placed
+    against an earlier one. Coordinates are written as DeepLabCut labels them (pixel centres at integers: the
+    drawing's continuous coordinate - 0.5). Also writes ``coco.json``: the same labels as a COCO keypoint
+    dataset (file names relative to the project folder, boxes around the labelled points) to score
+    predictions with pycocotools. Deterministic from ``seed``; returns the project folder."""
+    out = Path(project_dir)
+    folder = out / "labeled-data" / "arena"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    most = animals[1]
+    rows, images, anns = [], [], []
+    for i in range(n_images):
+        base = rng.integers(90, 150)
+        noise = rng.integers(0, 40, size=(h // 16 + 1, w // 16 + 1, 1), dtype=np.uint8)
+        bg = np.kron(noise, np.ones((16, 16, 3), dtype=np.uint8))[:h, :w] + np.uint8(base)
+        im = Image.fromarray(bg, "RGB")
+        d = ImageDraw.Draw(im)
+        for _ in range(12):   # distractors: droppings, bedding
+            x0, y0, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(2, 6)
+            d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=tuple(int(v) for v in rng.integers(40, 90, 3)))
+        placed = []
+        for _ in range(int(rng.integers(animals[0], animals[1] + 1))):
+            length_px = rng.uniform(*length)
+            for _try in range(50):
+                if placed and rng.uniform() < touching:     # against an earlier animal, side by side or nose to tail
+                    ox, oy, ol = placed[int(rng.integers(len(placed)))]
+                    ang = rng.uniform(0, 2 * math.pi)
+                    dist = rng.uniform(0.5, 0.8) * (ol + length_px) / 2
+                    cx, cy = ox + dist * math.cos(ang), oy + dist * math.sin(ang)
+                else:
+                    cx, cy = rng.uniform(0.05 * w, 0.95 * w), rng.uniform(0.05 * h, 0.95 * h)
+                ok = 0.05 * w < cx < 0.95 * w and 0.05 * h < cy < 0.95 * h
+                if ok and all(math.hypot(cx - px, cy - py) > 0.45 * (pl + length_px) / 2 for px, py, pl in placed):
+                    break
+            else:
+                continue
+            placed.append((cx, cy, length_px))
+        bodies = []
+        for cx, cy, length_px in placed:
+            kp = _mouse(cx, cy, rng.uniform(0, 2 * math.pi), length_px)
+            bodies.append(kp)
+            fur = tuple(int(v) for v in rng.integers(190, 250, 3))
+            d.line([kp["tailbase"], kp["tailtip"]], fill=(110, 70, 70), width=2)
+            r = length_px / 4
+            body = [(kp["spine"][0] + (kp["snout"][0] - kp["spine"][0]) * t, kp["spine"][1] + (kp["snout"][1] - kp["spine"][1]) * t)
+                    for t in (-0.9, -0.45, 0.0, 0.4)]
+            for (x, y), rr in zip(body, (0.9 * r, r, r, 0.8 * r)):
+                d.ellipse([x - rr, y - rr, x + rr, y + rr], fill=fur)
+            x, y = kp["snout"]
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(240, 120, 140))
+            for part, col in (("leftear", (200, 40, 40)), ("rightear", (40, 60, 200))):
+                x, y = kp[part]
+                d.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=col)
+        name = f"img_{i:04d}.jpg"
+        im.save(folder / name, quality=quality)
+        row = ["labeled-data", "arena", name]
+        for kp in bodies:
+            row += [f"{v - 0.5:.2f}" for p in MOUSE_PARTS for v in kp[p]]
+        row += [""] * (2 * len(MOUSE_PARTS) * (most - len(bodies)))
+        rows.append(row)
+        images.append({"id": i + 1, "file_name": f"labeled-data/arena/{name}", "width": w, "height": h})
+        for kp in bodies:
+            xs = [kp[p][0] for p in MOUSE_PARTS]
+            ys = [kp[p][1] for p in MOUSE_PARTS]
+            x0, y0 = min(xs), min(ys)
+            bw, bh = max(xs) - x0, max(ys) - y0
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                         "keypoints": [round(v, 2) for p in MOUSE_PARTS for v in (kp[p][0] - 0.5, kp[p][1] - 0.5, 2)],
+                         "num_keypoints": len(MOUSE_PARTS), "bbox": [round(x0, 2), round(y0, 2), round(bw, 2), round(bh, 2)],
+                         "area": round(bw * bh, 2)})
+    inds = [f"animal{j + 1}" for j in range(most)]
+    header = [["scorer", "", ""] + ["synth"] * (2 * len(MOUSE_PARTS) * most),
+              ["individuals", "", ""] + [a for a in inds for _ in range(2 * len(MOUSE_PARTS))],
+              ["bodyparts", "", ""] + [p for _ in inds for p in MOUSE_PARTS for _c in (0, 1)],
+              ["coords", "", ""] + [c for _ in inds for _p in MOUSE_PARTS for c in ("x", "y")]]
+    with open(folder / "CollectedData_synth.csv", "w", newline="") as f:
+        import csv
+
+        csv.writer(f).writerows(header + rows)
+    (out / "config.yaml").write_text(
+        "Task: synth\nscorer: synth\nmultianimalproject: true\n"
+        f"individuals: [{', '.join(inds)}]\nmultianimalbodyparts: [{', '.join(MOUSE_PARTS)}]\n"
+        "skeleton:\n" + "".join(f"- [{a}, {b}]\n" for a, b in MOUSE_SKELETON))
+    (out / "coco.json").write_text(json.dumps({
+        "images": images, "annotations": anns,
+        "categories": [{"id": 1, "name": "animal", "keypoints": MOUSE_PARTS,
+                        "skeleton": [[MOUSE_PARTS.index(a) + 1, MOUSE_PARTS.index(b) + 1] for a, b in MOUSE_SKELETON]}]}))
+    return out

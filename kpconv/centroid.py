@@ -15,36 +15,64 @@ import numpy as np
 
 # The centroid stage: frames are downscaled so that the median instance (its box's longer side) is
 # CENTROID_TARGET_PX pixels at the model's input (never upscaled): small animals in wide frames keep
-# enough pixels to be found, large ones do not make the first stage expensive.
+# enough pixels to be found, large ones do not make the first stage expensive. Neighbours must stay apart
+# too: the 5th-percentile distance between an instance's centre and its nearest neighbour's in the same
+# frame keeps CENTROID_MIN_SEPARATION_PX (3 heatmap cells of stride 4: two peaks, not one, under the 3x3
+# non-maximum suppression), so touching animals among bigger ones are not merged by the downscale.
+# The neighbour rule enlarges the size rule's scale at most CENTROID_MAX_SEPARATION_GAIN times (instances that
+# overlap almost entirely, as the synthetic benchmark's figures may, would otherwise ask for full resolution).
 CENTROID_TARGET_PX = 32.0
+CENTROID_MIN_SEPARATION_PX = 12.0
+CENTROID_SEPARATION_PERCENTILE = 5
+CENTROID_MAX_SEPARATION_GAIN = 2.0
 # The centred-instance stage: crops cover the 90th-percentile instance box times CROP_MARGIN plus
 # CROP_PAD pixels, rounded up to CROP_MULTIPLE; crops larger than CROP_MAX_INPUT pixels are downscaled to it.
+# Small instances are upscaled (at most CROP_MAX_UPSCALE times) so that the 90th-percentile box keeps
+# CROP_MIN_INSTANCE_PX pixels at the model's input: a 25x12 px animal is posed from about 64 px, where a
+# heatmap cell of stride 4 is 1.6 original pixels, not 4 (OKS of such animals allows errors of ~3 px).
 CROP_PERCENTILE = 90
 CROP_MARGIN = 1.2
 CROP_PAD = 16
 CROP_MULTIPLE = 32
 CROP_MAX_INPUT = 192
+CROP_MIN_INSTANCE_PX = 64.0
+CROP_MAX_UPSCALE = 4.0
 
 
-def centroid_scale(box_sides: Sequence[float], target: float = CENTROID_TARGET_PX) -> float:
+def centroid_scale(box_sides: Sequence[float], target: float = CENTROID_TARGET_PX,
+                   neighbour_distances: Sequence[float] = (), separation: float = CENTROID_MIN_SEPARATION_PX
+                   ) -> float:
     """The factor whole frames are resized by for the centroid stage: the median of ``box_sides`` (each
-    instance box's longer side, in stored pixels) becomes ``target`` pixels, at most 1. Rounded to 1/64."""
+    instance box's longer side, in stored pixels) becomes ``target`` pixels, and the
+    :data:`CENTROID_SEPARATION_PERCENTILE` of ``neighbour_distances`` (each instance centre's distance to the
+    nearest other centre of its frame) at least ``separation`` pixels (enlarging the first factor at most
+    :data:`CENTROID_MAX_SEPARATION_GAIN` times); at most 1. Rounded up to 1/64."""
     sides = np.asarray([s for s in box_sides if s > 0], np.float64)
     if sides.size == 0:
         return 1.0
-    s = min(1.0, target / float(np.median(sides)))
+    s = target / float(np.median(sides))
+    near = np.asarray([d for d in neighbour_distances if d > 0], np.float64)
+    if near.size:
+        s = max(s, min(CENTROID_MAX_SEPARATION_GAIN * s,
+                       separation / float(np.percentile(near, CENTROID_SEPARATION_PERCENTILE))))
+    s = min(1.0, s)
     return max(1.0 / 64, math.ceil(s * 64) / 64)
 
 
 def instance_crop(box_sides: Sequence[float], percentile: float = CROP_PERCENTILE, margin: float = CROP_MARGIN,
-                  pad: int = CROP_PAD, multiple: int = CROP_MULTIPLE, max_input: int = CROP_MAX_INPUT
+                  pad: int = CROP_PAD, multiple: int = CROP_MULTIPLE, max_input: int = CROP_MAX_INPUT,
+                  min_instance: float = CROP_MIN_INSTANCE_PX, max_upscale: float = CROP_MAX_UPSCALE
                   ) -> Tuple[int, float]:
     """``(crop, scale)`` of the centred-instance stage: its input is ``crop`` x ``crop`` pixels (a multiple
     of ``multiple``), covering ``crop / scale`` stored pixels around an instance centre. The region covers
-    the ``percentile`` instance box side times ``margin`` plus ``pad``; above ``max_input`` it is downscaled."""
+    the ``percentile`` instance box side times ``margin`` plus ``pad``; above ``max_input`` it is downscaled;
+    when that box side is under ``min_instance`` pixels the region is upscaled (at most ``max_upscale``
+    times) so that it keeps ``min_instance`` pixels, within ``max_input``."""
     sides = np.asarray([s for s in box_sides if s > 0], np.float64)
-    need = (float(np.percentile(sides, percentile)) if sides.size else 64.0) * margin + pad
-    scale = min(1.0, max_input / need)
+    side = float(np.percentile(sides, percentile)) if sides.size else 64.0
+    need = side * margin + pad
+    up = min(max_upscale, max(1.0, min_instance / max(side, 1e-6)))
+    scale = min(up, max_input / need)
     crop = max(multiple, int(math.ceil(need * scale / multiple)) * multiple)
     return crop, round(scale, 6)
 

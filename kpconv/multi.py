@@ -2,7 +2,7 @@
 run directory, and predicting every instance of a frame without boxes (docs/multi-instance.md).
 
 * **Centroid stage** (``centroid.keras``): the U-Net heatmap model with one channel, on whole frames
-  resized by ``scale`` (:func:`kpconv.centroid.centroid_scale`: the median instance keeps about 32 px); its
+  resized by ``scale`` (:func:`kpconv.centroid.centroid_scale`: the median instance keeps about 32 px, close neighbours 3 cells); its
   target is the maximum of Gaussians at every instance centre (:class:`kpconv.losses.CentroidLoss`);
   instances are its peaks (:func:`kpconv.centroid.find_peaks`). Trained on windows of at most
   ``CENTROID_MAX_INPUT`` pixels of the resized frames, so its cost does not grow with the frame size.
@@ -42,9 +42,12 @@ CENTROID_SHARE = 1.0 / 3.0          # of --time-limit for the centroid stage; th
 CENTROID_MAX_INPUT = 192            # the centroid stage trains on windows of at most this many (resized) pixels
 CENTROID_STRIDE = 4
 CENTROID_SIGMA = 1.0                # cells: touching instances keep separate peaks
+# (a heatmap of stride 2, sigma 1.5 cells, for small touching animals at full resolution was measured worse on the
+# small-animal benchmark, 15 min: AP@0.5 0.506, recall 0.700 against 0.876, 0.891 with stride 4: 13 epochs, not 25)
 CENTROID_BATCH = 8
 CENTROID_ALPHA = 0.5                # width of the centroid U-Net (finding blobs needs fewer channels than poses)
 CENTROID_RANDOM_WINDOWS = 0.25      # share of training windows placed anywhere (the others around an instance)
+CENTROID_FIXED_WINDOWS = 8          # windows cut once per frame when the resized frames do not fit in memory
 PEAK_THRESHOLD = 0.2                # a centroid peak below this is no instance
 STEPS_PER_EPOCH = 50
 # Animals are mostly filmed from above and face every way, and a clip's training frames may show only some
@@ -79,14 +82,15 @@ def run_is_multi(run_dir) -> bool:
 # ------------------------------------------------------------------------------------------ statistics
 def instance_stats(shard_dir, split: str) -> dict:
     """What the stage sizes are chosen from, read from the records without TensorFlow: every instance box's
-    longer side (stored pixels), instances per image, images."""
+    longer side (stored pixels), instances per image, images, each instance centre's distance to the nearest
+    other centre of its image (stored pixels)."""
     from .dataset_info import DatasetInfo
     from .records import decode_record
     from .tfrecord import read_records
 
     info = DatasetInfo.read(shard_dir)
     k = info.num_keypoints
-    sides, counts = [], []
+    sides, counts, near = [], [], []
     labelled, spread = np.zeros(k), np.zeros(k)
     for path in info.files(split):
         for data in read_records(path, info.compression_name):
@@ -96,7 +100,12 @@ def instance_stats(shard_dir, split: str) -> dict:
             side = max(b[2] * w, b[3] * h)
             sides.append(side)
             if r["instance/index"] == 0:
-                counts.append(len(r["image/instances/center"]) // 2)
+                centres = np.reshape(r["image/instances/center"], (-1, 2)) * [w, h]
+                counts.append(len(centres))
+                if len(centres) > 1:        # each centre's distance to its nearest neighbour (stored px)
+                    d = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+                    np.fill_diagonal(d, np.inf)
+                    near.extend(d.min(1).tolist())
             m = np.asarray(r["keypoints/visibility"]) > 0
             if m.any() and side > 0:
                 xy = np.stack([np.asarray(r["keypoints/x"]) * w, np.asarray(r["keypoints/y"]) * h], -1)
@@ -104,7 +113,7 @@ def instance_stats(shard_dir, split: str) -> dict:
                 labelled += m
                 spread += np.where(m, d, 0.0)
     return {"sides": sides, "max_instances": max(counts) if counts else 0, "images": len(counts),
-            "records": len(sides), "labelled": labelled, "spread": spread}
+            "records": len(sides), "labelled": labelled, "spread": spread, "neighbour_distances": near}
 
 
 def choose_anchor(stats: dict, names: Sequence[str], min_labelled: float = ANCHOR_MIN_LABELLED) -> Optional[int]:
@@ -263,12 +272,30 @@ def resize_frames(frames, scale: float):
     return tf.clip_by_value(tf.round(small), 0.0, 255.0)
 
 
+def window_at(image, centre, window: int):
+    """The ``window`` x ``window`` pixels of ``image`` (H, W, C) centred on ``centre`` (x, y), a whole pixel
+    position (window even): pixels ``x0 + j`` with ``x0 = centre - window / 2``, those outside the image 0, as
+    ``crop_and_resize`` with :func:`crop_boxes_tf` samples them at this size, but sliced, not resampled (the
+    centroid stage's training windows of full-HD frames: the whole frame was cast to float for each window)."""
+    import tensorflow as tf
+
+    x0 = tf.cast(tf.round(tf.cast(centre, tf.float32) - window / 2.0), tf.int32)
+    size = tf.shape(image)[1::-1]
+    lo = tf.clip_by_value(x0, 0, size)
+    hi = tf.clip_by_value(x0 + window, lo, size)
+    part = image[lo[1]:hi[1], lo[0]:hi[0]]
+    img = tf.pad(part, [[lo[1] - x0[1], x0[1] + window - hi[1]], [lo[0] - x0[0], x0[0] + window - hi[0]], [0, 0]])
+    return tf.ensure_shape(img, (window, window, None))
+
+
 def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
-                     seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = (), anchor: Optional[int] = None):
+                     seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = (), anchor: Optional[int] = None,
+                     images: Optional[int] = None):
     """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
-    ``scale`` once (kept in memory when the resized frames fit), then a ``window`` x ``window`` part of it (the
-    whole frame, padded, when it fits; else around a random instance centre, or anywhere for
-    :data:`CENTROID_RANDOM_WINDOWS` of them), with every centre (padded to ``max_instances``, mask 0)."""
+    ``scale`` once (kept in memory when the ``images`` resized frames fit), then a ``window`` x ``window`` part of
+    it (the whole frame, padded, when it fits; else around a random instance centre, or anywhere for
+    :data:`CENTROID_RANDOM_WINDOWS` of them), with every centre (padded to ``max_instances``, mask 0). When the
+    frames do not fit in memory, :data:`CENTROID_FIXED_WINDOWS` windows of each are cut once and kept."""
     import tensorflow as tf
 
     def resized(e):
@@ -291,8 +318,7 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
         chosen = tf.where(tf.random.stateless_uniform((), s + 3) < CENTROID_RANDOM_WINDOWS, anywhere,
                           e["centres"][pick] + jitter)
         c = tf.round(tf.where(fits, size / 2.0, tf.clip_by_value(chosen, half, size - half)))   # whole pixels
-        box = crop_boxes_tf(c[None], [region, region], (window, window), size[None])
-        img = tf.image.crop_and_resize(tf.cast(e["image"][None], tf.float32), box, [0], (window, window))[0]
+        img = window_at(e["image"], c, window)
         cen = (e["centres"] - (c - region / 2.0)) / region
         inside = tf.reduce_all((cen >= 0.0) & (cen < 1.0), -1)
         m = tf.minimum(n, max_instances)
@@ -301,15 +327,26 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
         return {"image": img, "keypoints": tf.ensure_shape(cen, (max_instances, 2)),
                 "visibility": tf.ensure_shape(vis, (max_instances,))}
 
-    images = info.split(split).num_records      # (an upper bound: records, not images)
+    if images is None:
+        images = info.split(split).num_records      # (an upper bound: records, not images)
     biggest = max((w * h for w, h in frame_sizes), default=1 << 22)
-    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints, anchor),
-                                                           num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.filter(lambda e: tf.equal(e["index"], 0)).map(resized, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = _cached(ds, images * biggest * scale * scale * 3)
-    ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True).repeat()
+    first = {"instance/index": tf.io.FixedLenFeature((), tf.int64)}     # (one record per image decoded)
+    ds = _records(shard_dir, split, info, seed, False).filter(
+        lambda r: tf.equal(tf.io.parse_single_example(r, first)["instance/index"], 0))
+    ds = ds.map(_parse(info.num_keypoints, anchor), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(resized, num_parallel_calls=tf.data.AUTOTUNE)
     seeds = tf.data.Dataset.random(seed=seed + 1).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(to_window, num_parallel_calls=tf.data.AUTOTUNE)
+    from .pipeline import CACHE_LIMIT_BYTES
+
+    if images * biggest * scale * scale * 3 < CACHE_LIMIT_BYTES:      # the resized frames, in memory
+        ds = ds.cache().shuffle(1024, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = tf.data.Dataset.zip((ds, seeds)).map(to_window, num_parallel_calls=tf.data.AUTOTUNE)
+    else:   # too many big frames to keep: CENTROID_FIXED_WINDOWS windows of each, cut once and kept (decoding a
+        # full-HD frame for every window starved the stage: 1 epoch in 80 s), varied by the augmentation
+        ds = ds.flat_map(lambda e: tf.data.Dataset.from_tensors(e).repeat(CENTROID_FIXED_WINDOWS))
+        ds = tf.data.Dataset.zip((ds, seeds)).map(to_window, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = _cached(ds, images * CENTROID_FIXED_WINDOWS * window * window * 3)
+        ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat()
     return _finish(ds, batch, aug, None, seed).prefetch(tf.data.AUTOTUNE)
 
 
@@ -325,7 +362,7 @@ class StagePlan:
 
 def plan_stages(stats: dict, frame_sizes: Sequence[Tuple[int, int]] = ()) -> StagePlan:
     """The stage sizes for the instance statistics of :func:`instance_stats` (see :mod:`kpconv.centroid`)."""
-    s = cgeom.centroid_scale(stats["sides"])
+    s = cgeom.centroid_scale(stats["sides"], neighbour_distances=stats.get("neighbour_distances", ()))
     biggest = max((max(w, h) for w, h in frame_sizes), default=CENTROID_MAX_INPUT / s)
     window = min(CENTROID_MAX_INPUT, int(math.ceil(biggest * s / 32)) * 32)
     crop, crop_scale = cgeom.instance_crop(stats["sides"])
@@ -481,7 +518,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         c_model = kmodel.build_model(c_cfg, None)
         c_ds = centroid_dataset(shard_dir, options.train_split, info, plan.centroid_scale, plan.centroid_window,
                                 plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False), frame_sizes,
-                                anchor)
+                                anchor, stats["images"])
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
                                       c_seconds, epochs, "centroid", log)
         save_model(c_model, run / CENTROID_FILE)

@@ -51,14 +51,43 @@ def test_centroid_scale_keeps_small_instances_big_enough():
         assert cg.centroid_scale(sides) * np.median(sides) >= cg.CENTROID_TARGET_PX
 
 
+def test_centroid_scale_keeps_touching_neighbours_apart():
+    """Big instances that often touch small ones: the downscale that suits the median size would put two
+    neighbouring centres in one heatmap cell; the close neighbours keep CENTROID_MIN_SEPARATION_PX."""
+    sides = [100] * 20
+    near = [200.0] * 18 + [20.0, 24.0]                 # two instances of twenty touch a neighbour
+    s = cg.centroid_scale(sides, neighbour_distances=near)
+    assert s > cg.centroid_scale(sides)
+    assert s * np.percentile(near, cg.CENTROID_SEPARATION_PERCENTILE) >= cg.CENTROID_MIN_SEPARATION_PX
+    assert cg.centroid_scale(sides, neighbour_distances=[200.0] * 20) == cg.centroid_scale(sides)   # apart: as before
+    assert cg.centroid_scale([25] * 4, neighbour_distances=[5.0] * 4) == 1.0                     # never upscaled
+    # instances that overlap almost entirely: at most CENTROID_MAX_SEPARATION_GAIN x the size rule's scale
+    s = cg.centroid_scale([320] * 10, neighbour_distances=[2.0] * 10)
+    assert s == pytest.approx(cg.CENTROID_MAX_SEPARATION_GAIN * 32 / 320, abs=1 / 64)
+
+
 def test_instance_crop_covers_the_90th_percentile_box():
     crop, scale = cg.instance_crop([80] * 10)
     assert (crop, scale) == (128, 1.0)                     # 80 * 1.2 + 16 = 112 -> 128
     crop, scale = cg.instance_crop([400] * 10)             # 496 px: downscaled to at most 192
     assert crop == 192 and scale == pytest.approx(192 / 496, rel=1e-5)
     assert crop / scale >= 400 * cg.CROP_MARGIN
-    crop, _ = cg.instance_crop([10] * 19 + [1000])          # one outlier does not set the size
-    assert crop == 32
+    crop, scale = cg.instance_crop([40] * 19 + [1000])      # one outlier does not set the size
+    assert scale == pytest.approx(64 / 40) and crop == 128  # (40 * 1.2 + 16) * 1.6 = 102.4 -> 128
+
+
+def test_instance_crop_upscales_small_instances():
+    """Animals of 25x12 px in full-HD frames: the 90th-percentile box keeps CROP_MIN_INSTANCE_PX pixels at the
+    instance model's input (never more than CROP_MAX_UPSCALE times, never over CROP_MAX_INPUT)."""
+    sides = [25, 27, 30, 24, 32] * 4
+    crop, scale = cg.instance_crop(sides)
+    side = float(np.percentile(sides, 90))
+    assert scale * side == pytest.approx(cg.CROP_MIN_INSTANCE_PX, rel=1e-5)
+    assert crop / scale >= side * cg.CROP_MARGIN + cg.CROP_PAD and crop <= cg.CROP_MAX_INPUT
+    assert cg.instance_crop([4] * 10)[1] == cg.CROP_MAX_UPSCALE           # at most 4x
+    assert cg.instance_crop([64] * 10)[1] == 1.0                          # big enough: not resized
+    crop, scale = cg.instance_crop([60] * 10, pad=200)                  # the context would exceed the input
+    assert crop == cg.CROP_MAX_INPUT and scale < 1.0
 
 
 @pytest.mark.slow
@@ -127,3 +156,43 @@ def test_oks_sigmas():
     assert oks_sigmas(names).tolist() == list(COCO_SIGMAS.values())
     assert oks_sigmas(["head", "thorax"]).tolist() == [DEFAULT_OKS_SIGMA] * 2
     assert oks_sigmas(names[:3], 0.1).tolist() == [0.1] * 3
+
+
+@pytest.mark.slow
+def test_window_at_is_crop_and_resize_at_the_same_size():
+    """The centroid stage's training windows are sliced (kpconv.multi.window_at), not resampled: the same
+    pixels as crop_and_resize with crop_boxes_tf, inside the frame, across its edges and larger than it."""
+    import tensorflow as tf
+
+    from kpconv.multi import crop_boxes_tf, window_at
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (50, 70, 3)).astype(np.uint8)
+    for centre, window in (((35, 25), 32), ((3, 47), 32), ((69, 0), 16), ((35, 25), 96), ((10, 10), 64)):
+        got = window_at(tf.constant(img), tf.constant(centre, tf.float32), window).numpy()
+        box = crop_boxes_tf(np.float32([centre]), [window, window], (window, window), np.float32([[70, 50]]))
+        want = tf.image.crop_and_resize(img[None].astype(np.float32), box, [0], (window, window),
+                                        extrapolation_value=0.0)[0].numpy()
+        # (crop_and_resize may extrapolate a sample that falls on the frame's first or last pixel by float error:
+        # those are compared as "inside the frame" only)
+        xs = centre[0] - window // 2 + np.arange(window)
+        ys = centre[1] - window // 2 + np.arange(window)
+        inner = ((xs >= 1) & (xs <= 68))[None, :] & ((ys >= 1) & (ys <= 48))[:, None]
+        outside = ~(((xs >= 0) & (xs <= 69))[None, :] & ((ys >= 0) & (ys <= 49))[:, None])
+        np.testing.assert_allclose(got[inner], np.round(want[inner]), atol=1e-3)
+        assert (got[outside] == 0).all() and (got[~outside] == img[ys.clip(0, 49)][:, xs.clip(0, 69)][~outside]).all()
+
+
+
+def test_plan_stages_sizes_small_touching_animals_and_flies():
+    """Small animals (25-30 px) in full-HD frames: the centroid stage at full resolution on 192 px windows, the
+    instance stage upscaled; flies of 100 px far apart: a third of their size, crops not resized."""
+    from kpconv.multi import plan_stages
+
+    small = {"sides": [28.0] * 40, "neighbour_distances": [8.0] * 5 + [60.0] * 35, "max_instances": 7}
+    plan = plan_stages(small, [(1920, 1080)])
+    assert (plan.centroid_scale, plan.centroid_window, plan.max_instances) == (1.0, 192, 7)
+    assert plan.crop_scale > 2 and plan.crop <= 192
+    flies = {"sides": [100.0] * 40, "neighbour_distances": [90.0] * 40, "max_instances": 2}
+    plan = plan_stages(flies, [(1024, 1024)])
+    assert plan.centroid_scale == pytest.approx(21 / 64) and plan.crop_scale == 1.0
