@@ -210,6 +210,15 @@ def oks_sigmas(names: Sequence[str], sigma: Optional[float] = None) -> np.ndarra
     return np.full(len(names), DEFAULT_OKS_SIGMA)
 
 
+def pose_oks(a, b, sigmas) -> float:
+    """OKS of pose ``a`` against pose ``b`` ((K, 2+) x, y px), ``b``'s keypoint box as the area: COCOeval's
+    ``computeOks`` formula for one pair (what ``MultiPredictor`` needs per frame, without a COCO index)."""
+    a, b = np.asarray(a, np.float64)[:, :2], np.asarray(b, np.float64)[:, :2]
+    area = max(float(np.ptp(b[:, 0]) * np.ptp(b[:, 1])), 1.0)
+    d2 = ((a - b) ** 2).sum(1)
+    return float(np.mean(np.exp(-d2 / ((2.0 * np.asarray(sigmas, np.float64)) ** 2 * area * 2.0))))
+
+
 def multi_instance_summary(truth: Dict[object, List[dict]], predictions: Dict[object, List[dict]],
                            sigmas: Sequence[float], names: Optional[Sequence[str]] = None,
                            match_oks: float = OKS_MATCH) -> Dict:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -102,3 +103,19 @@ def test_multi_instance_options(multi_shards, tmp_path):
                                  "--multi-instance", "yes"])
     assert r.exit_code == 1 and "random weights" in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_pose_nms_drops_a_second_pose_of_the_same_animal_and_keeps_touching_neighbours():
+    from kpconv import metrics
+    from kpconv.multi import Found, MultiPredictor
+
+    pose = np.array([[10, 10, 1], [20, 12, 1], [30, 10, 1]], np.float32)
+    assert metrics.pose_oks(pose, pose, [0.07] * 3) == pytest.approx(1.0)
+    p = MultiPredictor.__new__(MultiPredictor)      # the NMS step alone, without models
+    p.pose_nms, p._sigmas = 0.5, metrics.oks_sigmas(["a", "b", "c"])
+    same = Found((20, 11), 0.8, pose + [0.5, -0.5, 0], 0.8)        # a second peak on the same animal
+    neighbour = Found((20, 23), 0.7, pose + [0, 12, 0], 0.7)        # an animal 12 px away, touching
+    best = Found((20, 11), 0.9, pose, 0.9)
+    assert p._pose_nms([best, same, neighbour]) == [best, neighbour]
+    p.pose_nms = None
+    assert p._pose_nms([best, same, neighbour]) == [best, same, neighbour]
