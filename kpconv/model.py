@@ -128,6 +128,7 @@ class ModelConfig:
     bn_momentum: Optional[float] = None  # backbone BatchNormalization momentum (None: Keras's 0.999)
     heatmap_stride: int = 4              # heatmap head: input pixels per heatmap cell (2, 4 or 8)
     input_scale: float = 1.0             # heatmap head: frames resized by this factor before the network
+    border: int = 0                      # heatmap head: black margin (network pixels) around frames at inference
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -218,24 +219,26 @@ class CropToInput(layers.Layer):
     (what :class:`PadToMultiple` added is dropped). Heatmap cell ``(i, j)`` is centred on input pixel
     position ``((j + 0.5) * stride, (i + 0.5) * stride)`` (continuous pixel convention)."""
 
-    def __init__(self, stride: int = 4, **kw):
+    def __init__(self, stride: int = 4, margin: int = 0, **kw):
         kw.setdefault("dtype", "float32")
         super().__init__(**kw)
         self.stride = int(stride)
+        self.margin = int(margin)    # BorderPad's margin (a multiple of the stride): its cells dropped at inference
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         import tensorflow as tf
 
         hm, image = inputs
         sh = tf.shape(image)
         s = self.stride
-        return tf.cast(hm[:, :(sh[1] + s - 1) // s, :(sh[2] + s - 1) // s, :], "float32")
+        o = 0 if training else self.margin // s
+        return tf.cast(hm[:, o:o + (sh[1] + s - 1) // s, o:o + (sh[2] + s - 1) // s, :], "float32")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], None, None, input_shape[0][3])
 
     def get_config(self):
-        return {**super().get_config(), "stride": self.stride}
+        return {**super().get_config(), "stride": self.stride, "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
@@ -323,6 +326,34 @@ class ScaleInput(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class BorderPad(layers.Layer):
+    """A black margin of ``margin`` pixels around each frame, at inference only (:class:`CropToInput` drops
+    its cells again). Training crops show black beyond the frame's edge (the warp reads outside pixels as
+    0), while a whole frame at inference has the convolutions' zero padding there, which after the input
+    rescaling is mid-grey: a keypoint near the edge was then missed on whole frames although the crops had
+    it right (the stand-in's nose, 17 network pixels from the top: 464 px mean error on whole training
+    frames, 5.5 px with this margin of 16; docs/training.md)."""
+
+    def __init__(self, margin: int = 16, **kw):
+        super().__init__(**kw)
+        self.margin = int(margin)
+
+    def call(self, x, training=None):
+        import tensorflow as tf
+
+        if training or not self.margin:
+            return x
+        m = self.margin
+        return tf.pad(x, [[0, 0], [m, m], [m, m], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
@@ -568,7 +599,10 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
 
     inputs = keras.Input((None, None, 3), name="image")
     x = inputs if cfg.input_scale == 1 else ScaleInput(cfg.input_scale, name="input_scale")(inputs)
-    feats = base(PadToMultiple(total, name="pad")(_rescaled(x, bb)))
+    if cfg.border % cfg.heatmap_stride:
+        raise TrainError(f"border {cfg.border}: expected a multiple of the heatmap stride {cfg.heatmap_stride}")
+    xb = BorderPad(cfg.border, name="border")(x) if cfg.border else x
+    feats = base(PadToMultiple(total, name="pad")(_rescaled(xb, bb)))
     feats = feats if isinstance(feats, (list, tuple)) else [feats]
     *skips, y = feats
     for i, skip in enumerate(reversed(skips)):
@@ -580,7 +614,7 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
         y = conv_bn_relu(y, ch, f"head_up{i}_conv0")
         y = conv_bn_relu(y, ch, f"head_up{i}_conv1")
     y = layers.Conv2D(cfg.num_keypoints, 1, name="heatmaps", dtype="float32")(y)
-    out = CropToInput(cfg.heatmap_stride, name="heatmaps_crop")([y, x])
+    out = CropToInput(cfg.heatmap_stride, cfg.border, name="heatmaps_crop")([y, x])
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_heatmap")
 
 

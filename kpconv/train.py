@@ -134,6 +134,7 @@ def _val_split(info, wanted: Optional[str]) -> Optional[str]:
     return wanted
 
 
+INFERENCE_BORDER = 16     # heatmap head: black margin around whole frames at inference (model.BorderPad)
 INSTANCE_TARGET_PX = 200   # auto input scale: the median instance's longer side at most this many network pixels
 
 
@@ -414,6 +415,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
                               backbone=options.backbone, alpha=options.alpha, head=options.head,
                               weights=options.weights, heatmap_stride=options.heatmap_stride,
                               input_scale=options.input_scale if options.head == "heatmap" else 1.0,
+                              border=INFERENCE_BORDER if options.head == "heatmap" else 0,
                               bn_momentum=None if options.weights not in (None, "", "none") and not from_run
                               else 0.9)
     source = None

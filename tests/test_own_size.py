@@ -129,3 +129,20 @@ def test_scale_input_resizes_at_inference_only_and_decoding_follows():
     # saved and loaded with its scale
     again = keras.Model.from_config(model.get_config())
     assert again.get_layer("input_scale").scale == 0.5
+
+
+def test_border_pads_whole_frames_at_inference_and_its_cells_are_dropped():
+    from kpconv.model import BorderPad, ModelConfig, build_model
+
+    x = np.full((1, 40, 60, 3), 200.0, np.float32)
+    assert BorderPad(8)(x, training=True).shape == x.shape
+    padded = BorderPad(8)(x, training=False).numpy()
+    assert padded.shape == (1, 56, 76, 3) and padded[0, :8].max() == 0 and padded[0, 8:48, 8:68].min() == 200
+    cfg = ModelConfig(num_keypoints=3, image_size=(40, 60), backbone="unet", alpha=0.35, head="heatmap", border=16)
+    model = build_model(cfg)
+    assert model(x, training=True).shape[1:3] == (10, 15) and model(x, training=False).shape[1:3] == (10, 15)
+    # the kept cells are the frame's: the same as the model without a border on the frame padded by hand
+    plain = build_model(ModelConfig(num_keypoints=3, image_size=(40, 60), backbone="unet", alpha=0.35, head="heatmap"))
+    plain.set_weights(model.get_weights())
+    by_hand = plain(np.pad(x, [[0, 0], [16, 16], [16, 16], [0, 0]]), training=False).numpy()[:, 4:14, 4:19]
+    np.testing.assert_allclose(model(x, training=False).numpy(), by_hand, rtol=1e-4, atol=1e-5)
