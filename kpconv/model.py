@@ -395,6 +395,10 @@ class FlipTestAverage(layers.Layer):
 
         hm, mirrored = (tf.cast(t, tf.float32) for t in inputs)
         back = tf.gather(tf.reverse(mirrored, [2]), self.flip_permutation, axis=3)
+        # the mirror's padding (MirrorInput) ends up at the right once reversed: the frame's cells come first. With
+        # an input scale the scaled widths may differ by a cell (the padding is not a whole number of cells there)
+        w, wb = tf.shape(hm)[2], tf.shape(back)[2]
+        back = tf.pad(back[:, :, :w], [[0, 0], [0, 0], [0, tf.maximum(0, w - wb)], [0, 0]])
         return 0.5 * (hm + back)
 
     def compute_output_shape(self, input_shape):
