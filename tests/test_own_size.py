@@ -55,6 +55,20 @@ def test_frame_sizes_and_batches_of_one_size(mixed):
         assert images.shape[1:] == (32, 32, 3)
 
 
+def test_prescale_resizes_frames_as_the_model_does_at_inference(mixed):
+    from kpconv.model import ScaleInput
+    from kpconv.pipeline import load, scale_images
+
+    full = {tuple(im.shape[1:3]) for im, _ in load(mixed, "train", 4)}
+    half = [(im, t) for im, t in load(mixed, "train", 4, prescale=0.5)]
+    assert {tuple(im.shape[1:3]) for im, _ in half} == {(round(h / 2), round(w / 2)) for h, w in full}
+    # keypoints stay normalized to the frame; the pixels are ScaleInput's (anti-aliased, in XLA-compiled ops)
+    x = next(iter(load(mixed, "train", 4)))[0]
+    ours = np.round(np.clip(scale_images(x, 0.5).numpy(), 0, 255))
+    np.testing.assert_allclose(ours, np.round(ScaleInput(0.5)(x, training=False).numpy()), atol=1)
+    assert tf.function(lambda v: scale_images(v, 0.5), jit_compile=True)(x).shape == ours.shape
+
+
 def test_one_size_is_still_required_where_it_is_needed(mixed):
     from kpconv.dataset_info import read_dataset_info
     from kpconv.errors import DatasetInfoError
