@@ -302,9 +302,8 @@ class HeatmapDecode(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kpconv")
 class ScaleInput(layers.Layer):
-    """Frames resized by ``scale`` (bilinear, ``round(H * scale) x round(W * scale)``) before the network, at
-    inference only: in training the input pipeline's crops are already at the network's scale (its warp
-    includes the factor, :func:`kpconv.train._augment_config`), so the layer passes them through. The
+    """Frames resized by ``scale`` (:func:`kpconv.pipeline.scale_images`: anti-aliased bilinear) before the network, at inference only: in training the input pipeline has already resized the frames
+    the same way (``pipeline.load``'s ``prescale``) before its crops, so the layer passes them through. The
     resize maps the frame's extent onto the result's, so coordinates normalized to one are normalized to the
     other: decoding uses the resized frame (:func:`inference_model`)."""
 
@@ -315,11 +314,11 @@ class ScaleInput(layers.Layer):
     def call(self, x, training=None):
         import tensorflow as tf
 
+        from .pipeline import scale_images
+
         if training:
             return x
-        sh = tf.shape(x)
-        size = tf.maximum(1, tf.cast(tf.round(tf.cast(sh[1:3], tf.float32) * self.scale), tf.int32))
-        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+        return tf.cast(scale_images(x, self.scale), x.dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], None, None, input_shape[3])

@@ -324,6 +324,30 @@ def _parse_fn(num_keypoints: int, height: Optional[int], width: Optional[int]):
     return parse
 
 
+def scale_images(images, factor: float):
+    """``images`` (B, H, W, C) float resized by ``factor`` to ``round(H * factor) x round(W * factor)``: bilinear,
+    after a Gaussian blur of sigma ``(1 / factor - 1) / 2`` when shrinking (scikit-image's anti-aliasing
+    sigma; edges mirrored), in ops XLA compiles (``tf.image.resize``'s own ``antialias`` does not compile).
+    The one resize of the heatmap head's input scale: the training pipeline (``load``'s ``prescale``) and
+    :class:`kpconv.model.ScaleInput` at inference both call it."""
+    import tensorflow as tf
+
+    factor = float(factor)
+    x = tf.cast(images, tf.float32)
+    if factor < 1:
+        sigma = (1.0 / factor - 1.0) / 2.0
+        r = max(1, int(math.ceil(3 * sigma)))
+        k = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-r, r + 1)]
+        k = tf.constant([v / sum(k) for v in k], tf.float32)
+        c = x.shape[-1] or 3
+        x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
+        x = tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (-1, 1, 1, 1)), (1, 1, c, 1)), [1, 1, 1, 1], "VALID")
+        x = tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (1, -1, 1, 1)), (1, 1, c, 1)), [1, 1, 1, 1], "VALID")
+    sh = tf.cast(tf.shape(x)[1:3], tf.float32)
+    size = tf.maximum(1, tf.cast(tf.round(sh * factor), tf.int32))
+    return tf.image.resize(x, size, method="bilinear")
+
+
 _SIZES: Dict[Tuple[str, str, float], Dict[Tuple[int, int], int]] = {}
 
 
@@ -372,7 +396,8 @@ def instance_sizes(shard_dir: Union[str, Path], split: str):
 def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False, seed: Optional[int] = None,
          shuffle: Optional[bool] = None, cache: Union[str, bool] = "auto", drop_remainder: bool = False,
          include_meta: bool = False, repeat: bool = False, shuffle_buffer: int = 2048,
-         pad_multiple: Optional[int] = None, holdout: Optional[Tuple[float, int]] = None, held_out: bool = False):
+         pad_multiple: Optional[int] = None, holdout: Optional[Tuple[float, int]] = None, held_out: bool = False,
+         prescale: Optional[float] = None):
     """A ``tf.data.Dataset`` over one split of ``shard_dir`` (see the module docstring).
 
     ``augment``: ``False``, ``True`` (default ranges) or an :class:`Augment` / dict of ranges.
@@ -382,6 +407,10 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     not with ``include_meta`` or ``augment``, whose crops set the size). ``holdout`` ``(fraction, seed)``: the
     split's images divided by a salted hash of their path (:func:`in_holdout`): ``held_out`` False keeps the
     others, True only those (the frames a run holds out of training to calibrate its confidence on).
+    ``prescale``: each frame resized by this factor (:func:`scale_images`, as
+    :class:`kpconv.model.ScaleInput` resizes whole frames at inference) before the cache and the augmentation
+    (training at the heatmap head's input scale; keypoints normalized to the frame are unchanged; not with
+    ``include_meta``).
     """
     import tensorflow as tf
 
@@ -397,6 +426,8 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     aug = Augment.from_value(augment)
     if pad_multiple and (include_meta or aug):
         raise ValueError("pad_multiple: not with include_meta or augment")
+    if prescale not in (None, 1, 1.0) and include_meta:
+        raise ValueError("prescale: not with include_meta")
     shuffle = bool(aug) if shuffle is None else shuffle
     h, w, k = info.image_height, info.image_width, info.num_keypoints
     variable = info.image_size is None     # --image-size none: frames of their own sizes, batched by size
@@ -413,6 +444,17 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     if holdout is not None:
         fraction, salt = holdout
         ds = ds.filter(lambda e: tf.equal(in_holdout(e["source_path"], fraction, salt), held_out))
+    if prescale not in (None, 1, 1.0):
+        factor = float(prescale)
+
+        def rescale(e):
+            img = scale_images(e["image"][None], factor)[0]
+            return {**e, "image": tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)}
+
+        ds = ds.map(rescale, num_parallel_calls=autotune)
+        if not variable:
+            h, w = max(1, round(h * factor)), max(1, round(w * factor))
+            ds = ds.map(lambda e: {**e, "image": tf.ensure_shape(e["image"], (h, w, 3))})
     if pad_multiple and (variable or h % pad_multiple or w % pad_multiple):
         def pad(e):
             img, kp = pad_to_multiple(e["image"], e["keypoints"], pad_multiple)

@@ -217,9 +217,7 @@ def _augment_config(options: TrainOptions, info):
             crop = (options.crop_size, options.crop_size)
         elif info.image_width % s or info.image_height % s:
             crop = (-(-info.image_width // s) * s, -(-info.image_height // s) * s)
-    # the crops at the network's scale (the model resizes whole frames by input_scale at inference, ScaleInput)
-    sc = tuple(v * options.input_scale for v in options.augment_scale)
-    return Augment(flip=options.augment_flip, rotation=options.augment_rotate, scale=sc,
+    return Augment(flip=options.augment_flip, rotation=options.augment_rotate, scale=tuple(options.augment_scale),
                    translate=options.augment_translate, brightness=options.augment_brightness,
                    contrast=tuple(options.augment_contrast), crop=crop)
 
@@ -491,7 +489,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     hold = _holdout(options, val_split)
     train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=aug if aug else False, seed=options.seed,
                              shuffle=True, repeat=steps is not None, pad_multiple=None if aug else pad,
-                             holdout=hold)
+                             holdout=hold, prescale=options.input_scale if heat else None)
     val_ds = pipeline.load(shard_dir, val_split, bs, pad_multiple=pad) if val_split else None
     val_meta = pipeline.load(shard_dir, val_split, bs, include_meta=True) if val_split else None
     # the checkpoint (and early stopping) follow the validation pixel error (ValMetrics) when there is a
