@@ -352,9 +352,10 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--head", type=click.Choice(["heatmap", "spatial", "dense"]), default="heatmap", show_default=True,
               help="heatmap: Gaussian heatmaps at --heatmap-stride, sub-pixel peak and a calibrated confidence; "
                    "spatial: soft-argmax over upsampled heatmaps; dense: pooling + dense layers (2K outputs).")
-@click.option("--backbone", type=click.Choice(["unet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+@click.option("--backbone", type=click.Choice(["unet", "unet5", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
                                                "efficientnet_b0", "efficientnet_v2_b0"]),
-              help="Default: unet (small, from scratch) with --weights none, mobilenet_v2 otherwise.")
+              help="Default: unet (small, from scratch) with --weights none, mobilenet_v2 otherwise. unet5: unet "
+                   "with a fifth level (stride 32, twice the receptive field).")
 @click.option("--alpha", type=_FloatRange(min=0.1, max=1.4),
               help="Width multiplier of the backbone (MobileNet, unet). Default: 1, or the run's with "
                    "--weights RUN_DIR.")
@@ -387,6 +388,10 @@ def _quiet_tf(ctx: click.Context) -> None:
 @click.option("--crop-size", type=click.IntRange(min=0),
               help="Heatmap head: train on random square crops of this size around the keypoints "
                    "(default 128; 0: whole frames). Prediction always sees whole frames.")
+@click.option("--input-scale", type=_FloatRange(min=0, max=4, min_open=True), metavar="FACTOR",
+              help="Heatmap head with crops: frames resized by FACTOR before the network, in training (the crops) "
+                   "and prediction. Default: auto, so the median instance is at most 200 network pixels across "
+                   "(1 for smaller ones).")
 @click.option("--loss", type=click.Choice(["mse", "weighted-mse", "mae", "huber"]), default="mse",
               show_default=True, help="Masked by visibility: unlabelled keypoints count for nothing.")
 @click.option("--keypoint-weights", metavar="W,W,...|NAME=W,...", help="Per-keypoint weights for weighted-mse.")
@@ -429,7 +434,7 @@ def _quiet_tf(ctx: click.Context) -> None:
               show_default=True,
               help="Train the multi-instance pair (a centroid model on downscaled frames and a centred-instance "
                    "model on crops, docs/multi-instance.md). auto: when an image of the shards holds several "
-                   "instances, or the shards keep each image's size (--image-size none).")
+                   "instances.")
 def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, resume, multi_instance, **options):
     """Train a keypoint model on the shards of SHARD_DIR (written by 'kpconv shard').
 
@@ -451,7 +456,7 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
 
     ds_info = DatasetInfo.read(shard_dir)
     multi = multi_instance == "yes" or (multi_instance == "auto" and not resume and
-                                        (ds_info.max_instances > 1 or ds_info.image_size is None))
+                                        ds_info.max_instances > 1)
     if multi and resume:
         raise click.BadParameter("multi-instance runs cannot be resumed; train again into a new RUN_DIR",
                                  param_hint="--resume")

@@ -161,7 +161,7 @@ class DatasetInfo:
     def preprocessing(self) -> dict:
         """The options shard used to make the stored images (``predict`` reapplies them)."""
         image = self.raw["image"]
-        return {"size": [self.image_width, self.image_height], "resize": image.get("resize") or "stretch",
+        return {"size": list(self.image_size) if self.image_size else None, "resize": image.get("resize") or "stretch",
                 "crop": image.get("crop") or "none", "crop_pad": image.get("crop_pad"),
                 "background": image.get("background")}
 
@@ -204,11 +204,12 @@ def _check_consistent(raw: dict, path: str) -> None:
         fail("records", f"{raw['records']} record(s), but the splits hold {total}")
 
 
-def read_dataset_info(shard_dir: Union[str, Path], verify: bool = True) -> DatasetInfo:
-    """The dataset info of a shard directory for training and evaluation (one image size required), with
+def read_dataset_info(shard_dir: Union[str, Path], verify: bool = True, any_size: bool = False) -> DatasetInfo:
+    """The dataset info of a shard directory for training and evaluation (one image size required unless
+    ``any_size``: the heatmap head's pipeline, training and evaluation take frames of their own size), with
     every shard verified (:func:`verify_shards`) unless ``verify`` is False."""
     info = DatasetInfo.read(shard_dir)
-    if info.image_size is None:
+    if info.image_size is None and not any_size:
         raise DatasetInfoError("the shards keep each image's own size (field 'image.size' is null); training "
                                "needs one image size: shard again with one (kpconv shard --image-size WxH)",
                                Location(str(info.path), field="image.size"))

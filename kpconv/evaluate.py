@@ -82,13 +82,17 @@ def evaluate(run_dir, shard_dir, split: str = "test", batch_size: int = 64, json
     run = Path(run_dir)
     inference = Inference.from_run(run, batch_size=batch_size, flip_test=flip_test)
     config = inference.config
-    info = read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir, any_size=True)
     names = config["dataset"]["keypoints"]
     if info.keypoint_names != names:
         raise TrainError(f"{info.path}: keypoints {info.keypoint_names} differ from the run's {names}")
-    if [info.image_width, info.image_height] != list(config["dataset"]["image_size"]):
-        raise TrainError(f"{info.path}: image size {info.image_width}x{info.image_height} differs from the "
-                         f"run's {config['dataset']['image_size'][0]}x{config['dataset']['image_size'][1]}")
+    run_size = config["dataset"]["image_size"]      # null: frames at their own size (--image-size none)
+
+    def size_text(size):
+        return "each image's own size (--image-size none)" if size is None else f"image size {size[0]}x{size[1]}"
+    shard_size = None if info.image_size is None else [info.image_width, info.image_height]
+    if shard_size != (None if run_size is None else list(run_size)):
+        raise TrainError(f"{info.path}: {size_text(shard_size)} differs from the run's {size_text(run_size)}")
     ds = pipeline.load(shard_dir, split, batch_size, include_meta=True)
     has_conf = bool(config.get("calibration")) or config["model"].get("head") == "heatmap"
     result = evaluate_dataset(inference, ds, names,

@@ -196,11 +196,12 @@ def run_onnx(model_content: bytes, images: np.ndarray) -> np.ndarray:
 
 def shard_images(shard_dir, n: int) -> np.ndarray:
     """Up to ``n`` stored images (float32 pixels) of the shards: the validation split when there is
-    one (images the model did not fit), else the first split."""
+    one (images the model did not fit), else the first split; shards of ``--image-size none``: those of the
+    first batch's size only."""
     from . import pipeline
     from .dataset_info import read_dataset_info
 
-    info = read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir, any_size=True)
     splits = [s for s in ("val", "validation", "test") if s in info.splits and info.splits[s].num_records]
     splits += [s for s in info.splits if info.splits[s].num_records and s not in splits]
     if not splits:
@@ -208,6 +209,8 @@ def shard_images(shard_dir, n: int) -> np.ndarray:
     out, have = [], 0
     for split in splits:
         for images, _ in pipeline.load(shard_dir, split, min(n, 64)):
+            if out and images.shape[1:] != out[0].shape[1:]:
+                continue
             out.append(images.numpy())
             have += len(out[-1])
             if have >= n:
@@ -233,8 +236,9 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
     inference = Inference.from_run(run)
     config = inference.config
     model = float32_model(inference.model)
-    # the shards' size: the heatmap head takes any size, an export has one input shape
-    w, h = config["dataset"]["image_size"]
+    # the shards' size: the heatmap head takes any size, an export has one input shape (a run of frames at
+    # their own size, --image-size none: the SavedModel takes any size, the others the check images')
+    w, h = config["dataset"]["image_size"] or (None, None)
 
     images = None
     wanted = max(check_images, CALIBRATION_IMAGES if fmt == "tflite-int8" else 0)
@@ -245,6 +249,11 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
                               + ("calibrate int8" if fmt == "tflite-int8" else "check the export")
                               + "): give them with --shards DIR" + ("" if fmt == "tflite-int8" else " or use --check 0"))
         images = shard_images(shards, wanted)
+        if w is None and fmt != "savedmodel":
+            h, w = images.shape[1:3]
+    if w is None and fmt != "savedmodel":
+        raise ExportError(f"{run}: its frames have no one size (--image-size none): a {fmt} export needs the "
+                          f"shards' images for its input size (give them with --shards DIR)")
 
     target = Path(output) if output and output != "-" else run / DEFAULT_OUTPUT[fmt]
     result = ExportResult(fmt, "-" if output == "-" else str(target), image_size=(w, h))
@@ -270,7 +279,9 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
         # the export includes the decoding: its (B, K, 3) output is compared with Inference's
         x = images[:check_images]
         ref, got = inference(x), run_export(np.asarray(x, np.float32))
-        d = np.hypot((got[..., 0] - ref[..., 0]) * w, (got[..., 1] - ref[..., 1]) * h)
+        xw, xh = x.shape[2], x.shape[1]
+        result.image_size = (xw, xh)
+        d = np.hypot((got[..., 0] - ref[..., 0]) * xw, (got[..., 1] - ref[..., 1]) * xh)
         result.max_diff_px, result.mean_diff_px, result.median_diff_px = (float(np.max(d)), float(np.mean(d)),
                                                                           float(np.median(d)))
         result.checked = len(x)

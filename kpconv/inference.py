@@ -40,8 +40,8 @@ def image_options(config: dict):
     from .images import ImageOptions
 
     pre = config["dataset"].get("preprocessing") or {}
-    size = pre.get("size") or config["dataset"]["image_size"]
-    return ImageOptions(size=(int(size[0]), int(size[1])), resize=pre.get("resize") or "stretch",
+    size = pre["size"] if "size" in pre else config["dataset"]["image_size"]   # None: each frame's own size
+    return ImageOptions(size=None if size is None else (int(size[0]), int(size[1])), resize=pre.get("resize") or "stretch",
                         crop=pre.get("crop") or "none", crop_pad=float(pre.get("crop_pad") or 0.0))
 
 
@@ -223,6 +223,6 @@ class Inference:
         from .metrics import to_original
 
         xy, conf = self.infer(stored)
-        size = self.options.size
+        size = self.options.size or (stored.shape[2], stored.shape[1])   # (None: the frames' own size)
         px = to_original(xy, np.tile([[size[0], size[1]]], (len(stored), 1)), np.asarray(transforms))
         return px, conf

@@ -76,15 +76,16 @@ def _effnet(v2):
     return build
 
 
-def _unet(shape, alpha, weights):
+def _unet(shape, alpha, weights, levels: int = 4):
     """A small plain encoder for training from scratch: per level two 3x3 conv + BN + ReLU, the
-    first with stride 2 (strides 2, 4, 8, 16; 16, 32, 64, 128 channels times ``alpha``)."""
+    first with stride 2 (strides 2, 4, 8, 16; 16, 32, 64, 128 channels times ``alpha``; with ``levels``
+    5 a fifth level at stride 32 with 256 channels, which doubles the receptive field to about 190 px)."""
     if weights is not None:
         raise TrainError("the unet backbone has no pretrained weights: use --weights none (or a kpconv run "
                          "directory to fine-tune from)")
     inputs = keras.Input(shape, name="unet_input")
     x = inputs
-    for level, ch in enumerate((16, 32, 64, 128), start=1):
+    for level, ch in enumerate((16, 32, 64, 128, 256)[:levels], start=1):
         ch = max(8, int(round(ch * alpha)))
         for j, stride in enumerate((2, 1)):
             x = layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False, name=f"unet_l{level}_conv{j}")(x)
@@ -93,8 +94,13 @@ def _unet(shape, alpha, weights):
     return keras.Model(inputs, x, name="unet")
 
 
+def _unet5(shape, alpha, weights):
+    return _unet(shape, alpha, weights, levels=5)
+
+
 BACKBONES: Dict[str, Backbone] = {
     "unet": Backbone("unet", _unet, (1 / 127.5, -1.0), lambda a, s: "", min_size=16),
+    "unet5": Backbone("unet5", _unet5, (1 / 127.5, -1.0), lambda a, s: "", min_size=32),
     "mobilenet_v2": Backbone("mobilenet_v2", _mnv2, (1 / 127.5, -1.0), _mnv2_file),
     "mobilenet_v3_small": Backbone("mobilenet_v3_small", _mnv3(False), None,
                                    lambda a, s: f"weights_mobilenet_v3_small_224_{float(a)}_float_no_top_v2.h5"),
@@ -121,6 +127,8 @@ class ModelConfig:
     upsample: int = 2                    # spatial head: number of x2 upsampling steps
     bn_momentum: Optional[float] = None  # backbone BatchNormalization momentum (None: Keras's 0.999)
     heatmap_stride: int = 4              # heatmap head: input pixels per heatmap cell (2, 4 or 8)
+    input_scale: float = 1.0             # heatmap head: frames resized by this factor before the network
+    border: int = 0                      # heatmap head: black margin (network pixels) around frames at inference
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -211,24 +219,26 @@ class CropToInput(layers.Layer):
     (what :class:`PadToMultiple` added is dropped). Heatmap cell ``(i, j)`` is centred on input pixel
     position ``((j + 0.5) * stride, (i + 0.5) * stride)`` (continuous pixel convention)."""
 
-    def __init__(self, stride: int = 4, **kw):
+    def __init__(self, stride: int = 4, margin: int = 0, **kw):
         kw.setdefault("dtype", "float32")
         super().__init__(**kw)
         self.stride = int(stride)
+        self.margin = int(margin)    # BorderPad's margin (a multiple of the stride): its cells dropped at inference
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         import tensorflow as tf
 
         hm, image = inputs
         sh = tf.shape(image)
         s = self.stride
-        return tf.cast(hm[:, :(sh[1] + s - 1) // s, :(sh[2] + s - 1) // s, :], "float32")
+        o = 0 if training else self.margin // s
+        return tf.cast(hm[:, o:o + (sh[1] + s - 1) // s, o:o + (sh[2] + s - 1) // s, :], "float32")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], None, None, input_shape[0][3])
 
     def get_config(self):
-        return {**super().get_config(), "stride": self.stride}
+        return {**super().get_config(), "stride": self.stride, "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
@@ -291,6 +301,61 @@ class HeatmapDecode(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
+class ScaleInput(layers.Layer):
+    """Frames resized by ``scale`` (:func:`kpconv.pipeline.scale_images`: anti-aliased bilinear) before the network, at inference only: in training the input pipeline has already resized the frames
+    the same way (``pipeline.load``'s ``prescale``) before its crops, so the layer passes them through. The
+    resize maps the frame's extent onto the result's, so coordinates normalized to one are normalized to the
+    other: decoding uses the resized frame (:func:`inference_model`)."""
+
+    def __init__(self, scale: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.scale = float(scale)
+
+    def call(self, x, training=None):
+        import tensorflow as tf
+
+        from .pipeline import scale_images
+
+        if training:
+            return x
+        return tf.cast(scale_images(x, self.scale), x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
+class BorderPad(layers.Layer):
+    """A black margin of ``margin`` pixels around each frame, at inference only (:class:`CropToInput` drops
+    its cells again). Training crops show black beyond the frame's edge (the warp reads outside pixels as
+    0), while a whole frame at inference has the convolutions' zero padding there, which after the input
+    rescaling is mid-grey: a keypoint near the edge was then missed on whole frames although the crops had
+    it right (the stand-in's nose, 17 network pixels from the top: 464 px mean error on whole training
+    frames, 5.5 px with this margin of 16; docs/training.md)."""
+
+    def __init__(self, margin: int = 16, **kw):
+        super().__init__(**kw)
+        self.margin = int(margin)
+
+    def call(self, x, training=None):
+        import tensorflow as tf
+
+        if training or not self.margin:
+            return x
+        m = self.margin
+        return tf.pad(x, [[0, 0], [m, m], [m, m], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="kpconv")
 class MirrorInput(layers.Layer):
     """``(B, H, W, C)`` -> the mirror image (left and right swapped) of the input padded with zeros at the
     right to a multiple of ``stride`` (the padding ends up on the left): the heatmap cells of the mirror
@@ -329,6 +394,10 @@ class FlipTestAverage(layers.Layer):
 
         hm, mirrored = (tf.cast(t, tf.float32) for t in inputs)
         back = tf.gather(tf.reverse(mirrored, [2]), self.flip_permutation, axis=3)
+        # the mirror's padding (MirrorInput) ends up at the right once reversed: the frame's cells come first. With
+        # an input scale the scaled widths may differ by a cell (the padding is not a whole number of cells there)
+        w, wb = tf.shape(hm)[2], tf.shape(back)[2]
+        back = tf.pad(back[:, :, :w], [[0, 0], [0, 0], [0, tf.maximum(0, w - wb)], [0, 0]])
         return 0.5 * (hm + back)
 
     def compute_output_shape(self, input_shape):
@@ -532,7 +601,11 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
         return layers.ReLU(name=f"{name}_relu")(y)
 
     inputs = keras.Input((None, None, 3), name="image")
-    feats = base(PadToMultiple(total, name="pad")(_rescaled(inputs, bb)))
+    x = inputs if cfg.input_scale == 1 else ScaleInput(cfg.input_scale, name="input_scale")(inputs)
+    if cfg.border % cfg.heatmap_stride:
+        raise TrainError(f"border {cfg.border}: expected a multiple of the heatmap stride {cfg.heatmap_stride}")
+    xb = BorderPad(cfg.border, name="border")(x) if cfg.border else x
+    feats = base(PadToMultiple(total, name="pad")(_rescaled(xb, bb)))
     feats = feats if isinstance(feats, (list, tuple)) else [feats]
     *skips, y = feats
     for i, skip in enumerate(reversed(skips)):
@@ -544,7 +617,7 @@ def _build_heatmap_model(cfg: ModelConfig, bb: Backbone, weights) -> keras.Model
         y = conv_bn_relu(y, ch, f"head_up{i}_conv0")
         y = conv_bn_relu(y, ch, f"head_up{i}_conv1")
     y = layers.Conv2D(cfg.num_keypoints, 1, name="heatmaps", dtype="float32")(y)
-    out = CropToInput(cfg.heatmap_stride, name="heatmaps_crop")([y, inputs])
+    out = CropToInput(cfg.heatmap_stride, cfg.border, name="heatmaps_crop")([y, x])
     return keras.Model(inputs, out, name=f"kpconv_{cfg.backbone}_heatmap")
 
 
@@ -554,14 +627,20 @@ def inference_model(model: keras.Model, calibration: Optional[Sequence[float]] =
     :class:`HeatmapDecode` (with ``calibration``); the regression heads (``spatial``, ``dense``)
     have no confidence of their own and report 1.0. ``flip_permutation`` (heatmap models only): test-time
     flip, the heatmaps of the frame and of its mirror averaged (:class:`MirrorInput`, :class:`FlipTestAverage`)
-    before decoding."""
+    before decoding. A model with an input scale (:class:`ScaleInput`) is decoded against the resized frame
+    (coordinates normalized to it are normalized to the frame); its mirror is padded to a multiple of
+    ``stride / scale`` frame pixels (exact cell alignment when that is a whole number)."""
     if len(model.outputs[0].shape) == 4:   # heatmaps
         stride = model.get_layer("heatmaps_crop").stride
+        names = [l.name for l in model.layers]
+        scaled = model.get_layer("input_scale") if "input_scale" in names else None
+        image = scaled.output if scaled is not None else model.inputs[0]
         hm = model.outputs[0]
         if flip_permutation is not None:
-            mirrored = model(MirrorInput(stride, name="mirror")(model.inputs[0]))
+            multiple = stride if scaled is None else max(1, int(round(stride / scaled.scale)))
+            mirrored = model(MirrorInput(multiple, name="mirror")(model.inputs[0]))
             hm = FlipTestAverage(flip_permutation, name="flip_test")([hm, mirrored])
-        out = HeatmapDecode(stride, calibration, name="decode")([hm, model.inputs[0]])
+        out = HeatmapDecode(stride, calibration, name="decode")([hm, image])
     else:
         if flip_permutation is not None:
             raise TrainError("test-time flip needs a heatmap model (the heatmap head)")

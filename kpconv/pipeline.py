@@ -18,6 +18,10 @@ and decode, an in-memory cache of the decoded records when the split is small, s
 keypoint-aware augmentation on whole batches inside the graph (``augment_batch``), prefetch.
 Everything random is derived from ``seed``: the same seed gives the same batches.
 
+Shards of ``--image-size none`` keep each frame at its own size (:func:`frame_sizes` lists them): batches
+are formed per size (``group_by_window``), so every batch holds frames of one size; the augmentation's
+crops (``Augment.crop``) are all one size, and evaluation runs each frame at its own size.
+
 Nothing here imports TensorFlow at module import time.
 """
 from __future__ import annotations
@@ -284,7 +288,7 @@ def pad_to_multiple(image, keypoints, multiple: int):
     return image, tf.cast(keypoints, tf.float32) * scale
 
 
-def _parse_fn(num_keypoints: int, height: int, width: int):
+def _parse_fn(num_keypoints: int, height: Optional[int], width: Optional[int]):
     import tensorflow as tf
 
     from .records import feature_description
@@ -294,14 +298,19 @@ def _parse_fn(num_keypoints: int, height: int, width: int):
     def parse(serialized):
         ex = tf.io.parse_single_example(serialized, desc)
         img = tf.io.decode_image(ex["image/encoded"], channels=3, expand_animations=False)
+        if height is None:   # --image-size none: each frame at its own size
+            img = tf.ensure_shape(img, (None, None, 3))
+            return {**fields(ex), "image": img}
         sh = tf.shape(img)
         img = tf.cond(tf.logical_and(tf.equal(sh[0], height), tf.equal(sh[1], width)),
                       lambda: img,
                       lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(img, (height, width))), 0, 255),
                                       tf.uint8))
         img = tf.ensure_shape(img, (height, width, 3))
+        return {**fields(ex), "image": img}
+
+    def fields(ex):
         return {
-            "image": img,
             "keypoints": tf.stack([ex["keypoints/x"], ex["keypoints/y"]], -1),
             "visibility": ex["keypoints/visibility"],
             "transform": ex["transform/stored_to_original"],
@@ -315,10 +324,80 @@ def _parse_fn(num_keypoints: int, height: int, width: int):
     return parse
 
 
+def scale_images(images, factor: float):
+    """``images`` (B, H, W, C) float resized by ``factor`` to ``round(H * factor) x round(W * factor)``: bilinear,
+    after a Gaussian blur of sigma ``(1 / factor - 1) / 2`` when shrinking (scikit-image's anti-aliasing
+    sigma; edges mirrored), in ops XLA compiles (``tf.image.resize``'s own ``antialias`` does not compile).
+    The one resize of the heatmap head's input scale: the training pipeline (``load``'s ``prescale``) and
+    :class:`kpconv.model.ScaleInput` at inference both call it."""
+    import tensorflow as tf
+
+    factor = float(factor)
+    x = tf.cast(images, tf.float32)
+    if factor < 1:
+        sigma = (1.0 / factor - 1.0) / 2.0
+        r = max(1, int(math.ceil(3 * sigma)))
+        k = [math.exp(-0.5 * (i / sigma) ** 2) for i in range(-r, r + 1)]
+        k = tf.constant([v / sum(k) for v in k], tf.float32)
+        c = x.shape[-1] or 3
+        x = tf.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="SYMMETRIC")
+        x = tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (-1, 1, 1, 1)), (1, 1, c, 1)), [1, 1, 1, 1], "VALID")
+        x = tf.nn.depthwise_conv2d(x, tf.tile(tf.reshape(k, (1, -1, 1, 1)), (1, 1, c, 1)), [1, 1, 1, 1], "VALID")
+    sh = tf.cast(tf.shape(x)[1:3], tf.float32)
+    size = tf.maximum(1, tf.cast(tf.round(sh * factor), tf.int32))
+    return tf.image.resize(x, size, method="bilinear")
+
+
+_SIZES: Dict[Tuple[str, str, float], Dict[Tuple[int, int], int]] = {}
+
+
+def frame_sizes(shard_dir: Union[str, Path], split: str) -> Dict[Tuple[int, int], int]:
+    """``{(width, height): records}`` of the stored images of one split (shards of ``--image-size none``
+    hold frames of several sizes; ``dataset_info.json`` does not list them): only the two size fields of
+    each record are parsed. Remembered per shard file and modification time."""
+    import tensorflow as tf
+
+    info = read_dataset_info(shard_dir, verify=False, any_size=True)
+    files = info.files(split)
+    key = (str(Path(shard_dir).resolve()), split, max((Path(f).stat().st_mtime for f in files), default=0.0))
+    if key in _SIZES:
+        return dict(_SIZES[key])
+    if info.image_size is not None:
+        sizes = {tuple(info.image_size): info.split(split).num_records}
+    else:
+        desc = {"image/width": tf.io.FixedLenFeature([], tf.int64), "image/height": tf.io.FixedLenFeature([], tf.int64)}
+        ds = tf.data.TFRecordDataset(files, compression_type=info.compression or "").batch(256)
+        sizes = {}
+        for b in ds.map(lambda x: tf.io.parse_example(x, desc)):
+            for wh in zip(b["image/width"].numpy().tolist(), b["image/height"].numpy().tolist()):
+                sizes[wh] = sizes.get(wh, 0) + 1
+    _SIZES[key] = sizes
+    return dict(sizes)
+
+
+def instance_sizes(shard_dir: Union[str, Path], split: str):
+    """The longer side of each record's instance box, in stored pixels (numpy array): the box the
+    annotations give, else the one around the labelled keypoints (``instance/bbox``); only the size and box
+    fields of each record are parsed."""
+    import numpy as np
+    import tensorflow as tf
+
+    info = read_dataset_info(shard_dir, verify=False, any_size=True)
+    desc = {"image/width": tf.io.FixedLenFeature([], tf.int64), "image/height": tf.io.FixedLenFeature([], tf.int64),
+            "instance/bbox": tf.io.FixedLenFeature([4], tf.float32)}
+    ds = tf.data.TFRecordDataset(info.files(split), compression_type=info.compression or "").batch(256)
+    out = []
+    for b in ds.map(lambda x: tf.io.parse_example(x, desc)):
+        wh = np.stack([b["image/width"].numpy(), b["image/height"].numpy()], -1).astype(np.float64)
+        out.append(np.max(b["instance/bbox"].numpy()[:, 2:4] * wh, axis=-1))
+    return np.concatenate(out) if out else np.zeros((0,))
+
+
 def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False, seed: Optional[int] = None,
          shuffle: Optional[bool] = None, cache: Union[str, bool] = "auto", drop_remainder: bool = False,
          include_meta: bool = False, repeat: bool = False, shuffle_buffer: int = 2048,
-         pad_multiple: Optional[int] = None, holdout: Optional[Tuple[float, int]] = None, held_out: bool = False):
+         pad_multiple: Optional[int] = None, holdout: Optional[Tuple[float, int]] = None, held_out: bool = False,
+         prescale: Optional[float] = None):
     """A ``tf.data.Dataset`` over one split of ``shard_dir`` (see the module docstring).
 
     ``augment``: ``False``, ``True`` (default ranges) or an :class:`Augment` / dict of ranges.
@@ -328,10 +407,14 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     not with ``include_meta`` or ``augment``, whose crops set the size). ``holdout`` ``(fraction, seed)``: the
     split's images divided by a salted hash of their path (:func:`in_holdout`): ``held_out`` False keeps the
     others, True only those (the frames a run holds out of training to calibrate its confidence on).
+    ``prescale``: each frame resized by this factor (:func:`scale_images`, as
+    :class:`kpconv.model.ScaleInput` resizes whole frames at inference) before the cache and the augmentation
+    (training at the heatmap head's input scale; keypoints normalized to the frame are unchanged; not with
+    ``include_meta``).
     """
     import tensorflow as tf
 
-    info = read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir, any_size=True)
     files = info.files(split)
     if not files:
         raise TrainError(f"{info.path}: split '{split}' has no shard files")
@@ -343,8 +426,11 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     aug = Augment.from_value(augment)
     if pad_multiple and (include_meta or aug):
         raise ValueError("pad_multiple: not with include_meta or augment")
+    if prescale not in (None, 1, 1.0) and include_meta:
+        raise ValueError("prescale: not with include_meta")
     shuffle = bool(aug) if shuffle is None else shuffle
     h, w, k = info.image_height, info.image_width, info.num_keypoints
+    variable = info.image_size is None     # --image-size none: frames of their own sizes, batched by size
     autotune = tf.data.AUTOTUNE
 
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -358,7 +444,18 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
     if holdout is not None:
         fraction, salt = holdout
         ds = ds.filter(lambda e: tf.equal(in_holdout(e["source_path"], fraction, salt), held_out))
-    if pad_multiple and (h % pad_multiple or w % pad_multiple):
+    if prescale not in (None, 1, 1.0):
+        factor = float(prescale)
+
+        def rescale(e):
+            img = scale_images(e["image"][None], factor)[0]
+            return {**e, "image": tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)}
+
+        ds = ds.map(rescale, num_parallel_calls=autotune)
+        if not variable:
+            h, w = max(1, round(h * factor)), max(1, round(w * factor))
+            ds = ds.map(lambda e: {**e, "image": tf.ensure_shape(e["image"], (h, w, 3))})
+    if pad_multiple and (variable or h % pad_multiple or w % pad_multiple):
         def pad(e):
             img, kp = pad_to_multiple(e["image"], e["keypoints"], pad_multiple)
             return {**e, "image": img, "keypoints": kp}
@@ -368,7 +465,9 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
         ds = ds.map(lambda e: {n: e[n] for n in ("image", "keypoints", "visibility")})
     n_records = info.split(split).num_records
     if cache == "auto":
-        cache = 0 < n_records * h * w * 3 < CACHE_LIMIT_BYTES
+        pixels = (sum(a * b * n for (a, b), n in frame_sizes(shard_dir, split).items()) if variable
+                  else n_records * h * w)
+        cache = 0 < pixels * 3 < CACHE_LIMIT_BYTES
     if cache:
         ds = ds.cache()
     if shuffle:
@@ -378,7 +477,17 @@ def load(shard_dir: Union[str, Path], split: str, batch_size: int, augment=False
         ds = ds.repeat()
     if not repeat and n_records > 0 and holdout is None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(n_records))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune)
+    if variable:
+        # one batch per size: the frames of each size in the order they come (deterministic), a batch as soon
+        # as batch_size of one size have come, the rest at the end
+        def size_key(e):
+            sh = tf.shape(e["image"], out_type=tf.int64)
+            return sh[0] * (1 << 20) + sh[1]
+
+        ds = ds.group_by_window(size_key, lambda _, d: d.batch(batch_size, drop_remainder=drop_remainder),
+                                window_size=batch_size)
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=autotune)
     perm = info.flip_permutation()
 
     def finish(e):

@@ -329,7 +329,8 @@ class Predictor:
 
         def flush():
             xy, conf = self.infer(np.stack([b["array"] for b in batch]))
-            st = np.tile([[size[0], size[1]]], (len(batch), 1))
+            h, w = batch[0]["array"].shape[:2]    # (size None, --image-size none: the frames' own, one per batch)
+            st = np.tile([[size[0], size[1]] if size else [w, h]], (len(batch), 1))
             px = to_original(xy, st, np.asarray([b["transform"] for b in batch]))
             for b, p, c in zip(batch, px, conf):
                 yield Prediction(b["file"], b["size"][0], b["size"][1],
@@ -385,6 +386,8 @@ class Predictor:
         bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
         for kind, x in read_ahead(produce(), maxsize=4 * batch_size):
             if kind == "item":
+                if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
+                    yield from flush()
                 batch.append(x)
                 if len(batch) >= batch_size:
                     yield from flush()

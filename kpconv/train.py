@@ -80,6 +80,9 @@ class TrainOptions:
     heatmap_stride: Optional[int] = None               # 4 (from a run: that run's)
     sigma: float = 2.0                                 # Gaussian target, in heatmap cells
     crop_size: Optional[int] = None                    # heatmap: 128 (0: whole frames)
+    # heatmap head with crops: frames resized by this factor before the network (None: auto, from the
+    # instances' size, INSTANCE_TARGET_PX; 1: the stored pixels)
+    input_scale: Optional[float] = None
     augment_rotate: Optional[float] = None             # degrees, +-; heatmap: 25, others: 20
     augment_scale: Optional[Tuple[float, float]] = None  # heatmap: (0.8, 1.2), others: (0.85, 1.15)
     augment_flip: Optional[float] = None               # probability; 0.5 when the keypoints have flip pairs
@@ -131,6 +134,25 @@ def _val_split(info, wanted: Optional[str]) -> Optional[str]:
     return wanted
 
 
+INFERENCE_BORDER = 16     # heatmap head: black margin around whole frames at inference (model.BorderPad)
+INSTANCE_TARGET_PX = 200   # auto input scale: the median instance's longer side at most this many network pixels
+
+
+def auto_input_scale(shard_dir, split: str) -> float:
+    """The heatmap head's input scale for frames whose instances are large: ``INSTANCE_TARGET_PX`` over the
+    median instance box's longer side (stored pixels), rounded down to a multiple of 1/64; 1 when that
+    side is at most 1.25 x ``INSTANCE_TARGET_PX``."""
+    import numpy as np
+
+    from .pipeline import instance_sizes
+
+    sizes = instance_sizes(shard_dir, split)
+    sizes = sizes[sizes > 0]
+    if not len(sizes) or float(np.median(sizes)) <= 1.25 * INSTANCE_TARGET_PX:   # (a small change is no gain)
+        return 1.0
+    return float(max(1, math.floor(INSTANCE_TARGET_PX / float(np.median(sizes)) * 64 + 1e-6)) / 64)
+
+
 def resolve_recipe(options: TrainOptions, info) -> TrainOptions:
     """``options`` with every ``None`` replaced by the recipe's value for its head and weights (the
     result is what ``config.json`` records)."""
@@ -155,6 +177,18 @@ def resolve_recipe(options: TrainOptions, info) -> TrainOptions:
         raise TrainError(f"--crop-size: the {o.head} head has a fixed input size; crops are for the heatmap head")
     if o.crop_size and o.crop_size % o.heatmap_stride:
         raise TrainError(f"--crop-size {o.crop_size}: expected a multiple of --heatmap-stride {o.heatmap_stride}")
+    if o.input_scale is None:
+        if src:
+            o.input_scale = float(src.get("input_scale", 1.0))
+        elif heat and o.crop_size and o.augment and getattr(info, "path", None) is not None:
+            o.input_scale = auto_input_scale(info.path.parent, o.train_split)
+        else:
+            o.input_scale = 1.0
+    if o.input_scale != 1.0 and not (heat and o.crop_size and o.augment):
+        raise TrainError(f"--input-scale {o.input_scale:g}: for the heatmap head trained on crops (--crop-size > 0, "
+                         f"augmentation on), whose warp makes the crops at that scale")
+    if not 0 < o.input_scale <= 4:
+        raise TrainError(f"--input-scale {o.input_scale:g}: expected a factor in (0, 4]")
     if o.augment_rotate is None:
         o.augment_rotate = 25.0 if heat else 20.0
     if o.augment_scale is None:
@@ -310,7 +344,7 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
     started = time.monotonic()
     run = Path(run_dir)
     shard_dir = Path(shard_dir)
-    info = read_dataset_info(shard_dir)
+    info = read_dataset_info(shard_dir, any_size=True)
     state = None
     if resume:
         if not (run / CONFIG_FILE).is_file():
@@ -358,18 +392,35 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
     if n_train == 0:
         raise TrainError(f"{info.path}: split '{options.train_split}' has no records")
     val_split = _val_split(info, options.val_split)
+    frames = None     # --image-size none: {(w, h): records} of the training split
+    if info.image_size is None:
+        if options.head != "heatmap":
+            raise TrainError(f"{info.path}: the shards keep each image's own size (--image-size none); the "
+                             f"{options.head} head needs one image size (the heatmap head takes any): shard "
+                             f"again with one (kpconv shard --image-size WxH) or use --head heatmap")
+        if not options.crop_size:
+            raise TrainError(f"{info.path}: the shards keep each image's own size (--image-size none): training "
+                             f"takes crops of one size (--crop-size N > 0)")
+        from .pipeline import frame_sizes
+
+        frames = frame_sizes(shard_dir, options.train_split)
+    # the size the model is built for (the heatmap head takes any; pretrained weights' file names use it)
+    height, width = ((info.image_height, info.image_width) if frames is None
+                     else max(frames, key=lambda wh: (wh[0] * wh[1], wh))[::-1])
 
     from_run = is_run(options.weights)
-    mcfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(info.image_height, info.image_width),
+    mcfg = kmodel.ModelConfig(num_keypoints=info.num_keypoints, image_size=(height, width),
                               backbone=options.backbone, alpha=options.alpha, head=options.head,
                               weights=options.weights, heatmap_stride=options.heatmap_stride,
+                              input_scale=options.input_scale if options.head == "heatmap" else 1.0,
+                              border=INFERENCE_BORDER if options.head == "heatmap" else 0,
                               bn_momentum=None if options.weights not in (None, "", "none") and not from_run
                               else 0.9)
     source = None
     if from_run and state is None:
         src_dir = run_dir_of(options.weights)
         src_cfg = read_config(src_dir)["model"]
-        for key in ("backbone", "head", "alpha", "heatmap_stride"):
+        for key in ("backbone", "head", "alpha", "heatmap_stride", "input_scale"):
             if src_cfg.get(key, getattr(mcfg, key)) != getattr(mcfg, key):
                 raise TrainError(f"--weights {options.weights}: that run has {key} {src_cfg.get(key)}, this one "
                                  f"{getattr(mcfg, key)} (the architecture must match to fine-tune from it)")
@@ -388,7 +439,11 @@ def _train(shard_dir, run_dir, options: Optional[TrainOptions], resume: bool, ca
             "dataset": {"shard_dir": str(shard_dir.resolve()), "sha256": dataset_sha256(shard_dir, info),
                         "keypoints": info.keypoint_names, "skeleton": [list(p) for p in info.skeleton],
                         "flip_pairs": [list(p) for p in info.flip_pairs],
-                        "image_size": [info.image_width, info.image_height],
+                        # null: each frame at its own size (--image-size none); frame_sizes lists the training
+                        # split's [width, height, records]
+                        "image_size": [info.image_width, info.image_height] if frames is None else None,
+                        **({} if frames is None else
+                           {"frame_sizes": [[a, b, n] for (a, b), n in sorted(frames.items())]}),
                         "preprocessing": info.preprocessing(),
                         "splits": {n: s.num_records for n, s in info.splits.items()},
                         "train_split": options.train_split, "val_split": val_split},
@@ -434,7 +489,7 @@ def _fit(run, shard_dir, info, options, mcfg, weights, pretrained, state, val_sp
     hold = _holdout(options, val_split)
     train_ds = pipeline.load(shard_dir, options.train_split, bs, augment=aug if aug else False, seed=options.seed,
                              shuffle=True, repeat=steps is not None, pad_multiple=None if aug else pad,
-                             holdout=hold)
+                             holdout=hold, prescale=options.input_scale if heat else None)
     val_ds = pipeline.load(shard_dir, val_split, bs, pad_multiple=pad) if val_split else None
     val_meta = pipeline.load(shard_dir, val_split, bs, include_meta=True) if val_split else None
     # the checkpoint (and early stopping) follow the validation pixel error (ValMetrics) when there is a

@@ -93,9 +93,9 @@ def test_version_1_shards_name_the_command_that_rewrites_them(multi_shards, tmp_
 @pytest.mark.slow
 def test_multi_instance_options(multi_shards, tmp_path):
     s = multi_shards / "s"
-    # forced off: the single-instance trainer needs one image size, and says so
+    # forced off: the single-instance trainer takes frames of their own size with the heatmap head only
     r = CliRunner().invoke(cli, ["train", str(s), "-o", str(tmp_path / "r"), "--weights", "none",
-                                 "--multi-instance", "no", "--epochs", "1"])
+                                 "--multi-instance", "no", "--head", "spatial", "--epochs", "1"])
     assert r.exit_code == 1 and "needs one image size" in r.output
     r = CliRunner().invoke(cli, ["train", str(s), "-o", str(tmp_path / "r"), "--multi-instance", "yes", "--resume"])
     assert r.exit_code == 2 and "cannot be resumed" in r.output
