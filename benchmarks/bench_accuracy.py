@@ -64,9 +64,9 @@ def kpconv(*args, log=None):
 
 def within_px(run: Path, shards: Path, px: float) -> float:
     """Fraction of the test split's labelled keypoints predicted within ``px`` original pixels."""
-    from kpconv import metrics, pipeline
-    from kpconv.evaluate import collect
-    from kpconv.inference import Inference
+    from kpconv.model import metrics, pipeline
+    from kpconv.model.evaluate import collect
+    from kpconv.model.inference import Inference
 
     a = collect(Inference.from_run(run), pipeline.load(shards, "test", 16, include_meta=True))
     err = metrics.errors(a["pred_px"], a["true_px"])
@@ -208,7 +208,7 @@ def main(argv=None):
         syn_rows = [] if args.skip_synthetic else synthetic(args, work / "synthetic")
     print(f"\nrandom initialization, CPU ({os.cpu_count()} cores), --time-limit {args.minutes:g} per run; "
           f"total {time.time() - t0:.0f}s")
-    from kpconv.metrics import PCK_REFERENCE     # (what kpconv eval's pck@T, read from its JSON, is relative to)
+    from kpconv.model.metrics import PCK_REFERENCE     # (what kpconv eval's pck@T, read from its JSON, is relative to)
     print(f"PCK reference length: {PCK_REFERENCE}")
     if real_rows:
         table(real_rows, f"real: {args.real} and its stand-in (test split 5 % by image, original pixels; "

@@ -16,10 +16,10 @@ the peak memory of each in one more run, as sampling it takes CPU time):
   hand-written fast paths) with every fast path, without each in turn, and without all four; each must
   write this tree's manifest and report, byte for byte, and a fast path pays only when it saves 10 s
   on COCO person keypoints train2017's size (``--images 57000 --instances 150000``);
-- ``kpconv.ingest.ingest()`` called from Python: time of the call only, and the baseline's own
+- ``kpconv.data.ingest.ingest()`` called from Python: time of the call only, and the baseline's own
   in-process time for comparison;
 - the CLI again on a dataset a fifth of the size, to show how peak memory grows with the manifest;
-- reading the 20,000 image headers with ``kpconv.imageinfo`` and with Pillow.
+- reading the 20,000 image headers with ``kpconv.data.imageinfo`` and with Pillow.
 
 The synthetic dataset (``benchmarks/synth.py``, plain images, 5 figures each) is generated once and
 cached under ``--cache`` (default ``$KPCONV_BENCH_CACHE`` or ``<tmp>/kpconv-bench/ingest``); a warm-up
@@ -66,7 +66,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "images": n,
 
 LIBRARY = r"""
 import sys, time, resource, json
-from kpconv.ingest import ingest
+from kpconv.data.ingest import ingest
 t0 = time.perf_counter()
 r = ingest([sys.argv[1]], output=sys.argv[3], images=sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - t0, "written": r.written,
@@ -75,7 +75,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "written": r.written,
 
 HEADERS = r"""
 import sys, os, time, json
-from kpconv import imageinfo
+from kpconv.data import imageinfo
 root = sys.argv[1]
 paths = sorted(os.path.join(root, n) for n in os.listdir(root))
 out = {"images": len(paths)}
@@ -106,10 +106,10 @@ VARIANT = r"""
 import contextlib, sys
 from itertools import chain
 off = set(sys.argv[1].split(",")) - {"-"}
-import kpconv.ingest as I, kpconv.manifest as M, kpconv.jsonparse as J
+import kpconv.data.ingest as I, kpconv.data.manifest as M, kpconv.data.jsonparse as J
 import os
 assert I.__file__.startswith(os.environ["PYTHONPATH"]), I.__file__
-from kpconv.formats import coco as C
+from kpconv.data.formats import coco as C
 if "reader" in off:
     @contextlib.contextmanager
     def prepared(finalizer, instances, report):
@@ -368,7 +368,7 @@ def main(argv=None) -> None:
         print(f"{'baseline: COCO() + PIL .size, CLI-style run':48s}{best['base_wall']:9.2f}{best['base_rss']:14.0f}")
         print(f"{'kpconv ingest (CLI, incl. interpreter start)':48s}{best['cli_wall']:9.2f}{best['cli_rss']:14.0f}")
         print(f"{'baseline, in-process time':48s}{best['base_in']:9.2f}")
-        print(f"{'kpconv.ingest.ingest() call':48s}{best['lib']:9.2f}{best['lib_rss']:14.0f}")
+        print(f"{'kpconv.data.ingest.ingest() call':48s}{best['lib']:9.2f}{best['lib_rss']:14.0f}")
         for v in helper_steps:
             name = f"kpconv at {args.helper}, " + ("helper process" if v == "helper" else "--workers 1")
             print(f"{name:48s}{best[f'wall_{v}']:9.2f}{best[f'rss_{v}']:14.0f}")
@@ -412,7 +412,7 @@ def main(argv=None) -> None:
         if not args.no_headers:
             h = run([sys.executable, "-c", HEADERS, full / "images"])[-1]
             print()
-            print(f"image headers, {h['images']} files (best of 3, in-process): kpconv.imageinfo.read_sizes "
+            print(f"image headers, {h['images']} files (best of 3, in-process): kpconv.data.imageinfo.read_sizes "
                   f"{h['serial']:.2f} s, PIL Image.open().size {h['pil']:.2f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

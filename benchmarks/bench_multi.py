@@ -3,7 +3,7 @@
 * **two-flies** (``../shared/datasets/two-flies``: SLEAP clip.slp + clip.mp4, 1024x1024, two flies per frame):
   split by time, train on frames 0-1199 (every ``--train-every``-th), test on 1300-1499. Prints OKS mAP,
   AP@0.5, instance recall, mean/median pixel error of matched instances, identity switches with tracking
-  over the 200 test frames (when ``kpconv.tracking`` is there), and predict throughput on clip.mp4 with
+  over the 200 test frames (when ``kpconv.model.tracking`` is there), and predict throughput on clip.mp4 with
   both stages beside the decode-only and model-only rates of the same run;
 * **synthetic** (``benchmarks/synth.py``, 2-5 overlapping stick figures per image): mAP and recall of the
   whole user chain ``kpconv ingest -> shard --image-size none -> train -> predict --format coco`` (no boxes)
@@ -64,7 +64,7 @@ def flies_manifest(work: Path, every: int) -> Path:
     import av
     import sleap_io as sio
 
-    from kpconv.manifest import Header, Record, write_manifest
+    from kpconv.data.manifest import Header, Record, write_manifest
 
     out = work / "flies"
     manifest = out / f"manifest-every{every}.jsonl"
@@ -110,8 +110,8 @@ def throughput(run: Path, n: int = 200, runtimes=("tf", "onnx"), rounds: int = 2
     onnxruntime when installed); the largest keypoint distance between the runtimes' predictions."""
     import importlib.util
 
-    from kpconv.multi import MultiPredictor
-    from kpconv.video import FrameSelection, frames as video_frames
+    from kpconv.model.multi import MultiPredictor
+    from kpconv.model.video import FrameSelection, frames as video_frames
 
     video = str(FLIES / "clip.mp4")
     t = time.perf_counter()
@@ -163,19 +163,19 @@ def throughput_lines(tp: dict) -> list:
 
 
 def id_switches(run: Path, max_distance: float = 40.0, memory: int = 5) -> str:
-    """Identity switches of kpconv.tracking.Tracker (2 tracks, the gate ``max_distance`` px) over the test
+    """Identity switches of kpconv.model.tracking.Tracker (2 tracks, the gate ``max_distance`` px) over the test
     frames of clip.mp4, predicted without boxes: per frame the predictions are matched to the labelled flies
     (mean distance over the labelled keypoints, linear_sum_assignment, matches under 30 px), and the
-    (fly, track) pairs counted by kpconv.tracking.identity_switches."""
+    (fly, track) pairs counted by kpconv.model.tracking.identity_switches."""
     try:
-        from kpconv.tracking import Tracker, identity_switches
+        from kpconv.model.tracking import Tracker, identity_switches
     except ImportError:
         return "n/a: tracker not merged"
     import sleap_io as sio
     from scipy.optimize import linear_sum_assignment
 
-    from kpconv.multi import MultiPredictor
-    from kpconv.video import FrameSelection
+    from kpconv.model.multi import MultiPredictor
+    from kpconv.model.video import FrameSelection
 
     labels = sio.load_slp(str(FLIES / "clip.slp"))
     truth = {lf.frame_idx: [(i.track.name, i.numpy() + 0.5) for i in lf.instances] for lf in labels.labeled_frames}
@@ -203,7 +203,7 @@ def id_switches(run: Path, max_distance: float = 40.0, memory: int = 5) -> str:
 
 
 def bench_flies(work: Path, minutes: float, every: int) -> None:
-    from kpconv.multi import evaluate_multi
+    from kpconv.model.multi import evaluate_multi
 
     manifest = flies_manifest(work, every)
     shards = work / "flies" / f"shards-every{every}"
@@ -234,8 +234,8 @@ def bench_synth(work: Path, minutes: float, n_train: int, n_test: int) -> None:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from kpconv.metrics import oks_sigmas
-    from kpconv.multi import MultiPredictor, evaluate_multi
+    from kpconv.model.metrics import oks_sigmas
+    from kpconv.model.multi import MultiPredictor, evaluate_multi
 
     out = work / "synth"
     train_json = out / "train" / "annotations.json"
@@ -290,7 +290,7 @@ def coco_scores(gt_data: dict, dts: list, names) -> tuple:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from kpconv.metrics import oks_sigmas
+    from kpconv.model.metrics import oks_sigmas
 
     by_name = {Path(im["file_name"]).name: im["id"] for im in gt_data["images"]}
     dts = [dict(d, image_id=by_name[Path(d["file_name"]).name]) for d in dts]
@@ -326,7 +326,7 @@ def bench_small(work: Path, minutes: float, n_images: int) -> None:
     kpconv("-q", "ingest", project, "-o", out / "m.jsonl")
     kpconv("-q", "shard", out / "m.jsonl", "-o", out / "s", "--image-size", "none", "--split", "train=0.8,test=0.2",
            "--split-by", "image", "--seed", "0", "--overwrite")
-    from kpconv.multi import labelled_images
+    from kpconv.model.multi import labelled_images
 
     test = [project / key for key, _, _ in labelled_images(out / "s", "test")[0]]
     run = out / f"run-{minutes:g}min-{time.strftime('%H%M%S')}"

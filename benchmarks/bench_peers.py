@@ -30,15 +30,15 @@ Pixel conventions (kpconv's manifests and records: continuous, pixel ``i``'s cen
   resizes with ``cv2.resize`` (half-pixel centres) and scales points by the same ratio, and
   ``ops.scale_coords`` maps predictions back by dividing by it, again exact only in the continuous
   convention. ``YOLO_OFFSET`` = 0.
-* **SLEAP**: pixel ``i``'s centre at ``i`` (``kpconv.formats.sleap.PIXEL_ORIGIN`` = ``center``, an offset of 0.5, with its
+* **SLEAP**: pixel ``i``'s centre at ``i`` (``kpconv.data.formats.sleap.PIXEL_ORIGIN`` = ``center``, an offset of 0.5, with its
   evidence: sleap-io's "center of pixel is (0, 0)" and sleap-nn's confidence maps sampling pixel
   ``i`` at coordinate ``i``, ``make_grid_vectors``). Labels go to sleap-nn as ``x - 0.5``, its
   predictions come back as ``x + 0.5``.
 
 All three are scored on the same arrays: the test split's records read back by
-``kpconv.evaluate.collect`` (targets mapped to original pixels, PCK's reference length, the mask),
+``kpconv.model.evaluate.collect`` (targets mapped to original pixels, PCK's reference length, the mask),
 the peers' predictions (original pixels, converted to kpconv's convention) matched by image; then
-``kpconv.metrics.summary``. Printed: mean and median error in original pixels, PCK@0.1, the fraction
+``kpconv.model.metrics.summary``. Printed: mean and median error in original pixels, PCK@0.1, the fraction
 within 5 px, and kpconv's mean error divided by each peer's (target: at most 0.5, i.e. kpconv at
 least 2x lower). A peer that cannot finish (no epoch done in the budget, an error) is printed as such.
 
@@ -77,7 +77,7 @@ PEER_NAMES = {"yolo": "Ultralytics YOLOv8n-pose", "sleap": "sleap-nn single-inst
 
 # x_peer = x_kpconv - offset (and back: x_kpconv = x_peer + offset); see the module docstring.
 YOLO_OFFSET = 0.0
-SLEAP_OFFSET = 0.5      # kpconv.formats.sleap.PIXEL_ORIGIN's offset (checked in main(); the worker cannot import kpconv)
+SLEAP_OFFSET = 0.5      # kpconv.data.formats.sleap.PIXEL_ORIGIN's offset (checked in main(); the worker cannot import kpconv)
 OFFSETS = {"yolo": YOLO_OFFSET, "sleap": SLEAP_OFFSET}
 # sleap-nn NaNs a point whose peak value is below peak_threshold (0.2 by default; 0 still drops the
 # negative peaks of a barely trained model): this takes every keypoint's maximum, as kpconv does (a
@@ -154,11 +154,11 @@ def split_images(manifest: Path, shards: Path, split: str) -> list:
     instance)."""
     import numpy as np
 
-    from kpconv import metrics
-    from kpconv.dataset_info import read_dataset_info
-    from kpconv.manifest import open_manifest
-    from kpconv.records import decode_record
-    from kpconv.tfrecord import read_records
+    from kpconv.model import metrics
+    from kpconv.data.dataset_info import read_dataset_info
+    from kpconv.data.manifest import open_manifest
+    from kpconv.data.records import decode_record
+    from kpconv.data.tfrecord import read_records
 
     header, _ = open_manifest(str(manifest))
     root = (manifest.parent / header.images_root).resolve()
@@ -243,9 +243,9 @@ def score(run: Path, shards: Path, preds: dict) -> dict:
     out of the mean and median error; ``missing`` counts them."""
     import numpy as np
 
-    from kpconv import metrics, pipeline
-    from kpconv.evaluate import collect
-    from kpconv.inference import Inference
+    from kpconv.model import metrics, pipeline
+    from kpconv.model.evaluate import collect
+    from kpconv.model.inference import Inference
 
     batches = list(pipeline.load(shards, "test", 16, include_meta=True))
     order = [s.decode() for _, _, meta in batches for s in meta["source_path"].numpy()]
@@ -291,8 +291,8 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker, Path(args.job), Path(args.out))
 
-    from kpconv.formats.base import continuous_offset
-    from kpconv.formats.sleap import PIXEL_ORIGIN
+    from kpconv.data.formats.base import continuous_offset
+    from kpconv.data.formats.sleap import PIXEL_ORIGIN
     assert continuous_offset(PIXEL_ORIGIN) == SLEAP_OFFSET, "kpconv's SLEAP convention changed: update SLEAP_OFFSET"
     names = {part.split("=")[0].strip() for part in args.split.split(",")}
     if not {"train", "test"} <= names:
@@ -323,7 +323,7 @@ def main(argv=None):
             shutil.rmtree(shards)
         kpconv("shard", manifest, "-o", shards, "--image-size", "320x240", "--resize", "pad", "--split", args.split,
                "--split-by", "image", "--seed", args.seed)
-        from kpconv.dataset_info import read_dataset_info
+        from kpconv.data.dataset_info import read_dataset_info
 
         info = read_dataset_info(shards)
         splits = {s: split_images(manifest, shards, s) for s in ("train", "test")}
@@ -362,7 +362,7 @@ def main(argv=None):
 
     print(f"\npeers side by side: {args.real}, split {args.split} by image, seed {args.seed}; random initialization; "
           f"CPU ({os.cpu_count()} cores), training budget {args.minutes:g} min each, one at a time; total {total:.0f}s")
-    print("scored by kpconv.metrics on the same test targets, original pixels, kpconv's pixel convention "
+    print("scored by kpconv.model.metrics on the same test targets, original pixels, kpconv's pixel convention "
           "(SLEAP's points shifted by +0.5)")
     print(f"{'model':<32} {'train s':>7} {'epochs':>6} {'mean px':>8} {'median px':>9} {'PCK@0.1':>8} {'<=5 px':>7} "
           f"{'missing':>7}")

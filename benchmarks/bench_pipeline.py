@@ -1,4 +1,4 @@
-"""Input pipeline benchmark: images per second of ``kpconv.pipeline.load`` (with augmentation)
+"""Input pipeline benchmark: images per second of ``kpconv.model.pipeline.load`` (with augmentation)
 against the tutorial pipeline (``from_tensor_slices`` of JPEG paths, ``read_file``, ``decode_jpeg``,
 ``resize``) on the same images, in one run, and against the CPU training step rate of MobileNetV2 at
 the same size.
@@ -47,12 +47,12 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from kpconv import pipeline
-    from kpconv.images import ImageOptions
-    from kpconv.ingest import ingest
-    from kpconv.model import ModelConfig, build_model
-    from kpconv.shard import ShardOptions, shard
-    from kpconv.losses import get as get_loss
+    from kpconv.model import pipeline
+    from kpconv.data.images import ImageOptions
+    from kpconv.data.ingest import ingest
+    from kpconv.model.network import ModelConfig, build_model
+    from kpconv.data.shard import ShardOptions, shard
+    from kpconv.model.losses import get as get_loss
 
     with tempfile.TemporaryDirectory(prefix="kpconv-bench-pipe-") as tmp:
         work = Path(args.work or tmp)
@@ -68,7 +68,7 @@ def main(argv=None):
         n = args.images
         size = args.size
 
-        # kpconv.pipeline with augmentation
+        # kpconv.model.pipeline with augmentation
         ds = pipeline.load(shards, "train", args.batch, augment=True, seed=0)
         k_rates = [rate(ds, n) for _ in range(args.passes)]
         plain = pipeline.load(shards, "train", args.batch, shuffle=True, seed=0)
@@ -102,8 +102,8 @@ def main(argv=None):
     print(f"\n{n} images, {size}x{size}, batch {args.batch}, {os.cpu_count()} CPU(s)")
     k_warm, t_best = max(k_rates[1:]), max(t_rates)
     print(f"{'pipeline':<44} " + " ".join(f"{f'pass {i + 1} img/s':>13}" for i in range(args.passes)))
-    print(f"{'kpconv.pipeline.load (augment, shards)':<44} " + " ".join(f"{v:>13.0f}" for v in k_rates))
-    print(f"{'kpconv.pipeline.load (no augmentation)':<44} " + " ".join(f"{v:>13.0f}" for v in p_rates))
+    print(f"{'kpconv.model.pipeline.load (augment, shards)':<44} " + " ".join(f"{v:>13.0f}" for v in k_rates))
+    print(f"{'kpconv.model.pipeline.load (no augmentation)':<44} " + " ".join(f"{v:>13.0f}" for v in p_rates))
     print(f"{'tutorial (read_file, decode_jpeg, resize)':<44} " + " ".join(f"{v:>13.0f}" for v in t_rates))
     print(f"{f'MobileNetV2 alpha {args.alpha:g} training step (CPU)':<44} {train_rate:>13.0f}")
     print(f"kpconv (best warm pass) / tutorial (best pass): {k_warm / t_best:.1f}x (target >= 3x); "

@@ -4,8 +4,8 @@ On each video (default: ``../shared/datasets/mirror-mouse/videos/*.mp4`` and a s
 made here with PyAV), all in one run with one trained run (``--run``, or a heatmap run trained here on
 mirror-mouse at 320x240 for ``--minutes``):
 
-* decode only: PyAV to RGB arrays (:func:`kpconv.video.frames`), frames/s;
-* model only: :class:`kpconv.inference.Inference` (compiled, batch ``--batch``) on prepared frames
+* decode only: PyAV to RGB arrays (:func:`kpconv.model.video.frames`), frames/s;
+* model only: :class:`kpconv.model.inference.Inference` (compiled, batch ``--batch``) on prepared frames
   already in memory, frames/s;
 * ``kpconv predict RUN VIDEO -o out.jsonl``, the whole command in a subprocess: frames/s over its wall
   time, and the same without its start-up;
@@ -92,8 +92,8 @@ def train_run(work: Path, minutes: float) -> Path:
 
 
 def bench(run: Path, path: str, batch: int, work: Path, runtime: str = "tf") -> dict:
-    from kpconv import video
-    from kpconv.inference import Inference
+    from kpconv.model import video
+    from kpconv.model.inference import Inference
 
     fps, count, size = video.info(path)
     t = time.perf_counter()
@@ -126,9 +126,9 @@ def resize_check(run: Path, path: str, n: int = 64) -> str:
     are converted to RGB (predict's default) against full-size RGB then Pillow (as images and the shards
     are resized): reader frames/s (decode + prepare, one thread) and the keypoint distance between the two
     predictions over the first ``n`` frames (original pixels)."""
-    from kpconv import video
-    from kpconv.predict import Predictor
-    from kpconv.video import FrameSelection
+    from kpconv.model import video
+    from kpconv.model.predict import Predictor
+    from kpconv.model.video import FrameSelection
 
     p = Predictor(run)
     inf = p.inference
@@ -160,7 +160,7 @@ import time, sys
 t0 = time.perf_counter()
 import numpy as np, tensorflow, keras
 t1 = time.perf_counter()
-from kpconv.inference import Inference
+from kpconv.model.inference import Inference
 inf = Inference.from_run(sys.argv[1])
 t2 = time.perf_counter()
 w, h = inf.options.size
@@ -186,9 +186,9 @@ def bench_exports(run: Path, path: str, batch: int, work: Path, n: int = 64) -> 
     in stored-image pixels)."""
     import warnings
 
-    from kpconv import video
-    from kpconv.inference import Inference
-    from kpconv.video import FrameSelection
+    from kpconv.model import video
+    from kpconv.model.inference import Inference
+    from kpconv.model.video import FrameSelection
 
     inf = Inference.from_run(run, batch_size=batch)
     arrays = []
@@ -245,7 +245,7 @@ def jpeg_check(run: Path, work: Path) -> str:
     round trip, and the largest distance between the two predictions of one keypoint."""
     import json
 
-    from kpconv.predict import Predictor
+    from kpconv.model.predict import Predictor
 
     manifest = work / "m.jsonl"
     if not manifest.exists():

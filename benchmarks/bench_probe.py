@@ -1,4 +1,4 @@
-"""Does the hand-written image-header probe (``kpconv/imageinfo.py``: ``_jpeg``, ``_png``,
+"""Does the hand-written image-header probe (``kpconv/data/imageinfo.py``: ``_jpeg``, ``_png``,
 ``_exif_orientation``) earn its place against Pillow? (issue 19: keep it only with a gain of at least
 1.5x on a user-visible time.)
 
@@ -8,7 +8,7 @@ Two variants, measured in one process, alternating, best of ``--repeat``, on a w
 - ``pillow``: every probe through ``imageinfo._pillow`` (``Image.open`` + size + EXIF orientation,
   loading a PNG, whose ``eXIf`` chunk may follow the pixel data: what Pillow's ``getexif`` does too).
 
-Times: reading the sizes of every image (``imageinfo.read_sizes``, serial), and ``kpconv.ingest.ingest()``
+Times: reading the sizes of every image (``imageinfo.read_sizes``, serial), and ``kpconv.data.ingest.ingest()``
 of the COCO file (what a user waits for; serial, as ``--workers 0``). Both variants must give the same
 sizes and the same manifest bytes.
 
@@ -50,8 +50,8 @@ def main() -> None:
     ap.add_argument("--cache", default=os.environ.get("KPCONV_BENCH_CACHE",
                                                       os.path.join(tempfile.gettempdir(), "kpconv-bench")))
     args = ap.parse_args()
-    from kpconv import imageinfo
-    from kpconv.ingest import ingest
+    from kpconv.data import imageinfo
+    from kpconv.data.ingest import ingest
 
     cache = Path(args.cache)
     files = [dataset(cache, args.images, ext) for ext in ("jpg", "png")]

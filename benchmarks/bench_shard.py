@@ -137,8 +137,8 @@ ENV = dict(os.environ)
 def warm_bytecode(cache: Path) -> None:
     ENV.pop("PYTHONDONTWRITEBYTECODE", None)
     ENV["PYTHONPYCACHEPREFIX"] = str(cache / "pycache")
-    subprocess.run([sys.executable, "-c", "import kpconv.cli, kpconv.shard, kpconv.images, kpconv.imageinfo, "
-                    "kpconv.tfrecord, kpconv.records, kpconv.progress"], check=True, env=ENV)
+    subprocess.run([sys.executable, "-c", "import kpconv.cli, kpconv.shard, kpconv.data.images, kpconv.data.imageinfo, "
+                    "kpconv.data.tfrecord, kpconv.data.records, kpconv.progress"], check=True, env=ENV)
 
 
 def measure(cmd, cwd=None):

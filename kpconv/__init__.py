@@ -1,4 +1,4 @@
-"""kpconv: from keypoint annotations in any common format to TFRecord shards and a trained regressor.
+"""kpconv: from keypoint annotations in any common format to TFRecord shards and a trained keypoint model.
 
 The Python API, for notebooks (see ``docs/predict.md``)::
 
@@ -9,21 +9,33 @@ The Python API, for notebooks (see ``docs/predict.md``)::
     for p in kpconv.Predictor("run/").predict("clip.mp4"):
         print(p.frame, p.keypoints)
 
-``kpconv.ingest``, ``kpconv.shard`` and ``kpconv.train`` are the modules of those commands, callable:
-calling one calls its function of the same name (``kpconv.ingest.ingest`` ...), so
-``from kpconv import shard`` still gives the module. Importing this package is cheap: nothing is
-imported until first used, and TensorFlow only by the modules that need it (``kpconv.pipeline``,
-``kpconv.model``, ``kpconv.train``, ``kpconv.predict``), never by ``kpconv.cli`` at start-up.
+The package has two halves (``docs/architecture.md``): ``kpconv.data`` (readers, ingest, manifest,
+images, records, shards; no TensorFlow) and ``kpconv.model`` (pipeline, network, training, inference,
+evaluation, prediction, export; TensorFlow imported by the modules that need it, never by
+``kpconv.cli`` at start-up). ``kpconv.ingest``, ``kpconv.shard`` and ``kpconv.train`` are the modules
+of those commands, callable: calling one calls its function of the same name. The flat module names
+of earlier versions (``kpconv.pipeline``, ``kpconv.formats.coco`` ...) still import, as aliases of
+the modules' homes. Importing this package is cheap: nothing is imported until first used.
 """
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 import types
 
 __version__ = "0.1.0"
 
-_CALLABLE_MODULES = ("ingest", "shard", "train")
-_LAZY = {"Predictor": "predict", "Prediction": "predict", "IngestOptions": "formats.base",
-         "ShardOptions": "shard", "ImageOptions": "images", "TrainOptions": "train", "export_run": "export"}
+_COMMANDS = {"ingest": "data.ingest", "shard": "data.shard", "train": "model.train"}
+_LAZY = {"Predictor": "model.predict", "Prediction": "model.predict", "IngestOptions": "data.formats.base",
+         "ShardOptions": "data.shard", "ImageOptions": "data.images", "TrainOptions": "model.train",
+         "export_run": "model.export"}
+# the flat layout of earlier versions -> the modules' homes (``import kpconv.pipeline`` keeps working)
+_MOVED = {**{m: f"data.{m}" for m in ("formats", "imageinfo", "problems", "manifest", "images", "records",
+                                       "tfrecord", "dataset_info", "workers", "jsonparse", "keypoints")},
+          **{m: f"model.{m}" for m in ("pipeline", "losses", "run", "callbacks", "inference", "centroid",
+                                        "multi", "evaluate", "metrics", "predict", "video", "tracking", "onnxrt",
+                                        "export")},
+          **_COMMANDS}
 __all__ = ["ingest", "shard", "train", "Predictor", "Prediction", "IngestOptions", "ShardOptions",
            "ImageOptions", "TrainOptions", "export_run", "__version__"]
 
@@ -35,30 +47,50 @@ class _CallableModule(types.ModuleType):
         return getattr(self, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
 
 
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        # the import system sets each submodule on its package: make the command modules callable
-        if name in _CALLABLE_MODULES and type(value) is types.ModuleType:
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
+def _home(fullname: str):
+    """The new dotted name of an old flat one (``kpconv.formats.coco`` -> ``kpconv.data.formats.coco``)."""
+    parts = fullname.split(".")
+    if len(parts) > 1 and parts[0] == __name__ and parts[1] in _MOVED:
+        return ".".join([__name__, _MOVED[parts[1]], *parts[2:]])
+    return None
+
+
+def _import(name: str):
+    module = importlib.import_module(name)
+    if name.rsplit(".", 1)[1] in _COMMANDS and type(module) is types.ModuleType:
+        module.__class__ = _CallableModule
+    return module
+
+
+class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import kpconv.<old name>`` gives the module at its home (the same object, not a copy)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        home = _home(fullname)
+        return importlib.util.spec_from_loader(fullname, self, origin=home) if home else None
+
+    def create_module(self, spec):
+        module = _import(spec.origin)
+        spec.loader_state = module.__spec__   # the import system sets the alias's spec on the module
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = module.__spec__.loader_state
+
+
+sys.meta_path.insert(0, _Aliases())   # first: else a submodule of an aliased package would load twice
 
 
 def __getattr__(name):
-    if name in _CALLABLE_MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+    if name in _MOVED:
+        module = globals()[name] = _import(f"{__name__}.{_MOVED[name]}")
+        return module
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    if not name.startswith("_"):
-        try:   # any submodule, imported on first use: kpconv.video.FrameSelection
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
+    if name in ("data", "model", "cli", "errors", "drawing", "inspect", "progress", "quiet", "proto"):
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
-
-
-sys.modules[__name__].__class__ = _Package

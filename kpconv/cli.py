@@ -136,7 +136,7 @@ def cli(ctx, quiet, verbose):
 
 # ----------------------------------------------------------------------------------------- ingest
 def _format_choices():
-    from .formats import KNOWN
+    from .data.formats import KNOWN
 
     return ["auto", *KNOWN]
 
@@ -181,8 +181,8 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
     Bad records are skipped and counted (summary on stderr, full list in --report); the exit code
     is 0 when at least one record was written. The output is written atomically.
     """
-    from .formats.base import IngestOptions
-    from .ingest import ingest as run_ingest
+    from .data.formats.base import IngestOptions
+    from .data.ingest import ingest as run_ingest
 
     options = IngestOptions(category=category, keypoints=keypoints, flip_pairs=flip_pairs, skeleton=skeleton,
                             allow_outside_root=allow_outside_root, frames_dir=frames_dir)
@@ -261,8 +261,8 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     made unlabelled, which ones) and, last, dataset_info.json. The shards are byte-identical for any
     --workers and any run. Exit code 0 when at least one record was written.
     """
-    from .images import ImageOptions
-    from .shard import ShardOptions, shard as run_shard
+    from .data.images import ImageOptions
+    from .data.shard import ShardOptions, shard as run_shard
 
     if shard_size is not None and num_shards is not None:
         raise click.BadParameter("give --shard-size or --num-shards, not both", param_hint="--num-shards")
@@ -276,7 +276,7 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     if beam_options and runner != "beam":
         raise click.BadParameter("needs --runner beam", param_hint="--beam-option")
     if runner == "beam":
-        from .shard.beam import shard_beam
+        from .data.shard.beam import shard_beam
 
         _beam_log_level(ctx)
         result = shard_beam(manifest, out_dir, options, beam_options)
@@ -451,8 +451,8 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
     """
     _quiet_tf(ctx)
     from .errors import TrainError
-    from .dataset_info import DatasetInfo, read_dataset_info
-    from .train import TrainOptions, parse_keypoint_weights, train as run_train
+    from .data.dataset_info import DatasetInfo, read_dataset_info
+    from .model.train import TrainOptions, parse_keypoint_weights, train as run_train
 
     ds_info = DatasetInfo.read(shard_dir)
     multi = multi_instance == "yes" or (multi_instance == "auto" and not resume and
@@ -474,7 +474,7 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
     options = TrainOptions(**options, keypoint_weights=kw, export=list(exports), verbose=verbose,
                            heatmap_stride=None if heatmap_stride is None else int(heatmap_stride))
     if multi:
-        from .multi import train_multi
+        from .model.multi import train_multi
 
         config = train_multi(shard_dir, run_dir, options, log=lambda m: info(ctx, m))
         for st in config["stages"]:
@@ -515,9 +515,9 @@ def eval_(ctx, run_dir, shard_dir, split, batch_size, json_path, min_confidence,
     """Evaluate a trained run: masked MSE, mean/median error in original image pixels,
     PCK@0.05/0.1/0.2 (normalized by the box, or the image without one), NME, per keypoint."""
     _quiet_tf(ctx)
-    from .evaluate import evaluate
-    from .metrics import format_table
-    from .multi import evaluate_multi, format_multi, run_is_multi
+    from .model.evaluate import evaluate
+    from .model.metrics import format_table
+    from .model.multi import evaluate_multi, format_multi, run_is_multi
 
     if run_is_multi(run_dir):
         result = evaluate_multi(run_dir, shard_dir, split=split, oks_sigma=oks_sigma, json_path=json_path)
@@ -616,8 +616,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_h5, require_sleap_io
-    from .video import FrameSelection, is_video
+    from .model.predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_h5, require_sleap_io
+    from .model.video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
     if not paths:
@@ -648,14 +648,14 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     if start is not None and end is not None and type(start) is type(end) and end <= start:
         raise click.BadParameter(f"--end {end} is not after --start {start}", param_hint="--end")
     if runtime == "onnx":
-        from .onnxrt import require_onnx
+        from .model.onnxrt import require_onnx
 
         require_onnx("--runtime onnx")
     _quiet_tf(ctx)
-    from .predict import Boxes, Predictor, TrackOptions
-    from .predict import run_predict
+    from .model.predict import Boxes, Predictor, TrackOptions
+    from .model.predict import run_predict
 
-    from .multi import MultiPredictor, run_is_multi
+    from .model.multi import MultiPredictor, run_is_multi
 
     boxes = Boxes.read(boxes_path) if boxes_path else None
     multi = run_is_multi(run_dir)
@@ -701,7 +701,7 @@ def export(ctx, run_dir, fmt, output, shard_dir, check_images):
     if output == "-" and fmt == "savedmodel":
         raise click.BadParameter("a SavedModel is a directory: it cannot go to stdout", param_hint="-o")
     _quiet_tf(ctx)
-    from .export import export_run
+    from .model.export import export_run
 
     result = export_run(run_dir, fmt, output=output, shard_dir=shard_dir, check_images=check_images)
     info(ctx, f"export: {fmt}" + (f" -> {result.path}" if output != "-" else " -> stdout")

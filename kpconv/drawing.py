@@ -54,7 +54,7 @@ def draw_keypoints(d, points: Sequence[Tuple[float, float, int]], names: Optiona
 
 
 class PredictionDrawer:
-    """Draws :class:`kpconv.predict.Prediction` groups (all instances of one image or frame).
+    """Draws :class:`kpconv.model.predict.Prediction` groups (all instances of one image or frame).
 
     ``target`` is a folder, or for a single video input a video file name (``out.mp4``)."""
 
@@ -65,12 +65,12 @@ class PredictionDrawer:
         self.colours = side_colours(len(self.names), flip_pairs)
         self.min_confidence, self.show_names, self.every = min_confidence, show_names, every
         self.by_instance = by_instance
-        self.video = None   # a kpconv.video.VideoWriter
+        self.video = None   # a kpconv.model.video.VideoWriter
         self.video_source: Optional[str] = None
         self.written: List[str] = []
 
     def _out_path(self, source: str) -> Path:
-        from .video import is_video
+        from .model.video import is_video
 
         if is_video(self.target):
             return self.target
@@ -81,7 +81,7 @@ class PredictionDrawer:
 
         first = group[0]
         if first.frame is None:
-            from .images import SourceImage, to_rgb
+            from .data.images import SourceImage, to_rgb
 
             im, _ = SourceImage(first.image).load()
             im = to_rgb(im).copy()
@@ -102,7 +102,7 @@ class PredictionDrawer:
         else:
             if self.video_source != first.image:
                 self._close_video()
-                from . import video
+                from .model import video
 
                 fps = video.info(first.image)[0] or 25.0
                 self.video = video.VideoWriter(self._out_path(first.image), fps / self.every, im.size)
@@ -112,7 +112,7 @@ class PredictionDrawer:
     def _save_image(self, im, out: Path) -> None:
         from PIL import Image
 
-        from .manifest import atomic_output
+        from .data.manifest import atomic_output
 
         fmt = Image.registered_extensions().get(out.suffix.lower(), "PNG")
         buf = io.BytesIO()

@@ -1,5 +1,5 @@
 """``kpconv inspect``: what a ``kpconv shard`` directory holds, a full verification, a contact sheet; no
-TensorFlow (:mod:`kpconv.tfrecord`, :func:`kpconv.records.decode_record`)."""
+TensorFlow (:mod:`kpconv.data.tfrecord`, :func:`kpconv.data.records.decode_record`)."""
 from __future__ import annotations
 
 import io
@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from .dataset_info import INFO_FILE, DatasetInfo, sha256_stream
+from .data.dataset_info import INFO_FILE, DatasetInfo, sha256_stream
 from .drawing import draw_keypoints, side_colours
 from .errors import DatasetInfoError, Location, VerifyError
-from .manifest import atomic_output
-from .records import decode_record
-from .tfrecord import read_records
+from .data.manifest import atomic_output
+from .data.records import decode_record
+from .data.tfrecord import read_records
 
 
 @dataclass
@@ -61,7 +61,7 @@ def verify(out_dir, dataset: DatasetInfo) -> int:
     """Read every record of every shard: CRCs, spec, image decoding, counts, sha256, visibility counts.
 
     Raises VerifyError naming the first bad shard (and record); returns the number of records."""
-    from .images import BadImage, decode
+    from .data.images import BadImage, decode
 
     out = Path(out_dir)
     info = dataset.raw
@@ -127,12 +127,12 @@ def contact_sheet(out_dir, dataset: DatasetInfo, path: str, n: int = 16, cell: i
                   split: Optional[str] = None, predict=None, min_confidence: float = 0.5) -> int:
     """Draw up to ``n`` records (shard order; only ``split`` when given) with keypoints, names and skeleton;
     returns the number drawn. With ``predict`` (``images (1, H, W, 3) -> (xy (1, K, 2), confidence (1, K))``,
-    e.g. :meth:`kpconv.inference.Inference.infer`) the predictions are dots (those of ``min_confidence`` and
+    e.g. :meth:`kpconv.model.inference.Inference.infer`) the predictions are dots (those of ``min_confidence`` and
     more), the truth rings, a white line joining the two."""
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from .images import BadImage, decode, to_rgb
+    from .data.images import BadImage, decode, to_rgb
 
     names = dataset.keypoint_names
     k = len(names)

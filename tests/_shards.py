@@ -1,4 +1,4 @@
-"""Test helper: write small shards following ``kpconv/records.py`` (without ``kpconv shard``).
+"""Test helper: write small shards following ``kpconv/data/records.py`` (without ``kpconv shard``).
 
 Each image is a dark square with one coloured dot per keypoint, so a model can learn the points and
 the tests can check that a dot is still under its keypoint after augmentation.
@@ -91,7 +91,7 @@ def write_shards(out_dir, splits, size=(32, 32), num_shards=2, seed=0, **kw):
                                          for i, f in enumerate(files)], "records": n}
         written[split] = recs
     k = kw.get("num_keypoints") or len(NAMES)
-    from kpconv.records import SPEC_VERSION
+    from kpconv.data.records import SPEC_VERSION
 
     info = {"spec_version": SPEC_VERSION, "keypoints": NAMES[:k], "skeleton": [list(p) for p in SKELETON if max(p) < k],
             "flip_pairs": [list(p) for p in FLIP_PAIRS if max(p) < k],

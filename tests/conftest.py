@@ -48,9 +48,9 @@ def golden(request) -> Golden:
 
 def ingest_records(tmp_path, sources, **opts):
     """Ingest ``sources`` (format detected) into ``tmp_path/out.jsonl``: (result, header, records)."""
-    from kpconv.formats.base import IngestOptions
-    from kpconv.ingest import ingest
-    from kpconv.manifest import read_manifest
+    from kpconv.data.formats.base import IngestOptions
+    from kpconv.data.ingest import ingest
+    from kpconv.data.manifest import read_manifest
 
     out = tmp_path / "out.jsonl"
     result = ingest([str(s) for s in sources], output=str(out), options=IngestOptions(**opts))

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 from kpconv.cli import cli
 from kpconv.errors import Location
-from kpconv.problems import REASONS
+from kpconv.data.problems import REASONS
 
 CASES = sorted(p.parent for p in (FIXTURES / "bad").glob("*/expected.json"))
 

@@ -9,8 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import bench_peers  # noqa: E402
-from kpconv.formats.base import continuous_offset  # noqa: E402
-from kpconv.formats.sleap import PIXEL_ORIGIN  # noqa: E402
+from kpconv.data.formats.base import continuous_offset  # noqa: E402
+from kpconv.data.formats.sleap import PIXEL_ORIGIN  # noqa: E402
 
 
 def test_sleap_offset_is_kpconvs():

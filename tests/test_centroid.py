@@ -1,12 +1,12 @@
-"""Multi-instance geometry (kpconv.centroid) and OKS metrics (kpconv.metrics): peaks, centre targets, crop
+"""Multi-instance geometry (kpconv.model.centroid) and OKS metrics (kpconv.model.metrics): peaks, centre targets, crop
 planning, crop boxes, COCOeval-based AP, recall, precision and errors."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kpconv import centroid as cg
-from kpconv.metrics import COCO_SIGMAS, DEFAULT_OKS_SIGMA, multi_instance_summary, oks_sigmas
+from kpconv.model import centroid as cg
+from kpconv.model.metrics import COCO_SIGMAS, DEFAULT_OKS_SIGMA, multi_instance_summary, oks_sigmas
 
 
 # ------------------------------------------------------------------------------------------- peaks
@@ -96,7 +96,7 @@ def test_crop_boxes_sample_the_stated_pixels():
     cx - rw/2 + (j + 0.5) * rw / ow (continuous convention)."""
     import tensorflow as tf
 
-    from kpconv.multi import crop_boxes_tf
+    from kpconv.model.multi import crop_boxes_tf
 
     w, h = 50, 40
     xs = np.tile(np.arange(w, dtype=np.float32) + 0.5, (h, 1))          # each pixel holds its x centre
@@ -160,11 +160,11 @@ def test_oks_sigmas():
 
 @pytest.mark.slow
 def test_window_at_is_crop_and_resize_at_the_same_size():
-    """The centroid stage's training windows are sliced (kpconv.multi.window_at), not resampled: the same
+    """The centroid stage's training windows are sliced (kpconv.model.multi.window_at), not resampled: the same
     pixels as crop_and_resize with crop_boxes_tf, inside the frame, across its edges and larger than it."""
     import tensorflow as tf
 
-    from kpconv.multi import crop_boxes_tf, window_at
+    from kpconv.model.multi import crop_boxes_tf, window_at
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (50, 70, 3)).astype(np.uint8)
@@ -187,7 +187,7 @@ def test_window_at_is_crop_and_resize_at_the_same_size():
 def test_plan_stages_sizes_small_touching_animals_and_flies():
     """Small animals (25-30 px) in full-HD frames: the centroid stage at full resolution on 192 px windows, the
     instance stage upscaled; flies of 100 px far apart: a third of their size, crops not resized."""
-    from kpconv.multi import plan_stages
+    from kpconv.model.multi import plan_stages
 
     small = {"sides": [28.0] * 40, "neighbour_distances": [8.0] * 5 + [60.0] * 35, "max_instances": 7}
     plan = plan_stages(small, [(1920, 1080)])

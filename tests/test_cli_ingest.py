@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import FIXTURES, REPO
 from kpconv.cli import cli
-from kpconv.formats import KNOWN
+from kpconv.data.formats import KNOWN
 
 COCO = str(FIXTURES / "coco" / "annotations.json")
 
@@ -198,7 +198,7 @@ def test_shell_pipe():
 
 
 def test_format_choices_match_registry():
-    from kpconv import formats
+    from kpconv.data import formats
 
     assert sorted(formats.names()) == sorted(KNOWN)  # --format choices are the registered readers
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kpconv import jsonparse
+from kpconv.data import jsonparse
 from kpconv.errors import AnnotationError
-from kpconv.formats import coco
-from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
+from kpconv.data.formats import coco
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import read_manifest
 
 
 def _same(a, b) -> bool:

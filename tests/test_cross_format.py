@@ -16,9 +16,9 @@ from pathlib import PurePosixPath
 import pytest
 
 from conftest import FIXTURES
-from kpconv.formats.base import IngestOptions
-from kpconv.ingest import ingest
-from kpconv.manifest import DECIMALS
+from kpconv.data.formats.base import IngestOptions
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import DECIMALS
 
 # format name -> (reader module, source relative to fixtures/, states a skeleton[, IngestOptions arguments])
 CANONICAL_SOURCES = {

@@ -1,4 +1,4 @@
-"""``dataset_info.json`` has one owner, :class:`kpconv.dataset_info.DatasetInfo`: shard writes it, inspect,
+"""``dataset_info.json`` has one owner, :class:`kpconv.data.dataset_info.DatasetInfo`: shard writes it, inspect,
 the pipeline and train read it; bad files get an error at the file and the field."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import pytest
 from PIL import Image
 
-from kpconv.dataset_info import DatasetInfo, read_dataset_info
+from kpconv.data.dataset_info import DatasetInfo, read_dataset_info
 from kpconv.errors import DatasetInfoError
-from kpconv.images import ImageOptions
-from kpconv.manifest import Header, Record, write_manifest
-from kpconv.shard import ShardOptions, shard
+from kpconv.data.images import ImageOptions
+from kpconv.data.manifest import Header, Record, write_manifest
+from kpconv.data.shard import ShardOptions, shard
 
 
 @pytest.fixture

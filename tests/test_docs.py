@@ -52,7 +52,7 @@ def test_readme_is_a_short_tour_that_links_the_reference():
 
 def test_every_format_has_its_page():
     """docs/formats/<name>.md for every registered reader, linked from docs/formats.md."""
-    from kpconv import formats
+    from kpconv.data import formats
 
     index = (DOCS / "formats.md").read_text(encoding="utf-8")
     for name in formats.names():

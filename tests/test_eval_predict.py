@@ -11,9 +11,9 @@ tf = pytest.importorskip("tensorflow")
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from kpconv import pipeline  # noqa: E402
+from kpconv.model import pipeline  # noqa: E402
 from kpconv.cli import cli  # noqa: E402
-from kpconv.evaluate import evaluate_dataset  # noqa: E402
+from kpconv.model.evaluate import evaluate_dataset  # noqa: E402
 
 from _shards import NAMES, write_shards  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_eval_cli_table_and_json(run, shards, tmp_path):
 
 
 def test_predict_maps_back_to_original_pixels(run, tmp_path):
-    from kpconv.model import load_model
+    from kpconv.model.network import load_model
 
     rng = np.random.default_rng(3)
     big = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)       # original 96x64, stored 32x32 (stretch)
@@ -128,7 +128,7 @@ def test_predict_with_bbox_crop(run, tmp_path):
     pts = np.array(list(json.loads(r.stdout)["keypoints"].values()))[:, :2]
     # the model's output (normalized to the 32x32 crop) lands inside the box, scaled by 40/32 and 60/32
     small = np.zeros((1, 32, 32, 3), np.float32)
-    from kpconv.model import load_model
+    from kpconv.model.network import load_model
 
     y = load_model(run / "model.keras")(small, training=False).numpy()[0]
     assert np.allclose(pts, y * [40, 60] + [50, 20], atol=1e-3)
@@ -137,7 +137,7 @@ def test_predict_with_bbox_crop(run, tmp_path):
 
 
 def test_train_cli_imagenet_fails_fast_without_network(shards, tmp_path, monkeypatch):
-    from kpconv import model as kmodel
+    from kpconv.model import network as kmodel
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(kmodel, "_network_reachable", lambda *a, **k: False)

@@ -12,9 +12,9 @@ tf = pytest.importorskip("tensorflow")
 from click.testing import CliRunner  # noqa: E402
 
 from kpconv.cli import cli  # noqa: E402
-from kpconv.export import shard_images  # noqa: E402
-from kpconv.inference import Inference  # noqa: E402
-from kpconv.model import load_model  # noqa: E402
+from kpconv.model.export import shard_images  # noqa: E402
+from kpconv.model.inference import Inference  # noqa: E402
+from kpconv.model.network import load_model  # noqa: E402
 
 from _shards import NAMES, write_shards  # noqa: E402
 

@@ -8,7 +8,7 @@ pytest.importorskip("tensorflow")
 
 import keras  # noqa: E402
 
-from kpconv import model as kmodel  # noqa: E402
+from kpconv.model import network as kmodel  # noqa: E402
 
 
 def _pooling_model(stride, k=2):
@@ -57,7 +57,7 @@ def test_flip_test_needs_a_heatmap_model():
 
 def test_flip_test_default_follows_the_training_flips():
     from kpconv.errors import TrainError
-    from kpconv.inference import flip_permutation
+    from kpconv.model.inference import flip_permutation
 
     cfg = {"model": {"head": "heatmap"}, "options": {"augment_flip": 0.5},
            "dataset": {"keypoints": ["nose", "l", "r"], "flip_pairs": [[1, 2]]}}

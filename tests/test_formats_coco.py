@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES
-from kpconv import formats
+from kpconv.data import formats
 from kpconv.errors import AnnotationError, FormatDetectionError, Location, NothingToWrite
-from kpconv.formats import coco
-from kpconv.formats.base import DenseRows, IngestOptions, ReadContext
-from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
-from kpconv.problems import Report
+from kpconv.data.formats import coco
+from kpconv.data.formats.base import DenseRows, IngestOptions, ReadContext
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import read_manifest
+from kpconv.data.problems import Report
 
 NAMES = ["nose", "left_eye", "right_eye"]
 

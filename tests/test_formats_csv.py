@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES
-from kpconv import formats
+from kpconv.data import formats
 from kpconv.errors import AnnotationError
-from kpconv.formats import csv_table
-from kpconv.formats.base import IngestOptions, ReadContext
-from kpconv.ingest import ingest
-from kpconv.problems import Report
+from kpconv.data.formats import csv_table
+from kpconv.data.formats.base import IngestOptions, ReadContext
+from kpconv.data.ingest import ingest
+from kpconv.data.problems import Report
 
 
 @pytest.fixture

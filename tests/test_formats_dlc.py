@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kpconv import formats
+from kpconv.data import formats
 from kpconv.errors import AnnotationError
-from kpconv.formats.base import IngestOptions
-from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
+from kpconv.data.formats.base import IngestOptions
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import read_manifest
 
 W, H = 64, 48
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES, ingest_records
-from kpconv import formats
+from kpconv.data import formats
 from kpconv.errors import AnnotationError
 
 W, H = 40, 30

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from conftest import FIXTURES
 from kpconv.cli import cli
-from kpconv.keypoints import infer_flip_pairs, parse_edges
+from kpconv.data.keypoints import infer_flip_pairs, parse_edges
 
 
 @pytest.mark.parametrize("names, pairs", [
@@ -55,7 +55,7 @@ def test_skeleton_option_for_a_source_without_one():
 
 
 def test_no_format_found_says_what_each_format_expects(tmp_path):
-    from kpconv import formats
+    from kpconv.data import formats
 
     (tmp_path / "notes.txt").write_text("hello, world\n")
     r = _ingest(tmp_path / "notes.txt")

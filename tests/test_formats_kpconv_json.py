@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kpconv import formats
+from kpconv.data import formats
 from kpconv.errors import AnnotationError
-from kpconv.formats.base import IngestOptions
-from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
+from kpconv.data.formats.base import IngestOptions
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import read_manifest
 
 W, H = 64, 48
 
@@ -235,7 +235,7 @@ def _apply(obj, path, change):
 
 
 def test_quick_check_is_never_more_lenient_than_the_schema():
-    from kpconv.formats.kpconv_json import _validators, quick_valid
+    from kpconv.data.formats.kpconv_json import _validators, quick_valid
 
     _, image_v = _validators()
     base = {"file": "a.png", "width": 4, "height": 3, "group": None, "split": "val",

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURES, ingest_records
-from kpconv import formats
+from kpconv.data import formats
 from kpconv.errors import AnnotationError
-from kpconv.formats.label_studio import image_path
-from kpconv.ingest import ingest
+from kpconv.data.formats.label_studio import image_path
+from kpconv.data.ingest import ingest
 
 W, H = 40, 30
 

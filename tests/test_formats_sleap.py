@@ -13,12 +13,12 @@ from PIL import Image
 
 sio = pytest.importorskip("sleap_io")
 
-from kpconv import formats  # noqa: E402
+from kpconv.data import formats  # noqa: E402
 from kpconv.cli import cli  # noqa: E402
 from kpconv.errors import AnnotationError  # noqa: E402
-from kpconv.formats.base import IngestOptions  # noqa: E402
-from kpconv.ingest import ingest  # noqa: E402
-from kpconv.manifest import read_manifest  # noqa: E402
+from kpconv.data.formats.base import IngestOptions  # noqa: E402
+from kpconv.data.ingest import ingest  # noqa: E402
+from kpconv.data.manifest import read_manifest  # noqa: E402
 from test_schemas import manifest_errors  # noqa: E402
 
 TWO_FLIES = Path("/work/shared/datasets/two-flies/clip.slp")

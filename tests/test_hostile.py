@@ -127,7 +127,7 @@ def test_fifo_and_dev_zero_images_do_not_hang(data, tmp_path):
 
 
 def test_image_size_cap(data, tmp_path, monkeypatch):
-    from kpconv import imageinfo
+    from kpconv.data import imageinfo
 
     monkeypatch.setattr(imageinfo, "MAX_IMAGE_BYTES", 200)
     res = run("ingest", data / "labels.csv", "-o", tmp_path / "m.jsonl", "--report", tmp_path / "r.jsonl")
@@ -157,7 +157,7 @@ def test_deep_json_is_a_located_error(tmp_path, fmt, text):
 
 @pytest.mark.parametrize("wide", [10, 5000])      # few brackets, and more than the numpy count starts at
 def test_depth_bound_counts_only_what_nests(wide):
-    from kpconv import jsonparse
+    from kpconv.data import jsonparse
 
     shallow = "[" + ",".join(["[[1]]"] * wide) + "]"
     assert jsonparse.loads(shallow.encode()) == jsonparse.loads(shallow) == [[[1]]] * wide
@@ -246,7 +246,7 @@ def test_bad_dataset_info_is_located(shards, change, verify_only, message):
 
 
 def test_dataset_info_image_size_edit_is_caught_record_by_record(shards):
-    from kpconv.dataset_info import DatasetInfo
+    from kpconv.data.dataset_info import DatasetInfo
 
     info = DatasetInfo.read(shards)
     info.raw["image"]["size"] = [64, 64]
@@ -261,7 +261,7 @@ def test_dataset_info_image_size_edit_is_caught_record_by_record(shards):
 def test_huge_tfrecord_length_header(shards):
     import struct
 
-    from kpconv.tfrecord import masked_crc32c
+    from kpconv.data.tfrecord import masked_crc32c
 
     length = struct.pack("<Q", 2 ** 40)
     shard = shards / "train.tfrecord-00000-of-00001"
@@ -396,7 +396,7 @@ def test_csv_formula_injection_in_predict_output():
     import csv
     import io
 
-    from kpconv.predict import Prediction, Writer
+    from kpconv.model.predict import Prediction, Writer
 
     for fmt, name_row, header in (("csv", 0, ["file", "frame", "time", "width", "height", "'+nose_x", "'+nose_y",
                                                 "'+nose_likelihood"]),
@@ -572,7 +572,7 @@ def _damage(shard: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_damaged_shard_is_named_before_training_reads_it(shards, how):
-    from kpconv.dataset_info import read_dataset_info
+    from kpconv.data.dataset_info import read_dataset_info
     from kpconv.errors import DatasetInfoError
 
     shard = shards / "test.tfrecord-00000-of-00001"
@@ -585,7 +585,7 @@ def test_damaged_shard_is_named_before_training_reads_it(shards, how):
 
 
 def test_damaged_shard_without_sha256_is_caught_by_its_crcs(shards):
-    from kpconv.dataset_info import DatasetInfo, read_dataset_info
+    from kpconv.data.dataset_info import DatasetInfo, read_dataset_info
     from kpconv.errors import DatasetInfoError
 
     info = DatasetInfo.read(shards)
@@ -691,8 +691,8 @@ def _located_or_fine(call):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt,folder,name,given_", READERS, ids=[f"{r[0]}:{r[2]}" for r in READERS])
 def test_every_reader_gives_a_located_error_or_records(tmp_path_factory, fmt, folder, name, given_):
-    from kpconv.formats.base import IngestOptions
-    from kpconv.ingest import ingest
+    from kpconv.data.formats.base import IngestOptions
+    from kpconv.data.ingest import ingest
 
     work = tmp_path_factory.mktemp(folder)
     shutil.copytree(FIXTURES / folder, work / folder)
@@ -712,9 +712,9 @@ def test_every_reader_gives_a_located_error_or_records(tmp_path_factory, fmt, fo
 
 @pytest.mark.slow
 def test_manifest_and_dataset_info_readers_give_a_located_error_or_values(data, tmp_path, shards):
-    from kpconv.dataset_info import DatasetInfo
+    from kpconv.data.dataset_info import DatasetInfo
     from kpconv.inspect import inspect
-    from kpconv.manifest import read_manifest
+    from kpconv.data.manifest import read_manifest
 
     m = manifest(data, tmp_path)
     original = m.read_bytes()

@@ -1,4 +1,4 @@
-"""The image probe (kpconv.imageinfo) agrees with Pillow on many generated files.
+"""The image probe (kpconv.data.imageinfo) agrees with Pillow on many generated files.
 
 The reference is ``ImageOps.exif_transpose(Image.open(p)).size``; every plain JPEG and PNG is also
 checked to be read by the header parsers (``Probe.parsed_by == "header"``), so that a fallback to Pillow
@@ -13,8 +13,8 @@ import zlib
 import pytest
 from PIL import Image, ImageOps
 
-from kpconv import imageinfo
-from kpconv.imageinfo import BadImage
+from kpconv.data import imageinfo
+from kpconv.data.imageinfo import BadImage
 
 ORIENTATIONS = range(1, 9)
 

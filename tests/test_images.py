@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kpconv.images import (BACKGROUND, BadImage, ImageOptions, Layout, SourceImage, decode, layout,
+from kpconv.data.images import (BACKGROUND, BadImage, ImageOptions, Layout, SourceImage, decode, layout,
                            map_bbox, map_keypoints, render, to_rgb)
 
 # ------------------------------------------------------------------------------------ geometry

@@ -74,7 +74,7 @@ def test_the_walk_finds_a_cycle():
 
 def test_no_import_cycle_in_kpconv():
     mods = _modules()
-    assert "kpconv.train" in mods and "kpconv.formats.coco" in mods
+    assert "kpconv.model.train" in mods and "kpconv.data.formats.coco" in mods
     graph = {m: _imports(m, p, mods) for m, p in mods.items()}
-    assert "kpconv.run" in graph["kpconv.train"]    # function-level imports count too
+    assert "kpconv.model.run" in graph["kpconv.model.train"]    # function-level imports count too
     assert _cycles(graph) == []

@@ -1,4 +1,4 @@
-"""kpconv.inference.Inference's runtimes (--runtime tf|onnx) and the multi-instance predictor's batching:
+"""kpconv.model.inference.Inference's runtimes (--runtime tf|onnx) and the multi-instance predictor's batching:
 untrained tiny heatmap models (random weights: the decode and the two stages run the same either way)."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ av = pytest.importorskip("av")
 from click.testing import CliRunner  # noqa: E402
 
 from kpconv.cli import cli  # noqa: E402
-from kpconv.inference import Inference  # noqa: E402
-from kpconv.model import ModelConfig, build_model  # noqa: E402
+from kpconv.model.inference import Inference  # noqa: E402
+from kpconv.model.network import ModelConfig, build_model  # noqa: E402
 
 NAMES = [f"k{i}" for i in range(5)]
 
@@ -82,7 +82,7 @@ def _video(path: Path, frames) -> Path:
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
     """A two-stage run directory as kpconv train writes one, with untrained tiny models."""
-    from kpconv.run import save_model
+    from kpconv.model.run import save_model
 
     run = tmp_path_factory.mktemp("multi_rt") / "run"
     run.mkdir()
@@ -103,8 +103,8 @@ def _jsonl(path):
 
 @pytest.mark.slow
 def test_multi_instance_predict_both_runtimes_and_read_ahead(multi_run, tmp_path):
-    from kpconv.multi import MultiPredictor
-    from kpconv.video import FrameSelection
+    from kpconv.model.multi import MultiPredictor
+    from kpconv.model.video import FrameSelection
 
     frames = _frames(6, (96, 128), seed=3)
     video = _video(tmp_path / "clip.mp4", frames)
@@ -115,7 +115,7 @@ def test_multi_instance_predict_both_runtimes_and_read_ahead(multi_run, tmp_path
     assert [q.frame for q in preds] == sorted(q.frame for q in preds)
     assert all(len(q.keypoints) == len(NAMES) for q in preds)
     # the library call equals find() on the decoded frames
-    from kpconv.video import frames as decode
+    from kpconv.model.video import frames as decode
 
     decoded = np.stack([a for _, _, a in decode(str(video))])
     direct = [f for fs in p.find(decoded[:4]) + p.find(decoded[4:]) for f in fs]
@@ -153,7 +153,7 @@ def _pil_resize(a, size):
 
 
 def test_video_frames_scaled_by_the_decoder_match_pillow(tmp_path):
-    from kpconv import video
+    from kpconv.model import video
 
     frames = _frames(3, (96, 128), seed=4)
     path = _video(tmp_path / "v.mp4", frames)
@@ -173,7 +173,7 @@ def dense_run(tmp_path_factory):
 
 
 def test_prepare_a_frame_the_decoder_resized(dense_run):
-    from kpconv.inference import image_options
+    from kpconv.model.inference import image_options
 
     inf = Inference.from_run(dense_run)
     inf.config["dataset"]["preprocessing"].update(resize="pad", size=[32, 32])
@@ -193,7 +193,7 @@ def test_prepare_a_frame_the_decoder_resized(dense_run):
 
 @pytest.mark.slow
 def test_predict_video_decoder_resize_agrees_with_pillow(dense_run, tmp_path):
-    from kpconv.predict import Predictor
+    from kpconv.model.predict import Predictor
 
     video = _video(tmp_path / "v.mp4", _frames(6, (96, 128), seed=6))
     p = Predictor(dense_run)

@@ -10,8 +10,8 @@ import random
 
 from PIL import Image
 
-from kpconv.formats.base import IngestOptions
-from kpconv.ingest import ingest
+from kpconv.data.formats.base import IngestOptions
+from kpconv.data.ingest import ingest
 
 NAMES = ["nose", "left_eye", "right_eye", "tail", "paw"]
 

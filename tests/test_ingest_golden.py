@@ -15,8 +15,8 @@ import json
 import pytest
 
 from conftest import FIXTURES, GOLDEN, relativize
-from kpconv.formats.base import IngestOptions
-from kpconv.ingest import ingest
+from kpconv.data.formats.base import IngestOptions
+from kpconv.data.ingest import ingest
 
 # name -> (format module, sources relative to fixtures/, IngestOptions arguments)
 CASES = {

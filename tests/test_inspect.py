@@ -10,10 +10,10 @@ from PIL import Image
 
 from kpconv.cli import cli
 from kpconv.drawing import LEFT, RIGHT
-from kpconv.manifest import Header, Record, write_manifest
-from kpconv.tfrecord import TFRecordWriter, read_records
-from kpconv.images import ImageOptions
-from kpconv.shard import ShardOptions, shard
+from kpconv.data.manifest import Header, Record, write_manifest
+from kpconv.data.tfrecord import TFRecordWriter, read_records
+from kpconv.data.images import ImageOptions
+from kpconv.data.shard import ShardOptions, shard
 
 
 def run(*args):
@@ -82,7 +82,7 @@ def test_verify_names_the_bad_record_on_a_crc_error(dataset):
 
 
 def test_verify_names_a_record_whose_image_does_not_decode(dataset):
-    from kpconv.records import decode_record, to_example
+    from kpconv.data.records import decode_record, to_example
 
     path = _shard_file(dataset)
     recs = list(read_records(str(path)))

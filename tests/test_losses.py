@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from kpconv import losses  # noqa: E402
+from kpconv.model import losses  # noqa: E402
 
 # two examples, three keypoints; y_true = x, y, mask
 Y_TRUE = np.array([[[0.0, 0.0, 1], [0.5, 0.5, 1], [0.9, 0.9, 0]],
@@ -77,8 +77,8 @@ def test_heatmap_target_decodes_back_to_the_labelled_point_for_any_frame_size(si
     inference does (model.HeatmapDecode), gives back the labelled point within 0.1 px."""
     import tensorflow as tf
 
-    from kpconv.model import HeatmapDecode
-    from kpconv.pipeline import pad_to_multiple
+    from kpconv.model.network import HeatmapDecode
+    from kpconv.model.pipeline import pad_to_multiple
 
     w, h = size
     stride = 4

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from kpconv.errors import ManifestError
-from kpconv.manifest import (Header, Record, RecordBatch, atomic_output, dumps_record, dumps_records, read_manifest,
+from kpconv.data.manifest import (Header, Record, RecordBatch, atomic_output, dumps_record, dumps_records, read_manifest,
                              write_manifest)
 
 

@@ -1,10 +1,10 @@
-"""kpconv.metrics: plain numpy metrics against hand-computed values."""
+"""kpconv.model.metrics: plain numpy metrics against hand-computed values."""
 import json
 
 import numpy as np
 import pytest
 
-from kpconv import metrics
+from kpconv.model import metrics
 
 
 def test_to_original_applies_the_stored_transform():

@@ -1,11 +1,11 @@
-"""kpconv.model: shapes, config round trip, soft-argmax, freezing, weights resolution."""
+"""kpconv.model.network: shapes, config round trip, soft-argmax, freezing, weights resolution."""
 import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from kpconv import model as kmodel  # noqa: E402
+from kpconv.model import network as kmodel  # noqa: E402
 from kpconv.errors import TrainError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_heatmap_decode_is_sub_pixel_and_reports_the_peak():
 
 
 def test_fine_tune_transfers_matching_layers_to_another_keypoint_set():
-    from kpconv.train import transfer_weights
+    from kpconv.model.train import transfer_weights
 
     a = kmodel.build_model(kmodel.ModelConfig(num_keypoints=3, image_size=(32, 32), backbone="unet", head="heatmap"))
     b = kmodel.build_model(kmodel.ModelConfig(num_keypoints=5, image_size=(32, 32), backbone="unet", head="heatmap"))

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from kpconv.cli import cli
-from kpconv.dataset_info import DatasetInfo
+from kpconv.data.dataset_info import DatasetInfo
 from kpconv.errors import DatasetInfoError
-from kpconv.ingest import ingest
+from kpconv.data.ingest import ingest
 from test_shard_helpers import make_coco
 
 
@@ -106,8 +106,8 @@ def test_multi_instance_options(multi_shards, tmp_path):
 
 
 def test_pose_nms_drops_a_second_pose_of_the_same_animal_and_keeps_touching_neighbours():
-    from kpconv import metrics
-    from kpconv.multi import Found, MultiPredictor
+    from kpconv.model import metrics
+    from kpconv.model.multi import Found, MultiPredictor
 
     pose = np.array([[10, 10, 1], [20, 12, 1], [30, 10, 1]], np.float32)
     assert metrics.pose_oks(pose, pose, [0.07] * 3) == pytest.approx(1.0)

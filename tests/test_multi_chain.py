@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from kpconv.cli import cli
-from kpconv.multi import labelled_images
-from kpconv.predict import Prediction, Writer
+from kpconv.model.multi import labelled_images
+from kpconv.model.predict import Prediction, Writer
 from test_shard_helpers import make_coco  # noqa: F401  (puts benchmarks/ on the path)
 import synth  # noqa: E402
 from bench_multi import coco_scores  # noqa: E402

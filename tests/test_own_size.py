@@ -23,7 +23,7 @@ def write_mixed(out, splits, sizes=SIZES, bbox=None, seed=0):
             for i in range(n):
                 wr.write(to_example(make_example(rng, sizes[i % len(sizes)], bbox=bbox)))
         info_splits[split] = {"shards": [{"file": name, "records": n}], "records": n}
-    from kpconv.records import SPEC_VERSION
+    from kpconv.data.records import SPEC_VERSION
 
     info = {"spec_version": SPEC_VERSION, "keypoints": NAMES, "skeleton": [], "flip_pairs": [],
             "image": {"size": None, "resize": None, "crop": "none", "crop_pad": None},
@@ -38,7 +38,7 @@ def mixed(tmp_path_factory):
 
 
 def test_frame_sizes_and_batches_of_one_size(mixed):
-    from kpconv.pipeline import frame_sizes, load
+    from kpconv.model.pipeline import frame_sizes, load
 
     assert frame_sizes(mixed, "train") == {(48, 40): 6, (64, 48): 6}
     seen = 0
@@ -49,15 +49,15 @@ def test_frame_sizes_and_batches_of_one_size(mixed):
         seen += len(images)
     assert seen == 12
     # training: crops of one size from frames of several
-    from kpconv.pipeline import Augment
+    from kpconv.model.pipeline import Augment
 
     for images, _ in load(mixed, "train", 4, augment=Augment(crop=(32, 32)), seed=0).take(3):
         assert images.shape[1:] == (32, 32, 3)
 
 
 def test_prescale_resizes_frames_as_the_model_does_at_inference(mixed):
-    from kpconv.model import ScaleInput
-    from kpconv.pipeline import load, scale_images
+    from kpconv.model.network import ScaleInput
+    from kpconv.model.pipeline import load, scale_images
 
     full = {tuple(im.shape[1:3]) for im, _ in load(mixed, "train", 4)}
     half = [(im, t) for im, t in load(mixed, "train", 4, prescale=0.5)]
@@ -70,7 +70,7 @@ def test_prescale_resizes_frames_as_the_model_does_at_inference(mixed):
 
 
 def test_one_size_is_still_required_where_it_is_needed(mixed):
-    from kpconv.dataset_info import read_dataset_info
+    from kpconv.data.dataset_info import read_dataset_info
     from kpconv.errors import DatasetInfoError
 
     with pytest.raises(DatasetInfoError, match="needs one image size"):
@@ -84,7 +84,7 @@ def test_train_eval_predict_at_each_frames_size(mixed, tmp_path):
     from PIL import Image
 
     from kpconv.cli import cli
-    from kpconv.evaluate import evaluate
+    from kpconv.model.evaluate import evaluate
 
     run = tmp_path / "run"
     r = CliRunner().invoke(cli, ["-q", "train", str(mixed), "-o", str(run), "--weights", "none", "--epochs", "2",
@@ -113,7 +113,7 @@ def test_train_eval_predict_at_each_frames_size(mixed, tmp_path):
 
 
 def test_auto_input_scale_follows_the_instance_size(tmp_path):
-    from kpconv.train import INSTANCE_TARGET_PX, auto_input_scale
+    from kpconv.model.train import INSTANCE_TARGET_PX, auto_input_scale
 
     # instances 0.8 x 400 = 320 px across: scaled to at most 200 px (a multiple of 1/64)
     big = write_mixed(tmp_path / "big", {"train": 3}, sizes=[(400, 400)], bbox=[0.1, 0.1, 0.8, 0.8])
@@ -127,7 +127,7 @@ def test_auto_input_scale_follows_the_instance_size(tmp_path):
 def test_scale_input_resizes_at_inference_only_and_decoding_follows():
     import keras
 
-    from kpconv.model import ModelConfig, ScaleInput, build_model, inference_model
+    from kpconv.model.network import ModelConfig, ScaleInput, build_model, inference_model
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 40, 60, 3)).astype(np.float32)
     layer = ScaleInput(0.5)
@@ -146,7 +146,7 @@ def test_scale_input_resizes_at_inference_only_and_decoding_follows():
 
 
 def test_border_pads_whole_frames_at_inference_and_its_cells_are_dropped():
-    from kpconv.model import BorderPad, ModelConfig, build_model
+    from kpconv.model.network import BorderPad, ModelConfig, build_model
 
     x = np.full((1, 40, 60, 3), 200.0, np.float32)
     assert BorderPad(8)(x, training=True).shape == x.shape

@@ -1,4 +1,4 @@
-"""kpconv.pipeline: reading shards, targets, determinism, keypoint-aware augmentation."""
+"""kpconv.model.pipeline: reading shards, targets, determinism, keypoint-aware augmentation."""
 import json
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from kpconv import pipeline  # noqa: E402
-from kpconv.dataset_info import read_dataset_info  # noqa: E402
+from kpconv.model import pipeline  # noqa: E402
+from kpconv.data.dataset_info import read_dataset_info  # noqa: E402
 from kpconv.errors import DatasetInfoError, TrainError  # noqa: E402
 
 from _shards import FLIP_PAIRS, NAMES, write_shards  # noqa: E402
@@ -196,9 +196,9 @@ def test_reads_the_shards_of_kpconv_shard(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import synth
-    from kpconv.images import ImageOptions
-    from kpconv.ingest import ingest
-    from kpconv.shard import ShardOptions, shard
+    from kpconv.data.images import ImageOptions
+    from kpconv.data.ingest import ingest
+    from kpconv.data.shard import ShardOptions, shard
 
     ann = synth.make_coco(tmp_path / "synth", 12, size=(80, 60), seed=2)
     ingest([str(ann)], output=str(tmp_path / "m.jsonl"), images=str(tmp_path / "synth" / "images"))

@@ -1,4 +1,4 @@
-"""Each reader's pixel convention (``PIXEL_ORIGIN``, kpconv.formats.base.PIXEL_ORIGINS): a 16x12 image with one
+"""Each reader's pixel convention (``PIXEL_ORIGIN``, kpconv.data.formats.base.PIXEL_ORIGINS): a 16x12 image with one
 bright pixel at column 7, row 5, labelled as each tool labels that pixel's centre (7, 5 where pixel centres
 are at integer coordinates; 7.5, 5.5 where coordinates are continuous; a percentage or a fraction where the
 format normalizes), gives the manifest point (7.5, 5.5) in kpconv's continuous pixels (records.CONVENTIONS):
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kpconv import formats
-from kpconv.formats.base import PIXEL_ORIGINS, continuous_offset, from_continuous
-from kpconv.ingest import ingest
-from kpconv.manifest import read_manifest
+from kpconv.data import formats
+from kpconv.data.formats.base import PIXEL_ORIGINS, continuous_offset, from_continuous
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import read_manifest
 
 W, H, PX, PY = 16, 12, 7, 5     # the image, and the bright pixel's column and row
 

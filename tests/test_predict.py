@@ -17,10 +17,10 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kpconv.cli import cli  # noqa: E402
-from kpconv.formats.base import IngestOptions, ReadContext  # noqa: E402
-from kpconv.formats.dlc import DlcReader  # noqa: E402
-from kpconv.predict import Predictor  # noqa: E402
-from kpconv.problems import Report  # noqa: E402
+from kpconv.data.formats.base import IngestOptions, ReadContext  # noqa: E402
+from kpconv.data.formats.dlc import DlcReader  # noqa: E402
+from kpconv.model.predict import Predictor  # noqa: E402
+from kpconv.data.problems import Report  # noqa: E402
 
 from _shards import NAMES, tiny_run  # noqa: E402
 
@@ -75,7 +75,7 @@ def _invoke(*args):
 
 def _model_on(run, arrays, size=(32, 32)):
     """The model's normalized output on images resized like the shards (Pillow bilinear)."""
-    from kpconv.model import load_model
+    from kpconv.model.network import load_model
 
     x = np.stack([np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR), np.float32) for a in arrays])
     return load_model(run / "model.keras")(x, training=False).numpy()

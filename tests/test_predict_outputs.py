@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from kpconv.cli import cli
-from kpconv.predict import FORMATS, Prediction, Writer
+from kpconv.model.predict import FORMATS, Prediction, Writer
 
 NAMES2 = ["head", "tail"]
 
@@ -49,8 +49,8 @@ def test_layout_of_each_format(golden, fmt, name):
 def _points(fmt, text):
     """Every (x, y, confidence) a file of ``fmt`` holds, in kpconv's continuous pixel convention (the
     dlc and coco outputs are written in their tool's: pixel centres at integer coordinates)."""
-    from kpconv.predict import _TOOL_ORIGIN
-    from kpconv.formats.base import continuous_offset
+    from kpconv.model.predict import _TOOL_ORIGIN
+    from kpconv.data.formats.base import continuous_offset
 
     shift = continuous_offset(_TOOL_ORIGIN[fmt]) if fmt in _TOOL_ORIGIN else 0.0
     return [(x + shift, y + shift, c) for x, y, c in _tool_points(fmt, text)]
@@ -201,7 +201,7 @@ def test_coco_results_score_the_same_whatever_the_confidence(run, tmp_path, monk
     from PIL import Image
 
     from _shards import NAMES
-    from kpconv.predict import Predictor
+    from kpconv.model.predict import Predictor
 
     rng = np.random.default_rng(7)
     folder = tmp_path / "imgs"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from kpconv.cli import cli
-from kpconv.predict import Prediction
+from kpconv.model.predict import Prediction
 
 from test_predict_outputs import NAMES2, _write  # noqa: E402  (one writer helper for the output tests)
 

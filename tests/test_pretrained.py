@@ -10,8 +10,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from kpconv import model as kmodel  # noqa: E402
-from kpconv.train import TrainOptions, train  # noqa: E402
+from kpconv.model import network as kmodel  # noqa: E402
+from kpconv.model.train import TrainOptions, train  # noqa: E402
 
 from _shards import write_shards  # noqa: E402
 
@@ -40,7 +40,7 @@ def test_weights_file_warms_up_the_head_then_trains_the_whole_network(setup, tmp
     if "time_limit" in budget:  # a clock that ticks one second per reading: 30 readings of the budget, whatever the load
         import itertools
 
-        import kpconv.train as ktrain
+        import kpconv.model.train as ktrain
 
         ticks = itertools.count()
         monkeypatch.setattr(ktrain.time, "monotonic", lambda: float(next(ticks)))

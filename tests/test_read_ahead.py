@@ -1,10 +1,10 @@
-"""kpconv.predict.read_ahead: items produced in a thread into a bounded queue."""
+"""kpconv.model.predict.read_ahead: items produced in a thread into a bounded queue."""
 import threading
 
 import pytest
 
 from kpconv.errors import VideoError
-from kpconv.predict import read_ahead
+from kpconv.model.predict import read_ahead
 
 
 def test_items_in_order_and_bounded():

@@ -1,4 +1,4 @@
-"""The record spec (kpconv.records): one definition, the protobuf library's Example messages, the
+"""The record spec (kpconv.data.records): one definition, the protobuf library's Example messages, the
 generated schemas/record-spec.json, and the same bytes as TensorFlow."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import REPO
-from kpconv.records import FEATURES, SPEC_VERSION, decode_record, feature_description, spec_json, to_example
+from kpconv.data.records import FEATURES, SPEC_VERSION, decode_record, feature_description, spec_json, to_example
 
 FIELDS = dict(image=b"\xff\xd8jpeg", image_format="jpeg", height=2, width=3, source_path="a/é.jpg",
               original_height=20, original_width=30, instance_id="7", bbox=[0.1, 0.2, 0.3, 0.4],
@@ -61,7 +61,7 @@ def test_records_that_do_not_follow_the_spec_are_named():
 
 
 def test_record_spec_json_is_generated_from_the_definition():
-    """schemas/record-spec.json is current (regenerate: python -c 'from kpconv.records import spec_json;
+    """schemas/record-spec.json is current (regenerate: python -c 'from kpconv.data.records import spec_json;
     print(spec_json(), end="")' > kpconv/schemas/record-spec.json)."""
     text = (REPO / "schemas" / "record-spec.json").read_text(encoding="utf-8")
     assert text == spec_json()

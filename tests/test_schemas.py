@@ -11,8 +11,8 @@ import pytest
 
 from conftest import FIXTURES, REPO
 from kpconv.errors import ManifestError
-from kpconv.ingest import ingest
-from kpconv.manifest import Header, Record
+from kpconv.data.ingest import ingest
+from kpconv.data.manifest import Header, Record
 
 SCHEMAS = ["manifest.schema.json", "kpconv-annotations.schema.json", "dataset-info.schema.json"]
 

@@ -15,9 +15,9 @@ from PIL import Image
 from conftest import FIXTURES, REPO
 from kpconv.cli import cli
 from kpconv.errors import NothingToWrite, ShardError
-from kpconv.images import ImageOptions
-from kpconv.manifest import Header, Record, read_manifest, write_manifest
-from kpconv.shard import ShardOptions, parse_bytes, parse_image_size, parse_split, shard, split_of
+from kpconv.data.images import ImageOptions
+from kpconv.data.manifest import Header, Record, read_manifest, write_manifest
+from kpconv.data.shard import ShardOptions, parse_bytes, parse_image_size, parse_split, shard, split_of
 from test_shard_helpers import dump, records, shard_bytes, synth_manifest
 
 KPCONV = str(Path(sys.executable).parent / "kpconv")
@@ -62,12 +62,12 @@ def test_bad_options_exit_2(synth, tmp_path, args, message):
 
 # ------------------------------------------------------------------------------- determinism
 def test_workers_give_identical_bytes(synth, tmp_path, monkeypatch):
-    import kpconv.workers
+    import kpconv.data.workers
 
     base = ["shard", synth, "--image-size", "96x64", "--resize", "pad", "--num-shards", "3"]
     assert run(*base, "-o", tmp_path / "w1", "--workers", "1").exit_code == 0
     assert run(*base, "-o", tmp_path / "w3", "--workers", "3").exit_code == 0
-    monkeypatch.setattr(kpconv.workers, "can_fork", lambda: False)  # a fork server, as when TF is loaded
+    monkeypatch.setattr(kpconv.data.workers, "can_fork", lambda: False)  # a fork server, as when TF is loaded
     assert run(*base, "-o", tmp_path / "w2", "--workers", "2").exit_code == 0
     one, three = shard_bytes(tmp_path / "w1"), shard_bytes(tmp_path / "w3")
     assert one == three == shard_bytes(tmp_path / "w2")
@@ -108,7 +108,7 @@ def test_records_follow_the_manifest(synth, tmp_path):
 def test_records_know_every_instance_of_their_image(synth, tmp_path, crop):
     """Record spec 2: image/instances/* hold the centre and box of each instance of the source image (in
     manifest order), instance/index the record's own; dataset_info.json says the most per image."""
-    from kpconv.shard.writer import instance_center
+    from kpconv.data.shard.writer import instance_center
 
     assert run("shard", synth, "-o", tmp_path / "out", "--image-size", "none", "--crop", crop).exit_code == 0
     header, recs = read_manifest(str(synth))
@@ -176,7 +176,7 @@ def test_source_split_is_kept_unless_overridden(tmp_path):
 
 
 def test_default_shard_count():
-    from kpconv.shard import shard_count
+    from kpconv.data.shard import shard_count
 
     default = ShardOptions()
     assert shard_count(50, 1e6, default) == 1
@@ -374,7 +374,7 @@ def test_ingest_piped_into_shard(tmp_path):
 
 # ------------------------------------------------------------------------------------ golden
 def _fixture_manifest(tmp_path, name, sources):
-    from kpconv.ingest import ingest
+    from kpconv.data.ingest import ingest
 
     out = tmp_path / f"{name}.jsonl"
     ingest([FIXTURES / name / s for s in sources], output=str(out))
@@ -400,7 +400,7 @@ def test_tensorflow_reads_the_shards(synth, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from kpconv.records import feature_description
+    from kpconv.data.records import feature_description
 
     for compression in ("none", "gzip"):
         out = tmp_path / compression
@@ -457,7 +457,7 @@ def _jpeg_bytes(im, **kw) -> bytes:
 def test_passthrough_size_agrees_with_pillow_path(tmp_path):
     """The header-only passthrough decision (no Pillow) answers only where the Pillow path would pass the
     file through unchanged, with the same size; every other file goes to SourceImage/render."""
-    from kpconv.images import SourceImage, passthrough_size, render
+    from kpconv.data.images import SourceImage, passthrough_size, render
 
     rgb = Image.new("RGB", (64, 48), (10, 200, 30))
     rotated = Image.Exif()

@@ -9,12 +9,12 @@ from click.testing import CliRunner
 
 from kpconv.cli import cli
 from kpconv.errors import ManifestError
-from kpconv.images import ImageOptions
-from kpconv.shard import ShardOptions, shard
+from kpconv.data.images import ImageOptions
+from kpconv.data.shard import ShardOptions, shard
 from test_shard_helpers import records, shard_bytes, synth_manifest
 
-from kpconv.shard import beam as beam_runner
-from kpconv.shard.beam import BeamFiles, pipeline_flags, shard_beam
+from kpconv.data.shard import beam as beam_runner
+from kpconv.data.shard.beam import BeamFiles, pipeline_flags, shard_beam
 
 try:
     import apache_beam  # noqa: F401

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from conftest import REPO
-from kpconv.ingest import ingest
-from kpconv.records import decode_record
-from kpconv.dataset_info import DatasetInfo, dump_json
-from kpconv.tfrecord import read_records
+from kpconv.data.ingest import ingest
+from kpconv.data.records import decode_record
+from kpconv.data.dataset_info import DatasetInfo, dump_json
+from kpconv.data.tfrecord import read_records
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from synth import make_coco  # noqa: E402
@@ -48,7 +48,7 @@ def dump(out_dir) -> str:
     hashes, which depend on the JPEG library) and every record's decoded content, floats rounded."""
     import json
 
-    from kpconv.images import decode
+    from kpconv.data.images import decode
 
     info = json.loads(json.dumps(DatasetInfo.read(out_dir).raw))
     info.pop("kpconv_version", None)

@@ -11,7 +11,7 @@ from PIL import Image
 sio = pytest.importorskip("sleap_io")
 
 from kpconv.errors import AnnotationError, OutputError  # noqa: E402
-from kpconv.formats.sleap import SlpPrediction, write_slp  # noqa: E402
+from kpconv.data.formats.sleap import SlpPrediction, write_slp  # noqa: E402
 from test_formats_sleap import tiny_video  # noqa: E402
 
 NAMES = ["head", "tail", "eyeL", "eyeR"]

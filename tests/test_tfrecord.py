@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from kpconv.errors import VerifyError
-from kpconv.tfrecord import TFRecordWriter, crc32c, frame, masked_crc32c, read_records
+from kpconv.data.tfrecord import TFRecordWriter, crc32c, frame, masked_crc32c, read_records
 
 RECORD = b"\n\x0f\n\r\n\x01a\x12\x08\x12\x06\n\x04\x00\x00\x00?"   # an Example with one float feature
 

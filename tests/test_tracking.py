@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kpconv.tracking import NO_TRACK, Tracker, identity_switches, track
+from kpconv.model.tracking import NO_TRACK, Tracker, identity_switches, track
 
 K = 4
 OFFSETS = np.array([[0, 0], [6, 0], [0, 6], [6, 6]], float)     # a small square "animal"

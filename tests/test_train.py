@@ -12,7 +12,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from kpconv.errors import DatasetInfoError, TrainError  # noqa: E402
-from kpconv.train import TrainOptions, parse_keypoint_weights, train  # noqa: E402
+from kpconv.model.train import TrainOptions, parse_keypoint_weights, train  # noqa: E402
 
 from _shards import NAMES, make_example, to_example, write_shards  # noqa: E402
 
@@ -50,7 +50,7 @@ def test_tiny_model_trains_loss_decreases_and_run_dir(shards, tmp_path):
     assert json.loads((run / "checkpoints" / "state.json").read_text())["finished"] is True
 
     # save, load and predict give the same numbers: model.keras and the exported SavedModel
-    from kpconv.model import load_model
+    from kpconv.model.network import load_model
 
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     a = load_model(run / "model.keras")(x, training=False).numpy()
@@ -86,7 +86,7 @@ def test_resume_continues_an_interrupted_run(shards, tmp_path):
     assert (run / "saved_model").is_dir()
     # --export tflite (an option of the run, kept by resume) and the SavedModel of the spatial head:
     # the same numbers as model.keras
-    from kpconv.model import load_model
+    from kpconv.model.network import load_model
 
     x = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
     sm = tf.saved_model.load(str(run / "saved_model"))
@@ -140,7 +140,7 @@ def test_heatmap_recipe_learns_the_dots(tmp_path):
     from click.testing import CliRunner
 
     from kpconv.cli import cli
-    from kpconv.evaluate import evaluate
+    from kpconv.model.evaluate import evaluate
 
     shards = tmp_path / "shards"
     write_shards(shards, {"train": 48, "val": 8}, size=(48, 48))
@@ -186,7 +186,7 @@ def test_heatmap_recipe_learns_the_dots(tmp_path):
 def test_time_limit_plans_the_schedule_over_the_budget(tmp_path, monkeypatch):
     """The TimeBudget callback on a fake clock: the cosine learning rate follows the fraction of the
     budget spent, each epoch reports the minutes left, training stops when it is spent."""
-    import kpconv.callbacks as kcallbacks
+    import kpconv.model.callbacks as kcallbacks
 
     clock = [100.0]
     monkeypatch.setattr(kcallbacks.time, "monotonic", lambda: clock[0])
@@ -223,7 +223,7 @@ def test_time_limited_run_records_its_budget(tmp_path):
     assert cfg["options"]["time_limit"] == 0.5 and cfg["options"]["epochs"] is None
     # no validation split: calibrated on the training images held out of training (the whole split when none
     # of its 16 images falls in the held-out 5 %)
-    from kpconv import pipeline
+    from kpconv.model import pipeline
 
     held = sum(len(t) for _, t, _ in pipeline.load(shards, "train", 8, include_meta=True, holdout=(0.05, 0),
                                                     held_out=True))
@@ -234,7 +234,7 @@ def test_time_limited_run_records_its_budget(tmp_path):
 def test_recipe_defaults_follow_the_head_weights_and_flip_pairs():
     from types import SimpleNamespace
 
-    from kpconv.train import resolve_recipe
+    from kpconv.model.train import resolve_recipe
 
     paired, unpaired = SimpleNamespace(flip_pairs=[(1, 2)]), SimpleNamespace(flip_pairs=[])
     o = resolve_recipe(TrainOptions(weights="none"), paired)

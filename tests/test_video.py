@@ -1,4 +1,4 @@
-"""kpconv.video: a later start seeks (keyframe before it, then decodes forward), and gives exactly the
+"""kpconv.model.video: a later start seeks (keyframe before it, then decodes forward), and gives exactly the
 frames, indices and times of decoding from the first frame."""
 from fractions import Fraction
 
@@ -7,7 +7,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from kpconv import video  # noqa: E402
+from kpconv.model import video  # noqa: E402
 
 FRAMES, FPS = 60, 25
 

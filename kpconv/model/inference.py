@@ -1,0 +1,228 @@
+"""The one inference owner: frames in, keypoints with a calibrated confidence out.
+
+:class:`Inference` holds a model in its inference form (``(B, K, 3)``: ``x, y`` normalized to the
+stored image and a confidence, :func:`kpconv.model.network.inference_model`) and runs it through one compiled
+function per input size (``tf.function(jit_compile=True, reduce_retracing=True)``), in batches of
+``batch_size`` (a shorter one padded to a power of two, so few shapes ever compile). ``kpconv predict``, ``kpconv
+eval``, the per-epoch validation metrics, the calibration, export's check and the benchmarks all call
+it; nothing else calls the Keras model for inference.
+
+Preprocessing (:meth:`Inference.prepare`) is the shards' (the run's ``config.json`` records it from
+``dataset_info.json``): the crop (``bbox`` with the shard's padding, or the whole frame), the resize
+(``stretch`` or ``pad``) by :func:`kpconv.data.images.layout` and the same Pillow calls as
+:func:`kpconv.data.images.render`, done on the decoded array. The shards store JPEG (quality 95); the JPEG
+round trip is kept only as an option (``jpeg=True``, the pixels of kpconv 0.1's predict): on
+mirror-mouse's 90 labelled frames (a 10-minute heatmap run, benchmarks/bench_predict.py) the mean
+error is 11.15 px with it and 11.18 px without (0.3 %).
+
+Runtimes (``runtime``): ``"tf"`` (the default) compiles the model with XLA; ``"onnx"`` converts the
+same traced function once per input size with ``tf2onnx`` and runs it in ``onnxruntime``
+(:mod:`kpconv.model.onnxrt`; ``kpconv predict --runtime onnx``, needs ``kpconv[onnx]``): faster on CPUs
+(docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference_runtime.py). Never
+chosen silently: a missing ``onnxruntime`` is an error, not a switch back to TensorFlow.
+
+Test-time flip (``flip_test``, :func:`flip_permutation`): the heatmaps of the frame and of its mirror,
+left/right keypoints swapped, averaged before decoding (:class:`kpconv.model.network.FlipTestAverage`). On by
+default for a heatmap run trained with flips (flip pairs and ``augment_flip`` > 0): measured better on
+mirror-mouse (docs/training.md, "Test-time flip").
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+
+def image_options(config: dict):
+    """The shards' :class:`kpconv.data.images.ImageOptions`, from a run's ``config.json``."""
+    from ..data.images import ImageOptions
+
+    pre = config["dataset"].get("preprocessing") or {}
+    size = pre["size"] if "size" in pre else config["dataset"]["image_size"]   # None: each frame's own size
+    return ImageOptions(size=None if size is None else (int(size[0]), int(size[1])), resize=pre.get("resize") or "stretch",
+                        crop=pre.get("crop") or "none", crop_pad=float(pre.get("crop_pad") or 0.0))
+
+
+def flip_permutation(config: Optional[dict], flip_test: Optional[bool] = None) -> Optional[List[int]]:
+    """The keypoint permutation of a test-time flip for a run (``config``: its ``config.json``), or None for
+    none. ``flip_test`` None (the default): on for a heatmap run trained with flips (flip pairs and
+    ``augment_flip`` > 0); True: on (the heatmap head only); False: off."""
+    from ..errors import TrainError
+
+    if flip_test is False or (config is None and not flip_test):
+        return None
+    if config is None:
+        raise TrainError("test-time flip: the run's config is needed (its keypoints and flip pairs)")
+    head = config["model"].get("head", "heatmap")
+    pairs = config["dataset"].get("flip_pairs") or []
+    if head != "heatmap":
+        if flip_test:
+            raise TrainError(f"--flip-test: the {head} head has no heatmaps to average (the heatmap head has)")
+        return None
+    opts = config.get("options") or {}
+    if flip_test is None and not (pairs and opts.get("augment", True) and float(opts.get("augment_flip") or 0) > 0):
+        return None
+    perm = list(range(len(config["dataset"]["keypoints"])))
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+RUNTIMES = ("tf", "onnx")
+
+
+class Inference:
+    """A model ready for inference.
+
+    ``model`` is a Keras model as trained (heatmaps or coordinates out); ``calibration`` the heatmap
+    head's confidence parameters (``config.json``'s ``calibration.params``). ``config`` (a run's) is
+    needed only for :meth:`prepare` and :meth:`keypoints`, and for the default of ``flip_test``
+    (:func:`flip_permutation`; a list: the permutation itself)."""
+
+    def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
+                 batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None,
+                 heatmaps: bool = False, runtime: str = "tf"):
+        from . import network as kmodel
+        from ..errors import TrainError
+
+        if runtime not in RUNTIMES:
+            raise TrainError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+        if runtime == "onnx":
+            from .onnxrt import require_onnx
+
+            require_onnx("--runtime onnx")
+        self.runtime = runtime
+
+        self.flip_permutation = (list(flip_test) if isinstance(flip_test, (list, tuple))
+                                 else flip_permutation(config, flip_test))
+        # heatmaps=True: the model's heatmaps as they are, (B, h, w, K) (the multi-instance centroid stage finds
+        # several peaks in one heatmap, kpconv.model.centroid.find_peaks); no flip test there
+        self.model = model if heatmaps else kmodel.inference_model(model, calibration, self.flip_permutation)
+        self.config = config
+        self.options = image_options(config) if config is not None else None
+        self.batch_size = int(batch_size)
+        self.jpeg = jpeg
+        self._compiled: Dict[Tuple[int, int], object] = {}
+
+    @classmethod
+    def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False,
+                 flip_test: Optional[bool] = None, runtime: str = "tf") -> "Inference":
+        from .run import open_run
+
+        config, model = open_run(run_dir)
+        params = (config.get("calibration") or {}).get("params")
+        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test, runtime=runtime)
+        inf.run_dir = Path(run_dir)
+        return inf
+
+    # ---------------------------------------------------------------------------------- the model
+    def _function(self, hw: Tuple[int, int]):
+        fn = self._compiled.get(hw)
+        if fn is None:
+            import tensorflow as tf
+
+            model = self.model
+            if self.runtime == "onnx":
+                from .onnxrt import OnnxFunction, to_onnx
+
+                spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
+                traced = tf.function(lambda x: model(x, training=False), input_signature=spec)
+                fn = OnnxFunction(to_onnx(traced, hw, "output"))
+            else:
+                fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
+            self._compiled[hw] = fn
+        return fn
+
+    def __call__(self, images) -> np.ndarray:
+        """``images`` (B, H, W, 3) pixels in [0, 255] (any dtype, a tensor or an array) -> (B, K, 3)
+        float32: ``x, y`` normalized to the image and the confidence (``heatmaps=True``: the heatmaps)."""
+        x = np.asarray(images, np.float32)
+        n = len(x)
+        if n == 0:
+            raise ValueError("no images")
+        fn = self._function(x.shape[1:3])
+        bs = self.batch_size
+        out = []
+        for i in range(0, n, bs):
+            chunk = x[i:i + bs]
+            m = len(chunk)
+            if m < bs and self.runtime == "tf":
+                # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size (onnxruntime
+                # takes any batch without compiling)
+                full = min(bs, 1 << (m - 1).bit_length())
+                chunk = np.concatenate([chunk, np.zeros((full - m,) + chunk.shape[1:], np.float32)])
+            out.append(np.asarray(fn(chunk), np.float32)[:m])
+        return np.concatenate(out)
+
+    def infer(self, images) -> Tuple[np.ndarray, np.ndarray]:
+        """``(xy (B, K, 2)`` normalized to the image, ``confidence (B, K))``."""
+        out = self(images)
+        return out[..., :2], out[..., 2]
+
+    # ---------------------------------------------------------------------------- preprocessing
+    def scaled_size(self, width: int, height: int) -> Optional[Tuple[int, int]]:
+        """The size (w, h) that whole frames of ``width`` x ``height`` are resized to before the shards'
+        padding, or None when they are not resized. A video reader can deliver frames at that size
+        (:func:`kpconv.model.video.frames`'s ``size``, FFmpeg's swscale) for :meth:`prepare`'s ``original``."""
+        from ..data.images import layout
+
+        lay = layout(width, height, [0.0, 0.0, width, height], self.options)
+        rw, rh = lay.placed[2:]
+        x0, y0, x1, y1 = lay.crop
+        return None if (rw, rh) == (x1 - x0, y1 - y0) else (int(rw), int(rh))
+
+    def prepare(self, frame: np.ndarray, bbox_px: Optional[Sequence[float]] = None,
+                original: Optional[Tuple[int, int]] = None):
+        """``(stored image (h, w, 3) uint8, stored_to_original transform, original (w, h))`` for an RGB
+        uint8 frame (H, W, 3), cropped to ``bbox_px`` (x, y, w, h in its pixels) with a ``bbox`` run.
+        ``original`` (w, h): ``frame`` is a whole frame of that size already resized to
+        :meth:`scaled_size` (by the video decoder): only the padding is left to do."""
+        from PIL import Image
+
+        from ..data.images import BACKGROUND, layout
+
+        opts = self.options
+        h, w = frame.shape[:2]
+        if original is not None:
+            if bbox_px is not None or self.scaled_size(*original) != (w, h):
+                raise ValueError(f"a frame resized to {w}x{h} is not the whole-frame resize of "
+                                 f"{original[0]}x{original[1]} for these shards")
+            w, h = original
+        lay = layout(w, h, list(bbox_px) if bbox_px is not None else [0.0, 0.0, w, h], opts)
+        x0, y0, x1, y1 = lay.crop
+        ox, oy, rw, rh = lay.placed
+        if original is not None:
+            x0, y0, x1, y1 = 0, 0, rw, rh      # the content is the frame as it is
+        if (rw, rh) == (x1 - x0, y1 - y0) and lay.placed == (0, 0) + lay.out and not self.jpeg:
+            return np.ascontiguousarray(frame[y0:y1, x0:x1]), lay.transform, (w, h)
+        if (rw, rh) == (x1 - x0, y1 - y0) and not self.jpeg:   # padding only: numpy, no image copies
+            canvas = np.empty((lay.out[1], lay.out[0], 3), np.uint8)
+            canvas[...] = np.asarray(BACKGROUND, np.uint8)
+            canvas[oy:oy + rh, ox:ox + rw] = frame[y0:y1, x0:x1]
+            return canvas, lay.transform, (w, h)
+        im = Image.fromarray(frame)
+        if (rw, rh) == (x1 - x0, y1 - y0):
+            content = im.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0) + im.size else im
+        else:
+            content = im.resize((rw, rh), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
+        if lay.placed != (0, 0) + lay.out:
+            canvas = Image.new("RGB", lay.out, BACKGROUND)
+            canvas.paste(content, (ox, oy))
+            content = canvas
+        if self.jpeg:   # the shards' encoding, as kpconv.data.images.render writes it
+            buf = io.BytesIO()
+            content.save(buf, "JPEG", quality=opts.quality)
+            content = Image.open(io.BytesIO(buf.getvalue()))
+        return np.asarray(content.convert("RGB"), np.uint8), lay.transform, (w, h)
+
+    def keypoints(self, stored: np.ndarray, transforms) -> Tuple[np.ndarray, np.ndarray]:
+        """Prepared images (B, h, w, 3) and their transforms -> ``(xy (B, K, 2)`` in original pixels,
+        ``confidence (B, K))``."""
+        from .metrics import to_original
+
+        xy, conf = self.infer(stored)
+        size = self.options.size or (stored.shape[2], stored.shape[1])   # (None: the frames' own size)
+        px = to_original(xy, np.tile([[size[0], size[1]]], (len(stored), 1)), np.asarray(transforms))
+        return px, conf
