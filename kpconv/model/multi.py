@@ -33,7 +33,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import centroid as cgeom, metrics
-from ..errors import ImageError, KpconvError, TrainError, VideoError
+from ..errors import KpconvError, TrainError
 
 CALIBRATION_PCK = 0.05             # as kpconv.train's: P(error <= 0.05 x instance size)
 CENTROID_FILE = "centroid.keras"
@@ -703,7 +703,7 @@ class MultiPredictor:
         instance), ``boxes`` per image or frame (skip the centroid stage)."""
         from . import video
         from ..data.images import SourceImage, to_rgb
-        from .predict import Failure, Prediction, common_root, expand_inputs, read_ahead
+        from .predict import Failure, Prediction, common_root, each_file, expand_inputs, read_ahead
         from ..progress import progress
         from .video import FrameSelection, is_video
 
@@ -751,21 +751,11 @@ class MultiPredictor:
                 yield dict(file=path, array=np.asarray(to_rgb(im)), frame=None, time=None, pixels=None,
                            boxes=given_boxes(path, None))
 
-        def produce():
-            """Every file's items; a file that fails gives ("failed", ...) after the frames it gave."""
-            for path in paths:
-                last = None
-                try:
-                    for item in items(path):
-                        last = item["frame"]
-                        yield "item", item
-                except (ImageError, VideoError) as e:
-                    yield "failed", (e, path, getattr(e, "frame", None) if last is None else
-                                     getattr(e, "frame", last + 1))
-
         # files read and frames decoded in a producer thread (a bounded queue of four batches) while the
         # models run (kpconv.model.predict.read_ahead): clip.mp4, 1024x1024, decodes at about 200 frames/s on one core
-        for kind, x in read_ahead(produce(), maxsize=4 * batch_size):
+        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
+            if kind == "end":
+                continue
             if kind == "failed":
                 if batch:
                     yield from flush()

@@ -225,6 +225,22 @@ def _csv_boxes(text: str, path: str):
 
 
 # -------------------------------------------------------------------------------------- predictor
+def each_file(paths, items):
+    """``("item", item)`` for each of ``items(path)``'s items, then ``("end", path)``, file after file; a file
+    that fails gives ``("failed", (error, path, frame))`` after the frames it gave (a video that breaks
+    after some frames keeps those; the failure names the frame)."""
+    for path in paths:
+        last_frame = None
+        try:
+            for item in items(path):
+                last_frame = item["frame"]
+                yield "item", item
+        except (ImageError, VideoError) as e:
+            yield "failed", (e, path, getattr(e, "frame", None) if last_frame is None else
+                             getattr(e, "frame", last_frame + 1))
+        yield "end", path
+
+
 def read_ahead(items: Iterable, maxsize: int) -> Iterator:
     """``items``, produced in a thread into a queue of ``maxsize`` while the caller works on the
     previous ones. An exception of the producer is raised here, where its item would have come;
@@ -368,23 +384,9 @@ class Predictor:
                                frame=frame, time=None if t is None else round(t, 6), instance=instance,
                                pixels=arr if keep_frames else None)
 
-        def produce():
-            """Every file's items, then ("end", path); a file that fails gives ("failed", ...)."""
-            for path in paths:
-                last_frame = None
-                try:
-                    for item in items(path):
-                        last_frame = item["frame"]
-                        yield "item", item
-                except (ImageError, VideoError) as e:
-                    # a video that breaks after some frames keeps those; the failure names the frame
-                    yield "failed", (e, path, getattr(e, "frame", None) if last_frame is None else
-                                     getattr(e, "frame", last_frame + 1))
-                yield "end", path
-
         images = [p for p in paths if not is_video(p)]
         bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
-        for kind, x in read_ahead(produce(), maxsize=4 * batch_size):
+        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
             if kind == "item":
                 if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
                     yield from flush()
