@@ -139,6 +139,14 @@ def test_mixed_precision_run_exports_in_float32(shards, tmp_path):
     assert _interpret(tmp_path / "q.tflite", x).shape == (4, len(NAMES), 3)
 
 
+def test_mixed_precision_trains_the_heatmap_head(shards, tmp_path):
+    """The default head under --mixed-precision on the CPU (bfloat16): it stopped with an XLA traceback
+    ("floating point types of different precisions") in the upsampling's gradient."""
+    run = _train(shards, tmp_path / "run", "--mixed-precision", "--head", "heatmap", "--crop-size", "0")
+    out = Inference.from_run(run)(shard_images(shards, 2))
+    assert out.shape == (2, len(NAMES), 3) and np.all(np.isfinite(out))
+
+
 def test_heatmap_head_exports_its_decoded_points_and_confidence(shards, tmp_path):
     """The heatmap head's export holds the decoding and the calibrated confidence: the same
     (B, K, 3) as the run's inference model, at the shards' size."""

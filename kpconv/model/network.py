@@ -206,7 +206,9 @@ class Upsample2x(layers.Layer):
         import tensorflow as tf
 
         sh = tf.shape(x)
-        return tf.cast(tf.image.resize(x, (2 * sh[1], 2 * sh[2]), method="bilinear"), x.dtype)
+        # resized in float32 (its gradient is float32 too: XLA refuses a bfloat16/float32 mix under
+        # --mixed-precision)
+        return tf.cast(tf.image.resize(tf.cast(x, "float32"), (2 * sh[1], 2 * sh[2]), method="bilinear"), x.dtype)
 
     def compute_output_shape(self, input_shape):
         h, w = input_shape[1], input_shape[2]
