@@ -174,7 +174,7 @@ def dumps_records(records: Union[Sequence[Record], RecordBatch]) -> bytes:
     (:func:`_round_unit`) and written by one orjson call per batch and one ``%`` format per line; a value
     in (0, 1e-4) (orjson writes ``0.00005``), -0.0, a bad visibility or a field that is not a plain string
     sends the record to :func:`_json_line`. Kept with ingest's DenseRows blocks (they pay together): on
-    150,000 COCO instances (``bench_ingest.py --fast-paths c550b99``) ingest without both took 18.6 s more."""
+    150,000 COCO instances ingest without both took 11.1 s more (docs/benchmarks.md, *Ingest*)."""
     if not isinstance(records, RecordBatch):
         return b"".join(map(_json_line, records))
     numbers = _unit_numbers(records)
