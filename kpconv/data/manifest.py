@@ -15,7 +15,6 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from itertools import chain, islice
 from typing import IO, TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import orjson as _orjson
@@ -167,47 +166,23 @@ class RecordBatch:
         return Record(self.image[i], self.width[i], self.height[i], kps, self.bbox[i].tolist(), self.instance[i],
                       self.group[i], self.split[i], self.source[i], self.category[i])
 
-    @classmethod
-    def from_records(cls, records: Sequence[Record]) -> Optional["RecordBatch"]:
-        """The batch of ``records``; None when their numbers do not fill one float array (keypoint
-        counts that differ, values that are not numbers)."""
-        import numpy as np
-
-        n, k = len(records), len(records[0].keypoints)
-        try:
-            if any(len(r.keypoints) != k or len(r.bbox) != 4 or any(len(p) != 3 for p in r.keypoints)
-                   for r in records):
-                return None
-            kp = np.fromiter(chain.from_iterable(chain.from_iterable(r.keypoints) for r in records), np.float64,
-                             n * 3 * k).reshape(n, k, 3)
-            box = np.fromiter(chain.from_iterable(r.bbox for r in records), np.float64, n * 4).reshape(n, 4)
-        except (TypeError, ValueError, OverflowError):
-            return None
-        return cls([r.image for r in records], [r.width for r in records], [r.height for r in records], kp, box,
-                   [r.instance for r in records], [r.group for r in records], [r.split for r in records],
-                   [r.source for r in records], [r.category for r in records])
-
 
 def dumps_records(records: Union[Sequence[Record], RecordBatch]) -> bytes:
-    """The manifest lines of ``records`` (Records or a RecordBatch): the one place that decides the manifest's
-    bytes, exactly what the reference :func:`_json_line` (``json.dumps``, coordinates ``round(c, 6)``) writes.
-
-    Records with every number in 0..1 (all that ingest writes) are rounded together with numpy
+    """The manifest lines of ``records``: the one place that decides the manifest's bytes. Records are written by
+    the reference :func:`_json_line` (``json.dumps``, coordinates ``round(c, 6)``); a RecordBatch (ingest's) gives
+    the same bytes faster: records with every number in 0..1 (all that ingest writes) are rounded together with numpy
     (:func:`_round_unit`) and written by one orjson call per batch and one ``%`` format per line; a value
     in (0, 1e-4) (orjson writes ``0.00005``), -0.0, a bad visibility or a field that is not a plain string
     sends the record to :func:`_json_line`. Kept with ingest's DenseRows blocks (they pay together): on
-    150,000 COCO instances (``bench_ingest.py --fast-paths c550b99``) ingest without both took 18.6 s more."""
-    if not len(records):
-        return b""
-    batch = records if isinstance(records, RecordBatch) else RecordBatch.from_records(records)
-    if batch is None:
-        return b"".join(_json_line(r) for r in records)
-    numbers = _unit_numbers(batch)
+    150,000 COCO instances ingest without both took 11.1 s more (docs/benchmarks.md, *Ingest*)."""
+    if not isinstance(records, RecordBatch):
+        return b"".join(map(_json_line, records))
+    numbers = _unit_numbers(records)
     text: dict = {None: b"null"}
     lines = []
     for i, (image, w, h, nums, inst, group, split, source, cat) in enumerate(zip(
-            batch.image, batch.width, batch.height, numbers, batch.instance, batch.group, batch.split,
-            batch.source, batch.category)):
+            records.image, records.width, records.height, numbers, records.instance, records.group, records.split,
+            records.source, records.category)):
         try:
             if nums is None or w.__class__ is not int or h.__class__ is not int:
                 raise TypeError
@@ -216,7 +191,7 @@ def dumps_records(records: Union[Sequence[Record], RecordBatch]) -> bytes:
                             _orjson.dumps(source),
                             b"" if cat is None else b',"category":' + (text.get(cat) or _text(text, cat)))
         except TypeError:   # not a plain string or dict (orjson.JSONEncodeError is a TypeError)
-            line = _json_line(records[i] if batch is not records else batch.record(i))
+            line = _json_line(records.record(i))
         lines.append(line)
     return b"".join(lines)
 
@@ -296,18 +271,11 @@ def dumps_header(header: Header) -> bytes:
 def atomic_output(path: str, mode: str = "w"):
     """Write to ``.<name>.<pid>.<random>.tmp`` beside ``path``, renamed into place only on success (those left by
     a dead process removed first). ``-`` (stdout), a device or a pipe get the output spooled, only once
-    complete. Filesystem errors of the output raise :class:`OutputError`."""
-    with _output_errors(path):
+    complete. Filesystem errors of the output raise :class:`OutputError`; those of other files (an input read
+    while the output is open carries its own file name) pass."""
+    try:
         with _atomic_output(path, mode) as f:
             yield f
-
-
-@contextmanager
-def _output_errors(path: str):
-    """OSErrors of writing the output ``path`` -> OutputError; those of other files (an input read while
-    the output is open carries its own file name) pass."""
-    try:
-        yield
     except OSError as e:
         if e.filename is not None and not _same_output(e.filename, path):
             raise
@@ -410,12 +378,11 @@ def _umask() -> int:
 def write_manifest(path: str, header: Header, records: Iterable[Record]) -> int:
     """Write a manifest atomically (``-``: stdout); returns the number of records."""
     count = 0
-    it = iter(records)
     with atomic_output(path, "wb") as f:
         f.write(dumps_header(header))
-        for chunk in iter(lambda: list(islice(it, 4096)), []):
-            f.write(dumps_records(chunk))
-            count += len(chunk)
+        for record in records:
+            f.write(_json_line(record))
+            count += 1
     return count
 
 
@@ -429,19 +396,6 @@ def parse_json(line: bytes, loc: Location):
         raise ManifestError(f"invalid UTF-8 at byte {e.start}", loc) from None
 
 
-def read_header(line: bytes, name: str) -> Header:
-    """The header from the first line of a manifest; ManifestError (with a hint) when it is not one."""
-    loc = Location(name, 1)
-    if not line.strip():
-        raise ManifestError("empty manifest: expected a header line", loc)
-    try:
-        d = parse_json(line, loc)
-    except ManifestError as e:
-        raise ManifestError(f"{e.message}; expected the manifest's header line (a manifest is what "
-                            "'kpconv ingest' writes: run it on annotation files first)", loc) from None
-    return Header.from_json(d, loc)
-
-
 def parse_record(line: bytes, num_keypoints: int, loc: Location) -> Record:
     """One record line, validated; ManifestError located at ``loc`` and the field."""
     return Record.from_json(parse_json(line, loc), num_keypoints, loc)
@@ -449,9 +403,18 @@ def parse_record(line: bytes, num_keypoints: int, loc: Location) -> Record:
 
 def scan(stream: IO[bytes], name: str) -> Tuple[Header, Iterator[Tuple[int, int, bytes, Record]]]:
     """Read a manifest from a binary stream: the header, and a lazy iterator of
-    ``(byte offset, line number, line, Record)`` for each record line (blank lines are skipped)."""
+    ``(byte offset, line number, line, Record)`` for each record line (blank lines are skipped); ManifestError
+    (with a hint) when the first line is not a header."""
     first = stream.readline()
-    header = read_header(first, name)
+    loc = Location(name, 1)
+    if not first.strip():
+        raise ManifestError("empty manifest: expected a header line", loc)
+    try:
+        d = parse_json(first, loc)
+    except ManifestError as e:
+        raise ManifestError(f"{e.message}; expected the manifest's header line (a manifest is what "
+                            "'kpconv ingest' writes: run it on annotation files first)", loc) from None
+    header = Header.from_json(d, loc)
     k = len(header.keypoints)
 
     def lines():

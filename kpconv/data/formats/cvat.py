@@ -166,7 +166,8 @@ class CvatReader(Reader):
         skels = labels.skeletons() or list(dict.fromkeys(
             sk.get("label") for _, r, _ in docs for sk in r.iter("skeleton") if sk.get("label")))
         points = _points_labels(docs)
-        boxes = list(dict.fromkeys(b.get("label") for _, r, _ in docs for b in _box_shapes(r) if b.get("label")))
+        boxes = list(dict.fromkeys(b.get("label") for _, r, _ in docs for image in r.iter("image")
+                                   for b in image.findall("box") if b.get("label")))
         wanted = ctx.options.category
         if wanted is not None:
             if wanted in skels:
@@ -290,11 +291,6 @@ def _points_labels(docs) -> List[str]:
             if track.get("label") and track.find("points") is not None:
                 out[track.get("label")] = None
     return list(out)
-
-
-def _box_shapes(root: ET.Element) -> Iterator[ET.Element]:
-    for image in root.iter("image"):
-        yield from image.findall("box")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Iterator, List, Sequence, Tuple
 from .. import jsonparse
 from ...errors import AnnotationError, Location
 from . import register
-from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, head, opens_with
+from .base import DatasetMeta, RawInstance, ReadContext, Reader, ReadResult, head, opens_with, wanted_keypoints
 
 VERSION = 1
 SCHEMA = "kpconv-annotations.schema.json"
@@ -174,11 +174,8 @@ class KpconvJsonReader(Reader):
             pairs[key] = out
         meta = DatasetMeta(keypoints=names, skeleton=pairs["skeleton"], flip_pairs=pairs["flip_pairs"],
                            flip_pairs_given="flip_pairs" in first_header)
-        dropped = set(names) - set(ctx.options.keypoints) if ctx.options.keypoints else set()
-        missing = [n for n in ctx.options.keypoints or [] if n not in index]
-        if missing:
-            raise AnnotationError(f"--keypoints: {', '.join(map(repr, missing))} not among the keypoints "
-                                  f"({', '.join(names)})", Location(first_name, field="keypoints"))
+        keep = wanted_keypoints(ctx.options.keypoints, names, "keypoints", Location(first_name, field="keypoints"))
+        dropped = set() if keep is None else set(names) - keep
         extra = {"version": first_header["kpconv_annotations"]}
         return ReadResult(meta, _instances(docs, ctx, dropped), [name for _, _, name in docs], extra)
 

@@ -415,13 +415,8 @@ def write_slp(path: str, predictions: Iterable[SlpPrediction], keypoints: Sequen
         xy[missing] = np.nan
         conf = np.nan_to_num(conf, nan=0.0, posinf=0.0, neginf=0.0)
         score = float(conf.mean()) if p.score is None else float(p.score)
-        track = None
-        if p.track is not None:
-            track = tracks.get(str(p.track))
-            if track is None:
-                track = tracks[str(p.track)] = sio.Track(str(p.track))
-        inst = sio.PredictedInstance.from_numpy(xy, skeleton=sk, point_scores=conf, score=score,
-                                                track=track)
+        track = None if p.track is None else tracks.setdefault(str(p.track), sio.Track(str(p.track)))
+        inst = sio.PredictedInstance.from_numpy(xy, skeleton=sk, point_scores=conf, score=score, track=track)
         source = os.path.abspath(p.source)
         if p.frame is not None:
             if source not in videos:
