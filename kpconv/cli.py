@@ -652,6 +652,9 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
 
         require_onnx("--runtime onnx")
     _quiet_tf(ctx)
+    from .model.run import import_keras_without_pandas
+
+    import_keras_without_pandas()    # (start-up: Keras's optional pandas import is 0.3 s; docs/benchmarks.md)
     from .model.predict import Boxes, Predictor, TrackOptions
     from .model.predict import run_predict
 
