@@ -162,12 +162,15 @@ def resize_check(run: Path, path: str, n: int = 64) -> str:
 
 
 STARTUP = """
-import os, sys, time
-t0 = time.time()   # (the interpreter's start: the parent's clock before it started this process, argv[2])
-mark = [float(sys.argv[2])]
+import os, resource, sys, time
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+mark = [(float(sys.argv[2]), 0.0)]   # (the parent's clock before it started this process, argv[2])
 out = []
 def lap(name):
-    mark.append(time.time()); out.append(f"{name} {mark[-1] - mark[-2]:.2f}")
+    mark.append((time.time(), cpu()))
+    out.append(f"{name} {mark[-1][0] - mark[-2][0]:.3f} {name}-cpu {mark[-1][1] - mark[-2][1]:.3f}")
 import kpconv.cli
 lap("python+cli")
 from kpconv.model.run import import_keras_without_pandas
@@ -197,7 +200,7 @@ def _startup_run(run: Path, path: str, pandas: str, way: str, exit_: str) -> dic
                        capture_output=True, text=True, check=True)
     gone = time.time()
     *parts, end = r.stdout.split()
-    d = {parts[i]: float(parts[i + 1]) for i in range(0, len(parts), 2)}
+    d = {parts[i]: float(parts[i + 1]) for i in range(0, len(parts), 2)}   # name value name-cpu value ...
     d["exit"] = gone - float(end)
     d["total"] = gone - t
     return d
@@ -215,12 +218,16 @@ def startup_parts(run: Path, path: str, repeat: int = 3) -> str:
     runs = {k: [_startup_run(run, path, *v) for _ in range(repeat)] for k, v in ways.items()}
     med = {k: {part: float(np.median([r[part] for r in rs])) for part in rs[0]} for k, rs in runs.items()}
     now = med["now"]
-    parts = ", ".join(f"{k} {now[k]:.2f}" for k in ("python+cli", "tensorflow+keras", "load", "video", "first-call",
-                                                    "exit"))
-    return (f"start-up parts (fresh process, seconds, median of {repeat}): {parts}; total {now['total']:.2f}\n"
-            f"  first call compiled by XLA {med['xla']['first-call']:.2f} (graph {now['first-call']:.2f}); "
-            f"tensorflow+keras with pandas {med['pandas']['tensorflow+keras']:.2f} (without "
-            f"{now['tensorflow+keras']:.2f}); exit without gc.freeze() {med['nofreeze']['exit']:.2f} (with "
+    def both(d, k):
+        return f"{d[k]:.2f}" + (f" (cpu {d[k + '-cpu']:.2f})" if k + "-cpu" in d else "")
+
+    parts = ", ".join(f"{k} {both(now, k)}" for k in ("python+cli", "tensorflow+keras", "load", "video", "first-call",
+                                                      "exit"))
+    return (f"start-up parts (fresh process, wall seconds and the process's CPU seconds, median of {repeat}): {parts}; "
+            f"total {now['total']:.2f}\n"
+            f"  first call compiled by XLA {both(med['xla'], 'first-call')} (graph {both(now, 'first-call')}); "
+            f"tensorflow+keras with pandas {both(med['pandas'], 'tensorflow+keras')} (without "
+            f"{both(now, 'tensorflow+keras')}); exit without gc.freeze() {med['nofreeze']['exit']:.2f} (with "
             f"{now['exit']:.2f})")
 
 
@@ -347,7 +354,7 @@ def main():
                       f"{r['model']:>9.0f} {r['xla']:>7.0f} {r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} "
                       f"{r['startup']:>7.1f}", flush=True)
         print(f"exports on {args.exports} prepared frames of {Path(videos[0]).name} (every 10th), each in its own "
-              f"runtime (model only above: Inference, compiled); distance from the model in stored-image pixels, "
+              f"runtime (model only above: Inference as predict runs it); distance from the model in stored-image pixels, "
               f"all keypoints and those the model gives confidence >= 0.5:")
         print(f"{'format':<12} {'bytes':>10} {'f/s':>6} {'mean px':>8} {'median px':>9} {'max px':>8} {'max conf>=0.5':>13}")
         for fmt, size, rate, diff in bench_exports(run, videos[0], args.batch, work, args.exports):
