@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import centroid as cgeom, metrics
-from ..errors import KpconvError, TrainError
+from ..errors import TrainError
+from .predict import FilePredictor, Prediction, read_image
+from .video import is_video
 
 CALIBRATION_PCK = 0.05             # as kpconv.train's: P(error <= 0.05 x instance size)
 CENTROID_FILE = "centroid.keras"
@@ -370,18 +371,6 @@ def plan_stages(stats: dict, frame_sizes: Sequence[Tuple[int, int]] = ()) -> Sta
     return StagePlan(s, max(32, window), crop, crop_scale, max(1, stats["max_instances"]))
 
 
-def _frame_sizes(shard_dir, split: str, info) -> List[Tuple[int, int]]:
-    from ..data.records import decode_record
-    from ..data.tfrecord import read_records
-
-    sizes = set()
-    for path in info.files(split):
-        for data in read_records(path, info.compression_name):
-            r = decode_record(data, info.num_keypoints)
-            sizes.add((r["image/width"], r["image/height"]))
-    return sorted(sizes)
-
-
 def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, label: str, log: Callable):
     import keras
 
@@ -439,6 +428,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
 
     from . import losses, network as kmodel
     from ..data.dataset_info import DatasetInfo, dataset_sha256, verify_shards
+    from .pipeline import frame_sizes as frame_sizes_of
     from .run import CONFIG_FILE, save_model, write_json
     from .train import TrainOptions, _versions, resolve_recipe
 
@@ -464,7 +454,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
     if options.time_limit is not None and not (options.time_limit > 0 and math.isfinite(options.time_limit)):
         raise TrainError(f"time limit {options.time_limit}: expected a positive number of minutes")
     stats = instance_stats(shard_dir, options.train_split)
-    frame_sizes = _frame_sizes(shard_dir, options.train_split, info)
+    frame_sizes = sorted(frame_sizes_of(shard_dir, options.train_split))
     plan = plan_stages(stats, frame_sizes)
     anchor = choose_anchor(stats, info.keypoint_names)
     from .metrics import COCO_SIGMAS
@@ -555,7 +545,7 @@ class Found:
     score: float
 
 
-class MultiPredictor:
+class MultiPredictor(FilePredictor):
     """A multi-instance run, ready to predict every instance of images and video frames::
 
         p = kpconv.model.multi.MultiPredictor("run/")
@@ -565,7 +555,8 @@ class MultiPredictor:
     ``max_instances`` (default: the most seen in training) and ``min_score`` bound what is returned;
     ``peak_threshold`` the centroid peaks; ``pose_nms`` the OKS above which a pose is a duplicate of a better one
     (None keeps every pose; boxes given are never merged); ``score`` one of :data:`SCORES`; ``runtime`` the two models'
-    (:data:`kpconv.model.inference.RUNTIMES`: ``"tf"`` or ``"onnx"``)."""
+    (:data:`kpconv.model.inference.RUNTIMES`: ``"tf"`` or ``"onnx"``). :meth:`predict`'s ``bbox`` (one box for every
+    input) or ``boxes`` (per image or frame) skip the centroid stage: each box's centre is an instance's."""
 
     def __init__(self, run_dir, max_instances: Optional[int] = None, min_score: float = 0.0,
                  peak_threshold: Optional[float] = None, score: Optional[str] = None, batch_size: int = 8,
@@ -695,77 +686,38 @@ class MultiPredictor:
                 kept.append(f)
         return kept
 
-    def predict(self, inputs, bbox=None, boxes=None, batch_size: int = 8, frames=None,
-                on_error: Optional[Callable] = None, keep_frames: bool = False, root: Optional[Path] = None):
-        """Yield one :class:`kpconv.model.predict.Prediction` per instance found, per image and selected video frame
-        in input order (``instance`` 0, 1, ... by decreasing score). The interface of
-        :meth:`kpconv.model.predict.Predictor.predict`; ``bbox``: one box for every input (its centre is the one
-        instance), ``boxes`` per image or frame (skip the centroid stage)."""
+    def _items(self, path, frames, keep_frames, boxes_of):
+        """One item per image or selected video frame; ``boxes``: the boxes given (their centres replace the
+        centroid stage's) or None."""
         from . import video
-        from ..data.images import SourceImage, to_rgb
-        from .predict import Failure, Prediction, common_root, each_file, expand_inputs, read_ahead
         from ..progress import progress
-        from .video import FrameSelection, is_video
 
-        frames = frames or FrameSelection()
-        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
-        root = root or common_root(paths)
-        single_video = sum(is_video(p) for p in paths) == 1
-        batch: list = []
+        def given(frame):
+            g = boxes_of(path, frame)
+            return None if g is None else [b for b, _ in g]
 
-        def flush():
-            arr = np.stack([b["array"] for b in batch])
-            given = None
-            if boxes is not None or bbox is not None:
-                given = [b["boxes"] for b in batch]
-            for b, found in zip(batch, self.find(arr, given)):
-                h, w = b["array"].shape[:2]
-                for i, f in enumerate(found):
-                    k = f.keypoints
-                    x0, y0 = float(k[:, 0].min()), float(k[:, 1].min())
-                    box = [x0, y0, float(k[:, 0].max()) - x0, float(k[:, 1].max()) - y0]
-                    yield Prediction(b["file"], w, h, [[float(v[0]), float(v[1]), float(v[2])] for v in k],
-                                     box, round(f.score, 6), b["frame"], b["time"], i, b["pixels"])
-            batch.clear()
+        if is_video(path):
+            fps, count, _ = video.info(path)
+            decoded = progress(video.frames(path, frames), total=frames.expected(count, fps),
+                               desc=Path(path).name, unit="frame")
+            for index, t, arr in decoded:
+                yield dict(file=path, array=arr, frame=index, time=round(t, 6),
+                           pixels=arr if keep_frames else None, boxes=given(index))
+        else:
+            yield dict(file=path, array=read_image(path), frame=None, time=None, pixels=None, boxes=given(None))
 
-        def fail(e: KpconvError, file: str, frame=None):
-            if on_error is None:
-                raise e
-            on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
-
-        def given_boxes(path, frame):
-            if boxes is not None:
-                return [list(b) for b, _ in boxes.lookup(path, root, frame, single_video)]
-            return [list(bbox)] if bbox is not None else None
-
-        def items(path):
-            if is_video(path):
-                fps, count, _ = video.info(path)
-                decoded = progress(video.frames(path, frames), total=frames.expected(count, fps),
-                                   desc=Path(path).name, unit="frame")
-                for index, t, arr in decoded:
-                    yield dict(file=path, array=arr, frame=index, time=round(t, 6),
-                               pixels=arr if keep_frames else None, boxes=given_boxes(path, index))
-            else:
-                im, _ = SourceImage(path).load()
-                yield dict(file=path, array=np.asarray(to_rgb(im)), frame=None, time=None, pixels=None,
-                           boxes=given_boxes(path, None))
-
-        # files read and frames decoded in a producer thread (a bounded queue of four batches) while the
-        # models run (kpconv.model.predict.read_ahead): clip.mp4, 1024x1024, decodes at about 200 frames/s on one core
-        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
-            if kind == "end":
-                continue
-            if kind == "failed":
-                if batch:
-                    yield from flush()
-                fail(*x)
-                continue
-            if batch and (len(batch) >= batch_size or batch[0]["array"].shape != x["array"].shape):
-                yield from flush()
-            batch.append(x)
-        if batch:
-            yield from flush()
+    def _flush(self, batch):
+        """One :class:`kpconv.model.predict.Prediction` per instance found (``instance`` 0, 1, ... by decreasing
+        score)."""
+        given = None if batch[0]["boxes"] is None else [b["boxes"] for b in batch]
+        for b, found in zip(batch, self.find(np.stack([b["array"] for b in batch]), given)):
+            h, w = b["array"].shape[:2]
+            for i, f in enumerate(found):
+                k = f.keypoints
+                x0, y0 = float(k[:, 0].min()), float(k[:, 1].min())
+                box = [x0, y0, float(k[:, 0].max()) - x0, float(k[:, 1].max()) - y0]
+                yield Prediction(b["file"], w, h, [[float(v[0]), float(v[1]), float(v[2])] for v in k],
+                                 box, round(f.score, 6), b["frame"], b["time"], i, b["pixels"])
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -801,6 +753,7 @@ def evaluate_multi(run_dir, shard_dir, split: str = "test", oks_sigma: Optional[
     """``kpconv eval`` for a multi-instance run: every image of ``split`` predicted without boxes, scored by
     :func:`kpconv.model.metrics.multi_instance_summary` (COCO OKS AP/AR, recall, precision, pixel errors)."""
     import io
+    from itertools import groupby, islice
 
     from PIL import Image
 
@@ -815,21 +768,12 @@ def evaluate_multi(run_dir, shard_dir, split: str = "test", oks_sigma: Optional[
     images, truth = labelled_images(shard_dir, split)
     preds: Dict[str, list] = {}
     started = time.monotonic()
-    i = 0
-    while i < len(images):
-        arr0 = np.asarray(to_rgb(Image.open(io.BytesIO(images[i][1]))))
-        group, arrays = [images[i]], [arr0]
-        i += 1
-        while i < len(images) and len(group) < batch_size:
-            arr = np.asarray(to_rgb(Image.open(io.BytesIO(images[i][1]))))
-            if arr.shape != arr0.shape:
-                break
-            group.append(images[i])
-            arrays.append(arr)
-            i += 1
-        for (key, _, (a, c, e, f)), found in zip(group, predictor.find(np.stack(arrays))):
-            preds[key] = [{"keypoints": np.stack([f_.keypoints[:, 0] * a + c, f_.keypoints[:, 1] * e + f,
-                                                  f_.keypoints[:, 2]], -1), "score": f_.score} for f_ in found]
+    decoded = ((key, t, np.asarray(to_rgb(Image.open(io.BytesIO(data))))) for key, data, t in images)
+    for _, same_size in groupby(decoded, key=lambda x: x[2].shape):     # batches of one image size
+        while group := list(islice(same_size, batch_size)):
+            for (key, (a, c, e, f), _), found in zip(group, predictor.find(np.stack([g[2] for g in group]))):
+                preds[key] = [{"keypoints": np.stack([f_.keypoints[:, 0] * a + c, f_.keypoints[:, 1] * e + f,
+                                                      f_.keypoints[:, 2]], -1), "score": f_.score} for f_ in found]
     seconds = time.monotonic() - started
     result = metrics.multi_instance_summary(truth, preds, metrics.oks_sigmas(names, oks_sigma), names)
     result = {"run_dir": str(run_dir), "shard_dir": str(shard_dir), "split": split, "score": predictor.score,

@@ -34,7 +34,7 @@ import numpy as np
 from ..drawing import relative_name
 from ..data.formats import coco as _coco_format, dlc as _dlc_format
 from ..data.formats.base import from_continuous
-from ..errors import AnnotationError, ImageError, KpconvError, Location, MissingDependency, OutputError, VideoError
+from ..errors import AnnotationError, ImageError, Location, MissingDependency, OutputError, VideoError
 from .video import VIDEO_EXTS, FrameSelection, is_video
 
 # Formats written in a tool's own pixel convention (the readers' PIXEL_ORIGIN: DeepLabCut and COCO put
@@ -285,7 +285,71 @@ def read_ahead(items: Iterable, maxsize: int) -> Iterator:
         thread.join()
 
 
-class Predictor:
+class FilePredictor:
+    """What :class:`Predictor` and :class:`kpconv.model.multi.MultiPredictor` share: :meth:`predict` reads
+    the files in a producer thread (:func:`read_ahead`), batches their items by array shape and yields the
+    predictions of each batch. A subclass gives a file's items (``_items``) and a batch's predictions
+    (``_flush``)."""
+
+    def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,
+                batch_size: int = 16, frames: FrameSelection = FrameSelection(),
+                on_error: Optional[Callable[[Failure], None]] = None, keep_frames: bool = False,
+                root: Optional[Path] = None) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per instance: per image (or per box of ``boxes``) and per
+        selected video frame, in input order.
+
+        ``inputs`` is a path or a list of paths: images, videos, folders of them. ``bbox`` is one box
+        (original pixels) for every input; ``boxes`` gives boxes per image or frame. A file that cannot
+        be read raises its located error, or, with ``on_error``, is passed to it as a
+        :class:`Failure` and skipped. ``keep_frames`` puts each decoded frame in ``pixels``."""
+        from ..progress import progress
+
+        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+        root = root or common_root(paths)
+        single_video = sum(is_video(p) for p in paths) == 1
+        self._start(batch_size)
+
+        def boxes_of(path, frame) -> Optional[List[Tuple[List[float], Optional[float]]]]:
+            """(box, score) of each given instance of one image or frame; None when no box is given."""
+            if boxes is not None:
+                return [(list(b), s) for b, s in boxes.lookup(path, root, frame, single_video)]
+            return None if bbox is None else [(list(bbox), None)]
+
+        def items(path):
+            return self._items(path, frames, keep_frames, boxes_of)
+
+        images = [p for p in paths if not is_video(p)]
+        bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
+        batch: list = []
+        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
+            if kind == "item":
+                if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
+                    yield from self._flush(batch)
+                    batch = []
+                batch.append(x)
+                if len(batch) >= batch_size:
+                    yield from self._flush(batch)
+                    batch = []
+            elif kind == "failed":
+                if batch:
+                    yield from self._flush(batch)
+                    batch = []
+                e, file, frame = x
+                if on_error is None:
+                    raise e
+                on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
+            elif bar is not None and not is_video(x):
+                bar.update(1)
+        if batch:
+            yield from self._flush(batch)
+        if bar is not None:
+            bar.close()
+
+    def _start(self, batch_size: int) -> None:
+        pass
+
+
+class Predictor(FilePredictor):
     """A trained run, ready to predict::
 
         p = kpconv.Predictor("run/")
@@ -322,94 +386,49 @@ class Predictor:
         (B, K, 2) normalized to the stored image, ``confidence`` (B, K) in [0, 1]."""
         return self.inference.infer(batch)
 
-    def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,
-                batch_size: int = 16, frames: FrameSelection = FrameSelection(),
-                on_error: Optional[Callable[[Failure], None]] = None, keep_frames: bool = False,
-                root: Optional[Path] = None) -> Iterator[Prediction]:
-        """Yield one :class:`Prediction` per instance: per image (or per box of ``boxes``) and per
-        selected video frame, in input order.
+    def _start(self, batch_size: int) -> None:
+        self.inference.batch_size = batch_size   # the model runs on the batches formed here
 
-        ``inputs`` is a path or a list of paths: images, videos, folders of them. ``bbox`` is one box
-        (original pixels) for every input; ``boxes`` gives boxes per image or frame. A file that cannot
-        be read raises its located error, or, with ``on_error``, is passed to it as a
-        :class:`Failure` and skipped. ``keep_frames`` puts each decoded frame in ``pixels``."""
-        from .metrics import to_original
+    def _items(self, path, frames, keep_frames, boxes_of) -> Iterator[dict]:
+        """The instances of one file, prepared (in the producer thread)."""
+        from . import video
         from ..progress import progress
 
-        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
-        root = root or common_root(paths)
-        self.inference.batch_size = batch_size   # the model runs on the batches formed here
-        single_video = sum(is_video(p) for p in paths) == 1
-        batch: list = []
+        original = None
+        if is_video(path):
+            fps, count, wh = video.info(path)
+            # whole frames resized in the decoder (swscale, as they are converted to RGB) unless the
+            # frames themselves are kept or cut to boxes: docs/predict.md, "Videos"
+            scaled = (self.inference.scaled_size(*wh) if self.decoder_resize and not keep_frames
+                      and boxes_of(path, None) is None else None)
+            original = wh if scaled is not None else None
+            sources = progress(video.frames(path, frames, size=scaled), total=frames.expected(count, fps),
+                               desc=Path(path).name, unit="frame")
+        else:
+            sources = [(None, None, read_image(path))]
+        for frame, t, arr in sources:
+            given = boxes_of(path, frame)
+            for instance, (box, score) in enumerate([(None, None)] if given is None else given):
+                stored, transform, wh = self.inference.prepare(arr, box, original)
+                yield dict(file=path, array=stored, transform=transform, size=wh, bbox=box, score=score,
+                           frame=frame, time=None if t is None else round(t, 6), instance=instance,
+                           pixels=arr if keep_frames else None)
+
+    def _flush(self, batch) -> Iterator[Prediction]:
+        from .metrics import to_original
+
+        xy, conf = self.infer(np.stack([b["array"] for b in batch]))
+        h, w = batch[0]["array"].shape[:2]    # (size None, --image-size none: the frames' own, one per batch)
         size = self.options.size
-
-        def flush():
-            xy, conf = self.infer(np.stack([b["array"] for b in batch]))
-            h, w = batch[0]["array"].shape[:2]    # (size None, --image-size none: the frames' own, one per batch)
-            st = np.tile([[size[0], size[1]] if size else [w, h]], (len(batch), 1))
-            px = to_original(xy, st, np.asarray([b["transform"] for b in batch]))
-            for b, p, c in zip(batch, px, conf):
-                yield Prediction(b["file"], b["size"][0], b["size"][1],
-                                 [[float(v[0]), float(v[1]), float(ci)] for v, ci in zip(p, c)],
-                                 b["bbox"], b["score"], b["frame"], b["time"], b["instance"], b["pixels"])
-            batch.clear()
-
-        def fail(e: KpconvError, file: str, frame=None):
-            if on_error is None:
-                raise e
-            reason = getattr(e, "reason", "unreadable_image")
-            message = getattr(e, "message", str(e))
-            on_error(Failure(file, reason, message, frame))
-
-        def items(path) -> Iterator[dict]:
-            """The instances of one file, prepared (in the producer thread)."""
-            from . import video
-
-            original = None
-            if is_video(path):
-                fps, count, wh = video.info(path)
-                # whole frames resized in the decoder (swscale, as they are converted to RGB) unless the
-                # frames themselves are kept or cut to boxes: docs/predict.md, "Videos"
-                scaled = (self.inference.scaled_size(*wh) if self.decoder_resize and not keep_frames
-                          and bbox is None and boxes is None else None)
-                original = wh if scaled is not None else None
-                sources = progress(video.frames(path, frames, size=scaled), total=frames.expected(count, fps),
-                                   desc=Path(path).name, unit="frame")
-            else:
-                sources = [(None, None, _read_image(path))]
-            for frame, t, arr in sources:
-                for box, score, instance in self._instances(path, root, frame, single_video, bbox, boxes):
-                    stored, transform, wh = self.inference.prepare(arr, box, original)
-                    yield dict(file=path, array=stored, transform=transform, size=wh, bbox=box, score=score,
-                               frame=frame, time=None if t is None else round(t, 6), instance=instance,
-                               pixels=arr if keep_frames else None)
-
-        images = [p for p in paths if not is_video(p)]
-        bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
-        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
-            if kind == "item":
-                if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
-                    yield from flush()
-                batch.append(x)
-                if len(batch) >= batch_size:
-                    yield from flush()
-            elif kind == "failed":
-                fail(*x)
-            elif bar is not None and not is_video(x):
-                bar.update(1)
-        if batch:
-            yield from flush()
-        if bar is not None:
-            bar.close()
-
-    def _instances(self, path, root, frame, single_video, bbox, boxes):
-        """(bbox in original pixels or None, score, index) of each instance of one image or frame."""
-        if boxes is None:
-            return [(list(bbox) if bbox is not None else None, None, 0)]
-        return [(list(b), s, i) for i, (b, s) in enumerate(boxes.lookup(path, root, frame, single_video))]
+        st = np.tile([[size[0], size[1]] if size else [w, h]], (len(batch), 1))
+        px = to_original(xy, st, np.asarray([b["transform"] for b in batch]))
+        for b, p, c in zip(batch, px, conf):
+            yield Prediction(b["file"], b["size"][0], b["size"][1],
+                             [[float(v[0]), float(v[1]), float(ci)] for v, ci in zip(p, c)],
+                             b["bbox"], b["score"], b["frame"], b["time"], b["instance"], b["pixels"])
 
 
-def _read_image(path: str) -> np.ndarray:
+def read_image(path: str) -> np.ndarray:
     """An image file as an RGB uint8 array, EXIF orientation applied (kpconv.data.images' rules)."""
     from ..data.images import SourceImage, to_rgb
 
