@@ -134,8 +134,10 @@ def choose_anchor(stats: dict, names: Sequence[str], min_labelled: float = ANCHO
 
 # ----------------------------------------------------------------------------------------- tf pipeline
 def crop_boxes_tf(centres, region, out, image_size):
-    """:func:`kpconv.model.centroid.crop_boxes` in the graph: ``centres`` (M, 2), ``region`` (2,) or (M, 2) ``[rw, rh]``
-    stored pixels, ``out`` ``(ow, oh)`` ints, ``image_size`` (M, 2) ``[w, h]``."""
+    """``tf.image.crop_and_resize`` boxes (M, 4) ``[y0, x0, y1, x1]`` for regions of ``region`` (2,) or (M, 2)
+    ``[rw, rh]`` stored pixels centred on ``centres`` (M, 2) px, sampled into ``out`` ``(ow, oh)`` pixels, in images
+    of ``image_size`` (M, 2) ``[w, h]``: output pixel ``j``'s centre samples the input at
+    ``cx - rw / 2 + (j + 0.5) * rw / ow`` (continuous convention). Pixels outside the image are 0."""
     import tensorflow as tf
 
     c = tf.cast(centres, tf.float32)
@@ -144,6 +146,7 @@ def crop_boxes_tf(centres, region, out, image_size):
     ow, oh = tf.cast(out[0], tf.float32), tf.cast(out[1], tf.float32)
     x0 = c[:, 0] - reg[:, 0] / 2.0
     y0 = c[:, 1] - reg[:, 1] / 2.0
+    # crop_and_resize samples at index space y0 * (H - 1) + i * (y1 - y0) * (H - 1) / (oh - 1)
     ax = x0 + 0.5 * reg[:, 0] / ow - 0.5
     bx = x0 + (ow - 0.5) * reg[:, 0] / ow - 0.5
     ay = y0 + 0.5 * reg[:, 1] / oh - 0.5
@@ -645,7 +648,7 @@ class MultiPredictor(FilePredictor):
             heat = self.centroid_heatmaps(frames)
             scale = float(self.cstage["scale"])
             ow, oh = centroid_input_size((w, h), scale)
-            # the resized frame covers (ow, oh) / scale pixels centred on the frame (crop_boxes' convention)
+            # the resized frame covers (ow, oh) / scale pixels centred on the frame (crop_boxes_tf's convention)
             x0, y0 = w / 2.0 - ow / (2.0 * scale), h / 2.0 - oh / (2.0 * scale)
             stride = float(self.cstage["stride"])
             for hm in heat:
