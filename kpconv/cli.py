@@ -616,7 +616,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .model.predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_h5, require_sleap_io
+    from .model.predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_format
     from .model.video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
@@ -632,10 +632,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     if fmt in FILE_FORMATS and output == "-":
         raise click.BadParameter(f"--format {fmt} is written to a file, not to stdout: give -o FILE",
                                  param_hint="-o")
-    if fmt == "dlc-h5":
-        require_h5()
-    elif fmt == "slp":
-        require_sleap_io()
+    require_format(fmt)
     if draw_target:
         if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "

@@ -1,23 +1,15 @@
-"""``kpconv predict``: keypoints in original image pixels for new images and videos.
+"""``kpconv predict``: keypoints in original image pixels, with a confidence, for new images and videos.
 
-Each image (EXIF orientation applied), or each decoded video frame, goes through the same
-preprocessing as the shards the run was trained on (recorded in ``config.json`` at train time from
-``dataset_info.json``), done on the decoded array by :meth:`kpconv.model.inference.Inference.prepare`: the
-crop (``none``, or ``bbox`` with the shard's padding around a box; without a box a ``bbox`` run uses
-the whole image) and the resize (``stretch`` or ``pad``). The model's output is mapped back through
-the same transform.
-
-Every model call goes through :meth:`Predictor.infer` (:class:`kpconv.model.inference.Inference`: one
-compiled function per input size), which returns the normalized coordinates and a confidence in
-``[0, 1]`` per keypoint; everything downstream (the writers, the drawing) carries it.
-
-Files are read, video frames decoded (:mod:`kpconv.model.video`) and prepared in a producer thread into a
-bounded queue (four batches) while the model runs, so memory stays bounded whatever the video's
-length. A file that cannot be read is reported (``on_error``) and skipped; the others are predicted.
+Each image (EXIF orientation applied) or decoded video frame gets the preprocessing of the run's shards
+and its model call from :class:`kpconv.model.inference.Inference`; the points are mapped back through the
+same transform. Files are read and frames decoded in a producer thread (:func:`read_ahead`, a bounded
+queue), so memory stays bounded whatever the video's length. A file that cannot be read is reported
+(``on_error``) and skipped. The output formats: :class:`Writer` and docs/predict.md.
 """
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -26,6 +18,7 @@ import queue
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -455,14 +448,18 @@ def output_format(output: str, fmt: Optional[str] = None) -> str:
     return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl") if output != "-" else "jsonl"
 
 
-def require_h5() -> None:
-    """Raise :class:`MissingDependency` (exit 2) unless pandas and PyTables can be imported."""
+def require_format(fmt: str) -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless the packages ``--format fmt`` needs can be imported."""
+    from ..data.formats.sleap import HINT as SLEAP_HINT
+
+    needs = {"dlc-h5": (("pandas", "tables"), "--format dlc-h5 (DeepLabCut's .h5) needs pandas and PyTables", H5_HINT),
+             "slp": (("sleap_io",), "--format slp (SLEAP's .slp) needs sleap-io", SLEAP_HINT)}
+    modules, what, hint = needs.get(fmt, ((), "", ""))
     try:
-        import pandas  # noqa: F401
-        import tables  # noqa: F401
+        for m in modules:
+            importlib.import_module(m)
     except ImportError as e:
-        raise MissingDependency(f"--format dlc-h5 (DeepLabCut's .h5) needs pandas and PyTables ({e}): "
-                                f"{H5_HINT}") from None
+        raise MissingDependency(f"{what} ({e}): {hint}") from None
 
 
 def track_name(track: int) -> str:
@@ -471,22 +468,10 @@ def track_name(track: int) -> str:
     return f"track_{track}"
 
 
-def require_sleap_io() -> None:
-    """Raise :class:`MissingDependency` (exit 2) unless sleap-io can be imported."""
-    from ..data.formats.sleap import HINT
-
-    try:
-        import sleap_io  # noqa: F401
-    except ImportError as e:
-        raise MissingDependency(f"--format slp (SLEAP's .slp) needs sleap-io ({e}): {HINT}") from None
-
-
 def dlc_individual(p: Prediction) -> str:
     """The DeepLabCut individual a prediction is written under: its track's name when it has one
     (:func:`track_name`), else ``individual1``, ``individual2``, ... by its index in the image or
-    frame, the names DeepLabCut gives a new multi-animal project's individuals
-    (DeepLabCut/DeepLabCut, ``deeplabcut/create_project/new.py``: ``cfg_file["individuals"] =
-    ["individual1", "individual2", "individual3"]``)."""
+    frame, the names DeepLabCut gives a new multi-animal project's individuals (``create_project/new.py``)."""
     if p.track is not None and p.track >= 0:
         return track_name(p.track)
     return f"individual{p.instance + 1}"
@@ -501,14 +486,10 @@ def _individual_order(name: str):
 class _DlcTable:
     """DeepLabCut's prediction table, one row per image or video frame: the index (the frame number
     for a video, the image's path for images) and the columns ``scorer / [individuals /] bodyparts /
-    coords`` (``x, y, likelihood``), an individual absent from a row left empty (NaN).
-
-    This is the layout DeepLabCut's own writer builds (DeepLabCut/DeepLabCut,
-    ``deeplabcut/pose_estimation_pytorch/apis/videos.py``, ``create_df_from_prediction``: columns
-    ``pd.MultiIndex.from_product([[scorer], individuals, bodyparts, ["x", "y", "likelihood"]],
-    names=["scorer", "individuals", "bodyparts", "coords"])``, the ``individuals`` level only for
-    multi-animal projects, ``index=range(n_frames)``, then ``df.to_hdf(path, key="df_with_missing",
-    format="table", mode="w")`` and ``df.to_csv`` for its CSV twin)."""
+    coords`` (``x, y, likelihood``), an individual absent from a row left empty (NaN): the layout of
+    DeepLabCut's own writer (``create_df_from_prediction`` in
+    ``deeplabcut/pose_estimation_pytorch/apis/videos.py``; the ``individuals`` level only for multi-animal
+    projects; ``to_hdf(key="df_with_missing", format="table")`` and ``to_csv`` for its CSV twin)."""
 
     def __init__(self, names: Sequence[str], scorer: str, multi: bool, index: str):
         self.names, self.scorer, self.multi, self.index = list(names), scorer, multi, index
@@ -569,36 +550,16 @@ class _DlcTable:
 
 
 class Writer:
-    """Streams predictions to a file in one of :data:`FORMATS`.
-
-    Every format writes the x and y of every keypoint of every instance, with its confidence beside
-    them; no threshold drops, zeroes or hides a coordinate (``--min-confidence`` is for ``--draw``).
-
-    - ``jsonl``: one object per instance: ``image`` (or ``video``, ``frame``, ``time``), ``width``,
-      ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``instance`` (``multi``) and
-      ``score`` (the box's with boxes; the instance's with ``instance_score``, a run that finds them).
-    - ``csv``: one row per instance: ``file, frame, time, width, height``, ``instance`` (``multi``),
-      ``score`` (``instance_score`` without boxes), with boxes ``bbox_x, bbox_y, bbox_w, bbox_h,
-      box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
-    - ``dlc``: DeepLabCut's CSV (header rows ``scorer``, [``individuals``,] ``bodyparts``,
-      ``coords`` with ``x, y, likelihood``; one row per image or frame, see :class:`_DlcTable`).
-    - ``dlc-h5``: the same table as DeepLabCut's ``.h5`` (pandas, key ``df_with_missing``); ``out``
-      is then the file's path (written to a temporary file and renamed into place by :meth:`close`).
-    - ``slp``: a SLEAP labels file SLEAP opens to proofread (:func:`kpconv.data.formats.sleap.write_slp`):
-      one ``PredictedInstance`` per prediction with its point scores, tracks named by
-      :func:`track_name`; ``out`` is the file's path (``-``: stdout), written whole by :meth:`close`.
-    - ``coco``: a COCO results list: ``keypoints`` ``[x, y, confidence, ...]`` for every keypoint
-      (the third value of a result is a score, not a visibility flag: COCOeval ignores it), ``score``
-      the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it;
-      ``instance_score``: the prediction's own ``score`` where it has one, as multi-instance runs give).
+    """Streams predictions to ``out`` in one of :data:`FORMATS` (the layouts: docs/predict.md's table; for
+    ``dlc-h5`` and ``slp``, :data:`PATH_FORMATS`, ``out`` is the file's path and :meth:`close` writes it whole).
+    Every format writes the x, y and confidence of every keypoint; no threshold drops or zeroes any.
 
     ``multi``: several instances per image or frame: an ``instance`` field or column, and DeepLabCut's
     multi-animal layout (an ``individuals`` level); default with ``boxes``.
     ``individuals``: how many individuals each DeepLabCut row has, when known before the first
     prediction (the CSV is then streamed); ``None`` keeps the rows until :meth:`close`.
-    ``tracks``: the predictions carry track ids (``--track``): a ``track`` field (jsonl) or column
-    (csv), ``track_id`` (coco, as in PoseTrack's results), DeepLabCut individuals named by track
-    (``track_0``, ...; an instance left untracked keeps ``individualN``).
+    ``tracks``: the predictions carry track ids (``--track``), written in every format.
+    ``instance_score``: the predictions' own ``score`` is the instance's (a run that finds the instances).
     """
 
     def __init__(self, out, fmt: str, names: Sequence[str], boxes: bool = False,
@@ -607,10 +568,7 @@ class Writer:
                  flip_pairs: Sequence[Sequence[int]] = (), instance_score: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
-        if fmt == "dlc-h5":
-            require_h5()
-        elif fmt == "slp":
-            require_sleap_io()
+        require_format(fmt)
         self.out, self.fmt, self.names = out, fmt, list(names)
         self.boxes, self.index = boxes, index
         self.multi = boxes if multi is None else multi
@@ -823,7 +781,6 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     if draw:
         drawer = PredictionDrawer(draw, root, predictor.names, predictor.skeleton, predictor.flip_pairs,
                                   min_confidence, show_names=draw_names, every=frames.every, by_instance=multi)
-    group: List[Prediction] = []
 
     def emit(group: List[Prediction], writer: "Writer") -> None:
         """One image's or frame's predictions: tracked, written, counted, drawn."""
@@ -850,14 +807,10 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
                             index="frame" if videos and len(paths) == 1 else "path",
                             skeleton=predictor.skeleton, flip_pairs=predictor.flip_pairs)
-            for p in predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
-                                       on_error=failed, keep_frames=drawer is not None, root=root):
-                if group and (group[0].image, group[0].frame) != (p.image, p.frame):
-                    emit(group, writer)
-                    group = []
-                group.append(p)
-            if group:
-                emit(group, writer)
+            predictions = predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
+                                            on_error=failed, keep_frames=drawer is not None, root=root)
+            for _, group in groupby(predictions, key=lambda p: (p.image, p.frame)):   # one image or frame
+                emit(list(group), writer)
             writer.close()
         if drawer is not None:
             result.drawn = drawer.close()
