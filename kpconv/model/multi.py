@@ -1,24 +1,18 @@
 """Multi-instance pose, top-down (SLEAP's centroid + centred-instance pair): training both stages into one
 run directory, and predicting every instance of a frame without boxes (docs/multi-instance.md).
 
-* **Centroid stage** (``centroid.keras``): the U-Net heatmap model with one channel, on whole frames
-  resized by ``scale`` (:func:`kpconv.model.centroid.centroid_scale`: the median instance keeps about 32 px, close neighbours 3 cells); its
-  target is the maximum of Gaussians at every instance centre (:class:`kpconv.model.losses.CentroidLoss`);
-  instances are its peaks (:func:`kpconv.model.centroid.find_peaks`). Trained on windows of at most
-  ``CENTROID_MAX_INPUT`` pixels of the resized frames, so its cost does not grow with the frame size.
-* **Instance stage** (``model.keras``): the usual keypoint heatmap model on ``crop`` x ``crop`` crops centred
-  on one instance (:func:`kpconv.model.centroid.instance_crop`), whose targets are that instance's keypoints only.
+* **Centroid stage** (``centroid.keras``): the U-Net heatmap model with one channel on whole frames resized by
+  ``scale`` (:func:`kpconv.model.centroid.centroid_scale`), trained on windows of at most
+  :data:`CENTROID_MAX_INPUT` pixels; its target is the maximum of Gaussians at every instance centre
+  (:class:`kpconv.model.losses.CentroidLoss`), instances are its peaks (:func:`kpconv.model.centroid.find_peaks`).
+* **Instance stage** (``model.keras``): the usual keypoint heatmap model on ``crop`` x ``crop`` crops centred on
+  one instance (:func:`kpconv.model.centroid.instance_crop`), its targets that instance's keypoints only.
 
-Training (:func:`train_multi`) reads shards of record spec 2 of any image size (``--image-size none``):
-``image/instances/center`` gives every centre of a record's image. ``time_limit`` is split: a third for
-the centroid stage, two thirds for the instance stage (:data:`CENTROID_SHARE`). ``config.json`` holds
-``"stages"``: how the two models are chained.
-
-Prediction (:class:`MultiPredictor`): frames -> centroid model -> peaks (``max_instances``, threshold) ->
-crops around each peak, batched across instances and frames -> instance model -> keypoints in original
-pixels with confidences. Each instance's ``score`` is its mean keypoint confidence (:data:`SCORES`: the
-ranking kept after measuring the three with COCO AP, see docs/multi-instance.md). With
-``boxes`` the first stage is skipped: each box's centre is an instance centre.
+:func:`train_multi` reads shards of record spec 2 of any image size and shares ``time_limit`` between the
+stages (:data:`CENTROID_SHARE`); ``config.json``'s ``"stages"`` say how the models are chained.
+:class:`MultiPredictor`: frames -> centroid peaks (or the centres of given boxes) -> crops around each, batched
+across instances and frames -> instance model -> keypoints in original pixels, each instance scored
+(:data:`SCORES`).
 """
 from __future__ import annotations
 
@@ -36,7 +30,6 @@ from ..errors import TrainError
 from .predict import FilePredictor, Prediction, read_image
 from .video import is_video
 
-CALIBRATION_PCK = 0.05             # as kpconv.train's: P(error <= 0.05 x instance size)
 CENTROID_FILE = "centroid.keras"
 INSTANCE_FILE = "model.keras"
 CENTROID_SHARE = 1.0 / 3.0          # of --time-limit for the centroid stage; the rest for the instance stage
@@ -177,16 +170,13 @@ def _parse(num_keypoints: int, anchor: Optional[int] = None):
     return parse
 
 
-def _records(shard_dir, split: str, info, seed: int, shuffle: bool):
+def _records(info, split: str):
     import tensorflow as tf
 
     files = info.files(split)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or ""),
-                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or ""),
+        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _augment(options, crop: bool):
@@ -225,7 +215,7 @@ def _cached(ds, nbytes: float):
     return ds.cache() if nbytes < CACHE_LIMIT_BYTES else ds
 
 
-def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm,
+def instance_dataset(split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm,
                      anchor: Optional[int] = None):
     """The instance stage's training batches: ``crop`` x ``crop`` crops (covering ``crop / scale`` stored pixels)
     centred on each record's instance centre, its keypoints normalized to the crop (outside: unlabelled). The
@@ -245,8 +235,7 @@ def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch
                 "keypoints": tf.where(inside[:, None], kp, 0.0), "visibility": vis}
 
     n = info.split(split).num_records
-    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints, anchor),
-                                                           num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _records(info, split).map(_parse(info.num_keypoints, anchor), num_parallel_calls=tf.data.AUTOTUNE)
     ds = _cached(ds.map(to_crop, num_parallel_calls=tf.data.AUTOTUNE), n * crop * crop * 3)
     ds = ds.shuffle(min(n, 4096), seed=seed, reshuffle_each_iteration=True).repeat()
     return _finish(ds, batch, aug, perm, seed).prefetch(tf.data.AUTOTUNE)
@@ -293,7 +282,7 @@ def window_at(image, centre, window: int):
     return tf.ensure_shape(img, (window, window, None))
 
 
-def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
+def centroid_dataset(split: str, info, scale: float, window: int, max_instances: int, batch: int,
                      seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = (), anchor: Optional[int] = None,
                      images: Optional[int] = None):
     """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
@@ -336,7 +325,7 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
         images = info.split(split).num_records      # (an upper bound: records, not images)
     biggest = max((w * h for w, h in frame_sizes), default=1 << 22)
     first = {"instance/index": tf.io.FixedLenFeature((), tf.int64)}     # (one record per image decoded)
-    ds = _records(shard_dir, split, info, seed, False).filter(
+    ds = _records(info, split).filter(
         lambda r: tf.equal(tf.io.parse_single_example(r, first)["instance/index"], 0))
     ds = ds.map(_parse(info.num_keypoints, anchor), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(resized, num_parallel_calls=tf.data.AUTOTUNE)
@@ -397,31 +386,6 @@ def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, 
     return len(losses), (float(losses[-1]) if losses else None)
 
 
-def calibrate_instance(model, ds, batches: int = 10, threshold: float = CALIBRATION_PCK) -> dict:
-    """The instance stage's confidence calibration (as ``kpconv train`` calibrates single-instance runs): on
-    ``batches`` batches of unaugmented training crops, P(keypoint labelled and within ``threshold`` x the
-    instance's size, the longer side of its labelled keypoints' box) as a logistic function of the heatmap peak."""
-    from .inference import Inference
-
-    infer = Inference(model, batch_size=16)
-    conf, correct = [], []
-    for images, target in ds.take(batches):
-        out = infer(images)
-        t = np.asarray(target)
-        m = t[..., 2] > 0
-        err = np.hypot(out[..., 0] - t[..., 0], out[..., 1] - t[..., 1])
-        big = np.where(m, 1.0, np.nan)
-        size = np.fmax(np.nanmax(t[..., 0] * big, 1) - np.nanmin(t[..., 0] * big, 1),
-                       np.nanmax(t[..., 1] * big, 1) - np.nanmin(t[..., 1] * big, 1))
-        size = np.nan_to_num(size, nan=0.0)
-        conf.append(out[..., 2])
-        correct.append(m & (err <= threshold * size[:, None]))
-    conf, correct = np.concatenate(conf), np.concatenate(correct)
-    return {"params": metrics.fit_calibration(conf, correct), "split": "train crops (unaugmented)",
-            "criterion": f"within {threshold:g} x instance size", "keypoints": int(correct.size),
-            "hits": int(correct.sum())}
-
-
 def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train the centroid and the centred-instance stage on ``shard_dir`` (record spec 2, any image size) into
     ``run_dir`` (which must not hold a run). ``options`` a :class:`kpconv.model.train.TrainOptions` (heatmap head,
@@ -431,6 +395,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
 
     from . import losses, network as kmodel
     from ..data.dataset_info import DatasetInfo, dataset_sha256, verify_shards
+    from .evaluate import calibrate_crops
     from .pipeline import frame_sizes as frame_sizes_of
     from .run import CONFIG_FILE, save_model, write_json
     from .train import TrainOptions, _versions, resolve_recipe
@@ -509,7 +474,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         spent = time.monotonic() - started
         c_seconds = max(1.0, (total - spent) * CENTROID_SHARE) if total else None
         c_model = kmodel.build_model(c_cfg, None)
-        c_ds = centroid_dataset(shard_dir, options.train_split, info, plan.centroid_scale, plan.centroid_window,
+        c_ds = centroid_dataset(options.train_split, info, plan.centroid_scale, plan.centroid_window,
                                 plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False), frame_sizes,
                                 anchor, stats["images"])
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
@@ -518,14 +483,14 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         # (the calibration and saving after the instance stage are kept inside the budget)
         i_seconds = max(1.0, total - (time.monotonic() - started) - min(30.0, 0.05 * total)) if total else None
         i_model = kmodel.build_model(i_cfg, None)
-        i_ds = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
+        i_ds = instance_dataset(options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
                                 options.seed, _augment(options, True), info.flip_permutation(), anchor)
         i_epochs, i_loss = _fit_stage(i_model, losses.HeatmapLoss(stride, options.sigma), i_ds, options, i_seconds,
                                       epochs, "instance", log)
         save_model(i_model, run / INSTANCE_FILE)
-        plain = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, 16, options.seed,
+        plain = instance_dataset(options.train_split, info, plan.crop, plan.crop_scale, 16, options.seed,
                                  None, None, anchor)
-        config["calibration"] = calibrate_instance(i_model, plain)
+        config["calibration"] = calibrate_crops(i_model, plain)
         config["stages"][0].update(epochs=c_epochs, final_loss=c_loss)
         config["stages"][1].update(epochs=i_epochs, final_loss=i_loss)
         config["train_seconds"] = round(time.monotonic() - started, 1)
