@@ -108,15 +108,9 @@ def common_root(paths: Sequence[str]) -> Path:
 
 # -------------------------------------------------------------------------------------------- boxes
 class Boxes:
-    """Instance boxes per image or video frame, from COCO detection results or a CSV.
-
-    COCO: a JSON list of ``{"image_id", "bbox": [x, y, w, h], "score"}`` (detector output), or a COCO
-    dataset ``{"images": [...], "annotations": [...]}``; ``image_id`` is matched to the file through
-    ``images[].file_name``, else it is the file's name (path relative to the inputs' common folder,
-    or the file name alone), or for an integer the number in the image's file name (``000000397133.jpg``),
-    or a frame index of a video given alone. CSV: ``image,x,y,w,h[,score]`` rows (a header row is
-    allowed); for a video frame, ``image`` is ``VIDEO#FRAME`` (``clip.mp4#12``) or the frame index.
-    Boxes are in original pixels."""
+    """Instance boxes (original pixels) per image or video frame, from COCO detection results (or a COCO
+    dataset) or a CSV ``image,x,y,w,h[,score]``; how a box names its image or frame: :meth:`lookup` and
+    docs/predict.md ("Many instances")."""
 
     def __init__(self, by_key: Dict[str, List[Tuple[List[float], Optional[float]]]], path: str):
         self.by_key = by_key
