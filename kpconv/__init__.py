@@ -9,13 +9,10 @@ The Python API, for notebooks (see ``docs/predict.md``)::
     for p in kpconv.Predictor("run/").predict("clip.mp4"):
         print(p.frame, p.keypoints)
 
-The package has two halves (``docs/architecture.md``): ``kpconv.data`` (readers, ingest, manifest,
-images, records, shards; no TensorFlow) and ``kpconv.model`` (pipeline, network, training, inference,
-evaluation, prediction, export; TensorFlow imported by the modules that need it, never by
-``kpconv.cli`` at start-up). ``kpconv.ingest``, ``kpconv.shard`` and ``kpconv.train`` are the modules
-of those commands, callable: calling one calls its function of the same name. The flat module names
-of earlier versions (``kpconv.pipeline``, ``kpconv.formats.coco`` ...) still import, as aliases of
-the modules' homes. Importing this package is cheap: nothing is imported until first used.
+Two halves (``docs/architecture.md``): ``kpconv.data`` (no TensorFlow) and ``kpconv.model``.
+``kpconv.ingest``, ``kpconv.shard`` and ``kpconv.train`` are the modules of those commands, callable (calling
+one calls its function of the same name). The flat module names of earlier versions (``kpconv.pipeline``,
+``kpconv.formats.coco`` ...) still import, as aliases of the modules' homes. Nothing is imported until first used.
 """
 import importlib
 import importlib.abc

@@ -317,6 +317,9 @@ def inspect(ctx, out_dir, verify, grid, n):
 
 # ---------------------------------------------------------------------------- train / eval / predict
 _run_dir = click.argument("run_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR")
+_flip_test = click.option("--flip-test/--no-flip-test", default=None,
+                          help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
+                               "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
 
 
 def _range(value, name, lo, hi):
@@ -505,9 +508,7 @@ def train(ctx, shard_dir, run_dir, keypoint_weights, heatmap_stride, exports, re
                    "truth (rings), a line from each to the other.")
 @click.option("--n", "grid_n", type=click.IntRange(min=1), default=16, show_default=True,
               help="Records on the --grid sheet.")
-@click.option("--flip-test/--no-flip-test", default=None,
-              help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
-                   "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
+@_flip_test
 @click.option("--oks-sigma", type=_FloatRange(min=0, min_open=True), metavar="SIGMA",
               help="Multi-instance runs: one OKS sigma for every keypoint (default: COCO's per-keypoint sigmas "
                    "for the 17 COCO person keypoints, else 0.07).")
@@ -597,9 +598,7 @@ def _bbox(ctx, param, value):
               help="--track: frames an instance may vanish for and keep its track.")
 @click.option("--max-tracks", type=click.IntRange(min=1), metavar="N",
               help="--track: at most N tracks per video (the number of animals, when known).")
-@click.option("--flip-test/--no-flip-test", default=None,
-              help="Average the heatmaps of each image and of its mirror (left/right keypoints swapped). "
-                   "Default: on for a heatmap run trained with flips (its keypoints have flip pairs).")
+@_flip_test
 @click.option("--max-instances", type=click.IntRange(min=1), metavar="N",
               help="Multi-instance runs: at most N instances per image or frame (default: the most seen in "
                    "training).")
@@ -616,7 +615,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     """Predict keypoints (original image pixels, with a confidence) for INPUT... : images, videos
     (every frame, or --every/--start/--end) and folders of them, with the crop and resize the run's
     shards used. A file that cannot be read is reported and skipped; the exit code is then 1."""
-    from .model.predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_h5, require_sleap_io
+    from .model.predict import FILE_FORMATS, common_root, expand_inputs, output_format, require_format
     from .model.video import FrameSelection, is_video
 
     paths = expand_inputs(inputs)
@@ -632,10 +631,7 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     if fmt in FILE_FORMATS and output == "-":
         raise click.BadParameter(f"--format {fmt} is written to a file, not to stdout: give -o FILE",
                                  param_hint="-o")
-    if fmt == "dlc-h5":
-        require_h5()
-    elif fmt == "slp":
-        require_sleap_io()
+    require_format(fmt)
     if draw_target:
         if is_video(draw_target) and (len(paths) != 1 or not videos):
             raise click.BadParameter("a video file as --draw needs exactly one video input; give a folder "
@@ -655,10 +651,8 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
     from .model.run import import_keras_without_pandas
 
     import_keras_without_pandas()    # (start-up: Keras's optional pandas import is 0.3 s; docs/benchmarks.md)
-    from .model.predict import Boxes, Predictor, TrackOptions
-    from .model.predict import run_predict
-
     from .model.multi import MultiPredictor, run_is_multi
+    from .model.predict import Boxes, Predictor, TrackOptions, run_predict
 
     boxes = Boxes.read(boxes_path) if boxes_path else None
     multi = run_is_multi(run_dir)

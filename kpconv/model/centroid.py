@@ -1,8 +1,8 @@
 """The multi-instance (top-down) stages' geometry, in plain numpy: how much the centroid stage downscales
 whole frames (:func:`centroid_scale`), how large the centred-instance stage's crops are
-(:func:`instance_crop`), where the crops lie (:func:`crop_boxes`, the one definition the training
-pipeline and prediction share), and the instance centres found in a centroid heatmap
-(:func:`find_peaks`: max-pool non-maximum suppression, a threshold, sub-pixel refinement).
+(:func:`instance_crop`), and the instance centres found in a centroid heatmap (:func:`find_peaks`: max-pool
+non-maximum suppression, a threshold, sub-pixel refinement). Where the crops lie:
+:func:`kpconv.model.multi.crop_boxes_tf`, the one definition the training pipeline and prediction share.
 
 Pixel convention: continuous, pixel ``i``'s centre at ``i + 0.5`` (as everywhere in kpconv).
 """
@@ -77,27 +77,6 @@ def instance_crop(box_sides: Sequence[float], percentile: float = CROP_PERCENTIL
     return crop, round(scale, 6)
 
 
-def crop_boxes(centres, region: Tuple[float, float], out: Tuple[int, int], image_size) -> np.ndarray:
-    """``tf.image.crop_and_resize`` boxes (M, 4) ``[y0, x0, y1, x1]`` for regions of ``region`` (w, h) stored
-    pixels centred on ``centres`` (M, 2) px, sampled into ``out`` (w, h) pixels, in images of ``image_size``
-    (M, 2) or (2,) ``[w, h]``: output pixel ``j``'s centre samples the input at
-    ``cx - rw / 2 + (j + 0.5) * rw / ow`` (continuous convention). Pixels outside the image are 0."""
-    c = np.asarray(centres, np.float64).reshape(-1, 2)
-    size = np.broadcast_to(np.asarray(image_size, np.float64), c.shape)
-    rw, rh = region
-    ow, oh = out
-    x0 = c[:, 0] - rw / 2.0
-    y0 = c[:, 1] - rh / 2.0
-    # crop_and_resize samples at index space y0 * (H - 1) + i * (y1 - y0) * (H - 1) / (oh - 1)
-    ax = x0 + 0.5 * rw / ow - 0.5
-    bx = x0 + (ow - 0.5) * rw / ow - 0.5
-    ay = y0 + 0.5 * rh / oh - 0.5
-    by = y0 + (oh - 0.5) * rh / oh - 0.5
-    wm1 = np.maximum(size[:, 0] - 1.0, 1.0)
-    hm1 = np.maximum(size[:, 1] - 1.0, 1.0)
-    return np.stack([ay / hm1, ax / wm1, by / hm1, bx / wm1], -1).astype(np.float32)
-
-
 def find_peaks(heatmap, threshold: float = 0.2, max_peaks: int = 0, window: int = 3
                ) -> Tuple[np.ndarray, np.ndarray]:
     """Local maxima of one heatmap ``(h, w)``: ``(xy (N, 2) in heatmap cells, continuous convention,
@@ -139,20 +118,3 @@ def find_peaks(heatmap, threshold: float = 0.2, max_peaks: int = 0, window: int 
                                                   log[np.minimum(ys + 1, h - 1), xs]), 0.0)
     xy = np.stack([xs + 0.5 + dx, ys + 0.5 + dy], -1).astype(np.float64).reshape(-1, 2)
     return xy, values.astype(np.float64)
-
-
-def centre_targets(centres, mask, size: Tuple[int, int], stride: int, sigma: float) -> np.ndarray:
-    """The centroid stage's target for one image (numpy, for tests and inspection; the loss renders the
-    same in the graph, :class:`kpconv.model.losses.CentroidLoss`): ``(h, w)`` cells of an input of ``size``
-    (w, h) pixels, the maximum over the labelled centres (``centres`` (N, 2) px, ``mask`` (N,)) of a
-    Gaussian of ``sigma`` cells with peak 1."""
-    w, h = size[0] // stride, size[1] // stride
-    xs = (np.arange(w) + 0.5) * stride
-    ys = (np.arange(h) + 0.5) * stride
-    out = np.zeros((h, w), np.float64)
-    denom = 2.0 * (sigma * stride) ** 2
-    for (cx, cy), m in zip(np.asarray(centres, np.float64).reshape(-1, 2), np.asarray(mask).reshape(-1)):
-        if m > 0:
-            g = np.exp(-((ys[:, None] - cy) ** 2) / denom) * np.exp(-((xs[None, :] - cx) ** 2) / denom)
-            out = np.maximum(out, g)
-    return out

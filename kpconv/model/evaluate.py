@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from . import metrics
 from ..errors import TrainError
 
 
@@ -35,8 +36,6 @@ def collect(predict: Callable, dataset) -> Dict[str, np.ndarray]:
     over a ``pipeline.load(..., include_meta=True)`` dataset; returns the arrays the metrics need, in
     original pixels: ``pred_px``, ``true_px``, ``mask``, ``norm`` (instance size), ``confidence``
     (None without one), ``pred_norm``, ``true_norm``."""
-    from . import metrics
-
     keys = ("transform", "stored_size", "bbox", "original_size")
     preds, targets, metas = [], [], {k: [] for k in keys}
     for images, target, meta in dataset:
@@ -57,8 +56,6 @@ def collect(predict: Callable, dataset) -> Dict[str, np.ndarray]:
 def evaluate_dataset(predict: Callable, dataset, names=None, min_confidence: Optional[float] = None) -> Dict:
     """Every metric of ``predict`` over the dataset (see :func:`collect`); with ``min_confidence``
     and a model that gives a confidence, also the errors above and below it."""
-    from . import metrics
-
     a = collect(predict, dataset)
     result = metrics.summary(a["pred_px"], a["true_px"], a["mask"], a["norm"], pred_norm=a["pred_norm"],
                              true_norm=a["true_norm"], names=names)
@@ -125,7 +122,7 @@ def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK
     frames the model did not train on; when that part is empty (a tiny split) the whole split, recorded
     as ``held_out: 0``. Predictions as eval and predict make them by default (test-time flip included
     when the run trained with flips: :func:`kpconv.model.inference.flip_permutation`)."""
-    from . import metrics, pipeline
+    from . import pipeline
     from .inference import Inference
     from .run import open_run, write_config
 
@@ -145,11 +142,38 @@ def calibrate(run_dir, shard_dir, split: str, threshold: float = CALIBRATION_PCK
         arrays = collect(inference, pipeline.load(shard_dir, split, 16, include_meta=True))
     err = metrics.errors(arrays["pred_px"], arrays["true_px"])
     correct = (arrays["mask"] > 0) & (err <= threshold * arrays["norm"][:, None])
-    params = metrics.fit_calibration(arrays["confidence"], correct)
-    config["calibration"] = {"params": params, "split": split, "criterion": f"within {threshold:g} x instance size",
-                             "keypoints": int(correct.size), "hits": int(correct.sum()),
-                             # the fraction of the split's images held out of training (0: frames it trained on)
-                             "held_out": held if split == config["dataset"].get("train_split") else None,
-                             "flip_test": inference.flip_permutation is not None}
+    # held_out: the fraction of the split's images kept out of training (0: frames it trained on)
+    config["calibration"] = _calibration(arrays["confidence"], correct, threshold, split,
+                                         held_out=held if split == config["dataset"].get("train_split") else None,
+                                         flip_test=inference.flip_permutation is not None)
     write_config(run_dir, config)
     return config["calibration"]
+
+
+def _calibration(confidence, correct, threshold: float, split: str, **extra) -> dict:
+    """``config.json``'s ``calibration``: the fitted parameters and what they were fitted on."""
+    return {"params": metrics.fit_calibration(confidence, correct), "split": split,
+            "criterion": f"within {threshold:g} x instance size", "keypoints": int(correct.size),
+            "hits": int(correct.sum()), **extra}
+
+
+def calibrate_crops(model, ds, batches: int = 10, threshold: float = CALIBRATION_PCK) -> dict:
+    """The multi-instance stage's confidence calibration (as :func:`calibrate` for single-instance runs): on
+    ``batches`` batches of unaugmented training crops, P(keypoint labelled and within ``threshold`` x the
+    instance's size, the longer side of its labelled keypoints' box) as a logistic function of the heatmap peak."""
+    from .inference import Inference
+
+    infer = Inference(model, batch_size=16)
+    conf, correct = [], []
+    for images, target in ds.take(batches):
+        out = infer(images)
+        t = np.asarray(target)
+        m = t[..., 2] > 0
+        err = np.hypot(out[..., 0] - t[..., 0], out[..., 1] - t[..., 1])
+        big = np.where(m, 1.0, np.nan)
+        size = np.fmax(np.nanmax(t[..., 0] * big, 1) - np.nanmin(t[..., 0] * big, 1),
+                       np.nanmax(t[..., 1] * big, 1) - np.nanmin(t[..., 1] * big, 1))
+        size = np.nan_to_num(size, nan=0.0)
+        conf.append(out[..., 2])
+        correct.append(m & (err <= threshold * size[:, None]))
+    return _calibration(np.concatenate(conf), np.concatenate(correct), threshold, "train crops (unaugmented)")

@@ -1,18 +1,12 @@
-"""``kpconv export``: a trained run's ``model.keras`` as a SavedModel, a TFLite or an ONNX model.
+"""``kpconv export``: a trained run's ``model.keras`` as a SavedModel, a TFLite or an ONNX model (:data:`FORMATS`;
+docs/predict.md).
 
-Every format holds the model in its inference form (the heatmap head's decoding and calibrated
-confidence included): float32 ``(None, H, W, 3)`` pixels in ``[0, 255]`` in, ``(None, K, 3)`` out
-(``x, y`` normalized to the stored image, confidence). Formats: ``savedmodel`` (a ``serve``
-signature), ``tflite`` (float32), ``tflite-fp16`` (float16 weights, float32 compute and I/O),
-``tflite-int8`` (int8 weights and activations, calibrated on images of the run's shards; float32
-input and output), ``onnx`` (through ``tf2onnx``, opset :data:`ONNX_OPSET`, input ``image``, output
-``keypoints``; ``pip install 'kpconv[onnx]'``). A run trained with mixed precision is rebuilt in
-float32 before exporting (TFLite has no bfloat16 kernels). Every export is checked, in its own
-runtime (TensorFlow, the TFLite interpreter, onnxruntime), against ``model.keras`` (run by
-:class:`kpconv.model.inference.Inference`) on a few shard images: :attr:`ExportResult.max_diff_px` is the
-largest keypoint distance, in pixels of the stored image.
-
-``kpconv train --export`` calls :func:`export_run` at the end of training.
+Every format holds the model in its inference form (the heatmap head's decoding and calibrated confidence
+included), traced once (:func:`_serve_function`): float32 ``(None, H, W, 3)`` pixels in ``[0, 255]`` in,
+``(None, K, 3)`` out (``x, y`` normalized to the stored image, confidence). A run trained with mixed precision
+is rebuilt in float32 first (TFLite has no bfloat16 kernels). Every export is checked in its own runtime against
+``model.keras`` (run by :class:`kpconv.model.inference.Inference`) on a few shard images:
+:attr:`ExportResult.max_diff_px` is the largest keypoint distance, in pixels of the stored image.
 """
 from __future__ import annotations
 
@@ -26,7 +20,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..errors import ExportError
-from .onnxrt import ONNX_HINT, ONNX_OPSET, OnnxFunction, require_onnx, to_onnx  # noqa: F401 (re-exported)
+from .onnxrt import OnnxFunction, require_onnx, to_onnx
 from ..quiet import stdout_to_stderr
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
@@ -182,18 +176,6 @@ def run_tflite(model_content: bytes, images: np.ndarray) -> np.ndarray:
     return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]), np.float32)
 
 
-def _onnx_bytes(model, image_hw) -> bytes:
-    """The inference model as an ONNX model: input ``image`` float32 (None, H, W, 3), output
-    ``keypoints`` float32 (None, K, 3), converted from the same traced ``tf.function`` as the SavedModel
-    and TFLite exports (one definition of what is exported) by :func:`kpconv.model.onnxrt.to_onnx`."""
-    return to_onnx(_serve_function(model, *image_hw), image_hw, "keypoints")
-
-
-def run_onnx(model_content: bytes, images: np.ndarray) -> np.ndarray:
-    """Run an ONNX export with onnxruntime (CPU) on ``images`` float32 (B, H, W, 3)."""
-    return OnnxFunction(model_content)(images)
-
-
 def shard_images(shard_dir, n: int) -> np.ndarray:
     """Up to ``n`` stored images (float32 pixels) of the shards: the validation split when there is
     one (images the model did not fit), else the first split; shards of ``--image-size none``: those of the
@@ -266,9 +248,9 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
             loaded = tf.saved_model.load(str(target))
             run_export = lambda x: loaded.serve(tf.constant(x)).numpy()  # noqa: E731
     else:
-        if fmt == "onnx":
-            data = _onnx_bytes(model, (h, w))
-            run_export = lambda x: run_onnx(data, x)  # noqa: E731
+        if fmt == "onnx":   # converted from the traced function the other formats export
+            data = to_onnx(_serve_function(model, h, w), (h, w), "keypoints")
+            run_export = OnnxFunction(data)
         else:
             data = _tflite_bytes(model, fmt, images, (h, w))
             run_export = lambda x: run_tflite(data, x)  # noqa: E731

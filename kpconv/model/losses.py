@@ -126,40 +126,32 @@ class HeatmapLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="kpconv")
-class CentroidLoss(keras.losses.Loss):
+class CentroidLoss(HeatmapLoss):
     """The multi-instance centroid stage's loss: ``y_pred`` one heatmap ``(B, h, w, 1)``, ``y_true``
     ``(B, N, 3)``: every instance centre of the image (normalized ``x, y``, 1 for a centre, 0 for padding).
     The target is the maximum over the centres of a Gaussian of ``sigma`` cells (peak 1), so touching
-    instances keep two peaks; the error is weighted as :class:`HeatmapLoss`'s
-    (:func:`kpconv.model.centroid.centre_targets` renders the same target in numpy)."""
+    instances keep two peaks; the error is weighted as :class:`HeatmapLoss`'s."""
 
     def __init__(self, stride: int = 4, sigma: float = 1.5, pos_weight: float = 9.0,
                  name: Optional[str] = "centroid_loss", reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.stride = int(stride)
-        self.sigma = float(sigma)
-        self.pos_weight = float(pos_weight)
+        super().__init__(stride, sigma, pos_weight, name=name, reduction=reduction, dtype=dtype)
+
+    def targets(self, y_true, h, w):
+        """The target heatmap ``(B, h, w)`` of ``y_true``'s centres on a grid of ``h x w`` cells."""
+        from keras import ops
+
+        return ops.max(super().targets(y_true, h, w), axis=1)
 
     def call(self, y_true, y_pred):
         from keras import ops
 
         y_pred = ops.cast(y_pred, "float32")
-        y_true = ops.cast(y_true, "float32")
         shape = ops.shape(y_pred)
-        h, w = shape[1], shape[2]
-        s = float(self.stride)
-        xs = (ops.cast(ops.arange(w), "float32") + 0.5) * s
-        ys = (ops.cast(ops.arange(h), "float32") + 0.5) * s
-        kx = y_true[..., 0] * ops.cast(w, "float32") * s
-        ky = y_true[..., 1] * ops.cast(h, "float32") * s
-        denom = 2.0 * (self.sigma * s) ** 2
-        gx = ops.exp(-ops.square(xs[None, None, :] - kx[..., None]) / denom)
-        gy = ops.exp(-ops.square(ys[None, None, :] - ky[..., None]) / denom)
-        target = ops.max(gy[..., :, None] * gx[..., None, :] * y_true[..., 2][..., None, None], axis=1)  # (B, h, w)
+        target = self.targets(y_true, shape[1], shape[2])
         el = (1.0 + self.pos_weight * target) * ops.square(y_pred[..., 0] - target)
         return ops.mean(el, axis=(1, 2))
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(stride=self.stride, sigma=self.sigma, pos_weight=self.pos_weight)
+        del cfg["keypoint_weights"]
         return cfg

@@ -1,41 +1,35 @@
 """Multi-instance pose, top-down (SLEAP's centroid + centred-instance pair): training both stages into one
 run directory, and predicting every instance of a frame without boxes (docs/multi-instance.md).
 
-* **Centroid stage** (``centroid.keras``): the U-Net heatmap model with one channel, on whole frames
-  resized by ``scale`` (:func:`kpconv.model.centroid.centroid_scale`: the median instance keeps about 32 px, close neighbours 3 cells); its
-  target is the maximum of Gaussians at every instance centre (:class:`kpconv.model.losses.CentroidLoss`);
-  instances are its peaks (:func:`kpconv.model.centroid.find_peaks`). Trained on windows of at most
-  ``CENTROID_MAX_INPUT`` pixels of the resized frames, so its cost does not grow with the frame size.
-* **Instance stage** (``model.keras``): the usual keypoint heatmap model on ``crop`` x ``crop`` crops centred
-  on one instance (:func:`kpconv.model.centroid.instance_crop`), whose targets are that instance's keypoints only.
+* **Centroid stage** (``centroid.keras``): the U-Net heatmap model with one channel on whole frames resized by
+  ``scale`` (:func:`kpconv.model.centroid.centroid_scale`), trained on windows of at most
+  :data:`CENTROID_MAX_INPUT` pixels; its target is the maximum of Gaussians at every instance centre
+  (:class:`kpconv.model.losses.CentroidLoss`), instances are its peaks (:func:`kpconv.model.centroid.find_peaks`).
+* **Instance stage** (``model.keras``): the usual keypoint heatmap model on ``crop`` x ``crop`` crops centred on
+  one instance (:func:`kpconv.model.centroid.instance_crop`), its targets that instance's keypoints only.
 
-Training (:func:`train_multi`) reads shards of record spec 2 of any image size (``--image-size none``):
-``image/instances/center`` gives every centre of a record's image. ``time_limit`` is split: a third for
-the centroid stage, two thirds for the instance stage (:data:`CENTROID_SHARE`). ``config.json`` holds
-``"stages"``: how the two models are chained.
-
-Prediction (:class:`MultiPredictor`): frames -> centroid model -> peaks (``max_instances``, threshold) ->
-crops around each peak, batched across instances and frames -> instance model -> keypoints in original
-pixels with confidences. Each instance's ``score`` is its mean keypoint confidence (:data:`SCORES`: the
-ranking kept after measuring the three with COCO AP, see docs/multi-instance.md). With
-``boxes`` the first stage is skipped: each box's centre is an instance centre.
+:func:`train_multi` reads shards of record spec 2 of any image size and shares ``time_limit`` between the
+stages (:data:`CENTROID_SHARE`); ``config.json``'s ``"stages"`` say how the models are chained.
+:class:`MultiPredictor`: frames -> centroid peaks (or the centres of given boxes) -> crops around each, batched
+across instances and frames -> instance model -> keypoints in original pixels, each instance scored
+(:data:`SCORES`).
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import centroid as cgeom, metrics
-from ..errors import KpconvError, TrainError
+from ..errors import TrainError
+from .predict import FilePredictor, Prediction, read_image
+from .video import is_video
 
-CALIBRATION_PCK = 0.05             # as kpconv.train's: P(error <= 0.05 x instance size)
 CENTROID_FILE = "centroid.keras"
 INSTANCE_FILE = "model.keras"
 CENTROID_SHARE = 1.0 / 3.0          # of --time-limit for the centroid stage; the rest for the instance stage
@@ -133,8 +127,10 @@ def choose_anchor(stats: dict, names: Sequence[str], min_labelled: float = ANCHO
 
 # ----------------------------------------------------------------------------------------- tf pipeline
 def crop_boxes_tf(centres, region, out, image_size):
-    """:func:`kpconv.model.centroid.crop_boxes` in the graph: ``centres`` (M, 2), ``region`` (2,) or (M, 2) ``[rw, rh]``
-    stored pixels, ``out`` ``(ow, oh)`` ints, ``image_size`` (M, 2) ``[w, h]``."""
+    """``tf.image.crop_and_resize`` boxes (M, 4) ``[y0, x0, y1, x1]`` for regions of ``region`` (2,) or (M, 2)
+    ``[rw, rh]`` stored pixels centred on ``centres`` (M, 2) px, sampled into ``out`` ``(ow, oh)`` pixels, in images
+    of ``image_size`` (M, 2) ``[w, h]``: output pixel ``j``'s centre samples the input at
+    ``cx - rw / 2 + (j + 0.5) * rw / ow`` (continuous convention). Pixels outside the image are 0."""
     import tensorflow as tf
 
     c = tf.cast(centres, tf.float32)
@@ -143,6 +139,7 @@ def crop_boxes_tf(centres, region, out, image_size):
     ow, oh = tf.cast(out[0], tf.float32), tf.cast(out[1], tf.float32)
     x0 = c[:, 0] - reg[:, 0] / 2.0
     y0 = c[:, 1] - reg[:, 1] / 2.0
+    # crop_and_resize samples at index space y0 * (H - 1) + i * (y1 - y0) * (H - 1) / (oh - 1)
     ax = x0 + 0.5 * reg[:, 0] / ow - 0.5
     bx = x0 + (ow - 0.5) * reg[:, 0] / ow - 0.5
     ay = y0 + 0.5 * reg[:, 1] / oh - 0.5
@@ -173,16 +170,13 @@ def _parse(num_keypoints: int, anchor: Optional[int] = None):
     return parse
 
 
-def _records(shard_dir, split: str, info, seed: int, shuffle: bool):
+def _records(info, split: str):
     import tensorflow as tf
 
     files = info.files(split)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or ""),
-                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=info.compression or ""),
+        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _augment(options, crop: bool):
@@ -221,7 +215,7 @@ def _cached(ds, nbytes: float):
     return ds.cache() if nbytes < CACHE_LIMIT_BYTES else ds
 
 
-def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm,
+def instance_dataset(split: str, info, crop: int, scale: float, batch: int, seed: int, aug, perm,
                      anchor: Optional[int] = None):
     """The instance stage's training batches: ``crop`` x ``crop`` crops (covering ``crop / scale`` stored pixels)
     centred on each record's instance centre, its keypoints normalized to the crop (outside: unlabelled). The
@@ -241,8 +235,7 @@ def instance_dataset(shard_dir, split: str, info, crop: int, scale: float, batch
                 "keypoints": tf.where(inside[:, None], kp, 0.0), "visibility": vis}
 
     n = info.split(split).num_records
-    ds = _records(shard_dir, split, info, seed, False).map(_parse(info.num_keypoints, anchor),
-                                                           num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _records(info, split).map(_parse(info.num_keypoints, anchor), num_parallel_calls=tf.data.AUTOTUNE)
     ds = _cached(ds.map(to_crop, num_parallel_calls=tf.data.AUTOTUNE), n * crop * crop * 3)
     ds = ds.shuffle(min(n, 4096), seed=seed, reshuffle_each_iteration=True).repeat()
     return _finish(ds, batch, aug, perm, seed).prefetch(tf.data.AUTOTUNE)
@@ -289,7 +282,7 @@ def window_at(image, centre, window: int):
     return tf.ensure_shape(img, (window, window, None))
 
 
-def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max_instances: int, batch: int,
+def centroid_dataset(split: str, info, scale: float, window: int, max_instances: int, batch: int,
                      seed: int, aug, frame_sizes: Sequence[Tuple[int, int]] = (), anchor: Optional[int] = None,
                      images: Optional[int] = None):
     """The centroid stage's training batches: one per image (its records of ``instance/index`` 0), resized by
@@ -332,7 +325,7 @@ def centroid_dataset(shard_dir, split: str, info, scale: float, window: int, max
         images = info.split(split).num_records      # (an upper bound: records, not images)
     biggest = max((w * h for w, h in frame_sizes), default=1 << 22)
     first = {"instance/index": tf.io.FixedLenFeature((), tf.int64)}     # (one record per image decoded)
-    ds = _records(shard_dir, split, info, seed, False).filter(
+    ds = _records(info, split).filter(
         lambda r: tf.equal(tf.io.parse_single_example(r, first)["instance/index"], 0))
     ds = ds.map(_parse(info.num_keypoints, anchor), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(resized, num_parallel_calls=tf.data.AUTOTUNE)
@@ -370,18 +363,6 @@ def plan_stages(stats: dict, frame_sizes: Sequence[Tuple[int, int]] = ()) -> Sta
     return StagePlan(s, max(32, window), crop, crop_scale, max(1, stats["max_instances"]))
 
 
-def _frame_sizes(shard_dir, split: str, info) -> List[Tuple[int, int]]:
-    from ..data.records import decode_record
-    from ..data.tfrecord import read_records
-
-    sizes = set()
-    for path in info.files(split):
-        for data in read_records(path, info.compression_name):
-            r = decode_record(data, info.num_keypoints)
-            sizes.add((r["image/width"], r["image/height"]))
-    return sorted(sizes)
-
-
 def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, label: str, log: Callable):
     import keras
 
@@ -405,31 +386,6 @@ def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, 
     return len(losses), (float(losses[-1]) if losses else None)
 
 
-def calibrate_instance(model, ds, batches: int = 10, threshold: float = CALIBRATION_PCK) -> dict:
-    """The instance stage's confidence calibration (as ``kpconv train`` calibrates single-instance runs): on
-    ``batches`` batches of unaugmented training crops, P(keypoint labelled and within ``threshold`` x the
-    instance's size, the longer side of its labelled keypoints' box) as a logistic function of the heatmap peak."""
-    from .inference import Inference
-
-    infer = Inference(model, batch_size=16)
-    conf, correct = [], []
-    for images, target in ds.take(batches):
-        out = infer(images)
-        t = np.asarray(target)
-        m = t[..., 2] > 0
-        err = np.hypot(out[..., 0] - t[..., 0], out[..., 1] - t[..., 1])
-        big = np.where(m, 1.0, np.nan)
-        size = np.fmax(np.nanmax(t[..., 0] * big, 1) - np.nanmin(t[..., 0] * big, 1),
-                       np.nanmax(t[..., 1] * big, 1) - np.nanmin(t[..., 1] * big, 1))
-        size = np.nan_to_num(size, nan=0.0)
-        conf.append(out[..., 2])
-        correct.append(m & (err <= threshold * size[:, None]))
-    conf, correct = np.concatenate(conf), np.concatenate(correct)
-    return {"params": metrics.fit_calibration(conf, correct), "split": "train crops (unaugmented)",
-            "criterion": f"within {threshold:g} x instance size", "keypoints": int(correct.size),
-            "hits": int(correct.sum())}
-
-
 def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train the centroid and the centred-instance stage on ``shard_dir`` (record spec 2, any image size) into
     ``run_dir`` (which must not hold a run). ``options`` a :class:`kpconv.model.train.TrainOptions` (heatmap head,
@@ -439,6 +395,8 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
 
     from . import losses, network as kmodel
     from ..data.dataset_info import DatasetInfo, dataset_sha256, verify_shards
+    from .evaluate import calibrate_crops
+    from .pipeline import frame_sizes as frame_sizes_of
     from .run import CONFIG_FILE, save_model, write_json
     from .train import TrainOptions, _versions, resolve_recipe
 
@@ -464,7 +422,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
     if options.time_limit is not None and not (options.time_limit > 0 and math.isfinite(options.time_limit)):
         raise TrainError(f"time limit {options.time_limit}: expected a positive number of minutes")
     stats = instance_stats(shard_dir, options.train_split)
-    frame_sizes = _frame_sizes(shard_dir, options.train_split, info)
+    frame_sizes = sorted(frame_sizes_of(shard_dir, options.train_split))
     plan = plan_stages(stats, frame_sizes)
     anchor = choose_anchor(stats, info.keypoint_names)
     from .metrics import COCO_SIGMAS
@@ -516,7 +474,7 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         spent = time.monotonic() - started
         c_seconds = max(1.0, (total - spent) * CENTROID_SHARE) if total else None
         c_model = kmodel.build_model(c_cfg, None)
-        c_ds = centroid_dataset(shard_dir, options.train_split, info, plan.centroid_scale, plan.centroid_window,
+        c_ds = centroid_dataset(options.train_split, info, plan.centroid_scale, plan.centroid_window,
                                 plan.max_instances, CENTROID_BATCH, options.seed, _augment(options, False), frame_sizes,
                                 anchor, stats["images"])
         c_epochs, c_loss = _fit_stage(c_model, losses.CentroidLoss(CENTROID_STRIDE, CENTROID_SIGMA), c_ds, options,
@@ -525,14 +483,14 @@ def train_multi(shard_dir, run_dir, options=None, log: Callable[[str], None] = l
         # (the calibration and saving after the instance stage are kept inside the budget)
         i_seconds = max(1.0, total - (time.monotonic() - started) - min(30.0, 0.05 * total)) if total else None
         i_model = kmodel.build_model(i_cfg, None)
-        i_ds = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
+        i_ds = instance_dataset(options.train_split, info, plan.crop, plan.crop_scale, options.batch_size,
                                 options.seed, _augment(options, True), info.flip_permutation(), anchor)
         i_epochs, i_loss = _fit_stage(i_model, losses.HeatmapLoss(stride, options.sigma), i_ds, options, i_seconds,
                                       epochs, "instance", log)
         save_model(i_model, run / INSTANCE_FILE)
-        plain = instance_dataset(shard_dir, options.train_split, info, plan.crop, plan.crop_scale, 16, options.seed,
+        plain = instance_dataset(options.train_split, info, plan.crop, plan.crop_scale, 16, options.seed,
                                  None, None, anchor)
-        config["calibration"] = calibrate_instance(i_model, plain)
+        config["calibration"] = calibrate_crops(i_model, plain)
         config["stages"][0].update(epochs=c_epochs, final_loss=c_loss)
         config["stages"][1].update(epochs=i_epochs, final_loss=i_loss)
         config["train_seconds"] = round(time.monotonic() - started, 1)
@@ -555,7 +513,7 @@ class Found:
     score: float
 
 
-class MultiPredictor:
+class MultiPredictor(FilePredictor):
     """A multi-instance run, ready to predict every instance of images and video frames::
 
         p = kpconv.model.multi.MultiPredictor("run/")
@@ -565,7 +523,8 @@ class MultiPredictor:
     ``max_instances`` (default: the most seen in training) and ``min_score`` bound what is returned;
     ``peak_threshold`` the centroid peaks; ``pose_nms`` the OKS above which a pose is a duplicate of a better one
     (None keeps every pose; boxes given are never merged); ``score`` one of :data:`SCORES`; ``runtime`` the two models'
-    (:data:`kpconv.model.inference.RUNTIMES`: ``"tf"`` or ``"onnx"``)."""
+    (:data:`kpconv.model.inference.RUNTIMES`: ``"tf"`` or ``"onnx"``). :meth:`predict`'s ``bbox`` (one box for every
+    input) or ``boxes`` (per image or frame) skip the centroid stage: each box's centre is an instance's."""
 
     def __init__(self, run_dir, max_instances: Optional[int] = None, min_score: float = 0.0,
                  peak_threshold: Optional[float] = None, score: Optional[str] = None, batch_size: int = 8,
@@ -654,7 +613,7 @@ class MultiPredictor:
             heat = self.centroid_heatmaps(frames)
             scale = float(self.cstage["scale"])
             ow, oh = centroid_input_size((w, h), scale)
-            # the resized frame covers (ow, oh) / scale pixels centred on the frame (crop_boxes' convention)
+            # the resized frame covers (ow, oh) / scale pixels centred on the frame (crop_boxes_tf's convention)
             x0, y0 = w / 2.0 - ow / (2.0 * scale), h / 2.0 - oh / (2.0 * scale)
             stride = float(self.cstage["stride"])
             for hm in heat:
@@ -695,77 +654,38 @@ class MultiPredictor:
                 kept.append(f)
         return kept
 
-    def predict(self, inputs, bbox=None, boxes=None, batch_size: int = 8, frames=None,
-                on_error: Optional[Callable] = None, keep_frames: bool = False, root: Optional[Path] = None):
-        """Yield one :class:`kpconv.model.predict.Prediction` per instance found, per image and selected video frame
-        in input order (``instance`` 0, 1, ... by decreasing score). The interface of
-        :meth:`kpconv.model.predict.Predictor.predict`; ``bbox``: one box for every input (its centre is the one
-        instance), ``boxes`` per image or frame (skip the centroid stage)."""
+    def _items(self, path, frames, keep_frames, boxes_of):
+        """One item per image or selected video frame; ``boxes``: the boxes given (their centres replace the
+        centroid stage's) or None."""
         from . import video
-        from ..data.images import SourceImage, to_rgb
-        from .predict import Failure, Prediction, common_root, each_file, expand_inputs, read_ahead
         from ..progress import progress
-        from .video import FrameSelection, is_video
 
-        frames = frames or FrameSelection()
-        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
-        root = root or common_root(paths)
-        single_video = sum(is_video(p) for p in paths) == 1
-        batch: list = []
+        def given(frame):
+            g = boxes_of(path, frame)
+            return None if g is None else [b for b, _ in g]
 
-        def flush():
-            arr = np.stack([b["array"] for b in batch])
-            given = None
-            if boxes is not None or bbox is not None:
-                given = [b["boxes"] for b in batch]
-            for b, found in zip(batch, self.find(arr, given)):
-                h, w = b["array"].shape[:2]
-                for i, f in enumerate(found):
-                    k = f.keypoints
-                    x0, y0 = float(k[:, 0].min()), float(k[:, 1].min())
-                    box = [x0, y0, float(k[:, 0].max()) - x0, float(k[:, 1].max()) - y0]
-                    yield Prediction(b["file"], w, h, [[float(v[0]), float(v[1]), float(v[2])] for v in k],
-                                     box, round(f.score, 6), b["frame"], b["time"], i, b["pixels"])
-            batch.clear()
+        if is_video(path):
+            fps, count, _ = video.info(path)
+            decoded = progress(video.frames(path, frames), total=frames.expected(count, fps),
+                               desc=Path(path).name, unit="frame")
+            for index, t, arr in decoded:
+                yield dict(file=path, array=arr, frame=index, time=round(t, 6),
+                           pixels=arr if keep_frames else None, boxes=given(index))
+        else:
+            yield dict(file=path, array=read_image(path), frame=None, time=None, pixels=None, boxes=given(None))
 
-        def fail(e: KpconvError, file: str, frame=None):
-            if on_error is None:
-                raise e
-            on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
-
-        def given_boxes(path, frame):
-            if boxes is not None:
-                return [list(b) for b, _ in boxes.lookup(path, root, frame, single_video)]
-            return [list(bbox)] if bbox is not None else None
-
-        def items(path):
-            if is_video(path):
-                fps, count, _ = video.info(path)
-                decoded = progress(video.frames(path, frames), total=frames.expected(count, fps),
-                                   desc=Path(path).name, unit="frame")
-                for index, t, arr in decoded:
-                    yield dict(file=path, array=arr, frame=index, time=round(t, 6),
-                               pixels=arr if keep_frames else None, boxes=given_boxes(path, index))
-            else:
-                im, _ = SourceImage(path).load()
-                yield dict(file=path, array=np.asarray(to_rgb(im)), frame=None, time=None, pixels=None,
-                           boxes=given_boxes(path, None))
-
-        # files read and frames decoded in a producer thread (a bounded queue of four batches) while the
-        # models run (kpconv.model.predict.read_ahead): clip.mp4, 1024x1024, decodes at about 200 frames/s on one core
-        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
-            if kind == "end":
-                continue
-            if kind == "failed":
-                if batch:
-                    yield from flush()
-                fail(*x)
-                continue
-            if batch and (len(batch) >= batch_size or batch[0]["array"].shape != x["array"].shape):
-                yield from flush()
-            batch.append(x)
-        if batch:
-            yield from flush()
+    def _flush(self, batch):
+        """One :class:`kpconv.model.predict.Prediction` per instance found (``instance`` 0, 1, ... by decreasing
+        score)."""
+        given = None if batch[0]["boxes"] is None else [b["boxes"] for b in batch]
+        for b, found in zip(batch, self.find(np.stack([b["array"] for b in batch]), given)):
+            h, w = b["array"].shape[:2]
+            for i, f in enumerate(found):
+                k = f.keypoints
+                x0, y0 = float(k[:, 0].min()), float(k[:, 1].min())
+                box = [x0, y0, float(k[:, 0].max()) - x0, float(k[:, 1].max()) - y0]
+                yield Prediction(b["file"], w, h, [[float(v[0]), float(v[1]), float(v[2])] for v in k],
+                                 box, round(f.score, 6), b["frame"], b["time"], i, b["pixels"])
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -801,6 +721,7 @@ def evaluate_multi(run_dir, shard_dir, split: str = "test", oks_sigma: Optional[
     """``kpconv eval`` for a multi-instance run: every image of ``split`` predicted without boxes, scored by
     :func:`kpconv.model.metrics.multi_instance_summary` (COCO OKS AP/AR, recall, precision, pixel errors)."""
     import io
+    from itertools import groupby, islice
 
     from PIL import Image
 
@@ -815,21 +736,12 @@ def evaluate_multi(run_dir, shard_dir, split: str = "test", oks_sigma: Optional[
     images, truth = labelled_images(shard_dir, split)
     preds: Dict[str, list] = {}
     started = time.monotonic()
-    i = 0
-    while i < len(images):
-        arr0 = np.asarray(to_rgb(Image.open(io.BytesIO(images[i][1]))))
-        group, arrays = [images[i]], [arr0]
-        i += 1
-        while i < len(images) and len(group) < batch_size:
-            arr = np.asarray(to_rgb(Image.open(io.BytesIO(images[i][1]))))
-            if arr.shape != arr0.shape:
-                break
-            group.append(images[i])
-            arrays.append(arr)
-            i += 1
-        for (key, _, (a, c, e, f)), found in zip(group, predictor.find(np.stack(arrays))):
-            preds[key] = [{"keypoints": np.stack([f_.keypoints[:, 0] * a + c, f_.keypoints[:, 1] * e + f,
-                                                  f_.keypoints[:, 2]], -1), "score": f_.score} for f_ in found]
+    decoded = ((key, t, np.asarray(to_rgb(Image.open(io.BytesIO(data))))) for key, data, t in images)
+    for _, same_size in groupby(decoded, key=lambda x: x[2].shape):     # batches of one image size
+        while group := list(islice(same_size, batch_size)):
+            for (key, (a, c, e, f), _), found in zip(group, predictor.find(np.stack([g[2] for g in group]))):
+                preds[key] = [{"keypoints": np.stack([f_.keypoints[:, 0] * a + c, f_.keypoints[:, 1] * e + f,
+                                                      f_.keypoints[:, 2]], -1), "score": f_.score} for f_ in found]
     seconds = time.monotonic() - started
     result = metrics.multi_instance_summary(truth, preds, metrics.oks_sigmas(names, oks_sigma), names)
     result = {"run_dir": str(run_dir), "shard_dir": str(shard_dir), "split": split, "score": predictor.score,

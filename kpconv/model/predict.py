@@ -1,23 +1,15 @@
-"""``kpconv predict``: keypoints in original image pixels for new images and videos.
+"""``kpconv predict``: keypoints in original image pixels, with a confidence, for new images and videos.
 
-Each image (EXIF orientation applied), or each decoded video frame, goes through the same
-preprocessing as the shards the run was trained on (recorded in ``config.json`` at train time from
-``dataset_info.json``), done on the decoded array by :meth:`kpconv.model.inference.Inference.prepare`: the
-crop (``none``, or ``bbox`` with the shard's padding around a box; without a box a ``bbox`` run uses
-the whole image) and the resize (``stretch`` or ``pad``). The model's output is mapped back through
-the same transform.
-
-Every model call goes through :meth:`Predictor.infer` (:class:`kpconv.model.inference.Inference`: one
-compiled function per input size), which returns the normalized coordinates and a confidence in
-``[0, 1]`` per keypoint; everything downstream (the writers, the drawing) carries it.
-
-Files are read, video frames decoded (:mod:`kpconv.model.video`) and prepared in a producer thread into a
-bounded queue (four batches) while the model runs, so memory stays bounded whatever the video's
-length. A file that cannot be read is reported (``on_error``) and skipped; the others are predicted.
+Each image (EXIF orientation applied) or decoded video frame gets the preprocessing of the run's shards
+and its model call from :class:`kpconv.model.inference.Inference`; the points are mapped back through the
+same transform. Files are read and frames decoded in a producer thread (:func:`read_ahead`, a bounded
+queue), so memory stays bounded whatever the video's length. A file that cannot be read is reported
+(``on_error``) and skipped. The output formats: :class:`Writer` and docs/predict.md.
 """
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -26,6 +18,7 @@ import queue
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -34,7 +27,7 @@ import numpy as np
 from ..drawing import relative_name
 from ..data.formats import coco as _coco_format, dlc as _dlc_format
 from ..data.formats.base import from_continuous
-from ..errors import AnnotationError, ImageError, KpconvError, Location, MissingDependency, OutputError, VideoError
+from ..errors import AnnotationError, ImageError, Location, MissingDependency, OutputError, VideoError
 from .video import VIDEO_EXTS, FrameSelection, is_video
 
 # Formats written in a tool's own pixel convention (the readers' PIXEL_ORIGIN: DeepLabCut and COCO put
@@ -115,15 +108,9 @@ def common_root(paths: Sequence[str]) -> Path:
 
 # -------------------------------------------------------------------------------------------- boxes
 class Boxes:
-    """Instance boxes per image or video frame, from COCO detection results or a CSV.
-
-    COCO: a JSON list of ``{"image_id", "bbox": [x, y, w, h], "score"}`` (detector output), or a COCO
-    dataset ``{"images": [...], "annotations": [...]}``; ``image_id`` is matched to the file through
-    ``images[].file_name``, else it is the file's name (path relative to the inputs' common folder,
-    or the file name alone), or for an integer the number in the image's file name (``000000397133.jpg``),
-    or a frame index of a video given alone. CSV: ``image,x,y,w,h[,score]`` rows (a header row is
-    allowed); for a video frame, ``image`` is ``VIDEO#FRAME`` (``clip.mp4#12``) or the frame index.
-    Boxes are in original pixels."""
+    """Instance boxes (original pixels) per image or video frame, from COCO detection results (or a COCO
+    dataset) or a CSV ``image,x,y,w,h[,score]``; how a box names its image or frame: :meth:`lookup` and
+    docs/predict.md ("Many instances")."""
 
     def __init__(self, by_key: Dict[str, List[Tuple[List[float], Optional[float]]]], path: str):
         self.by_key = by_key
@@ -285,7 +272,74 @@ def read_ahead(items: Iterable, maxsize: int) -> Iterator:
         thread.join()
 
 
-class Predictor:
+class FilePredictor:
+    """What :class:`Predictor` and :class:`kpconv.model.multi.MultiPredictor` share: :meth:`predict` reads
+    the files in a producer thread (:func:`read_ahead`), batches their items by array shape and yields the
+    predictions of each batch. A subclass gives a file's items (``_items``) and a batch's predictions
+    (``_flush``)."""
+
+    def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,
+                batch_size: int = 16, frames: FrameSelection = FrameSelection(),
+                on_error: Optional[Callable[[Failure], None]] = None, keep_frames: bool = False,
+                root: Optional[Path] = None) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per instance: per image (or per box of ``boxes``) and per
+        selected video frame, in input order.
+
+        ``inputs`` is a path or a list of paths: images, videos, folders of them. ``bbox`` is one box
+        (original pixels) for every input; ``boxes`` gives boxes per image or frame. A file that cannot
+        be read raises its located error, or, with ``on_error``, is passed to it as a
+        :class:`Failure` and skipped. ``keep_frames`` puts each decoded frame in ``pixels``."""
+        from ..progress import progress
+
+        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+        root = root or common_root(paths)
+        single_video = sum(is_video(p) for p in paths) == 1
+        self._start(batch_size)
+
+        def boxes_of(path, frame) -> Optional[List[Tuple[List[float], Optional[float]]]]:
+            """(box, score) of each given instance of one image or frame; None when no box is given."""
+            if boxes is not None:
+                return [(list(b), s) for b, s in boxes.lookup(path, root, frame, single_video)]
+            return None if bbox is None else [(list(bbox), None)]
+
+        def items(path):
+            return self._items(path, frames, keep_frames, boxes_of)
+
+        images = [p for p in paths if not is_video(p)]
+        bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
+        batch: list = []
+        full = self.first_batch or batch_size
+        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
+            if kind == "item":
+                if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
+                    yield from self._flush(batch)
+                    batch = []
+                batch.append(x)
+                if len(batch) >= full:
+                    yield from self._flush(batch)
+                    batch, full = [], batch_size
+            elif kind == "failed":
+                if batch:
+                    yield from self._flush(batch)
+                    batch = []
+                e, file, frame = x
+                if on_error is None:
+                    raise e
+                on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
+            elif bar is not None and not is_video(x):
+                bar.update(1)
+        if batch:
+            yield from self._flush(batch)
+        if bar is not None:
+            bar.close()
+
+    first_batch: Optional[int] = None   # the first batch's size (None: batch_size)
+
+    def _start(self, batch_size: int) -> None:
+        pass
+
+
+class Predictor(FilePredictor):
     """A trained run, ready to predict::
 
         p = kpconv.Predictor("run/")
@@ -322,98 +376,53 @@ class Predictor:
         (B, K, 2) normalized to the stored image, ``confidence`` (B, K) in [0, 1]."""
         return self.inference.infer(batch)
 
-    def predict(self, inputs, bbox: Optional[Sequence[float]] = None, boxes: Optional[Boxes] = None,
-                batch_size: int = 16, frames: FrameSelection = FrameSelection(),
-                on_error: Optional[Callable[[Failure], None]] = None, keep_frames: bool = False,
-                root: Optional[Path] = None) -> Iterator[Prediction]:
-        """Yield one :class:`Prediction` per instance: per image (or per box of ``boxes``) and per
-        selected video frame, in input order.
+    # the first batch is one item: the first prediction comes out without waiting for a whole batch
+    # (start-up; the model's graph takes any batch size, docs/benchmarks.md "Start-up")
+    first_batch = 1
 
-        ``inputs`` is a path or a list of paths: images, videos, folders of them. ``bbox`` is one box
-        (original pixels) for every input; ``boxes`` gives boxes per image or frame. A file that cannot
-        be read raises its located error, or, with ``on_error``, is passed to it as a
-        :class:`Failure` and skipped. ``keep_frames`` puts each decoded frame in ``pixels``."""
-        from .metrics import to_original
+    def _start(self, batch_size: int) -> None:
+        self.inference.batch_size = batch_size   # the model runs on the batches formed here
+
+    def _items(self, path, frames, keep_frames, boxes_of) -> Iterator[dict]:
+        """The instances of one file, prepared (in the producer thread)."""
+        from . import video
         from ..progress import progress
 
-        paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
-        root = root or common_root(paths)
-        self.inference.batch_size = batch_size   # the model runs on the batches formed here
-        single_video = sum(is_video(p) for p in paths) == 1
-        batch: list = []
+        original = None
+        if is_video(path):
+            fps, count, wh = video.info(path)
+            # whole frames resized in the decoder (swscale, as they are converted to RGB) unless the
+            # frames themselves are kept or cut to boxes: docs/predict.md, "Videos"
+            scaled = (self.inference.scaled_size(*wh) if self.decoder_resize and not keep_frames
+                      and boxes_of(path, None) is None else None)
+            original = wh if scaled is not None else None
+            sources = progress(video.frames(path, frames, size=scaled), total=frames.expected(count, fps),
+                               desc=Path(path).name, unit="frame")
+        else:
+            sources = [(None, None, read_image(path))]
+        for frame, t, arr in sources:
+            given = boxes_of(path, frame)
+            for instance, (box, score) in enumerate([(None, None)] if given is None else given):
+                stored, transform, wh = self.inference.prepare(arr, box, original)
+                yield dict(file=path, array=stored, transform=transform, size=wh, bbox=box, score=score,
+                           frame=frame, time=None if t is None else round(t, 6), instance=instance,
+                           pixels=arr if keep_frames else None)
+
+    def _flush(self, batch) -> Iterator[Prediction]:
+        from .metrics import to_original
+
+        xy, conf = self.infer(np.stack([b["array"] for b in batch]))
+        h, w = batch[0]["array"].shape[:2]    # (size None, --image-size none: the frames' own, one per batch)
         size = self.options.size
-
-        def flush():
-            xy, conf = self.infer(np.stack([b["array"] for b in batch]))
-            h, w = batch[0]["array"].shape[:2]    # (size None, --image-size none: the frames' own, one per batch)
-            st = np.tile([[size[0], size[1]] if size else [w, h]], (len(batch), 1))
-            px = to_original(xy, st, np.asarray([b["transform"] for b in batch]))
-            for b, p, c in zip(batch, px, conf):
-                yield Prediction(b["file"], b["size"][0], b["size"][1],
-                                 [[float(v[0]), float(v[1]), float(ci)] for v, ci in zip(p, c)],
-                                 b["bbox"], b["score"], b["frame"], b["time"], b["instance"], b["pixels"])
-            batch.clear()
-
-        def fail(e: KpconvError, file: str, frame=None):
-            if on_error is None:
-                raise e
-            reason = getattr(e, "reason", "unreadable_image")
-            message = getattr(e, "message", str(e))
-            on_error(Failure(file, reason, message, frame))
-
-        def items(path) -> Iterator[dict]:
-            """The instances of one file, prepared (in the producer thread)."""
-            from . import video
-
-            original = None
-            if is_video(path):
-                fps, count, wh = video.info(path)
-                # whole frames resized in the decoder (swscale, as they are converted to RGB) unless the
-                # frames themselves are kept or cut to boxes: docs/predict.md, "Videos"
-                scaled = (self.inference.scaled_size(*wh) if self.decoder_resize and not keep_frames
-                          and bbox is None and boxes is None else None)
-                original = wh if scaled is not None else None
-                sources = progress(video.frames(path, frames, size=scaled), total=frames.expected(count, fps),
-                                   desc=Path(path).name, unit="frame")
-            else:
-                sources = [(None, None, _read_image(path))]
-            for frame, t, arr in sources:
-                for box, score, instance in self._instances(path, root, frame, single_video, bbox, boxes):
-                    stored, transform, wh = self.inference.prepare(arr, box, original)
-                    yield dict(file=path, array=stored, transform=transform, size=wh, bbox=box, score=score,
-                               frame=frame, time=None if t is None else round(t, 6), instance=instance,
-                               pixels=arr if keep_frames else None)
-
-        images = [p for p in paths if not is_video(p)]
-        bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
-        # the first batch is one item: the first prediction comes out without waiting for a whole batch
-        # (start-up; the model's graph takes any batch size, docs/benchmarks.md "Start-up")
-        full = 1
-        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
-            if kind == "item":
-                if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
-                    yield from flush()
-                batch.append(x)
-                if len(batch) >= full:
-                    yield from flush()
-                    full = batch_size
-            elif kind == "failed":
-                fail(*x)
-            elif bar is not None and not is_video(x):
-                bar.update(1)
-        if batch:
-            yield from flush()
-        if bar is not None:
-            bar.close()
-
-    def _instances(self, path, root, frame, single_video, bbox, boxes):
-        """(bbox in original pixels or None, score, index) of each instance of one image or frame."""
-        if boxes is None:
-            return [(list(bbox) if bbox is not None else None, None, 0)]
-        return [(list(b), s, i) for i, (b, s) in enumerate(boxes.lookup(path, root, frame, single_video))]
+        st = np.tile([[size[0], size[1]] if size else [w, h]], (len(batch), 1))
+        px = to_original(xy, st, np.asarray([b["transform"] for b in batch]))
+        for b, p, c in zip(batch, px, conf):
+            yield Prediction(b["file"], b["size"][0], b["size"][1],
+                             [[float(v[0]), float(v[1]), float(ci)] for v, ci in zip(p, c)],
+                             b["bbox"], b["score"], b["frame"], b["time"], b["instance"], b["pixels"])
 
 
-def _read_image(path: str) -> np.ndarray:
+def read_image(path: str) -> np.ndarray:
     """An image file as an RGB uint8 array, EXIF orientation applied (kpconv.data.images' rules)."""
     from ..data.images import SourceImage, to_rgb
 
@@ -440,14 +449,18 @@ def output_format(output: str, fmt: Optional[str] = None) -> str:
     return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl") if output != "-" else "jsonl"
 
 
-def require_h5() -> None:
-    """Raise :class:`MissingDependency` (exit 2) unless pandas and PyTables can be imported."""
+def require_format(fmt: str) -> None:
+    """Raise :class:`MissingDependency` (exit 2) unless the packages ``--format fmt`` needs can be imported."""
+    from ..data.formats.sleap import HINT as SLEAP_HINT
+
+    needs = {"dlc-h5": (("pandas", "tables"), "--format dlc-h5 (DeepLabCut's .h5) needs pandas and PyTables", H5_HINT),
+             "slp": (("sleap_io",), "--format slp (SLEAP's .slp) needs sleap-io", SLEAP_HINT)}
+    modules, what, hint = needs.get(fmt, ((), "", ""))
     try:
-        import pandas  # noqa: F401
-        import tables  # noqa: F401
+        for m in modules:
+            importlib.import_module(m)
     except ImportError as e:
-        raise MissingDependency(f"--format dlc-h5 (DeepLabCut's .h5) needs pandas and PyTables ({e}): "
-                                f"{H5_HINT}") from None
+        raise MissingDependency(f"{what} ({e}): {hint}") from None
 
 
 def track_name(track: int) -> str:
@@ -456,22 +469,10 @@ def track_name(track: int) -> str:
     return f"track_{track}"
 
 
-def require_sleap_io() -> None:
-    """Raise :class:`MissingDependency` (exit 2) unless sleap-io can be imported."""
-    from ..data.formats.sleap import HINT
-
-    try:
-        import sleap_io  # noqa: F401
-    except ImportError as e:
-        raise MissingDependency(f"--format slp (SLEAP's .slp) needs sleap-io ({e}): {HINT}") from None
-
-
 def dlc_individual(p: Prediction) -> str:
     """The DeepLabCut individual a prediction is written under: its track's name when it has one
     (:func:`track_name`), else ``individual1``, ``individual2``, ... by its index in the image or
-    frame, the names DeepLabCut gives a new multi-animal project's individuals
-    (DeepLabCut/DeepLabCut, ``deeplabcut/create_project/new.py``: ``cfg_file["individuals"] =
-    ["individual1", "individual2", "individual3"]``)."""
+    frame, the names DeepLabCut gives a new multi-animal project's individuals (``create_project/new.py``)."""
     if p.track is not None and p.track >= 0:
         return track_name(p.track)
     return f"individual{p.instance + 1}"
@@ -486,14 +487,10 @@ def _individual_order(name: str):
 class _DlcTable:
     """DeepLabCut's prediction table, one row per image or video frame: the index (the frame number
     for a video, the image's path for images) and the columns ``scorer / [individuals /] bodyparts /
-    coords`` (``x, y, likelihood``), an individual absent from a row left empty (NaN).
-
-    This is the layout DeepLabCut's own writer builds (DeepLabCut/DeepLabCut,
-    ``deeplabcut/pose_estimation_pytorch/apis/videos.py``, ``create_df_from_prediction``: columns
-    ``pd.MultiIndex.from_product([[scorer], individuals, bodyparts, ["x", "y", "likelihood"]],
-    names=["scorer", "individuals", "bodyparts", "coords"])``, the ``individuals`` level only for
-    multi-animal projects, ``index=range(n_frames)``, then ``df.to_hdf(path, key="df_with_missing",
-    format="table", mode="w")`` and ``df.to_csv`` for its CSV twin)."""
+    coords`` (``x, y, likelihood``), an individual absent from a row left empty (NaN): the layout of
+    DeepLabCut's own writer (``create_df_from_prediction`` in
+    ``deeplabcut/pose_estimation_pytorch/apis/videos.py``; the ``individuals`` level only for multi-animal
+    projects; ``to_hdf(key="df_with_missing", format="table")`` and ``to_csv`` for its CSV twin)."""
 
     def __init__(self, names: Sequence[str], scorer: str, multi: bool, index: str):
         self.names, self.scorer, self.multi, self.index = list(names), scorer, multi, index
@@ -554,36 +551,16 @@ class _DlcTable:
 
 
 class Writer:
-    """Streams predictions to a file in one of :data:`FORMATS`.
-
-    Every format writes the x and y of every keypoint of every instance, with its confidence beside
-    them; no threshold drops, zeroes or hides a coordinate (``--min-confidence`` is for ``--draw``).
-
-    - ``jsonl``: one object per instance: ``image`` (or ``video``, ``frame``, ``time``), ``width``,
-      ``height``, ``keypoints: {name: [x, y, confidence]}``, ``bbox``, ``instance`` (``multi``) and
-      ``score`` (the box's with boxes; the instance's with ``instance_score``, a run that finds them).
-    - ``csv``: one row per instance: ``file, frame, time, width, height``, ``instance`` (``multi``),
-      ``score`` (``instance_score`` without boxes), with boxes ``bbox_x, bbox_y, bbox_w, bbox_h,
-      box_score``, then ``NAME_x, NAME_y, NAME_likelihood``.
-    - ``dlc``: DeepLabCut's CSV (header rows ``scorer``, [``individuals``,] ``bodyparts``,
-      ``coords`` with ``x, y, likelihood``; one row per image or frame, see :class:`_DlcTable`).
-    - ``dlc-h5``: the same table as DeepLabCut's ``.h5`` (pandas, key ``df_with_missing``); ``out``
-      is then the file's path (written to a temporary file and renamed into place by :meth:`close`).
-    - ``slp``: a SLEAP labels file SLEAP opens to proofread (:func:`kpconv.data.formats.sleap.write_slp`):
-      one ``PredictedInstance`` per prediction with its point scores, tracks named by
-      :func:`track_name`; ``out`` is the file's path (``-``: stdout), written whole by :meth:`close`.
-    - ``coco``: a COCO results list: ``keypoints`` ``[x, y, confidence, ...]`` for every keypoint
-      (the third value of a result is a score, not a visibility flag: COCOeval ignores it), ``score``
-      the mean keypoint confidence (a ranking score: COCO's AP sorts each image's results by it;
-      ``instance_score``: the prediction's own ``score`` where it has one, as multi-instance runs give).
+    """Streams predictions to ``out`` in one of :data:`FORMATS` (the layouts: docs/predict.md's table; for
+    ``dlc-h5`` and ``slp``, :data:`PATH_FORMATS`, ``out`` is the file's path and :meth:`close` writes it whole).
+    Every format writes the x, y and confidence of every keypoint; no threshold drops or zeroes any.
 
     ``multi``: several instances per image or frame: an ``instance`` field or column, and DeepLabCut's
     multi-animal layout (an ``individuals`` level); default with ``boxes``.
     ``individuals``: how many individuals each DeepLabCut row has, when known before the first
     prediction (the CSV is then streamed); ``None`` keeps the rows until :meth:`close`.
-    ``tracks``: the predictions carry track ids (``--track``): a ``track`` field (jsonl) or column
-    (csv), ``track_id`` (coco, as in PoseTrack's results), DeepLabCut individuals named by track
-    (``track_0``, ...; an instance left untracked keeps ``individualN``).
+    ``tracks``: the predictions carry track ids (``--track``), written in every format.
+    ``instance_score``: the predictions' own ``score`` is the instance's (a run that finds the instances).
     """
 
     def __init__(self, out, fmt: str, names: Sequence[str], boxes: bool = False,
@@ -592,10 +569,7 @@ class Writer:
                  flip_pairs: Sequence[Sequence[int]] = (), instance_score: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (expected one of {', '.join(FORMATS)})")
-        if fmt == "dlc-h5":
-            require_h5()
-        elif fmt == "slp":
-            require_sleap_io()
+        require_format(fmt)
         self.out, self.fmt, self.names = out, fmt, list(names)
         self.boxes, self.index = boxes, index
         self.multi = boxes if multi is None else multi
@@ -808,7 +782,6 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
     if draw:
         drawer = PredictionDrawer(draw, root, predictor.names, predictor.skeleton, predictor.flip_pairs,
                                   min_confidence, show_names=draw_names, every=frames.every, by_instance=multi)
-    group: List[Prediction] = []
 
     def emit(group: List[Prediction], writer: "Writer") -> None:
         """One image's or frame's predictions: tracked, written, counted, drawn."""
@@ -835,14 +808,10 @@ def run_predict(predictor: Predictor, paths: Sequence[str], output: str = "-", f
                             scorer=f"kpconv_{Path(predictor.run_dir).resolve().name}",
                             index="frame" if videos and len(paths) == 1 else "path",
                             skeleton=predictor.skeleton, flip_pairs=predictor.flip_pairs)
-            for p in predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
-                                       on_error=failed, keep_frames=drawer is not None, root=root):
-                if group and (group[0].image, group[0].frame) != (p.image, p.frame):
-                    emit(group, writer)
-                    group = []
-                group.append(p)
-            if group:
-                emit(group, writer)
+            predictions = predictor.predict(paths, bbox=bbox, boxes=boxes, batch_size=batch_size, frames=frames,
+                                            on_error=failed, keep_frames=drawer is not None, root=root)
+            for _, group in groupby(predictions, key=lambda p: (p.image, p.frame)):   # one image or frame
+                emit(list(group), writer)
             writer.close()
         if drawer is not None:
             result.drawn = drawer.close()

@@ -1,25 +1,15 @@
 """Identities across video frames: a frame-to-frame tracker and the identity-switch count.
 
-Tracking is a step after inference (as in SLEAP and sleap-nn): it sees only each frame's instances,
-never the images. Per frame, :meth:`Tracker.step` assigns each instance a track id:
-
-- **cost** of an (active track, instance) pair: the mean distance over the keypoints confident in both
-  (confidence >= ``min_confidence``; the track's pose is the last confident position of each keypoint);
-  when they share no confident keypoint, the distance between their centres (the instance's given
-  centre, else the mean of its confident keypoints);
-- **assignment**: ``scipy.optimize.linear_sum_assignment`` on those costs; a pair costing more than
-  ``max_distance`` (the gate) is never matched;
-- **memory**: a track not matched in a frame stays active for ``memory`` more frames and can be
-  matched again by its last pose (an animal hidden for a few frames keeps its id); then it is retired;
-- an instance left unmatched starts a new track with the next id (0, 1, 2, ... in order of creation).
-  With ``max_tracks`` (the number of animals is known) no track beyond that number is made: the
-  unmatched instances are matched, without the gate, to the tracks (active or retired) not matched in
-  this frame, closest last pose first (the same assignment); any instance still left gets -1 (no track).
-
-Everything is deterministic: the same frames give the same ids. Distances are in whatever units the
-keypoints are (pixels, usually), so ``max_distance`` is too.
-
-:func:`identity_switches` counts the usual MOT identity switches against ground-truth identities.
+Tracking is a step after inference (as in SLEAP and sleap-nn): it sees each frame's instances, never the
+images. :meth:`Tracker.step` pairs the active tracks with the frame's instances by
+``scipy.optimize.linear_sum_assignment`` on a cost: the mean distance over the keypoints confident in both
+(confidence >= ``min_confidence``; a track's pose is the last confident position of each keypoint), else the
+distance between their centres (given, or the mean of the confident keypoints). A pair costing more than
+``max_distance`` (the gate, in the keypoints' units) is never matched. A track missed in a frame stays
+matchable by its last pose for ``memory`` more frames; an unmatched instance starts a new track (ids 0, 1, 2,
+... in order of creation). With ``max_tracks`` no track beyond that number is made: the unmatched instances
+take the tracks not matched in this frame, without the gate, closest first; any left get -1 (no track).
+The same frames give the same ids. :func:`identity_switches` counts MOT identity switches.
 
 Example::
 
