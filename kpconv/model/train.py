@@ -135,6 +135,7 @@ def _val_split(info, wanted: Optional[str]) -> Optional[str]:
 
 
 INFERENCE_BORDER = 16     # heatmap head: black margin around whole frames at inference (model.BorderPad)
+CROP_MARGIN = 0.25        # training crops: their centre drawn from the keypoints' box grown by this fraction of the crop
 INSTANCE_TARGET_PX = 200   # auto input scale: the median instance's longer side at most this many network pixels
 
 
@@ -219,7 +220,8 @@ def _augment_config(options: TrainOptions, info):
             crop = (-(-info.image_width // s) * s, -(-info.image_height // s) * s)
     return Augment(flip=options.augment_flip, rotation=options.augment_rotate, scale=tuple(options.augment_scale),
                    translate=options.augment_translate, brightness=options.augment_brightness,
-                   contrast=tuple(options.augment_contrast), crop=crop)
+                   contrast=tuple(options.augment_contrast), crop=crop,
+                   crop_margin=CROP_MARGIN if options.crop_size else 0.0)
 
 
 def transfer_weights(source, target) -> Tuple[int, List[str]]:
