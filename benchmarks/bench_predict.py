@@ -5,11 +5,12 @@ made here with PyAV), all in one run with one trained run (``--run``, or a heatm
 mirror-mouse at 320x240 for ``--minutes``):
 
 * decode only: PyAV to RGB arrays (:func:`kpconv.model.video.frames`), frames/s;
-* model only: :class:`kpconv.model.inference.Inference` (compiled, batch ``--batch``) on prepared frames
-  already in memory, frames/s;
+* model only: :class:`kpconv.model.inference.Inference` (as predict runs it, batch ``--batch``) on prepared
+  frames already in memory, frames/s; with ``--runtime tf`` also compiled by XLA (``jit_compile=True``);
 * ``kpconv predict RUN VIDEO -o out.jsonl``, the whole command in a subprocess: frames/s over its wall
   time, and the same without its start-up;
-* start-up: the same command on one frame (``--end 1``): command start to first frame predicted.
+* start-up: the same command on one frame (``--end 1``): command start to first frame predicted (and the
+  process's exit); its parts in fresh processes (:func:`startup_parts`).
 
 The exports (``kpconv export --format tflite, tflite-int8, onnx``), each in its own runtime (the TFLite
 interpreter, onnxruntime) on the same batch of prepared frames as the model-only rate: frames/s, and
@@ -100,15 +101,20 @@ def bench(run: Path, path: str, batch: int, work: Path, runtime: str = "tf") -> 
     n = sum(1 for _ in video.frames(path))
     decode = n / (time.perf_counter() - t)
 
-    inf = Inference.from_run(run, batch_size=batch, runtime=runtime)
-    first = next(video.frames(path))[2]
-    prepared = np.stack([inf.prepare(first)[0]] * batch).astype(np.float32)
-    inf(prepared)   # compiled once
-    reps = max(3, min(50, n // batch))
-    t = time.perf_counter()
-    for _ in range(reps):
-        inf(prepared)
-    model = reps * batch / (time.perf_counter() - t)
+    def model_rate(**how) -> float:
+        inf = Inference.from_run(run, batch_size=batch, runtime=runtime, **how)
+        first = next(video.frames(path))[2]
+        prepared = np.stack([inf.prepare(first)[0]] * batch).astype(np.float32)
+        inf(prepared)   # traced (compiled) once
+        reps = max(3, min(50, n // batch))
+        t = time.perf_counter()
+        for _ in range(reps):
+            inf(prepared)
+        return reps * batch / (time.perf_counter() - t)
+
+    model = model_rate()
+    # the XLA way predict took before (Inference(jit_compile=True)), against the graph it runs now
+    xla = model_rate(jit_compile=True) if runtime == "tf" else float("nan")
 
     startup = kpconv("predict", run, path, "--end", "1", "-o", work / "one.jsonl", "--runtime", runtime)
     whole = kpconv("predict", run, path, "-o", work / "all.jsonl", "--batch-size", batch, "--runtime", runtime)
@@ -117,7 +123,7 @@ def bench(run: Path, path: str, batch: int, work: Path, runtime: str = "tf") -> 
     # (nan when the one-frame run took about as long as the whole one: a machine too loaded to tell)
     steady = n / (whole - startup) if whole > 1.1 * startup else float("nan")
     return {"video": Path(path).name, "runtime": runtime, "size": f"{size[0]}x{size[1]}", "frames": n, "decode": decode,
-            "model": model, "predict": n / whole, "predict_steady": steady, "ratio": steady / model,
+            "model": model, "xla": xla, "predict": n / whole, "predict_steady": steady, "ratio": steady / model,
             "startup": startup}
 
 
@@ -156,25 +162,73 @@ def resize_check(run: Path, path: str, n: int = 64) -> str:
 
 
 STARTUP = """
-import time, sys
-t0 = time.perf_counter()
-import numpy as np, tensorflow, keras
-t1 = time.perf_counter()
+import os, resource, sys, time
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+mark = [(float(sys.argv[2]), 0.0)]   # (the parent's clock before it started this process, argv[2])
+out = []
+def lap(name):
+    mark.append((time.time(), cpu()))
+    out.append(f"{name} {mark[-1][0] - mark[-2][0]:.3f} {name}-cpu {mark[-1][1] - mark[-2][1]:.3f}")
+import kpconv.cli
+lap("python+cli")
+from kpconv.model.run import import_keras_without_pandas
+import_keras_without_pandas() if sys.argv[3] != "pandas" else __import__("keras")
+lap("tensorflow+keras")
+import numpy as np
 from kpconv.model.inference import Inference
-inf = Inference.from_run(sys.argv[1])
-t2 = time.perf_counter()
-w, h = inf.options.size
-inf(np.zeros((1, h, w, 3), np.float32))
-t3 = time.perf_counter()
-print(f"{t1 - t0:.1f} {t2 - t1:.1f} {t3 - t2:.1f}")
+inf = Inference.from_run(sys.argv[1], jit_compile=sys.argv[4] == "xla")
+lap("load")
+from kpconv.model import video
+wh = video.info(sys.argv[5])[2]
+scaled = inf.scaled_size(*wh)
+first = next(video.frames(sys.argv[5], size=scaled))[2]
+lap("video")
+inf(inf.prepare(first, None, wh if scaled else None)[0][None])
+lap("first-call")
+print(" ".join(out), time.time(), flush=True)
+if sys.argv[6] == "freeze":
+    import gc
+    gc.freeze()
 """
 
 
-def startup_parts(run: Path) -> str:
-    """Where a fresh process spends its start-up: importing TensorFlow, loading the run, compiling."""
-    r = subprocess.run([sys.executable, "-c", STARTUP, str(run)], env=ENV, capture_output=True, text=True, check=True)
-    tf_s, load_s, compile_s = r.stdout.split()
-    return f"start-up parts (fresh process): import tensorflow {tf_s} s, load the run {load_s} s, first call (XLA compile) {compile_s} s"
+def _startup_run(run: Path, path: str, pandas: str, way: str, exit_: str) -> dict:
+    t = time.time()
+    r = subprocess.run([sys.executable, "-c", STARTUP, str(run), str(t), pandas, way, path, exit_], env=ENV,
+                       capture_output=True, text=True, check=True)
+    gone = time.time()
+    *parts, end = r.stdout.split()
+    d = {parts[i]: float(parts[i + 1]) for i in range(0, len(parts), 2)}   # name value name-cpu value ...
+    d["exit"] = gone - float(end)
+    d["total"] = gone - t
+    return d
+
+
+def startup_parts(run: Path, path: str, repeat: int = 3) -> str:
+    """Where a fresh process spends the start-up of ``kpconv predict`` (its steps in the same order, timed,
+    each the median of ``repeat`` fresh processes): the interpreter and the CLI's import, TensorFlow and Keras
+    (with Keras's optional pandas import kept out, as predict does, and with it), opening the run
+    (``model.keras``), the video's first frame, the first model call (a TensorFlow graph: trace and first
+    run; and compiled by XLA), the process's exit (with ``gc.freeze()`` as ``kpconv``'s main does, and
+    without)."""
+    ways = {"now": ("nopandas", "graph", "freeze"), "xla": ("nopandas", "xla", "freeze"),
+            "pandas": ("pandas", "graph", "freeze"), "nofreeze": ("nopandas", "graph", "nofreeze")}
+    runs = {k: [_startup_run(run, path, *v) for _ in range(repeat)] for k, v in ways.items()}
+    med = {k: {part: float(np.median([r[part] for r in rs])) for part in rs[0]} for k, rs in runs.items()}
+    now = med["now"]
+    def both(d, k):
+        return f"{d[k]:.2f}" + (f" (cpu {d[k + '-cpu']:.2f})" if k + "-cpu" in d else "")
+
+    parts = ", ".join(f"{k} {both(now, k)}" for k in ("python+cli", "tensorflow+keras", "load", "video", "first-call",
+                                                      "exit"))
+    return (f"start-up parts (fresh process, wall seconds and the process's CPU seconds, median of {repeat}): {parts}; "
+            f"total {now['total']:.2f}\n"
+            f"  first call compiled by XLA {both(med['xla'], 'first-call')} (graph {both(now, 'first-call')}); "
+            f"tensorflow+keras with pandas {both(med['pandas'], 'tensorflow+keras')} (without "
+            f"{both(now, 'tensorflow+keras')}); exit without gc.freeze() {med['nofreeze']['exit']:.2f} (with "
+            f"{now['exit']:.2f})")
 
 
 EXPORTS = ("tflite", "tflite-int8", "onnx")
@@ -292,15 +346,15 @@ def main():
         print(f"run: {run if args.run else f'trained here for {args.minutes:g} min on mirror-mouse (320x240)'}; "
               f"batch {args.batch}; {os.cpu_count()} CPUs")
         print(f"{'video':<24} {'runtime':>7} {'size':>9} {'frames':>6} {'decode f/s':>10} {'model f/s':>9} "
-              f"{'predict f/s':>11} {'w/o start':>9} {'ratio':>6} {'start s':>7}")
+              f"{'xla f/s':>7} {'predict f/s':>11} {'w/o start':>9} {'ratio':>6} {'start s':>7}")
         for v in videos:
             for runtime in args.runtime:
                 r = bench(run, v, args.batch, work, runtime)
                 print(f"{r['video']:<24} {runtime:>7} {r['size']:>9} {r['frames']:>6} {r['decode']:>10.0f} "
-                      f"{r['model']:>9.0f} {r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} "
+                      f"{r['model']:>9.0f} {r['xla']:>7.0f} {r['predict']:>11.0f} {r['predict_steady']:>9.0f} {r['ratio']:>6.2f} "
                       f"{r['startup']:>7.1f}", flush=True)
         print(f"exports on {args.exports} prepared frames of {Path(videos[0]).name} (every 10th), each in its own "
-              f"runtime (model only above: Inference, compiled); distance from the model in stored-image pixels, "
+              f"runtime (model only above: Inference as predict runs it); distance from the model in stored-image pixels, "
               f"all keypoints and those the model gives confidence >= 0.5:")
         print(f"{'format':<12} {'bytes':>10} {'f/s':>6} {'mean px':>8} {'median px':>9} {'max px':>8} {'max conf>=0.5':>13}")
         for fmt, size, rate, diff in bench_exports(run, videos[0], args.batch, work, args.exports):
@@ -312,10 +366,11 @@ def main():
         print("whole frames resized by the video decoder (swscale, predict's default) or by Pillow:")
         for v in videos:
             print("  " + resize_check(run, v), flush=True)
-        print(startup_parts(run))
+        print(startup_parts(run, videos[0]), flush=True)
         print(jpeg_check(run, work))
-        print("ratio: predict without start-up / model only (target >= 0.8); start s: command start to the "
-              "first frame predicted, on one frame (target < 5)")
+        print("ratio: predict without start-up / model only (target >= 0.8); model f/s: the model alone as predict "
+              "runs it (tf: a TensorFlow graph), xla f/s: the same compiled by XLA (Inference(jit_compile=True)); "
+              "start s: command start to the first frame predicted, on one frame (target < 5)")
 
 
 if __name__ == "__main__":

@@ -607,7 +607,7 @@ def _bbox(ctx, param, value):
               help="Multi-instance runs: leave out instances scored below this (score: the mean keypoint "
                    "confidence, docs/multi-instance.md).")
 @click.option("--runtime", type=click.Choice(["tf", "onnx"]), default="tf", show_default=True,
-              help="What runs the model(s): tf (TensorFlow, compiled with XLA) or onnx (converted by tf2onnx at "
+              help="What runs the model(s): tf (a TensorFlow graph) or onnx (converted by tf2onnx at "
                    "start-up, run by onnxruntime: faster on CPUs, the same keypoints within float32 round-off; "
                    "needs kpconv[onnx]).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
@@ -652,6 +652,9 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
 
         require_onnx("--runtime onnx")
     _quiet_tf(ctx)
+    from .model.run import import_keras_without_pandas
+
+    import_keras_without_pandas()    # (start-up: Keras's optional pandas import is 0.3 s; docs/benchmarks.md)
     from .model.predict import Boxes, Predictor, TrackOptions
     from .model.predict import run_predict
 
@@ -713,7 +716,17 @@ def export(ctx, run_dir, fmt, output, shard_dir, check_images):
 
 
 def main(argv=None):
-    cli.main(args=argv, prog_name="kpconv")
+    """The ``kpconv`` program (console script): the command, then the process ends."""
+    try:
+        cli.main(args=argv, prog_name="kpconv")
+    finally:
+        # Python's exit would walk the hundreds of thousands of objects TensorFlow and Keras made in its
+        # last garbage collections: 1.0-1.2 s after any TensorFlow command, against 0.1 s with them frozen
+        # (left to the OS; atexit handlers still run, and every output is closed by then). Measured in
+        # docs/benchmarks.md, "Start-up". Only here, where the process ends (not in cli, which tests call).
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover

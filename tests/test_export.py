@@ -79,7 +79,7 @@ def test_export_matches_model_keras(run, shards, tmp_path, fmt):
     assert lines[1].startswith("  largest difference from model.keras on 8 shard image(s): ")
     reported = float(lines[1].split(": ")[1].split()[0])
     x = shard_images(shards, 8)
-    ref = Inference.from_run(run)(x)[..., :2]   # model.keras as the check runs it (XLA-compiled)
+    ref = Inference.from_run(run)(x)[..., :2]   # model.keras as the check runs it (a TensorFlow graph)
     assert np.allclose(ref, load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-5)
     if fmt == "savedmodel":
         sm = tf.saved_model.load(str(out))

@@ -55,6 +55,23 @@ def test_onnx_runtime_gives_the_keypoints_of_tensorflow():
     assert hm_onnx.shape == hm_tf.shape and np.allclose(hm_onnx, hm_tf, atol=1e-4)
 
 
+def test_tf_runtime_is_one_graph_for_every_batch_size_and_agrees_with_xla():
+    """--runtime tf runs a graph traced once for any batch size (no XLA compile per shape); XLA
+    (jit_compile=True, the way before) gives the same keypoints within float32 round-off."""
+    model = _heatmap_model(len(NAMES), (64, 96))
+    x = _frames(6, (64, 96))
+    inf = Inference(model, [4.0, -2.0], batch_size=4)
+    got = np.concatenate([inf(x[:1]), inf(x[1:])])      # batches of 1, then 4 and 1
+    assert got.shape == (6, len(NAMES), 3)
+    assert list(inf._compiled) == [(64, 96)] and inf._compiled[(64, 96)].experimental_get_tracing_count() == 1
+    xla = Inference(model, [4.0, -2.0], batch_size=4, jit_compile=True)
+    ref = xla(x)
+    assert xla._compiled[(64, 96)].experimental_get_tracing_count() == 2    # XLA: shapes 4 and 2 (padded)
+    assert np.max(np.hypot((got[..., 0] - ref[..., 0]) * 96, (got[..., 1] - ref[..., 1]) * 64)) < 0.05
+    assert np.allclose(got[..., 2], ref[..., 2], atol=1e-4)
+    assert Inference(model, runtime="onnx", jit_compile=True).jit_compile is False   # (tf's option only)
+
+
 def test_unknown_or_missing_runtime_is_an_error(monkeypatch):
     from kpconv.errors import MissingDependency, TrainError
 

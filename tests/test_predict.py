@@ -279,6 +279,42 @@ def test_confidence_reaches_every_output(run, tmp_path, monkeypatch):
     assert yellow == {"0.3": 0, "0.1": yellow["0.1"]} and yellow["0.1"] > 0
 
 
+def test_first_batch_is_one_frame(run, video, monkeypatch):
+    """The first prediction comes out of a one-frame batch (start-up), the others in batches of batch_size."""
+    sizes = []
+    real = Predictor.infer
+
+    def infer(self, batch):
+        sizes.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(Predictor, "infer", infer)
+    preds = list(Predictor(run).predict(str(video), batch_size=4))
+    assert sizes == [1, 4, 2] and [p.frame for p in preds] == list(range(FRAMES))
+
+
+def test_predict_process_keeps_pandas_out_of_keras(run, tmp_path):
+    """kpconv predict imports Keras without its optional pandas import (start-up); pandas still works after
+    (--format dlc-h5), and a process that imported pandas first keeps it."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys\n"
+            "from kpconv.cli import cli\n"
+            f"cli.main(['-q', 'predict', {str(run)!r}, {str(tmp_path / 'a.png')!r}, '-o', {str(tmp_path / 'a.jsonl')!r}],"
+            " standalone_mode=False)\n"
+            "print('pandas' in sys.modules, 'keras' in sys.modules)\n"
+            "import pandas\n"
+            "from keras.src.trainers.data_adapters import array_slicing\n"
+            "print(array_slicing.pandas is None)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["False", "True", "True"]
+    assert json.loads((tmp_path / "a.jsonl").read_text())["width"] == 8
+    p = subprocess.run([sys.executable, "-c", "import pandas\n" + code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.split() == ["True", "True", "False"], p.stderr
+
+
 def test_verbosity_options_after_the_command(run, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     for args in (["-q", "predict", run, tmp_path / "a.png"], ["predict", run, tmp_path / "a.png", "-q"],

@@ -1,11 +1,19 @@
 """The one inference owner: frames in, keypoints with a calibrated confidence out.
 
 :class:`Inference` holds a model in its inference form (``(B, K, 3)``: ``x, y`` normalized to the
-stored image and a confidence, :func:`kpconv.model.network.inference_model`) and runs it through one compiled
-function per input size (``tf.function(jit_compile=True, reduce_retracing=True)``), in batches of
-``batch_size`` (a shorter one padded to a power of two, so few shapes ever compile). ``kpconv predict``, ``kpconv
-eval``, the per-epoch validation metrics, the calibration, export's check and the benchmarks all call
-it; nothing else calls the Keras model for inference.
+stored image and a confidence, :func:`kpconv.model.network.inference_model`) and runs it through one traced
+graph function per input size (``tf.function`` with an ``input_signature`` of any batch size: one trace, no
+retrace when the batch size changes), in batches of ``batch_size``. ``kpconv predict``, ``kpconv eval``, the
+per-epoch validation metrics, the calibration, export's check and the benchmarks all call it; nothing
+else calls the Keras model for inference.
+
+Graph mode, not XLA (``jit_compile=False``, the default): on this project's 2-core CPU the same model runs
+about twice as fast as a TensorFlow graph (TensorFlow's oneDNN kernels) as compiled by XLA, and its first
+call takes about 0.2 s against XLA's 1-3 s of compiling, which was most of ``kpconv predict``'s start-up
+beyond TensorFlow's import (docs/benchmarks.md, bench_predict; the keypoints agree within 3e-4 px, float
+rounding). ``jit_compile=True`` keeps the XLA way for comparison (benchmarks/bench_predict.py measures
+both): one compiled function per input size, a shorter batch padded to a power of two so that few shapes
+ever compile.
 
 Preprocessing (:meth:`Inference.prepare`) is the shards' (the run's ``config.json`` records it from
 ``dataset_info.json``): the crop (``bbox`` with the shard's padding, or the whole frame), the resize
@@ -15,7 +23,7 @@ round trip is kept only as an option (``jpeg=True``, the pixels of kpconv 0.1's 
 mirror-mouse's 90 labelled frames (a 10-minute heatmap run, benchmarks/bench_predict.py) the mean
 error is 11.15 px with it and 11.18 px without (0.3 %).
 
-Runtimes (``runtime``): ``"tf"`` (the default) compiles the model with XLA; ``"onnx"`` converts the
+Runtimes (``runtime``): ``"tf"`` (the default) runs the model as a TensorFlow graph; ``"onnx"`` converts the
 same traced function once per input size with ``tf2onnx`` and runs it in ``onnxruntime``
 (:mod:`kpconv.model.onnxrt`; ``kpconv predict --runtime onnx``, needs ``kpconv[onnx]``): faster on CPUs
 (docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference_runtime.py). Never
@@ -79,11 +87,12 @@ class Inference:
     ``model`` is a Keras model as trained (heatmaps or coordinates out); ``calibration`` the heatmap
     head's confidence parameters (``config.json``'s ``calibration.params``). ``config`` (a run's) is
     needed only for :meth:`prepare` and :meth:`keypoints`, and for the default of ``flip_test``
-    (:func:`flip_permutation`; a list: the permutation itself)."""
+    (:func:`flip_permutation`; a list: the permutation itself). ``jit_compile``: ``runtime="tf"`` compiled
+    by XLA instead of run as a graph (slower on CPUs, see the module's docstring)."""
 
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
                  batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None,
-                 heatmaps: bool = False, runtime: str = "tf"):
+                 heatmaps: bool = False, runtime: str = "tf", jit_compile: bool = False):
         from . import network as kmodel
         from ..errors import TrainError
 
@@ -94,6 +103,7 @@ class Inference:
 
             require_onnx("--runtime onnx")
         self.runtime = runtime
+        self.jit_compile = bool(jit_compile) and runtime == "tf"
 
         self.flip_permutation = (list(flip_test) if isinstance(flip_test, (list, tuple))
                                  else flip_permutation(config, flip_test))
@@ -108,12 +118,13 @@ class Inference:
 
     @classmethod
     def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False,
-                 flip_test: Optional[bool] = None, runtime: str = "tf") -> "Inference":
+                 flip_test: Optional[bool] = None, runtime: str = "tf", jit_compile: bool = False) -> "Inference":
         from .run import open_run
 
         config, model = open_run(run_dir)
         params = (config.get("calibration") or {}).get("params")
-        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test, runtime=runtime)
+        inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test, runtime=runtime,
+                  jit_compile=jit_compile)
         inf.run_dir = Path(run_dir)
         return inf
 
@@ -124,14 +135,16 @@ class Inference:
             import tensorflow as tf
 
             model = self.model
+            spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
             if self.runtime == "onnx":
                 from .onnxrt import OnnxFunction, to_onnx
 
-                spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
                 traced = tf.function(lambda x: model(x, training=False), input_signature=spec)
                 fn = OnnxFunction(to_onnx(traced, hw, "output"))
-            else:
+            elif self.jit_compile:
                 fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
+            else:   # one graph for every batch size
+                fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
             self._compiled[hw] = fn
         return fn
 
@@ -148,9 +161,9 @@ class Inference:
         for i in range(0, n, bs):
             chunk = x[i:i + bs]
             m = len(chunk)
-            if m < bs and self.runtime == "tf":
-                # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size (onnxruntime
-                # takes any batch without compiling)
+            if m < bs and self.jit_compile:
+                # padded to a power of two: at most log2(batch_size) + 1 compiled shapes per size (the graph
+                # and onnxruntime take any batch without compiling)
                 full = min(bs, 1 << (m - 1).bit_length())
                 chunk = np.concatenate([chunk, np.zeros((full - m,) + chunk.shape[1:], np.float32)])
             out.append(np.asarray(fn(chunk), np.float32)[:m])

@@ -6,7 +6,9 @@ per input size when it is first needed (about 1-2 s per model on 2 CPU cores).
 Why a second runtime at all: on this project's 2-core CPU, the same graph runs faster in onnxruntime
 than compiled by TensorFlow (XLA): the mirror-mouse heatmap model 295 frames/s against 107, the
 two-flies centroid model about 3.7x and the centred-instance model about 1.3x (benchmarks/bench_predict.py,
-benchmarks/bench_multi.py; docs/benchmarks.md). The outputs agree within float32 round-off.
+benchmarks/bench_multi.py; docs/benchmarks.md). The outputs agree within float32 round-off. (Those figures
+are against XLA; ``--runtime tf`` now runs a TensorFlow graph, about twice XLA's rate on this CPU, which
+narrows the gap: mirror-mouse's model 85 against 69 frames/s in one loaded run, docs/benchmarks.md "Start-up".)
 """
 from __future__ import annotations
 

@@ -386,13 +386,17 @@ class Predictor:
 
         images = [p for p in paths if not is_video(p)]
         bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
+        # the first batch is one item: the first prediction comes out without waiting for a whole batch
+        # (start-up; the model's graph takes any batch size, docs/benchmarks.md "Start-up")
+        full = 1
         for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
             if kind == "item":
                 if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
                     yield from flush()
                 batch.append(x)
-                if len(batch) >= batch_size:
+                if len(batch) >= full:
                     yield from flush()
+                    full = batch_size
             elif kind == "failed":
                 fail(*x)
             elif bar is not None and not is_video(x):

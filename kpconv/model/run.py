@@ -81,6 +81,26 @@ def run_dir_of(weights: str) -> Path:
     return p if p.is_dir() else p.parent
 
 
+def import_keras_without_pandas() -> None:
+    """Import Keras (and TensorFlow) with pandas kept out of Keras, for a process that only runs a trained
+    model (``kpconv predict``). Keras imports pandas when it can
+    (``keras/src/trainers/data_adapters/array_slicing.py``: ``try: import pandas``) only to take DataFrames in
+    ``fit``/``predict``, which kpconv never hands it; that import (pandas and pyarrow) was 0.3 s of CPU of
+    predict's start-up of about 4 (docs/benchmarks.md, "Start-up"). pandas stays importable after (``--format
+    dlc-h5`` imports it to write); when pandas or Keras is imported already, this is a plain import."""
+    import sys
+
+    if "keras" in sys.modules or "pandas" in sys.modules:
+        import keras  # noqa: F401
+        return
+    sys.modules["pandas"] = None     # Keras's optional import then takes its ImportError branch
+    try:
+        import keras  # noqa: F401,F811
+    finally:
+        if "pandas" in sys.modules and sys.modules["pandas"] is None:
+            del sys.modules["pandas"]
+
+
 def open_run(run_dir) -> Tuple[dict, object]:
     """``(config, model as trained)`` of a run directory (``model.keras``). For inference, use
     :meth:`kpconv.model.inference.Inference.from_run`."""
