@@ -241,3 +241,19 @@ def test_crop_follows_the_keypoints_and_has_the_crop_size():
                 cx, cy = (m * ox).sum() / m.sum(), (m * oy).sum() / m.sum()
                 assert abs(cx - kp2[i, c, 0] * 32) < 0.6 and abs(cy - kp2[i, c, 1] * 32) < 0.6
         assert vis2[i, :2].sum() >= 1     # the crop's centre lies between the two labelled points
+
+
+def test_crop_margin_moves_an_extreme_keypoint_away_from_the_crop_edge():
+    # one labelled keypoint: its box is a point, so without a margin it sits at the crop's centre in
+    # every crop; with crop_margin 0.25 the centre is drawn from the point +- a quarter crop, so the
+    # keypoint lands anywhere within +-8 px of the centre of a 32-px crop (never at the edge)
+    n, h, w = 64, 64, 96
+    kp = np.tile(np.array([[[0.5, 0.5]]], np.float32), (n, 1, 1))
+    img = np.zeros((n, h, w, 3), np.float32)
+    vis = np.full((n, 1), 2)
+    common = dict(flip=0.0, rotation=0.0, scale=(1.0, 1.0), translate=0.0, crop=(32, 32))
+    _, k0, _ = _aug(img, kp, vis, [5, 6], **common)
+    _, k1, _ = _aug(img, kp, vis, [5, 6], crop_margin=0.25, **common)
+    assert np.allclose(k0 * 32, 16.0, atol=1e-3)
+    off = k1 * 32 - 16.0
+    assert np.all(np.abs(off) <= 8.0 + 1e-3) and np.abs(off).max() > 5.0 and off.std() > 2.0

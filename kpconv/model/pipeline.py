@@ -59,6 +59,7 @@ class Augment:
     contrast: Tuple[float, float] = (0.75, 1.25)
     saturation: Tuple[float, float] = (0.75, 1.25)
     crop: Optional[Tuple[int, int]] = None
+    crop_margin: float = 0.0   # the crop's centre drawn from the keypoints' box grown by this fraction of the crop
 
     @classmethod
     def from_value(cls, value) -> Optional["Augment"]:
@@ -177,6 +178,11 @@ def _augment(images, keypoints, visibility, seed, cfg: Augment, flip_permutation
         lo_y = tf.reduce_min(tf.where(labelled, py, big), 1)
         hi_y = tf.reduce_max(tf.where(labelled, py, -big), 1)
         any_kp = tf.reduce_any(labelled, 1)
+        if cfg.crop_margin:
+            # the box grown by a margin: a keypoint at the box's edge (the instance's extreme points) is not
+            # always near the crop's edge, where the network saw it only beside the zero padding
+            mx, my = cfg.crop_margin * ow, cfg.crop_margin * oh
+            lo_x, hi_x, lo_y, hi_y = lo_x - mx, hi_x + mx, lo_y - my, hi_y + my
         u = tf.random.stateless_uniform((b, 2), tf.random.experimental.stateless_fold_in(seed, 200))
         cx = tf.where(any_kp, lo_x + u[:, 0] * (hi_x - lo_x), wf / 2.0)
         cy = tf.where(any_kp, lo_y + u[:, 1] * (hi_y - lo_y), hf / 2.0)

@@ -135,6 +135,11 @@ def _val_split(info, wanted: Optional[str]) -> Optional[str]:
 
 
 INFERENCE_BORDER = 16     # heatmap head: black margin around whole frames at inference (model.BorderPad)
+# training crops: their centre drawn from the keypoints' box grown by this fraction of the crop. Without it the
+# instance's extreme keypoints (the box's edges) always lay in the crop's outer half, next to its edge: on whole
+# frames the model put them 5 px inward (mirror-mouse at full size, 15 min: nose_bot dx -4.9 px, obsLow_bot
+# dy -5.4 px on the training frames; with 0.25: -0.0 and -0.9; docs/training.md)
+CROP_MARGIN = 0.25
 INSTANCE_TARGET_PX = 200   # auto input scale: the median instance's longer side at most this many network pixels
 
 
@@ -219,7 +224,8 @@ def _augment_config(options: TrainOptions, info):
             crop = (-(-info.image_width // s) * s, -(-info.image_height // s) * s)
     return Augment(flip=options.augment_flip, rotation=options.augment_rotate, scale=tuple(options.augment_scale),
                    translate=options.augment_translate, brightness=options.augment_brightness,
-                   contrast=tuple(options.augment_contrast), crop=crop)
+                   contrast=tuple(options.augment_contrast), crop=crop,
+                   crop_margin=CROP_MARGIN if options.crop_size else 0.0)
 
 
 def transfer_weights(source, target) -> Tuple[int, List[str]]:
