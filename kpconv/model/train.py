@@ -19,9 +19,9 @@ budget's time (updated every batch), the best model kept; ``epochs`` is then onl
 
 The small-data recipe (the defaults of the ``heatmap`` head, see :func:`resolve_recipe`): the
 ``unet`` backbone from random weights (``mobilenet_v2`` with pretrained weights), heatmap stride 4,
-Gaussian sigma 2 cells, random 128x128 training crops around the keypoints, rotation up to 25
+Gaussian sigma 2 cells, random 128x128 training crops around the keypoints (CROP_MARGIN), rotation up to 25
 degrees, scale 0.8-1.2, flip when the keypoints have left/right pairs, batch 8, Adam 1e-3,
-batch-norm momentum 0.9 from scratch, an XLA-compiled training step. 
+batch-norm momentum 0.9 from scratch, the training step as a TensorFlow graph.
 :func:`fit` is the fit loop. :func:`train` is the workflow ``kpconv train`` runs: fit, then calibrate
 the heatmap head's confidence (:func:`kpconv.model.evaluate.calibrate`, stored in ``config.json``), then
 export (:func:`kpconv.model.export.export_run`). It lives here, as a short function calling out to those
