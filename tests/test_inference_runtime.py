@@ -18,6 +18,7 @@ from click.testing import CliRunner  # noqa: E402
 from kpconv.cli import cli  # noqa: E402
 from kpconv.model.inference import Inference  # noqa: E402
 from kpconv.model.network import ModelConfig, build_model  # noqa: E402
+from kpconv.model.video import VideoWriter  # noqa: E402
 
 NAMES = [f"k{i}" for i in range(5)]
 
@@ -84,15 +85,10 @@ def test_unknown_or_missing_runtime_is_an_error(monkeypatch):
 
 
 def _video(path: Path, frames) -> Path:
-    c = av.open(str(path), "w")
-    s = c.add_stream("libx264", rate=10)
-    s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    w = VideoWriter(path, 10, (frames.shape[2], frames.shape[1]))
     for a in frames:
-        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
+        w.write(a)
+    w.close()
     return path
 
 

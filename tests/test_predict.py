@@ -20,6 +20,7 @@ from kpconv.cli import cli  # noqa: E402
 from kpconv.data.formats.base import IngestOptions, ReadContext  # noqa: E402
 from kpconv.data.formats.dlc import DlcReader  # noqa: E402
 from kpconv.model.predict import Predictor  # noqa: E402
+from kpconv.model.video import VideoWriter  # noqa: E402
 from kpconv.data.problems import Report  # noqa: E402
 
 from _shards import NAMES, tiny_run  # noqa: E402
@@ -57,15 +58,10 @@ def _frames(n=FRAMES, size=(96, 64)):
 def video(tmp_path_factory):
     """A tiny H.264 video written with PyAV: 7 frames of 96x64 at 10 fps."""
     path = tmp_path_factory.mktemp("vid") / "clip.mp4"
-    c = av.open(str(path), "w")
-    s = c.add_stream("libx264", rate=FPS)
-    s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+    w = VideoWriter(path, FPS, (96, 64))
     for a in _frames():
-        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
+        w.write(a)
+    w.close()
     return path
 
 

@@ -60,18 +60,15 @@ FRAMES = 7
 def two_animals(tmp_path_factory):
     """A black 96x64 video of 7 frames and two boxes per frame: A moves right 2 px a frame, B stays;
     from frame 3 on the boxes file lists B first (instance 0 is then B)."""
-    av = pytest.importorskip("av")
+    pytest.importorskip("av")
+    from kpconv.model.video import VideoWriter
+
     base = tmp_path_factory.mktemp("two")
     video = base / "clip.mp4"
-    c = av.open(str(video), "w")
-    s = c.add_stream("libx264", rate=10)
-    s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+    w = VideoWriter(video, 10, (96, 64))
     for _ in range(FRAMES):
-        for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((64, 96, 3), np.uint8), format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
+        w.write(np.zeros((64, 96, 3), np.uint8))
+    w.close()
     lines = ["image,x,y,w,h,score"]
     for f in range(FRAMES):
         a, b = f"{f},{4 + 2 * f},10,30,40,0.9", f"{f},60,10,30,40,0.8"
