@@ -429,7 +429,11 @@ def _children(pid: int):
     out, todo = set(), [pid]
     while todo:
         p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
+        try:  # a child may exit between being listed and being read
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            tasks = []
+        for task in tasks:
             try:
                 kids = [int(c) for c in (task / "children").read_text().split()]
             except OSError:
