@@ -64,10 +64,15 @@ def test_tf_runtime_is_one_graph_for_every_batch_size_and_agrees_with_xla():
     inf = Inference(model, [4.0, -2.0], batch_size=4)
     got = np.concatenate([inf(x[:1]), inf(x[1:])])      # batches of 1, then 4 and 1
     assert got.shape == (6, len(NAMES), 3)
-    assert list(inf._compiled) == [(64, 96)] and inf._compiled[(64, 96)].experimental_get_tracing_count() == 1
+    # uint8 frames go in as they are (the graph casts them): one graph for them, one for float input
+    assert list(inf._compiled) == [((64, 96), True)]
+    assert inf._compiled[((64, 96), True)].experimental_get_tracing_count() == 1
+    xf = x.astype(np.float32)
+    assert np.array_equal(np.concatenate([inf(xf[:1]), inf(xf[1:])]), got)
+    assert list(inf._compiled) == [((64, 96), True), ((64, 96), False)]
     xla = Inference(model, [4.0, -2.0], batch_size=4, jit_compile=True)
     ref = xla(x)
-    assert xla._compiled[(64, 96)].experimental_get_tracing_count() == 2    # XLA: shapes 4 and 2 (padded)
+    assert xla._compiled[((64, 96), False)].experimental_get_tracing_count() == 2    # XLA: shapes 4 and 2 (padded)
     assert np.max(np.hypot((got[..., 0] - ref[..., 0]) * 96, (got[..., 1] - ref[..., 1]) * 64)) < 0.05
     assert np.allclose(got[..., 2], ref[..., 2], atol=1e-4)
     assert Inference(model, runtime="onnx", jit_compile=True).jit_compile is False   # (tf's option only)

@@ -16,6 +16,7 @@ import math
 import os
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from itertools import groupby
@@ -307,29 +308,48 @@ class FilePredictor:
 
         images = [p for p in paths if not is_video(p)]
         bar = progress(total=len(images), unit="image", desc="images") if len(images) > 1 else None
+        # each batch runs on the model in a worker thread while the caller writes the batch before it:
+        # the model does not wait for the writer (docs/benchmarks.md, "Video inference")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="kpconv-infer")
+        pending: list = []    # the batches on the model, oldest first
+
+        def send(batch):
+            pending.append(pool.submit(lambda: list(self._flush(batch))))
+            while len(pending) > 1:
+                yield from pending.pop(0).result()
+
+        def drain():
+            while pending:
+                yield from pending.pop(0).result()
+
         batch: list = []
         full = self.first_batch or batch_size
-        for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
-            if kind == "item":
-                if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
-                    yield from self._flush(batch)
-                    batch = []
-                batch.append(x)
-                if len(batch) >= full:
-                    yield from self._flush(batch)
-                    batch, full = [], batch_size
-            elif kind == "failed":
-                if batch:
-                    yield from self._flush(batch)
-                    batch = []
-                e, file, frame = x
-                if on_error is None:
-                    raise e
-                on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
-            elif bar is not None and not is_video(x):
-                bar.update(1)
-        if batch:
-            yield from self._flush(batch)
+        try:
+            for kind, x in read_ahead(each_file(paths, items), maxsize=4 * batch_size):
+                if kind == "item":
+                    if batch and batch[0]["array"].shape != x["array"].shape:   # frames at their own sizes
+                        yield from send(batch)
+                        batch = []
+                    batch.append(x)
+                    if len(batch) >= full:
+                        yield from send(batch)
+                        batch, full = [], batch_size
+                elif kind == "failed":
+                    if batch:
+                        yield from send(batch)
+                        batch = []
+                    yield from drain()
+                    e, file, frame = x
+                    if on_error is None:
+                        raise e
+                    on_error(Failure(file, getattr(e, "reason", "unreadable_image"), getattr(e, "message", str(e)), frame))
+                elif bar is not None and not is_video(x):
+                    bar.update(1)
+            if batch:
+                yield from send(batch)
+            yield from drain()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
 
