@@ -106,8 +106,9 @@ def flies_manifest(work: Path, every: int) -> Path:
 
 def throughput(run: Path, n: int = 200, runtimes=("tf", "onnx"), rounds: int = 2) -> dict:
     """frames/s on clip.mp4: decoding alone, the two models alone (frames decoded before), and predict (the
-    library call, decoding in its producer thread), for each runtime (``--runtime``: TensorFlow with XLA,
-    onnxruntime when installed); the largest keypoint distance between the runtimes' predictions."""
+    library call, decoding in its producer thread), for each runtime (``--runtime``: ``tf``, a TensorFlow graph
+    (:mod:`kpconv.model.inference`, not XLA); ``onnx``, onnxruntime when installed); the largest keypoint distance
+    between the runtimes' predictions."""
     import importlib.util
 
     from kpconv.model.multi import MultiPredictor

@@ -79,21 +79,14 @@ def command(*args, **kwargs):
     return decorator
 
 
-def _parsed_by(module: str, name: str, each: bool = False):
+def _parsed_by(module: str, name: str):
     """A Click callback: the option's text through ``kpconv.<module>.<name>`` (imported when used),
-    a ValueError becoming a usage error (exit 2). ``each``: a repeatable option, every value checked
-    and kept as given."""
+    a ValueError becoming a usage error (exit 2)."""
     def callback(ctx, param, value):
-        if each and not value:
-            return ()
         if value is None:
             return None
         parse = getattr(importlib.import_module(f".{module}", __package__), name)
         try:
-            if each:
-                for v in value:
-                    parse(v)
-                return tuple(value)
             return parse(value)
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
@@ -248,7 +241,6 @@ def ingest(ctx, sources, fmt, images, output, report_path, strict, category, key
               help="local: this machine's processes; beam: an Apache Beam pipeline (same shards; paths may be "
                    "gs://, s3://, hdfs://...; needs pip install 'kpconv[beam]').")
 @click.option("--beam-option", "beam_options", multiple=True, metavar="KEY=VALUE",
-              callback=_parsed_by("shard.beam", "parse_beam_option", each=True),
               help="A Beam pipeline option for --runner beam, repeatable: runner=FlinkRunner, "
                    "temp_location=gs://..., direct_running_mode=in_memory. Default: DirectRunner, "
                    "multi_processing, --workers processes.")
@@ -276,10 +268,13 @@ def shard(ctx, manifest, out_dir, image_size, resize, crop, crop_pad, split, spl
     if beam_options and runner != "beam":
         raise click.BadParameter("needs --runner beam", param_hint="--beam-option")
     if runner == "beam":
-        from .data.shard.beam import shard_beam
+        from .data.shard.beam import BeamOptionError, shard_beam
 
         _beam_log_level(ctx)
-        result = shard_beam(manifest, out_dir, options, beam_options)
+        try:
+            result = shard_beam(manifest, out_dir, options, beam_options)
+        except BeamOptionError as e:   # raised before anything is read or written
+            raise click.BadParameter(str(e), param_hint="--beam-option") from None
     else:
         result = run_shard(manifest, out_dir, options)
     for note in result.notes:

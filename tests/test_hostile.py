@@ -499,6 +499,27 @@ def _when_writing(p, target: Path, deadline_s: float = 60.0) -> None:
     pytest.fail(f"the command never began writing {target} (exit {p.poll()})")
 
 
+def _temporaries(folder: Path):
+    """The temporary files of an atomic output in ``folder`` (``.<name>.<pid>.<random>.tmp``)."""
+    return [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp")]
+
+
+def _wait_stopped(p, deadline_s: float = 60.0) -> None:
+    """Wait until the process ``p`` is stopped (state T, after SIGSTOP) or has exited."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            state = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("T", "t", "Z"):
+            return
+        time.sleep(0.005)
+    assert p.poll() is not None, f"process {p.pid} did not stop"
+
+
 def test_ingest_killed_while_writing_leaves_no_manifest(tmp_path):
     """kill -9 while the manifest is written: nothing under its name; the next run writes it and removes the
     dead run's temporary file."""
@@ -874,23 +895,32 @@ def test_ctrl_c_stops_at_once_without_tracebacks(tmp_path, command):
                          start_new_session=True)
     kids = set()
     if command == "ingest":
+        # The manifest is written while the images are probed: about a second on an idle machine, the only sign
+        # of it the temporary file. A fixed pause after seeing that file let a loaded machine finish the command
+        # first; instead the command is frozen (SIGSTOP) the moment the file is seen, checked to be mid-write,
+        # and Ctrl-C'd there: the SIGINT is pending when SIGCONT lets it run on, wherever it stopped.
         _when_writing(p, out)
+        os.killpg(p.pid, signal.SIGSTOP)
+        _wait_stopped(p)
+        assert not out.exists() and _temporaries(tmp_path), "ingest finished before it could be stopped"
+        os.killpg(p.pid, signal.SIGINT)
+        os.killpg(p.pid, signal.SIGCONT)
     else:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and p.poll() is None and not _children(p.pid):
             time.sleep(0.005)
         kids = _children(p.pid)
         assert kids, "no worker started"
-    time.sleep(0.05)    # (not while atomic_output creates its temporary file, before it guards it)
-    os.killpg(p.pid, signal.SIGINT)
-    err = p.communicate(timeout=20)[1].decode()
+        # the shards take seconds to write: the workers are still at work after this pause
+        time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=120)[1].decode()
     assert p.returncode == 1 and "Aborted!" in err and "Traceback" not in err, err
     deadline = time.monotonic() + 10
     while _alive(kids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(kids) and not out.exists()
-    if command == "ingest":
-        assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert not _temporaries(tmp_path)
 
 
 @pytest.mark.parametrize("body, line, message", [

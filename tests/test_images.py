@@ -216,6 +216,24 @@ def test_dot_follows_its_keypoint(tmp_path, fmt, orientation, size, resize, crop
         assert kps[3][2] == 0 and all(v == 2 for _, _, v in kps[:3])
 
 
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "avif"])
+def test_source_image_turns_as_the_probe_does(tmp_path, fmt):
+    """SourceImage and the probe read EXIF orientation through one function, for every format (an AVIF's
+    orientation was once ignored by SourceImage while the probe applied it)."""
+    from PIL import features
+
+    from kpconv.data.imageinfo import probe_file
+
+    if fmt == "avif" and not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    arr = _dotted()
+    h, w = arr.shape[:2]
+    path = _save(tmp_path, arr, fmt, 6)
+    src = SourceImage(str(path))
+    assert src.orientation == 6 and src.size == (w, h) == probe_file(str(path)).size
+    assert src.load()[0].size == (w, h)
+
+
 def test_draft_decoding_is_used_for_big_reductions(tmp_path):
     path = _save(tmp_path, _dotted(), "jpg", 1)
     src = SourceImage(str(path))

@@ -62,7 +62,8 @@ def test_prescale_resizes_frames_as_the_model_does_at_inference(mixed):
     full = {tuple(im.shape[1:3]) for im, _ in load(mixed, "train", 4)}
     half = [(im, t) for im, t in load(mixed, "train", 4, prescale=0.5)]
     assert {tuple(im.shape[1:3]) for im, _ in half} == {(round(h / 2), round(w / 2)) for h, w in full}
-    # keypoints stay normalized to the frame; the pixels are ScaleInput's (anti-aliased, in XLA-compiled ops)
+    # keypoints stay normalized to the frame; the pixels are ScaleInput's (anti-aliased; inference runs them in a
+    # TensorFlow graph, and the ops also compile under XLA, which the last line checks)
     x = next(iter(load(mixed, "train", 4)))[0]
     ours = np.round(np.clip(scale_images(x, 0.5).numpy(), 0, 255))
     np.testing.assert_allclose(ours, np.round(ScaleInput(0.5)(x, training=False).numpy()), atol=1)

@@ -14,7 +14,7 @@ from kpconv.data.shard import ShardOptions, shard
 from test_shard_helpers import records, shard_bytes, synth_manifest
 
 from kpconv.data.shard import beam as beam_runner
-from kpconv.data.shard.beam import BeamFiles, pipeline_flags, shard_beam
+from kpconv.data.shard.beam import BeamFiles, BeamOptionError, pipeline_flags, shard_beam
 
 try:
     import apache_beam  # noqa: F401
@@ -158,8 +158,10 @@ def test_options(synth, tmp_path):
         "--default_sdk_harness_log_level=WARNING"]
     assert "--direct_running_mode=in_memory" in pipeline_flags(IN_MEMORY, 0)
     assert "--direct_running_mode=multi_processing" not in pipeline_flags(IN_MEMORY, 0)
+    with pytest.raises(BeamOptionError, match="expected KEY=VALUE"):   # library callers: a typed error
+        shard_beam(synth, tmp_path / "a", beam_options=["runner=DirectRunner", "not an option"])
     r = run("shard", synth, "-o", tmp_path / "a", "--runner", "beam", "--beam-option", "not an option")
-    assert r.exit_code == 2 and "expected KEY=VALUE" in r.output
+    assert r.exit_code == 2 and "Invalid value for --beam-option: expected KEY=VALUE" in r.output
     r = run("shard", synth, "-o", tmp_path / "a", "--beam-option", "runner=FlinkRunner")
     assert r.exit_code == 2 and "needs --runner beam" in r.output
     assert not (tmp_path / "a").exists()

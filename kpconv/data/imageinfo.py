@@ -242,52 +242,73 @@ def _probe(src: _Src, name: str, limit: Optional[int]) -> Probe:
         fmt, w, h, orientation, components = parsed
         if w > 0 and h > 0 and not (limit and w * h > limit):
             complete = ends_complete(head, fmt) if src.f is None else None
-            if orientation in TRANSPOSED:
-                w, h = h, w
-            return Probe(fmt, w, h, orientation, components, complete, "header")
+            return Probe(fmt, *displayed_size(w, h, orientation), orientation, components, complete, "header")
     return _pillow(src, name, limit)
 
 
 def _pillow(src: _Src, name: str, limit: int) -> Probe:
     """The reference: what ``ImageOps.exif_transpose(Image.open(...)).size`` gives."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if src.f is not None:
         src.f.seek(0)
     loc = Location(name)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(src.f if src.f is not None else io.BytesIO(src.head)) as im:
-                fmt = im.format
-                w, h = im.size
-                if limit and w * h > limit:
-                    raise BadImage("decompression_bomb", f"image has {w * h} pixels, more than the limit of "
-                                   f"{limit}", loc)
-                if fmt not in ("JPEG", "MPO"):
-                    # loading can change the answer: a PNG may keep its eXIf chunk after the pixel data;
-                    # Pillow turns a TIFF upright while loading. (A JPEG's metadata comes first.)
-                    im.load()
-                    w, h = im.size
-                try:
-                    orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
-                except (SyntaxError, ValueError, struct.error, EOFError, IndexError, KeyError, TypeError):
-                    orientation = 1     # a broken EXIF block does not make the image unreadable
-                components = len(im.getbands()) if fmt == "JPEG" else None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage("decompression_bomb", str(e), loc) from None
-    except UnidentifiedImageError:
-        raise BadImage("unreadable_image", UNIDENTIFIED, loc) from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, zlib.error) as e:
-        raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
+    with pillow_problems(loc), Image.open(src.f if src.f is not None else io.BytesIO(src.head)) as im:
+        check_pixels(im.size, limit, loc)
+        fmt = im.format
+        if fmt not in ("JPEG", "MPO"):
+            # loading can change the answer: a PNG may keep its eXIf chunk after the pixel data;
+            # Pillow turns a TIFF upright while loading. (A JPEG's metadata comes first.)
+            im.load()
+        w, h = im.size
+        orientation = pillow_orientation(im)
+        components = len(im.getbands()) if fmt == "JPEG" else None
     if w <= 0 or h <= 0:
         raise BadImage("unreadable_image", f"cannot read image: it is {w}x{h} pixels", loc)
     complete = ends_complete(src.head, fmt) if src.f is None and fmt in ("JPEG", "PNG") else None
-    if orientation in TRANSPOSED:
-        w, h = h, w
-    return Probe(fmt, w, h, orientation, components, complete, "pillow")
+    return Probe(fmt, *displayed_size(w, h, orientation), orientation, components, complete, "pillow")
+
+
+# ------------------------------------------------------------------ Pillow: shared with images.SourceImage
+@contextmanager
+def pillow_problems(loc: Location):
+    """Pillow opening or reading an image, its errors as BadImage (decompression_bomb, unreadable_image)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage("decompression_bomb", str(e), loc) from None
+    except UnidentifiedImageError:  # (its text names a BytesIO by its address: not reproducible)
+        raise BadImage("unreadable_image", UNIDENTIFIED, loc) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, zlib.error) as e:
+        raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
+
+
+def check_pixels(size: Size, limit: Optional[int], loc: Location) -> None:
+    """BadImage decompression_bomb when ``size`` has more than ``limit`` pixels (0 or None: no limit)."""
+    w, h = size
+    if limit and w * h > limit:
+        raise BadImage("decompression_bomb", f"image has {w * h} pixels, more than the limit of {limit}", loc)
+
+
+def pillow_orientation(im) -> int:
+    """The EXIF orientation of an image opened by Pillow, 1 when absent: the one place kpconv reads it through
+    Pillow (the header parsers read it with :func:`_exif_orientation`). A broken EXIF block gives 1: it does
+    not make the image unreadable."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError):
+        return 1
+
+
+def displayed_size(width: int, height: int, orientation: int) -> Size:
+    """``(width, height)`` as displayed: swapped by the orientations that turn the image by 90 degrees."""
+    return (height, width) if orientation in TRANSPOSED else (width, height)
 
 
 def _exif_orientation(tiff: bytes) -> Tuple[Optional[int], bool]:

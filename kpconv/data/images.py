@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import Location
-from .imageinfo import EXIF_ORIENTATION, TRANSPOSED, UNIDENTIFIED, BadImage, ends_complete, file_problems, \
-    max_pixels as pillow_limit, open_image, probe
+from .imageinfo import UNIDENTIFIED, BadImage, check_pixels, displayed_size, ends_complete, file_problems, \
+    max_pixels as pillow_limit, open_image, pillow_orientation, pillow_problems, probe
 
 BACKGROUND = (128, 128, 128)  # fills padding and replaces transparency
 
@@ -153,33 +152,16 @@ class SourceImage:
     that reads ``gs://``, ``s3://``... and raises FileNotFoundError for a missing file)."""
 
     def __init__(self, path: str, max_pixels: Optional[int] = None, opener=None, data: Optional[bytes] = None):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         self.path = path
-        loc = Location(path)
+        self.loc = Location(path)
         self.data = read_image_bytes(path, opener) if data is None else data
-        limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                self.im = Image.open(io.BytesIO(self.data))
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise BadImage("decompression_bomb", str(e), loc) from None
-            except UnidentifiedImageError:  # (its text names a BytesIO by its address: not reproducible)
-                raise BadImage("unreadable_image", UNIDENTIFIED, loc) from None
-            except (OSError, SyntaxError, ValueError) as e:
-                raise BadImage("unreadable_image", f"cannot read image: {e}", loc) from None
-        w, h = self.im.size
-        if limit and w * h > limit:
-            raise BadImage("decompression_bomb", f"image has {w * h} pixels, more than the limit of {limit}", loc)
-        self.orientation = 1
-        if self.im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
-            try:
-                self.orientation = int(self.im.getexif().get(EXIF_ORIENTATION, 1))
-            except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
-                self.orientation = 1  # a broken EXIF block does not make the image unreadable
-        self.size = (h, w) if self.orientation in TRANSPOSED else (w, h)
-        self.loc = loc
+        with pillow_problems(self.loc):
+            self.im = Image.open(io.BytesIO(self.data))
+        check_pixels(self.im.size, Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels, self.loc)
+        self.orientation = pillow_orientation(self.im)
+        self.size = displayed_size(*self.im.size, self.orientation)
 
     def load(self, draft_size: Optional[Tuple[int, int]] = None):
         """Decode (at a reduced JPEG scale when ``draft_size`` allows); returns (image, scale)."""

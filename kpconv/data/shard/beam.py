@@ -28,6 +28,10 @@ class BeamMissing(KpconvError):
     """Apache Beam is not installed."""
 
 
+class BeamOptionError(ShardError, ValueError):
+    """A Beam pipeline option is not ``KEY=VALUE`` (the CLI: a usage error on ``--beam-option``)."""
+
+
 def require_beam():
     """``apache_beam``, or BeamMissing saying what to install."""
     try:
@@ -38,11 +42,11 @@ def require_beam():
 
 
 def parse_beam_option(text: str) -> str:
-    """``KEY=VALUE`` (or ``KEY`` for a flag) -> the pipeline flag ``--KEY=VALUE``. Raises ValueError."""
+    """``KEY=VALUE`` (or ``KEY`` for a flag) -> the pipeline flag ``--KEY=VALUE``. Raises BeamOptionError."""
     key, sep, value = text.partition("=")
     key = key.strip().lstrip("-")
     if not _KEY.match(key):
-        raise ValueError(f"expected KEY=VALUE (a Beam pipeline option, e.g. runner=FlinkRunner), got {text!r}")
+        raise BeamOptionError(f"expected KEY=VALUE (a Beam pipeline option, e.g. runner=FlinkRunner), got {text!r}")
     return f"--{key}={value}" if sep else f"--{key}"
 
 
@@ -225,11 +229,12 @@ def _write_task(index: int, plan_path: str, job: ShardJob) -> str:
 
 class BeamExecutor:
     """Runs the shard tasks as a Beam pipeline (the ``Executor`` of :func:`kpconv.data.shard.shard`).
-    Raises BeamMissing at once when Apache Beam is not installed."""
+    Raises BeamOptionError for a malformed option, then BeamMissing when Apache Beam is not installed,
+    before anything is read or written."""
 
     def __init__(self, beam_options: Sequence[str] = (), workers: int = 0, force_filesystems: bool = False):
-        self.beam = require_beam()
         self.flags = pipeline_flags(beam_options, workers)
+        self.beam = require_beam()
         self.files = BeamFiles(force=force_filesystems)
 
     def run(self, todo: Sequence[ShardTask], job: ShardJob) -> Dict[str, dict]:
@@ -269,5 +274,6 @@ class BeamExecutor:
 def shard_beam(manifest: str, out_dir, options: ShardOptions = ShardOptions(), beam_options: Sequence[str] = (),
                *, force_filesystems: bool = False) -> ShardResult:
     """:func:`kpconv.data.shard.shard` run as an Apache Beam pipeline; ``beam_options``: ``KEY=VALUE`` pipeline options
-    (default: the DirectRunner, ``options.workers`` processes). Raises BeamMissing without Apache Beam."""
+    (default: the DirectRunner, ``options.workers`` processes). Raises BeamOptionError for a malformed option and
+    BeamMissing without Apache Beam."""
     return shard(manifest, out_dir, options, executor=BeamExecutor(beam_options, options.workers, force_filesystems))
