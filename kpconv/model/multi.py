@@ -54,6 +54,10 @@ SCORES = ("product", "centroid", "keypoints")   # instance score: peak x mean co
 # Measured on the synthetic multi-figure set (bench_multi.py, 10 min, 60 test images): OKS mAP 0.537 ranking by
 # the mean keypoint confidence, 0.510 by peak x confidence, 0.464 by the peak alone (AP@0.5 0.746, 0.746, 0.726)
 DEFAULT_SCORE = "keypoints"
+# both stages train as TensorFlow graphs, not XLA-compiled (as the single-instance heatmap step, kpconv.model.train):
+# on the small-animal stand-in (bench_multi.py's small set), 2-minute runs alternating XLA, graph, graph, XLA on this
+# 2-core CPU (niced tests beside them): centroid/instance epochs 5/13 and 6/15 with XLA, 6/15 and 7/15 as graphs
+STAGE_JIT_COMPILE = False
 POSE_NMS = 0.5   # MultiPredictor drops a pose that matches a better-scored one with OKS above this
 
 
@@ -367,7 +371,7 @@ def _fit_stage(model, loss, ds, options, seconds: Optional[float], epochs: int, 
     import keras
 
     from .callbacks import NanGuard, TimeBudget, epoch_cosine
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss, jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=loss, jit_compile=STAGE_JIT_COMPILE)
     lr0 = options.learning_rate
     nan = NanGuard()
     cbs = [nan]
