@@ -601,9 +601,12 @@ def _bbox(ctx, param, value):
               help="Multi-instance runs: leave out instances scored below this (score: the mean keypoint "
                    "confidence, docs/multi-instance.md).")
 @click.option("--runtime", type=click.Choice(["tf", "onnx"]), default="tf", show_default=True,
-              help="What runs the model(s): tf (a TensorFlow graph) or onnx (converted by tf2onnx at "
-                   "start-up, run by onnxruntime: faster on CPUs, the same keypoints within float32 round-off; "
-                   "needs kpconv[onnx]).")
+              help="What runs the model(s): tf (a TensorFlow graph) or onnx (onnxruntime: faster on CPUs, the "
+                   "same keypoints within float32 round-off; needs kpconv[onnx]). onnx runs RUN_DIR/model.onnx "
+                   "without TensorFlow when it was made from the run's model.keras for this input size and flip "
+                   "setting (kpconv export --format onnx); else it converts model.keras with tf2onnx at start-up "
+                   "and, if RUN_DIR holds no model.onnx or a stale one, writes it there (atomically; a read-only "
+                   "RUN_DIR is left as it is).")
 def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence, draw_target, draw_names, every,
             start, end, batch_size, report_path, track, track_distance, track_memory, max_tracks, flip_test,
             max_instances, min_score, runtime):
@@ -643,14 +646,14 @@ def predict(ctx, run_dir, inputs, bbox, boxes_path, output, fmt, min_confidence,
 
         require_onnx("--runtime onnx")
     _quiet_tf(ctx)
-    from .model.run import import_keras_without_pandas
-
-    import_keras_without_pandas()    # (start-up: Keras's optional pandas import is 0.3 s; docs/benchmarks.md)
     from .model.multi import MultiPredictor, run_is_multi
     from .model.predict import Boxes, Predictor, TrackOptions, run_predict
+    from .model.run import import_keras_without_pandas
 
-    boxes = Boxes.read(boxes_path) if boxes_path else None
     multi = run_is_multi(run_dir)
+    if runtime == "tf" or multi:   # (--runtime onnx: Keras only if the run's model.onnx does not serve)
+        import_keras_without_pandas()    # (start-up: Keras's optional pandas import is 0.3 s; docs/benchmarks.md)
+    boxes = Boxes.read(boxes_path) if boxes_path else None
     predictor = MultiPredictor(run_dir, max_instances=max_instances, min_score=min_score, flip_test=flip_test,
                                runtime=runtime) if multi else Predictor(run_dir, flip_test=flip_test, runtime=runtime)
     if boxes is not None and not multi and not predictor.crops_to_box:

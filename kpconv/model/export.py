@@ -249,7 +249,8 @@ def export_run(run_dir, fmt: str = "savedmodel", output: Optional[str] = None, s
             run_export = lambda x: loaded.serve(tf.constant(x)).numpy()  # noqa: E731
     else:
         if fmt == "onnx":   # converted from the traced function the other formats export
-            data = to_onnx(_serve_function(model, h, w), (h, w), "keypoints")
+            # what it is made from, in its metadata: kpconv predict --runtime onnx runs it only while that holds
+            data = to_onnx(_serve_function(model, h, w), (h, w), "keypoints", metadata=inference.onnx_stamp((h, w)))
             run_export = OnnxFunction(data)
         else:
             data = _tflite_bytes(model, fmt, images, (h, w))

@@ -27,7 +27,13 @@ Runtimes (``runtime``): ``"tf"`` (the default) runs the model as a TensorFlow gr
 same traced function once per input size with ``tf2onnx`` and runs it in ``onnxruntime``
 (:mod:`kpconv.model.onnxrt`; ``kpconv predict --runtime onnx``, needs ``kpconv[onnx]``): faster on CPUs
 (docs/benchmarks.md), the same keypoints within float32 round-off (tests/test_inference_runtime.py). Never
-chosen silently: a missing ``onnxruntime`` is an error, not a switch back to TensorFlow.
+chosen silently: a missing ``onnxruntime`` is an error, not a switch back to TensorFlow. A run's own
+``model.onnx`` (``kpconv export --format onnx``) is run as it is when its record (:func:`kpconv.model.onnxrt.stamp`:
+``model.keras``'s sha256, the calibration, the flip permutation, the input size) matches: then neither TensorFlow
+nor Keras is imported (:meth:`Inference.from_run` loads ``model.keras`` only when a conversion needs it). Any
+other input size or flip setting is converted as above; when the run directory holds no ``model.onnx``, or a
+stale one (made from another ``model.keras`` or calibration: a warning says so), the conversion is written
+there (atomically, only where the directory is writable) for the next start.
 
 Test-time flip (``flip_test``, :func:`flip_permutation`): the heatmaps of the frame and of its mirror,
 left/right keypoints swapped, averaged before decoding (:class:`kpconv.model.network.FlipTestAverage`). On by
@@ -37,6 +43,8 @@ mirror-mouse (docs/training.md, "Test-time flip").
 from __future__ import annotations
 
 import io
+import logging
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -79,6 +87,9 @@ def flip_permutation(config: Optional[dict], flip_test: Optional[bool] = None) -
 
 
 RUNTIMES = ("tf", "onnx")
+ONNX_FILE = "model.onnx"      # in the run directory: kpconv export --format onnx's default output
+
+log = logging.getLogger(__name__)
 
 
 class Inference:
@@ -90,10 +101,11 @@ class Inference:
     (:func:`flip_permutation`; a list: the permutation itself). ``jit_compile``: ``runtime="tf"`` compiled
     by XLA instead of run as a graph (slower on CPUs, see the module's docstring)."""
 
+    run_dir: Optional[Path] = None     # from_run's: where model.keras and model.onnx are
+
     def __init__(self, model, calibration: Optional[Sequence[float]] = None, config: Optional[dict] = None,
                  batch_size: int = 16, jpeg: bool = False, flip_test: Union[None, bool, Sequence[int]] = None,
                  heatmaps: bool = False, runtime: str = "tf", jit_compile: bool = False):
-        from . import network as kmodel
         from ..errors import TrainError
 
         if runtime not in RUNTIMES:
@@ -109,7 +121,12 @@ class Inference:
                                  else flip_permutation(config, flip_test))
         # heatmaps=True: the model's heatmaps as they are, (B, h, w, K) (the multi-instance centroid stage finds
         # several peaks in one heatmap, kpconv.model.centroid.find_peaks); no flip test there
-        self.model = model if heatmaps else kmodel.inference_model(model, calibration, self.flip_permutation)
+        self.heatmaps = heatmaps
+        self.calibration = None if calibration is None else [float(v) for v in calibration]
+        self._trained = model       # None (from_run, runtime onnx): model.keras is loaded when first needed
+        self._model = None
+        if model is not None:
+            self._model = self._inference_form(model)
         self.config = config
         self.options = image_options(config) if config is not None else None
         self.batch_size = int(batch_size)
@@ -119,19 +136,95 @@ class Inference:
     @classmethod
     def from_run(cls, run_dir, batch_size: int = 16, jpeg: bool = False,
                  flip_test: Optional[bool] = None, runtime: str = "tf", jit_compile: bool = False) -> "Inference":
-        from .run import open_run
+        """The run's ``model.keras`` ready for inference. ``runtime="onnx"``: ``model.keras`` is loaded (and
+        TensorFlow imported) only if the run's ``model.onnx`` does not serve (see the module's docstring)."""
+        from .run import open_run, read_config
 
-        config, model = open_run(run_dir)
+        if runtime == "onnx":
+            config, model = read_config(run_dir), None
+        else:
+            config, model = open_run(run_dir)
         params = (config.get("calibration") or {}).get("params")
         inf = cls(model, params, config, batch_size=batch_size, jpeg=jpeg, flip_test=flip_test, runtime=runtime,
                   jit_compile=jit_compile)
         inf.run_dir = Path(run_dir)
         return inf
 
+    @property
+    def model(self):
+        """The Keras model in its inference form (``(B, K, 3)`` out; ``heatmaps=True``: as trained)."""
+        if self._model is None:
+            from .run import MODEL_FILE, import_keras_without_pandas
+            from . import network as kmodel
+
+            import_keras_without_pandas()
+            self._trained = kmodel.load_model(self.run_dir / MODEL_FILE)
+            self._model = self._inference_form(self._trained)
+        return self._model
+
+    def _inference_form(self, model):
+        from . import network as kmodel
+
+        return model if self.heatmaps else kmodel.inference_model(model, self.calibration, self.flip_permutation)
+
+    # ----------------------------------------------------------------------------- ONNX provenance
+    def onnx_stamp(self, hw: Tuple[int, int]) -> Dict[str, str]:
+        """What an ONNX conversion of this run's model for input (h, w) is made from
+        (:func:`kpconv.model.onnxrt.stamp`): ``kpconv export --format onnx`` records it in the file."""
+        from .onnxrt import file_sha256, stamp
+        from .run import MODEL_FILE
+
+        return stamp(file_sha256(self.run_dir / MODEL_FILE), self.calibration, self.flip_permutation, hw)
+
+    def _onnx_function(self, hw: Tuple[int, int]):
+        """The run's ``model.onnx`` when it was made for this (its record matches), else the model converted
+        now (and written to ``model.onnx`` when there is none there or a stale one)."""
+        from .onnxrt import OnnxFunction, require_onnx, stamp_mismatch, to_onnx
+
+        path = None if self.run_dir is None or self.heatmaps else self.run_dir / ONNX_FILE
+        wanted = problem = None
+        if path is not None:
+            wanted = self.onnx_stamp(hw)
+            if path.is_file():
+                fn = OnnxFunction(path)
+                problem = stamp_mismatch(fn.metadata, wanted)
+                if problem is None:
+                    return fn
+                if problem == "model":
+                    log.warning(f"{path}: made from another model.keras or calibration than the run's now: not "
+                                f"used; converting model.keras again")
+        require_onnx("--runtime onnx")
+        import tensorflow as tf
+
+        model = self.model
+        spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
+        traced = tf.function(lambda x: model(x, training=False), input_signature=spec)
+        data = to_onnx(traced, hw, "heatmaps" if self.heatmaps else "keypoints", metadata=wanted)
+        if path is not None and (problem == "model" or not path.exists()):
+            self._write_onnx(path, data)
+        return OnnxFunction(data)
+
+    @staticmethod
+    def _write_onnx(path: Path, data: bytes) -> None:
+        """``data`` to ``path`` atomically, for the next start; a run directory that is not writable is left
+        as it is (the conversion is used in memory)."""
+        from ..data.manifest import atomic_output
+        from ..errors import OutputError
+
+        if not os.access(path.parent, os.W_OK):
+            return
+        try:
+            with atomic_output(str(path), "wb") as f:
+                f.write(data)
+        except OutputError as e:
+            log.warning(f"{e}: the conversion is used without being kept")
+
     # ---------------------------------------------------------------------------------- the model
     def _function(self, hw: Tuple[int, int], uint8: bool = False):
         key = (tuple(hw), uint8)
         fn = self._compiled.get(key)
+        if fn is None and self.runtime == "onnx" and not uint8:
+            fn = self._compiled[key] = self._onnx_function(tuple(hw))
         if fn is None:
             import tensorflow as tf
 
@@ -139,11 +232,6 @@ class Inference:
             spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.uint8 if uint8 else tf.float32, name="image")]
             if uint8:   # the graph casts: a quarter of the bytes in, no float copy made in Python before each call
                 fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), input_signature=spec)
-            elif self.runtime == "onnx":
-                from .onnxrt import OnnxFunction, to_onnx
-
-                traced = tf.function(lambda x: model(x, training=False), input_signature=spec)
-                fn = OnnxFunction(to_onnx(traced, hw, "output"))
             elif self.jit_compile:
                 fn = tf.function(lambda x: model(x, training=False), jit_compile=True, reduce_retracing=True)
             else:   # one graph for every batch size
