@@ -45,9 +45,10 @@ def test_weights_file_warms_up_the_head_then_trains_the_whole_network(setup, tmp
         ticks = itertools.count()
         monkeypatch.setattr(ktrain.time, "monotonic", lambda: float(next(ticks)))
     run = tmp_path / "run"
+    # (no validation split: what is checked here is the training, and each phase's validation graph is seconds)
     opts = TrainOptions(weights=str(path), backbone="mobilenet_v2", alpha=0.35, batch_size=4, crop_size=32,
                         steps_per_epoch=2, warmup_epochs=1, learning_rate=1e-3, fine_tune_learning_rate=3e-4,
-                        verbose=0, **budget)
+                        val_split="none", verbose=0, **budget)
     # fit: the training itself (train adds the calibration and the SavedModel export, tested in test_train.py)
     fit(out / "shards", run, opts)
     rows = _rows(run)
