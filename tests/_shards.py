@@ -116,3 +116,17 @@ def tiny_run(base) -> Path:
                                  "--no-augment"])
     assert r.exit_code == 0, r.output
     return run
+
+
+def bbox_crop_copy(run, out) -> Path:
+    """A copy of ``run`` (its config.json and model.keras) in ``out``, as if its shards had been cut to each
+    instance's box (--crop bbox, no padding): the same model, a run that takes boxes."""
+    import shutil
+
+    out = Path(out)
+    out.mkdir(parents=True)
+    cfg = json.loads((Path(run) / "config.json").read_text())
+    cfg["dataset"]["preprocessing"].update(crop="bbox", crop_pad=0.0)
+    (out / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(Path(run) / "model.keras", out / "model.keras")
+    return out

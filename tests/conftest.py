@@ -58,6 +58,17 @@ def ingest_records(tmp_path, sources, **opts):
     return result, header, records
 
 
+@pytest.fixture(scope="session")
+def tiny_dense_run(tmp_path_factory):
+    """One tiny trained run (``_shards.tiny_run``) for the whole session: the predict, output and runtime
+    tests read it and never write into it (a test that needs it changed works on a copy, e.g.
+    ``_shards.bbox_crop_copy``)."""
+    pytest.importorskip("tensorflow")
+    from _shards import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("tiny_dense_run"))
+
+
 def relativize(text: str) -> str:
     """Replace this checkout's absolute path with ``<repo>`` so golden files are machine-independent."""
     return text.replace(REPO.as_posix(), "<repo>").replace(str(REPO), "<repo>")

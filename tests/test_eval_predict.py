@@ -57,12 +57,10 @@ def test_errors_are_in_original_pixels(shards):
 
 
 @pytest.fixture(scope="module")
-def run(shards, tmp_path_factory):
-    run = tmp_path_factory.mktemp("ev") / "run"
-    r = CliRunner().invoke(cli, ["-q", "train", str(shards), "-o", str(run), "--weights", "none", "--alpha", "0.35",
-                                 "--epochs", "1", "--batch-size", "8", "--head", "dense", "--no-augment"])
-    assert r.exit_code == 0, r.output
-    return run
+def run(tiny_dense_run):
+    """The session's tiny trained run (conftest.py: dense head, one epoch on 32x32 shards of the same keypoints as
+    these), read only: eval takes any shards of its keypoints and image size."""
+    return tiny_dense_run
 
 
 def test_eval_cli_table_and_json(run, shards, tmp_path):

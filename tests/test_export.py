@@ -66,8 +66,18 @@ def _onnx(path_or_bytes, x):
     return session.run(None, {"image": x})[0]
 
 
+@pytest.fixture(scope="module")
+def reference(run, shards):
+    """8 shard images and model.keras's keypoints on them, as the export check runs it (a TensorFlow graph),
+    once for every format: the same as Keras's own call."""
+    x = shard_images(shards, 8)
+    ref = Inference.from_run(run)(x)[..., :2]
+    assert np.allclose(ref, load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-5)
+    return x, ref
+
+
 @pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx"])
-def test_export_matches_model_keras(run, shards, tmp_path, fmt):
+def test_export_matches_model_keras(run, reference, tmp_path, fmt):
     if fmt == "onnx":
         pytest.importorskip("tf2onnx")
     out = tmp_path / ("sm" if fmt == "savedmodel" else f"{fmt}.onnx" if fmt == "onnx" else f"{fmt}.tflite")
@@ -78,9 +88,7 @@ def test_export_matches_model_keras(run, shards, tmp_path, fmt):
     assert lines[0].startswith(f"export: {fmt} -> {out}")
     assert lines[1].startswith("  largest difference from model.keras on 8 shard image(s): ")
     reported = float(lines[1].split(": ")[1].split()[0])
-    x = shard_images(shards, 8)
-    ref = Inference.from_run(run)(x)[..., :2]   # model.keras as the check runs it (a TensorFlow graph)
-    assert np.allclose(ref, load_model(run / "model.keras")(x, training=False).numpy(), atol=1e-5)
+    x, ref = reference
     if fmt == "savedmodel":
         sm = tf.saved_model.load(str(out))
         got = sm.serve(tf.constant(x)).numpy()

@@ -184,10 +184,9 @@ def test_video_frames_scaled_by_the_decoder_match_pillow(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dense_run(tmp_path_factory):
-    from _shards import tiny_run
-
-    return tiny_run(tmp_path_factory.mktemp("dense"))
+def dense_run(tiny_dense_run):
+    """The session's tiny trained run (conftest.py), read only."""
+    return tiny_dense_run
 
 
 def test_prepare_a_frame_the_decoder_resized(dense_run):

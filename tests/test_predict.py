@@ -23,7 +23,7 @@ from kpconv.model.predict import Predictor  # noqa: E402
 from kpconv.model.video import VideoWriter  # noqa: E402
 from kpconv.data.problems import Report  # noqa: E402
 
-from _shards import NAMES, tiny_run  # noqa: E402
+from _shards import NAMES, bbox_crop_copy  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -31,22 +31,15 @@ FRAMES, FPS = 7, 10
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("pred")
-    run = tiny_run(base)
-    return run
+def run(tiny_dense_run):
+    """The session's tiny trained run (conftest.py), read only."""
+    return tiny_dense_run
 
 
 @pytest.fixture(scope="module")
 def crop_run(run, tmp_path_factory):
     """The same model, as if its shards had been cut to each instance's box (--crop bbox, no padding)."""
-    out = tmp_path_factory.mktemp("crop") / "run"
-    out.mkdir()
-    cfg = json.loads((run / "config.json").read_text())
-    cfg["dataset"]["preprocessing"].update(crop="bbox", crop_pad=0.0)
-    (out / "config.json").write_text(json.dumps(cfg))
-    shutil.copy(run / "model.keras", out / "model.keras")
-    return out
+    return bbox_crop_copy(run, tmp_path_factory.mktemp("crop") / "run")
 
 
 def _frames(n=FRAMES, size=(96, 64)):

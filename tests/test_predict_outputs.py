@@ -163,13 +163,9 @@ def test_every_format_is_documented():
 
 # ------------------------------------------------------------------ end to end, on a tiny trained run
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    pytest.importorskip("tensorflow")
-    from _shards import tiny_run
-
-    base = tmp_path_factory.mktemp("outputs")
-    run = tiny_run(base)
-    return run
+def run(tiny_dense_run):
+    """The session's tiny trained run (conftest.py), read only."""
+    return tiny_dense_run
 
 
 def _coco_ap(results_path, gt, names):

@@ -40,17 +40,12 @@ def test_track_ids_in_every_format():
 
 # ------------------------------------------------------------------ end to end, on a tiny trained run
 @pytest.fixture(scope="module")
-def crop_run(tmp_path_factory):
-    """A tiny run, as if its shards had been cut to each instance's box (--crop bbox, no padding)."""
-    pytest.importorskip("tensorflow")
-    from _shards import tiny_run
+def crop_run(tiny_dense_run, tmp_path_factory):
+    """The session's tiny run (conftest.py), as if its shards had been cut to each instance's box (--crop bbox,
+    no padding): a copy."""
+    from _shards import bbox_crop_copy
 
-    base = tmp_path_factory.mktemp("track")
-    run = tiny_run(base)
-    cfg = json.loads((run / "config.json").read_text())
-    cfg["dataset"]["preprocessing"].update(crop="bbox", crop_pad=0.0)
-    (run / "config.json").write_text(json.dumps(cfg))
-    return run
+    return bbox_crop_copy(tiny_dense_run, tmp_path_factory.mktemp("track") / "run")
 
 
 FRAMES = 7
