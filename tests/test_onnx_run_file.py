@@ -175,3 +175,13 @@ def test_read_only_run_directory_still_predicts(run, monkeypatch):
         os.chmod(run, 0o755)
     assert _px(got, ref) < 0.05
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "model.keras"]
+
+
+@pytest.mark.parametrize("runtime", ["tf", "onnx"])
+def test_a_run_without_model_keras_is_the_same_clear_error_in_both_runtimes(tmp_path, runtime):
+    from kpconv.errors import TrainError
+
+    (tmp_path / "config.json").write_text(json.dumps({"dataset": {"keypoints": ["a"], "image_size": [32, 32]},
+                                                      "model": {"head": "heatmap"}}))
+    with pytest.raises(TrainError, match="model.keras: no model file"):
+        Inference.from_run(tmp_path, runtime=runtime)

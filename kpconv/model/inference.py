@@ -138,10 +138,13 @@ class Inference:
                  flip_test: Optional[bool] = None, runtime: str = "tf", jit_compile: bool = False) -> "Inference":
         """The run's ``model.keras`` ready for inference. ``runtime="onnx"``: ``model.keras`` is loaded (and
         TensorFlow imported) only if the run's ``model.onnx`` does not serve (see the module's docstring)."""
-        from .run import open_run, read_config
+        from ..errors import TrainError
+        from .run import MODEL_FILE, open_run, read_config
 
-        if runtime == "onnx":
+        if runtime == "onnx":   # (model.keras must be there: the ONNX file's record is checked against it)
             config, model = read_config(run_dir), None
+            if not (Path(run_dir) / MODEL_FILE).is_file():
+                raise TrainError(f"{Path(run_dir) / MODEL_FILE}: no model file")
         else:
             config, model = open_run(run_dir)
         params = (config.get("calibration") or {}).get("params")
@@ -179,7 +182,7 @@ class Inference:
     def _onnx_function(self, hw: Tuple[int, int]):
         """The run's ``model.onnx`` when it was made for this (its record matches), else the model converted
         now (and written to ``model.onnx`` when there is none there or a stale one)."""
-        from .onnxrt import OnnxFunction, require_onnx, stamp_mismatch, to_onnx
+        from .onnxrt import OnnxFunction, stamp_mismatch, to_onnx
 
         path = None if self.run_dir is None or self.heatmaps else self.run_dir / ONNX_FILE
         wanted = problem = None
@@ -193,8 +196,7 @@ class Inference:
                 if problem == "model":
                     log.warning(f"{path}: made from another model.keras or calibration than the run's now: not "
                                 f"used; converting model.keras again")
-        require_onnx("--runtime onnx")
-        import tensorflow as tf
+        import tensorflow as tf   # (tf2onnx and onnxruntime: checked by __init__'s require_onnx)
 
         model = self.model
         spec = [tf.TensorSpec((None,) + tuple(hw) + (3,), tf.float32, name="image")]
